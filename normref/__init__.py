@@ -1,0 +1,69 @@
+"""normref: the numerical reference for normalization in deep learning.
+
+Every normalization is an Array-API function with a forward and a
+hand-derived backward (``*_vjp``) that runs unchanged on NumPy, CuPy,
+array-api-strict, PyTorch, JAX and Dask arrays. See :mod:`normref.layers`
+for the named layers, :mod:`normref.ops` for the operations on the canonical
+``(G, M, D)`` layout, :mod:`normref.partition` for how layers group elements,
+:mod:`normref.stats` for mergeable moments and running statistics, and
+:mod:`normref.conventions` for the frameworks' choices as data.
+"""
+
+from normref import conventions, ops, partition, registry, stats
+from normref._layer import NormGrads, ScaleNormGrads
+from normref._namespace import Float64UnavailableError
+from normref.conventions import FLAX, KERAS, ONNX, TORCH, Convention
+from normref.layers import (
+    batch_norm,
+    batch_norm_inference,
+    batch_norm_inference_vjp,
+    batch_norm_train,
+    batch_norm_vjp,
+    ghost_batch_norm,
+    ghost_batch_norm_vjp,
+    group_norm,
+    group_norm_vjp,
+    instance_norm,
+    instance_norm_vjp,
+    layer_norm,
+    layer_norm_vjp,
+    rms_norm,
+    rms_norm_vjp,
+)
+from normref.stats import Moments, RunningStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FLAX",
+    "KERAS",
+    "ONNX",
+    "TORCH",
+    "Convention",
+    "Float64UnavailableError",
+    "Moments",
+    "NormGrads",
+    "RunningStats",
+    "ScaleNormGrads",
+    "__version__",
+    "batch_norm",
+    "batch_norm_inference",
+    "batch_norm_inference_vjp",
+    "batch_norm_train",
+    "batch_norm_vjp",
+    "conventions",
+    "ghost_batch_norm",
+    "ghost_batch_norm_vjp",
+    "group_norm",
+    "group_norm_vjp",
+    "instance_norm",
+    "instance_norm_vjp",
+    "layer_norm",
+    "layer_norm_vjp",
+    "ops",
+    "partition",
+    "registry",
+    "rms_norm",
+    "rms_norm_vjp",
+    "stats",
+]

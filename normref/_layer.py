@@ -1,0 +1,119 @@
+"""How a named layer runs: partition + operation + affine, forward and backward.
+
+Every layer in :mod:`normref.layers` is one call to :func:`normalize` (and its
+VJP to :func:`normalize_vjp`) with its own partition, operation and parameter
+axes: no layer has math of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from normref._checks import check_shape
+from normref._namespace import (
+    Array,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    to_dtype,
+    variance_algorithm,
+)
+from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
+from normref.ops._group_op import GroupOp, check_group_size
+from normref.partition import Partition
+
+
+class NormGrads(NamedTuple):
+    """Gradients of a normalization layer with respect to ``x``, ``gamma`` and ``beta``.
+
+    ``gamma`` and ``beta`` are ``None`` where the layer was called without them.
+    """
+
+    x: Array
+    gamma: Array | None
+    beta: Array | None
+
+
+class ScaleNormGrads(NamedTuple):
+    """Gradients of a scale-only layer (RMS norm) with respect to ``x`` and ``gamma``."""
+
+    x: Array
+    gamma: Array | None
+
+
+class Layer(NamedTuple):
+    """What a layer call is made of."""
+
+    name: str
+    partition: Partition
+    op: GroupOp
+    params: dict[str, Any]
+    param_axes: tuple[int, ...]
+    where: str
+
+
+def _checked_namespace(
+    layer: Layer, x: Array, gamma: Array | None, beta: Array | None, **more: Array
+) -> Any:
+    xp = namespace_of(**more, x=x, gamma=gamma, beta=beta)
+    check_param(gamma, x.shape, layer.param_axes, name="gamma")
+    check_param(beta, x.shape, layer.param_axes, name="beta")
+    check_group_size(layer.partition.M, op=layer.op, where=f"{layer.name}({layer.where})")
+    return xp
+
+
+def _op_kwargs(layer: Layer, precision: Any) -> dict[str, Any]:
+    extra = {"algorithm": variance_algorithm(precision)} if layer.op.needs_variance else {}
+    return {**layer.params, **extra}
+
+
+def normalize(
+    layer: Layer, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+) -> Array:
+    """Forward pass of ``layer``."""
+    xp = _checked_namespace(layer, x, gamma, beta)
+    dtype = compute_dtype(xp, x.dtype, precision)
+    part = layer.partition
+    x_hat = part.unsplit(
+        xp,
+        layer.op.forward(
+            xp,
+            part.split(xp, to_dtype(xp, x, dtype)),
+            part.sample_axes,
+            **_op_kwargs(layer, precision),
+        ),
+    )
+    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), layer.param_axes)
+    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+
+
+def normalize_vjp(
+    layer: Layer, dy: Array, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+) -> NormGrads:
+    """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
+    xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    dtype = compute_dtype(xp, x.dtype, precision)
+    part = layer.partition
+    dy_c = to_dtype(xp, dy, dtype)
+    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), layer.param_axes)
+    dx, x_hat = layer.op.vjp(
+        xp,
+        part.split(xp, d_x_hat),
+        part.split(xp, to_dtype(xp, x, dtype)),
+        part.sample_axes,
+        **_op_kwargs(layer, precision),
+    )
+    d_gamma, d_beta = affine_vjp_params(
+        xp,
+        dy_c,
+        part.unsplit(xp, x_hat),
+        layer.param_axes,
+        has_gamma=gamma is not None,
+        has_beta=beta is not None,
+    )
+    return NormGrads(
+        x=to_dtype(xp, part.unsplit(xp, dx), x.dtype),
+        gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
+        beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
+    )

@@ -1,0 +1,81 @@
+r"""Normalization representation recovery (NRR): the affine :math:`y = \gamma \hat x + \beta`.
+
+``gamma`` and ``beta`` span some axes of ``x`` (the *parameter axes*): the
+channel axis for batch, instance, group and ghost batch norm (shape ``(C,)``),
+the normalized axes for layer and RMS norm (their shape). They broadcast over
+every other axis. The gradients are
+
+.. math::
+
+    \bar{\hat x} = \gamma \bar y, \qquad
+    \bar\gamma = \sum_{\text{other axes}} \bar y \, \hat x, \qquad
+    \bar\beta = \sum_{\text{other axes}} \bar y.
+"""
+
+from __future__ import annotations
+
+from normref._checks import check_shape
+from normref._namespace import Array, Namespace
+
+
+def param_shape(x_shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape a parameter spanning ``param_axes`` of ``x`` must have."""
+    return tuple(x_shape[a] for a in param_axes)
+
+
+def check_param(
+    param: Array | None, x_shape: tuple[int, ...], param_axes: tuple[int, ...], *, name: str
+) -> None:
+    """``param`` must be ``None`` or have the shape of ``x`` along ``param_axes``."""
+    if param is None:
+        return
+    where = ", ".join(f"x.shape[{a}]" for a in param_axes)
+    check_shape(param.shape, param_shape(x_shape, param_axes), name=name, what=where)
+
+
+def broadcast_param(xp: Namespace, param: Array, ndim: int, param_axes: tuple[int, ...]) -> Array:
+    shape = [1] * ndim
+    for axis, size in zip(param_axes, param.shape, strict=False):
+        shape[axis] = size
+    return xp.reshape(param, tuple(shape))
+
+
+def affine(
+    xp: Namespace,
+    x_hat: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    param_axes: tuple[int, ...],
+) -> Array:
+    """``gamma * x_hat + beta`` with the parameters broadcast along ``param_axes``."""
+    y = x_hat
+    if gamma is not None:
+        y = y * broadcast_param(xp, gamma, x_hat.ndim, param_axes)
+    if beta is not None:
+        y = y + broadcast_param(xp, beta, x_hat.ndim, param_axes)
+    return y
+
+
+def affine_vjp_x_hat(
+    xp: Namespace, dy: Array, gamma: Array | None, param_axes: tuple[int, ...]
+) -> Array:
+    """Gradient of :func:`affine` with respect to ``x_hat``: ``gamma * dy``."""
+    if gamma is None:
+        return dy
+    return dy * broadcast_param(xp, gamma, dy.ndim, param_axes)
+
+
+def affine_vjp_params(
+    xp: Namespace,
+    dy: Array,
+    x_hat: Array,
+    param_axes: tuple[int, ...],
+    *,
+    has_gamma: bool,
+    has_beta: bool,
+) -> tuple[Array | None, Array | None]:
+    """Gradients of :func:`affine` with respect to ``gamma`` and ``beta`` (``None`` if absent)."""
+    other = tuple(a for a in range(dy.ndim) if a not in param_axes)
+    d_gamma = xp.sum(dy * x_hat, axis=other) if has_gamma else None
+    d_beta = xp.sum(dy, axis=other) if has_beta else None
+    return d_gamma, d_beta

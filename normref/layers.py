@@ -1,0 +1,520 @@
+r"""Named normalization layers: each is a partition + an operation + an affine.
+
+=================  ===========================================  ================  =================
+layer              partition (:mod:`normref.partition`)          operation         gamma, beta shape
+=================  ===========================================  ================  =================
+batch_norm         one group per channel                        standardize       ``(C,)``
+layer_norm         one group per index outside ``axes``         standardize       ``x.shape[axes]``
+instance_norm      one group per (sample, channel)              standardize       ``(C,)``
+group_norm         one group per (sample, channel group)        standardize       ``(C,)``
+ghost_batch_norm   one group per (virtual batch, channel)       standardize       ``(C,)``
+rms_norm           as layer norm                                rms_scale         ``x.shape[axes]``
+=================  ===========================================  ================  =================
+
+For one group with samples :math:`x_i`, :math:`i = 1..n`, and the affine
+parameters of the element's channel (or normalized position):
+
+.. math::
+
+    y_i = \gamma \frac{x_i - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta, \qquad
+    \mu = \frac1n \sum_i x_i, \qquad \sigma^2 = \frac1n \sum_i (x_i - \mu)^2
+
+(biased variance; ``eps_mode`` moves :math:`\epsilon`, see
+:mod:`normref.ops.standardization`), and for RMS norm
+:math:`y_i = \gamma x_i / \sqrt{\frac1n \sum_j x_j^2 + \epsilon}`.
+
+All layers compute batch statistics (training mode) except
+:func:`batch_norm_inference`, which uses given running statistics. Every
+``*_vjp`` takes the cotangent ``dy`` first and then exactly the forward's
+arguments, and returns a NamedTuple with one field per differentiable
+argument (``None`` where that argument was ``None``); the backward formulas
+are in :mod:`normref.ops.standardization` and :mod:`normref.affine`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from normref._checks import check_eps, check_eps_mode, check_shape, normalize_axes, normalize_axis
+from normref._layer import Layer, NormGrads, ScaleNormGrads, normalize, normalize_vjp
+from normref._namespace import (
+    Array,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    to_dtype,
+)
+from normref.affine import (
+    affine,
+    affine_vjp_params,
+    affine_vjp_x_hat,
+    broadcast_param,
+    check_param,
+)
+from normref.conventions import Convention
+from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, rms_params, std_params
+from normref.partition import (
+    batch_partition,
+    ghost_batch_partition,
+    group_partition,
+    instance_partition,
+    layer_partition,
+)
+from normref.stats import RunningStats, moments, running_update
+
+Precision = Any
+
+
+def _shape(x: Array) -> tuple[int, ...]:
+    namespace_of(x=x)
+    return tuple(x.shape)
+
+
+def _batch_layer(x: Array, eps: float, eps_mode: str, axis: int) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "batch_norm",
+        batch_partition(shape, axis),
+        STANDARDIZE,
+        std_params(eps, eps_mode, 0),
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, axis={axis}",
+    )
+
+
+def batch_norm(
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Batch normalization in training mode (batch statistics).
+
+    Statistics per channel over every axis except ``axis`` (N and the spatial
+    axes for ``(N, C, *S)``), biased variance:
+    :math:`y = \gamma (x - \mu_c)/\sqrt{\sigma_c^2 + \epsilon} + \beta`.
+
+    Parameters
+    ----------
+    x
+        Input with the channel axis at ``axis``; each channel needs at least 2 values.
+    gamma, beta
+        Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
+    eps
+        Finite, > 0.
+    axis
+        The channel axis: 1 for ``(N, C, *S)``, -1 for channels-last.
+    eps_mode
+        ``"add"`` (default), ``"max"`` or ``"add_std"``: where ``eps`` enters.
+    precision
+        ``"highest"`` (float64, default), ``"native"``, or a convention to model.
+
+    Returns
+    -------
+    Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+    """
+    return normalize(_batch_layer(x, eps, eps_mode, axis), x, gamma, beta, precision)
+
+
+def batch_norm_vjp(
+    dy: Array,
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``."""
+    return normalize_vjp(_batch_layer(x, eps, eps_mode, axis), dy, x, gamma, beta, precision)
+
+
+def _layer_layer(x: Array, eps: float, eps_mode: str, axes: Any) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "layer_norm",
+        layer_partition(shape, axes),
+        STANDARDIZE,
+        std_params(eps, eps_mode, 0),
+        normalize_axes(axes, len(shape)),
+        f"x of shape {shape}, axes={axes}",
+    )
+
+
+def layer_norm(
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    axes: Any = (-1,),
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Layer normalization: statistics over the normalized ``axes``, one group per other index.
+
+    :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta` with
+    :math:`\mu, \sigma^2` over ``axes`` (torch: the trailing ``normalized_shape``).
+
+    Parameters
+    ----------
+    x
+        Input; the normalized axes together need at least 2 values.
+    gamma, beta
+        Optional, of shape ``tuple(x.shape[a] for a in sorted(axes))``.
+    axes
+        The normalized axes (an int or a tuple); default the last axis.
+    eps, eps_mode, precision
+        As :func:`batch_norm`.
+    """
+    return normalize(_layer_layer(x, eps, eps_mode, axes), x, gamma, beta, precision)
+
+
+def layer_norm_vjp(
+    dy: Array,
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    axes: Any = (-1,),
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`layer_norm`."""
+    return normalize_vjp(_layer_layer(x, eps, eps_mode, axes), dy, x, gamma, beta, precision)
+
+
+def _instance_layer(x: Array, eps: float, eps_mode: str, axis: int) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "instance_norm",
+        instance_partition(shape, axis),
+        STANDARDIZE,
+        std_params(eps, eps_mode, 0),
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, axis={axis}",
+    )
+
+
+def instance_norm(
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Instance normalization: statistics per (sample, channel) over the spatial axes.
+
+    ``x`` has shape ``(N, C, *S)`` (channel axis ``axis``, batch axis 0, at
+    least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``.
+    Other parameters as :func:`batch_norm`.
+    """
+    return normalize(_instance_layer(x, eps, eps_mode, axis), x, gamma, beta, precision)
+
+
+def instance_norm_vjp(
+    dy: Array,
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`instance_norm`."""
+    return normalize_vjp(_instance_layer(x, eps, eps_mode, axis), dy, x, gamma, beta, precision)
+
+
+def _group_layer(x: Array, num_groups: int, eps: float, eps_mode: str, axis: int) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "group_norm",
+        group_partition(shape, num_groups, axis),
+        STANDARDIZE,
+        std_params(eps, eps_mode, 0),
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, num_groups={num_groups}, axis={axis}",
+    )
+
+
+def group_norm(
+    x: Array,
+    num_groups: int,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Group normalization: channels split into ``num_groups`` contiguous groups per sample.
+
+    Statistics per (sample, group) over the group's ``C / num_groups`` channels
+    and the spatial axes. ``gamma`` and ``beta`` are per *channel*, shape
+    ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group).
+    ``num_groups`` must divide ``C``. Other parameters as :func:`batch_norm`.
+    """
+    layer = _group_layer(x, num_groups, eps, eps_mode, axis)
+    return normalize(layer, x, gamma, beta, precision)
+
+
+def group_norm_vjp(
+    dy: Array,
+    x: Array,
+    num_groups: int,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`group_norm`."""
+    layer = _group_layer(x, num_groups, eps, eps_mode, axis)
+    return normalize_vjp(layer, dy, x, gamma, beta, precision)
+
+
+def _ghost_layer(x: Array, virtual_batch_size: int, eps: float, eps_mode: str, axis: int) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "ghost_batch_norm",
+        ghost_batch_partition(shape, virtual_batch_size, axis),
+        STANDARDIZE,
+        std_params(eps, eps_mode, 0),
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, virtual_batch_size={virtual_batch_size}, axis={axis}",
+    )
+
+
+def ghost_batch_norm(
+    x: Array,
+    virtual_batch_size: int,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Ghost batch normalization (Hoffer et al., 2017): batch norm within virtual batches.
+
+    The batch axis 0 is split into consecutive virtual batches of
+    ``virtual_batch_size`` samples (which must divide ``N``); each is
+    batch-normalized on its own. Other parameters as :func:`batch_norm`.
+    """
+    layer = _ghost_layer(x, virtual_batch_size, eps, eps_mode, axis)
+    return normalize(layer, x, gamma, beta, precision)
+
+
+def ghost_batch_norm_vjp(
+    dy: Array,
+    x: Array,
+    virtual_batch_size: int,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`ghost_batch_norm`."""
+    layer = _ghost_layer(x, virtual_batch_size, eps, eps_mode, axis)
+    return normalize_vjp(layer, dy, x, gamma, beta, precision)
+
+
+def _rms_layer(x: Array, eps: float, eps_mode: str, axes: Any) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "rms_norm",
+        layer_partition(shape, axes),
+        RMS_SCALE,
+        rms_params(eps, eps_mode),
+        normalize_axes(axes, len(shape)),
+        f"x of shape {shape}, axes={axes}",
+    )
+
+
+def rms_norm(
+    x: Array,
+    gamma: Array | None = None,
+    *,
+    axes: Any = (-1,),
+    eps: float = 1e-6,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""RMS normalization (Zhang & Sennrich, 2019): scale by the root mean square, no centring.
+
+    :math:`y = \gamma x / \sqrt{\frac1n \sum x^2 + \epsilon}` over ``axes``;
+    ``gamma`` has the normalized axes' shape; there is no ``beta``. Torch's
+    ``eps=None`` means the machine epsilon of the compute dtype: pass it
+    explicitly (``1.1920929e-07`` for float32). Other parameters as
+    :func:`layer_norm`.
+    """
+    return normalize(_rms_layer(x, eps, eps_mode, axes), x, gamma, None, precision)
+
+
+def rms_norm_vjp(
+    dy: Array,
+    x: Array,
+    gamma: Array | None = None,
+    *,
+    axes: Any = (-1,),
+    eps: float = 1e-6,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> ScaleNormGrads:
+    """VJP of :func:`rms_norm`: gradients for ``x`` and ``gamma``."""
+    grads = normalize_vjp(_rms_layer(x, eps, eps_mode, axes), dy, x, gamma, None, precision)
+    return ScaleNormGrads(grads.x, grads.gamma)
+
+
+def _inference_parts(
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    eps: float,
+    eps_mode: str,
+    axis: int,
+    precision: Precision,
+    **more: Array,
+) -> tuple[Any, Any, tuple[int, ...], Array, Array]:
+    xp = namespace_of(
+        **more, x=x, running_mean=running_mean, running_var=running_var, gamma=gamma, beta=beta
+    )
+    channel = (normalize_axis(axis, x.ndim),)
+    for name, value in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("gamma", gamma),
+        ("beta", beta),
+    ):
+        check_param(value, x.shape, channel, name=name)
+    dtype = compute_dtype(xp, x.dtype, precision)
+    s = divisor(
+        xp, to_dtype(xp, running_var, dtype), eps=check_eps(eps), eps_mode=check_eps_mode(eps_mode)
+    )
+    s = broadcast_param(xp, s, x.ndim, channel)
+    mean = broadcast_param(xp, to_dtype(xp, running_mean, dtype), x.ndim, channel)
+    x_hat = (to_dtype(xp, x, dtype) - mean) / s
+    return xp, dtype, channel, x_hat, s
+
+
+def batch_norm_inference(
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Batch normalization with given (running) statistics, as in evaluation mode.
+
+    :math:`y = \gamma (x - \hat\mu_c)/\sqrt{\hat\sigma_c^2 + \epsilon} + \beta`
+    with ``running_mean`` :math:`\hat\mu` and ``running_var`` :math:`\hat\sigma^2`
+    of shape ``(C,)``. A negative running variance gives NaN. Other parameters
+    as :func:`batch_norm`.
+    """
+    xp, dtype, channel, x_hat, _ = _inference_parts(
+        x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision
+    )
+    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), channel)
+    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+
+
+def batch_norm_inference_vjp(
+    dy: Array,
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
+) -> NormGrads:
+    r"""VJP of :func:`batch_norm_inference`; the running statistics are constants.
+
+    :math:`\bar x = \gamma \bar y / s`, :math:`\bar\gamma = \sum \bar y \hat x`,
+    :math:`\bar\beta = \sum \bar y`.
+    """
+    xp, dtype, channel, x_hat, s = _inference_parts(
+        x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision, dy=dy
+    )
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    dy_c = to_dtype(xp, dy, dtype)
+    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), channel)
+    dx = d_x_hat / s
+    d_gamma, d_beta = affine_vjp_params(
+        xp, dy_c, x_hat, channel, has_gamma=gamma is not None, has_beta=beta is not None
+    )
+    return NormGrads(
+        x=to_dtype(xp, dx, x.dtype),
+        gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
+        beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
+    )
+
+
+def batch_norm_train(
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    momentum: float | None,
+    convention: Convention | str,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    num_batches_tracked: int | None = None,
+    precision: Precision = "highest",
+) -> tuple[Array, RunningStats]:
+    """One training step of a batch-norm layer, as frameworks do it, as a pure function.
+
+    Returns the normalized output (as :func:`batch_norm`, with batch
+    statistics) and the updated running statistics (as
+    :func:`normref.stats.running_update` with this batch's mean and biased
+    variance, under ``convention``'s momentum meaning and running-variance
+    correction). ``eps`` and ``eps_mode`` are the normalization's; nothing is
+    modified in place.
+    """
+    y = batch_norm(x, gamma, beta, eps=eps, axis=axis, eps_mode=eps_mode, precision=precision)
+    channel = normalize_axis(axis, x.ndim)
+    batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
+    stats = running_update(
+        running_mean,
+        running_var,
+        batch.mean,
+        batch.m2 / batch.count,
+        batch.count,
+        momentum=momentum,
+        convention=convention,
+        num_batches_tracked=num_batches_tracked,
+        precision=precision,
+    )
+    return y, stats

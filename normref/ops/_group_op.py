@@ -1,0 +1,114 @@
+"""What an operation on groups is, and how it runs on the canonical ``(G, M, D)`` layout.
+
+An operation acts on an array whose statistics are reductions over some of its
+axes (the *sample axes*); every other axis indexes an independent group. Layers
+apply it to a partition's split view of ``x`` (no transpose needed), and the
+public functions of :mod:`normref.ops` apply it to the canonical ``(G, M, D)``
+array. Both go through this module, so an operation is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from normref._checks import check_shape
+from normref._namespace import (
+    Array,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    to_dtype,
+    variance_algorithm,
+)
+
+CANONICAL_SAMPLE_AXES = (1,)
+
+
+class XGrad(NamedTuple):
+    """Gradient of an operation with one differentiable argument, ``x``."""
+
+    x: Array
+
+
+@dataclass(frozen=True)
+class GroupOp:
+    """A normalization operation (NOP) on groups.
+
+    Attributes
+    ----------
+    name
+        The operation's name.
+    forward
+        ``forward(xp, x, axes, **params) -> y``: the operation on ``x`` with
+        statistics reduced over ``axes``.
+    vjp
+        ``vjp(xp, dy, x, axes, **params) -> (dx, y)``: the vector-Jacobian product
+        and the forward output (which the affine gradient needs).
+    needs_variance
+        Whether the operation takes a variance, so that a group of one sample
+        is an error.
+    """
+
+    name: str
+    forward: Callable[..., Array]
+    vjp: Callable[..., tuple[Array, Array]]
+    needs_variance: bool
+
+
+def check_group_size(M: int, *, op: GroupOp, where: str) -> None:
+    """A variance needs at least two samples per group."""
+    if op.needs_variance and M < 2:
+        msg = (
+            f"{where} gives groups of M={M} sample; {op.name} takes a variance, "
+            f"which needs at least 2 samples per group"
+        )
+        raise ValueError(msg)
+
+
+def _canonical_shape(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) != 3:
+        msg = f"{name} must have the canonical shape (G, M, D) (rank 3), got shape {tuple(shape)}"
+        raise ValueError(msg)
+
+
+def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any]) -> Array:
+    """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
+    xp = namespace_of(x=x)
+    _canonical_shape(x.shape, "x")
+    check_group_size(x.shape[1], op=op, where=f"x of shape {tuple(x.shape)}")
+    dtype = compute_dtype(xp, x.dtype, precision)
+    y = op.forward(
+        xp,
+        to_dtype(xp, x, dtype),
+        CANONICAL_SAMPLE_AXES,
+        **params,
+        **_algorithm(op, precision),
+    )
+    return to_dtype(xp, y, output_dtype(xp, precision, x))
+
+
+def run_canonical_vjp(
+    op: GroupOp, dy: Array, x: Array, precision: Any, params: dict[str, Any]
+) -> XGrad:
+    """The VJP of ``op`` on a canonical ``(G, M, D)`` array ``x`` with cotangent ``dy``."""
+    xp = namespace_of(dy=dy, x=x)
+    _canonical_shape(x.shape, "x")
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    check_group_size(x.shape[1], op=op, where=f"x of shape {tuple(x.shape)}")
+    dtype = compute_dtype(xp, x.dtype, precision)
+    dx, _ = op.vjp(
+        xp,
+        to_dtype(xp, dy, dtype),
+        to_dtype(xp, x, dtype),
+        CANONICAL_SAMPLE_AXES,
+        **params,
+        **_algorithm(op, precision),
+    )
+    return XGrad(x=to_dtype(xp, dx, x.dtype))
+
+
+def _algorithm(op: GroupOp, precision: Any) -> dict[str, str]:
+    """The ``algorithm`` keyword for operations that take a centred variance."""
+    return {"algorithm": variance_algorithm(precision)} if op.needs_variance else {}

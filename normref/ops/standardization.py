@@ -1,0 +1,328 @@
+r"""The standardization family: center, scale by std, scale by RMS, standardize.
+
+Each operation acts per group on the canonical ``(G, M, D)`` layout: for every
+group ``g`` and feature ``d`` the statistics are taken over the ``M`` samples
+``x[g, :, d]``. Notation for one group (``n = M`` samples ``x_i``):
+
+.. math::
+
+    \mu = \frac1n \sum_i x_i, \qquad
+    v = \frac{1}{n - c} \sum_i (x_i - \mu)^2, \qquad
+    q = \frac1n \sum_i x_i^2
+
+with the variance correction ``c`` (0: biased, the default; 1: unbiased), and
+the divisor ``s(v)`` chosen by ``eps_mode``:
+
+* ``"add"``: :math:`s = \sqrt{v + \epsilon}` (torch, flax, keras, onnx);
+* ``"max"``: :math:`s = \sqrt{\max(v, \epsilon)}`;
+* ``"add_std"``: :math:`s = \sqrt{v} + \epsilon`.
+
+Backward (derived by hand; :math:`P(g) = g - \operatorname{mean}(g)` is the
+centring projection, :math:`\bar y` the cotangent):
+
+* center: :math:`y = x - \mu`, :math:`\bar x = P(\bar y)`.
+* standardize: :math:`y = (x - \mu)/s`,
+  :math:`\bar x = P(\bar y)/s + (x - \mu)\,k`,
+  :math:`k = -\frac{2 s'(v)}{s^2 (n - c)} \sum_i \bar y_i (x_i - \mu)`.
+  (The variance's derivative :math:`2 (x_i - \mu)/(n - c)` has no mean term
+  because :math:`\sum_i (x_i - \mu) = 0`.)
+* scale: :math:`y = x/s`, :math:`\bar x = \bar y/s + (x - \mu)\,k`,
+  :math:`k = -\frac{2 s'(v)}{s^2 (n - c)} \sum_i \bar y_i x_i`.
+* rms_scale: :math:`y = x/s(q)`, :math:`\bar x = \bar y/s + x\,k`,
+  :math:`k = -\frac{2 s'(q)}{s^2 n} \sum_i \bar y_i x_i`.
+
+with :math:`s'(v) = 1/(2s)` for ``"add"``; :math:`1/(2s)` where
+:math:`v \ge \epsilon` and 0 below for ``"max"`` (the ``max`` is taken as
+differentiable in its first argument at the tie); and :math:`1/(2\sqrt v)` for
+``"add_std"``, defined as 0 at :math:`v = 0`, where the input is constant, the
+centred values are all 0 and the term :math:`(x - \mu)k` vanishes in the limit.
+
+So constant groups give finite outputs and gradients in every mode; non-finite
+values propagate to their whole group.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from normref._checks import check_correction, check_eps, check_eps_mode
+from normref._namespace import Array, Namespace
+from normref.ops._group_op import GroupOp, XGrad, run_canonical, run_canonical_vjp
+
+
+def group_count(x: Array, axes: tuple[int, ...]) -> int:
+    """Number of samples per group: the product of ``x``'s sizes along ``axes``."""
+    return math.prod(x.shape[a] for a in axes)
+
+
+def mean_and_variance(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
+) -> tuple[Array, Array, Array]:
+    """Per-group mean, variance and centred values ``x - mean`` (means keep dims).
+
+    ``algorithm="two_pass"`` is the exact form; ``"fast"`` and ``"fast_clamped"``
+    model frameworks that use ``mean(x**2) - mean(x)**2``.
+    """
+    n = group_count(x, axes)
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    centred = x - mean
+    if algorithm == "two_pass":
+        m2 = xp.sum(centred * centred, axis=axes, keepdims=True)
+    else:
+        m2 = (xp.mean(x * x, axis=axes, keepdims=True) - mean * mean) * n
+        if algorithm == "fast_clamped":
+            m2 = xp.clip(m2, min=0.0)
+    return mean, m2 / (n - correction), centred
+
+
+def divisor(xp: Namespace, v: Array, *, eps: float, eps_mode: str) -> Array:
+    """The scale ``s(v)`` that ``eps_mode`` defines (see the module docstring)."""
+    if eps_mode == "add":
+        return xp.sqrt(v + eps)
+    if eps_mode == "max":
+        return xp.sqrt(xp.clip(v, min=eps))
+    return xp.sqrt(v) + eps
+
+
+def divisor_derivative(xp: Namespace, v: Array, s: Array, *, eps: float, eps_mode: str) -> Array:
+    """``ds/dv`` for :func:`divisor` (see the module docstring for the kinks)."""
+    if eps_mode == "add":
+        return 0.5 / s
+    if eps_mode == "max":
+        return xp.where(v >= eps, 0.5 / s, xp.zeros_like(s))
+    root = xp.sqrt(v)
+    positive = root > 0
+    return xp.where(
+        positive, 0.5 / xp.where(positive, root, xp.ones_like(root)), xp.zeros_like(root)
+    )
+
+
+def _center_forward(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    return x - xp.mean(x, axis=axes, keepdims=True)
+
+
+def _center_vjp(xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+    return _center_forward(xp, dy, axes), _center_forward(xp, x, axes)
+
+
+def _standardize_forward(
+    xp: Namespace,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    algorithm: str,
+) -> Array:
+    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    return centred / divisor(xp, v, eps=eps, eps_mode=eps_mode)
+
+
+def _standardize_vjp(
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    algorithm: str,
+) -> tuple[Array, Array]:
+    n = group_count(x, axes)
+    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
+    y = centred / s
+    k = (-2.0 / (n - correction)) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s
+    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
+    dx = _center_forward(xp, dy, axes) / s + centred * k
+    return dx, y
+
+
+def _scale_forward(
+    xp: Namespace,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    algorithm: str,
+) -> Array:
+    _, v, _ = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    return x / divisor(xp, v, eps=eps, eps_mode=eps_mode)
+
+
+def _scale_vjp(
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    algorithm: str,
+) -> tuple[Array, Array]:
+    n = group_count(x, axes)
+    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
+    y = x / s
+    k = (-2.0 / (n - correction)) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s
+    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
+    return dy / s + centred * k, y
+
+
+def _rms_scale_forward(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
+) -> Array:
+    q = xp.mean(x * x, axis=axes, keepdims=True)
+    return x / divisor(xp, q, eps=eps, eps_mode=eps_mode)
+
+
+def _rms_scale_vjp(
+    xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
+) -> tuple[Array, Array]:
+    n = group_count(x, axes)
+    q = xp.mean(x * x, axis=axes, keepdims=True)
+    s = divisor(xp, q, eps=eps, eps_mode=eps_mode)
+    y = x / s
+    k = (-2.0 / n) * divisor_derivative(xp, q, s, eps=eps, eps_mode=eps_mode) / s
+    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
+    return dy / s + x * k, y
+
+
+CENTER = GroupOp("center", _center_forward, _center_vjp, needs_variance=False)
+STANDARDIZE = GroupOp("standardize", _standardize_forward, _standardize_vjp, needs_variance=True)
+SCALE = GroupOp("scale", _scale_forward, _scale_vjp, needs_variance=True)
+RMS_SCALE = GroupOp("rms_scale", _rms_scale_forward, _rms_scale_vjp, needs_variance=False)
+
+
+def std_params(eps: float, eps_mode: str, correction: int) -> dict[str, Any]:
+    """Checked parameters of the operations that divide by a standard deviation."""
+    return {
+        "eps": check_eps(eps),
+        "eps_mode": check_eps_mode(eps_mode),
+        "correction": check_correction(correction),
+    }
+
+
+def rms_params(eps: float, eps_mode: str) -> dict[str, Any]:
+    """Checked parameters of :func:`rms_scale`."""
+    return {"eps": check_eps(eps), "eps_mode": check_eps_mode(eps_mode)}
+
+
+def center(x: Array, *, precision: Any = "highest") -> Array:
+    r"""Subtract the per-group mean: :math:`y = x - \mu`.
+
+    Parameters
+    ----------
+    x
+        Canonical array of shape ``(G, M, D)``; the mean is over axis 1.
+    precision
+        ``"highest"`` (float64), ``"native"`` or a convention to model
+        (see :mod:`normref._namespace`).
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype.
+    """
+    return run_canonical(CENTER, x, precision, {})
+
+
+def center_vjp(dy: Array, x: Array, *, precision: Any = "highest") -> XGrad:
+    r"""VJP of :func:`center`: :math:`\bar x = \bar y - \operatorname{mean}(\bar y)`."""
+    return run_canonical_vjp(CENTER, dy, x, precision, {})
+
+
+def standardize(
+    x: Array,
+    *,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Any = "highest",
+) -> Array:
+    r"""Per-group standardization: :math:`y = (x - \mu)/s(v)`.
+
+    Parameters
+    ----------
+    x
+        Canonical array of shape ``(G, M, D)``, ``M >= 2``; statistics over axis 1.
+    eps
+        Finite, > 0; enters as ``eps_mode`` says.
+    eps_mode
+        ``"add"`` (:math:`\sqrt{v+\epsilon}`), ``"max"`` (:math:`\sqrt{\max(v,\epsilon)}`)
+        or ``"add_std"`` (:math:`\sqrt v + \epsilon`).
+    correction
+        0 for the biased variance :math:`\frac1n\sum (x-\mu)^2`, 1 for the unbiased.
+    precision
+        ``"highest"`` (float64), ``"native"`` or a convention to model.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype; each group has mean 0 and variance
+    :math:`v/s^2` (1 up to the effect of ``eps``).
+    """
+    return run_canonical(STANDARDIZE, x, precision, std_params(eps, eps_mode, correction))
+
+
+def standardize_vjp(
+    dy: Array,
+    x: Array,
+    *,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Any = "highest",
+) -> XGrad:
+    r"""VJP of :func:`standardize`: :math:`\bar x = P(\bar y)/s + (x-\mu)k` (module docstring)."""
+    return run_canonical_vjp(STANDARDIZE, dy, x, precision, std_params(eps, eps_mode, correction))
+
+
+def scale(
+    x: Array,
+    *,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Any = "highest",
+) -> Array:
+    r"""Divide by the per-group standard deviation without centring: :math:`y = x/s(v)`.
+
+    Parameters are those of :func:`standardize`.
+    """
+    return run_canonical(SCALE, x, precision, std_params(eps, eps_mode, correction))
+
+
+def scale_vjp(
+    dy: Array,
+    x: Array,
+    *,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Any = "highest",
+) -> XGrad:
+    r"""VJP of :func:`scale`: :math:`\bar x = \bar y/s + (x-\mu)k` (module docstring)."""
+    return run_canonical_vjp(SCALE, dy, x, precision, std_params(eps, eps_mode, correction))
+
+
+def rms_scale(
+    x: Array, *, eps: float = 1e-6, eps_mode: str = "add", precision: Any = "highest"
+) -> Array:
+    r"""Divide by the per-group root mean square: :math:`y = x/s(q)`, :math:`q = \frac1n\sum x^2`.
+
+    No centring, so a group of one sample is allowed. Parameters as
+    :func:`standardize` (no ``correction``).
+    """
+    return run_canonical(RMS_SCALE, x, precision, rms_params(eps, eps_mode))
+
+
+def rms_scale_vjp(
+    dy: Array, x: Array, *, eps: float = 1e-6, eps_mode: str = "add", precision: Any = "highest"
+) -> XGrad:
+    r"""VJP of :func:`rms_scale`: :math:`\bar x = \bar y/s + x k` (module docstring)."""
+    return run_canonical_vjp(RMS_SCALE, dy, x, precision, rms_params(eps, eps_mode))

@@ -1,0 +1,198 @@
+"""Normalization area partitioning (NAP): which elements share statistics.
+
+A :class:`Partition` of an input shape says, for every element, which group it
+belongs to, which sample of that group it is and which feature. It maps ``x``
+to the canonical array of shape ``(G, M, D)`` (``G`` independent groups, ``M``
+samples the statistics are taken over, ``D`` features normalized jointly) and
+back, exactly.
+
+Internally a partition is a *split* of ``x``: a reshape that never moves data
+(some axes split into two, e.g. channels into ``(num_groups, C // num_groups)``)
+whose axes are each labelled group, sample or feature. Statistics are
+reductions over the sample axes of that split view; the canonical array is the
+split view with its group, sample and feature axes gathered (a transpose).
+
+====================  =================================  ===================  ======
+layer                 G                                  M                    D
+====================  =================================  ===================  ======
+batch norm            C                                  N·prod(S)            1
+layer norm (axes A)   prod(other axes)                   prod(A)              1
+instance norm         N·C                                prod(S)              1
+group norm (g)        N·g                                (C/g)·prod(S)        1
+ghost batch norm (b)  (N/b)·C                            b·prod(S)            1
+batch whitening (k)   C/k                                N·prod(S)            k
+====================  =================================  ===================  ======
+
+(``x`` of shape ``(N, C, *S)`` with the channel axis at ``axis``; the batch axis
+is axis 0.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from normref._checks import check_positive_int, check_rank, normalize_axes, normalize_axis
+from normref._namespace import Array, Namespace
+
+GROUP, SAMPLE, FEATURE = "group", "sample", "feature"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A split of ``shape`` into group, sample and feature axes.
+
+    Attributes
+    ----------
+    shape
+        Shape of the input the partition applies to.
+    split_shape
+        A reshape of ``shape`` (same elements in the same order).
+    labels
+        For each axis of ``split_shape``: ``"group"``, ``"sample"`` or ``"feature"``.
+    """
+
+    shape: tuple[int, ...]
+    split_shape: tuple[int, ...]
+    labels: tuple[str, ...]
+
+    def _axes(self, label: str) -> tuple[int, ...]:
+        return tuple(i for i, lab in enumerate(self.labels) if lab == label)
+
+    @property
+    def group_axes(self) -> tuple[int, ...]:
+        """Axes of the split view that index groups."""
+        return self._axes(GROUP)
+
+    @property
+    def sample_axes(self) -> tuple[int, ...]:
+        """Axes of the split view that statistics are reduced over."""
+        return self._axes(SAMPLE)
+
+    @property
+    def feature_axes(self) -> tuple[int, ...]:
+        """Axes of the split view that index jointly normalized features."""
+        return self._axes(FEATURE)
+
+    def _size(self, label: str) -> int:
+        return math.prod(self.split_shape[i] for i in self._axes(label))
+
+    @property
+    def G(self) -> int:
+        """Number of independent groups."""
+        return self._size(GROUP)
+
+    @property
+    def M(self) -> int:
+        """Number of samples in each group."""
+        return self._size(SAMPLE)
+
+    @property
+    def D(self) -> int:
+        """Number of features normalized jointly (1 for per-feature standardization)."""
+        return self._size(FEATURE)
+
+    def split(self, xp: Namespace, x: Array) -> Array:
+        """``x`` reshaped to ``split_shape`` (no data moves)."""
+        return xp.reshape(x, self.split_shape)
+
+    def unsplit(self, xp: Namespace, v: Array) -> Array:
+        """Inverse of :meth:`split`."""
+        return xp.reshape(v, self.shape)
+
+    @property
+    def _order(self) -> tuple[int, ...]:
+        return self.group_axes + self.sample_axes + self.feature_axes
+
+    def to_canonical(self, xp: Namespace, x: Array) -> Array:
+        """``x`` as the canonical ``(G, M, D)`` array."""
+        gathered = xp.permute_dims(self.split(xp, x), self._order)
+        return xp.reshape(gathered, (self.G, self.M, self.D))
+
+    def from_canonical(self, xp: Namespace, c: Array) -> Array:
+        """Inverse of :meth:`to_canonical`: a ``(G, M, D)`` array back in ``shape``."""
+        order = self._order
+        gathered = xp.reshape(c, tuple(self.split_shape[i] for i in order))
+        inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+        return self.unsplit(xp, xp.permute_dims(gathered, inverse))
+
+
+def _channel_axis_not_batch(axis: object, ndim: int) -> int:
+    channel = normalize_axis(axis, ndim)
+    if channel == 0:
+        msg = f"axis={axis} names the batch axis 0; the channel axis must be another axis"
+        raise ValueError(msg)
+    return channel
+
+
+def batch_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
+    """Batch norm: one group per channel (``axis``), samples over all other axes.
+
+    Also the per-output-unit partition of a weight (``axis`` = ``out_axis``).
+    """
+    check_rank(shape, minimum=1, layout="the channel axis and any others")
+    channel = normalize_axis(axis, len(shape))
+    labels = tuple(GROUP if i == channel else SAMPLE for i in range(len(shape)))
+    return Partition(tuple(shape), tuple(shape), labels)
+
+
+def layer_partition(shape: tuple[int, ...], axes: object = (-1,)) -> Partition:
+    """Layer norm: statistics over ``axes``, one group per index of the other axes."""
+    check_rank(shape, minimum=1, layout="at least the normalized axes")
+    reduced = normalize_axes(axes, len(shape))
+    labels = tuple(SAMPLE if i in reduced else GROUP for i in range(len(shape)))
+    return Partition(tuple(shape), tuple(shape), labels)
+
+
+def instance_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
+    """Instance norm: one group per (sample, channel), statistics over the spatial axes."""
+    check_rank(shape, minimum=3, layout="N, C and at least one spatial axis")
+    channel = _channel_axis_not_batch(axis, len(shape))
+    labels = tuple(GROUP if i in (0, channel) else SAMPLE for i in range(len(shape)))
+    return Partition(tuple(shape), tuple(shape), labels)
+
+
+def group_partition(shape: tuple[int, ...], num_groups: int, axis: int = 1) -> Partition:
+    """Group norm: channels split into ``num_groups`` contiguous groups per sample."""
+    check_rank(shape, minimum=2, layout="N, C and any spatial axes")
+    channel = _channel_axis_not_batch(axis, len(shape))
+    groups = check_positive_int(num_groups, name="num_groups")
+    channels = shape[channel]
+    if channels % groups:
+        msg = (
+            f"num_groups={num_groups} must divide the number of channels "
+            f"x.shape[{channel}]={channels}"
+        )
+        raise ValueError(msg)
+    split_shape: list[int] = []
+    labels: list[str] = []
+    for i, size in enumerate(shape):
+        if i == channel:
+            split_shape += [groups, channels // groups]
+            labels += [GROUP, SAMPLE]
+        else:
+            split_shape.append(size)
+            labels.append(GROUP if i == 0 else SAMPLE)
+    return Partition(tuple(shape), tuple(split_shape), tuple(labels))
+
+
+def ghost_batch_partition(
+    shape: tuple[int, ...], virtual_batch_size: int, axis: int = 1
+) -> Partition:
+    """Ghost batch norm: the batch split into virtual batches, each batch-normalized alone."""
+    check_rank(shape, minimum=2, layout="N, C and any spatial axes")
+    channel = _channel_axis_not_batch(axis, len(shape))
+    size = check_positive_int(virtual_batch_size, name="virtual_batch_size")
+    if shape[0] % size:
+        msg = (
+            f"virtual_batch_size={virtual_batch_size} must divide the batch size "
+            f"x.shape[0]={shape[0]}"
+        )
+        raise ValueError(msg)
+    split_shape = (shape[0] // size, size, *shape[1:])
+    labels = (
+        GROUP,
+        SAMPLE,
+        *tuple(GROUP if i == channel else SAMPLE for i in range(1, len(shape))),
+    )
+    return Partition(tuple(shape), split_shape, labels)

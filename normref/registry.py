@@ -1,0 +1,522 @@
+"""The operation registry: every normref operation, listed once.
+
+Each :class:`OpSpec` names an operation's forward and VJP, which arguments
+are arrays and which are differentiable, how to draw valid inputs, how the
+operation groups its input, which identities it satisfies and which invalid
+inputs it must refuse. Tests, benchmarks, documentation tables and the
+conformance suite are driven from :data:`REGISTRY`, so an operation added here
+is tested, benchmarked and documented everywhere.
+
+Sampling takes a :class:`numpy.random.Generator` from the caller (random
+numbers are not part of the Array API) and returns NumPy float64 arrays; the
+caller converts them to the namespace and dtype under test.
+
+Property names (:attr:`OpSpec.properties`), each about the output without its
+affine parameters:
+
+``zero_mean``
+    every group of the output has mean 0;
+``unit_variance``
+    every group has biased variance :math:`v/(v + \\epsilon)`;
+``unit_rms``
+    every group has mean square :math:`q/(q + \\epsilon)`;
+``shift_invariant``
+    adding a constant to each group of ``x`` leaves the output unchanged;
+``scale_invariant``
+    ``f(a x, eps=a**2 eps) == f(x, eps)`` for ``a > 0``;
+``idempotent``
+    applying the operation to its own output changes it by ``O(eps / v)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from normref import layers, ops
+from normref.partition import (
+    GROUP,
+    SAMPLE,
+    Partition,
+    batch_partition,
+    ghost_batch_partition,
+    group_partition,
+    instance_partition,
+    layer_partition,
+)
+
+Rng = Any  # numpy.random.Generator, supplied by the caller
+
+
+class Sample(NamedTuple):
+    """Arguments of one call: ``args`` (positional-or-keyword, in order) and ``kwargs``."""
+
+    args: dict[str, Any]
+    kwargs: dict[str, Any]
+
+    def replace(self, **changes: Any) -> Sample:
+        """A copy with some arguments (positional or keyword) replaced."""
+        args = {k: changes.pop(k) if k in changes else v for k, v in self.args.items()}
+        return Sample(args, {**self.kwargs, **changes})
+
+
+class ErrorCase(NamedTuple):
+    """An invalid input: how to derive it from a valid sample, and what must be raised."""
+
+    description: str
+    modify: Callable[[Sample], Sample]
+    exception: type[Exception]
+    match: str
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One operation of normref (see the module docstring)."""
+
+    name: str
+    family: str
+    forward: Callable[..., Any]
+    vjp: Callable[..., Any]
+    arrays: tuple[str, ...]
+    differentiable: tuple[str, ...]
+    sample: Callable[..., Sample]
+    partition: Callable[[Sample], Partition] | None = None
+    affine_args: tuple[str, ...] = ()
+    properties: frozenset[str] = frozenset()
+    errors: tuple[ErrorCase, ...] = ()
+
+    def call(self, sample: Sample) -> Any:
+        """The forward on ``sample``."""
+        return self.forward(*sample.args.values(), **sample.kwargs)
+
+    def call_vjp(self, dy: Any, sample: Sample) -> Any:
+        """The VJP on cotangent ``dy`` and ``sample``."""
+        return self.vjp(dy, *sample.args.values(), **sample.kwargs)
+
+    def without_affine(self, sample: Sample) -> Sample:
+        """``sample`` with the affine parameters set to ``None``."""
+        return sample.replace(**dict.fromkeys(self.affine_args))
+
+
+# ---------------------------------------------------------------------------
+# Samplers: small random shapes by default, or a given shape of x.
+
+
+def _shape_nchw(rng: Rng, min_spatial: int = 0) -> tuple[int, ...]:
+    spatial = tuple(int(s) for s in rng.integers(1, 4, size=int(rng.integers(min_spatial, 3))))
+    return (int(rng.integers(2, 5)), int(rng.integers(1, 6)), *spatial)
+
+
+def _normal(rng: Rng, shape: tuple[int, ...]) -> Any:
+    return rng.standard_normal(shape)
+
+
+def _positive(rng: Rng, shape: tuple[int, ...]) -> Any:
+    return 0.5 + rng.random(shape)
+
+
+def _channel_sample(
+    rng: Rng, shape: tuple[int, ...] | None, *, min_spatial: int = 0, **leading: Any
+) -> Sample:
+    x_shape = shape if shape is not None else _shape_nchw(rng, min_spatial)
+    c = (x_shape[1],)
+    args = {"x": _normal(rng, x_shape), **leading}
+    args["gamma"] = 1.0 + 0.5 * _normal(rng, c)
+    args["beta"] = _normal(rng, c)
+    return Sample(args, {"eps": 1e-5, "axis": 1})
+
+
+def _sample_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    return _channel_sample(rng, shape)
+
+
+def _sample_instance_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    x_shape = shape if shape is not None else _shape_nchw(rng, min_spatial=1)
+    if shape is None and x_shape[2] == 1:
+        x_shape = (*x_shape[:2], 2, *x_shape[3:])
+    return _channel_sample(rng, x_shape)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _sample_group_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    x_shape = shape if shape is not None else _shape_nchw(rng)
+    spatial = x_shape[2:]
+    # keep at least 2 values per group: a group of one channel needs some spatial extent
+    options = [g for g in _divisors(x_shape[1]) if (x_shape[1] // g) * math.prod(spatial) >= 2]
+    if not options:
+        x_shape = (x_shape[0], 2, *spatial)
+        options = [1]
+    num_groups = int(rng.choice(options))
+    sample = _channel_sample(rng, x_shape)
+    args = {
+        "x": sample.args["x"],
+        "num_groups": num_groups,
+        "gamma": sample.args["gamma"],
+        "beta": sample.args["beta"],
+    }
+    return Sample(args, sample.kwargs)
+
+
+def _sample_ghost_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    if shape is None:
+        base = _shape_nchw(rng)
+        shape = (2 * base[0], *base[1:])
+    options = [b for b in _divisors(shape[0]) if b * math.prod(shape[2:]) >= 2]
+    size = int(rng.choice(options))
+    sample = _channel_sample(rng, shape)
+    args = {
+        "x": sample.args["x"],
+        "virtual_batch_size": size,
+        "gamma": sample.args["gamma"],
+        "beta": sample.args["beta"],
+    }
+    return Sample(args, sample.kwargs)
+
+
+def _sample_batch_norm_inference(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    sample = _channel_sample(rng, shape)
+    c = (sample.args["x"].shape[1],)
+    args = {
+        "x": sample.args["x"],
+        "running_mean": 0.3 * _normal(rng, c),
+        "running_var": _positive(rng, c),
+        "gamma": sample.args["gamma"],
+        "beta": sample.args["beta"],
+    }
+    return Sample(args, sample.kwargs)
+
+
+def _trailing_sample(rng: Rng, shape: tuple[int, ...] | None, *, with_beta: bool) -> Sample:
+    if shape is None:
+        lead = tuple(int(s) for s in rng.integers(1, 4, size=int(rng.integers(0, 3))))
+        tail = tuple(int(s) for s in rng.integers(1, 5, size=int(rng.integers(1, 3))))
+        if math.prod(tail) < 2:
+            tail = (*tail[:-1], 3)
+        shape, axes = (*lead, *tail), tuple(range(-len(tail), 0))
+    else:
+        axes = (-1,)
+    normalized = shape[len(shape) - len(axes) :]
+    args = {"x": _normal(rng, shape), "gamma": 1.0 + 0.5 * _normal(rng, normalized)}
+    if with_beta:
+        args["beta"] = _normal(rng, normalized)
+    return Sample(args, {"axes": axes, "eps": 1e-5})
+
+
+def _sample_layer_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    return _trailing_sample(rng, shape, with_beta=True)
+
+
+def _sample_rms_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    return _trailing_sample(rng, shape, with_beta=False)
+
+
+def _sample_canonical(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    if shape is None:
+        shape = (int(rng.integers(1, 4)), int(rng.integers(2, 7)), int(rng.integers(1, 3)))
+    return Sample({"x": _normal(rng, shape)}, {})
+
+
+def _sample_canonical_eps(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    sample = _sample_canonical(rng, shape)
+    return Sample(sample.args, {"eps": 1e-5})
+
+
+# ---------------------------------------------------------------------------
+# Partitions of a sample's x (for the identity tests).
+
+
+def _canonical_partition(sample: Sample) -> Partition:
+    shape = tuple(sample.args["x"].shape)
+    return Partition(shape, shape, (GROUP, SAMPLE, GROUP))
+
+
+def _x_shape(sample: Sample) -> tuple[int, ...]:
+    return tuple(sample.args["x"].shape)
+
+
+# ---------------------------------------------------------------------------
+# Invalid inputs.
+
+
+def _wrong_param(name: str) -> ErrorCase:
+    def modify(sample: Sample) -> Sample:
+        bad = sample.args[name]
+        return sample.replace(**{name: bad[:-1] if bad.shape[-1] > 1 else bad.reshape((1, 1))})
+
+    return ErrorCase(f"{name} of the wrong shape", modify, ValueError, f"{name} must have shape")
+
+
+def _collapse_samples(
+    to_shape: Callable[[tuple[int, ...]], tuple[int, ...]],
+) -> Callable[[Sample], Sample]:
+    def modify(sample: Sample) -> Sample:
+        x = sample.args["x"]
+        return sample.replace(
+            x=x.flatten()[: math.prod(to_shape(x.shape))].reshape(to_shape(x.shape))
+        )
+
+    return modify
+
+
+_SINGLE_SAMPLE = "which needs at least 2 samples per group"
+
+
+_CHANNEL_ERRORS = (
+    _wrong_param("gamma"),
+    _wrong_param("beta"),
+    ErrorCase(
+        "axis out of range", lambda s: s.replace(axis=9), ValueError, r"axis=9 is out of range"
+    ),
+)
+
+_CANONICAL_RANK = ErrorCase(
+    "x not of rank 3",
+    lambda s: s.replace(x=s.args["x"].reshape((-1,))),
+    ValueError,
+    r"canonical shape \(G, M, D\)",
+)
+
+
+def _one_sample_canonical(sample: Sample) -> Sample:
+    x = sample.args["x"]
+    return sample.replace(x=x[:, :1, :])
+
+
+REGISTRY: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        # ----------------------------------------------------------- canonical ops
+        OpSpec(
+            "center",
+            "standardization",
+            ops.center,
+            ops.center_vjp,
+            ("x",),
+            ("x",),
+            _sample_canonical,
+            _canonical_partition,
+            properties=frozenset({"zero_mean", "shift_invariant", "idempotent"}),
+            errors=(_CANONICAL_RANK,),
+        ),
+        OpSpec(
+            "scale",
+            "standardization",
+            ops.scale,
+            ops.scale_vjp,
+            ("x",),
+            ("x",),
+            _sample_canonical_eps,
+            _canonical_partition,
+            properties=frozenset({"scale_invariant"}),
+            errors=(
+                _CANONICAL_RANK,
+                ErrorCase(
+                    "a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE
+                ),
+            ),
+        ),
+        OpSpec(
+            "rms_scale",
+            "standardization",
+            ops.rms_scale,
+            ops.rms_scale_vjp,
+            ("x",),
+            ("x",),
+            _sample_canonical_eps,
+            _canonical_partition,
+            properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
+            errors=(_CANONICAL_RANK,),
+        ),
+        OpSpec(
+            "standardize",
+            "standardization",
+            ops.standardize,
+            ops.standardize_vjp,
+            ("x",),
+            ("x",),
+            _sample_canonical_eps,
+            _canonical_partition,
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                _CANONICAL_RANK,
+                ErrorCase(
+                    "a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE
+                ),
+            ),
+        ),
+        # ----------------------------------------------------------- layers
+        OpSpec(
+            "batch_norm",
+            "standardization",
+            layers.batch_norm,
+            layers.batch_norm_vjp,
+            ("x", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_batch_norm,
+            lambda s: batch_partition(_x_shape(s), s.kwargs["axis"]),
+            affine_args=("gamma", "beta"),
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                *_CHANNEL_ERRORS,
+                ErrorCase(
+                    "one value per channel",
+                    _collapse_samples(lambda shape: (1, shape[1])),
+                    ValueError,
+                    _SINGLE_SAMPLE,
+                ),
+            ),
+        ),
+        OpSpec(
+            "batch_norm_inference",
+            "standardization",
+            layers.batch_norm_inference,
+            layers.batch_norm_inference_vjp,
+            ("x", "running_mean", "running_var", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_batch_norm_inference,
+            lambda s: batch_partition(_x_shape(s), s.kwargs["axis"]),
+            affine_args=("gamma", "beta"),
+            errors=(*_CHANNEL_ERRORS, _wrong_param("running_mean"), _wrong_param("running_var")),
+        ),
+        OpSpec(
+            "layer_norm",
+            "standardization",
+            layers.layer_norm,
+            layers.layer_norm_vjp,
+            ("x", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_layer_norm,
+            lambda s: layer_partition(_x_shape(s), s.kwargs["axes"]),
+            affine_args=("gamma", "beta"),
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                _wrong_param("gamma"),
+                _wrong_param("beta"),
+                ErrorCase(
+                    "axes naming an axis twice",
+                    lambda s: s.replace(axes=(-1, -1), gamma=None, beta=None),
+                    ValueError,
+                    "names an axis twice",
+                ),
+                ErrorCase(
+                    "one value per group",
+                    lambda s: s.replace(x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None),
+                    ValueError,
+                    _SINGLE_SAMPLE,
+                ),
+            ),
+        ),
+        OpSpec(
+            "instance_norm",
+            "standardization",
+            layers.instance_norm,
+            layers.instance_norm_vjp,
+            ("x", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_instance_norm,
+            lambda s: instance_partition(_x_shape(s), s.kwargs["axis"]),
+            affine_args=("gamma", "beta"),
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                *_CHANNEL_ERRORS,
+                ErrorCase(
+                    "x of rank 2 (no spatial axis)",
+                    _collapse_samples(lambda shape: shape[:2]),
+                    ValueError,
+                    r"rank >= 3",
+                ),
+                ErrorCase(
+                    "one spatial value",
+                    _collapse_samples(lambda shape: (shape[0], shape[1], 1)),
+                    ValueError,
+                    _SINGLE_SAMPLE,
+                ),
+                ErrorCase(
+                    "channel axis 0", lambda s: s.replace(axis=0), ValueError, "batch axis 0"
+                ),
+            ),
+        ),
+        OpSpec(
+            "group_norm",
+            "standardization",
+            layers.group_norm,
+            layers.group_norm_vjp,
+            ("x", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_group_norm,
+            lambda s: group_partition(_x_shape(s), s.args["num_groups"], s.kwargs["axis"]),
+            affine_args=("gamma", "beta"),
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                *_CHANNEL_ERRORS,
+                ErrorCase(
+                    "num_groups not dividing C",
+                    lambda s: s.replace(num_groups=s.args["x"].shape[1] + 1),
+                    ValueError,
+                    "must divide the number of channels",
+                ),
+                ErrorCase(
+                    "num_groups = 0",
+                    lambda s: s.replace(num_groups=0),
+                    ValueError,
+                    "num_groups must be an integer >= 1",
+                ),
+            ),
+        ),
+        OpSpec(
+            "ghost_batch_norm",
+            "standardization",
+            layers.ghost_batch_norm,
+            layers.ghost_batch_norm_vjp,
+            ("x", "gamma", "beta"),
+            ("x", "gamma", "beta"),
+            _sample_ghost_batch_norm,
+            lambda s: ghost_batch_partition(
+                _x_shape(s), s.args["virtual_batch_size"], s.kwargs["axis"]
+            ),
+            affine_args=("gamma", "beta"),
+            properties=frozenset(
+                {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+            ),
+            errors=(
+                *_CHANNEL_ERRORS,
+                ErrorCase(
+                    "virtual_batch_size not dividing N",
+                    lambda s: s.replace(virtual_batch_size=s.args["x"].shape[0] + 1),
+                    ValueError,
+                    "must divide the batch size",
+                ),
+            ),
+        ),
+        OpSpec(
+            "rms_norm",
+            "standardization",
+            layers.rms_norm,
+            layers.rms_norm_vjp,
+            ("x", "gamma"),
+            ("x", "gamma"),
+            _sample_rms_norm,
+            lambda s: layer_partition(_x_shape(s), s.kwargs["axes"]),
+            affine_args=("gamma",),
+            properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
+            errors=(_wrong_param("gamma"),),
+        ),
+    )
+}
+
+__all__ = ["REGISTRY", "ErrorCase", "OpSpec", "Sample"]

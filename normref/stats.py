@@ -1,0 +1,200 @@
+r"""Moments with exact merging, and running (population) statistics as pure functions.
+
+Moments
+    :class:`Moments` holds ``(count, mean, m2)`` with :math:`m_2 = \sum (x - \bar x)^2`.
+    Two sets of moments of disjoint data merge exactly (Chan, Golub & LeVeque,
+    1979):
+
+    .. math::
+
+        n = n_a + n_b, \quad \delta = \bar x_b - \bar x_a, \quad
+        \bar x = \bar x_a + \delta \frac{n_b}{n}, \quad
+        m_2 = m_{2,a} + m_{2,b} + \delta^2 \frac{n_a n_b}{n},
+
+    so statistics can be taken chunk by chunk, per device, or over a data set
+    larger than memory, and combined in any tree order.
+
+Running statistics
+    :func:`running_update` is one update of a batch-norm layer's running mean
+    and variance, written as a pure function of the old values, the batch's
+    statistics, the momentum and the convention: nothing is updated in place.
+    With ``w`` the weight of the new batch (``w = momentum`` under torch's
+    meaning, ``w = 1 - momentum`` under flax/keras/onnx's, ``w = 1/k`` for the
+    ``k``-th batch of a cumulative average, ``momentum=None``):
+
+    .. math::
+
+        \mu_{new} = (1 - w)\,\mu_{old} + w\,\mu_B, \qquad
+        \sigma^2_{new} = (1 - w)\,\sigma^2_{old} + w\,\sigma^2_B \cdot
+        \begin{cases} n/(n-1) & \text{unbiased running variance (torch)} \\
+        1 & \text{biased (flax, keras, onnx)} \end{cases}
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, NamedTuple
+
+from normref._checks import check_correction, check_momentum, check_shape, normalize_axes
+from normref._namespace import Array, compute_dtype, namespace_of, to_dtype
+from normref.conventions import Convention, get_convention
+from normref.ops.standardization import group_count
+
+
+class Moments(NamedTuple):
+    """Count, mean and sum of squared deviations of some data, per statistic.
+
+    ``count`` is a Python int; ``mean`` and ``m2`` are arrays in the dtype the
+    moments were computed in (float64 under ``precision="highest"``): they are
+    accumulators, meant to be merged before they are rounded.
+    """
+
+    count: int
+    mean: Array
+    m2: Array
+
+
+class RunningStats(NamedTuple):
+    """Running (population) mean and variance of a batch-norm layer."""
+
+    mean: Array
+    var: Array
+
+
+def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest") -> Moments:
+    r"""Moments of ``x`` reduced over ``axis`` (an int or a tuple of ints).
+
+    ``mean`` and ``m2`` have ``x``'s shape without the reduced axes. The mean is
+    :math:`\frac1n \sum x` and :math:`m_2 = \sum (x - \bar x)^2`, both by two
+    passes in the compute dtype of ``precision``.
+    """
+    xp = namespace_of(x=x)
+    axes = normalize_axes(axis, x.ndim, name="axis")
+    xc = to_dtype(xp, x, compute_dtype(xp, x.dtype, precision))
+    mean = xp.mean(xc, axis=axes, keepdims=True)
+    deviations = xc - mean
+    m2 = xp.sum(deviations * deviations, axis=axes)
+    return Moments(group_count(x, axes), xp.squeeze(mean, axis=axes), m2)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Exact moments of the union of the data behind ``a`` and ``b`` (Chan et al.)."""
+    xp = namespace_of(a_mean=a.mean, a_m2=a.m2, b_mean=b.mean, b_m2=b.m2)
+    check_shape(b.mean.shape, a.mean.shape, name="b.mean", what="the shape of a.mean")
+    for name, m in (("a", a), ("b", b)):
+        _check_count(m.count, name=f"{name}.count")
+    if b.count == 0:
+        return a
+    if a.count == 0:
+        return b
+    n = a.count + b.count
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count / n)
+    m2 = a.m2 + b.m2 + (delta * delta) * (a.count * b.count / n)
+    dtype = xp.result_type(a.mean.dtype, b.mean.dtype)
+    return Moments(n, to_dtype(xp, mean, dtype), to_dtype(xp, m2, dtype))
+
+
+def _check_count(count: object, *, name: str) -> int:
+    try:
+        value = operator.index(count)  # type: ignore[arg-type]
+    except TypeError:
+        msg = f"{name} must be an integer, got {type(count).__name__}"
+        raise TypeError(msg) from None
+    if value < 0:
+        msg = f"{name} must be >= 0, got {count!r}"
+        raise ValueError(msg)
+    return value
+
+
+def variance(m: Moments, correction: int = 0) -> Array:
+    r"""Variance :math:`m_2 / (n - c)` from moments; ``correction`` c is 0 or 1."""
+    c = check_correction(correction)
+    if m.count - c < 1:
+        msg = f"variance with correction={c} needs count > {c}, got count={m.count}"
+        raise ValueError(msg)
+    return m.m2 / (m.count - c)
+
+
+def running_update(
+    running_mean: Array,
+    running_var: Array,
+    batch_mean: Array,
+    batch_var: Array,
+    count: int,
+    *,
+    momentum: float | None,
+    convention: Convention | str,
+    num_batches_tracked: int | None = None,
+    precision: Any = "highest",
+) -> RunningStats:
+    """One update of running batch-norm statistics (see the module docstring).
+
+    Parameters
+    ----------
+    running_mean, running_var
+        The running statistics before this batch, shape ``(C,)``.
+    batch_mean, batch_var
+        This batch's mean and *biased* variance, shape ``(C,)``.
+    count
+        Number of values behind each batch statistic (``n``); the unbiased
+        running variance needs ``count >= 2``.
+    momentum
+        In the convention's meaning (torch: weight of the batch; flax, keras,
+        onnx: weight of the old value); ``None``: cumulative average, which
+        needs ``num_batches_tracked``.
+    convention
+        A :class:`~normref.conventions.Convention` or preset name: it gives
+        the momentum's meaning and whether the running variance is unbiased.
+    num_batches_tracked
+        With ``momentum=None``: how many batches have been seen, this one
+        included (torch increments its counter before the update).
+    precision
+        ``"highest"`` (float64) or ``"native"``.
+
+    Returns
+    -------
+    RunningStats
+        New ``(mean, var)`` in the dtypes of ``running_mean`` and ``running_var``.
+    """
+    conv = get_convention(convention)
+    xp = namespace_of(
+        running_mean=running_mean,
+        running_var=running_var,
+        batch_mean=batch_mean,
+        batch_var=batch_var,
+    )
+    shape = tuple(running_mean.shape)
+    for name, value in (
+        ("running_var", running_var),
+        ("batch_mean", batch_mean),
+        ("batch_var", batch_var),
+    ):
+        check_shape(value.shape, shape, name=name, what="the shape of running_mean")
+    n = _check_count(count, name="count")
+    m = check_momentum(momentum, allow_none=True)
+    if m is None:
+        if num_batches_tracked is None or operator.index(num_batches_tracked) < 1:
+            msg = (
+                "momentum=None (cumulative average) needs num_batches_tracked >= 1, "
+                f"got {num_batches_tracked!r}"
+            )
+            raise ValueError(msg)
+        w = 1.0 / operator.index(num_batches_tracked)
+    else:
+        w = conv.batch_weight(m)
+    if conv.running_var_correction == 1 and n < 2:
+        msg = (
+            f"convention {conv.name!r} keeps an unbiased running variance, which needs "
+            f"count >= 2 values per statistic, got count={count}"
+        )
+        raise ValueError(msg)
+    dtype = compute_dtype(xp, running_mean.dtype, precision)
+    var_b = to_dtype(xp, batch_var, dtype)
+    if conv.running_var_correction == 1:
+        var_b = var_b * (n / (n - 1))
+    new_mean = (1.0 - w) * to_dtype(xp, running_mean, dtype) + w * to_dtype(xp, batch_mean, dtype)
+    new_var = (1.0 - w) * to_dtype(xp, running_var, dtype) + w * var_b
+    return RunningStats(
+        to_dtype(xp, new_mean, running_mean.dtype), to_dtype(xp, new_var, running_var.dtype)
+    )

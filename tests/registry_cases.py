@@ -1,0 +1,54 @@
+"""Registry-driven parametrization: which ops to run a test over, and samples as backend arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from normref.registry import REGISTRY, OpSpec, Sample
+from tests.support import Backend
+
+
+def op_params(family: str | None = None, *, needs: str | None = None) -> list[Any]:
+    """``pytest.param`` for every registry op (of ``family``; with property ``needs``)."""
+    return [
+        pytest.param(spec, id=name)
+        for name, spec in REGISTRY.items()
+        if (family is None or spec.family == family) and (needs is None or needs in spec.properties)
+    ]
+
+
+def draw(spec: OpSpec, seed: int, shape: tuple[int, ...] | None = None) -> Sample:
+    """A valid float64 NumPy sample of ``spec``'s inputs, reproducible from ``seed``."""
+    return spec.sample(np.random.default_rng(seed), shape)
+
+
+def on_backend(sample: Sample, backend: Backend, dtype: str = "float64") -> Sample:
+    """``sample`` with its arrays converted to ``backend`` arrays of ``dtype``."""
+
+    def convert(value: Any) -> Any:
+        return backend.asarray(value, dtype) if isinstance(value, np.ndarray) else value
+
+    return Sample(
+        {k: convert(v) for k, v in sample.args.items()},
+        {k: convert(v) for k, v in sample.kwargs.items()},
+    )
+
+
+def rounded(sample: Sample, backend: Backend, dtype: str) -> Sample:
+    """``sample`` with its arrays rounded to ``dtype`` by ``backend``, back as float64 NumPy."""
+    on = on_backend(sample, backend, dtype)
+    return Sample(
+        {
+            k: backend.to_numpy(v) if isinstance(sample.args[k], np.ndarray) else v
+            for k, v in on.args.items()
+        },
+        sample.kwargs,
+    )
+
+
+def array_args(spec: OpSpec, sample: Sample) -> dict[str, np.ndarray]:
+    """The array arguments of ``sample`` that are not ``None``."""
+    return {k: v for k, v in sample.args.items() if k in spec.arrays and v is not None}

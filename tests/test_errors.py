@@ -1,0 +1,139 @@
+"""Bad input gets a clear error; inputs are never modified; edge values stay finite or propagate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normref
+from normref.registry import REGISTRY, OpSpec
+from tests.registry_cases import draw, on_backend, op_params
+from tests.support import Backend
+
+ERROR_CASES = [
+    pytest.param(spec, case, id=f"{name}-{case.description}")
+    for name, spec in REGISTRY.items()
+    for case in spec.errors
+]
+
+
+@pytest.mark.parametrize(("spec", "case"), ERROR_CASES)
+def test_registered_error_cases(spec: OpSpec, case, standard_backend: Backend):
+    invalid = case.modify(draw(spec, 0))
+    bad = on_backend(invalid, standard_backend)
+    with pytest.raises(case.exception, match=case.match):
+        spec.call(bad)
+    dy = standard_backend.asarray(np.ones(np.shape(invalid.args["x"])), "float64")
+    with pytest.raises(case.exception, match=case.match):
+        spec.call_vjp(dy, bad)
+
+
+@pytest.mark.parametrize("spec", op_params())
+def test_integer_input_is_a_type_error(spec: OpSpec):
+    sample = draw(spec, 0)
+    bad = sample.replace(x=np.ones(sample.args["x"].shape, dtype=np.int64))
+    with pytest.raises(TypeError, match="x must have a real floating dtype, got int64"):
+        spec.call(bad)
+
+
+@pytest.mark.parametrize("spec", op_params())
+def test_non_array_input_is_a_type_error(spec: OpSpec):
+    sample = draw(spec, 0)
+    with pytest.raises(TypeError, match="x must be an array, got list"):
+        spec.call(sample.replace(x=sample.args["x"].tolist()))
+
+
+@pytest.mark.parametrize("spec", [p for p in op_params() if len(p.values[0].arrays) > 1])
+def test_mixed_namespaces_name_the_arguments(spec: OpSpec):
+    import array_api_strict
+
+    sample = draw(spec, 0)
+    other = next(n for n in spec.arrays[1:] if sample.args.get(n) is not None)
+    mixed = sample.replace(**{other: array_api_strict.asarray(sample.args[other])})
+    with pytest.raises(
+        TypeError, match=rf"different array libraries \(x is .*numpy, {other} is array_api_strict"
+    ):
+        spec.call(mixed)
+
+
+@pytest.mark.parametrize("spec", [p for p in op_params() if "eps" in draw(p.values[0], 0).kwargs])
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")])
+def test_eps_must_be_finite_and_positive(spec: OpSpec, eps: float):
+    sample = draw(spec, 0).replace(eps=eps)
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got"):
+        spec.call(sample)
+
+
+@pytest.mark.parametrize("spec", op_params())
+def test_cotangent_of_the_wrong_shape(spec: OpSpec):
+    sample = draw(spec, 0)
+    dy = np.ones((*np.shape(spec.call(sample)), 2))
+    with pytest.raises(ValueError, match="dy must have shape"):
+        spec.call_vjp(dy, sample)
+
+
+@pytest.mark.parametrize("spec", op_params())
+@pytest.mark.parametrize("precision", ["float64", "exact", 3])
+def test_unknown_precision(spec: OpSpec, precision):
+    with pytest.raises((ValueError, TypeError), match="precision must be 'highest', 'native'"):
+        spec.call(draw(spec, 0).replace(precision=precision))
+
+
+def test_eps_mode_must_be_known():
+    with pytest.raises(ValueError, match=r"eps_mode must be one of \('add', 'max', 'add_std'\)"):
+        normref.batch_norm(np.ones((2, 3)), eps_mode="inside")
+
+
+@pytest.mark.parametrize("spec", op_params())
+def test_inputs_are_never_modified(spec: OpSpec, backend: Backend):
+    sample = on_backend(draw(spec, 2), backend)
+    before = {k: backend.to_numpy(v).copy() for k, v in sample.args.items() if hasattr(v, "shape")}
+    y = spec.call(sample)
+    dy = backend.asarray(np.ones(backend.to_numpy(y).shape), "float64")
+    dy_before = backend.to_numpy(dy).copy()
+    spec.call_vjp(dy, sample)
+    for k, v in before.items():
+        np.testing.assert_array_equal(backend.to_numpy(sample.args[k]), v, err_msg=k)
+    np.testing.assert_array_equal(backend.to_numpy(dy), dy_before)
+
+
+def _group_constant(spec: OpSpec, sample) -> np.ndarray:
+    import array_api_compat.numpy as xp
+
+    part = spec.partition(sample)
+    values = np.arange(part.G * part.D, dtype=np.float64).reshape(part.G, 1, part.D)
+    return np.asarray(part.from_canonical(xp, np.broadcast_to(values, (part.G, part.M, part.D))))
+
+
+@pytest.mark.parametrize("spec", [p for p in op_params() if p.values[0].partition is not None])
+def test_constant_groups_give_finite_outputs_and_gradients(spec: OpSpec, standard_backend: Backend):
+    sample = draw(spec, 3)
+    constant = sample.replace(x=_group_constant(spec, sample))
+    y = spec.call(on_backend(constant, standard_backend))
+    assert np.all(np.isfinite(standard_backend.to_numpy(y)))
+    grads = spec.call_vjp(
+        standard_backend.asarray(np.ones(np.shape(spec.call(constant))), "float64"),
+        on_backend(constant, standard_backend),
+    )
+    for name in spec.differentiable:
+        if getattr(grads, name) is not None:
+            assert np.all(np.isfinite(standard_backend.to_numpy(getattr(grads, name)))), name
+
+
+@pytest.mark.parametrize("spec", [p for p in op_params() if p.values[0].partition is not None])
+def test_nan_propagates_to_its_group_only(spec: OpSpec, standard_backend: Backend):
+    import array_api_compat.numpy as xp
+
+    sample = spec.without_affine(draw(spec, 4))
+    x = sample.args["x"].copy()
+    x.flat[0] = np.nan
+    part = spec.partition(sample)
+    y = standard_backend.to_numpy(spec.call(on_backend(sample.replace(x=x), standard_backend)))
+    canonical = np.asarray(part.to_canonical(xp, y))
+    poisoned = np.isnan(np.asarray(part.to_canonical(xp, x))).any(axis=1)
+    if spec.name == "batch_norm_inference":  # fixed statistics: only the element itself
+        assert np.isnan(y.flat[0])
+        assert np.isfinite(y.flat[1:]).all()
+        return
+    assert np.isnan(canonical[np.broadcast_to(poisoned[:, None, :], canonical.shape)]).all()
+    assert np.isfinite(canonical[~np.broadcast_to(poisoned[:, None, :], canonical.shape)]).all()
