@@ -87,6 +87,11 @@ class OpSpec:
     properties: frozenset[str] = frozenset()
     errors: tuple[ErrorCase, ...] = ()
 
+    @property
+    def primary(self) -> str:
+        """Name of the main input (the first array argument: ``x``, ``w``, ``grad``, ...)."""
+        return self.arrays[0]
+
     def call(self, sample: Sample) -> Any:
         """The forward on ``sample``."""
         return self.forward(*sample.args.values(), **sample.kwargs)

@@ -29,13 +29,13 @@ def _canonical(spec: OpSpec, sample: Sample, values: np.ndarray) -> np.ndarray:
 
 
 def _group_var(spec: OpSpec, sample: Sample) -> np.ndarray:
-    return _canonical(spec, sample, sample.args["x"]).var(axis=1, keepdims=True)
+    return _canonical(spec, sample, sample.args[spec.primary]).var(axis=1, keepdims=True)
 
 
 def _scaled(spec: OpSpec, seed: int, scale: float) -> Sample:
     sample = spec.without_affine(draw(spec, seed))
     eps = sample.kwargs.get("eps")
-    changes = {"x": sample.args["x"] * scale}
+    changes = {spec.primary: sample.args[spec.primary] * scale}
     if eps is not None:
         changes["eps"] = eps * scale**2
     return sample.replace(**changes)
@@ -73,7 +73,7 @@ def test_unit_rms(spec, seed, scale, standard_backend):
     """Each group's mean square is q / (q + eps)."""
     sample = _scaled(spec, seed, scale)
     y = _canonical(spec, sample, _run(spec, sample, standard_backend))
-    q = (_canonical(spec, sample, sample.args["x"]) ** 2).mean(axis=1, keepdims=True)
+    q = (_canonical(spec, sample, sample.args[spec.primary]) ** 2).mean(axis=1, keepdims=True)
     expected = q / (q + sample.kwargs["eps"])
     assert_close_to_scale(
         (y**2).mean(axis=1, keepdims=True),
@@ -100,9 +100,9 @@ def test_shift_invariance(spec, seed, scale, shift, standard_backend):
     constant = np.asarray(
         part.from_canonical(xp, np.broadcast_to(offsets, (part.G, part.M, part.D)))
     )
-    shifted = sample.replace(x=sample.args["x"] + constant)
+    shifted = sample.replace(**{spec.primary: sample.args[spec.primary] + constant})
     y0, y1 = _run(spec, sample, standard_backend), _run(spec, shifted, standard_backend)
-    x_size = np.abs(shifted.args["x"]).max()
+    x_size = np.abs(shifted.args[spec.primary]).max()
     std = np.sqrt(_group_var(spec, sample)).min()
     y_size = np.abs(y0).max()
     assert_close_to_scale(
@@ -136,10 +136,10 @@ def test_idempotent_up_to_eps(spec, seed, scale, standard_backend):
     """
     sample = _scaled(spec, seed, scale)
     once = _run(spec, sample, standard_backend)
-    twice = _run(spec, sample.replace(x=once), standard_backend)
+    twice = _run(spec, sample.replace(**{spec.primary: once}), standard_backend)
     eps = sample.kwargs.get("eps", 0.0)
     if "unit_rms" in spec.properties:
-        spread = (_canonical(spec, sample, sample.args["x"]) ** 2).mean(axis=1).min()
+        spread = (_canonical(spec, sample, sample.args[spec.primary]) ** 2).mean(axis=1).min()
     else:
         spread = _group_var(spec, sample).min()
     d = eps / (spread + eps)
