@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from normref.registry import OpSpec, Sample
 from tests.registry_cases import draw, on_backend, op_params
-from tests.support import Backend, assert_close_to_scale
+from tests.support import Backend, assert_close_to_scale, assert_within
 
 SEEDS = st.integers(0, 2**31 - 1)
 SCALES = st.sampled_from([1e-4, 1e-2, 1.0, 1e2, 1e4])
@@ -143,7 +143,7 @@ def test_idempotent_up_to_eps(spec, seed, scale, standard_backend):
     else:
         spread = _group_var(spec, sample).min()
     d = eps / (spread + eps)
-    relative = (d + eps) / (2 * (1 - d)) + 256 * U64
-    assert_close_to_scale(
-        twice, once, np.abs(once) + 1e-300, rtol=relative, what=f"{spec.name} applied twice"
-    )
+    relative = (d + eps) / (2 * (1 - d))
+    # plus rounding: the second pass recomputes statistics of values up to max|once|
+    bound = relative * np.abs(once) + 256 * U64 * np.abs(once).max()
+    assert_within(twice, once, bound, what=f"{spec.name} applied twice")
