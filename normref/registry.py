@@ -122,26 +122,30 @@ def _positive(rng: Rng, shape: tuple[int, ...]) -> Any:
     return 0.5 + rng.random(shape)
 
 
-def _channel_sample(
-    rng: Rng, shape: tuple[int, ...] | None, *, min_spatial: int = 0, **leading: Any
-) -> Sample:
-    x_shape = shape if shape is not None else _shape_nchw(rng, min_spatial)
+def _channel_sample(rng: Rng, shape: tuple[int, ...] | None, x_shape: tuple[int, ...]) -> Sample:
+    """x of ``x_shape`` (N, C, *S) with per-channel gamma and beta.
+
+    When the caller drew the shape (``shape is None``), half the samples are
+    channels-last (``axis=-1``, as flax and keras), as a strided view.
+    """
     c = (x_shape[1],)
-    args = {"x": _normal(rng, x_shape), **leading}
-    args["gamma"] = 1.0 + 0.5 * _normal(rng, c)
-    args["beta"] = _normal(rng, c)
-    return Sample(args, {"eps": 1e-5, "axis": 1})
+    x = _normal(rng, x_shape)
+    axis = 1
+    if shape is None and len(x_shape) > 2 and rng.random() < 0.5:
+        x, axis = x.transpose(0, *range(2, len(x_shape)), 1), -1
+    args = {"x": x, "gamma": 1.0 + 0.5 * _normal(rng, c), "beta": _normal(rng, c)}
+    return Sample(args, {"eps": 1e-5, "axis": axis})
 
 
 def _sample_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    return _channel_sample(rng, shape)
+    return _channel_sample(rng, shape, shape if shape is not None else _shape_nchw(rng))
 
 
 def _sample_instance_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
     x_shape = shape if shape is not None else _shape_nchw(rng, min_spatial=1)
     if shape is None and x_shape[2] == 1:
         x_shape = (*x_shape[:2], 2, *x_shape[3:])
-    return _channel_sample(rng, x_shape)
+    return _channel_sample(rng, shape, x_shape)
 
 
 def _divisors(n: int) -> list[int]:
@@ -157,7 +161,7 @@ def _sample_group_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample
         x_shape = (x_shape[0], 2, *spatial)
         options = [1]
     num_groups = int(rng.choice(options))
-    sample = _channel_sample(rng, x_shape)
+    sample = _channel_sample(rng, shape, x_shape)
     args = {
         "x": sample.args["x"],
         "num_groups": num_groups,
@@ -168,12 +172,13 @@ def _sample_group_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample
 
 
 def _sample_ghost_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    if shape is None:
+    x_shape = shape
+    if x_shape is None:
         base = _shape_nchw(rng)
-        shape = (2 * base[0], *base[1:])
-    options = [b for b in _divisors(shape[0]) if b * math.prod(shape[2:]) >= 2]
+        x_shape = (2 * base[0], *base[1:])
+    options = [b for b in _divisors(x_shape[0]) if b * math.prod(x_shape[2:]) >= 2]
     size = int(rng.choice(options))
-    sample = _channel_sample(rng, shape)
+    sample = _channel_sample(rng, shape, x_shape)
     args = {
         "x": sample.args["x"],
         "virtual_batch_size": size,
@@ -184,8 +189,8 @@ def _sample_ghost_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> 
 
 
 def _sample_batch_norm_inference(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    sample = _channel_sample(rng, shape)
-    c = (sample.args["x"].shape[1],)
+    sample = _sample_batch_norm(rng, shape)
+    c = sample.args["gamma"].shape
     args = {
         "x": sample.args["x"],
         "running_mean": 0.3 * _normal(rng, c),
@@ -257,13 +262,14 @@ def _wrong_param(name: str) -> ErrorCase:
 
 
 def _collapse_samples(
-    to_shape: Callable[[tuple[int, ...]], tuple[int, ...]],
+    to_shape: Callable[[int, int], tuple[int, ...]],
 ) -> Callable[[Sample], Sample]:
+    """Replace x by one of shape ``to_shape(N, C)`` with channels at axis 1."""
+
     def modify(sample: Sample) -> Sample:
         x = sample.args["x"]
-        return sample.replace(
-            x=x.flatten()[: math.prod(to_shape(x.shape))].reshape(to_shape(x.shape))
-        )
+        shape = to_shape(x.shape[0], sample.args["gamma"].shape[0])
+        return sample.replace(x=x.flatten()[: math.prod(shape)].reshape(shape), axis=1)
 
     return modify
 
@@ -374,7 +380,7 @@ REGISTRY: dict[str, OpSpec] = {
                 *_CHANNEL_ERRORS,
                 ErrorCase(
                     "one value per channel",
-                    _collapse_samples(lambda shape: (1, shape[1])),
+                    _collapse_samples(lambda _n, c: (1, c)),
                     ValueError,
                     _SINGLE_SAMPLE,
                 ),
@@ -439,13 +445,13 @@ REGISTRY: dict[str, OpSpec] = {
                 *_CHANNEL_ERRORS,
                 ErrorCase(
                     "x of rank 2 (no spatial axis)",
-                    _collapse_samples(lambda shape: shape[:2]),
+                    _collapse_samples(lambda n, c: (n, c)),
                     ValueError,
                     r"rank >= 3",
                 ),
                 ErrorCase(
                     "one spatial value",
-                    _collapse_samples(lambda shape: (shape[0], shape[1], 1)),
+                    _collapse_samples(lambda n, c: (n, c, 1)),
                     ValueError,
                     _SINGLE_SAMPLE,
                 ),

@@ -40,13 +40,13 @@ def on_backend(sample: Sample, backend: Backend, dtype: str = "float64") -> Samp
 def rounded(sample: Sample, backend: Backend, dtype: str) -> Sample:
     """``sample`` with its arrays rounded to ``dtype`` by ``backend``, back as float64 NumPy."""
     on = on_backend(sample, backend, dtype)
-    return Sample(
-        {
-            k: backend.to_numpy(v) if isinstance(sample.args[k], np.ndarray) else v
-            for k, v in on.args.items()
-        },
-        sample.kwargs,
-    )
+
+    def back(name: str, value: Any) -> Any:
+        if not isinstance(sample.args[name], np.ndarray):
+            return value
+        return np.asarray(backend.to_numpy(value), dtype=np.float64)
+
+    return Sample({k: back(k, v) for k, v in on.args.items()}, sample.kwargs)
 
 
 def array_args(spec: OpSpec, sample: Sample) -> dict[str, np.ndarray]:

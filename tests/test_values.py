@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from normref.registry import REGISTRY
 from tests.reference import REFERENCES
@@ -57,3 +59,23 @@ def test_highest_precision_rounds_once_to_the_input_dtype(spec, backend: Backend
         assert np.max(error_in_ulps) <= 1.0, (
             f"{spec.name} {dtype} on {backend.name}: {np.max(error_in_ulps):.2f} ulp"
         )
+
+
+DTYPE_SCALES = {
+    # float16 holds up to 65504: unit-normal data times 1e2 stays well inside it
+    "float16": [1e-2, 1.0, 1e2],
+    "float32": [1e-4, 1.0, 1e4],
+}
+
+
+@pytest.mark.parametrize("spec", REFERENCED)
+@given(seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_any_shape_dtype_and_scale_rounds_once(spec, seed, data, standard_backend: Backend):
+    """Hypothesis over shapes (drawn from the seed), axes, dtypes and scales: within 1 ulp."""
+    dtype = data.draw(st.sampled_from([d for d in standard_backend.dtypes if d in DTYPE_SCALES]))
+    scale = data.draw(st.sampled_from(DTYPE_SCALES[dtype]))
+    base = draw(spec, seed)
+    sample = rounded(base.replace(x=base.args["x"] * scale), standard_backend, dtype)
+    expected = REFERENCES[spec.name].compute(*sample.args.values(), **sample.kwargs)
+    y = standard_backend.to_numpy(spec.call(on_backend(sample, standard_backend, dtype)))
+    assert np.max(np.abs(y - expected) / ulp(expected, dtype)) <= 1.0
