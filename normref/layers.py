@@ -33,6 +33,7 @@ are in :mod:`normref.ops.standardization` and :mod:`normref.affine`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from normref._checks import check_eps, check_eps_mode, check_shape, normalize_axes, normalize_axis
@@ -52,8 +53,10 @@ from normref.affine import (
     check_param,
 )
 from normref.conventions import Convention
+from normref.ops._group_op import GroupOp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, rms_params, std_params
 from normref.partition import (
+    Partition,
     batch_partition,
     ghost_batch_partition,
     group_partition,
@@ -70,15 +73,38 @@ def _shape(x: Array) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
-def _batch_layer(x: Array, eps: float, eps_mode: str, axis: int) -> Layer:
+def _channel_layer(
+    name: str,
+    x: Array,
+    eps: float,
+    eps_mode: str,
+    axis: int,
+    make_partition: Callable[..., Partition],
+    **config: int,
+) -> Layer:
+    """A standardizing layer whose gamma and beta are per channel (``axis``)."""
     shape = _shape(x)
+    described = ", ".join(f"{k}={v}" for k, v in {**config, "axis": axis}.items())
     return Layer(
-        "batch_norm",
-        batch_partition(shape, axis),
+        name,
+        make_partition(shape, *config.values(), axis),
         STANDARDIZE,
         std_params(eps, eps_mode, 0),
         (normalize_axis(axis, len(shape)),),
-        f"x of shape {shape}, axis={axis}",
+        f"x of shape {shape}, {described}",
+    )
+
+
+def _axes_layer(name: str, x: Array, op: GroupOp, params: dict[str, Any], axes: Any) -> Layer:
+    """A layer over the normalized ``axes``, whose parameters have those axes' shape."""
+    shape = _shape(x)
+    return Layer(
+        name,
+        layer_partition(shape, axes),
+        op,
+        params,
+        normalize_axes(axes, len(shape)),
+        f"x of shape {shape}, axes={axes}",
     )
 
 
@@ -117,7 +143,13 @@ def batch_norm(
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
     """
-    return normalize(_batch_layer(x, eps, eps_mode, axis), x, gamma, beta, precision)
+    return normalize(
+        _channel_layer("batch_norm", x, eps, eps_mode, axis, batch_partition),
+        x,
+        gamma,
+        beta,
+        precision,
+    )
 
 
 def batch_norm_vjp(
@@ -132,18 +164,13 @@ def batch_norm_vjp(
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``."""
-    return normalize_vjp(_batch_layer(x, eps, eps_mode, axis), dy, x, gamma, beta, precision)
-
-
-def _layer_layer(x: Array, eps: float, eps_mode: str, axes: Any) -> Layer:
-    shape = _shape(x)
-    return Layer(
-        "layer_norm",
-        layer_partition(shape, axes),
-        STANDARDIZE,
-        std_params(eps, eps_mode, 0),
-        normalize_axes(axes, len(shape)),
-        f"x of shape {shape}, axes={axes}",
+    return normalize_vjp(
+        _channel_layer("batch_norm", x, eps, eps_mode, axis, batch_partition),
+        dy,
+        x,
+        gamma,
+        beta,
+        precision,
     )
 
 
@@ -173,7 +200,13 @@ def layer_norm(
     eps, eps_mode, precision
         As :func:`batch_norm`.
     """
-    return normalize(_layer_layer(x, eps, eps_mode, axes), x, gamma, beta, precision)
+    return normalize(
+        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, 0), axes),
+        x,
+        gamma,
+        beta,
+        precision,
+    )
 
 
 def layer_norm_vjp(
@@ -188,18 +221,13 @@ def layer_norm_vjp(
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`layer_norm`."""
-    return normalize_vjp(_layer_layer(x, eps, eps_mode, axes), dy, x, gamma, beta, precision)
-
-
-def _instance_layer(x: Array, eps: float, eps_mode: str, axis: int) -> Layer:
-    shape = _shape(x)
-    return Layer(
-        "instance_norm",
-        instance_partition(shape, axis),
-        STANDARDIZE,
-        std_params(eps, eps_mode, 0),
-        (normalize_axis(axis, len(shape)),),
-        f"x of shape {shape}, axis={axis}",
+    return normalize_vjp(
+        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, 0), axes),
+        dy,
+        x,
+        gamma,
+        beta,
+        precision,
     )
 
 
@@ -219,7 +247,13 @@ def instance_norm(
     least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``.
     Other parameters as :func:`batch_norm`.
     """
-    return normalize(_instance_layer(x, eps, eps_mode, axis), x, gamma, beta, precision)
+    return normalize(
+        _channel_layer("instance_norm", x, eps, eps_mode, axis, instance_partition),
+        x,
+        gamma,
+        beta,
+        precision,
+    )
 
 
 def instance_norm_vjp(
@@ -234,18 +268,13 @@ def instance_norm_vjp(
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`instance_norm`."""
-    return normalize_vjp(_instance_layer(x, eps, eps_mode, axis), dy, x, gamma, beta, precision)
-
-
-def _group_layer(x: Array, num_groups: int, eps: float, eps_mode: str, axis: int) -> Layer:
-    shape = _shape(x)
-    return Layer(
-        "group_norm",
-        group_partition(shape, num_groups, axis),
-        STANDARDIZE,
-        std_params(eps, eps_mode, 0),
-        (normalize_axis(axis, len(shape)),),
-        f"x of shape {shape}, num_groups={num_groups}, axis={axis}",
+    return normalize_vjp(
+        _channel_layer("instance_norm", x, eps, eps_mode, axis, instance_partition),
+        dy,
+        x,
+        gamma,
+        beta,
+        precision,
     )
 
 
@@ -267,7 +296,9 @@ def group_norm(
     ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group).
     ``num_groups`` must divide ``C``. Other parameters as :func:`batch_norm`.
     """
-    layer = _group_layer(x, num_groups, eps, eps_mode, axis)
+    layer = _channel_layer(
+        "group_norm", x, eps, eps_mode, axis, group_partition, num_groups=num_groups
+    )
     return normalize(layer, x, gamma, beta, precision)
 
 
@@ -284,20 +315,10 @@ def group_norm_vjp(
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`group_norm`."""
-    layer = _group_layer(x, num_groups, eps, eps_mode, axis)
-    return normalize_vjp(layer, dy, x, gamma, beta, precision)
-
-
-def _ghost_layer(x: Array, virtual_batch_size: int, eps: float, eps_mode: str, axis: int) -> Layer:
-    shape = _shape(x)
-    return Layer(
-        "ghost_batch_norm",
-        ghost_batch_partition(shape, virtual_batch_size, axis),
-        STANDARDIZE,
-        std_params(eps, eps_mode, 0),
-        (normalize_axis(axis, len(shape)),),
-        f"x of shape {shape}, virtual_batch_size={virtual_batch_size}, axis={axis}",
+    layer = _channel_layer(
+        "group_norm", x, eps, eps_mode, axis, group_partition, num_groups=num_groups
     )
+    return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
 
 def ghost_batch_norm(
@@ -317,7 +338,15 @@ def ghost_batch_norm(
     ``virtual_batch_size`` samples (which must divide ``N``); each is
     batch-normalized on its own. Other parameters as :func:`batch_norm`.
     """
-    layer = _ghost_layer(x, virtual_batch_size, eps, eps_mode, axis)
+    layer = _channel_layer(
+        "ghost_batch_norm",
+        x,
+        eps,
+        eps_mode,
+        axis,
+        ghost_batch_partition,
+        virtual_batch_size=virtual_batch_size,
+    )
     return normalize(layer, x, gamma, beta, precision)
 
 
@@ -334,20 +363,16 @@ def ghost_batch_norm_vjp(
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`ghost_batch_norm`."""
-    layer = _ghost_layer(x, virtual_batch_size, eps, eps_mode, axis)
-    return normalize_vjp(layer, dy, x, gamma, beta, precision)
-
-
-def _rms_layer(x: Array, eps: float, eps_mode: str, axes: Any) -> Layer:
-    shape = _shape(x)
-    return Layer(
-        "rms_norm",
-        layer_partition(shape, axes),
-        RMS_SCALE,
-        rms_params(eps, eps_mode),
-        normalize_axes(axes, len(shape)),
-        f"x of shape {shape}, axes={axes}",
+    layer = _channel_layer(
+        "ghost_batch_norm",
+        x,
+        eps,
+        eps_mode,
+        axis,
+        ghost_batch_partition,
+        virtual_batch_size=virtual_batch_size,
     )
+    return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
 
 def rms_norm(
@@ -367,7 +392,13 @@ def rms_norm(
     explicitly (``1.1920929e-07`` for float32). Other parameters as
     :func:`layer_norm`.
     """
-    return normalize(_rms_layer(x, eps, eps_mode, axes), x, gamma, None, precision)
+    return normalize(
+        _axes_layer("rms_norm", x, RMS_SCALE, rms_params(eps, eps_mode), axes),
+        x,
+        gamma,
+        None,
+        precision,
+    )
 
 
 def rms_norm_vjp(
@@ -381,7 +412,14 @@ def rms_norm_vjp(
     precision: Precision = "highest",
 ) -> ScaleNormGrads:
     """VJP of :func:`rms_norm`: gradients for ``x`` and ``gamma``."""
-    grads = normalize_vjp(_rms_layer(x, eps, eps_mode, axes), dy, x, gamma, None, precision)
+    grads = normalize_vjp(
+        _axes_layer("rms_norm", x, RMS_SCALE, rms_params(eps, eps_mode), axes),
+        dy,
+        x,
+        gamma,
+        None,
+        precision,
+    )
     return ScaleNormGrads(grads.x, grads.gamma)
 
 

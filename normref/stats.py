@@ -32,10 +32,15 @@ Running statistics
 
 from __future__ import annotations
 
-import operator
 from typing import Any, NamedTuple
 
-from normref._checks import check_correction, check_momentum, check_shape, normalize_axes
+from normref._checks import (
+    check_correction,
+    check_int,
+    check_momentum,
+    check_shape,
+    normalize_axes,
+)
 from normref._namespace import Array, compute_dtype, namespace_of, to_dtype
 from normref.conventions import Convention, get_convention
 from normref.ops.standardization import group_count
@@ -82,7 +87,7 @@ def merge(a: Moments, b: Moments) -> Moments:
     xp = namespace_of(a_mean=a.mean, a_m2=a.m2, b_mean=b.mean, b_m2=b.m2)
     check_shape(b.mean.shape, a.mean.shape, name="b.mean", what="the shape of a.mean")
     for name, m in (("a", a), ("b", b)):
-        _check_count(m.count, name=f"{name}.count")
+        check_int(m.count, name=f"{name}.count", minimum=0)
     if b.count == 0:
         return a
     if a.count == 0:
@@ -93,18 +98,6 @@ def merge(a: Moments, b: Moments) -> Moments:
     m2 = a.m2 + b.m2 + (delta * delta) * (a.count * b.count / n)
     dtype = xp.result_type(a.mean.dtype, b.mean.dtype)
     return Moments(n, to_dtype(xp, mean, dtype), to_dtype(xp, m2, dtype))
-
-
-def _check_count(count: object, *, name: str) -> int:
-    try:
-        value = operator.index(count)  # type: ignore[arg-type]
-    except TypeError:
-        msg = f"{name} must be an integer, got {type(count).__name__}"
-        raise TypeError(msg) from None
-    if value < 0:
-        msg = f"{name} must be >= 0, got {count!r}"
-        raise ValueError(msg)
-    return value
 
 
 def variance(m: Moments, correction: int = 0) -> Array:
@@ -171,16 +164,13 @@ def running_update(
         ("batch_var", batch_var),
     ):
         check_shape(value.shape, shape, name=name, what="the shape of running_mean")
-    n = _check_count(count, name="count")
+    n = check_int(count, name="count", minimum=0)
     m = check_momentum(momentum, allow_none=True)
     if m is None:
-        if num_batches_tracked is None or operator.index(num_batches_tracked) < 1:
-            msg = (
-                "momentum=None (cumulative average) needs num_batches_tracked >= 1, "
-                f"got {num_batches_tracked!r}"
-            )
+        if num_batches_tracked is None:
+            msg = "momentum=None (cumulative average) needs num_batches_tracked >= 1, got None"
             raise ValueError(msg)
-        w = 1.0 / operator.index(num_batches_tracked)
+        w = 1.0 / check_int(num_batches_tracked, name="num_batches_tracked", minimum=1)
     else:
         w = conv.batch_weight(m)
     if conv.running_var_correction == 1 and n < 2:

@@ -82,7 +82,7 @@ def test_merge_errors():
     b = stats.moments(np.ones((3, 4)), 0)
     with pytest.raises(ValueError, match=r"b.mean must have shape \(2,\)"):
         stats.merge(a, b)
-    with pytest.raises(ValueError, match=r"a\.count must be >= 0"):
+    with pytest.raises(ValueError, match=r"a\.count must be an integer >= 0, got -1"):
         stats.merge(stats.Moments(-1, a.mean, a.m2), a)
 
 
