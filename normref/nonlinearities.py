@@ -182,11 +182,14 @@ def nonlinearity_gamma(
         raise ValueError(msg)
     mean, mean_error = _integrate(lambda z: float(fn(z)), points)
     variance, variance_error = _integrate(lambda z: (float(fn(z)) - mean) ** 2, points)
-    if not variance > 0:
-        msg = f"the nonlinearity's output has variance {variance!r} under N(0, 1): no gamma exists"
+    variance_bound = variance_error + mean_error**2
+    if not variance > variance_bound:
+        msg = (
+            f"the nonlinearity's variance under N(0, 1), {variance!r}, is not above its "
+            f"quadrature error {variance_bound!r}: gamma = 1/std is not determined"
+        )
         raise ValueError(msg)
     gamma = 1.0 / math.sqrt(variance)
     if not return_error:
         return gamma
-    bound = 0.5 * gamma**3 * (variance_error + mean_error**2) + 4 * math.ulp(gamma)
-    return gamma, bound
+    return gamma, 0.5 * gamma**3 * variance_bound + 4 * math.ulp(gamma)
