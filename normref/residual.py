@@ -57,15 +57,10 @@ class SkipInitGrads(NamedTuple):
 class SignalPropagation(NamedTuple):
     """Signal propagation statistics, one entry per layer (arrays of shape ``(L,)``).
 
-    Attributes
-    ----------
-    squared_mean
-        Average over channels of the squared channel mean.
-    variance
-        Average over channels of the (biased) channel variance.
-    branch_variance
-        Average channel variance of each residual branch's output; ``None``
-        where no branch outputs were given.
+    ``squared_mean``: the average over channels of the squared channel mean;
+    ``variance``: the average over channels of the (biased) channel variance;
+    ``branch_variance``: the average channel variance of each residual
+    branch's output, ``None`` where no branch outputs were given.
     """
 
     squared_mean: Array

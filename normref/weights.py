@@ -107,10 +107,11 @@ def _unit_layer(
     )
 
 
-def _check_unit_param(param: Array | None, layer: Layer, *, name: str) -> None:
+def _check_unit_param(param: Array | None, layer: Layer, *, name: str, weight: str) -> None:
+    """``param`` (``None`` or one value per output unit of ``weight``) must have shape ``(O,)``."""
     if param is not None:
         axis = layer.param_axes[0]
-        what = f"one per output unit, w.shape[{axis}]"
+        what = f"one per output unit, {weight}.shape[{axis}]"
         check_shape(param.shape, (layer.partition.shape[axis],), name=name, what=what)
 
 
@@ -306,7 +307,7 @@ def scaled_weight_standardize(
     """
     xp = namespace_of(w=w, gain=gain)
     layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
-    _check_unit_param(gain, layer, name="gain")
+    _check_unit_param(gain, layer, name="gain", weight="w")
     dtype = compute_dtype(xp, w.dtype, precision)
     y = _scaled_forward(layer, to_dtype(xp, w, dtype), to_dtype(xp, gain, dtype), scale, precision)
     return to_dtype(xp, y, output_dtype(xp, precision, w, gain))
@@ -332,7 +333,7 @@ def scaled_weight_standardize_vjp(
     xp = namespace_of(w=w, gain=gain, dy=dy)
     _check_dy(dy, w, "w")
     layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
-    _check_unit_param(gain, layer, name="gain")
+    _check_unit_param(gain, layer, name="gain", weight="w")
     dtype = compute_dtype(xp, w.dtype, precision)
     d_w, d_gain = _scaled_vjp(
         layer,
@@ -413,7 +414,7 @@ def weight_norm(
     """
     xp = namespace_of(v=v, g=g)
     layer, scale = _weight_norm_parts(v, out_axis, eps)
-    _check_unit_param(g, layer, name="g")
+    _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
     y = _scaled_forward(layer, v_c, to_dtype(xp, g, dtype), scale, precision)
@@ -442,7 +443,7 @@ def weight_norm_vjp(
     xp = namespace_of(v=v, g=g, dy=dy)
     _check_dy(dy, v, "v")
     layer, scale = _weight_norm_parts(v, out_axis, eps)
-    _check_unit_param(g, layer, name="g")
+    _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
     d_v, d_g = _scaled_vjp(
