@@ -59,15 +59,31 @@ def check_momentum(momentum: object, *, allow_none: bool = False) -> float | Non
 
 def check_positive_int(value: object, *, name: str) -> int:
     """A Python integer >= 1."""
+    return check_int(value, name=name, minimum=1)
+
+
+def check_int(value: object, *, name: str, minimum: int) -> int:
+    """A Python integer (an index-like value, not a bool) >= ``minimum``."""
     try:
         as_int = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         msg = f"{name} must be an integer, got {type(value).__name__}"
         raise TypeError(msg) from None
-    if isinstance(value, bool) or as_int < 1:
-        msg = f"{name} must be an integer >= 1, got {value!r}"
+    if isinstance(value, bool) or as_int < minimum:
+        msg = f"{name} must be an integer >= {minimum}, got {value!r}"
         raise ValueError(msg)
     return as_int
+
+
+def check_finite_number(value: object, *, name: str) -> float:
+    """A real number (not a bool) that is finite, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name} must be a number, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not math.isfinite(value):
+        msg = f"{name} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
 
 
 def normalize_axis(axis: object, ndim: int, *, name: str = "axis") -> int:

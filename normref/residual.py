@@ -32,7 +32,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from normref._checks import check_eps, check_rank, check_shape, normalize_axis
+from normref._checks import (
+    check_eps,
+    check_finite_number,
+    check_rank,
+    check_shape,
+    normalize_axis,
+)
 from normref._namespace import (
     Array,
     compute_dtype,
@@ -145,16 +151,6 @@ def skip_init_residual_vjp(
     )
 
 
-def _finite_number(value: object, *, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{name} must be a number, got {type(value).__name__}"
-        raise TypeError(msg)
-    if not math.isfinite(value):
-        msg = f"{name} must be a finite number, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
-
-
 def _branch_result(result: Any, x: Array, *, name: str) -> Array:
     namespace_of(x=x, **{name: result})
     check_shape(result.shape, x.shape, name=name, what="the shape of x")
@@ -200,7 +196,7 @@ def nf_residual(
     Array of ``x``'s shape and dtype.
     """
     xp = namespace_of(x=x)
-    alpha = _finite_number(alpha, name="alpha")
+    alpha = check_finite_number(alpha, name="alpha")
     beta = check_eps(beta, name="beta")
     for name, fn in (("branch_fn", branch_fn), ("shortcut_fn", shortcut_fn)):
         if fn is not None and not callable(fn):

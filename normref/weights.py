@@ -38,10 +38,9 @@ the affine; ``docs/weights.md`` derives them.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, NamedTuple
 
-from normref._checks import check_eps, check_shape
+from normref._checks import check_eps, check_finite_number, check_int, check_shape
 from normref._layer import Layer, normalize, normalize_vjp
 from normref._namespace import Array, Namespace, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref._units import fan_in, fan_in_axes, unit_axis
@@ -233,19 +232,14 @@ def _scaled_ws_parts(
     if eps_mode not in SCALED_WS_EPS_MODES:
         msg = f"eps_mode must be one of {SCALED_WS_EPS_MODES}, got {eps_mode!r}"
         raise ValueError(msg)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        msg = f"gamma must be a number, got {type(gamma).__name__}"
-        raise TypeError(msg)
-    if not math.isfinite(gamma):
-        msg = f"gamma must be a finite number, got {gamma!r}"
-        raise ValueError(msg)
+    gamma = check_finite_number(gamma, name="gamma")
     shape = tuple(w.shape)
     axis = unit_axis(out_axis, shape, name="w", minimum_rank=2)
     n = fan_in(shape, axis)
     mode, op_eps = ("max", eps / n) if eps_mode == "max_fan_in" else (eps_mode, eps)
     params = std_params(op_eps, mode, 0)
     layer = _unit_layer("scaled_weight_standardize", shape, "w", axis, STANDARDIZE, params)
-    return layer, float(gamma) / math.sqrt(n)
+    return layer, gamma / math.sqrt(n)
 
 
 def scaled_weight_standardize(
@@ -479,14 +473,7 @@ def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str) -> Array:
 def _check_spectral_args(
     v: Array | None, n_power_iterations: object, order: object, eps: float, eps_mode: object
 ) -> tuple[int, float]:
-    try:
-        steps = operator.index(n_power_iterations)  # type: ignore[arg-type]
-    except TypeError:
-        msg = f"n_power_iterations must be an integer, got {type(n_power_iterations).__name__}"
-        raise TypeError(msg) from None
-    if isinstance(n_power_iterations, bool) or steps < 0:
-        msg = f"n_power_iterations must be an integer >= 0, got {n_power_iterations!r}"
-        raise ValueError(msg)
+    steps = check_int(n_power_iterations, name="n_power_iterations", minimum=0)
     if order not in POWER_ITERATION_ORDERS:
         msg = f"order must be one of {POWER_ITERATION_ORDERS}, got {order!r}"
         raise ValueError(msg)
@@ -664,34 +651,14 @@ def spectral_norm(
     )
 
 
-def spectral_norm_weight(
-    w: Array,
-    u: Array,
-    v: Array | None = None,
-    *,
-    n_power_iterations: int = 1,
-    order: str = "v_first",
-    eps: float = 1e-12,
-    eps_mode: str = "max",
-    out_axis: int = 0,
-    precision: Precision = "highest",
-) -> Array:
+def spectral_norm_weight(w: Array, u: Array, v: Array | None = None, **options: Any) -> Array:
     """The normalized weight :math:`w/\\sigma` of :func:`spectral_norm` alone (its first output).
 
-    This is the function whose gradient :func:`spectral_norm_vjp` is when
+    ``options`` are :func:`spectral_norm`'s keyword arguments. This is the
+    function whose gradient :func:`spectral_norm_vjp` is when
     ``n_power_iterations=0`` (``u``, ``v`` then enter only as constants).
     """
-    return spectral_norm(
-        w,
-        u,
-        v,
-        n_power_iterations=n_power_iterations,
-        order=order,
-        eps=eps,
-        eps_mode=eps_mode,
-        out_axis=out_axis,
-        precision=precision,
-    ).weight
+    return spectral_norm(w, u, v, **options).weight
 
 
 def spectral_norm_vjp(

@@ -345,3 +345,31 @@ def test_global_norm_needs_arrays():
         normref.global_norm({})
     with pytest.raises(TypeError, match=r"grads\[1\] must be an array, got str"):
         normref.global_norm([np.ones(2), "x"])
+
+
+def test_tree_and_norm_functions_on_every_backend(backend: Backend):
+    """unitwise_norm, adaptive_grad_clip_tree, global_norm and clip_by_global_norm on each library,
+    against the float64 numpy computation (the same formulas: a few roundings)."""
+    grads = _tree(8, 2.0)
+    params = _tree(9, 1.0)
+    on = [backend.asarray(g, "float64") for g in grads]
+    norm = backend.to_numpy(normref.unitwise_norm(on[0], out_axis=-1))
+    assert_close_to_scale(
+        norm.ravel(), _unit_norms(grads[0], -1), 10.0, rtol=8 * U64, what="unitwise"
+    )
+    clipped = normref.adaptive_grad_clip_tree(
+        on, [backend.asarray(p, "float64") for p in params], clipping=0.1
+    )
+    for mine, grad, param in zip(clipped, grads, params, strict=True):
+        expected = agc_reference(grad, param, clipping=0.1, eps=1e-3, out_axis=0)
+        assert_close_to_scale(
+            backend.to_numpy(mine), expected, np.abs(grad).max(), rtol=16 * U64, what="agc tree"
+        )
+    total = math.sqrt(math.fsum(float((g**2).sum()) for g in grads))
+    assert_close_to_scale(
+        float(backend.to_numpy(normref.global_norm(on))), total, total, rtol=8 * U64, what="norm"
+    )
+    for mine, grad in zip(normref.clip_by_global_norm(on, 1.0), grads, strict=True):
+        assert_close_to_scale(
+            backend.to_numpy(mine), grad / total, np.abs(grad).max(), rtol=8 * U64, what="clip"
+        )

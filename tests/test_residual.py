@@ -270,3 +270,19 @@ def test_deep_residual_variance_grows_exponentially_without_normalization_linear
         standard_error = ratios.std(axis=0, ddof=1) / math.sqrt(REPLICATES)
         bias = 1e-5 * DEPTH if kind == "normalized" else 0.0  # the eps deficit above
         assert np.all(np.abs(mean - 1.0) <= 5 * standard_error + bias), (kind, mean, standard_error)
+
+
+def test_residual_functions_on_every_backend(backend: Backend):
+    """nf_residual and signal_propagation on each library, against numpy in float64."""
+    rng = _rng(11)
+    x, w = rng.standard_normal((6, 4, 3)), rng.standard_normal((3, 3))
+    on_x, on_w = backend.asarray(x, "float64"), backend.asarray(w, "float64")
+    y = normref.nf_residual(on_x, lambda h: backend.xp.matmul(h, on_w), alpha=0.2, beta=1.5)
+    expected = x + 0.2 * (x / 1.5) @ w
+    assert_close_to_scale(
+        backend.to_numpy(y), expected, np.abs(expected).max(), rtol=16 * U64, what="nf"
+    )
+    stats = normref.signal_propagation([on_x], [on_x], channel_axis=-1)
+    variance = np.mean(np.var(x, axis=(0, 1)))
+    got = backend.to_numpy(stats.branch_variance)
+    assert_close_to_scale(got, np.array([variance]), variance, rtol=64 * U64, what="variance")
