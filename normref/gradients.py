@@ -167,7 +167,11 @@ def adaptive_grad_clip(
 
     Returns
     -------
-    The clipped gradient, of ``grad``'s shape and dtype.
+    The clipped gradient, of ``grad``'s shape and dtype. A unit holding an
+    infinite gradient has an infinite norm and is scaled by 0: its finite
+    values become 0 and its infinite ones NaN (as the NFNets code and optax);
+    NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
+    are unaffected.
     """
     parts = _agc_parts(grad, param, clipping, eps, out_axis, precision)
     xp = parts.xp
@@ -278,7 +282,10 @@ def clip_by_global_norm(
     with :math:`c` = ``max_norm`` and :math:`\|g\|` = :func:`global_norm`.
     ``eps`` is the convention: 0 is optax's ``clip_by_global_norm`` (exactly
     ``max_norm`` after clipping); ``1e-6`` is torch's ``clip_grad_norm_``
-    (slightly below it). Zero gradients stay 0; no division by 0 happens.
+    (slightly below it). Zero gradients stay 0; no division by 0 happens. A
+    non-finite global norm gives what torch and optax give: an infinite one
+    scales every finite gradient to 0 (the infinite values become NaN), a
+    NaN one makes every gradient NaN.
 
     Parameters
     ----------

@@ -373,3 +373,17 @@ def test_tree_and_norm_functions_on_every_backend(backend: Backend):
         assert_close_to_scale(
             backend.to_numpy(mine), grad / total, np.abs(grad).max(), rtol=8 * U64, what="clip"
         )
+
+
+def test_non_finite_values_propagate_as_documented():
+    finite, bad = np.ones((2, 3)), np.array([1.0, np.inf])
+    with np.errstate(invalid="ignore"):  # inf * 0 is the documented NaN
+        inf_out = normref.clip_by_global_norm([finite, bad], 1.0)
+        nan_out = normref.clip_by_global_norm([finite, np.array([1.0, np.nan])], 1.0)
+        agc = normref.adaptive_grad_clip(np.array([[1.0, np.inf], [1.0, 2.0]]), np.ones((2, 2)))
+    np.testing.assert_array_equal(inf_out[0], 0.0)
+    assert np.isnan(inf_out[1][1])
+    assert np.all(np.isnan(nan_out[0]))
+    assert agc[0, 0] == 0.0  # the unit's norm is inf: factor 0
+    assert np.isnan(agc[0, 1])
+    assert np.all(np.isfinite(agc[1]))
