@@ -57,13 +57,8 @@ def check_momentum(momentum: object, *, allow_none: bool = False) -> float | Non
     return float(momentum)
 
 
-def check_positive_int(value: object, *, name: str) -> int:
-    """A Python integer >= 1."""
-    return check_int(value, name=name, minimum=1)
-
-
 def check_int(value: object, *, name: str, minimum: int) -> int:
-    """A Python integer (an index-like value, not a bool) >= ``minimum``."""
+    """A Python integer >= ``minimum``."""
     try:
         as_int = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
@@ -75,15 +70,9 @@ def check_int(value: object, *, name: str, minimum: int) -> int:
     return as_int
 
 
-def check_finite_number(value: object, *, name: str) -> float:
-    """A real number (not a bool) that is finite, as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{name} must be a number, got {type(value).__name__}"
-        raise TypeError(msg)
-    if not math.isfinite(value):
-        msg = f"{name} must be a finite number, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
+def check_positive_int(value: object, *, name: str) -> int:
+    """A Python integer >= 1."""
+    return check_int(value, name=name, minimum=1)
 
 
 def normalize_axis(axis: object, ndim: int, *, name: str = "axis") -> int:
@@ -126,3 +115,14 @@ def check_shape(
     if tuple(value_shape) != tuple(expected):
         msg = f"{name} must have shape {tuple(expected)} ({what}), got {tuple(value_shape)}"
         raise ValueError(msg)
+
+
+def check_finite_number(value: object, *, name: str) -> float:
+    """A real number (not a bool) that is finite, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name} must be a number, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not math.isfinite(value):
+        msg = f"{name} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
