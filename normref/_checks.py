@@ -115,3 +115,14 @@ def check_shape(
     if tuple(value_shape) != tuple(expected):
         msg = f"{name} must have shape {tuple(expected)} ({what}), got {tuple(value_shape)}"
         raise ValueError(msg)
+
+
+def check_finite_number(value: object, *, name: str) -> float:
+    """A real number (not a bool) that is finite, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name} must be a number, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not math.isfinite(value):
+        msg = f"{name} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

@@ -530,4 +530,9 @@ REGISTRY: dict[str, OpSpec] = {
     )
 }
 
+# Families listed in modules of their own, which import the classes above.
+from normref._registry_weights import REGISTRY_ENTRIES as _WEIGHT_ENTRIES
+
+REGISTRY.update({spec.name: spec for spec in _WEIGHT_ENTRIES})
+
 __all__ = ["REGISTRY", "ErrorCase", "OpSpec", "Sample"]

@@ -1,0 +1,311 @@
+r"""Normalization of gradients: unit-wise norms, adaptive gradient clipping, global-norm clipping.
+
+Unit-wise norm (Brock et al., 2021)
+    :math:`\|x\|_u`, the Euclidean norm of each output unit of ``x`` (the
+    slice at one index of ``out_axis``, over all other axes) for rank >= 2,
+    and of the whole array for a scalar or a vector (a bias, a gain).
+
+Adaptive gradient clipping (AGC)
+    Per unit, with :math:`G` the gradient and :math:`W` its parameter,
+
+    .. math::
+
+        G \leftarrow G \cdot \min\Big(1, \frac{m}{\|G\|_u}\Big), \qquad
+        m = \lambda \max(\|W\|_u, \epsilon),
+
+    computed as :math:`G \, m / \max(\|G\|_u, m)`, which is finite everywhere
+    (:math:`m \ge \lambda\epsilon > 0`): a zero gradient stays 0, a zero weight
+    clips to :math:`\lambda\epsilon`, and a unit exactly at the boundary
+    :math:`\|G\|_u = m` is unchanged (factor exactly 1). The NFNets code and
+    optax clip where :math:`\|G\|_u > m` (optax: unless :math:`\|G\|_u < m`)
+    with :math:`G\,m/\max(\|G\|_u, 10^{-6})`; the values agree, including at the
+    boundary.
+
+Global-norm clipping (Pascanu et al., 2013)
+    All gradients scaled by one factor,
+    :math:`\min(1, c/(\|g\| + \epsilon))` with :math:`\|g\|` the norm of all
+    of them together, computed as :math:`c/\max(\|g\| + \epsilon, c)`: torch's
+    ``clip_grad_norm_`` is ``eps=1e-6`` (``clip_grad.py``: ``max_norm /
+    (total_norm + 1e-6)``, clamped to 1); optax's ``clip_by_global_norm`` is
+    ``eps=0`` (it keeps ``g`` where ``norm < max_norm`` and scales by
+    ``max_norm / norm`` otherwise).
+
+Layouts. ``out_axis`` is the axis of output units (0 for torch ``(out, in)``
+and ``OIHW``, -1 for flax ``(in, out)`` and ``HWIO``). The NFNets code and
+optax infer the unit axes from the rank, for jax layouts: rank 2 and 3 over
+axis 0, rank 4 over axes (0, 1, 2) (optax: rank 5 over (0, 1, 2, 3)). For
+rank 2, 4 and 5 that is ``out_axis=-1`` here; for a rank-3 weight they reduce
+axis 0 only (a multi-head ``(in, heads, out)`` kernel, one unit per
+``(head, out)`` pair), while here a rank-3 weight has one unit per index of
+``out_axis``, over both other axes; optax's docstring says axes (0, 1, 2) for
+rank 3, its code axis 0. They also squeeze first, so a ``(1, C)`` array is a
+vector to them; here rank decides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from normref._checks import check_eps, check_shape
+from normref._namespace import (
+    Array,
+    Namespace,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    result_dtype,
+    to_dtype,
+)
+from normref._tree import check_not_empty, check_same_structure, flatten, named_leaves
+from normref._units import norms, unit_norm_axes
+
+Precision = Any
+
+
+class AGCGrads(NamedTuple):
+    """Gradients of :func:`adaptive_grad_clip` with respect to ``grad`` and ``param``."""
+
+    grad: Array
+    param: Array
+
+
+def unitwise_norm(x: Array, *, out_axis: int = 0, precision: Precision = "highest") -> Array:
+    r"""The NFNets unit-wise norm :math:`\|x\|_u`, keeping dims so that it broadcasts against ``x``.
+
+    For rank >= 2: the Euclidean norm of each output unit (over every axis
+    but ``out_axis``); for a scalar or a vector: the norm of the whole array.
+    The result has ``x``'s rank, with size 1 on the reduced axes (optax
+    broadcasts it to ``x``'s shape; the NFNets code returns a scalar for
+    vectors).
+
+    Parameters
+    ----------
+    x
+        Any real floating array.
+    out_axis
+        The axis of output units: 0 (``(out, in)``, ``OIHW``) or -1 (``(in, out)``,
+        ``HWIO``); for rank <= 1 it must still be 0 or -1.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+    """
+    xp = namespace_of(x=x)
+    axes = unit_norm_axes(tuple(x.shape), out_axis, name="x")
+    dtype = compute_dtype(xp, x.dtype, precision)
+    return to_dtype(xp, norms(xp, to_dtype(xp, x, dtype), axes), output_dtype(xp, precision, x))
+
+
+class _AGCParts(NamedTuple):
+    xp: Namespace
+    dtype: Any
+    axes: tuple[int, ...]
+    grad: Array
+    param: Array
+    grad_norm: Array
+    param_norm: Array
+    max_norm: Array
+    denominator: Array
+
+
+def _agc_parts(
+    grad: Array,
+    param: Array,
+    clipping: float,
+    eps: float,
+    out_axis: object,
+    precision: Precision,
+    dy: Array | None = None,
+) -> _AGCParts:
+    xp = namespace_of(grad=grad, param=param, dy=dy)
+    check_shape(param.shape, grad.shape, name="param", what="the shape of grad")
+    clipping = check_eps(clipping, name="clipping")
+    eps = check_eps(eps)
+    axes = unit_norm_axes(tuple(grad.shape), out_axis, name="grad")
+    dtype = compute_dtype(xp, grad.dtype, precision)
+    g, p = to_dtype(xp, grad, dtype), to_dtype(xp, param, dtype)
+    grad_norm, param_norm = norms(xp, g, axes), norms(xp, p, axes)
+    max_norm = clipping * xp.maximum(param_norm, eps)
+    return _AGCParts(
+        xp, dtype, axes, g, p, grad_norm, param_norm, max_norm, xp.maximum(grad_norm, max_norm)
+    )
+
+
+def adaptive_grad_clip(
+    grad: Array,
+    param: Array,
+    *,
+    clipping: float = 0.01,
+    eps: float = 1e-3,
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Adaptive gradient clipping of one parameter's gradient, unit-wise.
+
+    .. math::
+
+        G \leftarrow G \cdot \frac{m}{\max(\|G\|_u, m)}, \qquad
+        m = \lambda \max(\|W\|_u, \epsilon)
+
+    (:math:`= G \min(1, m/\|G\|_u)`; see the module docstring for the
+    boundary, zero gradients and zero weights, which are all finite).
+
+    Parameters
+    ----------
+    grad
+        The gradient :math:`G`.
+    param
+        The parameter :math:`W`, of ``grad``'s shape.
+    clipping
+        :math:`\lambda`, finite, > 0 (NFNets: 0.01 for batch size 4096, larger
+        for smaller batches).
+    eps
+        Finite, > 0: the smallest parameter norm (so zero-initialized
+        parameters can move). NFNets and optax: 1e-3.
+    out_axis
+        The axis of output units: 0 (torch) or -1 (jax); see the module docstring.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    The clipped gradient, of ``grad``'s shape and dtype. A unit holding an
+    infinite gradient has an infinite norm and is scaled by 0: its finite
+    values become 0 and its infinite ones NaN (as the NFNets code and optax);
+    NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
+    are unaffected.
+    """
+    parts = _agc_parts(grad, param, clipping, eps, out_axis, precision)
+    xp = parts.xp
+    return to_dtype(xp, parts.grad * (parts.max_norm / parts.denominator), grad.dtype)
+
+
+def adaptive_grad_clip_vjp(
+    dy: Array,
+    grad: Array,
+    param: Array,
+    *,
+    clipping: float = 0.01,
+    eps: float = 1e-3,
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> AGCGrads:
+    r"""VJP of :func:`adaptive_grad_clip` for ``grad`` and ``param``.
+
+    With :math:`n = \|G\|_u`, :math:`p = \|W\|_u`, :math:`f = m/\max(n, m)` and
+    :math:`s = \sum_u \bar y\, G` per unit: on a clipped unit (:math:`n > m`)
+
+    .. math::
+
+        \bar G = f \bar y - \frac{f s}{n^2} G, \qquad
+        \bar W = [p \ge \epsilon] \, \frac{\lambda s}{n p} W,
+
+    and on an unclipped one (:math:`n \le m`, the boundary included)
+    :math:`\bar G = \bar y`, :math:`\bar W = 0`. At the kinks (:math:`n = m`,
+    :math:`p = \epsilon`) these are one-sided derivatives.
+    """
+    parts = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
+    check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
+    xp = parts.xp
+    d_y = to_dtype(xp, dy, parts.dtype)
+    factor = parts.max_norm / parts.denominator
+    clipped = parts.grad_norm > parts.max_norm
+    s = d_y * parts.grad
+    if parts.axes:
+        s = xp.sum(s, axis=parts.axes, keepdims=True)
+    n = parts.denominator  # equals the gradient's norm on clipped units
+    k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
+    moves_m = clipped & (parts.param_norm >= eps)
+    k_param = xp.where(moves_m, clipping * s / (n * xp.maximum(parts.param_norm, eps)), 0.0)
+    return AGCGrads(
+        grad=to_dtype(xp, factor * d_y - k_grad * parts.grad, grad.dtype),
+        param=to_dtype(xp, k_param * parts.param, param.dtype),
+    )
+
+
+def adaptive_grad_clip_tree(
+    grads: Any,
+    params: Any,
+    *,
+    clipping: float = 0.01,
+    eps: float = 1e-3,
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> Any:
+    """:func:`adaptive_grad_clip` on every leaf of matching trees of gradients and parameters.
+
+    ``grads`` and ``params`` are arrays, or (nested) lists, tuples or dicts of
+    arrays with the same structure (and keys); the result has that structure.
+    Each leaf is clipped unit-wise on its own (scalars and vectors as one unit),
+    with the same ``clipping``, ``eps`` and ``out_axis``.
+    """
+    flat_grads, flat_params = flatten(grads), flatten(params)
+    check_same_structure(flat_grads, flat_params, names=("grads", "params"))
+    namespace_of(**named_leaves("grads", flat_grads), **named_leaves("params", flat_params))
+    return flat_grads.rebuild(
+        [
+            adaptive_grad_clip(
+                g, p, clipping=clipping, eps=eps, out_axis=out_axis, precision=precision
+            )
+            for g, p in zip(flat_grads.leaves, flat_params.leaves, strict=True)
+        ]
+    )
+
+
+def _global_norm(grads: Any, precision: Precision) -> tuple[Namespace, Any, Any, Array]:
+    flat = flatten(grads)
+    check_not_empty(flat, name="grads")
+    xp = namespace_of(**named_leaves("grads", flat))
+    dtype = compute_dtype(xp, result_dtype(xp, *flat.leaves), precision)
+    squares = [xp.sum(to_dtype(xp, leaf, dtype) ** 2) for leaf in flat.leaves]
+    return xp, dtype, flat, xp.sqrt(xp.sum(xp.stack(squares)))
+
+
+def global_norm(grads: Any, *, precision: Precision = "highest") -> Array:
+    r"""The Euclidean norm of all arrays of ``grads`` together, :math:`\sqrt{\sum_k \|g_k\|^2}`.
+
+    ``grads`` is an array or a (nested) list, tuple or dict of arrays. Returns
+    a 0-d array in the promoted dtype of the leaves.
+    """
+    xp, _, flat, norm = _global_norm(grads, precision)
+    return to_dtype(xp, norm, result_dtype(xp, *flat.leaves))
+
+
+def clip_by_global_norm(
+    grads: Any, max_norm: float, *, eps: float = 0.0, precision: Precision = "highest"
+) -> Any:
+    r"""Scale all gradients by one factor so that their global norm is at most ``max_norm``.
+
+    .. math::
+
+        g_k \leftarrow g_k \cdot \frac{c}{\max(\|g\| + \epsilon, c)}
+        = g_k \min\Big(1, \frac{c}{\|g\| + \epsilon}\Big)
+
+    with :math:`c` = ``max_norm`` and :math:`\|g\|` = :func:`global_norm`.
+    ``eps`` is the convention: 0 is optax's ``clip_by_global_norm`` (exactly
+    ``max_norm`` after clipping); ``1e-6`` is torch's ``clip_grad_norm_``
+    (slightly below it). Zero gradients stay 0; no division by 0 happens. A
+    non-finite global norm gives what torch and optax give: an infinite one
+    scales every finite gradient to 0 (the infinite values become NaN), a
+    NaN one makes every gradient NaN.
+
+    Parameters
+    ----------
+    grads
+        An array or a (nested) list, tuple or dict of arrays (one library).
+    max_norm
+        :math:`c`, finite, > 0.
+    eps
+        Finite, >= 0, added to the norm before dividing.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    ``grads``' structure with every array scaled, each in its own dtype.
+    """
+    max_norm = check_eps(max_norm, name="max_norm")
+    eps = check_eps(eps, allow_zero=True)
+    xp, dtype, flat, norm = _global_norm(grads, precision)
+    factor = max_norm / xp.maximum(norm + eps, max_norm)
+    return flat.rebuild(
+        [to_dtype(xp, to_dtype(xp, leaf, dtype) * factor, leaf.dtype) for leaf in flat.leaves]
+    )

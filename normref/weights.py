@@ -1,0 +1,702 @@
+r"""Normalizations of weights: weight standardization, Scaled WS, weight norm, spectral norm.
+
+Each acts per *output unit* of a weight ``w``: the slice at one index of
+``out_axis`` (0 for torch/onnx ``(out, in)`` and ``OIHW``, -1 for jax/flax
+``(in, out)`` and ``HWIO``), whose other axes are its *fan-in* of size ``N``.
+In the layout of :mod:`normref.partition` that is the per-channel partition
+with the unit axis as the channel (:func:`normref.partition.batch_partition`):
+``G`` = number of units, ``M`` = ``N``, ``D`` = 1. So weight standardization is
+the standardize operation of :mod:`normref.ops.standardization` on that
+partition, and weight norm is its ``rms_scale`` operation; neither has math of
+its own. For one unit :math:`w_1..w_N` with mean :math:`\mu` and variance
+:math:`v = \frac{1}{N-c}\sum (w_i - \mu)^2`:
+
+* weight standardization (Qiao et al., 2019): :math:`\hat w = (w - \mu)/s(v)`;
+* Scaled WS (Brock et al., 2021): :math:`\hat w = \gamma\, g\, (w - \mu)/(\sigma \sqrt N)`;
+* weight norm (Salimans & Kingma, 2016): :math:`w = g\, v / \sqrt{\|v\|^2 + \epsilon}`;
+* spectral norm (Miyato et al., 2018): :math:`w / \sigma_{max}(W)` with
+  :math:`\sigma_{max}` estimated by power iteration.
+
+Scaled WS and weight norm reduce to those operations through two identities
+(exact in real arithmetic):
+
+.. math::
+
+    \frac{1}{\sqrt{\max(N v, \epsilon)}} = \frac{1}{\sqrt N \sqrt{\max(v, \epsilon/N)}},
+    \qquad
+    \frac{1}{\sqrt{\|v\|^2 + \epsilon}} = \frac{1}{\sqrt N \sqrt{q + \epsilon/N}},
+    \quad q = \tfrac1N \textstyle\sum_i v_i^2,
+
+so NFNets' ``max_fan_in`` placement is the ``"max"`` mode with
+:math:`\epsilon/N`, and weight norm is ``rms_scale`` with :math:`\epsilon/N`,
+each followed by the scalar :math:`1/\sqrt N`. The backward of each is
+therefore the backward of that operation (derived in
+:mod:`normref.ops.standardization`) with the per-unit parameter folded into
+the affine; ``docs/weights.md`` derives them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from normref._checks import check_eps, check_finite_number, check_int, check_shape
+from normref._layer import Layer, normalize, normalize_vjp
+from normref._namespace import Array, Namespace, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref._units import fan_in, fan_in_axes, unit_axis
+from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
+from normref.partition import batch_partition
+
+Precision = Any
+
+SCALED_WS_EPS_MODES = ("max_fan_in", "max", "add")
+"""Where Scaled WS's ``eps`` enters (see :func:`scaled_weight_standardize`)."""
+
+POWER_ITERATION_ORDERS = ("v_first", "u_first")
+"""The order of one power-iteration step (see :func:`spectral_norm`)."""
+
+L2_EPS_MODES = ("max", "add")
+"""How ``eps`` guards a vector's normalization in :func:`spectral_norm`."""
+
+
+class WeightGrad(NamedTuple):
+    """Gradient of an operation whose one differentiable argument is the weight ``w``."""
+
+    w: Array
+
+
+class ScaledWSGrads(NamedTuple):
+    """Gradients of :func:`scaled_weight_standardize` (``gain`` is ``None`` when it was)."""
+
+    w: Array
+    gain: Array | None
+
+
+class WeightNormGrads(NamedTuple):
+    """Gradients of :func:`weight_norm` (``g`` is ``None`` when it was)."""
+
+    v: Array
+    g: Array | None
+
+
+class SpectralNormResult(NamedTuple):
+    """Result of :func:`spectral_norm`: the normalized weight and the new state."""
+
+    weight: Array
+    u: Array
+    v: Array
+    sigma: Array
+
+
+# ---------------------------------------------------------------------------
+# A weight normalization as a layer: partition by units + operation + per-unit affine.
+
+
+def _unit_layer(
+    name: str, shape: tuple[int, ...], arg: str, axis: int, op: Any, params: dict[str, Any]
+) -> Layer:
+    """The layer of ``op`` on the output units along ``axis`` (already validated)."""
+    return Layer(
+        name,
+        batch_partition(shape, axis),
+        op,
+        params,
+        (axis,),
+        f"{arg} of shape {shape}, out_axis={axis}",
+    )
+
+
+def _check_unit_param(param: Array | None, layer: Layer, *, name: str, weight: str) -> None:
+    """``param`` (``None`` or one value per output unit of ``weight``) must have shape ``(O,)``."""
+    if param is not None:
+        axis = layer.param_axes[0]
+        what = f"one per output unit, {weight}.shape[{axis}]"
+        check_shape(param.shape, (layer.partition.shape[axis],), name=name, what=what)
+
+
+def _scaled_forward(
+    layer: Layer, w: Array, param: Array | None, scale: float, precision: Precision
+) -> Array:
+    """``scale * param * op(w)`` on compute-dtype arrays (``param`` optional)."""
+    if param is None:
+        return normalize(layer, w, None, None, precision) * scale
+    return normalize(layer, w, param * scale, None, precision)
+
+
+def _scaled_vjp(
+    layer: Layer, dy: Array, w: Array, param: Array | None, scale: float, precision: Precision
+) -> tuple[Array, Array | None]:
+    """Gradients of :func:`_scaled_forward` for ``w`` and ``param``."""
+    if param is None:
+        return normalize_vjp(layer, dy * scale, w, None, None, precision).x, None
+    grads = normalize_vjp(layer, dy, w, param * scale, None, precision)
+    return grads.x, grads.gamma * scale
+
+
+def _check_dy(dy: Array, w: Array, name: str) -> None:
+    check_shape(dy.shape, w.shape, name="dy", what=f"the shape of {name}")
+
+
+# ---------------------------------------------------------------------------
+# Weight standardization
+
+
+def _ws_layer(w: Array, out_axis: object, eps: float, eps_mode: str, correction: int) -> Layer:
+    params = std_params(eps, eps_mode, correction)
+    shape = tuple(w.shape)
+    axis = unit_axis(out_axis, shape, name="w", minimum_rank=2)
+    return _unit_layer("weight_standardize", shape, "w", axis, STANDARDIZE, params)
+
+
+def weight_standardize(
+    w: Array,
+    *,
+    out_axis: int = 0,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Weight standardization: each output unit to zero mean and unit variance over its fan-in.
+
+    .. math::
+
+        \hat w = \frac{w - \mu}{s(v)}, \qquad
+        \mu = \frac1N \sum_i w_i, \quad v = \frac{1}{N - c} \sum_i (w_i - \mu)^2
+
+    per output unit, with the divisor ``s`` set by ``eps_mode``:
+
+    * ``"add"``: :math:`s = \sqrt{v + \epsilon}` (timm ``StdConv2d``, ``eps=1e-6``,
+      biased variance);
+    * ``"max"``: :math:`s = \sqrt{\max(v, \epsilon)}`;
+    * ``"add_std"``: :math:`s = \sqrt v + \epsilon` (the original WS code of
+      Qiao et al., with ``correction=1`` and ``eps=1e-5``).
+
+    This is :func:`normref.ops.standardize` on the per-unit partition.
+
+    Parameters
+    ----------
+    w
+        Weight of rank >= 2; each unit needs a fan-in of at least 2 values.
+    out_axis
+        The axis of output units: 0 for ``(out, in)`` and ``OIHW`` (torch,
+        onnx), -1 for ``(in, out)`` and ``HWIO`` (jax, flax).
+    eps
+        Finite, > 0.
+    eps_mode
+        ``"add"``, ``"max"`` or ``"add_std"``.
+    correction
+        0: biased variance; 1: unbiased.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``w``'s shape and dtype.
+    """
+    namespace_of(w=w)
+    return normalize(_ws_layer(w, out_axis, eps, eps_mode, correction), w, None, None, precision)
+
+
+def weight_standardize_vjp(
+    dy: Array,
+    w: Array,
+    *,
+    out_axis: int = 0,
+    eps: float = 1e-5,
+    eps_mode: str = "add",
+    correction: int = 0,
+    precision: Precision = "highest",
+) -> WeightGrad:
+    r"""VJP of :func:`weight_standardize`: the standardize backward per output unit.
+
+    :math:`\bar w = P(\bar y)/s + (w - \mu)\,k`, with :math:`P` the centring
+    projection over the fan-in and
+    :math:`k = -\frac{2 s'(v)}{s^2 (N - c)} \sum_i \bar y_i (w_i - \mu)`
+    (see :mod:`normref.ops.standardization`).
+    """
+    namespace_of(w=w, dy=dy)
+    _check_dy(dy, w, "w")
+    layer = _ws_layer(w, out_axis, eps, eps_mode, correction)
+    return WeightGrad(normalize_vjp(layer, dy, w, None, None, precision).x)
+
+
+# ---------------------------------------------------------------------------
+# Scaled weight standardization
+
+
+def _scaled_ws_parts(
+    w: Array, gamma: float, out_axis: object, eps: float, eps_mode: str
+) -> tuple[Layer, float]:
+    eps = check_eps(eps)
+    if eps_mode not in SCALED_WS_EPS_MODES:
+        msg = f"eps_mode must be one of {SCALED_WS_EPS_MODES}, got {eps_mode!r}"
+        raise ValueError(msg)
+    gamma = check_finite_number(gamma, name="gamma")
+    shape = tuple(w.shape)
+    axis = unit_axis(out_axis, shape, name="w", minimum_rank=2)
+    n = fan_in(shape, axis)
+    mode, op_eps = ("max", eps / n) if eps_mode == "max_fan_in" else (eps_mode, eps)
+    params = std_params(op_eps, mode, 0)
+    layer = _unit_layer("scaled_weight_standardize", shape, "w", axis, STANDARDIZE, params)
+    return layer, gamma / math.sqrt(n)
+
+
+def scaled_weight_standardize(
+    w: Array,
+    gain: Array | None = None,
+    *,
+    gamma: float = 1.0,
+    out_axis: int = 0,
+    eps: float = 1e-4,
+    eps_mode: str = "max_fan_in",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Scaled weight standardization (NF-ResNets, NFNets): WS scaled by gain, gamma and fan-in.
+
+    .. math::
+
+        \hat w = \gamma \, g \, \frac{w - \mu}{\sigma \sqrt N}
+
+    per output unit (:math:`\mu`, :math:`\sigma^2` the mean and biased variance
+    over the fan-in of size :math:`N`), where ``eps_mode`` names the guarded
+    divisor :math:`\sigma\sqrt N`:
+
+    * ``"max_fan_in"`` (default, the NFNets reference code ``WSConv2D``,
+      ``eps=1e-4``): :math:`\sqrt{\max(N \sigma^2, \epsilon)}`;
+    * ``"max"``: :math:`\sqrt{\max(\sigma^2, \epsilon)}\,\sqrt N`;
+    * ``"add"`` (timm ``ScaledStdConv2d``, ``eps=1e-6``):
+      :math:`\sqrt{\sigma^2 + \epsilon}\,\sqrt N`.
+
+    ``"max_fan_in"`` equals ``"max"`` with :math:`\epsilon/N` (see the module
+    docstring), so all three are :func:`normref.ops.standardize` on the
+    per-unit partition times :math:`\gamma g/\sqrt N`.
+
+    Parameters
+    ----------
+    w
+        Weight of rank >= 2, each unit with a fan-in of at least 2 values.
+    gain
+        Optional learned gain :math:`g`, one per output unit, shape
+        ``(w.shape[out_axis],)`` (NFNets: ``(O,)``; timm stores it as
+        ``(O, 1, 1, 1)``: pass it flattened).
+    gamma
+        The nonlinearity's gain :math:`\gamma` (a number), e.g.
+        ``nonlinearity_gamma("relu")``. NFNets multiplies the activation by
+        it instead; timm passes it here.
+    out_axis
+        0 for ``OIHW``/``(out, in)``, -1 for ``HWIO``/``(in, out)``.
+    eps
+        Finite, > 0.
+    eps_mode
+        ``"max_fan_in"``, ``"max"`` or ``"add"``.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``w``'s shape, in the promoted dtype of ``w`` and ``gain``.
+    Each unit has mean 0 and squared norm :math:`(\gamma g)^2` times
+    :math:`N\sigma^2 / \max(N\sigma^2, \epsilon)` (``"max_fan_in"``).
+    """
+    xp = namespace_of(w=w, gain=gain)
+    layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
+    _check_unit_param(gain, layer, name="gain", weight="w")
+    dtype = compute_dtype(xp, w.dtype, precision)
+    y = _scaled_forward(layer, to_dtype(xp, w, dtype), to_dtype(xp, gain, dtype), scale, precision)
+    return to_dtype(xp, y, output_dtype(xp, precision, w, gain))
+
+
+def scaled_weight_standardize_vjp(
+    dy: Array,
+    w: Array,
+    gain: Array | None = None,
+    *,
+    gamma: float = 1.0,
+    out_axis: int = 0,
+    eps: float = 1e-4,
+    eps_mode: str = "max_fan_in",
+    precision: Precision = "highest",
+) -> ScaledWSGrads:
+    r"""VJP of :func:`scaled_weight_standardize` for ``w`` and ``gain``.
+
+    With :math:`a = \gamma g/\sqrt N` per unit and :math:`\hat x` the
+    standardized unit: :math:`\bar g = \frac{\gamma}{\sqrt N} \sum_i \bar y_i \hat x_i`,
+    and :math:`\bar w` is the standardize backward of :math:`a \bar y`.
+    """
+    xp = namespace_of(w=w, gain=gain, dy=dy)
+    _check_dy(dy, w, "w")
+    layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
+    _check_unit_param(gain, layer, name="gain", weight="w")
+    dtype = compute_dtype(xp, w.dtype, precision)
+    d_w, d_gain = _scaled_vjp(
+        layer,
+        to_dtype(xp, dy, dtype),
+        to_dtype(xp, w, dtype),
+        to_dtype(xp, gain, dtype),
+        scale,
+        precision,
+    )
+    return ScaledWSGrads(
+        to_dtype(xp, d_w, w.dtype), to_dtype(xp, d_gain, None if gain is None else gain.dtype)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Weight normalization
+
+
+def _weight_norm_parts(v: Array, out_axis: object, eps: float) -> tuple[Layer, float]:
+    eps = check_eps(eps, allow_zero=True)
+    shape = tuple(v.shape)
+    axis = unit_axis(out_axis, shape, name="v", minimum_rank=1)
+    n = fan_in(shape, axis)
+    layer = _unit_layer(
+        "weight_norm", shape, "v", axis, RMS_SCALE, {"eps": eps / n, "eps_mode": "add"}
+    )
+    return layer, 1.0 / math.sqrt(n)
+
+
+def _zero_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Array]:
+    """Mask of the units whose squared norm is 0 (with ``eps = 0``), and ``v`` with them as 1."""
+    if layer.params["eps"] > 0:
+        return None, v
+    axes = fan_in_axes(v.ndim, layer.param_axes[0])
+    zero = xp.sum(v * v, axis=axes, keepdims=True) == 0
+    return zero, xp.where(zero, 1.0, v)
+
+
+def weight_norm(
+    v: Array,
+    g: Array | None = None,
+    *,
+    out_axis: int = 0,
+    eps: float = 0.0,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Weight normalization: :math:`w = g \, v / \sqrt{\|v\|^2 + \epsilon}` per output unit.
+
+    :math:`\|v\|` is the Euclidean norm of the unit over its fan-in. ``eps=0``
+    is torch (``torch.nn.utils.parametrizations.weight_norm``, no eps);
+    ``eps=1e-12`` is flax ``WeightNorm`` (:math:`\epsilon` inside the square
+    root). Torch initializes ``g`` to :math:`\|v\|` (the weight is unchanged at
+    init), flax to 1; pass whichever you model.
+
+    With ``eps=0`` a unit whose squared norm is 0 (an all-zero unit, or a
+    float64 one below about 1e-154 that underflows) has no direction: its
+    output is 0 and its gradients are 0 (torch gives NaN there).
+
+    Parameters
+    ----------
+    v
+        Direction parameter, rank >= 1 (``(out, in)``, ``OIHW``, ...).
+    g
+        Optional magnitude, one per output unit: shape ``(v.shape[out_axis],)``
+        (torch stores it as ``(O, 1, ..., 1)``: pass it flattened). ``None``
+        gives the unit-norm weight :math:`v/\|v\|`.
+    out_axis
+        0 for ``OIHW``/``(out, in)`` (torch ``dim=0``), -1 for
+        ``HWIO``/``(in, out)`` (flax ``feature_axes=-1``).
+    eps
+        Finite, >= 0, added to the squared norm.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
+    """
+    xp = namespace_of(v=v, g=g)
+    layer, scale = _weight_norm_parts(v, out_axis, eps)
+    _check_unit_param(g, layer, name="g", weight="v")
+    dtype = compute_dtype(xp, v.dtype, precision)
+    zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
+    y = _scaled_forward(layer, v_c, to_dtype(xp, g, dtype), scale, precision)
+    if zero is not None:
+        y = xp.where(zero, 0.0, y)
+    return to_dtype(xp, y, output_dtype(xp, precision, v, g))
+
+
+def weight_norm_vjp(
+    dy: Array,
+    v: Array,
+    g: Array | None = None,
+    *,
+    out_axis: int = 0,
+    eps: float = 0.0,
+    precision: Precision = "highest",
+) -> WeightNormGrads:
+    r"""VJP of :func:`weight_norm` for ``v`` and ``g``.
+
+    With :math:`r = 1/\sqrt{\|v\|^2 + \epsilon}` per unit:
+    :math:`\bar g = r \sum_i \bar y_i v_i` and
+    :math:`\bar v = g r \, \bar y - g r^3 \, v \sum_i \bar y_i v_i`
+    (the ``rms_scale`` backward of :mod:`normref.ops.standardization`).
+    Both are 0 on a zero unit with ``eps=0``.
+    """
+    xp = namespace_of(v=v, g=g, dy=dy)
+    _check_dy(dy, v, "v")
+    layer, scale = _weight_norm_parts(v, out_axis, eps)
+    _check_unit_param(g, layer, name="g", weight="v")
+    dtype = compute_dtype(xp, v.dtype, precision)
+    zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
+    d_v, d_g = _scaled_vjp(
+        layer, to_dtype(xp, dy, dtype), v_c, to_dtype(xp, g, dtype), scale, precision
+    )
+    if zero is not None:
+        d_v = xp.where(zero, 0.0, d_v)
+        if d_g is not None:
+            d_g = xp.where(xp.reshape(zero, d_g.shape), 0.0, d_g)
+    return WeightNormGrads(
+        to_dtype(xp, d_v, v.dtype), to_dtype(xp, d_g, None if g is None else g.dtype)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Spectral normalization
+
+
+class _PowerIteration(NamedTuple):
+    matrix: Array
+    u: Array
+    v: Array
+    sigma: Array
+
+
+def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str) -> Array:
+    squared = xp.sum(x * x)
+    if eps_mode == "max":
+        return x / xp.maximum(xp.sqrt(squared), eps)
+    return x / xp.sqrt(squared + eps)
+
+
+def _check_spectral_args(
+    v: Array | None, n_power_iterations: object, order: object, eps: float, eps_mode: object
+) -> tuple[int, float]:
+    steps = check_int(n_power_iterations, name="n_power_iterations", minimum=0)
+    if order not in POWER_ITERATION_ORDERS:
+        msg = f"order must be one of {POWER_ITERATION_ORDERS}, got {order!r}"
+        raise ValueError(msg)
+    if eps_mode not in L2_EPS_MODES:
+        msg = f"eps_mode must be one of {L2_EPS_MODES}, got {eps_mode!r}"
+        raise ValueError(msg)
+    if v is None and (order == "u_first" or steps == 0):
+        msg = (
+            f"v is needed with order={order!r} and n_power_iterations={steps}: "
+            f"only a v_first iteration computes v from u"
+        )
+        raise ValueError(msg)
+    return steps, check_eps(eps)
+
+
+def _matrix(xp: Namespace, w: Array, axis: int) -> Array:
+    """``w`` as the ``(units, fan-in)`` matrix: the unit axis first, the others flattened."""
+    moved = xp.permute_dims(w, (axis, *fan_in_axes(w.ndim, axis)))
+    return xp.reshape(moved, (w.shape[axis], fan_in(tuple(w.shape), axis)))
+
+
+def _unmatrix(xp: Namespace, m: Array, shape: tuple[int, ...], axis: int) -> Array:
+    """Inverse of :func:`_matrix`."""
+    others = fan_in_axes(len(shape), axis)
+    moved = xp.reshape(m, (shape[axis], *(shape[a] for a in others)))
+    order = (axis, *others)
+    return xp.permute_dims(moved, tuple(sorted(range(len(order)), key=order.__getitem__)))
+
+
+def _power_iteration(
+    xp: Namespace,
+    w: Array,
+    u: Array,
+    v: Array | None,
+    *,
+    n_power_iterations: int,
+    order: str,
+    eps: float,
+    eps_mode: str,
+    axis: int,
+) -> _PowerIteration:
+    matrix = _matrix(xp, w, axis)
+    for _ in range(n_power_iterations):
+        if order == "v_first":
+            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
+            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
+        else:
+            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
+            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
+    sigma = xp.sum(u * xp.matmul(matrix, v))
+    return _PowerIteration(matrix, u, v, sigma)
+
+
+def _spectral_parts(
+    w: Array,
+    u: Array,
+    v: Array | None,
+    n_power_iterations: int,
+    order: str,
+    eps: float,
+    eps_mode: str,
+    out_axis: object,
+    precision: Precision,
+    dy: Array | None = None,
+) -> tuple[Namespace, Any, int, _PowerIteration]:
+    xp = namespace_of(w=w, u=u, v=v, dy=dy)
+    shape = tuple(w.shape)
+    axis = unit_axis(out_axis, shape, name="w", minimum_rank=1)
+    check_shape(u.shape, (shape[axis],), name="u", what=f"one per output unit, w.shape[{axis}]")
+    if v is not None:
+        check_shape(
+            v.shape,
+            (fan_in(shape, axis),),
+            name="v",
+            what="the fan-in of w, the product of its other axes",
+        )
+    steps, eps = _check_spectral_args(v, n_power_iterations, order, eps, eps_mode)
+    dtype = compute_dtype(xp, w.dtype, precision)
+    state = _power_iteration(
+        xp,
+        to_dtype(xp, w, dtype),
+        to_dtype(xp, u, dtype),
+        to_dtype(xp, v, dtype),
+        n_power_iterations=steps,
+        order=order,
+        eps=eps,
+        eps_mode=eps_mode,
+        axis=axis,
+    )
+    return xp, dtype, axis, state
+
+
+def _nonzero(xp: Namespace, sigma: Array) -> Array:
+    """``sigma`` where it is not 0, else 1: a zero sigma leaves the weight unscaled."""
+    return xp.where(sigma == 0, 1.0, sigma)
+
+
+def spectral_norm(
+    w: Array,
+    u: Array,
+    v: Array | None = None,
+    *,
+    n_power_iterations: int = 1,
+    order: str = "v_first",
+    eps: float = 1e-12,
+    eps_mode: str = "max",
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> SpectralNormResult:
+    r"""Spectral normalization: :math:`w/\sigma`, :math:`\sigma` estimated by power iteration.
+
+    ``w`` is viewed as the matrix :math:`W` of shape ``(units, fan-in)`` (the
+    ``out_axis`` first, the other axes flattened in order, as torch's
+    ``dim`` and flax's ``(-1, out)`` reshape). Each of ``n_power_iterations``
+    steps, in the given ``order``:
+
+    * ``"v_first"`` (legacy ``torch.nn.utils.spectral_norm``, flax
+      ``SpectralNorm``): :math:`v \leftarrow n(W^\top u)`, then
+      :math:`u \leftarrow n(W v)`;
+    * ``"u_first"`` (``torch.nn.utils.parametrizations.spectral_norm``):
+      :math:`u \leftarrow n(W v)`, then :math:`v \leftarrow n(W^\top u)`;
+
+    then :math:`\sigma = u^\top W v`. The vector normalization :math:`n` is
+    :math:`x/\max(\|x\|, \epsilon)` for ``eps_mode="max"`` (torch
+    ``F.normalize``) or :math:`x/\sqrt{\|x\|^2 + \epsilon}` for ``"add"``
+    (flax). Where :math:`\sigma = 0` the weight is returned unscaled (as flax;
+    torch divides by 0).
+
+    The state is explicit: nothing is updated in place; the new ``u``, ``v``
+    are returned for the next call. Torch's training step does the power
+    iteration then normalizes; its evaluation mode is ``n_power_iterations=0``
+    with the stored ``u`` and ``v``. Torch draws ``u``, ``v`` at random and the
+    parametrization runs 15 warm-up iterations; flax starts from an
+    unnormalized random ``u``: compare frameworks from the same state.
+
+    Parameters
+    ----------
+    w
+        Weight of rank >= 1.
+    u
+        Left singular vector estimate, shape ``(w.shape[out_axis],)``.
+    v
+        Right singular vector estimate, shape ``(N,)`` (the fan-in). Needed
+        unless ``order="v_first"`` and ``n_power_iterations >= 1``.
+    n_power_iterations
+        Integer >= 0.
+    order
+        ``"v_first"`` or ``"u_first"``.
+    eps
+        Finite, > 0 (torch and flax: 1e-12).
+    eps_mode
+        ``"max"`` or ``"add"``.
+    out_axis
+        0 for ``OIHW``/``(out, in)`` (torch ``dim=0``), -1 for flax kernels.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    SpectralNormResult
+        ``(weight, u, v, sigma)``: :math:`w/\sigma` in ``w``'s dtype, the new
+        ``u`` and ``v`` in their dtypes (``v`` in ``w``'s when it was not
+        given), and :math:`\sigma` as a 0-d array in ``w``'s dtype.
+    """
+    xp, dtype, _, state = _spectral_parts(
+        w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision
+    )
+    weight = to_dtype(xp, w, dtype) / _nonzero(xp, state.sigma)
+    out = output_dtype(xp, precision, w)
+    return SpectralNormResult(
+        weight=to_dtype(xp, weight, out),
+        u=to_dtype(xp, state.u, u.dtype),
+        v=to_dtype(xp, state.v, (w if v is None else v).dtype),
+        sigma=to_dtype(xp, state.sigma, out),
+    )
+
+
+def spectral_norm_weight(w: Array, u: Array, v: Array | None = None, **options: Any) -> Array:
+    """The normalized weight :math:`w/\\sigma` of :func:`spectral_norm` alone (its first output).
+
+    ``options`` are :func:`spectral_norm`'s keyword arguments. This is the
+    function whose gradient :func:`spectral_norm_vjp` is when
+    ``n_power_iterations=0`` (``u``, ``v`` then enter only as constants).
+    """
+    return spectral_norm(w, u, v, **options).weight
+
+
+def spectral_norm_vjp(
+    dy: Array,
+    w: Array,
+    u: Array,
+    v: Array | None = None,
+    *,
+    n_power_iterations: int = 1,
+    order: str = "v_first",
+    eps: float = 1e-12,
+    eps_mode: str = "max",
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> WeightGrad:
+    r"""VJP of :func:`spectral_norm`'s weight :math:`w/\sigma`, with ``u`` and ``v`` held constant.
+
+    ``dy`` is the cotangent of the normalized weight only. The power iteration
+    runs as in the forward; then, with its ``u``, ``v`` treated as constants
+    (stop-gradient, as torch and flax do), :math:`\sigma = u^\top W v` has
+    :math:`\partial\sigma/\partial W = u v^\top` and
+
+    .. math::
+
+        \bar W = \frac{1}{\sigma}\Big(\bar y - \langle \bar y, W/\sigma \rangle \, u v^\top\Big).
+
+    This is the exact derivative of :math:`w/\sigma` only for
+    ``n_power_iterations=0``; otherwise it omits the dependence of ``u``, ``v``
+    on ``w`` by design. Where :math:`\sigma = 0`, :math:`\bar W = \bar y`.
+    """
+    xp, dtype, axis, state = _spectral_parts(
+        w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision, dy=dy
+    )
+    _check_dy(dy, w, "w")
+    dy_m = _matrix(xp, to_dtype(xp, dy, dtype), axis)
+    sigma = _nonzero(xp, state.sigma)
+    y_m = state.matrix / sigma
+    outer = xp.reshape(state.u, (-1, 1)) * xp.reshape(state.v, (1, -1))
+    projection = xp.where(state.sigma == 0, 0.0, xp.sum(dy_m * y_m))
+    d_w = (dy_m - projection * outer) / sigma
+    return WeightGrad(to_dtype(xp, _unmatrix(xp, d_w, tuple(w.shape), axis), w.dtype))
