@@ -75,7 +75,8 @@ def test_any_shape_dtype_and_scale_rounds_once(spec, seed, data, standard_backen
     dtype = data.draw(st.sampled_from([d for d in standard_backend.dtypes if d in DTYPE_SCALES]))
     scale = data.draw(st.sampled_from(DTYPE_SCALES[dtype]))
     base = draw(spec, seed)
-    sample = rounded(base.replace(x=base.args["x"] * scale), standard_backend, dtype)
+    scaled = base.replace(**{spec.primary: base.args[spec.primary] * scale})
+    sample = rounded(scaled, standard_backend, dtype)
     expected = REFERENCES[spec.name].compute(*sample.args.values(), **sample.kwargs)
     y = standard_backend.to_numpy(spec.call(on_backend(sample, standard_backend, dtype)))
     assert np.max(np.abs(y - expected) / ulp(expected, dtype)) <= 1.0
