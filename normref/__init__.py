@@ -7,6 +7,7 @@ for the named layers, :mod:`normref.ops` for the operations on the canonical
 ``(G, M, D)`` layout, :mod:`normref.partition` for how layers group elements,
 :mod:`normref.stats` for mergeable moments and running statistics, and
 :mod:`normref.conventions` for the frameworks' choices as data.
+:mod:`normref.whitening` holds the batch whitening layers.
 """
 
 from normref import conventions, ops, partition, registry, stats
@@ -30,7 +31,16 @@ from normref.layers import (
     rms_norm,
     rms_norm_vjp,
 )
-from normref.stats import Moments, RunningStats
+from normref.stats import Comoments, Moments, RunningStats
+from normref.whitening import (
+    RunningWhitening,
+    batch_whiten,
+    batch_whiten_inference,
+    batch_whiten_inference_vjp,
+    batch_whiten_train,
+    batch_whiten_vjp,
+    running_whitening_update,
+)
 
 __version__ = "0.1.0"
 
@@ -39,11 +49,13 @@ __all__ = [
     "KERAS",
     "ONNX",
     "TORCH",
+    "Comoments",
     "Convention",
     "Float64UnavailableError",
     "Moments",
     "NormGrads",
     "RunningStats",
+    "RunningWhitening",
     "ScaleNormGrads",
     "__version__",
     "batch_norm",
@@ -51,6 +63,11 @@ __all__ = [
     "batch_norm_inference_vjp",
     "batch_norm_train",
     "batch_norm_vjp",
+    "batch_whiten",
+    "batch_whiten_inference",
+    "batch_whiten_inference_vjp",
+    "batch_whiten_train",
+    "batch_whiten_vjp",
     "conventions",
     "ghost_batch_norm",
     "ghost_batch_norm_vjp",
@@ -65,5 +82,6 @@ __all__ = [
     "registry",
     "rms_norm",
     "rms_norm_vjp",
+    "running_whitening_update",
     "stats",
 ]
