@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tests.reference_whitening import WHITENING_FORMULATIONS
+
 Key = Callable[[tuple[int, ...]], Any]
 
 
@@ -176,4 +178,7 @@ STANDARDIZATION_REFERENCES: dict[str, Reference] = {
     )
 }
 
-REFERENCES: dict[str, Reference] = {**STANDARDIZATION_REFERENCES}
+REFERENCES: dict[str, Reference] = {
+    **STANDARDIZATION_REFERENCES,
+    **{name: Reference(*pair) for name, pair in WHITENING_FORMULATIONS.items()},
+}
