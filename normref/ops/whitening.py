@@ -121,7 +121,7 @@ def regularized(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Array]:
     ``finite`` has ``cov``'s shape with its last two axes of size 1. Where it is
     false, ``Σ`` is the stand-in :math:`\operatorname{diag}(1, \dots, D)`
     (positive definite, distinct eigenvalues), so that every decomposition and
-    its VJP run; the caller sets those groups' results to NaN with :func:`poisoned`.
+    its VJP run; the caller makes those groups' results NaN with :func:`poisoned`.
     """
     d = cov.shape[-1]
     eye = _eye(xp, d, cov.dtype)
@@ -131,9 +131,16 @@ def regularized(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Array]:
     return xp.where(finite, sigma, stand_in), finite
 
 
-def poisoned(xp: Namespace, values: Array, finite: Array) -> Array:
-    """``values`` with every group whose covariance was not finite set to NaN."""
-    return xp.where(finite, values, xp.asarray(xp.nan, dtype=values.dtype))
+def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
+    """``D x D`` ``matrices`` with every entry NaN where their group's covariance was not finite.
+
+    A matrix product with an all-NaN matrix on the right is NaN in every entry
+    (each entry sums products with NaN), so poisoning the small ``W`` and
+    ``Σ̄`` makes a group's whole output and gradient NaN without a pass over
+    its ``M x D`` values.
+    """
+    nan = xp.asarray(xp.nan, dtype=matrices.dtype)
+    return matrices + xp.where(finite, xp.zeros_like(nan), nan)
 
 
 def group_covariance(
@@ -377,7 +384,7 @@ def _forward(
         xp, x, axes, eps=eps, correction=correction, algorithm=algorithm
     )
     w, _ = method.matrix(xp, sigma, **params)
-    return poisoned(xp, centred @ _mT(xp, w), finite)
+    return centred @ _mT(xp, poisoned(xp, w, finite))
 
 
 def _vjp(
@@ -397,12 +404,12 @@ def _vjp(
     )
     w, saved = method.matrix(xp, sigma, **params)
     sigma_bar = method.cotangent(xp, _mT(xp, dy) @ centred, saved)
+    through_sigma = (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
+    w = poisoned(xp, w, finite)
     direct = dy @ w
-    through_sigma = centred @ (
-        (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
-    )
-    dx = direct - xp.mean(direct, axis=axes, keepdims=True) + through_sigma
-    return poisoned(xp, dx, finite), poisoned(xp, centred @ _mT(xp, w), finite)
+    dx = direct - xp.mean(direct, axis=axes, keepdims=True)
+    dx = dx + centred @ poisoned(xp, through_sigma, finite)
+    return dx, centred @ _mT(xp, w)
 
 
 def whitening_op(method: Whitening) -> GroupOp:
