@@ -10,26 +10,27 @@ unbiased) and the regularizer :math:`\epsilon`:
 
     \mu = \tfrac1M X^\top \mathbf 1, \qquad
     X_c = X - \mathbf 1 \mu^\top, \qquad
-    \Sigma = \frac{X_c^\top X_c}{M - c} + \epsilon I, \qquad
+    C = \frac{X_c^\top X_c}{M - c}, \qquad
+    \Sigma = C + \epsilon I, \qquad
     Y = X_c W^\top,
 
 that is :math:`y_i = W (x_i - \mu)` for every sample, where the *whitening
 matrix* :math:`W = W(\Sigma)` is, with the eigendecomposition
 :math:`\Sigma = U \Lambda U^\top` and the Cholesky factor :math:`\Sigma = L L^\top`:
 
-=====================  =========================================  =====================================
-operation              :math:`W`                                  covariance of :math:`y` (``eps=0``)
-=====================  =========================================  =====================================
-``decorrelate``        :math:`U^\top`                             :math:`\Lambda` (diagonal)
-``pca_whiten``         :math:`\Lambda^{-1/2} U^\top`              :math:`I`
-``zca_whiten``         :math:`U \Lambda^{-1/2} U^\top`            :math:`I`
-``cholesky_whiten``    :math:`L^{-1}`                             :math:`I`
-``iter_norm_whiten``   :math:`P_T / \sqrt{\operatorname{tr}\Sigma}`  :math:`\to I` as :math:`T` grows
-=====================  =========================================  =====================================
+====================  ==============================================  =======================================
+operation             :math:`W`                                       covariance of :math:`y` (``eps=0``)
+====================  ==============================================  =======================================
+``decorrelate``       :math:`U^\top`                                  :math:`\Lambda` (diagonal)
+``pca_whiten``        :math:`\Lambda^{-1/2} U^\top`                   :math:`I`
+``zca_whiten``        :math:`U \Lambda^{-1/2} U^\top`                 :math:`I`
+``cholesky_whiten``   :math:`L^{-1}`                                  :math:`I`
+``iter_norm_whiten``  :math:`P_T / \sqrt{\operatorname{tr}\Sigma}`     :math:`\to I` as :math:`T` grows
+====================  ==============================================  =======================================
 
 With :math:`\epsilon > 0` the covariance of :math:`y` is
-:math:`W (\Sigma - \epsilon I) W^\top`, e.g. :math:`I - \epsilon \Sigma^{-1}` for
-ZCA: identity up to :math:`\epsilon / \lambda_{\min}`. ``eps`` also makes the
+:math:`W C W^\top = W (\Sigma - \epsilon I) W^\top`, e.g. :math:`I - \epsilon \Sigma^{-1}`
+for ZCA: identity up to :math:`\epsilon / \lambda_{\min}`. ``eps`` also makes the
 operations defined when :math:`M \le D`, where the sample covariance is singular.
 
 Specification of the non-unique parts
@@ -224,7 +225,11 @@ def _require_distinct(xp: Namespace, lam: Array, what: str) -> None:
 def _eigen_cotangent(
     xp: Namespace, lam: Array, u: Array, lam_bar: Array | None, u_bar: Array, what: str
 ) -> Array:
-    r""":math:`U (\operatorname{diag}\bar\lambda + K \circ U^\top \bar U) U^\top`, :math:`K_{ij} = 1/(\lambda_j - \lambda_i)`."""
+    r"""Cotangent of Σ from those of its eigenvalues and eigenvectors.
+
+    :math:`U (\operatorname{diag}\bar\lambda + K \circ U^\top \bar U) U^\top`
+    with :math:`K_{ij} = 1/(\lambda_j - \lambda_i)` off the diagonal, 0 on it.
+    """
     _require_distinct(xp, lam, what)
     off = _eye(xp, lam.shape[-1], lam.dtype) == 0
     gap = lam[..., None, :] - lam[..., :, None]
@@ -492,7 +497,7 @@ def decorrelate_vjp(
 def pca_whiten(
     x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
 ) -> Array:
-    r"""PCA whitening: :math:`y = \Lambda^{-1/2} U^\top (x - \mu)` with :math:`\Sigma + \epsilon I = U \Lambda U^\top`.
+    r"""PCA whitening: :math:`y = \Lambda^{-1/2} U^\top (x - \mu)`, :math:`\Sigma = C + \epsilon I = U \Lambda U^\top`.
 
     Parameters
     ----------
@@ -536,7 +541,7 @@ def pca_whiten_vjp(
 def zca_whiten(
     x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
 ) -> Array:
-    r"""ZCA (Mahalanobis) whitening: :math:`y = (\Sigma + \epsilon I)^{-1/2} (x - \mu)`.
+    r"""ZCA (Mahalanobis) whitening: :math:`y = \Sigma^{-1/2} (x - \mu)`, :math:`\Sigma = C + \epsilon I`.
 
     :math:`W = U \Lambda^{-1/2} U^\top` is the symmetric inverse square root: the
     whitening whose output is closest to its input,
@@ -556,7 +561,7 @@ def zca_whiten(
 
     Returns
     -------
-    Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon (\Sigma + \epsilon I)^{-1}`.
+    Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon \Sigma^{-1}`.
     """
     return run_canonical(WHITENING_OPS["zca"], x, precision, whitening_params(eps, correction))
 
@@ -578,7 +583,7 @@ def zca_whiten_vjp(
 def cholesky_whiten(
     x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
 ) -> Array:
-    r"""Cholesky whitening: :math:`y = L^{-1} (x - \mu)` with :math:`\Sigma + \epsilon I = L L^\top`.
+    r"""Cholesky whitening: :math:`y = L^{-1} (x - \mu)`, :math:`\Sigma = C + \epsilon I = L L^\top`.
 
     :math:`L^{-1}` is lower triangular (output feature ``k`` depends on input
     features ``0..k`` only) and is computed by forward substitution (the Array
