@@ -102,28 +102,46 @@ def normalize_vjp(
 ) -> NormGrads:
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
-    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dtype = compute_dtype(xp, x.dtype, precision)
     to_view, from_view, axes = _op_layout(layer)
+
+    def backward(d_x_hat: Array) -> tuple[Array, Array]:
+        dx, x_hat = layer.op.vjp(
+            xp,
+            to_view(xp, d_x_hat),
+            to_view(xp, to_dtype(xp, x, dtype)),
+            axes,
+            **_op_kwargs(layer, precision),
+        )
+        return from_view(xp, dx), from_view(xp, x_hat)
+
+    return affine_backward(xp, dtype, dy, x, gamma, beta, layer.param_axes, backward)
+
+
+def affine_backward(
+    xp: Any,
+    dtype: Any,
+    dy: Array,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    param_axes: tuple[int, ...],
+    backward: Callable[[Array], tuple[Array, Array]],
+) -> NormGrads:
+    """Gradients of ``gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
+
+    ``backward(d_x_hat) -> (dx, x_hat)`` is the normalization's own VJP (and its
+    output, which the gradient of ``gamma`` needs); each gradient is returned in
+    the dtype of its argument.
+    """
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dy_c = to_dtype(xp, dy, dtype)
-    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), layer.param_axes)
-    dx, x_hat = layer.op.vjp(
-        xp,
-        to_view(xp, d_x_hat),
-        to_view(xp, to_dtype(xp, x, dtype)),
-        axes,
-        **_op_kwargs(layer, precision),
-    )
+    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), param_axes))
     d_gamma, d_beta = affine_vjp_params(
-        xp,
-        dy_c,
-        from_view(xp, x_hat),
-        layer.param_axes,
-        has_gamma=gamma is not None,
-        has_beta=beta is not None,
+        xp, dy_c, x_hat, param_axes, has_gamma=gamma is not None, has_beta=beta is not None
     )
     return NormGrads(
-        x=to_dtype(xp, from_view(xp, dx), x.dtype),
+        x=to_dtype(xp, dx, x.dtype),
         gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
         beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
     )

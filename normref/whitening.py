@@ -36,9 +36,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref._checks import check_momentum, check_shape, normalize_axis
-from normref._layer import Layer, NormGrads, normalize, normalize_vjp
+from normref._layer import Layer, NormGrads, affine_backward, normalize, normalize_vjp
 from normref._namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
+from normref.affine import affine, check_param
 from normref.conventions import Convention, get_convention
 from normref.ops.whitening import (
     WHITENING_OPS,
@@ -234,18 +234,11 @@ def batch_whiten_inference_vjp(
     xp, dtype, channel, part, w, x_hat = _inference_parts(
         x, running_mean, running_whitening, gamma, beta, group_size, axis, precision, dy=dy
     )
-    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
-    dy_c = to_dtype(xp, dy, dtype)
-    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), channel)
-    dx = part.from_canonical(xp, part.to_canonical(xp, d_x_hat) @ w)
-    d_gamma, d_beta = affine_vjp_params(
-        xp, dy_c, x_hat, channel, has_gamma=gamma is not None, has_beta=beta is not None
-    )
-    return NormGrads(
-        x=to_dtype(xp, dx, x.dtype),
-        gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
-        beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
-    )
+
+    def backward(d_x_hat: Array) -> tuple[Array, Array]:
+        return part.from_canonical(xp, part.to_canonical(xp, d_x_hat) @ w), x_hat
+
+    return affine_backward(xp, dtype, dy, x, gamma, beta, channel, backward)
 
 
 def running_whitening_update(

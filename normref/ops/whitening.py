@@ -499,17 +499,7 @@ def pca_whiten(
 ) -> Array:
     r"""PCA whitening: :math:`y = \Lambda^{-1/2} U^\top (x - \mu)`, :math:`\Sigma = C + \epsilon I = U \Lambda U^\top`.
 
-    Parameters
-    ----------
-    x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2`` (``M <= D`` needs ``eps``
-        well above the rounding of the covariance).
-    eps
-        Finite, > 0; added to the diagonal of the covariance.
-    correction
-        0 for the biased covariance :math:`X_c^\top X_c / M`, 1 for :math:`/(M - 1)`.
-    precision
-        ``"highest"`` (float64), ``"native"`` or a convention to model.
+    Parameters are those of :func:`zca_whiten`.
 
     Returns
     -------
@@ -551,7 +541,8 @@ def zca_whiten(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``.
+        Canonical array of shape ``(G, M, D)``, ``M >= 2``; ``M <= D`` (a singular
+        sample covariance) needs ``eps`` well above the covariance's rounding level.
     eps
         Finite, > 0; added to the diagonal of the covariance.
     correction
@@ -588,17 +579,7 @@ def cholesky_whiten(
     :math:`L^{-1}` is lower triangular (output feature ``k`` depends on input
     features ``0..k`` only) and is computed by forward substitution (the Array
     API has no triangular solve). Unique, repeated eigenvalues included.
-
-    Parameters
-    ----------
-    x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``.
-    eps
-        Finite, > 0; added to the diagonal of the covariance.
-    correction
-        0 for the biased covariance :math:`X_c^\top X_c / M`, 1 for :math:`/(M - 1)`.
-    precision
-        ``"highest"`` (float64), ``"native"`` or a convention to model.
+    Parameters are those of :func:`zca_whiten`.
 
     Returns
     -------
