@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from normref import ops
-from tests.support import Backend, assert_within, fd_jvp, fd_vjp
+from tests.support import FD_STEPS, Backend, assert_within, fd_jvp, fd_vjp
 from tests.whitening_cases import U64, hadamard_columns, random_orthogonal, with_spectrum
 
 SMOOTH = {
@@ -112,24 +112,28 @@ def test_the_tie_threshold_is_the_eigenvalues_rounding_level(method, standard_ba
 
 
 @pytest.mark.parametrize("method", SMOOTH)
-def test_ill_conditioned_gradients(method, standard_backend):
-    """κ = 1e6 in float64: the adjoint identity <J v, u> = <v, J^T u> holds to rounding.
+@pytest.mark.parametrize("kappa", [1e4, 1e8])
+def test_ill_conditioned_gradients(method, kappa, standard_backend):
+    """Condition numbers up to 1e8 in float64: <J v, u> = <v, J^T u> to rounding.
 
-    The VJP's terms carry relative errors of about D u κ (2e-9 here); the finite
-    differences take steps below the smallest spread sqrt(λ_min) of the data.
+    The forward is exact to about D u κ of its output (the eigenvalues move by
+    D u λ_max, λ_min^-1/2 relatively by D u κ / 2), which bounds the finite
+    differences' noise; their steps sit below the data's smallest spread,
+    sqrt(λ_min) = κ^-1/2 of its size. The VJP's terms carry 8 D u κ relatively.
     """
     forward, vjp = SMOOTH[method]
     rng = np.random.default_rng(12)
-    x = with_spectrum(rng, np.geomspace(1.0, 1e-6, 4), 12)
-    eps = 1e-12
+    d = 4
+    x = with_spectrum(rng, np.geomspace(1.0, 1.0 / kappa, d), 12)
+    eps = 1e-8 / kappa
     u = rng.standard_normal(x.shape)
     v = rng.standard_normal(x.shape)
     jv, jv_error = fd_jvp(
         lambda x: forward(x, eps=eps),
         {"x": x},
         {"x": v},
-        steps=(1e-5, 2.5e-6, 6.25e-7, 1.5625e-7),
-        forward_ulps=16 * 1e6,
+        steps=tuple(h / np.sqrt(kappa) for h in FD_STEPS),
+        forward_ulps=d * kappa,
     )
     grad = standard_backend.to_numpy(
         vjp(
@@ -138,5 +142,22 @@ def test_ill_conditioned_gradients(method, standard_backend):
     )
     terms = np.concatenate([np.ravel(jv * u), -np.ravel(v * grad)])
     gap = np.sum(terms)
-    bound = 8 * 4 * U64 * 1e6 * np.sum(np.abs(terms)) + np.sum(jv_error * np.abs(u))
+    bound = 8 * d * U64 * kappa * np.sum(np.abs(terms)) + np.sum(jv_error * np.abs(u))
     assert abs(gap) <= bound, f"{method}: <Jv,u> - <v,J^T u> = {gap:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("method", [*SMOOTH, *EIGENVECTOR])
+def test_gradient_with_the_unbiased_covariance(method, standard_backend):
+    """correction=1 divides by M - 1: the VJP's covariance term carries the same divisor."""
+    forward, vjp = {**SMOOTH, **EIGENVECTOR}[method]
+    x = _spectrum_case("separated")
+    dy = np.random.default_rng(101).standard_normal(x.shape)
+    grad = standard_backend.to_numpy(
+        vjp(
+            standard_backend.asarray(dy, "float64"),
+            standard_backend.asarray(x, "float64"),
+            correction=1,
+        ).x
+    )
+    expected, bound = fd_vjp(lambda x: forward(x, correction=1), {"x": x}, dy, "x", rtol=1e-8)
+    assert_within(grad, expected, bound, what=f"{method} with correction=1")

@@ -253,3 +253,59 @@ def test_modelling_a_convention_uses_its_covariance_algorithm():
     assert flax_like.dtype == np.float32
     assert np.max(np.abs(flax_like - exact)) > 0.1
     assert np.max(np.abs(ops.zca_whiten(x, precision="native") - exact)) < 1e-2
+
+
+@pytest.mark.parametrize("method", [*METHODS, "decorrelate"])
+def test_unbiased_covariance_is_the_biased_one_of_rescaled_data(method, standard_backend):
+    """correction=1 whitens C M/(M-1) + eps I: the biased whitening of x sqrt(M/(M-1)), rescaled.
+
+    Both are exact to 8 D u κ of the output's size, κ = 4 (eigenvalues 4, 2, 1; for PCA
+    λ_max / gap = 4 as well).
+    """
+    lam = np.array([4.0, 2.0, 1.0])
+    x = with_spectrum(np.random.default_rng(14), lam, 9, groups=2)
+    a = math.sqrt(9 / 8)
+    unbiased = _whiten(standard_backend, method, x, correction=1)
+    rescaled = _whiten(standard_backend, method, a * x) / a
+    scale = np.abs(unbiased).max()
+    rtol = 8 * lam.size * U64 * 4
+    assert_close_to_scale(unbiased, rescaled, scale, rtol=rtol, what=method)
+
+
+def test_non_finite_values_poison_their_group_only(standard_backend):
+    """An inf in group 1 makes group 1's whole output and gradient NaN; group 0 is untouched."""
+    x = with_spectrum(np.random.default_rng(15), np.array([3.0, 2.0, 1.0]), 8, groups=2)
+    x[1, 4, 2] = np.inf
+    b = standard_backend
+    for method in (*METHODS, "decorrelate"):
+        forward, vjp = OPS[method]
+        # inf - inf (the centring of the inf's feature) is NumPy's "invalid" warning: expected
+        with np.errstate(invalid="ignore"):
+            y = b.to_numpy(forward(_on(b, x)))
+            dx = b.to_numpy(vjp(_on(b, np.ones_like(x)), _on(b, x)).x)
+        for out in (y, dx):
+            assert np.isnan(out[1]).all(), method
+            assert np.isfinite(out[0]).all(), method
+    covs = np.stack([np.eye(3), np.full((3, 3), np.nan)])
+    w = b.to_numpy(ops.whitening_matrix(_on(b, covs)))
+    assert np.isfinite(w[0]).all()
+    assert np.isnan(w[1]).all()
+
+
+def test_whitening_matrix_errors():
+    with pytest.raises(
+        ValueError, match=r"cov must be a stack of square matrices \(\.\.\., D, D\)"
+    ):
+        ops.whitening_matrix(np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"cov must have rank >= 2"):
+        ops.whitening_matrix(np.ones(3))
+    with pytest.raises(
+        ValueError, match=r"method must be one of \('zca', 'pca', 'cholesky', 'iter"
+    ):
+        ops.whitening_matrix(np.eye(2), method="svd")
+    with pytest.raises(ValueError, match=r"iterations must be an integer >= 1, got 0"):
+        ops.whitening_matrix(np.eye(2), method="iter_norm", iterations=0)
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got -1"):
+        ops.whitening_matrix(np.eye(2), eps=-1)
+    with pytest.raises(ValueError, match=r"correction must be 0 \(biased\) or 1"):
+        ops.zca_whiten(np.ones((1, 4, 2)), correction=2)
