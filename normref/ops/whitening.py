@@ -82,7 +82,11 @@ Implementation notes
     and its whole output (all ``M`` samples and ``D`` features) and gradient
     are NaN. A covariance that rounding leaves indefinite (``eps`` below the
     rounding level :math:`D u \lambda_{\max}`) gives NaN (``eigh``) or the
-    library's error (``cholesky``).
+    library's error (``cholesky``). A convention passed as ``precision``
+    models its covariance algorithm too (see :func:`group_covariance`).
+    The VJPs of PCA whitening and decorrelation read the eigenvalues to check
+    for ties (a host synchronization), so they cannot be traced by ``jax.jit``;
+    every other function here can.
 """
 
 from __future__ import annotations
@@ -490,6 +494,7 @@ def decorrelate_vjp(
 
     Raises :class:`ValueError` where two eigenvalues of a group's covariance
     repeat (to within :math:`4 D u \lambda_{\max}`): the gradient does not exist there.
+    The check reads the eigenvalues, so this VJP cannot be traced by ``jax.jit``.
     """
     return run_canonical_vjp(DECORRELATE, dy, x, precision, whitening_params(eps, correction))
 
@@ -521,7 +526,8 @@ def pca_whiten_vjp(
     Raises :class:`ValueError` where two eigenvalues of a group's covariance
     repeat (to within :math:`4 D u \lambda_{\max}`, their rounding level): the
     gradient does not exist there. Just above that gap it is returned, exactly
-    (to rounding); it grows like the inverse of the gap.
+    (to rounding); it grows like the inverse of the gap. The check reads the
+    eigenvalues, so this VJP cannot be traced by ``jax.jit``.
     """
     return run_canonical_vjp(
         WHITENING_OPS["pca"], dy, x, precision, whitening_params(eps, correction)
