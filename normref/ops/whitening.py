@@ -252,7 +252,10 @@ def _decorrelation_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
 
 def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
     lam, u = saved
-    return _eigen_cotangent(xp, lam, u, None, _mT(xp, w_bar), "decorrelation")
+    return _eigen_cotangent(xp, lam, u, None, _mT(xp, w_bar), DECORRELATION.label)
+
+
+PCA_WHITENING = "PCA whitening"
 
 
 def _pca_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
@@ -265,9 +268,7 @@ def _pca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
     lam, u, root = saved
     # W = Λ^-1/2 Uᵀ: λ̄_k = -½ λ_k^-3/2 (W̄ U)_kk, Ū = W̄ᵀ Λ^-1/2
     lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) / (lam * root)
-    return _eigen_cotangent(
-        xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], "PCA whitening"
-    )
+    return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], PCA_WHITENING)
 
 
 def _zca_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
@@ -352,23 +353,27 @@ def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
 class Whitening:
     """A whitening matrix ``W(Σ)`` and the cotangent of ``Σ`` it passes back.
 
+    ``name`` is the method's (``"zca"``, ...), ``label`` how messages call it;
     ``matrix(xp, sigma, **params) -> (W, saved)``;
     ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized).
     """
 
     name: str
+    label: str
     matrix: Callable[..., tuple[Array, Any]]
     cotangent: Callable[..., Array]
 
 
-DECORRELATION = Whitening("decorrelate", _decorrelation_matrix, _decorrelation_cotangent)
+DECORRELATION = Whitening(
+    "decorrelate", "decorrelation", _decorrelation_matrix, _decorrelation_cotangent
+)
 METHODS: dict[str, Whitening] = {
     w.name: w
     for w in (
-        Whitening("zca", _zca_matrix, _zca_cotangent),
-        Whitening("pca", _pca_matrix, _pca_cotangent),
-        Whitening("cholesky", _cholesky_matrix, _cholesky_cotangent),
-        Whitening("iter_norm", _iter_norm_matrix, _iter_norm_cotangent),
+        Whitening("zca", "ZCA whitening", _zca_matrix, _zca_cotangent),
+        Whitening("pca", PCA_WHITENING, _pca_matrix, _pca_cotangent),
+        Whitening("cholesky", "Cholesky whitening", _cholesky_matrix, _cholesky_cotangent),
+        Whitening("iter_norm", "IterNorm whitening", _iter_norm_matrix, _iter_norm_cotangent),
     )
 }
 """The whitening methods of :func:`whitening_matrix` and :func:`normref.batch_whiten`."""
@@ -424,7 +429,7 @@ def _vjp(
 def whitening_op(method: Whitening) -> GroupOp:
     """The :class:`GroupOp` that applies ``method`` to each group's centred samples."""
     return GroupOp(
-        method.name,
+        method.label,
         partial(_forward, method),
         partial(_vjp, method),
         needs_variance=True,
