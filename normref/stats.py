@@ -246,34 +246,35 @@ def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
 
 
 def merge_comoments(a: Comoments, b: Comoments) -> Comoments:
-    """Exact comoments of the union of the data behind ``a`` and ``b`` (Chan et al.)."""
+    """Exact comoments of the union of the data behind ``a`` and ``b`` (Chan et al.).
+
+    Counts and means merge as :func:`merge` merges them (which also checks them).
+    """
     xp = namespace_of(a_mean=a.mean, a_cross=a.cross, b_mean=b.mean, b_cross=b.cross)
-    check_shape(b.mean.shape, a.mean.shape, name="b.mean", what="the shape of a.mean")
+    means = merge(
+        Moments(a.count, a.mean, xp.zeros_like(a.mean)),
+        Moments(b.count, b.mean, xp.zeros_like(b.mean)),
+    )
     for name, c in (("a", a), ("b", b)):
         check_shape(
             c.cross.shape,
             (*a.mean.shape, a.mean.shape[-1]),
             name=f"{name}.cross",
-            what="(..., D, D)",
+            what="(..., D, D) with D from a.mean",
         )
-        _check_count(c.count, name=f"{name}.count")
     if b.count == 0:
         return a
     if a.count == 0:
         return b
-    n = a.count + b.count
     delta = b.mean - a.mean
-    mean = a.mean + delta * (b.count / n)
     outer = delta[..., :, None] * delta[..., None, :]
-    cross = a.cross + b.cross + outer * (a.count * b.count / n)
-    dtype = xp.result_type(a.mean.dtype, b.mean.dtype)
-    return Comoments(n, to_dtype(xp, mean, dtype), to_dtype(xp, cross, dtype))
+    cross = a.cross + b.cross + outer * (a.count * b.count / means.count)
+    return Comoments(means.count, means.mean, to_dtype(xp, cross, means.mean.dtype))
 
 
 def covariance(c: Comoments, correction: int = 0) -> Array:
-    r"""Covariance matrices :math:`C / (n - c)` from comoments; ``correction`` c is 0 or 1."""
-    k = check_correction(correction)
-    if c.count - k < 1:
-        msg = f"covariance with correction={k} needs count > {k}, got count={c.count}"
-        raise ValueError(msg)
-    return c.cross / (c.count - k)
+    r"""Covariance matrices :math:`C / (n - c)` from comoments; ``correction`` c is 0 or 1.
+
+    The matrix form of :func:`variance` (whose diagonal it is), computed by it.
+    """
+    return variance(Moments(c.count, c.mean, c.cross), correction)

@@ -22,7 +22,7 @@ import scipy.linalg
 U64 = np.finfo(np.float64).eps
 
 MAX_CONDITION = 1e3
-"""Largest condition number of a covariance (and ``λ_max / gap`` for PCA) the references accept.
+"""Largest condition number of Σ = C + eps I (and ``‖C‖ / gap`` for PCA) the references accept.
 
 The registry's samples are drawn well conditioned (``normref.registry``); the
 references check it, so that the tolerance below rests on a checked premise.
@@ -34,8 +34,8 @@ RTOL = 16 * 3 * U64 * MAX_CONDITION
 A float64 whitening of a covariance with condition number κ is exact to about
 ``c D u κ`` of its output: a backward-stable eigensolver or Cholesky
 factorization perturbs the covariance by ``p(D) u ‖Σ‖``, which moves
-``λ^-1/2`` by ``p(D) u κ / 2`` relatively, and PCA's eigenvectors by
-``p(D) u λ_max / gap``. With ``D <= 3``, ``κ <= MAX_CONDITION`` and both
+``λ^-1/2`` by ``p(D) u κ / 2`` relatively, and PCA's eigenvectors (those of
+``C``, which normref decomposes before adding eps) by ``p(D) u ‖C‖ / gap``. With ``D <= 3``, ``κ <= MAX_CONDITION`` and both
 computations contributing, ``16 D u κ`` (about 1e-11) bounds the difference.
 """
 
@@ -46,21 +46,22 @@ def _centred(x: np.ndarray) -> np.ndarray:
     return x - np.array(means)
 
 
-def _spectrum(xc: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending) and eigenvectors of ``X_c^T X_c / M + eps I``, from the SVD of X_c."""
+def _spectrum(xc: np.ndarray, eps: float, *, gaps: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of ``X_c^T X_c / M + eps I``, from the SVD of X_c.
+
+    Checks the premise of :data:`RTOL`: the condition number of the regularized
+    covariance, and with ``gaps`` that of its eigenvectors, ``‖C‖ / gap``.
+    """
     m, d = xc.shape
     _, s, vt = np.linalg.svd(xc / math.sqrt(m), full_matrices=True)
     lam = np.zeros(d)
     lam[: s.size] = s**2
-    return lam + eps, vt.T
-
-
-def _well_conditioned(lam: np.ndarray, *, gaps: bool) -> None:
-    condition = lam[0] / lam[-1]
+    condition = (lam[0] + eps) / (lam[-1] + eps)
     assert condition <= MAX_CONDITION, f"sample too ill-conditioned for RTOL: κ = {condition:.3g}"
-    if gaps and lam.size > 1:
+    if gaps and d > 1:
         spread = lam[0] / np.min(lam[:-1] - lam[1:])
-        assert spread <= MAX_CONDITION, f"eigenvalues too close for RTOL: λ_max/gap = {spread:.3g}"
+        assert spread <= MAX_CONDITION, f"eigenvalues too close for RTOL: ‖C‖/gap = {spread:.3g}"
+    return lam + eps, vt.T
 
 
 def _signed(v: np.ndarray) -> np.ndarray:
@@ -77,28 +78,25 @@ def _signed(v: np.ndarray) -> np.ndarray:
 def _group_zca(x: np.ndarray, eps: float) -> np.ndarray:
     xc = _centred(x)
     lam, v = _spectrum(xc, eps)
-    _well_conditioned(lam, gaps=False)
     return xc @ v @ np.diag(lam**-0.5) @ v.T
 
 
 def _group_pca(x: np.ndarray, eps: float) -> np.ndarray:
     xc = _centred(x)
-    lam, v = _spectrum(xc, eps)
-    _well_conditioned(lam, gaps=True)
+    lam, v = _spectrum(xc, eps, gaps=True)
     return xc @ _signed(v) / np.sqrt(lam)
 
 
 def _group_decorrelation(x: np.ndarray, eps: float) -> np.ndarray:
     xc = _centred(x)
-    lam, v = _spectrum(xc, eps)
-    _well_conditioned(lam, gaps=True)
+    _, v = _spectrum(xc, eps, gaps=True)
     return xc @ _signed(v)
 
 
 def _group_cholesky(x: np.ndarray, eps: float) -> np.ndarray:
     xc = _centred(x)
     m, d = xc.shape
-    _well_conditioned(_spectrum(xc, eps)[0], gaps=False)
+    _spectrum(xc, eps)  # the premise of RTOL
     r = np.linalg.qr(np.vstack([xc / math.sqrt(m), math.sqrt(eps) * np.eye(d)]), mode="r")
     low = (r * np.sign(np.diag(r))[:, None]).T  # R^T R = Σ + eps I, with a positive diagonal
     return scipy.linalg.solve_triangular(low, xc.T, lower=True).T
@@ -107,7 +105,6 @@ def _group_cholesky(x: np.ndarray, eps: float) -> np.ndarray:
 def _group_iter_norm(x: np.ndarray, eps: float, iterations: int) -> np.ndarray:
     xc = _centred(x)
     lam, v = _spectrum(xc, eps)
-    _well_conditioned(lam, gaps=False)
     trace = math.fsum(lam)
     p = np.ones_like(lam)
     for _ in range(iterations):

@@ -73,6 +73,12 @@ Implementation notes
     Only the Array API and its ``linalg`` extension are used (``eigh``,
     ``cholesky``). The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
+    The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
+    eigenvalues (exact: :math:`C` and :math:`C + \epsilon I` share their
+    eigenvectors), so that the eigenvectors are as accurate as the gaps of
+    :math:`C`'s own eigenvalues allow, :math:`u \lVert C \rVert / \text{gap}`,
+    even where :math:`\epsilon` dominates :math:`C`; Cholesky and IterNorm
+    add :math:`\epsilon` to the diagonal.
     The Array API has no triangular solve: :math:`L^{-1}` is computed by a
     written forward substitution (row by row, each row one batched
     vector-matrix product), which is backward stable and exactly lower
@@ -120,20 +126,20 @@ def _eye(xp: Namespace, d: int, dtype: Any) -> Array:
     return xp.eye(d, dtype=dtype)
 
 
-def regularized(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Array]:
-    r"""``(Σ, finite)``: :math:`(C + C^\top)/2 + \epsilon I` and where it is finite.
+def symmetrized(xp: Namespace, cov: Array) -> tuple[Array, Array]:
+    r"""``(C, finite)``: :math:`(C + C^\top)/2` and where it is finite.
 
     ``finite`` has ``cov``'s shape with its last two axes of size 1. Where it is
-    false, ``Σ`` is the stand-in :math:`\operatorname{diag}(1, \dots, D)`
+    false, ``C`` is the stand-in :math:`\operatorname{diag}(1, \dots, D)`
     (positive definite, distinct eigenvalues), so that every decomposition and
     its VJP run; the caller makes those groups' results NaN with :func:`poisoned`.
     """
     d = cov.shape[-1]
     eye = _eye(xp, d, cov.dtype)
-    sigma = (cov + _mT(xp, cov)) / 2 + eps * eye
-    finite = xp.all(xp.isfinite(sigma), axis=(-2, -1), keepdims=True)
+    cov = (cov + _mT(xp, cov)) / 2
+    finite = xp.all(xp.isfinite(cov), axis=(-2, -1), keepdims=True)
     stand_in = eye * xp.arange(1, d + 1, dtype=cov.dtype)
-    return xp.where(finite, sigma, stand_in), finite
+    return xp.where(finite, cov, stand_in), finite
 
 
 def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
@@ -149,15 +155,9 @@ def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
 
 
 def group_covariance(
-    xp: Namespace,
-    x: Array,
-    axes: tuple[int, ...],
-    *,
-    eps: float,
-    correction: int,
-    algorithm: str,
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
 ) -> tuple[Array, Array, Array]:
-    r"""Centred values, regularized covariance and finiteness of each group of ``(G, M, D)`` ``x``.
+    r"""Centred values, covariance :math:`C` and its finiteness for each group of ``(G, M, D)`` ``x``.
 
     ``algorithm="two_pass"`` forms :math:`X_c^\top X_c` (exact); ``"fast"`` and
     ``"fast_clamped"`` model frameworks that use :math:`X^\top X - M \mu\mu^\top`
@@ -174,21 +174,21 @@ def group_covariance(
         if algorithm == "fast_clamped":
             diagonal = _eye(xp, x.shape[-1], x.dtype) > 0
             cross = xp.where(diagonal, xp.clip(cross, min=0.0), cross)
-    sigma, finite = regularized(xp, cross / (m - correction), eps)
-    return centred, sigma, finite
+    cov, finite = symmetrized(xp, cross / (m - correction))
+    return centred, cov, finite
 
 
 # ---------------------------------------------------------------------------
 # Whitening matrices W(Σ) and the cotangents of Σ they pass back.
 
 
-def ordered_eigh(xp: Namespace, sigma: Array) -> tuple[Array, Array]:
+def ordered_eigh(xp: Namespace, symmetric: Array) -> tuple[Array, Array]:
     """Eigenvalues in descending order, eigenvectors (columns) with their largest-|.| entry > 0.
 
     Ties in the largest absolute value go to the lowest index (``argmax``'s first
     occurrence); equal eigenvalues keep the solver's order (a stable sort).
     """
-    lam, u = xp.linalg.eigh(sigma)
+    lam, u = xp.linalg.eigh(symmetric)
     order = xp.argsort(lam, axis=-1, descending=True, stable=True)
     lam = xp.take_along_axis(lam, order, axis=-1)
     u = xp.take_along_axis(u, xp.broadcast_to(order[..., None, :], u.shape), axis=-1)
@@ -245,9 +245,9 @@ def _eigen_cotangent(
     return u @ inner @ _mT(xp, u)
 
 
-def _decorrelation_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
-    lam, u = ordered_eigh(xp, sigma)
-    return _mT(xp, u), (lam, u)
+def _decorrelation_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = ordered_eigh(xp, cov)
+    return _mT(xp, u), (lam + eps, u)
 
 
 def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
@@ -258,8 +258,9 @@ def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
 PCA_WHITENING = "PCA whitening"
 
 
-def _pca_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
-    lam, u = ordered_eigh(xp, sigma)
+def _pca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = ordered_eigh(xp, cov)
+    lam = lam + eps
     root = xp.sqrt(lam)
     return _mT(xp, u) / root[..., :, None], (lam, u, root)
 
@@ -271,9 +272,9 @@ def _pca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
     return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], PCA_WHITENING)
 
 
-def _zca_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
-    lam, u = xp.linalg.eigh(sigma)
-    root = xp.sqrt(lam)
+def _zca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = xp.linalg.eigh(cov)
+    root = xp.sqrt(lam + eps)
     return (u / root[..., None, :]) @ _mT(xp, u), (u, root)
 
 
@@ -308,7 +309,8 @@ def _lower_half(xp: Namespace, a: Array) -> Array:
     return xp.where(diagonal, 0.5 * a, xp.tril(a))
 
 
-def _cholesky_matrix(xp: Namespace, sigma: Array) -> tuple[Array, Any]:
+def _cholesky_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
     w = lower_triangular_inverse(xp, xp.linalg.cholesky(sigma))
     return w, w
 
@@ -317,7 +319,10 @@ def _cholesky_cotangent(xp: Namespace, w_bar: Array, w: Any) -> Array:
     return -(_mT(xp, w) @ _lower_half(xp, w_bar @ _mT(xp, w)) @ w)
 
 
-def _iter_norm_matrix(xp: Namespace, sigma: Array, *, iterations: int) -> tuple[Array, Any]:
+def _iter_norm_matrix(
+    xp: Namespace, cov: Array, eps: float, *, iterations: int
+) -> tuple[Array, Any]:
+    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
     trace = xp.linalg.trace(sigma)[..., None, None]
     n = sigma / trace
     ps = [_eye(xp, sigma.shape[-1], sigma.dtype)]
@@ -354,7 +359,7 @@ class Whitening:
     """A whitening matrix ``W(Σ)`` and the cotangent of ``Σ`` it passes back.
 
     ``name`` is the method's (``"zca"``, ...), ``label`` how messages call it;
-    ``matrix(xp, sigma, **params) -> (W, saved)``;
+    ``matrix(xp, cov, eps, **params) -> (W, saved)`` whitens ``Σ = C + eps I``;
     ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized).
     """
 
@@ -394,10 +399,8 @@ def _forward(
     algorithm: str,
     **params: Any,
 ) -> Array:
-    centred, sigma, finite = group_covariance(
-        xp, x, axes, eps=eps, correction=correction, algorithm=algorithm
-    )
-    w, _ = method.matrix(xp, sigma, **params)
+    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+    w, _ = method.matrix(xp, cov, eps, **params)
     return centred @ _mT(xp, poisoned(xp, w, finite))
 
 
@@ -413,10 +416,8 @@ def _vjp(
     algorithm: str,
     **params: Any,
 ) -> tuple[Array, Array]:
-    centred, sigma, finite = group_covariance(
-        xp, x, axes, eps=eps, correction=correction, algorithm=algorithm
-    )
-    w, saved = method.matrix(xp, sigma, **params)
+    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+    w, saved = method.matrix(xp, cov, eps, **params)
     sigma_bar = method.cotangent(xp, _mT(xp, dy) @ centred, saved)
     through_sigma = (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
     w = poisoned(xp, w, finite)
@@ -703,6 +704,6 @@ def whitening_matrix(
     whitening = METHODS[check_method(method)]
     params = method_params(whitening.name, iterations)
     dtype = compute_dtype(xp, cov.dtype, precision)
-    sigma, finite = regularized(xp, to_dtype(xp, cov, dtype), check_eps(eps))
-    w, _ = whitening.matrix(xp, sigma, **params)
+    symmetric, finite = symmetrized(xp, to_dtype(xp, cov, dtype))
+    w, _ = whitening.matrix(xp, symmetric, check_eps(eps), **params)
     return to_dtype(xp, poisoned(xp, w, finite), output_dtype(xp, precision, cov))
