@@ -98,5 +98,5 @@ def test_comoments_errors():
     bad = stats.Comoments(4, np.zeros(3), np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"b.cross must have shape \(3, 3\)"):
         stats.merge_comoments(a, bad)
-    with pytest.raises(ValueError, match=r"a\.count must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"a\.count must be .*>= 0, got -1"):
         stats.merge_comoments(stats.Comoments(-1, a.mean, a.cross), a)
