@@ -7,6 +7,7 @@ for the named layers, :mod:`normref.ops` for the operations on the canonical
 ``(G, M, D)`` layout, :mod:`normref.partition` for how layers group elements,
 :mod:`normref.stats` for mergeable moments and running statistics, and
 :mod:`normref.conventions` for the frameworks' choices as data.
+:mod:`normref.whitening` holds the batch whitening layers.
 """
 
 from normref import conventions, ops, partition, registry, stats
@@ -49,7 +50,7 @@ from normref.residual import (
     skip_init_residual,
     skip_init_residual_vjp,
 )
-from normref.stats import Moments, RunningStats
+from normref.stats import Comoments, Moments, RunningStats
 from normref.weights import (
     ScaledWSGrads,
     SpectralNormResult,
@@ -65,6 +66,15 @@ from normref.weights import (
     weight_standardize,
     weight_standardize_vjp,
 )
+from normref.whitening import (
+    RunningWhitening,
+    batch_whiten,
+    batch_whiten_inference,
+    batch_whiten_inference_vjp,
+    batch_whiten_train,
+    batch_whiten_vjp,
+    running_whitening_update,
+)
 
 __version__ = "0.1.0"
 
@@ -75,11 +85,13 @@ __all__ = [
     "ONNX",
     "TORCH",
     "AGCGrads",
+    "Comoments",
     "Convention",
     "Float64UnavailableError",
     "Moments",
     "NormGrads",
     "RunningStats",
+    "RunningWhitening",
     "ScaleNormGrads",
     "ScaledWSGrads",
     "SignalPropagation",
@@ -96,6 +108,11 @@ __all__ = [
     "batch_norm_inference_vjp",
     "batch_norm_train",
     "batch_norm_vjp",
+    "batch_whiten",
+    "batch_whiten_inference",
+    "batch_whiten_inference_vjp",
+    "batch_whiten_train",
+    "batch_whiten_vjp",
     "clip_by_global_norm",
     "conventions",
     "ghost_batch_norm",
@@ -115,6 +132,7 @@ __all__ = [
     "registry",
     "rms_norm",
     "rms_norm_vjp",
+    "running_whitening_update",
     "scaled_weight_standardize",
     "scaled_weight_standardize_vjp",
     "signal_propagation",

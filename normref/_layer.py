@@ -7,6 +7,7 @@ axes: no layer has math of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from normref._checks import check_shape
@@ -19,7 +20,7 @@ from normref._namespace import (
     variance_algorithm,
 )
 from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
-from normref.ops._group_op import GroupOp, check_group_size
+from normref.ops._group_op import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
 from normref.partition import Partition
 
 
@@ -67,20 +68,29 @@ def _op_kwargs(layer: Layer, precision: Any) -> dict[str, Any]:
     return {**layer.params, **extra}
 
 
+def _op_layout(layer: Layer) -> tuple[Callable, Callable, tuple[int, ...]]:
+    """How ``layer``'s operation sees ``x``: (to the view, back from it, its sample axes).
+
+    The split view (no data moves) for operations on independent features; the
+    canonical ``(G, M, D)`` array for operations on the features jointly.
+    """
+    part = layer.partition
+    if layer.op.joint_features:
+        return part.to_canonical, part.from_canonical, CANONICAL_SAMPLE_AXES
+    return part.split, part.unsplit, part.sample_axes
+
+
 def normalize(
     layer: Layer, x: Array, gamma: Array | None, beta: Array | None, precision: Any
 ) -> Array:
     """Forward pass of ``layer``."""
     xp = _checked_namespace(layer, x, gamma, beta)
     dtype = compute_dtype(xp, x.dtype, precision)
-    part = layer.partition
-    x_hat = part.unsplit(
+    to_view, from_view, axes = _op_layout(layer)
+    x_hat = from_view(
         xp,
         layer.op.forward(
-            xp,
-            part.split(xp, to_dtype(xp, x, dtype)),
-            part.sample_axes,
-            **_op_kwargs(layer, precision),
+            xp, to_view(xp, to_dtype(xp, x, dtype)), axes, **_op_kwargs(layer, precision)
         ),
     )
     y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), layer.param_axes)
@@ -92,28 +102,46 @@ def normalize_vjp(
 ) -> NormGrads:
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
-    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dtype = compute_dtype(xp, x.dtype, precision)
-    part = layer.partition
+    to_view, from_view, axes = _op_layout(layer)
+
+    def backward(d_x_hat: Array) -> tuple[Array, Array]:
+        dx, x_hat = layer.op.vjp(
+            xp,
+            to_view(xp, d_x_hat),
+            to_view(xp, to_dtype(xp, x, dtype)),
+            axes,
+            **_op_kwargs(layer, precision),
+        )
+        return from_view(xp, dx), from_view(xp, x_hat)
+
+    return affine_backward(xp, dtype, dy, x, gamma, beta, layer.param_axes, backward)
+
+
+def affine_backward(
+    xp: Any,
+    dtype: Any,
+    dy: Array,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    param_axes: tuple[int, ...],
+    backward: Callable[[Array], tuple[Array, Array]],
+) -> NormGrads:
+    """Gradients of ``gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
+
+    ``backward(d_x_hat) -> (dx, x_hat)`` is the normalization's own VJP (and its
+    output, which the gradient of ``gamma`` needs); each gradient is returned in
+    the dtype of its argument.
+    """
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dy_c = to_dtype(xp, dy, dtype)
-    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), layer.param_axes)
-    dx, x_hat = layer.op.vjp(
-        xp,
-        part.split(xp, d_x_hat),
-        part.split(xp, to_dtype(xp, x, dtype)),
-        part.sample_axes,
-        **_op_kwargs(layer, precision),
-    )
+    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), param_axes))
     d_gamma, d_beta = affine_vjp_params(
-        xp,
-        dy_c,
-        part.unsplit(xp, x_hat),
-        layer.param_axes,
-        has_gamma=gamma is not None,
-        has_beta=beta is not None,
+        xp, dy_c, x_hat, param_axes, has_gamma=gamma is not None, has_beta=beta is not None
     )
     return NormGrads(
-        x=to_dtype(xp, part.unsplit(xp, dx), x.dtype),
+        x=to_dtype(xp, dx, x.dtype),
         gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
         beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
     )

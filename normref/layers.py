@@ -36,8 +36,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from normref._checks import check_eps, check_eps_mode, check_shape, normalize_axes, normalize_axis
-from normref._layer import Layer, NormGrads, ScaleNormGrads, normalize, normalize_vjp
+from normref._checks import check_eps, check_eps_mode, normalize_axes, normalize_axis
+from normref._layer import (
+    Layer,
+    NormGrads,
+    ScaleNormGrads,
+    affine_backward,
+    normalize,
+    normalize_vjp,
+)
 from normref._namespace import (
     Array,
     compute_dtype,
@@ -47,8 +54,6 @@ from normref._namespace import (
 )
 from normref.affine import (
     affine,
-    affine_vjp_params,
-    affine_vjp_x_hat,
     broadcast_param,
     check_param,
 )
@@ -503,17 +508,8 @@ def batch_norm_inference_vjp(
     xp, dtype, channel, x_hat, s = _inference_parts(
         x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision, dy=dy
     )
-    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
-    dy_c = to_dtype(xp, dy, dtype)
-    d_x_hat = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), channel)
-    dx = d_x_hat / s
-    d_gamma, d_beta = affine_vjp_params(
-        xp, dy_c, x_hat, channel, has_gamma=gamma is not None, has_beta=beta is not None
-    )
-    return NormGrads(
-        x=to_dtype(xp, dx, x.dtype),
-        gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),
-        beta=to_dtype(xp, d_beta, None if beta is None else beta.dtype),
+    return affine_backward(
+        xp, dtype, dy, x, gamma, beta, channel, lambda d_x_hat: (d_x_hat / s, x_hat)
     )
 
 

@@ -196,3 +196,34 @@ def ghost_batch_partition(
         *tuple(GROUP if i == channel else SAMPLE for i in range(1, len(shape))),
     )
     return Partition(tuple(shape), split_shape, labels)
+
+
+def whitening_partition(shape: tuple[int, ...], group_size: int, axis: int = 1) -> Partition:
+    """Batch whitening (DBN): channels split into ``C / group_size`` groups of ``group_size``.
+
+    The channel axis is split into ``(C // group_size, group_size)``: the first
+    part indexes groups, the second the ``D = group_size`` features whitened
+    jointly (channel ``c`` is feature ``c % group_size`` of group
+    ``c // group_size``). Every other axis (the batch and spatial axes) indexes
+    samples, so ``M = N·prod(S)``.
+    """
+    check_rank(shape, minimum=2, layout="N, C and any spatial axes")
+    channel = normalize_axis(axis, len(shape))
+    size = check_positive_int(group_size, name="group_size")
+    channels = shape[channel]
+    if channels % size:
+        msg = (
+            f"group_size={group_size} must divide the number of channels "
+            f"x.shape[{channel}]={channels}"
+        )
+        raise ValueError(msg)
+    split_shape: list[int] = []
+    labels: list[str] = []
+    for i, extent in enumerate(shape):
+        if i == channel:
+            split_shape += [channels // size, size]
+            labels += [GROUP, FEATURE]
+        else:
+            split_shape.append(extent)
+            labels.append(SAMPLE)
+    return Partition(tuple(shape), tuple(split_shape), tuple(labels))

@@ -25,7 +25,14 @@ affine parameters:
 ``scale_invariant``
     ``f(a x, eps=a**2 eps) == f(x, eps)`` for ``a > 0``;
 ``idempotent``
-    applying the operation to its own output changes it by ``O(eps / v)``.
+    applying the operation to its own output changes it by ``O(eps / v)``;
+``gradient_undefined_at_ties``
+    the gradient does not exist where two eigenvalues of a group's covariance
+    coincide (a constant group makes all of them equal): the VJP raises
+    :class:`ValueError` there;
+``fixed_statistics``
+    the statistics are arguments, not taken from ``x``: each sample's output
+    depends on that sample alone.
 """
 
 from __future__ import annotations
@@ -396,6 +403,7 @@ REGISTRY: dict[str, OpSpec] = {
             _sample_batch_norm_inference,
             lambda s: batch_partition(_x_shape(s), s.kwargs["axis"]),
             affine_args=("gamma", "beta"),
+            properties=frozenset({"fixed_statistics"}),
             errors=(*_CHANNEL_ERRORS, _wrong_param("running_mean"), _wrong_param("running_var")),
         ),
         OpSpec(
@@ -532,7 +540,8 @@ REGISTRY: dict[str, OpSpec] = {
 
 # Families listed in modules of their own, which import the classes above.
 from normref._registry_weights import REGISTRY_ENTRIES as _WEIGHT_ENTRIES
+from normref._registry_whitening import REGISTRY_ENTRIES as _WHITENING_ENTRIES
 
-REGISTRY.update({spec.name: spec for spec in _WEIGHT_ENTRIES})
+REGISTRY.update({spec.name: spec for spec in (*_WEIGHT_ENTRIES, *_WHITENING_ENTRIES)})
 
 __all__ = ["REGISTRY", "ErrorCase", "OpSpec", "Sample"]

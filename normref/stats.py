@@ -38,6 +38,7 @@ from normref._checks import (
     check_correction,
     check_int,
     check_momentum,
+    check_rank,
     check_shape,
     normalize_axes,
 )
@@ -188,3 +189,77 @@ def running_update(
     return RunningStats(
         to_dtype(xp, new_mean, running_mean.dtype), to_dtype(xp, new_var, running_var.dtype)
     )
+
+
+class Comoments(NamedTuple):
+    r"""Count, mean and cross-product matrix of some ``D``-feature data, per statistic.
+
+    ``cross`` is :math:`\sum_i (x_i - \bar x)(x_i - \bar x)^\top`, the matrix
+    generalization of ``m2``: its diagonal is the ``m2`` of each feature.
+    ``count`` is a Python int; ``mean`` (``(..., D)``) and ``cross``
+    (``(..., D, D)``) are accumulators in the compute dtype, meant to be merged
+    before they are rounded. Two sets of comoments merge exactly, as
+    :class:`Moments` do:
+
+    .. math::
+
+        \bar x = \bar x_a + \delta \frac{n_b}{n}, \qquad
+        C = C_a + C_b + \delta \delta^\top \frac{n_a n_b}{n}, \qquad
+        \delta = \bar x_b - \bar x_a.
+    """
+
+    count: int
+    mean: Array
+    cross: Array
+
+
+def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
+    r"""Comoments of the samples ``x[..., i, :]`` (``M`` samples of ``D`` features).
+
+    ``x`` has shape ``(..., M, D)`` (e.g. the canonical ``(G, M, D)``); every
+    leading index is an independent statistic. Two passes in the compute dtype of
+    ``precision``: :math:`\bar x = \frac1M \sum_i x_i`, then
+    :math:`C = \sum_i (x_i - \bar x)(x_i - \bar x)^\top`.
+    """
+    xp = namespace_of(x=x)
+    check_rank(tuple(x.shape), minimum=2, layout="samples and features, (..., M, D)")
+    xc = to_dtype(xp, x, compute_dtype(xp, x.dtype, precision))
+    mean = xp.mean(xc, axis=-2, keepdims=True)
+    deviations = xc - mean
+    cross = xp.matrix_transpose(deviations) @ deviations
+    return Comoments(x.shape[-2], mean[..., 0, :], cross)
+
+
+def merge_comoments(a: Comoments, b: Comoments) -> Comoments:
+    """Exact comoments of the union of the data behind ``a`` and ``b`` (Chan et al.).
+
+    Counts and means merge as :func:`merge` merges them (which also checks them).
+    """
+    xp = namespace_of(a_mean=a.mean, a_cross=a.cross, b_mean=b.mean, b_cross=b.cross)
+    means = merge(
+        Moments(a.count, a.mean, xp.zeros_like(a.mean)),
+        Moments(b.count, b.mean, xp.zeros_like(b.mean)),
+    )
+    for name, c in (("a", a), ("b", b)):
+        check_shape(
+            c.cross.shape,
+            (*a.mean.shape, a.mean.shape[-1]),
+            name=f"{name}.cross",
+            what="(..., D, D) with D from a.mean",
+        )
+    if b.count == 0:
+        return a
+    if a.count == 0:
+        return b
+    delta = b.mean - a.mean
+    outer = delta[..., :, None] * delta[..., None, :]
+    cross = a.cross + b.cross + outer * (a.count * b.count / means.count)
+    return Comoments(means.count, means.mean, to_dtype(xp, cross, means.mean.dtype))
+
+
+def covariance(c: Comoments, correction: int = 0) -> Array:
+    r"""Covariance matrices :math:`C / (n - c)` from comoments; ``correction`` c is 0 or 1.
+
+    The matrix form of :func:`variance` (whose diagonal it is), computed by it.
+    """
+    return variance(Moments(c.count, c.mean, c.cross), correction)

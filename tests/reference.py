@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tests.reference_weights import WEIGHT_REFERENCES
+from tests.reference_whitening import WHITENING_FORMULATIONS
 
 Key = Callable[[tuple[int, ...]], Any]
 
@@ -181,4 +182,5 @@ STANDARDIZATION_REFERENCES: dict[str, Reference] = {
 REFERENCES: dict[str, Reference] = {
     **STANDARDIZATION_REFERENCES,
     **{name: Reference(*entry) for name, entry in WEIGHT_REFERENCES.items()},
+    **{name: Reference(*pair) for name, pair in WHITENING_FORMULATIONS.items()},
 }

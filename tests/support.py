@@ -167,15 +167,24 @@ def _stencil(g: Callable[[float], np.ndarray], h: float) -> np.ndarray:
 
 
 def fd_jvp(
-    f: Callable[..., np.ndarray], args: dict[str, np.ndarray], directions: dict[str, np.ndarray]
+    f: Callable[..., np.ndarray],
+    args: dict[str, np.ndarray],
+    directions: dict[str, np.ndarray],
+    *,
+    steps: tuple[float, ...] = FD_STEPS,
+    forward_ulps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directional derivative of ``f(**args)`` along ``directions`` (a JVP) and its error estimate.
 
-    Fourth-order central differences at a decreasing sequence of steps; the
+    Fourth-order central differences at a decreasing sequence of ``steps``; the
     result is the one at the step where two successive estimates agree best,
     and the error estimate is their difference (plus the rounding noise of the
-    float64 forward, amplified by the stencil's 1.5 / h). Degenerate inputs
-    (a group of nearly equal values) need small steps, smooth ones large.
+    float64 forward, ``forward_ulps`` ulps of its largest output (default
+    :data:`FORWARD_ULPS`), amplified by the stencil's 1.5 / h). Degenerate inputs
+    (a group of nearly equal values) need small steps, smooth ones large; a
+    function that varies on a scale far below the input's (an eigenvector near
+    a repeated eigenvalue) needs ``steps`` below that scale, and its forward is
+    only as accurate as its conditioning allows (``forward_ulps`` times it).
     """
 
     def along(t: float) -> np.ndarray:
@@ -184,10 +193,11 @@ def fd_jvp(
 
     size = max(1.0, *(float(np.max(np.abs(v), initial=0.0)) for v in args.values()))
     largest = float(np.max(np.abs(along(0.0)), initial=0.0))
-    estimates = [_stencil(along, step * size) for step in FD_STEPS]
+    estimates = [_stencil(along, step * size) for step in steps]
     best = None
     for k in range(1, len(estimates)):
-        noise = FORWARD_ULPS * np.finfo(np.float64).eps * largest * 1.5 / (FD_STEPS[k] * size)
+        ulps = FORWARD_ULPS if forward_ulps is None else forward_ulps
+        noise = ulps * np.finfo(np.float64).eps * largest * 1.5 / (steps[k] * size)
         error = np.abs(estimates[k] - estimates[k - 1]) + noise
         if best is None or np.max(error) < np.max(best[1]):
             best = (estimates[k], error)
@@ -206,6 +216,8 @@ def fd_vjp(
     wrt: str,
     *,
     rtol: float,
+    steps: tuple[float, ...] = FD_STEPS,
+    forward_ulps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``J^T dy`` for the argument ``wrt`` from the finite-difference Jacobian, and its error bound.
 
@@ -219,7 +231,7 @@ def fd_vjp(
     for index in np.ndindex(*base.shape):
         direction = np.zeros(base.shape)
         direction[index] = 1.0
-        column, error = fd_jvp(f, args, {wrt: direction})
+        column, error = fd_jvp(f, args, {wrt: direction}, steps=steps, forward_ulps=forward_ulps)
         grad[index] = math.fsum((column * dy).ravel())
         bound[index] = rtol * math.fsum(np.abs(column * dy).ravel()) + math.fsum(
             (error * np.abs(dy)).ravel()

@@ -5,6 +5,10 @@ axes (the *sample axes*); every other axis indexes an independent group. Layers
 apply it to a partition's split view of ``x`` (no transpose needed), and the
 public functions of :mod:`normref.ops` apply it to the canonical ``(G, M, D)``
 array. Both go through this module, so an operation is written once.
+
+An operation that treats the ``D`` features of a group *jointly* (whitening:
+its statistics are a ``D x D`` covariance) sets ``joint_features``; it always
+receives the canonical ``(G, M, D)`` array with ``axes == (1,)``, in layers too.
 """
 
 from __future__ import annotations
@@ -49,12 +53,16 @@ class GroupOp:
     needs_variance
         Whether the operation takes a variance, so that a group of one sample
         is an error.
+    joint_features
+        Whether the operation acts on the ``D`` features of each group jointly;
+        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``).
     """
 
     name: str
     forward: Callable[..., Array]
     vjp: Callable[..., tuple[Array, Array]]
     needs_variance: bool
+    joint_features: bool = False
 
 
 def check_group_size(M: int, *, op: GroupOp, where: str) -> None:

@@ -1,0 +1,709 @@
+r"""The whitening family: decorrelation, PCA, ZCA, Cholesky and IterNorm whitening.
+
+Each operation acts on the canonical ``(G, M, D)`` layout: for every group
+``g`` the ``M`` samples ``x[g, i, :]`` are rows of a matrix :math:`X`
+(``M x D``) whose ``D`` features are transformed *jointly*. Notation for one
+group, with the variance correction ``c`` (0: biased, the default; 1:
+unbiased) and the regularizer :math:`\epsilon`:
+
+.. math::
+
+    \mu = \tfrac1M X^\top \mathbf 1, \qquad
+    X_c = X - \mathbf 1 \mu^\top, \qquad
+    C = \frac{X_c^\top X_c}{M - c}, \qquad
+    \Sigma = C + \epsilon I, \qquad
+    Y = X_c W^\top,
+
+that is :math:`y_i = W (x_i - \mu)` for every sample, where the *whitening
+matrix* :math:`W = W(\Sigma)` is, with the eigendecomposition
+:math:`\Sigma = U \Lambda U^\top` and the Cholesky factor :math:`\Sigma = L L^\top`:
+
+====================  ==============================================  =======================================
+operation             :math:`W`                                       covariance of :math:`y` (``eps=0``)
+====================  ==============================================  =======================================
+``decorrelate``       :math:`U^\top`                                  :math:`\Lambda` (diagonal)
+``pca_whiten``        :math:`\Lambda^{-1/2} U^\top`                   :math:`I`
+``zca_whiten``        :math:`U \Lambda^{-1/2} U^\top`                 :math:`I`
+``cholesky_whiten``   :math:`L^{-1}`                                  :math:`I`
+``iter_norm_whiten``  :math:`P_T / \sqrt{\operatorname{tr}\Sigma}`     :math:`\to I` as :math:`T` grows
+====================  ==============================================  =======================================
+
+With :math:`\epsilon > 0` the covariance of :math:`y` is
+:math:`W C W^\top = W (\Sigma - \epsilon I) W^\top`, e.g. :math:`I - \epsilon \Sigma^{-1}`
+for ZCA: identity up to :math:`\epsilon / \lambda_{\min}`. ``eps`` also makes the
+operations defined when :math:`M \le D`, where the sample covariance is singular.
+
+Specification of the non-unique parts
+    The eigenvalues of ``decorrelate`` and ``pca_whiten`` are in *descending*
+    order (output feature 0 has the largest variance) and every eigenvector
+    (a column of :math:`U`) is signed so that its entry of largest absolute
+    value is positive (ties: the lowest index). Where eigenvalues repeat
+    (including :math:`M < D`, where the zero eigenvalues of the sample
+    covariance repeat) the eigenvectors inside the repeated eigenspace are not
+    unique: those outputs depend on the eigensolver, and only their span (and
+    the covariance of the output) is specified. ``zca_whiten``,
+    ``cholesky_whiten`` and ``iter_norm_whiten`` are unique everywhere.
+
+Backward (derived by hand in the documentation, *whitening*): with
+:math:`\bar Y` the cotangent, :math:`\bar W = \bar Y^\top X_c` and
+:math:`\bar\Sigma` the cotangent of :math:`\Sigma` that :math:`W(\Sigma)` passes back,
+
+.. math::
+
+    \bar X = P(\bar Y W) + X_c \frac{\bar\Sigma + \bar\Sigma^\top}{M - c}
+
+(:math:`P` subtracts the mean over samples), and
+
+* ZCA: :math:`\bar\Sigma = U (F \circ U^\top \bar W U) U^\top` with the divided
+  differences of :math:`f(\lambda) = \lambda^{-1/2}` written without
+  cancellation, :math:`F_{ij} = -1 / (\sqrt{\lambda_i}\sqrt{\lambda_j}(\sqrt{\lambda_i}
+  + \sqrt{\lambda_j}))`, which is also the derivative :math:`f'(\lambda_i)` at
+  :math:`i = j`: finite and accurate for equal or nearly equal eigenvalues;
+* PCA and decorrelation: :math:`\bar\Sigma = U (\operatorname{diag}\bar\lambda +
+  K \circ U^\top \bar U) U^\top` with :math:`K_{ij} = 1/(\lambda_j - \lambda_i)`
+  (:math:`i \ne j`). The gradient does not exist where eigenvalues repeat: the
+  VJP raises :class:`ValueError` where two eigenvalues of a group are closer
+  than their rounding level :math:`4 D u \lambda_{\max}` (``u`` the unit
+  roundoff of the compute dtype), and is exact (to rounding) above it;
+* Cholesky: :math:`\bar\Sigma = -W^\top \Phi(\bar W W^\top) W` with :math:`\Phi`
+  the lower triangle with its diagonal halved;
+* IterNorm: back through the unrolled Newton–Schulz iterations.
+
+Implementation notes
+    Only the Array API and its ``linalg`` extension are used (``eigh``,
+    ``cholesky``). The covariance is symmetrized, :math:`(C + C^\top)/2`,
+    before it is decomposed, so every library sees the same symmetric matrix.
+    The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
+    eigenvalues (exact: :math:`C` and :math:`C + \epsilon I` share their
+    eigenvectors), so that the eigenvectors are as accurate as the gaps of
+    :math:`C`'s own eigenvalues allow, :math:`u \lVert C \rVert / \text{gap}`,
+    even where :math:`\epsilon` dominates :math:`C`; Cholesky and IterNorm
+    add :math:`\epsilon` to the diagonal.
+    The Array API has no triangular solve: :math:`L^{-1}` is computed by a
+    written forward substitution (row by row, each row one batched
+    vector-matrix product), which is backward stable and exactly lower
+    triangular; ``linalg.solve`` would factor the triangular matrix again with
+    pivoting. Non-finite values propagate: a group whose covariance is not
+    finite is decomposed as a stand-in, :math:`\operatorname{diag}(1, \dots, D)`,
+    and its whole output (all ``M`` samples and ``D`` features) and gradient
+    are NaN. A covariance that rounding leaves indefinite (``eps`` below the
+    rounding level :math:`D u \lambda_{\max}`) gives NaN (``eigh``) or the
+    library's error (``cholesky``). A convention passed as ``precision``
+    models its covariance algorithm too (see :func:`group_covariance`).
+    The VJPs of PCA whitening and decorrelation read the eigenvalues to check
+    for ties (a host synchronization), so they cannot be traced by ``jax.jit``;
+    every other function here can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from normref._checks import check_correction, check_eps, check_positive_int, check_rank
+from normref._namespace import (
+    Array,
+    Namespace,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    to_dtype,
+)
+from normref.ops._group_op import GroupOp, XGrad, run_canonical, run_canonical_vjp
+from normref.ops.standardization import group_count
+
+# ---------------------------------------------------------------------------
+# Covariance
+
+
+def _mT(xp: Namespace, a: Array) -> Array:
+    return xp.matrix_transpose(a)
+
+
+def _eye(xp: Namespace, d: int, dtype: Any) -> Array:
+    return xp.eye(d, dtype=dtype)
+
+
+def symmetrized(xp: Namespace, cov: Array) -> tuple[Array, Array]:
+    r"""``(C, finite)``: :math:`(C + C^\top)/2` and where it is finite.
+
+    ``finite`` has ``cov``'s shape with its last two axes of size 1. Where it is
+    false, ``C`` is the stand-in :math:`\operatorname{diag}(1, \dots, D)`
+    (positive definite, distinct eigenvalues), so that every decomposition and
+    its VJP run; the caller makes those groups' results NaN with :func:`poisoned`.
+    """
+    d = cov.shape[-1]
+    eye = _eye(xp, d, cov.dtype)
+    cov = (cov + _mT(xp, cov)) / 2
+    finite = xp.all(xp.isfinite(cov), axis=(-2, -1), keepdims=True)
+    stand_in = eye * xp.arange(1, d + 1, dtype=cov.dtype)
+    return xp.where(finite, cov, stand_in), finite
+
+
+def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
+    """``D x D`` ``matrices`` with every entry NaN where their group's covariance was not finite.
+
+    A matrix product with an all-NaN matrix on the right is NaN in every entry
+    (each entry sums products with NaN), so poisoning the small ``W`` and
+    ``Σ̄`` makes a group's whole output and gradient NaN without a pass over
+    its ``M x D`` values.
+    """
+    nan = xp.asarray(xp.nan, dtype=matrices.dtype)
+    return matrices + xp.where(finite, xp.zeros_like(nan), nan)
+
+
+def group_covariance(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
+) -> tuple[Array, Array, Array]:
+    r"""Centred values, covariance :math:`C` and its finiteness for each group of ``(G, M, D)`` ``x``.
+
+    ``algorithm="two_pass"`` forms :math:`X_c^\top X_c` (exact); ``"fast"`` and
+    ``"fast_clamped"`` model frameworks that use :math:`X^\top X - M \mu\mu^\top`
+    (the latter clamping the variances on the diagonal at 0, as it does for
+    ``D = 1``).
+    """
+    m = group_count(x, axes)
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    centred = x - mean
+    if algorithm == "two_pass":
+        cross = _mT(xp, centred) @ centred
+    else:
+        cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
+        if algorithm == "fast_clamped":
+            diagonal = _eye(xp, x.shape[-1], x.dtype) > 0
+            cross = xp.where(diagonal, xp.clip(cross, min=0.0), cross)
+    cov, finite = symmetrized(xp, cross / (m - correction))
+    return centred, cov, finite
+
+
+# ---------------------------------------------------------------------------
+# Whitening matrices W(Σ) and the cotangents of Σ they pass back.
+
+
+def ordered_eigh(xp: Namespace, symmetric: Array) -> tuple[Array, Array]:
+    """Eigenvalues in descending order, eigenvectors (columns) with their largest-|.| entry > 0.
+
+    Ties in the largest absolute value go to the lowest index (``argmax``'s first
+    occurrence); equal eigenvalues keep the solver's order (a stable sort).
+    """
+    lam, u = xp.linalg.eigh(symmetric)
+    order = xp.argsort(lam, axis=-1, descending=True, stable=True)
+    lam = xp.take_along_axis(lam, order, axis=-1)
+    u = xp.take_along_axis(u, xp.broadcast_to(order[..., None, :], u.shape), axis=-1)
+    pivot = xp.take_along_axis(u, xp.argmax(xp.abs(u), axis=-2, keepdims=True), axis=-2)
+    return lam, xp.where(pivot < 0, -u, u)
+
+
+def _require_distinct(xp: Namespace, lam: Array, what: str) -> None:
+    """Raise where two (descending) eigenvalues of a group are within rounding of each other.
+
+    A backward-stable eigensolver returns the eigenvalues of ``Σ + E`` with
+    ``‖E‖ <= p(D) u ‖Σ‖``; by Weyl's inequality a computed gap below twice that
+    (``4 D u λ_max`` with ``p(D) = 2D``) is consistent with an exact tie.
+    """
+    d = lam.shape[-1]
+    if d < 2:
+        return
+    gaps = lam[..., :-1] - lam[..., 1:]
+    level = 4 * d * xp.finfo(lam.dtype).eps * xp.max(xp.abs(lam), axis=-1, keepdims=True)
+    tied = gaps <= level
+    if not bool(xp.any(tied)):
+        return
+    rows = xp.reshape(tied, (-1, d - 1))
+    group = int(xp.argmax(xp.astype(xp.any(rows, axis=-1), xp.int32)))
+    k = int(xp.argmax(xp.astype(rows[group, :], xp.int32)))
+    values = xp.reshape(lam, (-1, d))[group, :]
+    a, b = float(values[k]), float(values[k + 1])
+    msg = (
+        f"the gradient of {what} does not exist where eigenvalues of a group's covariance "
+        f"(+ eps) repeat, and group {group} has repeated eigenvalues {a!r} and {b!r} "
+        f"(gap {a - b:.3g} <= {float(xp.reshape(level, (-1,))[group]):.3g}, their rounding "
+        f"level): its eigenvectors are not unique there. ZCA, Cholesky and IterNorm whitening "
+        f"have gradients at repeated eigenvalues"
+    )
+    raise ValueError(msg)
+
+
+def _eigen_cotangent(
+    xp: Namespace, lam: Array, u: Array, lam_bar: Array | None, u_bar: Array, what: str
+) -> Array:
+    r"""Cotangent of Σ from those of its eigenvalues and eigenvectors.
+
+    :math:`U (\operatorname{diag}\bar\lambda + K \circ U^\top \bar U) U^\top`
+    with :math:`K_{ij} = 1/(\lambda_j - \lambda_i)` off the diagonal, 0 on it.
+    """
+    _require_distinct(xp, lam, what)
+    off = _eye(xp, lam.shape[-1], lam.dtype) == 0
+    gap = lam[..., None, :] - lam[..., :, None]
+    one = xp.asarray(1.0, dtype=lam.dtype)
+    k = xp.where(off, one / xp.where(off, gap, one), xp.zeros_like(gap))
+    inner = k * (_mT(xp, u) @ u_bar)
+    if lam_bar is not None:
+        inner = inner + xp.where(off, xp.zeros_like(gap), lam_bar[..., None, :])
+    return u @ inner @ _mT(xp, u)
+
+
+def _decorrelation_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = ordered_eigh(xp, cov)
+    return _mT(xp, u), (lam + eps, u)
+
+
+def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
+    lam, u = saved
+    return _eigen_cotangent(xp, lam, u, None, _mT(xp, w_bar), DECORRELATION.label)
+
+
+PCA_WHITENING = "PCA whitening"
+
+
+def _pca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = ordered_eigh(xp, cov)
+    lam = lam + eps
+    root = xp.sqrt(lam)
+    return _mT(xp, u) / root[..., :, None], (lam, u, root)
+
+
+def _pca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
+    lam, u, root = saved
+    # W = Λ^-1/2 Uᵀ: λ̄_k = -½ λ_k^-3/2 (W̄ U)_kk, Ū = W̄ᵀ Λ^-1/2
+    lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) / (lam * root)
+    return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], PCA_WHITENING)
+
+
+def _zca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    lam, u = xp.linalg.eigh(cov)
+    root = xp.sqrt(lam + eps)
+    return (u / root[..., None, :]) @ _mT(xp, u), (u, root)
+
+
+def _zca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
+    u, root = saved
+    a, b = root[..., :, None], root[..., None, :]
+    # (a^-1 - b^-1) / (a^2 - b^2) without 0/0; at a = b it is d(λ^-1/2)/dλ = -½ λ^-3/2
+    divided = -1.0 / (a * b * (a + b))
+    return u @ (divided * (_mT(xp, u) @ w_bar @ u)) @ _mT(xp, u)
+
+
+def lower_triangular_inverse(xp: Namespace, low: Array) -> Array:
+    """``L^-1`` of a stack of lower triangular matrices, by forward substitution.
+
+    Row ``i`` of ``W = L^-1`` is ``(e_i - L[i, :i] W[:i, :]) / L[i, i]``; its
+    entries right of the diagonal are exactly 0.
+    """
+    d = low.shape[-1]
+    eye = _eye(xp, d, low.dtype)
+    rows: list[Array] = []
+    for i in range(d):
+        row = eye[i, :]
+        if i:
+            row = row - (low[..., i : i + 1, :i] @ xp.stack(rows, axis=-2))[..., 0, :]
+        rows.append(row / low[..., i : i + 1, i])
+    return xp.stack(rows, axis=-2)
+
+
+def _lower_half(xp: Namespace, a: Array) -> Array:
+    """Φ(A): the lower triangle of ``A`` with its diagonal halved."""
+    diagonal = _eye(xp, a.shape[-1], a.dtype) > 0
+    return xp.where(diagonal, 0.5 * a, xp.tril(a))
+
+
+def _cholesky_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
+    w = lower_triangular_inverse(xp, xp.linalg.cholesky(sigma))
+    return w, w
+
+
+def _cholesky_cotangent(xp: Namespace, w_bar: Array, w: Any) -> Array:
+    return -(_mT(xp, w) @ _lower_half(xp, w_bar @ _mT(xp, w)) @ w)
+
+
+def _iter_norm_matrix(
+    xp: Namespace, cov: Array, eps: float, *, iterations: int
+) -> tuple[Array, Any]:
+    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
+    trace = xp.linalg.trace(sigma)[..., None, None]
+    n = sigma / trace
+    ps = [_eye(xp, sigma.shape[-1], sigma.dtype)]
+    for _ in range(iterations):
+        p = ps[-1]
+        ps.append(1.5 * p - 0.5 * (p @ p @ p) @ n)
+    return ps[-1] / xp.sqrt(trace), (ps, n, trace)
+
+
+def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
+    ps, n, trace = saved
+    root = xp.sqrt(trace)
+    p_bar = w_bar / root
+    trace_bar = -0.5 * xp.sum(w_bar * ps[-1], axis=(-2, -1), keepdims=True) / (trace * root)
+    n_bar = xp.zeros_like(n)
+    # P_{k+1} = 1.5 P_k - 0.5 P_k P_k P_k N, back from k = T-1 to 0 (P_0 = I is constant)
+    for k in reversed(range(len(ps) - 1)):
+        p = ps[k]
+        p2 = p @ p
+        n_bar = n_bar - 0.5 * _mT(xp, p2 @ p) @ p_bar
+        if k:
+            p_bar = 1.5 * p_bar - 0.5 * (
+                p_bar @ _mT(xp, p2 @ n)
+                + _mT(xp, p) @ p_bar @ _mT(xp, p @ n)
+                + _mT(xp, p2) @ p_bar @ _mT(xp, n)
+            )
+    # N = Σ / t, t = tr Σ
+    trace_bar = trace_bar - xp.sum(n_bar * n, axis=(-2, -1), keepdims=True) / trace
+    return n_bar / trace + trace_bar * _eye(xp, n.shape[-1], n.dtype)
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A whitening matrix ``W(Σ)`` and the cotangent of ``Σ`` it passes back.
+
+    ``name`` is the method's (``"zca"``, ...), ``label`` how messages call it;
+    ``matrix(xp, cov, eps, **params) -> (W, saved)`` whitens ``Σ = C + eps I``;
+    ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized).
+    """
+
+    name: str
+    label: str
+    matrix: Callable[..., tuple[Array, Any]]
+    cotangent: Callable[..., Array]
+
+
+DECORRELATION = Whitening(
+    "decorrelate", "decorrelation", _decorrelation_matrix, _decorrelation_cotangent
+)
+METHODS: dict[str, Whitening] = {
+    w.name: w
+    for w in (
+        Whitening("zca", "ZCA whitening", _zca_matrix, _zca_cotangent),
+        Whitening("pca", PCA_WHITENING, _pca_matrix, _pca_cotangent),
+        Whitening("cholesky", "Cholesky whitening", _cholesky_matrix, _cholesky_cotangent),
+        Whitening("iter_norm", "IterNorm whitening", _iter_norm_matrix, _iter_norm_cotangent),
+    )
+}
+"""The whitening methods of :func:`whitening_matrix` and :func:`normref.batch_whiten`."""
+
+
+# ---------------------------------------------------------------------------
+# The operations on (G, M, D)
+
+
+def _forward(
+    method: Whitening,
+    xp: Namespace,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    correction: int,
+    algorithm: str,
+    **params: Any,
+) -> Array:
+    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+    w, _ = method.matrix(xp, cov, eps, **params)
+    return centred @ _mT(xp, poisoned(xp, w, finite))
+
+
+def _vjp(
+    method: Whitening,
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    eps: float,
+    correction: int,
+    algorithm: str,
+    **params: Any,
+) -> tuple[Array, Array]:
+    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+    w, saved = method.matrix(xp, cov, eps, **params)
+    sigma_bar = method.cotangent(xp, _mT(xp, dy) @ centred, saved)
+    through_sigma = (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
+    w = poisoned(xp, w, finite)
+    direct = dy @ w
+    dx = direct - xp.mean(direct, axis=axes, keepdims=True)
+    dx = dx + centred @ poisoned(xp, through_sigma, finite)
+    return dx, centred @ _mT(xp, w)
+
+
+def whitening_op(method: Whitening) -> GroupOp:
+    """The :class:`GroupOp` that applies ``method`` to each group's centred samples."""
+    return GroupOp(
+        method.label,
+        partial(_forward, method),
+        partial(_vjp, method),
+        needs_variance=True,
+        joint_features=True,
+    )
+
+
+DECORRELATE = whitening_op(DECORRELATION)
+WHITENING_OPS: dict[str, GroupOp] = {name: whitening_op(m) for name, m in METHODS.items()}
+
+
+def check_method(method: object) -> str:
+    """``method`` must name one of :data:`METHODS`."""
+    if method not in METHODS:
+        msg = f"method must be one of {tuple(METHODS)}, got {method!r}"
+        raise ValueError(msg)
+    return str(method)
+
+
+def method_params(method: str, iterations: object) -> dict[str, Any]:
+    """The parameters ``method`` takes beyond ``eps``: IterNorm's ``iterations``."""
+    if method == "iter_norm":
+        return {"iterations": check_positive_int(iterations, name="iterations")}
+    return {}
+
+
+def whitening_params(eps: float, correction: int) -> dict[str, Any]:
+    """Checked covariance parameters of every operation of the family."""
+    return {"eps": check_eps(eps), "correction": check_correction(correction)}
+
+
+def decorrelate(
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> Array:
+    r"""Rotate each group onto the eigenbasis of its covariance: :math:`y = U^\top (x - \mu)`.
+
+    Parameters
+    ----------
+    x
+        Canonical array of shape ``(G, M, D)``, ``M >= 2``; the covariance of
+        each group is over axis 1.
+    eps
+        Finite, > 0; added to the diagonal of the covariance. It shifts every
+        eigenvalue alike and so changes neither the eigenvectors nor the
+        output; it is accepted so that the whole family has one signature.
+    correction
+        0 for the biased covariance :math:`X_c^\top X_c / M`, 1 for :math:`/(M - 1)`.
+    precision
+        ``"highest"`` (float64), ``"native"`` or a convention to model.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype: output feature ``k`` is the projection on
+    the eigenvector of the ``k``-th largest eigenvalue, signed so that its
+    entry of largest absolute value is positive (ties: lowest index). The
+    output's covariance is the diagonal :math:`\Lambda - \epsilon I`. Where
+    eigenvalues repeat, the features of that eigenspace are not unique (see
+    the module docstring).
+    """
+    return run_canonical(DECORRELATE, x, precision, whitening_params(eps, correction))
+
+
+def decorrelate_vjp(
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> XGrad:
+    r"""VJP of :func:`decorrelate`: :math:`\bar\Sigma = U (K \circ U^\top \bar W^\top) U^\top`.
+
+    Raises :class:`ValueError` where two eigenvalues of a group's covariance
+    repeat (to within :math:`4 D u \lambda_{\max}`): the gradient does not exist there.
+    The check reads the eigenvalues, so this VJP cannot be traced by ``jax.jit``.
+    """
+    return run_canonical_vjp(DECORRELATE, dy, x, precision, whitening_params(eps, correction))
+
+
+def pca_whiten(
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> Array:
+    r"""PCA whitening: :math:`y = \Lambda^{-1/2} U^\top (x - \mu)`, :math:`\Sigma = C + \epsilon I = U \Lambda U^\top`.
+
+    Parameters are those of :func:`zca_whiten`.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype. Output feature ``k`` belongs to the
+    ``k``-th largest eigenvalue; each eigenvector is signed so that its entry
+    of largest absolute value is positive (ties: the lowest index). The output
+    covariance is :math:`I - \epsilon \Lambda^{-1}`. Where eigenvalues repeat
+    (always for ``M < D``: the zero eigenvalues of the sample covariance) the
+    features of that eigenspace are not unique; only their span is.
+    """
+    return run_canonical(WHITENING_OPS["pca"], x, precision, whitening_params(eps, correction))
+
+
+def pca_whiten_vjp(
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> XGrad:
+    r"""VJP of :func:`pca_whiten` (module docstring).
+
+    Raises :class:`ValueError` where two eigenvalues of a group's covariance
+    repeat (to within :math:`4 D u \lambda_{\max}`, their rounding level): the
+    gradient does not exist there. Just above that gap it is returned, exactly
+    (to rounding); it grows like the inverse of the gap. The check reads the
+    eigenvalues, so this VJP cannot be traced by ``jax.jit``.
+    """
+    return run_canonical_vjp(
+        WHITENING_OPS["pca"], dy, x, precision, whitening_params(eps, correction)
+    )
+
+
+def zca_whiten(
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> Array:
+    r"""ZCA (Mahalanobis) whitening: :math:`y = \Sigma^{-1/2} (x - \mu)`, :math:`\Sigma = C + \epsilon I`.
+
+    :math:`W = U \Lambda^{-1/2} U^\top` is the symmetric inverse square root: the
+    whitening whose output is closest to its input,
+    :math:`\min_W \sum_i \lVert W x_i - x_i \rVert^2` over all :math:`W` that whiten.
+    It is unique, repeated eigenvalues included.
+
+    Parameters
+    ----------
+    x
+        Canonical array of shape ``(G, M, D)``, ``M >= 2``; ``M <= D`` (a singular
+        sample covariance) needs ``eps`` well above the covariance's rounding level.
+    eps
+        Finite, > 0; added to the diagonal of the covariance.
+    correction
+        0 for the biased covariance :math:`X_c^\top X_c / M`, 1 for :math:`/(M - 1)`.
+    precision
+        ``"highest"`` (float64), ``"native"`` or a convention to model.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon \Sigma^{-1}`.
+    """
+    return run_canonical(WHITENING_OPS["zca"], x, precision, whitening_params(eps, correction))
+
+
+def zca_whiten_vjp(
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> XGrad:
+    r"""VJP of :func:`zca_whiten`, finite and accurate at repeated eigenvalues.
+
+    :math:`\bar\Sigma = U (F \circ U^\top \bar W U) U^\top`,
+    :math:`F_{ij} = -1/(\sqrt{\lambda_i}\sqrt{\lambda_j}(\sqrt{\lambda_i} + \sqrt{\lambda_j}))`,
+    the divided difference of :math:`\lambda^{-1/2}` written without cancellation.
+    """
+    return run_canonical_vjp(
+        WHITENING_OPS["zca"], dy, x, precision, whitening_params(eps, correction)
+    )
+
+
+def cholesky_whiten(
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> Array:
+    r"""Cholesky whitening: :math:`y = L^{-1} (x - \mu)`, :math:`\Sigma = C + \epsilon I = L L^\top`.
+
+    :math:`L^{-1}` is lower triangular (output feature ``k`` depends on input
+    features ``0..k`` only) and is computed by forward substitution (the Array
+    API has no triangular solve). Unique, repeated eigenvalues included.
+    Parameters are those of :func:`zca_whiten`.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon L^{-1} L^{-\top}`.
+    """
+    return run_canonical(WHITENING_OPS["cholesky"], x, precision, whitening_params(eps, correction))
+
+
+def cholesky_whiten_vjp(
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+) -> XGrad:
+    r"""VJP of :func:`cholesky_whiten`: :math:`\bar\Sigma = -W^\top \Phi(\bar W W^\top) W`.
+
+    :math:`\Phi` takes the lower triangle and halves the diagonal; smooth at
+    repeated eigenvalues.
+    """
+    return run_canonical_vjp(
+        WHITENING_OPS["cholesky"], dy, x, precision, whitening_params(eps, correction)
+    )
+
+
+def iter_norm_whiten(
+    x: Array,
+    *,
+    iterations: int = 5,
+    eps: float = 1e-5,
+    correction: int = 0,
+    precision: Any = "highest",
+) -> Array:
+    r"""IterNorm (Huang et al., 2019): Newton–Schulz iterations towards :math:`\Sigma^{-1/2}`.
+
+    .. math::
+
+        \Sigma_N = \Sigma / \operatorname{tr}\Sigma, \quad P_0 = I, \quad
+        P_{k+1} = \tfrac32 P_k - \tfrac12 P_k^3 \Sigma_N, \quad
+        W = P_T / \sqrt{\operatorname{tr}\Sigma}
+
+    (:math:`\Sigma` includes :math:`\epsilon I`, as in the authors' code). The
+    trace normalization puts the eigenvalues :math:`\nu` of :math:`\Sigma_N` in
+    :math:`(0, 1]`, where each eigenvalue's residual :math:`r = 1 - p^2\nu`
+    falls monotonically, :math:`r_{k+1} = r_k^2 (3 + r_k)/4`: ``W`` converges to
+    the ZCA matrix as ``iterations`` grows, slowly for small :math:`\nu`.
+
+    Parameters
+    ----------
+    x
+        Canonical array of shape ``(G, M, D)``, ``M >= 2``.
+    iterations
+        Number of Newton–Schulz steps :math:`T \ge 1` (the authors' default 5).
+    eps, correction, precision
+        As :func:`zca_whiten`.
+    """
+    params = {**whitening_params(eps, correction), **method_params("iter_norm", iterations)}
+    return run_canonical(WHITENING_OPS["iter_norm"], x, precision, params)
+
+
+def iter_norm_whiten_vjp(
+    dy: Array,
+    x: Array,
+    *,
+    iterations: int = 5,
+    eps: float = 1e-5,
+    correction: int = 0,
+    precision: Any = "highest",
+) -> XGrad:
+    """VJP of :func:`iter_norm_whiten`, back through the unrolled iterations (derived by hand)."""
+    params = {**whitening_params(eps, correction), **method_params("iter_norm", iterations)}
+    return run_canonical_vjp(WHITENING_OPS["iter_norm"], dy, x, precision, params)
+
+
+def whitening_matrix(
+    cov: Array,
+    *,
+    method: str = "zca",
+    eps: float = 1e-5,
+    iterations: int = 5,
+    precision: Any = "highest",
+) -> Array:
+    r"""The whitening matrix :math:`W` of a stack of covariance matrices (for inference).
+
+    ``y = W @ (x - mean)`` whitens data with covariance ``cov``; the operations
+    of this module are :math:`W` applied to their own batch covariance.
+
+    Parameters
+    ----------
+    cov
+        Covariance matrices, shape ``(..., D, D)``; symmetrized as
+        :math:`(C + C^\top)/2` before use.
+    method
+        ``"zca"`` (:math:`U\Lambda^{-1/2}U^\top`), ``"pca"``
+        (:math:`\Lambda^{-1/2}U^\top`, spec'd order and signs), ``"cholesky"``
+        (:math:`L^{-1}`) or ``"iter_norm"`` (:math:`P_T/\sqrt{\operatorname{tr}\Sigma}`).
+    eps
+        Finite, > 0; added to the diagonal: :math:`\Sigma = C + \epsilon I`.
+    iterations
+        Newton–Schulz steps of ``"iter_norm"`` (ignored by the other methods).
+    precision
+        ``"highest"`` (float64), ``"native"`` or a convention to model.
+
+    Returns
+    -------
+    Array of ``cov``'s shape and dtype; NaN for a matrix that is not finite.
+    """
+    xp = namespace_of(cov=cov)
+    shape = tuple(cov.shape)
+    check_rank(shape, minimum=2, layout="a stack of D x D matrices", name="cov")
+    if shape[-1] != shape[-2]:
+        msg = f"cov must be a stack of square matrices (..., D, D), got shape {shape}"
+        raise ValueError(msg)
+    whitening = METHODS[check_method(method)]
+    params = method_params(whitening.name, iterations)
+    dtype = compute_dtype(xp, cov.dtype, precision)
+    symmetric, finite = symmetrized(xp, to_dtype(xp, cov, dtype))
+    w, _ = whitening.matrix(xp, symmetric, check_eps(eps), **params)
+    return to_dtype(xp, poisoned(xp, w, finite), output_dtype(xp, precision, cov))
