@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conformance.ulp import ulp
 from normref.registry import REGISTRY
 from tests.reference import REFERENCES
 from tests.registry_cases import draw, on_backend, rounded
-from tests.support import Backend, assert_close_to_scale, ulp
+from tests.support import Backend, assert_close_to_scale
 
 REFERENCED = [pytest.param(REGISTRY[name], id=name) for name in REFERENCES]
 
