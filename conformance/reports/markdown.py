@@ -1,0 +1,77 @@
+"""The Markdown report: the same content as the terminal's, as text for a page or an issue."""
+
+from __future__ import annotations
+
+from conformance.reports.summary import (
+    SYMBOLS,
+    cell_text,
+    dtypes_of,
+    error_paths,
+    failures,
+    findings,
+    header,
+    matrix,
+    output_line,
+    reproduce,
+)
+from conformance.results import RunResult, Status
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(run: RunResult, *, limit: int = 50) -> str:
+    """The run as a Markdown document."""
+    lines = ["# normref conformance report", ""]
+    lines += [f"- **{k}**: {_escape(v)}" for k, v in header(run)]
+    lines += [f"- skipped **{s['framework']}**: {s['reason']}" for s in run.skipped]
+    dtypes = dtypes_of(run)
+    lines += ["", "## Rows per status", ""]
+    lines.append("| implementation | op | " + " | ".join(dtypes) + " |")
+    lines.append("|---|---|" + "---:|" * len(dtypes))
+    for (implementation, op), cells in matrix(run).items():
+        values = [cell_text(cells[d]) if d in cells else "·" for d in dtypes]
+        lines.append(f"| {_escape(implementation)} | {op} | " + " | ".join(values) + " |")
+    lines += ["", ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status), ""]
+
+    for title, groups in (
+        ("Differs by convention", findings(run)),
+        ("Fails", failures(run)),
+        ("Returns a value where normref refuses", error_paths(run)),
+    ):
+        if not groups:
+            continue
+        lines += [f"## {title}", ""]
+        for group in groups[:limit]:
+            lines.append(
+                f"- **{_escape(group.implementation)}** `{group.op}` ({len(group.rows)} rows, "
+                f"{', '.join(group.dtypes)}): {_escape(group.text)}"
+            )
+            worst = group.worst
+            if worst is not None and title != "Returns a value where normref refuses":
+                row, output = worst
+                lines.append(f"  - worst: `{row.case}` {row.dtype}: {output_line(output)}")
+                if title == "Fails":
+                    lines.append(f"  - re-run: `{reproduce(row, run)}`")
+            if group.rows[0].traceback:
+                lines += [
+                    "",
+                    "  ```",
+                    *[f"  {t}" for t in group.rows[0].traceback.strip().splitlines()[-6:]],
+                    "  ```",
+                ]
+        if len(groups) > limit:
+            lines.append(f"- ... and {len(groups) - limit} more (see the JSON report)")
+        lines.append("")
+    forward_only = [i["implementation"] for i in run.implementations if not i.get("backward")]
+    if forward_only:
+        lines += [
+            "## Forward only",
+            "",
+            "Gradients were not checked for: " + ", ".join(forward_only) + ".",
+            "",
+        ]
+    counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
+    lines += [f"**Total**: {counts} (exit code {run.exit_code}).", ""]
+    return "\n".join(lines)
