@@ -9,7 +9,7 @@ import numpy as np
 
 from conformance.terms import OpTerms
 from conformance.tolerances import Arithmetic, element_bounds
-from conformance.ulp import round_to
+from conformance.ulp import round_to, ulp
 
 
 def direction_of(name: str) -> str:
@@ -44,7 +44,8 @@ class OutputCheck:
         Where that ratio is largest: the index, the bound there in ulps, the
         implementation's and the exact value.
     reference_ulps
-        The float64 reference's own error bound (its conditioning), in ulps, at worst.
+        The float64 reference's own error bound, at worst, in ulps of the exact values: how
+        well the input's conditioning lets float64 determine them.
     input_value
         The primary input at ``worst_index`` (when the output has its shape).
     problem
@@ -127,10 +128,20 @@ def compare_output(
         budget_ulps=float(bounds.bound[index] / bounds.unit[index]) if ratio.size else 0.0,
         actual=float(actual[index]) if ratio.size else None,
         expected=float(exact[index]) if ratio.size else None,
-        reference_ulps=float(np.nanmax(bounds.reference / bounds.unit, initial=0.0)),
+        reference_ulps=_reference_ulps(bounds.reference, exact, expected_dtype),
         input_value=float(primary[index]) if primary.shape == exact.shape and ratio.size else None,
         problem=problem,
     )
+
+
+def _reference_ulps(reference: np.ndarray, exact: np.ndarray, dtype: str) -> float:
+    """The reference's own bound in ulps of the exact values (not of the terms): this grows with
+    the input's conditioning, as |mean|/std. Exact zeros, which have no ulp of their own, are
+    left out."""
+    nonzero = np.isfinite(exact) & (exact != 0)
+    if not nonzero.any():
+        return 0.0
+    return float(np.nanmax(reference[nonzero] / ulp(exact[nonzero], dtype)))
 
 
 def _unusable(

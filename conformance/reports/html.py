@@ -8,6 +8,7 @@ from collections import Counter
 
 from conformance.reports.summary import (
     SYMBOLS,
+    case_line,
     cell_status,
     cell_text,
     dtypes_of,
@@ -16,7 +17,6 @@ from conformance.reports.summary import (
     findings,
     header,
     matrix,
-    output_line,
     reproduce,
     ulps,
 )
@@ -58,7 +58,12 @@ def _budget_shares(run: RunResult) -> dict[Status, Counter]:
             used = ulps(output["used"])
             if math.isnan(used):
                 continue
-            decade = LOWEST if used <= 0 else math.floor(math.log10(used))
+            if used <= 0:
+                decade = LOWEST
+            elif math.isinf(used):
+                decade = HIGHEST
+            else:
+                decade = math.floor(math.log10(used))
             shares[row.status][min(max(decade, LOWEST), HIGHEST)] += 1
     return shares
 
@@ -124,10 +129,7 @@ def _groups_html(title: str, groups: list, run: RunResult, *, details: bool) -> 
         worst = group.worst
         if details and worst is not None:
             row, output = worst
-            parts.append(
-                f"<br><span class='dim'>worst: <code>{_e(row.case)}</code> {_e(row.dtype)}: "
-                f"{_e(output_line(output))}</span>"
-            )
+            parts.append(f"<br><span class='dim'>worst: {_e(case_line(row, output))}</span>")
             if row.status is Status.FAIL:
                 parts.append(
                     f"<br><span class='dim'>re-run: <code>{_e(reproduce(row, run))}</code></span>"

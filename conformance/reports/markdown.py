@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conformance.reports.summary import (
     SYMBOLS,
+    case_line,
     cell_text,
     dtypes_of,
     error_paths,
@@ -11,7 +12,6 @@ from conformance.reports.summary import (
     findings,
     header,
     matrix,
-    output_line,
     reproduce,
 )
 from conformance.results import RunResult, Status
@@ -51,7 +51,7 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
             worst = group.worst
             if worst is not None and title != "Returns a value where normref refuses":
                 row, output = worst
-                lines.append(f"  - worst: `{row.case}` {row.dtype}: {output_line(output)}")
+                lines.append(f"  - worst: {case_line(row, output)}")
                 if title == "Fails":
                     lines.append(f"  - re-run: `{reproduce(row, run)}`")
             if group.rows[0].traceback:

@@ -145,6 +145,17 @@ def output_line(output: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def case_line(row: CaseResult, output: dict[str, Any]) -> str:
+    """Where the worst error of ``row`` was, with its numbers and the input's conditioning."""
+    text = f"{row.case} {row.dtype}: {output_line(output)}"
+    if row.conditioning is not None:
+        text += (
+            f"; input |mean|/std up to {format_ulps(row.conditioning)}, reference good to "
+            f"{format_ulps(output['reference_ulps'])} ulp"
+        )
+    return text
+
+
 def header(run: RunResult) -> list[tuple[str, str]]:
     """The run's facts: versions, settings, duration, outcome."""
     import normref

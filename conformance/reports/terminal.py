@@ -8,6 +8,7 @@ from typing import Any
 
 from conformance.reports.summary import (
     SYMBOLS,
+    case_line,
     cell_status,
     cell_text,
     dtypes_of,
@@ -16,7 +17,6 @@ from conformance.reports.summary import (
     findings,
     header,
     matrix,
-    output_line,
     reproduce,
 )
 from conformance.results import RunResult, Status
@@ -111,9 +111,7 @@ def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
             worst = group.worst
             if worst is not None and title != "returns a value where normref refuses":
                 row, output = worst
-                out.print(
-                    f"    worst: {row.case} {row.dtype}: {output_line(output)}", highlight=False
-                )
+                out.print(f"    worst: {case_line(row, output)}", highlight=False)
                 if title == "fails":
                     out.print(f"    [dim]{reproduce(row, run)}", highlight=False)
             if group.rows[0].traceback:
