@@ -17,7 +17,7 @@ error budgets in :mod:`conformance.tolerances`, conventions as models in
 
 from conformance.api import DEFAULT_DTYPES, check, run
 from conformance.cases import Case, cases_for, find_case
-from conformance.diagnose import Diagnosis, diagnose
+from conformance.diagnosis import Diagnosis, diagnose
 from conformance.golden import export_golden
 from conformance.models import NORMREF, Model
 from conformance.results import CaseResult, RunResult, Status

@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from conformance.diagnose import diagnose
+    from conformance.diagnosis import diagnose
     from conformance.reports import progress_bar
 
     function = _function(args)

@@ -3,69 +3,79 @@ r"""Error budgets: how far a correct implementation may land from the exact resu
 This is the one place where the suite's tolerances live. Nothing here is
 tuned to make an implementation pass: every budget is a worst-case rounding
 error bound, derived from operation counts times the unit roundoff of the
-dtype the computation runs in, and the docs (``docs/conformance-tolerances.md``)
-repeat the derivation.
+dtype each operation runs in. ``docs/conformance-tolerances.md`` repeats the
+derivation with examples.
 
-Units
+Unit
     An error is reported in ulps of the output dtype at the *scale of the
-    terms* (:mod:`conformance.terms`): ``|actual - exact| / ulp(S)``. The
-    budget of an element is its bound in the same unit; an output passes when
-    every element is within its bound.
+    terms* :math:`S` (:mod:`conformance.terms`): ``|actual - exact| / ulp(S)``,
+    and an element's budget is its bound in the same unit. An output passes
+    when every element is within its bound.
 
 The bound of one element
-    With :math:`u` the unit roundoff of the compute dtype, :math:`S` the
-    magnitude of the element's terms, :math:`K` the operation count of the
-    output (below), :math:`R` the relative error of the divisor carried
-    through the output (below) and :math:`r` the exact result,
+    With :math:`r` the exact result, :math:`u_s` the unit roundoff of the
+    dtype the statistics are computed in, :math:`u_e` that of the
+    elementwise operations, :math:`K = (a n + b m)\,u_s + k\,u_e` the rounding
+    of the output's operations (:data:`BUDGETS`) and :math:`R` the relative
+    error of the divisor carried into it,
 
     .. math::
 
         |\text{actual} - r| \le \tfrac12\,\mathrm{ulp}_{out}(r)
-            + S\,\big(K u (1 + R) + R\big) + e_{ref},
+            + S\,\big(K (1 + R) + R\big) + e_{ref},
 
     where the first term is the final rounding to the output dtype and
     :math:`e_{ref}` is the same bound for the float64 reference itself
-    (two-pass, :math:`u = 2^{-53}`, no final rounding): the reference is only
-    as exact as the input's conditioning, and the suite says so instead of
-    hiding it.
+    (two-pass, :math:`u_s = u_e = 2^{-53}`, no final rounding): the reference is
+    only as exact as the input's conditioning, and the suite says so.
 
-Operation counts :math:`K = a\,n + b\,m + k`
-    :math:`n` is the group size (samples per group), :math:`m` the number of
-    elements summed into a parameter's gradient. A sum of :math:`n` terms
-    computed in any order errs by at most :math:`(n-1)u` of the sum of their
-    magnitudes (Higham, *Accuracy and Stability of Numerical Algorithms*,
-    §4.2): the bound does not assume pairwise summation. The mean's error
-    :math:`\delta\mu \le n u\,\overline{|x|}` is an :math:`n u` share of
-    :math:`S` (the terms' magnitude contains :math:`\overline{|x|}/s`); every
-    other elementwise operation adds one :math:`u` (:data:`BUDGETS`).
+Operation counts
+    :math:`n` is the group size, :math:`m` the number of elements summed into
+    a parameter's gradient. A sum of :math:`n` terms computed in any order errs
+    by at most :math:`(n-1)u` of the sum of their magnitudes (Higham, *Accuracy
+    and Stability of Numerical Algorithms*, 2002, §4.2): no bound assumes
+    pairwise summation. The mean's error :math:`\delta\mu \le n u_s
+    \overline{|x|}` is an :math:`n u_s` share of :math:`S`, whose terms
+    include :math:`\overline{|x|}/s`. The divisor costs 3.5 roundings (adding
+    ``eps``, halved by the square root, the root, and a division that may be
+    an ``rsqrt`` and a product); every other elementwise operation one.
 
-The divisor's error :math:`\rho`
-    The computed variance errs by :math:`\delta v`:
+The divisor's error
+    The computed variance errs by :math:`\delta v`: for the two-pass
+    algorithm (the squares of the centred values sum to
+    :math:`n v + n\,\delta\mu^2` exactly, then round), the fast
+    :math:`E[x^2] - E[x]^2` (clamped at 0 or not) and the mean square (RMS),
 
-    * two-pass: :math:`\delta v \le (n+3) u\,(v + \delta\mu^2) + \delta\mu^2`
-      (the squares of the centred values sum to
-      :math:`n v + n\,\delta\mu^2` exactly, then round);
-    * fast, :math:`E[x^2] - E[x]^2` (clamped or not):
-      :math:`\delta v \le (n+2) u\,\overline{x^2} + 2 u \mu^2 + 2|\mu|\delta\mu
-      + \delta\mu^2`, which is relative to :math:`\mu^2`, not to :math:`v`:
-      with :math:`|\mu|/\sigma = 10^4` float32 has no correct digit left;
-    * mean square (RMS): :math:`\delta q \le (n+1) u\,\overline{x^2}`,
+    .. math::
 
-    (times :math:`n/(n-c)` for the correction :math:`c`) and the divisor
-    :math:`s(v)` then errs relatively by at most
-    :math:`\rho = s(v)/s(\max(v - \delta v, 0)) - 1`, which stays finite
-    (:math:`\epsilon > 0`) however large :math:`\delta v` is. An output in
-    which the divisor appears :math:`c` times has :math:`R = c\rho`; the
-    x-gradient also uses :math:`s'(v)`, whose relative error
-    :math:`\rho_f` is 0 for ``"add"``, up to 1 where ``"max"`` is within
-    :math:`\delta v` of its kink, and :math:`\sqrt{v/(v-\delta v)} - 1` for
-    ``"add_std"``.
+        \delta v_{two\,pass} \le (n+3) u_s (v + \delta\mu^2) + \delta\mu^2, \qquad
+        \delta v_{fast} \le (n+2) u_s \overline{x^2} + 2 u_s \mu^2
+            + 2|\mu|\,\delta\mu + \delta\mu^2, \qquad
+        \delta q \le (n+1) u_s \overline{x^2},
 
-Compute dtype
-    float32 and float64 input compute in their own dtype; float16 and
-    bfloat16 input compute in float32 (``low_precision_compute="float32"``,
-    what torch, flax, keras and onnx do), or in their own dtype when a model
-    says ``"input"``. The final rounding is always to the output dtype.
+    times :math:`n/(n-c)` for the correction :math:`c`. The fast variance's
+    error is relative to :math:`\mu^2`, not to :math:`v`: with
+    :math:`|\mu|/\sigma = 10^4` float32 has no correct digit left. The divisor
+    then errs relatively by at most
+
+    .. math::
+
+        \rho = s(v)/s(\max(v - \delta v, 0)) - 1,
+
+    finite however large :math:`\delta v` is (:math:`\epsilon > 0`). An output
+    in which the divisor appears :math:`c` times has :math:`R = c\rho`; the
+    x-gradient also uses :math:`s'(v)`, whose relative error :math:`\rho_f` is
+    0 for ``"add"``, up to 1 where ``"max"`` is within :math:`\delta v` of its
+    kink, and :math:`\sqrt{v/(v-\delta v)} - 1` for ``"add_std"``.
+
+Dtypes of the arithmetic
+    Statistics of float32 and float64 input are computed in their own dtype;
+    of float16 and bfloat16 input in float32 (``low_precision_compute=
+    "float32"``, what torch, flax, keras and onnx do) or in their own dtype
+    (``"input"``); in float32 for every input under ``stash_dtype="float32"``
+    (ONNX's ``stash_type=1``). Elementwise operations may run in the less
+    precise of that dtype and the input's: torch's float16 batch norm applies
+    its affine in float16. The final rounding is to the output dtype.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conformance.api import check
-from conformance.diagnose import diagnose
+from conformance.diagnosis import diagnose
 from conformance.results import Status
 from tests.conformance import planted
 
