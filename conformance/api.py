@@ -110,6 +110,22 @@ def run(
     return outcome
 
 
+def function_under_test(
+    fn: Callable[..., Any],
+    op: str,
+    convention: Any,
+    array_type: str,
+    vjp: Callable[..., Any] | None,
+    dtypes: Sequence[str] | None,
+) -> tuple[Binding, list[str]]:
+    """The binding of a user's function and the dtypes to check it at (default: all its array
+    type has)."""
+    get_op(op)
+    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
+    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
+    return binding, _check_names(chosen, DTYPES, "dtypes")
+
+
 def check(
     fn: Callable[..., Any],
     op: str,
@@ -153,10 +169,7 @@ def check(
         ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
     """
     started = time.perf_counter()
-    get_op(op)
-    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
-    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
-    chosen = _check_names(chosen, DTYPES, "dtypes")
+    binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
     results = run_bindings([binding], chosen, case_id=case, seed=seed, progress=progress)
     outcome = run_result(
         results,

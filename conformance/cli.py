@@ -38,16 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
 
     def impl(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--impl", help="module:function with normref's signature for --op")
-        sub.add_argument("--impl-vjp", help="module:function, its VJP with normref's signature")
-        sub.add_argument("--op", help="the op --impl implements")
-        sub.add_argument("--convention", help="the convention --impl follows (default normref)")
-        sub.add_argument(
-            "--array-type",
-            default="numpy",
-            choices=("numpy", "torch", "jax"),
-            help="the arrays --impl receives (default numpy)",
-        )
+        from conformance.adapters.function import FUNCTION_OPTIONS
+
+        for name, options in FUNCTION_OPTIONS:
+            sub.add_argument(f"--{name}", **options)
 
     run = commands.add_parser("run", help="check frameworks or a function")
     run.add_argument("--framework", action="append", help="framework(s), comma-separated")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.adapters.base import Binding
-from conformance.adapters.function import function_binding
+from conformance.api import function_under_test
 from conformance.cases import Case
 from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model, model_of, presets, variations
 from conformance.ops import get_op
@@ -158,8 +158,7 @@ def diagnose(
     progress: Callable[[int, str], None] | None = None,
 ) -> Diagnosis:
     """Which convention, if any, explains ``fn`` (normref's signature for ``op``)."""
-    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
-    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
+    binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
     return diagnose_binding(
         binding, chosen, base=model_of(convention), seed=seed, progress=progress
     )

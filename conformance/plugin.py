@@ -18,17 +18,11 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from conformance.adapters.function import FUNCTION_OPTIONS
+
     group = parser.getgroup("normref", "normref conformance cases")
-    group.addoption("--normref-impl", help="module:function with normref's signature for the op")
-    group.addoption("--normref-op", help="the op it implements")
-    group.addoption("--normref-convention", help="the convention it follows (default normref)")
-    group.addoption(
-        "--normref-array-type",
-        default="numpy",
-        choices=("numpy", "torch", "jax"),
-        help="the arrays it receives",
-    )
-    group.addoption("--normref-impl-vjp", help="module:function, its VJP")
+    for name, options in FUNCTION_OPTIONS:
+        group.addoption(f"--normref-{name}", **options)
     group.addoption("--normref-dtypes", help="comma-separated dtypes (default: all it takes)")
     group.addoption("--normref-seed", type=int, default=0, help="the suite's seed")
 

@@ -23,6 +23,22 @@ from conformance.models import Model, model_of
 from conformance.ops import CheckedOp, batch_weight_as, get_op
 from conformance.reference import Prepared
 
+FUNCTION_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("impl", {"help": "module:function with normref's signature for the op"}),
+    ("impl-vjp", {"help": "module:function, its VJP with normref's VJP signature"}),
+    ("op", {"help": "the op the function implements"}),
+    ("convention", {"help": "the convention the function follows (default normref)"}),
+    (
+        "array-type",
+        {
+            "default": "numpy",
+            "choices": ("numpy", "torch", "jax"),
+            "help": "the arrays the function receives (default numpy)",
+        },
+    ),
+)
+"""Options that name a user's function, shared by the command line and the pytest plugin."""
+
 
 def load_function(spec: str) -> Callable[..., Any]:
     """The function named by ``"module:function"`` (``ValueError`` if it cannot be found)."""

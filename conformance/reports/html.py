@@ -8,16 +8,15 @@ from collections import Counter
 
 from conformance.reports.summary import (
     SYMBOLS,
+    Section,
     case_line,
     cell_status,
     cell_text,
     dtypes_of,
-    error_paths,
-    failures,
-    findings,
     header,
     matrix,
     reproduce,
+    sections,
     ulps,
 )
 from conformance.results import RunResult, Status
@@ -117,20 +116,18 @@ def histogram_svg(run: RunResult, width: int = 640, height: int = 220) -> str:
     return "".join(parts)
 
 
-def _groups_html(title: str, groups: list, run: RunResult, *, details: bool) -> list[str]:
-    if not groups:
-        return []
-    parts = [f"<h2>{_e(title)} ({sum(len(g.rows) for g in groups)} rows)</h2>", "<ul>"]
-    for group in groups:
+def _section_html(section: Section, run: RunResult) -> list[str]:
+    parts = [f"<h2>{_e(section.title)} ({section.rows} rows)</h2>", "<ul>"]
+    for group in section.groups:
         parts.append(
             f"<li><b>{_e(group.implementation)}</b> <code>{_e(group.op)}</code> "
-            f"({len(group.rows)} rows, {_e(', '.join(group.dtypes))}): {_e(group.text)}"
+            f"({_e(group.extent)}): {_e(group.text)}"
         )
         worst = group.worst
-        if details and worst is not None:
+        if section.shows_worst and worst is not None:
             row, output = worst
             parts.append(f"<br><span class='dim'>worst: {_e(case_line(row, output))}</span>")
-            if row.status is Status.FAIL:
+            if section.shows_rerun:
                 parts.append(
                     f"<br><span class='dim'>re-run: <code>{_e(reproduce(row, run))}</code></span>"
                 )
@@ -179,11 +176,8 @@ def to_html(run: RunResult) -> str:
         "<p class='dim'>" + ", ".join(f"{SYMBOLS[s]} {_e(s.label)}" for s in Status) + "</p>"
     )
     parts += ["<h2>Error distribution</h2>", histogram_svg(run)]
-    parts += _groups_html("Differs by convention", findings(run), run, details=True)
-    parts += _groups_html("Fails", failures(run), run, details=True)
-    parts += _groups_html(
-        "Returns a value where normref refuses", error_paths(run), run, details=False
-    )
+    for section in sections(run):
+        parts += _section_html(section, run)
     counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
     parts.append(f"<p><b>Total</b>: {_e(counts)} (exit code {run.exit_code}).</p>")
     parts.append("</body></html>")

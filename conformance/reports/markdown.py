@@ -7,12 +7,10 @@ from conformance.reports.summary import (
     case_line,
     cell_text,
     dtypes_of,
-    error_paths,
-    failures,
-    findings,
     header,
     matrix,
     reproduce,
+    sections,
 )
 from conformance.results import RunResult, Status
 
@@ -35,24 +33,18 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
         lines.append(f"| {_escape(implementation)} | {op} | " + " | ".join(values) + " |")
     lines += ["", ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status), ""]
 
-    for title, groups in (
-        ("Differs by convention", findings(run)),
-        ("Fails", failures(run)),
-        ("Returns a value where normref refuses", error_paths(run)),
-    ):
-        if not groups:
-            continue
-        lines += [f"## {title}", ""]
-        for group in groups[:limit]:
+    for section in sections(run):
+        lines += [f"## {section.title}", ""]
+        for group in section.groups[:limit]:
             lines.append(
-                f"- **{_escape(group.implementation)}** `{group.op}` ({len(group.rows)} rows, "
-                f"{', '.join(group.dtypes)}): {_escape(group.text)}"
+                f"- **{_escape(group.implementation)}** `{group.op}` ({group.extent}): "
+                f"{_escape(group.text)}"
             )
             worst = group.worst
-            if worst is not None and title != "Returns a value where normref refuses":
+            if worst is not None and section.shows_worst:
                 row, output = worst
                 lines.append(f"  - worst: {case_line(row, output)}")
-                if title == "Fails":
+                if section.shows_rerun:
                     lines.append(f"  - re-run: `{reproduce(row, run)}`")
             if group.rows[0].traceback:
                 lines += [
@@ -61,8 +53,8 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
                     *[f"  {t}" for t in group.rows[0].traceback.strip().splitlines()[-6:]],
                     "  ```",
                 ]
-        if len(groups) > limit:
-            lines.append(f"- ... and {len(groups) - limit} more (see the JSON report)")
+        if len(section.groups) > limit:
+            lines.append(f"- ... and {len(section.groups) - limit} more (see the JSON report)")
         lines.append("")
     forward_only = [i["implementation"] for i in run.implementations if not i.get("backward")]
     if forward_only:

@@ -84,6 +84,11 @@ class Group:
         return sorted({r.dtype for r in self.rows})
 
     @property
+    def extent(self) -> str:
+        """How many rows, at which dtypes."""
+        return f"{len(self.rows)} rows, {', '.join(self.dtypes)}"
+
+    @property
     def worst(self) -> tuple[CaseResult, dict[str, Any]] | None:
         """The row and output that used most of the budget."""
         best = None
@@ -106,6 +111,40 @@ def grouped(rows: list[CaseResult], text: Callable[[CaseResult], str]) -> list[G
             groups[key] = Group(row.implementation, row.framework, row.op, value)
         groups[key].rows.append(row)
     return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of a report: the groups of rows of one status worth reading."""
+
+    status: Status
+    title: str
+    groups: list[Group]
+
+    @property
+    def rows(self) -> int:
+        """How many rows its groups hold."""
+        return sum(len(g.rows) for g in self.groups)
+
+    @property
+    def shows_worst(self) -> bool:
+        """Whether each group shows its worst element (not for values on refused inputs)."""
+        return self.status is not Status.ACCEPTS
+
+    @property
+    def shows_rerun(self) -> bool:
+        """Whether each group shows the command that re-runs its worst row."""
+        return self.status is Status.FAIL
+
+
+def sections(run: RunResult) -> list[Section]:
+    """The findings, the failures and the values returned on refused inputs, where present."""
+    found = [
+        Section(Status.CONVENTION, "Differs by convention", findings(run)),
+        Section(Status.FAIL, "Fails", failures(run)),
+        Section(Status.ACCEPTS, "Returns a value where normref refuses", error_paths(run)),
+    ]
+    return [s for s in found if s.groups]
 
 
 def findings(run: RunResult) -> list[Group]:

@@ -12,12 +12,10 @@ from conformance.reports.summary import (
     cell_status,
     cell_text,
     dtypes_of,
-    error_paths,
-    failures,
-    findings,
     header,
     matrix,
     reproduce,
+    sections,
 )
 from conformance.results import RunResult, Status
 
@@ -94,31 +92,26 @@ def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
     legend = ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status)
     out.print(f"[dim]{legend}")
 
-    for title, groups, style in (
-        ("differs by convention", findings(run), "yellow"),
-        ("fails", failures(run), "bold red"),
-        ("returns a value where normref refuses", error_paths(run), "magenta"),
-    ):
-        if not groups:
-            continue
-        out.print(f"\n[{style}]{title}[/] ({sum(len(g.rows) for g in groups)} rows)")
-        for group in groups[:limit]:
+    for section in sections(run):
+        style = STYLES[section.status]
+        out.print(f"\n[{style}]{section.title}[/] ({section.rows} rows)")
+        for group in section.groups[:limit]:
             out.print(
-                f"  [bold]{group.implementation}[/] {group.op} "
-                f"({len(group.rows)} rows, {', '.join(group.dtypes)}): {group.text}",
+                f"  [bold]{group.implementation}[/] {group.op} ({group.extent}): {group.text}",
                 highlight=False,
             )
             worst = group.worst
-            if worst is not None and title != "returns a value where normref refuses":
+            if worst is not None and section.shows_worst:
                 row, output = worst
                 out.print(f"    worst: {case_line(row, output)}", highlight=False)
-                if title == "fails":
+                if section.shows_rerun:
                     out.print(f"    [dim]{reproduce(row, run)}", highlight=False)
             if group.rows[0].traceback:
                 last = group.rows[0].traceback.strip().splitlines()[-1]
                 out.print(f"    [dim]{last}", highlight=False)
-        if len(groups) > limit:
-            out.print(f"  ... and {len(groups) - limit} more groups (see the JSON/HTML report)")
+        if len(section.groups) > limit:
+            more = len(section.groups) - limit
+            out.print(f"  ... and {more} more groups (see the JSON/HTML report)")
     counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
     style = "green" if run.ok else "bold red"
     out.print(f"\n[{style}]{counts}[/] in {run.seconds:.1f} s")
