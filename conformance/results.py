@@ -74,6 +74,7 @@ class CaseResult:
     baseline: list[dict[str, Any]] = field(default_factory=list)
     explanation: str | None = None
     explained_by: dict[str, Any] | None = None
+    evidence: str | None = None
     diagnosis: str | None = None
     forward_only: bool = False
     group_size: int | None = None

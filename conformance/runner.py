@@ -25,7 +25,6 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -49,19 +48,32 @@ def _semantic(model: Model) -> Model:
     return model.replace(**{f: NORMREF.get(f) for f in (*ARITHMETIC_FIELDS, "output_dtype")})
 
 
-@lru_cache(maxsize=4096)
-def _expected(prepared_key: tuple[str, int, str], model: Model, backward: bool) -> Expected:
-    return expected(_PREPARED[prepared_key], model, backward=backward)
+class _Cache:
+    """A bounded memo: the oldest entries go first once ``size`` are held."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self.entries:
+            if len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = make()
+        return self.entries[key]
 
 
-_PREPARED: dict[tuple[str, int, str], Prepared] = {}
+_PREPARED = _Cache(4096)
+"""Cases rounded to a dtype, shared by every binding of the op."""
+_EXPECTED = _Cache(8192)
+"""References under a model, shared by every binding of the op."""
+
+CaseKey = tuple[str, int, str, str]
 
 
-def _prepared(case: Case, dtype: str) -> tuple[tuple[str, int, str], Prepared]:
-    key = (case.id, case.seed, dtype)
-    if key not in _PREPARED:
-        _PREPARED[key] = prepare(case, dtype)
-    return key, _PREPARED[key]
+def _prepared(case: Case, dtype: str) -> tuple[CaseKey, Prepared]:
+    key = (case.id, case.seed, repr(sorted(case.parameters.items())), dtype)
+    return key, _PREPARED.get(key, lambda: prepare(case, dtype))
 
 
 @dataclass
@@ -69,7 +81,7 @@ class Row:
     """One binding on one prepared case: the implementation's outcomes and their checks."""
 
     binding: Binding
-    key: tuple[str, int, str]
+    key: CaseKey
     prepared: Prepared
 
     def __post_init__(self) -> None:
@@ -103,8 +115,16 @@ class Row:
             return params
         return dtype
 
+    def expected(self, model: Model) -> Expected:
+        """The reference under ``model``'s semantic fields (shared across bindings)."""
+        semantic, backward = _semantic(model), self.binding.backward
+        return _EXPECTED.get(
+            (self.key, semantic, backward),
+            lambda: expected(self.prepared, semantic, backward=backward),
+        )
+
     def checks(self, model: Model) -> list[OutputCheck]:
-        reference = _expected(self.key, _semantic(model), self.binding.backward)
+        reference = self.expected(model)
         outcome = self.outcome(model)
         arithmetic = arithmetic_of(model, self.prepared.dtype)
         primary = self.prepared.sample.args[self.prepared.op.spec.primary]
@@ -151,7 +171,8 @@ class Verdict:
     """A row's status, the checks it rests on, and why.
 
     ``baseline`` holds the outputs that are out of budget of normref's own
-    definition (how much a convention finding differs from it).
+    definition (how much a convention finding differs from it); ``evidence``
+    what normref modelling an explaining arithmetic gives on the same input.
     """
 
     status: Status
@@ -160,6 +181,7 @@ class Verdict:
     fields: dict[str, Any] | None = None
     text: str | None = None
     baseline: list[OutputCheck] | None = None
+    evidence: str | None = None
 
 
 def judge(row: Row) -> Verdict:
@@ -182,9 +204,10 @@ def judge(row: Row) -> Verdict:
                 + _describe({f: NORMREF.get(f) for f in fields})
                 + ")"
             )
-            if set(fields) & set(MODELLED_FIELDS):
-                text += _witness(row, declared, base)
-            return Verdict(Status.CONVENTION, checks, declared.name, fields, text, off_base)
+            evidence = _witness(row, declared, base) if set(fields) & set(MODELLED_FIELDS) else None
+            return Verdict(
+                Status.CONVENTION, checks, declared.name, fields, text, off_base, evidence
+            )
     text = _diagnose_failure(row, declared, relevant, checks)
     return Verdict(Status.FAIL, checks, declared.name, None, text, off_base)
 
@@ -193,12 +216,12 @@ MODELLED_FIELDS = ("variance_algorithm", "low_precision_compute")
 """Arithmetic fields normref itself can model (``precision=<Convention>``)."""
 
 
-def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str:
+def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
     """How far normref lands when it models ``model``'s arithmetic on this input, next to the
     implementation: evidence that the arithmetic explains the difference."""
     prepared, op = row.prepared, row.prepared.op
     if prepared.dtype not in NumpyKind.dtypes or op.running_stats:
-        return ""
+        return None
     sample = model_sample(prepared, NORMREF)
     args = [
         np.asarray(v, dtype=prepared.dtype) if isinstance(v, np.ndarray) else v
@@ -207,7 +230,7 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         modelled = op.spec.forward(*args, **sample.kwargs, precision=model.convention)
-    reference = _expected(row.key, _semantic(NORMREF), row.binding.backward)
+    reference = row.expected(NORMREF)
     y = reference.values["y"]
     unit = compare_output(
         "y",
@@ -221,7 +244,7 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str:
     )
     implementation = next((c.max_ulps for c in base if c.name == "y"), 0.0)
     return (
-        f"; normref modelling this arithmetic (precision={model.convention.name!r}) errs by up "
+        f"normref modelling this arithmetic (precision={model.convention.name!r}) errs by up "
         f"to {unit.max_ulps:.3g} ulp on this input, the implementation by {implementation:.3g}"
     )
 
@@ -329,7 +352,7 @@ def check_row(binding: Binding, case: Case, dtype: str) -> CaseResult:
             if verdict.baseline is not None:
                 result.baseline = [c.to_json() for c in verdict.baseline]
             if verdict.status is Status.CONVENTION:
-                result.explanation = verdict.text
+                result.explanation, result.evidence = verdict.text, verdict.evidence
             elif verdict.status is Status.FAIL:
                 result.diagnosis = verdict.text
     except FrameworkLacksError as error:

@@ -185,13 +185,16 @@ def output_line(output: dict[str, Any]) -> str:
 
 
 def case_line(row: CaseResult, output: dict[str, Any]) -> str:
-    """Where the worst error of ``row`` was, with its numbers and the input's conditioning."""
+    """Where the worst error of ``row`` was, with its numbers, the input's conditioning and any
+    evidence for the explanation."""
     text = f"{row.case} {row.dtype}: {output_line(output)}"
     if row.conditioning is not None:
         text += (
             f"; input |mean|/std up to {format_ulps(row.conditioning)}, reference good to "
             f"{format_ulps(output['reference_ulps'])} ulp"
         )
+    if row.evidence:
+        text += f"; {row.evidence}"
     return text
 
 

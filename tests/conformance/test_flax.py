@@ -19,7 +19,7 @@ def test_fast_variance_loses_accuracy_on_a_large_mean():
     (row,) = _rows("layer_norm/mean-1e4", "float32")
     assert row.status is Status.CONVENTION
     assert row.explained_by == {"variance_algorithm": "fast_clamped"}
-    assert "normref modelling this arithmetic (precision='flax')" in row.explanation
+    assert "normref modelling this arithmetic (precision='flax')" in row.evidence
     assert max(float(o["used"]) for o in row.baseline) > 1
 
 
