@@ -6,8 +6,10 @@ implementation may make: the variance correction *inside* the normalization
 (an unbiased variance there is a bug, but a common one), GroupNorm affine
 parameters held per group instead of per channel (ONNX GroupNormalization-18),
 scalar parameters (``eps``, ``momentum``) held in float32 (ONNX attributes),
-and statistics computed in float32 whatever the input's dtype (ONNX's
-``stash_type=1`` default).
+statistics computed in float32 whatever the input's dtype (ONNX's
+``stash_type=1`` default), and an ``eps`` argument ignored for a fixed value.
+The convention's ``momentum`` value and ``channel_axis`` are not hypotheses:
+adapters pass the momentum and the layout explicitly.
 
 :data:`NORMREF` is the suite's baseline: normref's own definition (its
 functions' default ``eps``, ``eps`` inside the square root, biased variances,
@@ -69,11 +71,14 @@ NORMREF_CONVENTION = Convention(
 )
 """normref's own choices, as a convention (the ``eps`` defaults are its functions' defaults)."""
 
-EXTRA_FIELDS: tuple[str, ...] = ("correction", "group_affine", "scalar_dtype", "stash_dtype")
+EXTRA_FIELDS: tuple[str, ...] = (
+    "correction",
+    "group_affine",
+    "scalar_dtype",
+    "stash_dtype",
+    "fixed_eps",
+)
 ARITHMETIC_FIELDS: tuple[str, ...] = ("variance_algorithm", "low_precision_compute", "stash_dtype")
-NOT_VARIED: tuple[str, ...] = ("name", "momentum", "channel_axis")
-"""Convention fields that are not hypotheses: the momentum *value* and the layout are passed
-explicitly by every adapter, so they cannot explain a difference."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,10 @@ class Model:
         ``"input"``: statistics in the input's dtype (float32 for float16 and
         bfloat16 per ``low_precision_compute``); ``"float32"``: in float32 for
         every input, float64 included (ONNX ``stash_type=1``).
+    fixed_eps
+        ``None``: the implementation uses the ``eps`` it is given; a number:
+        it ignores it and uses this one (a bug :func:`~conformance.diagnosis.diagnose`
+        looks for, with every preset's default).
     """
 
     convention: Convention
@@ -105,6 +114,7 @@ class Model:
     group_affine: str = "per_channel"
     scalar_dtype: str = "float64"
     stash_dtype: str = "input"
+    fixed_eps: float | None = None
 
     @property
     def name(self) -> str:
@@ -165,32 +175,45 @@ def presets() -> dict[str, Model]:
     return {"normref": NORMREF, **{name: Model(c) for name, c in PRESETS.items()}}
 
 
-def field_values(field: str, eps_defaults: tuple[float | None, ...]) -> tuple[Any, ...]:
-    """The values a single-field variation of ``field`` tries."""
-    choices: dict[str, tuple[Any, ...]] = {
-        "momentum_meaning": MOMENTUM_MEANINGS,
-        "running_var_correction": (0, 1),
-        "eps_mode": EPS_MODES,
-        "variance_algorithm": VARIANCE_ALGORITHMS,
-        "low_precision_compute": ("float32", "input"),
-        "output_dtype": ("input", "promote"),
-        "correction": (0, 1),
-        "group_affine": GROUP_AFFINES,
-        "scalar_dtype": ("float64", "float32"),
-        "stash_dtype": ("input", "float32"),
-    }
-    return choices.get(field, eps_defaults)
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "momentum_meaning": MOMENTUM_MEANINGS,
+    "running_var_correction": (0, 1),
+    "eps_mode": EPS_MODES,
+    "variance_algorithm": VARIANCE_ALGORITHMS,
+    "low_precision_compute": ("float32", "input"),
+    "output_dtype": ("input", "promote"),
+    "correction": (0, 1),
+    "group_affine": GROUP_AFFINES,
+    "scalar_dtype": ("float64", "float32"),
+    "stash_dtype": ("input", "float32"),
+}
+"""The values a single-field variation tries, for the fields that are not an ``eps``."""
+
+EPS_FIELDS: tuple[str, ...] = (
+    "batch_norm_eps",
+    "layer_norm_eps",
+    "group_norm_eps",
+    "instance_norm_eps",
+    "rms_norm_eps",
+)
+"""The convention fields holding a layer's default ``eps``."""
 
 
-def eps_defaults(field: str) -> tuple[float | None, ...]:
-    """Every default ``eps`` that the baseline or a preset gives to the layer of ``field``."""
-    values = [getattr(m.convention, field) for m in presets().values()]
+def field_values(field: str) -> tuple[Any, ...]:
+    """The values a single-field variation of ``field`` tries: its choices, or for a layer's
+    default ``eps`` every preset's default, or for ``fixed_eps`` every preset's number."""
+    if field in CHOICES:
+        return CHOICES[field]
+    names = EPS_FIELDS if field == "fixed_eps" else (field,)
+    values = [getattr(m.convention, n) for m in presets().values() for n in names]
+    if field == "fixed_eps":
+        values = [v for v in values if v is not None]
     return tuple(dict.fromkeys(values))
 
 
 def variations(base: Model, fields: tuple[str, ...]) -> Iterator[tuple[str, Any, Model]]:
     """Every model that differs from ``base`` in exactly one of ``fields``: (field, value, model)."""
     for field in fields:
-        for value in field_values(field, eps_defaults(field) if field.endswith("_eps") else ()):
+        for value in field_values(field):
             if value != base.get(field):
                 yield field, value, base.replace(**{field: value})

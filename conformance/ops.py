@@ -149,7 +149,7 @@ class CheckedOp:
         if self.eps_field is not None:
             fields.append(self.eps_field)
         if self.accepts("eps") or self.running_stats:
-            fields.append("scalar_dtype")
+            fields += ["scalar_dtype", "fixed_eps"]
         if self.accepts("eps_mode"):
             fields.append("eps_mode")
         if self.has_variance:

@@ -53,14 +53,19 @@ def prepare(case: Case, dtype: str) -> Prepared:
 
 
 def resolved_eps(prepared: Prepared, model: Model) -> float | None:
-    """The ``eps`` the reference uses: the case's, or the model's default for the layer.
+    """The ``eps`` the reference uses: the case's, or the model's default for the layer (or the
+    one a model says the implementation uses whatever it is given).
 
     A default of ``None`` (torch's ``RMSNorm``) is the machine epsilon of the
     compute dtype: float32's for float16, bfloat16 and float32 input.
     """
     op = prepared.op
+    if "eps" not in prepared.sample.kwargs:
+        return None
+    if model.fixed_eps is not None:
+        return model.fixed_eps
     if not prepared.case.default_eps:
-        return prepared.sample.kwargs.get("eps")
+        return prepared.sample.kwargs["eps"]
     value = getattr(model.convention, op.eps_field)
     if value is None:
         return 2.0 * unit_roundoff(compute_dtype(model, prepared.dtype))

@@ -35,6 +35,11 @@ def layer_norm(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
     return _affine((x - mean) / np.sqrt(var + eps), gamma, beta).astype(x.dtype)
 
 
+def layer_norm_ignoring_eps(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong: ignores the ``eps`` it is given and uses flax's default, 1e-6."""
+    return layer_norm(x, gamma, beta, axes=axes, eps=1e-6)
+
+
 def layer_norm_unbiased(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
     """Wrong: normalizes with the unbiased variance."""
     mean, var = _stats(x, _axes(x, axes), ddof=1)

@@ -33,6 +33,11 @@ def test_eps_outside_the_square_root():
     assert "eps_mode='add_std'" in found.verdict
 
 
+def test_eps_argument_ignored():
+    found = diagnose(planted.layer_norm_ignoring_eps, "layer_norm", dtypes=DTYPES)
+    assert found.explaining[0].changed == {"fixed_eps": 1e-6}
+
+
 def test_wrong_momentum_meaning():
     """torch's layer, but momentum taken as flax's weight of the old value."""
     result = check(planted.batch_norm_train_old_weight, "batch_norm_train", "torch", dtypes=DTYPES)
