@@ -7,7 +7,8 @@ declared convention) in exactly one field relevant to the op: biased or
 unbiased running variance, ``eps`` placement, momentum meaning, each preset's
 default ``eps``, variance algorithm, compute dtype, output dtype, and the
 extra hypotheses of :mod:`conformance.models` (an unbiased variance inside
-the normalization, per-group affine, float32 scalars, float32 statistics).
+the normalization, per-group affine, float32 scalars, float32 statistics, an
+``eps`` argument ignored for each preset's value).
 
 A hypothesis *explains* the implementation when every output of every row is
 within budget of the reference under it. Semantic hypotheses are tried with

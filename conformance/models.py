@@ -21,9 +21,10 @@ fields of that convention that explain it are named.
 
 A model's fields are of two kinds. *Semantic* fields change the exact
 result (``eps`` defaults and placement, running-variance correction,
-normalization correction, momentum meaning, affine layout, output dtype);
-the reference evaluates them exactly, in float64. *Arithmetic* fields
-(``variance_algorithm``, ``low_precision_compute``) change only how far a
+normalization correction, momentum meaning, affine layout, scalar dtype,
+fixed ``eps``, output dtype); the reference evaluates them exactly, in
+float64. *Arithmetic* fields (``variance_algorithm``,
+``low_precision_compute``, ``stash_dtype``) change only how far a
 correct implementation of that arithmetic may land from the exact result:
 they enter the error bound (:mod:`conformance.tolerances`).
 """
