@@ -56,14 +56,6 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
         if len(section.groups) > limit:
             lines.append(f"- ... and {len(section.groups) - limit} more (see the JSON report)")
         lines.append("")
-    forward_only = [i["implementation"] for i in run.implementations if not i.get("backward")]
-    if forward_only:
-        lines += [
-            "## Forward only",
-            "",
-            "Gradients were not checked for: " + ", ".join(forward_only) + ".",
-            "",
-        ]
     counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
     lines += [f"**Total**: {counts} (exit code {run.exit_code}).", ""]
     return "\n".join(lines)

@@ -222,6 +222,10 @@ def header(run: RunResult) -> list[tuple[str, str]]:
         ("python", f"{env.get('python', '')} on {env.get('platform', '')}"),
         ("time", f"{run.seconds:.1f} s"),
         (
+            "forward only",
+            ", ".join(i["implementation"] for i in run.implementations if not i.get("backward")),
+        ),
+        (
             "verdict",
             "every row within budget, explained by convention, or not implemented"
             if run.ok

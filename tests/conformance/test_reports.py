@@ -62,5 +62,5 @@ def test_reports_show_findings_failures_and_the_worst_element(mixed_run):
         assert "p99" in text
         assert "input |mean|/std up to" in text
     assert "| onnxruntime GroupNormalization-21 | group_norm |" in markdown
-    assert "Forward only" in markdown
+    assert "**forward only**: onnxruntime GroupNormalization-21" in markdown
     assert page.count("<svg") == 1
