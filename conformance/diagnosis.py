@@ -29,7 +29,8 @@ from conformance.api import function_under_test
 from conformance.cases import Case
 from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model, model_of, presets, variations
 from conformance.ops import get_op
-from conformance.runner import Row, quietly, select_cases
+from conformance.rows import Row, quietly
+from conformance.runner import select_cases
 
 
 @dataclass
