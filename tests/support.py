@@ -15,24 +15,6 @@ from typing import Any
 
 import numpy as np
 
-FLOAT_BITS = {
-    "float16": (11, -14),
-    "bfloat16": (8, -126),
-    "float32": (24, -126),
-    "float64": (53, -1022),
-}
-"""Significand precision p (with the implicit bit) and minimum normal exponent, per dtype."""
-
-
-def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Spacing of ``dtype`` at ``|values|`` (subnormal spacing below the normal range)."""
-    p, emin = FLOAT_BITS[dtype]
-    magnitude = np.abs(np.asarray(values, dtype=np.float64))
-    with np.errstate(divide="ignore"):
-        exponent = np.floor(np.log2(magnitude))
-    exponent = np.maximum(np.where(np.isfinite(exponent), exponent, emin), emin)
-    return np.ldexp(1.0, (exponent - p + 1).astype(np.int64))
-
 
 @dataclass(frozen=True)
 class Backend:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import normref
+from conformance.ulp import ulp
 from normref import FLAX, TORCH
-from tests.support import ulp
 
 
 def _large_mean_input(dtype=np.float32) -> np.ndarray:

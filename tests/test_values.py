@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conformance.ulp import ulp
 from normref.registry import REGISTRY
 from tests.reference import REFERENCES
 from tests.registry_cases import draw, on_backend, rounded
-from tests.support import Backend, assert_close_to_scale, ulp
+from tests.support import Backend, assert_close_to_scale
 
 REFERENCED = [pytest.param(REGISTRY[name], id=name) for name in REFERENCES]
 

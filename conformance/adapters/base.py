@@ -1,0 +1,129 @@
+"""What an adapter is: bindings from the suite's ops to one framework's implementations."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from conformance.arrays import ArrayKind, Evaluation, Function
+from conformance.models import NORMREF, Model
+from conformance.reference import Prepared
+from conformance.ulp import DTYPES
+
+
+class FrameworkLacksError(Exception):
+    """The framework has no implementation for this input (an op, a dtype, a layout).
+
+    Raised by a binding, it makes the case "not implemented" (with this
+    message as the reason) instead of a failure.
+    """
+
+
+Run = Callable[[Prepared, Model, bool], Evaluation]
+"""``run(prepared, model, backward)``: one call of the implementation (and of its backward)."""
+
+
+def same_dtype(dtype: str) -> str:
+    """Parameters held in the input's dtype (every implementation but flax's defaults)."""
+    return dtype
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One implementation of one op, as the suite runs it.
+
+    Attributes
+    ----------
+    op
+        The suite's op name (:data:`conformance.ops.CHECKED_OPS`).
+    label
+        The implementation's name, e.g. ``"torch.nn.functional.layer_norm"``.
+    framework
+        The adapter's name.
+    run
+        Calls the implementation on a prepared case (see :data:`Run`).
+    model
+        The convention the framework declares (its preset).
+    backward
+        Whether gradients are checked (``False``: the report says forward only).
+    dtypes
+        The dtypes the implementation accepts; others are "not implemented".
+    param_dtype
+        The dtype the implementation holds affine parameters and running
+        statistics in, for an input dtype.
+    model_dependent
+        Whether the call itself follows the model (a function with normref's
+        signature takes ``momentum`` in the model's meaning).
+    notes
+        Anything the report should say about this binding.
+    """
+
+    op: str
+    label: str
+    framework: str
+    run: Run
+    model: Model = NORMREF
+    backward: bool = True
+    dtypes: tuple[str, ...] = DTYPES
+    param_dtype: Callable[[str], str] = same_dtype
+    model_dependent: bool = False
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A framework: its declared convention and the bindings it has.
+
+    ``requires`` lists the modules that must be importable; the framework
+    itself is imported only inside the bindings' ``run``, so listing an
+    adapter never imports it.
+    """
+
+    name: str
+    description: str
+    model: Model
+    requires: tuple[str, ...]
+    bindings: tuple[Binding, ...]
+    versions: Callable[[], dict[str, str]] = field(default=dict)
+    install_hint: str = ""
+
+    def unavailable(self) -> str | None:
+        """Why the adapter cannot run here, or ``None`` when it can."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        return f"{', '.join(missing)} not installed" + (
+            f" ({self.install_hint})" if self.install_hint else ""
+        )
+
+    def ops(self) -> tuple[str, ...]:
+        """The ops this adapter implements, in binding order."""
+        return tuple(dict.fromkeys(b.op for b in self.bindings))
+
+
+STATE = ("running_mean", "running_var")
+
+
+def evaluate_on(
+    kind: ArrayKind,
+    prepared: Prepared,
+    fn: Function,
+    *,
+    backward: bool,
+    param_dtype: Callable[[str], str] = same_dtype,
+) -> Evaluation:
+    """Run ``fn`` on ``prepared``'s arrays as ``kind`` arrays (and its backward by autograd).
+
+    Affine parameters and running statistics are held in ``param_dtype`` of
+    the case's dtype, every other array in the case's dtype.
+    """
+    op = prepared.op
+    held = {*op.affine_args, *STATE}
+    inputs = {
+        name: (value, param_dtype(prepared.dtype) if name in held else prepared.dtype)
+        for name, value in prepared.sample.args.items()
+        if name in op.arrays and value is not None
+    }
+    wrt = tuple(n for n in op.differentiable if n in inputs)
+    return kind.evaluate(fn, inputs, wrt, prepared.dy if backward else None)

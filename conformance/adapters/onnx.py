@@ -1,0 +1,280 @@
+"""ONNX: one-node models run by onnxruntime and by onnx's reference evaluator (forward only).
+
+Each case builds a model of one node (BatchNormalization-15,
+LayerNormalization-17, GroupNormalization-21 and -18, InstanceNormalization-22,
+RMSNormalization-23) for its shapes and dtype, and runs it. ONNX has no
+backward: these bindings are checked forward only, and the report says so.
+
+Declared convention: :data:`normref.conventions.ONNX` (momentum 0.9 as the
+weight of the old value, biased running variance, ``eps`` 1e-5, the
+function bodies' ``E[x^2] - E[x]^2`` variance, ``stash_type`` float32).
+GroupNormalization-18 takes one scale and bias per *group*: its binding passes
+each group's first channel's values and declares ``group_affine="per_group"``
+(opset 21 takes them per channel, as normref). Sources: ``docs/conventions.md``.
+
+Layouts: the channel axis is moved to 1 and normalized axes to the end (ONNX
+normalizes ``[axis, rank)``); both moves are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from conformance.adapters.base import Adapter, Binding, FrameworkLacksError
+from conformance.arrays import Evaluation
+from conformance.models import Model
+from conformance.ops import get_op
+from conformance.reference import Prepared
+
+MODEL = Model(__import__("normref.conventions", fromlist=["ONNX"]).ONNX, scalar_dtype="float32")
+"""ONNX's convention; attributes (``epsilon``, ``momentum``) are float32."""
+STASHED = MODEL.replace(stash_dtype="float32")
+"""Ops with a ``stash_type`` attribute, whose default (1) computes statistics in float32."""
+DTYPES = ("float16", "float32", "float64")
+Runner = Callable[[Any, dict[str, np.ndarray], int], list[np.ndarray]]
+
+
+class Node:
+    """One ONNX node: its op, opset, inputs in order, attributes and number of outputs."""
+
+    def __init__(
+        self,
+        op_type: str,
+        opset: int,
+        inputs: dict[str, np.ndarray],
+        attributes: dict[str, Any],
+        outputs: int = 1,
+    ) -> None:
+        self.op_type, self.opset, self.inputs = op_type, opset, inputs
+        self.attributes, self.outputs = attributes, outputs
+
+    def model(self) -> Any:
+        """The node as an ONNX model."""
+        from onnx import helper
+
+        def info(name: str, value: np.ndarray) -> Any:
+            element = helper.np_dtype_to_tensor_dtype(value.dtype)
+            return helper.make_tensor_value_info(name, element, list(value.shape))
+
+        names = [f"y{i}" for i in range(self.outputs)]
+        element = helper.np_dtype_to_tensor_dtype(next(iter(self.inputs.values())).dtype)
+        node = helper.make_node(self.op_type, list(self.inputs), names, **self.attributes)
+        graph = helper.make_graph(
+            [node],
+            self.op_type,
+            [info(n, v) for n, v in self.inputs.items()],
+            [helper.make_tensor_value_info(n, element, None) for n in names],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+
+
+def _eps(prepared: Prepared) -> dict[str, float]:
+    return {} if prepared.case.default_eps else {"epsilon": float(prepared.sample.kwargs["eps"])}
+
+
+def _arrays(prepared: Prepared) -> dict[str, np.ndarray]:
+    return {
+        k: np.asarray(v, dtype=prepared.dtype)
+        for k, v in prepared.sample.args.items()
+        if isinstance(v, np.ndarray)
+    }
+
+
+def _affine(arrays: dict[str, np.ndarray], size: int, dtype: str) -> tuple[np.ndarray, ...]:
+    """scale and bias, with the identity where the case has none."""
+    scale = arrays.get("gamma", np.ones(size, dtype))
+    return scale, arrays.get("beta", np.zeros(np.shape(scale), dtype))
+
+
+# Each layout function returns (node, inverse) where inverse maps the node's y back.
+Layout = tuple[Node, Callable[[np.ndarray], np.ndarray]]
+
+
+def _channel_first(prepared: Prepared) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    axis = get_op(prepared.case.op).param_axes(prepared.sample)[0]
+    x = np.moveaxis(_arrays(prepared)["x"], axis, 1)
+    return x, lambda y: np.moveaxis(y, 1, axis)
+
+
+def _batch_normalization(training: bool) -> Callable[[Prepared], Layout]:
+    def node(prepared: Prepared) -> Layout:
+        arrays = _arrays(prepared)
+        x, back = _channel_first(prepared)
+        c = x.shape[1]
+        scale, bias = _affine(arrays, c, prepared.dtype)
+        mean = arrays.get("running_mean", np.zeros(c, prepared.dtype))
+        var = arrays.get("running_var", np.ones(c, prepared.dtype))
+        attributes: dict[str, Any] = {"training_mode": int(training), **_eps(prepared)}
+        momentum = prepared.sample.kwargs.get("momentum")
+        if momentum is not None:
+            attributes["momentum"] = 1.0 - momentum  # ONNX: the weight of the old value
+        inputs = {"X": x, "scale": scale, "B": bias, "input_mean": mean, "input_var": var}
+        outputs = 3 if training else 1
+        return Node("BatchNormalization", 15, inputs, attributes, outputs), back
+
+    return node
+
+
+def _trailing(prepared: Prepared) -> tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]]:
+    axes = get_op(prepared.case.op).param_axes(prepared.sample)
+    x = _arrays(prepared)["x"]
+    order = [a for a in range(x.ndim) if a not in axes] + list(axes)
+    inverse = sorted(range(x.ndim), key=order.__getitem__)
+    return x.transpose(order), x.ndim - len(axes), lambda y: y.transpose(inverse)
+
+
+def _layer_normalization(prepared: Prepared) -> Layout:
+    x, axis, back = _trailing(prepared)
+    arrays = _arrays(prepared)
+    scale = arrays.get("gamma", np.ones(x.shape[axis:], prepared.dtype))
+    inputs = {"X": x, "Scale": scale}
+    if "beta" in arrays:
+        inputs["B"] = arrays["beta"]
+    return Node("LayerNormalization", 17, inputs, {"axis": axis, **_eps(prepared)}), back
+
+
+def _rms_normalization(prepared: Prepared) -> Layout:
+    x, axis, back = _trailing(prepared)
+    scale = _arrays(prepared).get("gamma", np.ones(x.shape[axis:], prepared.dtype))
+    attributes = {"axis": axis, **_eps(prepared)}
+    return Node("RMSNormalization", 23, {"X": x, "scale": scale}, attributes), back
+
+
+def _instance_normalization(prepared: Prepared) -> Layout:
+    x, back = _channel_first(prepared)
+    scale, bias = _affine(_arrays(prepared), x.shape[1], prepared.dtype)
+    inputs = {"input": x, "scale": scale, "B": bias}
+    return Node("InstanceNormalization", 22, inputs, _eps(prepared)), back
+
+
+def _group_normalization(opset: int) -> Callable[[Prepared], Layout]:
+    def node(prepared: Prepared) -> Layout:
+        x, back = _channel_first(prepared)
+        groups = prepared.sample.args["num_groups"]
+        scale, bias = _affine(_arrays(prepared), x.shape[1], prepared.dtype)
+        if opset == 18:  # one value per group: each group's first channel's
+            size = x.shape[1] // groups
+            scale, bias = scale[::size], bias[::size]
+        inputs = {"X": x, "scale": scale, "bias": bias}
+        attributes = {"num_groups": groups, **_eps(prepared)}
+        return Node("GroupNormalization", opset, inputs, attributes), back
+
+    return node
+
+
+OUTPUTS = ("y", "running_mean", "running_var")
+
+
+def _run(layout: Callable[[Prepared], Layout], runner: Runner) -> Any:
+    def run(prepared: Prepared, _model: Model, _backward: bool) -> Evaluation:
+        if prepared.dtype not in DTYPES:
+            msg = f"{prepared.dtype} inputs are not run through ONNX here"
+            raise FrameworkLacksError(msg)
+        node, back = layout(prepared)
+        results = runner(node.model(), node.inputs, node.outputs)
+        names = OUTPUTS[: len(results)] if get_op(prepared.case.op).running_stats else ("y",)
+        values = {name: np.asarray(r) for name, r in zip(names, results, strict=False)}
+        values["y"] = back(values["y"])
+        return Evaluation(
+            {k: v.astype(np.float64) for k, v in values.items()},
+            {k: str(v.dtype) for k, v in values.items()},
+        )
+
+    return run
+
+
+def run_onnxruntime(model: Any, inputs: dict[str, np.ndarray], _outputs: int) -> list[Any]:
+    """Run ``model`` with onnxruntime's CPU provider; a missing kernel is "not implemented"."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:
+        if "NOT_IMPLEMENTED" in str(error):
+            raise FrameworkLacksError(str(error).splitlines()[0]) from error
+        raise
+    return session.run(None, inputs)
+
+
+def run_reference(model: Any, inputs: dict[str, np.ndarray], _outputs: int) -> list[Any]:
+    """Run ``model`` with ``onnx.reference.ReferenceEvaluator``."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, inputs)
+
+
+LAYOUTS: tuple[tuple[str, str, Callable[[Prepared], Layout], Model], ...] = (
+    ("batch_norm", "BatchNormalization-15 (training_mode=1)", _batch_normalization(True), MODEL),
+    (
+        "batch_norm_train",
+        "BatchNormalization-15 (training_mode=1, running statistics)",
+        _batch_normalization(True),
+        MODEL,
+    ),
+    ("batch_norm_inference", "BatchNormalization-15", _batch_normalization(False), MODEL),
+    ("layer_norm", "LayerNormalization-17", _layer_normalization, STASHED),
+    ("instance_norm", "InstanceNormalization-22", _instance_normalization, MODEL),
+    ("group_norm", "GroupNormalization-21", _group_normalization(21), STASHED),
+    (
+        "group_norm",
+        "GroupNormalization-18 (scale and bias per group)",
+        _group_normalization(18),
+        MODEL.replace(group_affine="per_group"),
+    ),
+    ("rms_norm", "RMSNormalization-23", _rms_normalization, STASHED),
+)
+
+
+def _bindings(framework: str, runner: Runner) -> tuple[Binding, ...]:
+    return tuple(
+        Binding(
+            op,
+            f"{framework} {label}",
+            framework,
+            _run(layout, runner),
+            model,
+            backward=False,
+            dtypes=DTYPES,
+            notes="forward only: ONNX has no backward",
+        )
+        for op, label, layout, model in LAYOUTS
+    )
+
+
+def _onnxruntime_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _onnx_versions() -> dict[str, str]:
+    import onnx
+
+    return {"onnx": onnx.__version__}
+
+
+ONNXRUNTIME = Adapter(
+    name="onnxruntime",
+    description="ONNX one-node models run by onnxruntime's CPU provider (forward only)",
+    model=MODEL,
+    requires=("onnx", "onnxruntime"),
+    bindings=_bindings("onnxruntime", run_onnxruntime),
+    versions=_onnxruntime_versions,
+    install_hint="pip install -e '.[onnx]'",
+)
+
+ONNX_REFERENCE = Adapter(
+    name="onnx-reference",
+    description="ONNX one-node models run by onnx.reference.ReferenceEvaluator (forward only)",
+    model=MODEL,
+    requires=("onnx",),
+    bindings=_bindings("onnx-reference", run_reference),
+    versions=_onnx_versions,
+    install_hint="pip install -e '.[onnx]'",
+)

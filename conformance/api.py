@@ -1,0 +1,186 @@
+"""The suite from Python: run frameworks, check one function, with settings recorded."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from conformance.adapters import get_adapter
+from conformance.adapters.base import Binding
+from conformance.adapters.function import function_binding
+from conformance.ops import CHECKED_OPS, get_op
+from conformance.results import CaseResult, RunResult, Status
+from conformance.runner import run_bindings, run_result
+from conformance.ulp import DTYPES
+
+DEFAULT_DTYPES: tuple[str, ...] = ("float32", "float64")
+"""The dtypes a run checks unless told otherwise (``--dtypes`` adds float16 and bfloat16)."""
+
+Progress = Callable[[int, str], None]
+
+
+def _check_names(values: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    values, known = list(values), list(known)
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        msg = f"unknown {what} {unknown}; known: {known}"
+        raise ValueError(msg)
+    return values
+
+
+def _environment(frameworks: dict[str, dict[str, str]]) -> dict[str, Any]:
+    import numpy
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "frameworks": frameworks,
+    }
+
+
+def _not_implemented(framework: str, op: str, dtypes: Sequence[str]) -> list[CaseResult]:
+    return [
+        CaseResult(
+            implementation=framework,
+            framework=framework,
+            op=op,
+            case=f"{op}/*",
+            kind="op",
+            seed=0,
+            dtype=dtype,
+            status=Status.NOT_IMPLEMENTED,
+            model="",
+            explanation=f"{framework} has no implementation of {op}",
+        )
+        for dtype in dtypes
+    ]
+
+
+def run(
+    frameworks: Sequence[str] = ("torch",),
+    *,
+    ops: Sequence[str] | None = None,
+    dtypes: Sequence[str] = DEFAULT_DTYPES,
+    case: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
+
+    A framework that is not installed is skipped, with the reason, in
+    :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
+    """
+    started = time.perf_counter()
+    dtypes = _check_names(dtypes, DTYPES, "dtypes")
+    if case is not None:
+        ops = [case.partition("/")[0]]
+    ops = _check_names(ops if ops is not None else CHECKED_OPS, CHECKED_OPS, "ops")
+    bindings: list[Binding] = []
+    lacking: list[CaseResult] = []
+    skipped: list[dict[str, str]] = []
+    versions: dict[str, dict[str, str]] = {}
+    for name in frameworks:
+        adapter = get_adapter(name)
+        reason = adapter.unavailable()
+        if reason is not None:
+            skipped.append({"framework": name, "reason": reason})
+            continue
+        versions[name] = adapter.versions()
+        bindings += [b for b in adapter.bindings if b.op in ops]
+        for op in ops:
+            if op not in adapter.ops():
+                lacking += _not_implemented(name, op, dtypes)
+    results = run_bindings(bindings, dtypes, case_id=case, seed=seed, progress=progress)
+    outcome = run_result(
+        results + lacking,
+        bindings,
+        frameworks=list(frameworks),
+        ops=list(ops),
+        dtypes=list(dtypes),
+        case=case,
+        seed=seed,
+    )
+    outcome.skipped = skipped
+    outcome.environment = _environment(versions)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def function_under_test(
+    fn: Callable[..., Any],
+    op: str,
+    convention: Any,
+    array_type: str,
+    vjp: Callable[..., Any] | None,
+    dtypes: Sequence[str] | None,
+) -> tuple[Binding, list[str]]:
+    """The binding of a user's function and the dtypes to check it at (default: all its array
+    type has)."""
+    get_op(op)
+    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
+    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
+    return binding, _check_names(chosen, DTYPES, "dtypes")
+
+
+def check(
+    fn: Callable[..., Any],
+    op: str,
+    convention: Any = None,
+    *,
+    array_type: str = "numpy",
+    vjp: Callable[..., Any] | None = None,
+    dtypes: Sequence[str] | None = None,
+    case: str | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Check a function with normref's signature for ``op`` against normref.
+
+    Parameters
+    ----------
+    fn
+        The implementation: called like normref's function for ``op`` (e.g.
+        ``fn(x, gamma, beta, axes=(-1,), eps=1e-5)`` for ``"layer_norm"``),
+        with arrays of ``array_type``.
+    op
+        The op's name (``conformance.ops.CHECKED_OPS``).
+    convention
+        The convention ``fn`` declares: a preset's name (``"torch"``), a
+        :class:`~normref.conventions.Convention`, a
+        :class:`~conformance.models.Model`, or ``None`` for normref's own.
+    array_type
+        ``"numpy"`` (default), ``"torch"`` or ``"jax"``.
+    vjp
+        A hand-written VJP with normref's VJP signature; without it the
+        backward is the framework's autograd, and NumPy functions are
+        checked forward only.
+    dtypes
+        Default: every dtype the array type has.
+    case, seed
+        One case id only; the suite's seed.
+
+    Returns
+    -------
+    RunResult
+        ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
+    """
+    started = time.perf_counter()
+    binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
+    results = run_bindings([binding], chosen, case_id=case, seed=seed, progress=progress)
+    outcome = run_result(
+        results,
+        [binding],
+        implementation=binding.label,
+        op=op,
+        dtypes=chosen,
+        case=case,
+        seed=seed,
+        array_type=array_type,
+    )
+    outcome.environment = _environment({})
+    outcome.seconds = time.perf_counter() - started
+    return outcome

@@ -1,0 +1,179 @@
+"""Array kinds: NumPy, torch and JAX arrays, converted exactly and differentiated by autograd.
+
+An implementation under test receives arrays of one kind; its backward is
+taken with that framework's own autograd (``torch.autograd.grad``,
+``jax.vjp``). NumPy has no autograd, so a NumPy implementation is checked
+forward only unless a hand-written VJP is given. Frameworks are imported only
+when their kind is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Native = Any
+Function = Callable[[dict[str, Native]], tuple[Native, dict[str, Native]]]
+"""An implementation as the runner calls it: arrays by name -> (y, running statistics by name)."""
+
+
+class ArrayKindUnavailableError(RuntimeError):
+    """The framework of an array kind is not installed."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one call produced, as float64 NumPy arrays with the native dtypes' names."""
+
+    values: dict[str, np.ndarray]
+    dtypes: dict[str, str]
+
+
+class ArrayKind:
+    """Conversions and autograd for one array library (subclasses below)."""
+
+    name = ""
+    dtypes: tuple[str, ...] = ()
+    has_autograd = True
+
+    def asarray(self, values: np.ndarray, dtype: str) -> Native:
+        """``values`` (exactly representable in ``dtype``) as a native array of ``dtype``."""
+        raise NotImplementedError
+
+    def to_numpy(self, array: Native) -> np.ndarray:
+        """A native array as a float64 NumPy array (exact)."""
+        raise NotImplementedError
+
+    def dtype_name(self, array: Native) -> str:
+        """The name of a native array's dtype (``"float32"``, ...)."""
+        return str(array.dtype).rsplit(".", 1)[-1]
+
+    def vjp(
+        self, fn: Function, arrays: dict[str, Native], wrt: tuple[str, ...], dy: np.ndarray
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
+        """``fn`` on ``arrays`` and the gradients of its ``y`` along ``dy`` for ``wrt``."""
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        fn: Function,
+        inputs: dict[str, tuple[np.ndarray, str]],
+        wrt: tuple[str, ...],
+        dy: np.ndarray | None,
+    ) -> Evaluation:
+        """Run ``fn`` on ``inputs`` (values and dtypes) and, given ``dy``, its backward."""
+        arrays = {name: self.asarray(values, dtype) for name, (values, dtype) in inputs.items()}
+        if dy is None:
+            y, state = fn(arrays)
+            grads: dict[str, Native | None] = {}
+        else:
+            y, state, grads = self.vjp(fn, arrays, wrt, dy)
+        outputs = {"y": y, **state}
+        values = {k: self.to_numpy(v) for k, v in outputs.items()}
+        dtypes = {k: self.dtype_name(v) for k, v in outputs.items()}
+        for name, grad in grads.items():
+            if grad is None:  # y does not depend on it: its gradient is zero
+                values[f"d{name}"] = np.zeros(np.shape(inputs[name][0]))
+                dtypes[f"d{name}"] = inputs[name][1]
+            else:
+                values[f"d{name}"] = self.to_numpy(grad)
+                dtypes[f"d{name}"] = self.dtype_name(grad)
+        return Evaluation(values, dtypes)
+
+
+class NumpyKind(ArrayKind):
+    """NumPy arrays (float16, float32, float64; no bfloat16, no autograd)."""
+
+    name = "numpy"
+    dtypes = ("float16", "float32", "float64")
+    has_autograd = False
+
+    def asarray(self, values: np.ndarray, dtype: str) -> Native:
+        return np.asarray(values, dtype=dtype)
+
+    def to_numpy(self, array: Native) -> np.ndarray:
+        return np.asarray(array, dtype=np.float64)
+
+
+class TorchKind(ArrayKind):
+    """torch tensors on the CPU; gradients by ``torch.autograd.grad``."""
+
+    name = "torch"
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+
+    def __init__(self) -> None:
+        try:
+            import torch
+        except ImportError as error:
+            msg = "torch is not installed (pip install -e '.[torch]')"
+            raise ArrayKindUnavailableError(msg) from error
+        self.torch = torch
+
+    def asarray(self, values: np.ndarray, dtype: str) -> Native:
+        torch = self.torch
+        return torch.from_numpy(np.array(values, dtype=np.float64)).to(getattr(torch, dtype))
+
+    def to_numpy(self, array: Native) -> np.ndarray:
+        return array.detach().to(self.torch.float64).cpu().numpy()
+
+    def vjp(self, fn, arrays, wrt, dy):
+        torch = self.torch
+        leaves = [arrays[name].requires_grad_(True) for name in wrt]
+        y, state = fn(arrays)
+        cotangent = torch.from_numpy(np.array(dy, dtype=np.float64)).to(y.dtype)
+        grads = torch.autograd.grad(y, leaves, grad_outputs=cotangent, allow_unused=True)
+        return y, state, dict(zip(wrt, grads, strict=True))
+
+
+class JaxKind(ArrayKind):
+    """JAX arrays (64-bit mode enabled, for float64); gradients by ``jax.vjp``."""
+
+    name = "jax"
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+
+    def __init__(self) -> None:
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as error:
+            msg = "jax is not installed (pip install -e '.[jax]')"
+            raise ArrayKindUnavailableError(msg) from error
+        jax.config.update("jax_enable_x64", True)
+        self.jax, self.jnp = jax, jnp
+
+    def asarray(self, values: np.ndarray, dtype: str) -> Native:
+        return self.jnp.asarray(
+            np.asarray(values, dtype=np.float64), dtype=getattr(self.jnp, dtype)
+        )
+
+    def to_numpy(self, array: Native) -> np.ndarray:
+        return np.asarray(array.astype(self.jnp.float64))
+
+    def vjp(self, fn, arrays, wrt, dy):
+        def on(*primals: Native) -> tuple[Native, dict[str, Native]]:
+            return fn({**arrays, **dict(zip(wrt, primals, strict=True))})
+
+        y, pullback, state = self.jax.vjp(on, *(arrays[n] for n in wrt), has_aux=True)
+        grads = pullback(self.jnp.asarray(dy, dtype=y.dtype))
+        return y, state, dict(zip(wrt, grads, strict=True))
+
+
+ARRAY_KINDS: dict[str, Callable[[], ArrayKind]] = {
+    "numpy": NumpyKind,
+    "torch": TorchKind,
+    "jax": JaxKind,
+}
+"""Every array kind, by name (created on first use)."""
+
+
+def array_kind(name: str) -> ArrayKind:
+    """The array kind ``name``; :class:`ValueError` for an unknown one."""
+    try:
+        factory = ARRAY_KINDS[name]
+    except KeyError:
+        msg = f"array type must be one of {sorted(ARRAY_KINDS)}, got {name!r}"
+        raise ValueError(msg) from None
+    return factory()

@@ -1,0 +1,405 @@
+"""Cases: the inputs every implementation is checked on, each with a stable id and seed.
+
+For every op the suite draws
+
+* **edge cases**, deterministic: a typical input, the layer's default ``eps``
+  (the implementation is called without ``eps``), constant groups, one
+  outlier of 1e4, a mean of 1e4 (``|mean|/std = 1e4``), tiny (1e-4) and huge
+  (1e4) scales, values near float16's largest (6e4) and smallest normal
+  (6.1e-5) magnitudes, a NaN, shapes with a size-1 axis, groups of one and
+  of two samples, and odd values of integer arguments (``num_groups=3``);
+* **drawn cases**, from hypothesis strategies (scale, shift in units of the
+  scale, distribution, shape and arguments from the registry's sampler), with
+  hypothesis seeded by the suite's seed so that they are the same in every run.
+
+A case on which normref itself raises (a group of one sample) is an
+*error-path* case: the implementation under test is expected to refuse it
+too, and the report says which value it returns if it does not.
+
+Every case is identified by ``"<op>/<name>"`` and re-run alone with
+``--case <id>``; its ``seed`` fixes its random data and cotangent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat.numpy as xp_numpy
+import numpy as np
+
+from conformance.ops import CHECKED_OPS, CheckedOp, get_op
+from normref.registry import Sample
+
+EDGE_SHAPE = (4, 6, 5)
+"""The shape of most edge cases' primary input: groups of 5 to 20 samples for every layer."""
+
+ODD_SHAPE = (6, 15, 4)
+"""A shape whose axes have odd divisors, for odd values of integer arguments."""
+
+DRAWN_PER_OP = 6
+"""Hypothesis-drawn cases per op."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of one op.
+
+    Attributes
+    ----------
+    id
+        ``"<op>/<name>"``, stable across runs.
+    op
+        The op's name.
+    kind
+        ``"edge"``, ``"drawn"`` or ``"error"`` (normref refuses the input).
+    description
+        What the case exercises.
+    seed
+        The seed of its random data and of its cotangent.
+    sample
+        The float64 inputs, before rounding to the dtype under test.
+    default_eps
+        The implementation is called without ``eps``; the reference uses the
+        model's default for the layer.
+    parameters
+        How a drawn case was drawn (scale, shift, distribution, seed).
+    error
+        For error-path cases, normref's message.
+    """
+
+    id: str
+    op: str
+    kind: str
+    description: str
+    seed: int
+    sample: Sample
+    default_eps: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The case's name within its op."""
+        return self.id.split("/", 1)[1]
+
+    def cotangent(self) -> np.ndarray:
+        """The output's cotangent: standard normal, of the primary input's shape."""
+        shape = np.shape(self.sample.args[get_op(self.op).spec.primary])
+        return np.random.default_rng([self.seed, 1]).standard_normal(shape)
+
+
+def case_seed(op: str, name: str, suite_seed: int) -> int:
+    """A stable seed for case ``name`` of ``op`` (CRC-32 of the id, mixed with the suite's)."""
+    return zlib.crc32(f"{op}/{name}".encode()) ^ (suite_seed * 0x9E3779B1 % 2**32)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+XTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def _scaled(factor: float) -> XTransform:
+    return lambda x, _rng: x * factor
+
+
+def _outlier(x: np.ndarray, _rng: np.random.Generator) -> np.ndarray:
+    x = x.copy()
+    x.flat[x.size // 2] = 1e4
+    return x
+
+
+def _nan(x: np.ndarray, _rng: np.random.Generator) -> np.ndarray:
+    x = x.copy()
+    x.flat[0] = np.nan
+    return x
+
+
+def _uniform(bound: float) -> XTransform:
+    return lambda x, rng: rng.uniform(-bound, bound, size=x.shape)
+
+
+VALUE_CASES: dict[str, tuple[str, XTransform]] = {
+    "outlier-1e4": ("one value of 1e4 among standard normal values", _outlier),
+    "mean-1e4": ("mean 1e4, std 1: |mean|/std = 1e4", lambda x, _rng: x + 1e4),
+    "scale-1e-4": ("standard normal times 1e-4: the variance is far below eps", _scaled(1e-4)),
+    "scale-1e4": ("standard normal times 1e4: squares beyond float16's range", _scaled(1e4)),
+    "float16-max": ("uniform in [-6e4, 6e4], near float16's largest value", _uniform(6e4)),
+    "float16-tiny": (
+        "standard normal times 6.1e-5, float16's smallest normal magnitude",
+        _scaled(6.1e-5),
+    ),
+    "nan": ("one NaN: it propagates to its group", _nan),
+}
+"""Edge cases that transform the primary input of a typical sample: (description, transform)."""
+
+
+def _int_args(sample: Sample) -> list[str]:
+    return [k for k, v in sample.args.items() if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _try_sample(
+    op: CheckedOp, rng: np.random.Generator, shape: tuple[int, ...] | None
+) -> Sample | None:
+    try:
+        return op.sample(rng, shape)
+    except ValueError:
+        # the registry's sampler has no valid arguments for this shape (e.g. no divisor)
+        return None
+
+
+def _reference_error(op: CheckedOp, sample: Sample) -> str | None:
+    from conformance.models import NORMREF
+
+    try:
+        op.reference(sample, NORMREF)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+class _Builder:
+    """Collects the cases of one op, classifying each as a value or an error-path case."""
+
+    def __init__(self, op: CheckedOp, suite_seed: int) -> None:
+        self.op = op
+        self.suite_seed = suite_seed
+        self.cases: list[Case] = []
+
+    def rng(self, name: str) -> tuple[int, np.random.Generator]:
+        seed = case_seed(self.op.name, name, self.suite_seed)
+        return seed, np.random.default_rng(seed)
+
+    def add(self, name: str, description: str, seed: int, sample: Sample, **extra: Any) -> None:
+        error = _reference_error(self.op, sample)
+        self.cases.append(
+            Case(
+                f"{self.op.name}/{name}",
+                self.op.name,
+                "error" if error else extra.pop("kind", "edge"),
+                description,
+                seed,
+                sample,
+                error=error,
+                **extra,
+            )
+        )
+
+    def base(self, name: str, shape: tuple[int, ...] | None = EDGE_SHAPE) -> tuple[int, Sample]:
+        seed, rng = self.rng(name)
+        sample = _try_sample(self.op, rng, shape) or self.op.sample(rng)
+        return seed, sample
+
+
+def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
+    """The deterministic edge cases of ``op`` (see the module docstring)."""
+    build = _Builder(op, suite_seed)
+    primary = op.spec.primary
+    seed, sample = build.base("typical")
+    build.add("typical", "standard normal input of a typical shape", seed, sample)
+    if op.eps_field is not None:
+        seed, sample = build.base("default-eps")
+        build.add(
+            "default-eps",
+            "called without eps: the layer's default applies",
+            seed,
+            sample,
+            default_eps=True,
+        )
+    if op.partition(sample) is not None:
+        seed, sample = build.base("constant-groups")
+        build.add(
+            "constant-groups",
+            "every group constant: the output is 0 by cancellation",
+            seed,
+            sample.replace(**{primary: _constant_groups(op, sample, np.random.default_rng(seed))}),
+        )
+    for name, (description, transform) in VALUE_CASES.items():
+        seed, sample = build.base(name)
+        x = transform(sample.args[primary], np.random.default_rng(seed))
+        build.add(name, description, seed, sample.replace(**{primary: x}))
+    _size_one_axes(build)
+    _group_sizes(build)
+    _odd_arguments(build)
+    return build.cases
+
+
+def _constant_groups(op: CheckedOp, sample: Sample, rng: np.random.Generator) -> np.ndarray:
+    partition = op.partition(sample)
+    values = rng.standard_normal((partition.G, 1, partition.D))
+    spread = np.broadcast_to(values, (partition.G, partition.M, partition.D))
+    return np.asarray(partition.from_canonical(xp_numpy, np.ascontiguousarray(spread)))
+
+
+def _size_one_axes(build: _Builder) -> None:
+    for axis in range(len(EDGE_SHAPE)):
+        shape = tuple(1 if i == axis else s for i, s in enumerate(EDGE_SHAPE))
+        name = f"size-1-axis-{axis}"
+        seed, rng = build.rng(name)
+        sample = _try_sample(build.op, rng, shape)
+        if sample is not None:
+            build.add(name, f"x of shape {shape}: axis {axis} has size 1", seed, sample)
+
+
+def _group_sizes(build: _Builder) -> None:
+    """Groups of exactly one and of two samples (the largest input that has them)."""
+    op = build.op
+    if op.spec.partition is None:
+        return
+    for size, name, what in (
+        (1, "one-sample-groups", "groups of one sample: no variance exists"),
+        (2, "two-sample-groups", "groups of two samples: each output is ±1, its gradient ~0"),
+    ):
+        seed = case_seed(op.name, name, build.suite_seed)
+        found = _largest_with_group_size(op, size, seed)
+        if found is not None:
+            build.add(name, f"{what}; x of shape {found.args[op.spec.primary].shape}", seed, found)
+
+
+def _largest_with_group_size(op: CheckedOp, size: int, seed: int) -> Sample | None:
+    best: Sample | None = None
+    for shape in itertools.product(*((1, 2, s) for s in EDGE_SHAPE)):
+        sample = _try_sample(op, np.random.default_rng(seed), shape)
+        if sample is None:
+            continue
+        for variant in _int_variants(sample, range(1, max(shape) + 1)):
+            if _group_size(op, variant) == size and (
+                best is None or math.prod(shape) > best.args[op.spec.primary].size
+            ):
+                best = variant
+    return best
+
+
+def _group_size(op: CheckedOp, sample: Sample) -> int | None:
+    try:
+        return op.partition(sample).M
+    except ValueError:
+        # integer arguments that do not fit the shape (num_groups not dividing C)
+        return None
+
+
+def _int_variants(sample: Sample, values: range | tuple[int, ...]) -> Iterator[Sample]:
+    names = _int_args(sample)
+    if not names:
+        yield sample
+        return
+    for combination in itertools.product(values, repeat=len(names)):
+        variant = sample.replace(**dict(zip(names, combination, strict=True)))
+        yield variant
+
+
+def _odd_arguments(build: _Builder) -> None:
+    op = build.op
+    seed, rng = build.rng("odd")
+    sample = _try_sample(op, rng, ODD_SHAPE)
+    if sample is None or not _int_args(sample):
+        return
+    for value in (3, 5):
+        variant = sample.replace(**dict.fromkeys(_int_args(sample), value))
+        if _reference_error(op, variant) is None:
+            described = ", ".join(f"{k}={value}" for k in _int_args(sample))
+            build.add(f"odd-{value}", f"x of shape {ODD_SHAPE} with {described}", seed, variant)
+
+
+# --------------------------------------------------------------------------- drawn cases
+
+
+DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]] = {
+    "normal": lambda rng, shape: rng.standard_normal(shape),
+    "uniform": lambda rng, shape: rng.uniform(-math.sqrt(3), math.sqrt(3), size=shape),
+    "laplace": lambda rng, shape: rng.laplace(0.0, 1 / math.sqrt(2), size=shape),
+    "two-point": lambda rng, shape: rng.choice([-1.0, 1.0], size=shape),
+}
+"""Distributions of zero mean and unit variance that drawn inputs are made of."""
+
+
+def _strategy(op: CheckedOp) -> Any:
+    from hypothesis import strategies as st
+
+    parts = {
+        "seed": st.integers(0, 2**32 - 1),
+        "scale": st.sampled_from([1e-3, 1e-1, 1.0, 1e1, 1e3]),
+        "shift": st.sampled_from([0.0, 1.0, 10.0, 100.0]),
+        "distribution": st.sampled_from(sorted(DISTRIBUTIONS)),
+    }
+    if op.running_stats:
+        parts["batch_weight"] = st.sampled_from([0.01, 0.1, 0.5, 0.9])
+    return st.fixed_dictionaries(parts)
+
+
+def _hypothesis_draws(op: CheckedOp, count: int, suite_seed: int) -> list[dict[str, Any]]:
+    """``count`` draws of ``op``'s strategy, the same in every run with the same seed."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    found: list[dict[str, Any]] = []
+
+    @settings(
+        database=None,
+        max_examples=count,
+        derandomize=False,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis_seed(case_seed(op.name, "drawn", suite_seed))
+    @given(_strategy(op))
+    def collect(parameters: dict[str, Any]) -> None:
+        found.append(parameters)
+
+    collect()
+    return found[:count]
+
+
+def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -> list[Case]:
+    """``count`` hypothesis-drawn cases of ``op`` (see the module docstring)."""
+    build = _Builder(op, suite_seed)
+    for k, parameters in enumerate(_hypothesis_draws(op, count, suite_seed)):
+        rng = np.random.default_rng(parameters["seed"])
+        sample = op.sample(rng)
+        x = sample.args[op.spec.primary]
+        z = DISTRIBUTIONS[parameters["distribution"]](rng, x.shape)
+        changes: dict[str, Any] = {op.spec.primary: parameters["scale"] * (parameters["shift"] + z)}
+        if op.running_stats:
+            changes["momentum"] = parameters["batch_weight"]
+        described = ", ".join(
+            f"{k}={parameters[k]}"
+            for k in ("scale", "shift", "distribution", "batch_weight")
+            if k in parameters
+        )
+        build.add(
+            f"drawn-{k}",
+            f"hypothesis draw: {described}; x of shape {x.shape}",
+            parameters["seed"],
+            sample.replace(**changes),
+            kind="drawn",
+            parameters=parameters,
+        )
+    return build.cases
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def cases_for(op: str, *, suite_seed: int = 0, drawn: int = DRAWN_PER_OP) -> list[Case]:
+    """Every case of ``op``: edge cases, then drawn ones."""
+    checked = get_op(op)
+    return edge_cases(checked, suite_seed) + drawn_cases(checked, drawn, suite_seed)
+
+
+def find_case(case_id: str, *, suite_seed: int = 0) -> Case:
+    """The case with id ``case_id`` (``"<op>/<name>"``); :class:`ValueError` if there is none."""
+    op, _, _ = case_id.partition("/")
+    if op not in CHECKED_OPS:
+        msg = f"case id must start with an op name ({sorted(CHECKED_OPS)}), got {case_id!r}"
+        raise ValueError(msg)
+    for case in cases_for(op, suite_seed=suite_seed):
+        if case.id == case_id:
+            return case
+    known = ", ".join(c.id for c in cases_for(op, suite_seed=suite_seed))
+    msg = f"no case {case_id!r}; the cases of {op} are: {known}"
+    raise ValueError(msg)

@@ -1,0 +1,247 @@
+"""``normref-conformance``: run, diagnose, export golden vectors, render reports.
+
+Exit codes: 0 when every row is within budget, differs by convention
+(explained) or is not implemented; 1 when any row fails (``diagnose``: when
+no convention explains the implementation); 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """A command line that cannot run (exit code 2)."""
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normref-conformance",
+        description="Check implementations of normalization against normref.",
+    )
+    parser.add_argument("--list", action="store_true", help="list frameworks and ops, then exit")
+    commands = parser.add_subparsers(dest="command")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--dtypes", help="comma-separated dtypes (default: float32,float64)")
+        sub.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
+
+    def impl(sub: argparse.ArgumentParser) -> None:
+        from conformance.adapters.function import FUNCTION_OPTIONS
+
+        for name, options in FUNCTION_OPTIONS:
+            sub.add_argument(f"--{name}", **options)
+
+    run = commands.add_parser("run", help="check frameworks or a function")
+    run.add_argument("--framework", action="append", help="framework(s), comma-separated")
+    run.add_argument("--ops", help="comma-separated ops (default all)")
+    run.add_argument("--case", help="run one case by id, e.g. layer_norm/outlier-1e4")
+    run.add_argument("--list", action="store_true", help="list frameworks and ops, then exit")
+    for flag in ("--json", "--markdown", "--html"):
+        run.add_argument(flag, help=f"write the {flag[2:]} report to this file")
+    common(run)
+    impl(run)
+
+    diagnose = commands.add_parser("diagnose", help="which convention explains a function")
+    impl(diagnose)
+    common(diagnose)
+    diagnose.add_argument("--json", help="write the diagnosis as JSON to this file")
+
+    golden = commands.add_parser("export-golden", help="write golden vectors (NPZ + manifest)")
+    golden.add_argument("--out", required=True, help="directory to write into")
+    golden.add_argument("--ops", help="comma-separated ops (default all)")
+    golden.add_argument("--convention", help="the convention of the reference (default normref)")
+    golden.add_argument(
+        "--dtypes", default="float16,bfloat16,float32,float64", help="comma-separated dtypes"
+    )
+    golden.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
+
+    report = commands.add_parser("report", help="render a JSON result file")
+    report.add_argument("results", help="a JSON file written by run --json")
+    report.add_argument("--markdown", help="write the Markdown report to this file")
+    report.add_argument("--html", help="write the HTML report to this file")
+    return parser
+
+
+def list_everything() -> str:
+    """Frameworks (availability, convention, what each covers) and ops."""
+    from conformance.adapters import ADAPTERS, get_adapter
+    from conformance.ops import CHECKED_OPS
+
+    lines = ["frameworks:"]
+    for name in ADAPTERS:
+        adapter = get_adapter(name)
+        reason = adapter.unavailable()
+        state = "available" if reason is None else f"unavailable: {reason}"
+        lines.append(f"  {name} ({state}); convention {adapter.model.name}")
+        lines.append(f"    {adapter.description}")
+        for binding in adapter.bindings:
+            extra = "" if binding.backward else " (forward only)"
+            lines.append(f"    {binding.op:22s} {binding.label}{extra}")
+        missing = [op for op in CHECKED_OPS if op not in adapter.ops()]
+        if missing:
+            lines.append(f"    not implemented: {', '.join(missing)}")
+    lines.append("ops: " + ", ".join(CHECKED_OPS))
+    return "\n".join(lines)
+
+
+def _function(args: argparse.Namespace) -> dict[str, Any]:
+    from conformance.adapters.function import load_function
+    from conformance.ops import get_op
+
+    if not args.impl or not args.op:
+        msg = "--impl needs --op (the op it implements)"
+        raise UsageError(msg)
+    get_op(args.op)
+    try:
+        fn = load_function(args.impl)
+        vjp = load_function(args.impl_vjp) if args.impl_vjp else None
+    except TypeError as error:
+        raise UsageError(str(error)) from error
+    return {
+        "fn": fn,
+        "op": args.op,
+        "convention": args.convention,
+        "array_type": args.array_type,
+        "vjp": vjp,
+    }
+
+
+def _write_reports(result: Any, args: argparse.Namespace) -> None:
+    from conformance.reports import to_html, to_markdown
+
+    if getattr(args, "json", None):
+        result.write_json(args.json)
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(result))
+    if args.html:
+        Path(args.html).write_text(to_html(result))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from conformance import api
+    from conformance.reports import print_report, progress_bar
+
+    if args.list:
+        print(list_everything())
+        return 0
+    dtypes = _names(args.dtypes)
+    frameworks = [f for group in args.framework or [] for f in _names(group) or []]
+    if args.impl and frameworks:
+        msg = "give either --framework or --impl, not both"
+        raise UsageError(msg)
+    with progress_bar() as progress:
+        if args.impl:
+            function = _function(args)
+            result = api.check(
+                function.pop("fn"),
+                function.pop("op"),
+                **function,
+                dtypes=dtypes,
+                case=args.case,
+                seed=args.seed,
+                progress=progress,
+            )
+        else:
+            result = api.run(
+                frameworks or ["torch"],
+                ops=_names(args.ops),
+                dtypes=dtypes or api.DEFAULT_DTYPES,
+                case=args.case,
+                seed=args.seed,
+                progress=progress,
+            )
+    print_report(result)
+    _write_reports(result, args)
+    return result.exit_code
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from conformance.diagnosis import diagnose
+    from conformance.reports import progress_bar
+
+    function = _function(args)
+    with progress_bar(what="diagnosing") as progress:
+        found = diagnose(
+            function.pop("fn"),
+            function.pop("op"),
+            **function,
+            dtypes=_names(args.dtypes),
+            seed=args.seed,
+            progress=progress,
+        )
+    for hypothesis in found.hypotheses:
+        mark = (
+            "explains"
+            if hypothesis.explains
+            else (f"{len(hypothesis.failing)}/{hypothesis.total} rows out of budget")
+        )
+        print(f"  {hypothesis.name:60s} {mark}")
+    print(found.verdict)
+    if args.json:
+        Path(args.json).write_text(json.dumps(found.to_json(), indent=1) + "\n")
+    return 0 if found.explaining else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from conformance.golden import export_golden
+
+    path = export_golden(
+        args.out,
+        ops=_names(args.ops),
+        dtypes=_names(args.dtypes) or (),
+        convention=args.convention,
+        seed=args.seed,
+    )
+    count = len(json.loads(path.read_text())["vectors"])
+    print(f"wrote {count} vectors and {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from conformance.reports import print_report
+    from conformance.results import RunResult
+
+    try:
+        result = RunResult.read_json(args.results)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read {args.results}: {error}") from error
+    print_report(result)
+    _write_reports(result, args)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        if args.list and args.command is None:
+            print(list_everything())
+            return 0
+        if args.command is None:
+            parser.print_usage(sys.stderr)
+            return USAGE_ERROR
+        commands = {"run": _run, "diagnose": _diagnose, "export-golden": _export, "report": _report}
+        return commands[args.command](args)
+    except (UsageError, ValueError) as error:
+        print(f"normref-conformance: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

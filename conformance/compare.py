@@ -1,0 +1,166 @@
+"""Comparing an implementation's outputs with the reference, element by element, in ulps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from conformance.terms import OpTerms
+from conformance.tolerances import Arithmetic, element_bounds
+from conformance.ulp import round_to, ulp
+
+
+def direction_of(name: str) -> str:
+    """``"forward"`` for ``y``, ``"state"`` for running statistics, ``"backward"`` for gradients."""
+    if name == "y":
+        return "forward"
+    if name.startswith("running_"):
+        return "state"
+    return "backward"
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output (``y``, a running statistic or a gradient) of one evaluation, against its bound.
+
+    Attributes
+    ----------
+    name, direction
+        The output (``"y"``, ``"running_var"``, ``"dx"``, ...) and
+        ``"forward"``, ``"state"`` or ``"backward"``.
+    ok
+        Right dtype and shape, and every element within its bound.
+    dtype, expected_dtype
+        The implementation's and the model's dtype of the output.
+    max_ulps, p99_ulps
+        The largest and the 99th-percentile error, in ulps of the expected
+        dtype at the scale of the terms (``inf`` where a value is non-finite
+        and the exact one is not).
+    used
+        The largest ratio of error to bound (> 1: out of budget).
+    worst_index, budget_ulps, actual, expected
+        Where that ratio is largest: the index, the bound there in ulps, the
+        implementation's and the exact value.
+    reference_ulps
+        The float64 reference's own error bound, at worst, in ulps of the exact values: how
+        well the input's conditioning lets float64 determine them.
+    input_value
+        The primary input at ``worst_index`` (when the output has its shape).
+    problem
+        What made the output unusable (missing, wrong shape, wrong dtype), or ``None``.
+    """
+
+    name: str
+    direction: str
+    ok: bool
+    dtype: str | None
+    expected_dtype: str
+    max_ulps: float
+    p99_ulps: float
+    used: float
+    worst_index: tuple[int, ...]
+    budget_ulps: float
+    actual: float | None
+    expected: float | None
+    reference_ulps: float
+    input_value: float | None = None
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The check as JSON-ready values (non-finite floats as strings)."""
+        return {k: _jsonable(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def compare_output(
+    name: str,
+    actual: np.ndarray | None,
+    actual_dtype: str | None,
+    exact: np.ndarray,
+    terms: OpTerms,
+    expected_dtype: str,
+    arithmetic: Arithmetic,
+    primary: np.ndarray,
+) -> OutputCheck:
+    """Check one output element by element against its bound (:mod:`conformance.tolerances`)."""
+    direction = direction_of(name)
+    if actual is None:
+        return _unusable(name, direction, actual_dtype, expected_dtype, "the output is missing")
+    actual = np.asarray(actual, dtype=np.float64)
+    if actual.shape != exact.shape:
+        problem = f"shape {actual.shape}, expected {exact.shape}"
+        return _unusable(name, direction, actual_dtype, expected_dtype, problem)
+    bounds = element_bounds(terms, name, exact, expected_dtype, arithmetic)
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(actual - exact)
+        # the correctly rounded result is always right, even where it overflows to infinity
+        rounded = round_to(exact, expected_dtype)
+        same = (actual == exact) | (actual == rounded) | (np.isnan(actual) & np.isnan(exact))
+        error = np.where(same, 0.0, np.where(np.isnan(error), np.inf, error))
+        ulps = error / bounds.unit
+        ratio = np.where(error == 0, 0.0, error / bounds.bound)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    flat = int(np.argmax(ratio)) if ratio.size else 0
+    index = tuple(int(i) for i in np.unravel_index(flat, ratio.shape)) if ratio.size else ()
+    problem = None
+    if actual_dtype != expected_dtype:
+        problem = f"dtype {actual_dtype}, expected {expected_dtype}"
+    return OutputCheck(
+        name=name,
+        direction=direction,
+        ok=problem is None and bool(np.all(ratio <= 1.0)),
+        dtype=actual_dtype,
+        expected_dtype=expected_dtype,
+        max_ulps=float(np.max(ulps, initial=0.0)),
+        # "higher" picks an element: no interpolation between infinities
+        p99_ulps=float(np.percentile(ulps, 99, method="higher")) if ulps.size else 0.0,
+        used=float(np.max(ratio, initial=0.0)),
+        worst_index=index,
+        budget_ulps=float(bounds.bound[index] / bounds.unit[index]) if ratio.size else 0.0,
+        actual=float(actual[index]) if ratio.size else None,
+        expected=float(exact[index]) if ratio.size else None,
+        reference_ulps=_reference_ulps(bounds.reference, exact, expected_dtype),
+        input_value=float(primary[index]) if primary.shape == exact.shape and ratio.size else None,
+        problem=problem,
+    )
+
+
+def _reference_ulps(reference: np.ndarray, exact: np.ndarray, dtype: str) -> float:
+    """The reference's own bound in ulps of the exact values (not of the terms): this grows with
+    the input's conditioning, as |mean|/std. Exact zeros, which have no ulp of their own, are
+    left out."""
+    nonzero = np.isfinite(exact) & (exact != 0)
+    if not nonzero.any():
+        return 0.0
+    return float(np.nanmax(reference[nonzero] / ulp(exact[nonzero], dtype)))
+
+
+def _unusable(
+    name: str, direction: str, dtype: str | None, expected_dtype: str, problem: str
+) -> OutputCheck:
+    inf = float("inf")
+    return OutputCheck(
+        name,
+        direction,
+        False,
+        dtype,
+        expected_dtype,
+        inf,
+        inf,
+        inf,
+        (),
+        0.0,
+        None,
+        None,
+        0.0,
+        problem=problem,
+    )

@@ -1,0 +1,104 @@
+"""A pytest plugin: run the suite's cases on one implementation as parametrized tests.
+
+``pytest --normref-impl mypkg.norms:my_layer_norm --normref-op layer_norm``
+collects one test per case and dtype (``normref::layer_norm/outlier-1e4[float32]``)
+in the session, besides the project's own tests. A row that fails is a failed
+test with the report's lines; "not implemented" is a skip with the reason;
+a row that differs by convention passes, with the explanation recorded in the
+test's ``user_properties``. Options: ``--normref-convention``,
+``--normref-array-type``, ``--normref-impl-vjp``, ``--normref-dtypes``,
+``--normref-seed``. Without ``--normref-impl`` the plugin does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from conformance.adapters.function import FUNCTION_OPTIONS
+
+    group = parser.getgroup("normref", "normref conformance cases")
+    for name, options in FUNCTION_OPTIONS:
+        group.addoption(f"--normref-{name}", **options)
+    group.addoption("--normref-dtypes", help="comma-separated dtypes (default: all it takes)")
+    group.addoption("--normref-seed", type=int, default=0, help="the suite's seed")
+
+
+class CaseFailedError(Exception):
+    """A case out of budget (the message is the report's lines)."""
+
+
+class CaseItem(pytest.Item):
+    """One case at one dtype."""
+
+    def __init__(self, *, binding: Any, case: Any, dtype: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.binding, self.case, self.dtype = binding, case, dtype
+
+    def runtest(self) -> None:
+        from conformance.reports.summary import output_line
+        from conformance.results import Status
+        from conformance.runner import check_row
+
+        result = check_row(self.binding, self.case, self.dtype)
+        self.user_properties.append(("normref_status", result.status.value))
+        if result.status is Status.NOT_IMPLEMENTED:
+            pytest.skip(result.explanation or "not implemented")
+        if result.status is Status.CONVENTION:
+            self.user_properties.append(("normref_explanation", result.explanation))
+        if result.status is Status.FAIL:
+            lines = [f"{self.case.id} at {self.dtype}: {result.diagnosis}"]
+            lines += [output_line(o) for o in result.outputs if not o["ok"]]
+            if result.traceback:
+                lines.append(result.traceback)
+            raise CaseFailedError("\n".join(lines))
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        if isinstance(excinfo.value, CaseFailedError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[str, int, str]:
+        return "normref", 0, f"normref::{self.name}"
+
+
+class ConformanceCollector(pytest.Collector):
+    """The cases of the implementation given on the command line."""
+
+    def collect(self) -> list[CaseItem]:
+        from conformance.adapters.function import function_binding, load_function
+        from conformance.runner import select_cases
+
+        option = self.config.getoption
+        op = option("normref_op")
+        if not op:
+            msg = "--normref-impl needs --normref-op (the op it implements)"
+            raise pytest.UsageError(msg)
+        vjp = option("normref_impl_vjp")
+        binding = function_binding(
+            load_function(option("normref_impl")),
+            op,
+            array_type=option("normref_array_type"),
+            vjp=load_function(vjp) if vjp else None,
+            convention=option("normref_convention"),
+        )
+        chosen = option("normref_dtypes")
+        dtypes = chosen.split(",") if chosen else list(binding.dtypes)
+        return [
+            CaseItem.from_parent(
+                self, name=f"{case.id}[{dtype}]", binding=binding, case=case, dtype=dtype
+            )
+            for case in select_cases(op, seed=option("normref_seed"))
+            for dtype in dtypes
+        ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list):
+    if not config.getoption("normref_impl"):
+        return
+    collector = ConformanceCollector.from_parent(session, name="normref")
+    items.extend(collector.collect())

@@ -1,0 +1,137 @@
+"""The reference: normref on a case's rounded inputs, under a model, with its error terms.
+
+A case is checked at one dtype at a time: its float64 inputs (and the output's
+cotangent) are first rounded to that dtype (:class:`Prepared`), so the
+implementation under test and the reference see exactly the same values.
+The reference then evaluates normref in float64 (``precision="highest"``) on
+those values, with the model's semantic choices (:mod:`conformance.models`),
+and measures the terms behind every output (:mod:`conformance.terms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from conformance.cases import Case
+from conformance.models import Model
+from conformance.ops import CheckedOp, batch_weight_as, get_op
+from conformance.terms import OpTerms, op_terms
+from conformance.tolerances import compute_dtype
+from conformance.ulp import round_to, unit_roundoff
+from normref.registry import Sample
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A case at one dtype: its arrays rounded to ``dtype`` (as float64) and its cotangent."""
+
+    case: Case
+    dtype: str
+    sample: Sample
+    dy: np.ndarray
+
+    @property
+    def op(self) -> CheckedOp:
+        """The case's op."""
+        return get_op(self.case.op)
+
+
+def prepare(case: Case, dtype: str) -> Prepared:
+    """``case`` with every array rounded to ``dtype``."""
+
+    def rounded(value: Any) -> Any:
+        return round_to(value, dtype) if isinstance(value, np.ndarray) else value
+
+    sample = Sample(
+        {k: rounded(v) for k, v in case.sample.args.items()},
+        {k: rounded(v) for k, v in case.sample.kwargs.items()},
+    )
+    return Prepared(case, dtype, sample, round_to(case.cotangent(), dtype))
+
+
+def resolved_eps(prepared: Prepared, model: Model) -> float | None:
+    """The ``eps`` the reference uses: the case's, or the model's default for the layer (or the
+    one a model says the implementation uses whatever it is given).
+
+    A default of ``None`` (torch's ``RMSNorm``) is the machine epsilon of the
+    compute dtype: float32's for float16, bfloat16 and float32 input.
+    """
+    op = prepared.op
+    if "eps" not in prepared.sample.kwargs:
+        return None
+    if model.fixed_eps is not None:
+        return model.fixed_eps
+    if not prepared.case.default_eps:
+        return prepared.sample.kwargs["eps"]
+    value = getattr(model.convention, op.eps_field)
+    if value is None:
+        return 2.0 * unit_roundoff(compute_dtype(model, prepared.dtype))
+    return float(value)
+
+
+def model_sample(prepared: Prepared, model: Model) -> Sample:
+    """The inputs the reference evaluates under ``model``: ``eps`` resolved, scalars in the
+    model's scalar dtype, affine as the model holds it (``group_affine="per_group"``: each
+    group takes its first channel's values)."""
+    sample = prepared.sample
+    changes: dict[str, Any] = {}
+    eps = resolved_eps(prepared, model)
+    if eps is not None:
+        changes["eps"] = _scalar(eps, model)
+    momentum = sample.kwargs.get("momentum")
+    if momentum is not None and model.scalar_dtype != "float64":
+        # the implementation holds its momentum (in its own meaning) in the scalar dtype
+        held = _scalar(batch_weight_as(model, momentum), model)
+        changes["momentum"] = batch_weight_as(model, held)
+    if model.group_affine == "per_group" and "num_groups" in sample.args:
+        size = (
+            sample.args["x"].shape[prepared.op.param_axes(sample)[0]] // sample.args["num_groups"]
+        )
+        for name in prepared.op.affine_args:
+            value = sample.args.get(name)
+            if value is not None:
+                changes[name] = np.repeat(value[::size], size)
+    return sample.replace(**changes)
+
+
+def _scalar(value: float, model: Model) -> float:
+    return float(round_to(value, model.scalar_dtype))
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The exact outputs and gradients under a model, with their terms.
+
+    ``values`` maps ``"y"``, the running statistics and the gradients
+    (``"dx"``, ``"dgamma"``, ...) to float64 arrays.
+    """
+
+    values: dict[str, np.ndarray]
+    terms: OpTerms
+    eps: float | None
+
+
+def expected(prepared: Prepared, model: Model, *, backward: bool = True) -> Expected:
+    """normref's exact result on ``prepared`` under ``model`` (gradients when ``backward``)."""
+    op = prepared.op
+    sample = model_sample(prepared, model)
+    with np.errstate(all="ignore"):
+        values = dict(op.reference(sample, model))
+        if backward:
+            grads = op.reference_vjp(prepared.dy, sample, model)
+            values.update({f"d{name}": g for name, g in grads.items() if g is not None})
+        terms = op_terms(
+            op,
+            sample,
+            prepared.dy if backward else None,
+            eps=sample.kwargs.get("eps"),
+            eps_mode=model.convention.eps_mode,
+            correction=model.correction,
+            batch_weight=sample.kwargs.get("momentum"),
+            running_var_correction=model.convention.running_var_correction,
+        )
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    return Expected(arrays, terms, sample.kwargs.get("eps"))

@@ -1,0 +1,61 @@
+"""The Markdown report: the same content as the terminal's, as text for a page or an issue."""
+
+from __future__ import annotations
+
+from conformance.reports.summary import (
+    SYMBOLS,
+    case_line,
+    cell_text,
+    dtypes_of,
+    header,
+    matrix,
+    reproduce,
+    sections,
+)
+from conformance.results import RunResult, Status
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(run: RunResult, *, limit: int = 50) -> str:
+    """The run as a Markdown document."""
+    lines = ["# normref conformance report", ""]
+    lines += [f"- **{k}**: {_escape(v)}" for k, v in header(run)]
+    lines += [f"- skipped **{s['framework']}**: {s['reason']}" for s in run.skipped]
+    dtypes = dtypes_of(run)
+    lines += ["", "## Rows per status", ""]
+    lines.append("| implementation | op | " + " | ".join(dtypes) + " |")
+    lines.append("|---|---|" + "---:|" * len(dtypes))
+    for (implementation, op), cells in matrix(run).items():
+        values = [cell_text(cells[d]) if d in cells else "·" for d in dtypes]
+        lines.append(f"| {_escape(implementation)} | {op} | " + " | ".join(values) + " |")
+    lines += ["", ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status), ""]
+
+    for section in sections(run):
+        lines += [f"## {section.title}", ""]
+        for group in section.groups[:limit]:
+            lines.append(
+                f"- **{_escape(group.implementation)}** `{group.op}` ({group.extent}): "
+                f"{_escape(group.text)}"
+            )
+            worst = group.worst
+            if worst is not None and section.shows_worst:
+                row, output = worst
+                lines.append(f"  - worst: {case_line(row, output)}")
+                if section.shows_rerun:
+                    lines.append(f"  - re-run: `{reproduce(row, run)}`")
+            if group.rows[0].traceback:
+                lines += [
+                    "",
+                    "  ```",
+                    *[f"  {t}" for t in group.rows[0].traceback.strip().splitlines()[-6:]],
+                    "  ```",
+                ]
+        if len(section.groups) > limit:
+            lines.append(f"- ... and {len(section.groups) - limit} more (see the JSON report)")
+        lines.append("")
+    counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
+    lines += [f"**Total**: {counts} (exit code {run.exit_code}).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,251 @@
+"""What every report shows, computed once: the status matrix, findings, failures."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.results import CaseResult, RunResult, Status
+
+ORDER = (
+    Status.FAIL,
+    Status.CONVENTION,
+    Status.ACCEPTS,
+    Status.PASS,
+    Status.REFUSES,
+    Status.NOT_IMPLEMENTED,
+)
+"""Statuses from the most to the least important: a cell shows its first present one."""
+
+SYMBOLS = {
+    Status.PASS: "✓",
+    Status.CONVENTION: "≈",
+    Status.FAIL: "✗",
+    Status.NOT_IMPLEMENTED: "–",
+    Status.REFUSES: "⊘",
+    Status.ACCEPTS: "!",
+}
+"""One character per status, for the matrix."""
+
+
+def cell_status(counts: Counter) -> Status | None:
+    """The status a matrix cell shows: the most important present."""
+    return next((s for s in ORDER if counts.get(s)), None)
+
+
+def cell_text(counts: Counter) -> str:
+    """A matrix cell: each present status's symbol and count, most important first."""
+    return " ".join(f"{counts[s]}{SYMBOLS[s]}" for s in ORDER if counts.get(s)) or "·"
+
+
+def dtypes_of(run: RunResult) -> list[str]:
+    """The run's dtypes, in the order of its settings (or of appearance)."""
+    listed = list(run.settings.get("dtypes") or [])
+    return listed + sorted({r.dtype for r in run.results} - set(listed))
+
+
+def matrix(run: RunResult) -> dict[tuple[str, str], dict[str, Counter]]:
+    """(implementation, op) -> dtype -> statuses' counts."""
+    table: dict[tuple[str, str], dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for r in run.results:
+        table[(r.implementation, r.op)][r.dtype][r.status] += 1
+    return table
+
+
+def ulps(value: Any) -> float:
+    """An ulp count from JSON (``"inf"`` for a non-finite error)."""
+    return float(value)
+
+
+def format_ulps(value: Any) -> str:
+    """An ulp count, compactly."""
+    number = ulps(value)
+    if not math.isfinite(number):
+        return str(number)
+    return f"{number:.3g}"
+
+
+@dataclass
+class Group:
+    """Rows with the same implementation and the same explanation (or diagnosis)."""
+
+    implementation: str
+    framework: str
+    op: str
+    text: str
+    rows: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def dtypes(self) -> list[str]:
+        """The dtypes of its rows."""
+        return sorted({r.dtype for r in self.rows})
+
+    @property
+    def extent(self) -> str:
+        """How many rows, at which dtypes."""
+        return f"{len(self.rows)} rows, {', '.join(self.dtypes)}"
+
+    @property
+    def worst(self) -> tuple[CaseResult, dict[str, Any]] | None:
+        """The row and output that used most of the budget."""
+        best = None
+        for row in self.rows:
+            output = row.worst()
+            if output is not None and (
+                best is None or ulps(output["used"]) > ulps(best[1]["used"])
+            ):
+                best = (row, output)
+        return best
+
+
+def grouped(rows: list[CaseResult], text: Callable[[CaseResult], str]) -> list[Group]:
+    """``rows`` grouped by implementation, op and ``text(row)``."""
+    groups: dict[tuple[str, str, str], Group] = {}
+    for row in rows:
+        value = text(row)
+        key = (row.implementation, row.op, value)
+        if key not in groups:
+            groups[key] = Group(row.implementation, row.framework, row.op, value)
+        groups[key].rows.append(row)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of a report: the groups of rows of one status worth reading."""
+
+    status: Status
+    title: str
+    groups: list[Group]
+
+    @property
+    def rows(self) -> int:
+        """How many rows its groups hold."""
+        return sum(len(g.rows) for g in self.groups)
+
+    @property
+    def shows_worst(self) -> bool:
+        """Whether each group shows its worst element (not for values on refused inputs)."""
+        return self.status is not Status.ACCEPTS
+
+    @property
+    def shows_rerun(self) -> bool:
+        """Whether each group shows the command that re-runs its worst row."""
+        return self.status is Status.FAIL
+
+
+def sections(run: RunResult) -> list[Section]:
+    """The findings, the failures and the values returned on refused inputs, where present."""
+    found = [
+        Section(Status.CONVENTION, "Differs by convention", findings(run)),
+        Section(Status.FAIL, "Fails", failures(run)),
+        Section(Status.ACCEPTS, "Returns a value where normref refuses", error_paths(run)),
+    ]
+    return [s for s in found if s.groups]
+
+
+def findings(run: RunResult) -> list[Group]:
+    """The rows that differ by convention, grouped by what explains them."""
+    return grouped(run.findings, lambda r: r.explanation or "")
+
+
+def failures(run: RunResult) -> list[Group]:
+    """The failing rows, grouped by their diagnosis."""
+    return grouped(run.failures, lambda r: r.diagnosis or "")
+
+
+def error_paths(run: RunResult) -> list[Group]:
+    """Rows on inputs normref refuses where the implementation returns a value, per case."""
+    return grouped(
+        run.by_status(Status.ACCEPTS), lambda r: f"{r.case}: {r.description}: {r.explanation}"
+    )
+
+
+def output_line(output: dict[str, Any]) -> str:
+    """One output's numbers: max and p99 error, the budget and where the worst was."""
+    where = output.get("worst_index")
+    parts = [
+        (
+            f"{output['name']} ({output['direction']}): max {format_ulps(output['max_ulps'])} "
+            f"ulp, p99 {format_ulps(output['p99_ulps'])} ulp, budget "
+            f"{format_ulps(output['budget_ulps'])} ulp at "
+            f"{tuple(where) if where is not None else '-'}"
+        ),
+    ]
+    if output.get("actual") is not None:
+        parts.append(f"got {output['actual']!s}, exact {output['expected']!s}")
+    if output.get("input_value") is not None:
+        parts.append(f"input there {output['input_value']!s}")
+    if output.get("problem"):
+        parts.append(str(output["problem"]))
+    return "; ".join(parts)
+
+
+def case_line(row: CaseResult, output: dict[str, Any]) -> str:
+    """Where the worst error of ``row`` was, with its numbers, the input's conditioning and any
+    evidence for the explanation."""
+    text = f"{row.case} {row.dtype}: {output_line(output)}"
+    if row.conditioning is not None:
+        text += (
+            f"; input |mean|/std up to {format_ulps(row.conditioning)}, reference good to "
+            f"{format_ulps(output['reference_ulps'])} ulp"
+        )
+    if row.evidence:
+        text += f"; {row.evidence}"
+    return text
+
+
+def header(run: RunResult) -> list[tuple[str, str]]:
+    """The run's facts: versions, settings, duration, outcome."""
+    import normref
+
+    env = run.environment
+    versions = ", ".join(
+        f"{k} {v}" for fw in env.get("frameworks", {}).values() for k, v in fw.items()
+    )
+    settings = run.settings
+    facts = [
+        ("normref", normref.__version__),
+        ("frameworks", versions or ", ".join(settings.get("frameworks", [])) or "-"),
+        ("implementation", settings.get("implementation", "")),
+        (
+            "ops",
+            ", ".join(settings.get("ops", []))
+            if isinstance(settings.get("ops"), list)
+            else str(settings.get("op", "")),
+        ),
+        ("dtypes", ", ".join(dtypes_of(run))),
+        ("seed", str(settings.get("seed", 0))),
+        ("python", f"{env.get('python', '')} on {env.get('platform', '')}"),
+        ("time", f"{run.seconds:.1f} s"),
+        (
+            "forward only",
+            ", ".join(i["implementation"] for i in run.implementations if not i.get("backward")),
+        ),
+        (
+            "verdict",
+            "every row within budget, explained by convention, or not implemented"
+            if run.ok
+            else f"{len(run.failures)} rows fail",
+        ),
+    ]
+    return [(k, v) for k, v in facts if v]
+
+
+def reproduce(row: CaseResult, run: RunResult) -> str:
+    """The command that re-runs ``row`` alone."""
+    framework = row.framework
+    if framework.startswith("function"):
+        return (
+            f"normref-conformance run --impl {row.implementation} --op {row.op} "
+            f"--case {row.case} --dtypes {row.dtype}"
+        )
+    seed = run.settings.get("seed", 0)
+    suffix = f" --seed {seed}" if seed else ""
+    return (
+        f"normref-conformance run --framework {framework} --case {row.case} "
+        f"--dtypes {row.dtype}{suffix}"
+    )

@@ -1,0 +1,199 @@
+"""Results: one row per (implementation, case, dtype), a run's summary, and its JSON form.
+
+The JSON form is versioned (:data:`SCHEMA_VERSION`) and described by the JSON
+Schema ``conformance/schemas/results-v1.json``; it records the normref
+version and everything needed to re-run a row (the case id and seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "normref-conformance-results"
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """The verdict on one row."""
+
+    PASS = "pass"
+    """Every output within budget of normref's own definition."""
+    CONVENTION = "convention"
+    """Not within budget of normref's definition, but within budget of the declared convention,
+    and named fields of it explain the difference."""
+    FAIL = "fail"
+    """Out of budget under the declared convention too, or an exception."""
+    NOT_IMPLEMENTED = "not_implemented"
+    """The framework lacks the op, the dtype or the layout."""
+    REFUSES = "refuses"
+    """An input normref refuses (a group of one sample), refused too."""
+    ACCEPTS = "accepts"
+    """An input normref refuses, for which the implementation returns a value (reported)."""
+
+    @property
+    def label(self) -> str:
+        """How reports name the status."""
+        return _LABELS[self]
+
+    @property
+    def failing(self) -> bool:
+        """Whether the status makes the run fail (exit code 1)."""
+        return self is Status.FAIL
+
+
+_LABELS = {
+    Status.PASS: "within budget",
+    Status.CONVENTION: "differs by convention",
+    Status.FAIL: "fails",
+    Status.NOT_IMPLEMENTED: "not implemented",
+    Status.REFUSES: "refuses, as normref",
+    Status.ACCEPTS: "returns a value where normref refuses",
+}
+
+
+@dataclass
+class CaseResult:
+    """One implementation on one case at one dtype (the JSON schema documents each field)."""
+
+    implementation: str
+    framework: str
+    op: str
+    case: str
+    kind: str
+    seed: int
+    dtype: str
+    status: Status
+    model: str
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    baseline: list[dict[str, Any]] = field(default_factory=list)
+    explanation: str | None = None
+    explained_by: dict[str, Any] | None = None
+    evidence: str | None = None
+    diagnosis: str | None = None
+    forward_only: bool = False
+    group_size: int | None = None
+    conditioning: float | None = None
+    description: str = ""
+    traceback: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-ready values."""
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        row["status"] = self.status.value
+        if self.conditioning is not None and not _finite(self.conditioning):
+            row["conditioning"] = str(self.conditioning)
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> CaseResult:
+        """The row back from :meth:`to_json`."""
+        values = dict(row)
+        values["status"] = Status(values["status"])
+        if isinstance(values.get("conditioning"), str):
+            values["conditioning"] = float(values["conditioning"])
+        return cls(**values)
+
+    def worst(self) -> dict[str, Any] | None:
+        """The output that used most of its budget: under normref's definition for a row that
+        differs by convention (how far it is from normref), else under the verdict's model."""
+        outputs = (
+            self.baseline if self.status is Status.CONVENTION and self.baseline else (self.outputs)
+        )
+        return max(outputs, key=lambda o: float(o["used"]), default=None)
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+@dataclass
+class RunResult:
+    """A run: its settings and environment, the implementations and every row."""
+
+    results: list[CaseResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    implementations: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per status."""
+        found = Counter(r.status.value for r in self.results)
+        return {s.value: found.get(s.value, 0) for s in Status}
+
+    @property
+    def ok(self) -> bool:
+        """No row fails."""
+        return not any(r.status.failing for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no row fails, 1 otherwise."""
+        return 0 if self.ok else 1
+
+    def by_status(self, status: Status) -> list[CaseResult]:
+        """The rows with ``status``."""
+        return [r for r in self.results if r.status is status]
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        """The failing rows."""
+        return self.by_status(Status.FAIL)
+
+    @property
+    def findings(self) -> list[CaseResult]:
+        """The rows that differ by convention."""
+        return self.by_status(Status.CONVENTION)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as a JSON document of the versioned schema."""
+        import normref
+
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "normref_version": normref.__version__,
+            "settings": self.settings,
+            "environment": self.environment,
+            "seconds": self.seconds,
+            "implementations": self.implementations,
+            "skipped": self.skipped,
+            "summary": {"counts": self.counts, "exit_code": self.exit_code},
+            "results": [r.to_json() for r in self.results],
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> RunResult:
+        """A run back from :meth:`to_json` (:class:`ValueError` for another schema)."""
+        if document.get("schema") != SCHEMA or document.get("schema_version") != SCHEMA_VERSION:
+            msg = (
+                f"not a {SCHEMA} document of version {SCHEMA_VERSION}: schema="
+                f"{document.get('schema')!r}, schema_version={document.get('schema_version')!r}"
+            )
+            raise ValueError(msg)
+        return cls(
+            results=[CaseResult.from_json(r) for r in document["results"]],
+            settings=document.get("settings", {}),
+            environment=document.get("environment", {}),
+            implementations=document.get("implementations", []),
+            skipped=document.get("skipped", []),
+            seconds=document.get("seconds", 0.0),
+        )
+
+    def write_json(self, path: str | Path) -> None:
+        """Write :meth:`to_json` to ``path``."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> RunResult:
+        """Read a run written by :meth:`write_json`."""
+        return cls.from_json(json.loads(Path(path).read_text()))

@@ -1,0 +1,144 @@
+"""Running bindings over cases and dtypes: one :class:`~conformance.results.CaseResult` per row.
+
+An exception of the implementation fails its row (with its traceback) and the
+run goes on; :class:`~conformance.adapters.base.FrameworkLacksError` makes it
+"not implemented". On an input normref refuses, the row records whether the
+implementation refuses too or which value it returns. The verdicts are
+:mod:`conformance.verdicts`'.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from conformance.adapters.base import Binding, FrameworkLacksError
+from conformance.cases import Case, cases_for, find_case
+from conformance.ops import get_op
+from conformance.results import CaseResult, RunResult, Status
+from conformance.rows import Row, quietly
+from conformance.terms import group_stats
+from conformance.verdicts import accepted_value, judge
+
+
+def check_row(binding: Binding, case: Case, dtype: str) -> CaseResult:
+    """The verdict on ``binding`` for ``case`` at ``dtype``."""
+    started = time.perf_counter()
+    op = get_op(case.op)
+    result = CaseResult(
+        implementation=binding.label,
+        framework=binding.framework,
+        op=case.op,
+        case=case.id,
+        kind=case.kind,
+        seed=case.seed,
+        dtype=dtype,
+        status=Status.PASS,
+        model=binding.model.name,
+        forward_only=not binding.backward,
+        description=case.description,
+    )
+    if dtype not in binding.dtypes:
+        result.status = Status.NOT_IMPLEMENTED
+        result.explanation = f"{binding.label} does not take {dtype}"
+        return result
+    row = Row.of(binding, case, dtype)
+    prepared = row.prepared
+    partition = op.partition(prepared.sample) if case.kind != "error" else None
+    if partition is not None:
+        stats = group_stats(prepared.sample.args[op.spec.primary], partition)
+        result.group_size, result.conditioning = stats.n, stats.conditioning()
+    try:
+        if case.kind == "error":
+            _error_path(row, result)
+        else:
+            verdict = judge(row)
+            result.status, result.model = verdict.status, verdict.model
+            result.explained_by = verdict.fields
+            result.outputs = [c.to_json() for c in verdict.checks]
+            if verdict.baseline is not None:
+                result.baseline = [c.to_json() for c in verdict.baseline]
+            if verdict.status is Status.CONVENTION:
+                result.explanation, result.evidence = verdict.text, verdict.evidence
+            elif verdict.status is Status.FAIL:
+                result.diagnosis = verdict.text
+    except FrameworkLacksError as error:
+        result.status, result.explanation = Status.NOT_IMPLEMENTED, str(error)
+        result.outputs = []
+    except Exception as error:  # noqa: BLE001 - an implementation's crash fails its row only
+        result.status = Status.FAIL
+        result.diagnosis = f"raised {type(error).__name__}: {error}"
+        result.traceback = traceback.format_exc()
+        result.outputs = []
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _error_path(row: Row, result: CaseResult) -> None:
+    case = row.prepared.case
+    try:
+        evaluation = quietly(row.binding.run, row.prepared, row.binding.model, False)
+    except FrameworkLacksError:
+        raise
+    except Exception as error:  # noqa: BLE001 - refusing is the expected behaviour here
+        result.status = Status.REFUSES
+        result.explanation = f"raises {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        return
+    result.status = Status.ACCEPTS
+    result.explanation = accepted_value(evaluation, row.prepared)
+    result.diagnosis = f"normref raises: {case.error}"
+
+
+def select_cases(op: str, *, case_id: str | None = None, seed: int = 0) -> list[Case]:
+    """The cases of ``op``: all of them, or the one named ``case_id``."""
+    if case_id is None:
+        return cases_for(op, suite_seed=seed)
+    case = find_case(case_id, suite_seed=seed)
+    return [case] if case.op == op else []
+
+
+def run_bindings(
+    bindings: Iterable[Binding],
+    dtypes: Iterable[str],
+    *,
+    case_id: str | None = None,
+    seed: int = 0,
+    progress: Callable[[int, str], None] | None = None,
+) -> list[CaseResult]:
+    """Every binding on every case of its op at every dtype (``progress(total, label)`` first
+    with the total, then once per row)."""
+    plan = [
+        (binding, case, dtype)
+        for binding in bindings
+        for case in select_cases(binding.op, case_id=case_id, seed=seed)
+        for dtype in dtypes
+    ]
+    if progress is not None:
+        progress(len(plan), "")
+    results = []
+    for binding, case, dtype in plan:
+        results.append(check_row(binding, case, dtype))
+        if progress is not None:
+            progress(0, f"{binding.label} {case.id} {dtype}")
+    return results
+
+
+def run_result(
+    results: list[CaseResult], bindings: Iterable[Binding], **settings: Any
+) -> RunResult:
+    """A :class:`RunResult` of ``results`` with the implementations' descriptions."""
+    implementations = [
+        {
+            "implementation": b.label,
+            "framework": b.framework,
+            "op": b.op,
+            "convention": b.model.to_json(),
+            "convention_name": b.model.name,
+            "backward": b.backward,
+            "notes": b.notes,
+        }
+        for b in bindings
+    ]
+    return RunResult(results, settings=settings, implementations=implementations)

@@ -1,0 +1,186 @@
+"""Verdicts: whether a row is within budget, differs by convention, or fails, and why.
+
+1. every output within budget of the reference under :data:`~conformance.models.NORMREF`
+   (normref's own definition): **pass**;
+2. otherwise, every output within budget under the convention the framework
+   declares: **differs by convention**, explained by the fields of that
+   convention that, applied alone to normref's definition, account for it
+   (or by all of its differing fields when none does alone); where an
+   arithmetic field explains it, normref modelling that arithmetic on the same
+   input is the evidence;
+3. otherwise **fails**; the diagnosis names a single-field change of the
+   declared convention that would account for it, if one does, non-finite
+   outputs where the exact result is finite, and squares that overflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat.numpy as xp_numpy
+import numpy as np
+
+from conformance.adapters.base import Binding
+from conformance.arrays import Evaluation, NumpyKind
+from conformance.compare import OutputCheck, compare_output
+from conformance.models import NORMREF, Model, variations
+from conformance.ops import get_op
+from conformance.reference import Prepared, model_sample
+from conformance.results import Status
+from conformance.rows import Row, quietly
+from conformance.tolerances import arithmetic_of
+from conformance.ulp import largest
+from normref.affine import broadcast_param
+
+MODELLED_FIELDS = ("variance_algorithm", "low_precision_compute")
+"""Arithmetic fields normref itself can model (``precision=<Convention>``)."""
+
+
+def _relevant(binding: Binding) -> tuple[str, ...]:
+    fields = get_op(binding.op).relevant_fields()
+    if not binding.model_dependent:
+        # a framework's adapter translates the momentum itself: its meaning cannot differ
+        fields = tuple(f for f in fields if f != "momentum_meaning")
+    return fields
+
+
+def _describe(fields: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+@dataclass
+class Verdict:
+    """A row's status, the checks it rests on, and why.
+
+    ``baseline`` holds the outputs that are out of budget of normref's own
+    definition (how much a convention finding differs from it); ``evidence``
+    what normref modelling an explaining arithmetic gives on the same input.
+    """
+
+    status: Status
+    checks: list[OutputCheck]
+    model: str
+    fields: dict[str, Any] | None = None
+    text: str | None = None
+    baseline: list[OutputCheck] | None = None
+    evidence: str | None = None
+
+
+def judge(row: Row) -> Verdict:
+    """The verdict on ``row`` (see the module docstring)."""
+    base = row.checks(NORMREF)
+    if all(c.ok for c in base):
+        return Verdict(Status.PASS, base, NORMREF.name)
+    off_base = [c for c in base if not c.ok]
+    declared = row.binding.model
+    relevant = _relevant(row.binding)
+    checks = base
+    if declared != NORMREF:
+        checks = row.checks(declared)
+        if all(c.ok for c in checks):
+            differing = {f: declared.get(f) for f in relevant if declared.get(f) != NORMREF.get(f)}
+            alone = {f: v for f, v in differing.items() if row.passes(NORMREF.replace(**{f: v}))}
+            fields = alone or differing
+            text = (
+                f"{declared.name} convention: {_describe(fields)} (normref: "
+                + _describe({f: NORMREF.get(f) for f in fields})
+                + ")"
+            )
+            evidence = _witness(row, declared, base) if set(fields) & set(MODELLED_FIELDS) else None
+            return Verdict(
+                Status.CONVENTION, checks, declared.name, fields, text, off_base, evidence
+            )
+    text = _diagnose_failure(row, declared, relevant, checks)
+    return Verdict(Status.FAIL, checks, declared.name, None, text, off_base)
+
+
+def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
+    """How far normref lands when it models ``model``'s arithmetic on this input, next to the
+    implementation: evidence that the arithmetic explains the difference."""
+    prepared, op = row.prepared, row.prepared.op
+    if prepared.dtype not in NumpyKind.dtypes or op.running_stats:
+        return None
+    sample = model_sample(prepared, NORMREF)
+    args = [
+        np.asarray(v, dtype=prepared.dtype) if isinstance(v, np.ndarray) else v
+        for v in sample.args.values()
+    ]
+    modelled = quietly(op.spec.forward, *args, **sample.kwargs, precision=model.convention)
+    reference = row.expected(NORMREF)
+    y = reference.values["y"]
+    unit = compare_output(
+        "y",
+        np.asarray(modelled),
+        prepared.dtype,
+        y,
+        reference.terms,
+        prepared.dtype,
+        arithmetic_of(model, prepared.dtype),
+        prepared.sample.args[op.spec.primary],
+    )
+    implementation = next((c.max_ulps for c in base if c.name == "y"), 0.0)
+    return (
+        f"normref modelling this arithmetic (precision={model.convention.name!r}) errs by up "
+        f"to {unit.max_ulps:.3g} ulp on this input, the implementation by {implementation:.3g}"
+    )
+
+
+def _diagnose_failure(
+    row: Row, declared: Model, relevant: tuple[str, ...], checks: list[OutputCheck]
+) -> str:
+    notes = []
+    for field_name, value, model in variations(declared, relevant):
+        try:
+            explained = row.passes(model)
+        except Exception:  # noqa: BLE001 - a variation the implementation cannot take explains nothing
+            explained = False
+        if explained:
+            notes.append(
+                f"explained by {field_name}={value!r} instead of the declared "
+                f"{declared.get(field_name)!r}"
+            )
+    failing = [c for c in checks if not c.ok]
+    for check in failing:
+        if check.problem:
+            notes.append(f"{check.name}: {check.problem}")
+        elif check.max_ulps == float("inf"):
+            notes.append(f"{check.name}: non-finite values where the exact result is finite")
+    overflow = _overflow_note(row.prepared)
+    if overflow:
+        notes.append(overflow)
+    if not notes:
+        names = ", ".join(f"{c.name} ({c.direction})" for c in failing)
+        notes.append(f"out of budget: {names}; no single convention field explains it")
+    return "; ".join(notes)
+
+
+def _overflow_note(prepared: Prepared) -> str | None:
+    x = prepared.sample.args[prepared.op.spec.primary]
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = float(np.nanmax(np.abs(x), initial=0.0)) ** 2
+    if squares > largest(prepared.dtype):
+        return (
+            f"the squares of the inputs (up to {squares:.3g}) exceed {prepared.dtype}'s largest "
+            f"value ({largest(prepared.dtype):.3g}): squares or sums computed in "
+            f"{prepared.dtype} overflow"
+        )
+    return None
+
+
+def accepted_value(evaluation: Evaluation, prepared: Prepared) -> str:
+    """What an implementation returned on an input normref refuses."""
+    y = evaluation.values["y"]
+    beta = prepared.sample.args.get("beta")
+    finite = np.isfinite(y)
+    parts = [f"y of shape {y.shape}, {int(finite.sum())} of {y.size} finite"]
+    if finite.any():
+        parts.append(f"values in [{np.min(y[finite]):.6g}, {np.max(y[finite]):.6g}]")
+    if beta is not None and np.shape(y) == np.shape(prepared.sample.args["x"]):
+        op = prepared.op
+        spread = np.broadcast_to(
+            broadcast_param(xp_numpy, beta, y.ndim, op.param_axes(prepared.sample)), y.shape
+        )
+        if np.array_equal(y, spread):
+            parts.append("exactly beta (the normalized value of a lone sample taken as 0)")
+    return "; ".join(parts)

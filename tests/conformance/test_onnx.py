@@ -1,0 +1,47 @@
+"""The onnxruntime and onnx-reference adapters, forward only, on the cases of their findings."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+
+from conformance.api import run
+from conformance.results import Status
+
+
+def _rows(framework: str, case: str, dtype: str):
+    return run([framework], ops=[case.split("/")[0]], dtypes=[dtype], case=case).results
+
+
+def test_group_normalization_18_takes_one_scale_per_group():
+    # 15 channels in 3 groups: one scale per group cannot hold 15 different ones
+    rows = {r.implementation: r for r in _rows("onnxruntime", "group_norm/odd-3", "float32")}
+    opset18 = rows["onnxruntime GroupNormalization-18 (scale and bias per group)"]
+    assert opset18.status is Status.CONVENTION
+    assert opset18.explained_by == {"group_affine": "per_group"}
+    assert rows["onnxruntime GroupNormalization-21"].status is Status.PASS
+    assert all(r.forward_only and {o["name"] for o in r.outputs} == {"y"} for r in rows.values())
+
+
+def test_float32_attributes_and_stash_type():
+    """ONNX attributes are float32 (eps = 9.99999974738e-06) and stash_type=1 computes the
+    statistics of float64 input in float32."""
+    (batch,) = _rows("onnxruntime", "batch_norm_inference/typical", "float64")
+    assert batch.explained_by == {"scalar_dtype": "float32"}
+    rows = _rows("onnxruntime", "group_norm/typical", "float64")
+    opset21 = next(r for r in rows if "21" in r.implementation)
+    assert opset21.explained_by == {"stash_dtype": "float32"}
+
+
+def test_unclamped_fast_variance_gives_nan():
+    rows = _rows("onnxruntime", "group_norm/mean-1e4", "float32")
+    opset21 = next(r for r in rows if "21" in r.implementation)
+    assert opset21.status is Status.FAIL
+    assert "non-finite" in opset21.diagnosis
+
+
+def test_the_reference_evaluator_computes_float16_in_float16():
+    (row,) = _rows("onnx-reference", "layer_norm/float16-max", "float16")
+    assert row.status is Status.FAIL
+    assert "overflow" in row.diagnosis

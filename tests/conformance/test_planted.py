@@ -1,0 +1,80 @@
+"""Planted bugs: each known-wrong implementation is reported as failing, with the right diagnosis."""
+
+from __future__ import annotations
+
+from conformance.api import check
+from conformance.diagnosis import diagnose
+from conformance.results import Status
+from tests.conformance import planted
+
+DTYPES = ["float64", "float32"]
+
+
+def _failing(result):
+    assert result.failures, "the planted bug was not caught"
+    return result.failures
+
+
+def test_unbiased_variance_in_the_normalization():
+    result = check(planted.layer_norm_unbiased, "layer_norm", dtypes=DTYPES)
+    for row in _failing(result):
+        assert "correction=1" in row.diagnosis, row.diagnosis
+        assert any(o["name"] == "y" and not o["ok"] for o in row.outputs)
+    found = diagnose(planted.layer_norm_unbiased, "layer_norm", dtypes=DTYPES)
+    assert [h.changed for h in found.explaining] == [{"correction": 1}]
+
+
+def test_eps_outside_the_square_root():
+    result = check(planted.layer_norm_eps_outside, "layer_norm", dtypes=DTYPES)
+    typical = next(r for r in _failing(result) if r.case == "layer_norm/typical")
+    assert "eps_mode='add_std'" in typical.diagnosis
+    found = diagnose(planted.layer_norm_eps_outside, "layer_norm", dtypes=DTYPES)
+    assert {"eps_mode": "add_std"} in [h.changed for h in found.explaining]
+    assert "eps_mode='add_std'" in found.verdict
+
+
+def test_eps_argument_ignored():
+    found = diagnose(planted.layer_norm_ignoring_eps, "layer_norm", dtypes=DTYPES)
+    assert found.explaining[0].changed == {"fixed_eps": 1e-6}
+
+
+def test_wrong_momentum_meaning():
+    """torch's layer, but momentum taken as flax's weight of the old value."""
+    result = check(planted.batch_norm_train_old_weight, "batch_norm_train", "torch", dtypes=DTYPES)
+    for row in _failing(result):
+        assert "momentum_meaning='old_weight'" in row.diagnosis, row.diagnosis
+        bad = {o["name"] for o in row.outputs if not o["ok"]}
+        assert bad <= {"running_mean", "running_var"}
+    found = diagnose(
+        planted.batch_norm_train_old_weight, "batch_norm_train", convention="torch", dtypes=DTYPES
+    )
+    assert found.explaining[0].changed == {"momentum_meaning": "old_weight"}
+
+
+def test_gradient_missing_its_mean_term():
+    result = check(
+        planted.layer_norm,
+        "layer_norm",
+        vjp=planted.layer_norm_vjp_without_mean_term,
+        dtypes=DTYPES,
+    )
+    rows = _failing(result)
+    assert {o["name"] for row in rows for o in row.outputs if not o["ok"]} == {"dx"}
+    assert all(o["direction"] == "backward" for row in rows for o in row.outputs if not o["ok"])
+
+
+def test_float16_overflow():
+    result = check(planted.layer_norm_in_input_dtype, "layer_norm", dtypes=["float16", "float32"])
+    overflowing = [r for r in _failing(result) if r.case == "layer_norm/float16-max"]
+    assert [r.dtype for r in overflowing] == ["float16"]
+    assert "overflow" in overflowing[0].diagnosis
+    assert "non-finite" in overflowing[0].diagnosis
+    assert not [r for r in result.failures if r.dtype == "float32"]
+
+
+def test_the_right_implementation_passes():
+    result = check(planted.layer_norm, "layer_norm", dtypes=["float16", *DTYPES])
+    assert result.ok
+    assert result.counts["pass"] > 0
+    assert {r.status for r in result.results} <= {Status.PASS, Status.ACCEPTS}
+    assert all(r.forward_only for r in result.results)

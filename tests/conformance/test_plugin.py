@@ -1,0 +1,76 @@
+"""The pytest plugin runs the cases of a user's function as tests (through pytester)."""
+
+from __future__ import annotations
+
+import textwrap
+
+# pytester's in-process runs restore sys.modules afterwards: modules with C extensions that the
+# inner run would import first (NumPy's fft, through array_api_compat) must be imported here
+import array_api_compat.numpy  # noqa: F401
+import pytest
+
+import conformance.plugin
+import conformance.runner  # noqa: F401
+
+pytest_plugins = ["pytester"]
+
+NORMS = textwrap.dedent(
+    """
+    import numpy as np
+
+    def _standardize(x, axes, ddof, eps):
+        axes = tuple(a % x.ndim for a in axes)
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+        n = np.prod([x.shape[a] for a in axes])
+        var = ((x - mean) ** 2).sum(axis=axes, keepdims=True) / (n - ddof)
+        return (x - mean) / np.sqrt(var + eps)
+
+    def good(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+        y = _standardize(x, axes, 0, eps)
+        y = y if gamma is None else y * gamma
+        return (y if beta is None else y + beta).astype(x.dtype)
+
+    def unbiased(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+        y = _standardize(x, axes, 1, eps)
+        y = y if gamma is None else y * gamma
+        return (y if beta is None else y + beta).astype(x.dtype)
+    """
+)
+
+
+def _run(pytester: pytest.Pytester, function: str, *more: str) -> pytest.RunResult:
+    pytester.makepyfile(mynorms=NORMS)
+    pytester.syspathinsert()
+    return pytester.runpytest_inprocess(
+        "-p",
+        "conformance.plugin",
+        "--normref-impl",
+        f"mynorms:{function}",
+        "--normref-op",
+        "layer_norm",
+        "--normref-dtypes",
+        "float64",
+        *more,
+    )
+
+
+def test_a_right_function_passes_every_case(pytester: pytest.Pytester):
+    result = _run(pytester, "good")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 21
+    assert "failed" not in outcomes
+
+
+def test_a_wrong_function_fails_with_the_diagnosis(pytester: pytest.Pytester):
+    result = _run(pytester, "unbiased", "-k", "typical")
+    result.assert_outcomes(failed=1, deselected=20)
+    result.stdout.fnmatch_lines(["*layer_norm/typical at float64: explained by correction=1*"])
+
+
+def test_the_plugin_needs_the_op(pytester: pytest.Pytester):
+    pytester.makepyfile(mynorms=NORMS)
+    pytester.syspathinsert()
+    result = pytester.runpytest_inprocess(
+        "-p", "conformance.plugin", "--normref-impl", "mynorms:good"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -1,0 +1,66 @@
+"""The JSON document follows its versioned schema and round-trips; every report shows the rows."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import pytest
+
+from conformance.api import check, run
+from conformance.reports import to_html, to_markdown
+from conformance.results import SCHEMA_VERSION, RunResult
+from tests.conformance import planted
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (.[test])")
+
+
+@pytest.fixture(scope="module")
+def mixed_run() -> RunResult:
+    """A run with every status: findings, failures, refusals, values, not implemented."""
+    result = run(["onnxruntime"], ops=["group_norm", "ghost_batch_norm"], dtypes=["float32"])
+    failing = check(planted.layer_norm_unbiased, "layer_norm", dtypes=["float32"])
+    result.results += failing.results
+    result.implementations += failing.implementations
+    return result
+
+
+def test_every_status_is_present(mixed_run):
+    assert all(
+        mixed_run.counts[s] for s in ("pass", "convention", "fail", "not_implemented", "accepts")
+    )
+
+
+def test_the_json_document_follows_the_schema(mixed_run):
+    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
+    jsonschema.Draft202012Validator(schema).validate(document)
+    assert document["schema_version"] == SCHEMA_VERSION
+    assert document["normref_version"]
+
+
+def test_the_json_document_round_trips(mixed_run, tmp_path):
+    path = tmp_path / "run.json"
+    mixed_run.write_json(path)
+    again = RunResult.read_json(path)
+    assert again.to_json() == json.loads(path.read_text())
+    assert again.counts == mixed_run.counts
+
+
+def test_another_schema_version_is_refused(mixed_run):
+    document = mixed_run.to_json()
+    document["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match="not a normref-conformance-results document of version"):
+        RunResult.from_json(document)
+
+
+def test_reports_show_findings_failures_and_the_worst_element(mixed_run):
+    markdown, page = to_markdown(mixed_run), to_html(mixed_run)
+    for text in (markdown, page):
+        assert "group_affine=&#x27;per_group&#x27;" in text or "group_affine='per_group'" in text
+        assert "correction=1" in text
+        assert "p99" in text
+        assert "input |mean|/std up to" in text
+    assert "| onnxruntime GroupNormalization-21 | group_norm |" in markdown
+    assert "**forward only**: onnxruntime GroupNormalization-21" in markdown
+    assert page.count("<svg") == 1

@@ -1,0 +1,68 @@
+"""The torch adapter end to end: the default run, its findings, and torch's float16 kernels."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+
+from conformance.api import run
+from conformance.results import Status
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    """``normref-conformance run --framework torch``: every op, float32 and float64."""
+    return run(["torch"])
+
+
+def test_the_default_run_passes_within_two_minutes(default_run):
+    assert default_run.ok, [
+        (r.implementation, r.case, r.dtype, r.diagnosis) for r in default_run.failures
+    ]
+    assert default_run.seconds < 120
+    assert default_run.settings["dtypes"] == ["float32", "float64"]
+    assert default_run.counts["pass"] > 400
+    assert all(r.framework == "torch" for r in default_run.results)
+
+
+def test_unbiased_running_variance_is_a_finding(default_run):
+    rows = [r for r in default_run.results if r.op == "batch_norm_train" and r.kind != "error"]
+    findings = [r for r in rows if r.status is Status.CONVENTION]
+    assert findings
+    assert all(r.explained_by == {"running_var_correction": 1} for r in findings)
+    assert all({o["name"] for o in r.baseline} == {"running_var"} for r in findings)
+
+
+def test_rms_norm_default_eps_is_the_machine_epsilon(default_run):
+    rows = [r for r in default_run.results if r.case == "rms_norm/default-eps"]
+    assert {r.implementation for r in rows} == {"torch.nn.functional.rms_norm", "torch.nn.RMSNorm"}
+    for row in rows:
+        assert row.status is Status.CONVENTION
+        assert row.explained_by == {"rms_norm_eps": None}
+
+
+def test_ops_torch_lacks_are_not_implemented(default_run):
+    lacking = {r.op for r in default_run.results if r.status is Status.NOT_IMPLEMENTED}
+    assert lacking == {"center", "scale", "rms_scale", "standardize", "ghost_batch_norm"}
+
+
+def test_inputs_normref_refuses(default_run):
+    """torch raises for one value per channel in training, returns beta for a lone sample in
+    layer norm (its normalized value taken as 0)."""
+    by_case = {(r.implementation, r.case): r for r in default_run.results if r.dtype == "float32"}
+    batch = by_case[("torch.nn.functional.batch_norm", "batch_norm/one-sample-groups")]
+    assert batch.status is Status.REFUSES
+    layer = by_case[("torch.nn.LayerNorm", "layer_norm/one-sample-groups")]
+    assert layer.status is Status.ACCEPTS
+    assert "exactly beta" in layer.explanation
+
+
+def test_layer_norm_reduces_d_beta_of_bfloat16_in_bfloat16():
+    """torch 2.13's CPU layer-norm backward sums the bias gradient of bfloat16 input in
+    bfloat16: outside the float32-statistics budget, within the bfloat16 one."""
+    result = run(["torch"], ops=["layer_norm"], dtypes=["bfloat16"], case="layer_norm/typical")
+    for row in result.results:
+        assert row.status is Status.FAIL
+        assert {o["name"] for o in row.outputs if not o["ok"]} == {"dbeta"}
+        assert "low_precision_compute='input'" in row.diagnosis
