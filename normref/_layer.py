@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from normref import _fused
 from normref._checks import check_shape
 from normref._namespace import (
     Array,
@@ -72,6 +73,9 @@ def normalize(
 ) -> Array:
     """Forward pass of ``layer``."""
     xp = _checked_namespace(layer, x, gamma, beta)
+    fused = _fused.forward(layer, xp, x, gamma, beta, precision)
+    if fused is not None:
+        return fused
     dtype = compute_dtype(xp, x.dtype, precision)
     part = layer.partition
     x_hat = part.unsplit(
@@ -93,6 +97,9 @@ def normalize_vjp(
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    fused = _fused.vjp(layer, xp, dy, x, gamma, beta, precision)
+    if fused is not None:
+        return fused
     dtype = compute_dtype(xp, x.dtype, precision)
     part = layer.partition
     dy_c = to_dtype(xp, dy, dtype)
