@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
 from benchmarks.report import TARGETS_TEXT, header, markdown, plot, row, write_json
 from benchmarks.run import Result, measure
+from normref import _fused
 
 FRAMEWORKS = ("torch", "jax")
 
@@ -87,6 +88,10 @@ def _version(package: str) -> str | None:
 
 def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
     threads: dict[str, Any] = {"numpy": 1}
+    if _fused.available():
+        import numba
+
+        threads["numba"] = numba.get_num_threads()
     if "torch" in frameworks:
         import torch
 
@@ -97,6 +102,7 @@ def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -
         "repeats": repeats,
         "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
+        "fused_path": _fused.available(),
         "threads": threads,
         "python": platform.python_version(),
         "versions": {

@@ -20,7 +20,9 @@ COLUMNS = (
     ("jax ms", 9),
     ("x torch", 8),
     ("x jax", 7),
+    ("generic x torch", 16),
     ("mem normref", 12),
+    ("mem generic", 12),
     ("mem torch", 10),
     ("mem jax", 8),
     ("targets", 7),
@@ -46,7 +48,8 @@ def _cells(result: Result) -> list[str]:
         _ms(result.seconds["jax"]),
         _times(result.ratio("torch")),
         _times(result.ratio("jax")),
-        *(_times(result.memory[k]) for k in ("normref", "torch", "jax")),
+        _times(result.ratio("torch", mine="generic")),
+        *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
         "met" if result.meets_targets else "MISSED",
     ]
 
@@ -90,6 +93,7 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
             **asdict(r),
             "vs_torch": r.ratio("torch"),
             "vs_jax": r.ratio("jax"),
+            "generic_vs_torch": r.ratio("torch", mine="generic"),
             "compute": compute_kind(r.dtype, r.precision),
             "meets_targets": r.meets_targets,
         }
@@ -110,6 +114,9 @@ def plot(path: Path, results: Sequence[Result]) -> None:
     figure, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(results)), 8), sharex=True)
     for ax, other in zip(axes, ("torch", "jax"), strict=True):
         values = [r.ratio(other) or 0.0 for r in results]
+        if not any(values):
+            ax.set_visible(False)
+            continue
         colours = ["tab:blue" if r.precision == "native" else "tab:orange" for r in results]
         ax.bar(range(len(results)), values, color=colours)
         ax.set_yscale("log")

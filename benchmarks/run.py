@@ -2,10 +2,12 @@
 
 The contenders of a case run interleaved in the same rounds
 (:func:`benchmarks.timing.interleaved_minimum`): normref in each precision
-mode (its forward, then its ``*_vjp``), torch (its functional layer, then
-``backward`` through autograd) and jax (forward and ``jax.vjp`` in one
-``jax.jit`` program). All run on the CPU in the same process; torch and XLA
-use their default thread pools, NumPy one thread.
+mode (its forward, then its ``*_vjp``) as a user calls it, which on NumPy is
+the fused path where numba is installed, and the same with the fused path
+switched off (the generic Array API code on NumPy); torch (its functional
+layer, then ``backward`` through autograd) and jax (forward and ``jax.vjp`` in
+one ``jax.jit`` program). All run on the CPU in the same process; torch, XLA
+and numba use their default thread pools, NumPy one thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from benchmarks.cases import Case
 from benchmarks.frameworks import JAX, TORCH
 from benchmarks.memory import torch_peak, traced_peak, xla_planned
 from benchmarks.timing import interleaved_minimum
+from normref import _fused
 from normref.registry import OpSpec, Sample
 
 TIME_TARGETS = {"input": 1.5, "float64": 3.0}
@@ -38,10 +41,12 @@ def compute_kind(dtype: str, precision: str) -> str:
 class Result:
     """One row: a case in one dtype and precision mode.
 
-    ``seconds`` and ``memory`` have the keys ``"normref"``, ``"torch"`` and
-    ``"jax"`` (``None`` where a contender is absent or not measurable);
-    memory is the peak of a forward or backward call as a multiple of the
-    input's size (see :mod:`benchmarks.memory`).
+    ``seconds`` and ``memory`` have the keys ``"normref"`` (as called, fused
+    where it applies), ``"generic"`` (the fused path switched off; ``None``
+    where numba is not installed), ``"torch"`` and ``"jax"`` (``None`` where a
+    contender is absent or not measurable); memory is the peak of a forward or
+    backward call as a multiple of the input's size (see
+    :mod:`benchmarks.memory`).
     """
 
     op: str
@@ -52,11 +57,10 @@ class Result:
     seconds: dict[str, float | None]
     memory: dict[str, float | None]
 
-    def ratio(self, other: str) -> float | None:
-        """normref's time over ``other``'s (> 1: normref is slower)."""
-        theirs = self.seconds.get(other)
-        mine = self.seconds["normref"]
-        return None if theirs is None or mine is None else mine / theirs
+    def ratio(self, other: str, mine: str = "normref") -> float | None:
+        """``mine``'s time over ``other``'s (> 1: ``mine`` is slower)."""
+        theirs, ours = self.seconds.get(other), self.seconds.get(mine)
+        return None if theirs is None or ours is None else ours / theirs
 
     @property
     def meets_targets(self) -> bool:
@@ -77,14 +81,18 @@ class Contender:
     peak_bytes: Callable[[], int | None]
 
 
-def _normref(spec: OpSpec, sample: Sample, dy: np.ndarray, precision: str) -> Contender:
+def _normref(
+    spec: OpSpec, sample: Sample, dy: np.ndarray, precision: str, *, fused: bool
+) -> Contender:
     chosen = sample.replace(precision=precision)
 
     def forward() -> Any:
-        return spec.call(chosen)
+        with _fused.enabled(fused):
+            return spec.call(chosen)
 
     def backward() -> Any:
-        return spec.call_vjp(dy, chosen)
+        with _fused.enabled(fused):
+            return spec.call_vjp(dy, chosen)
 
     def step() -> None:
         forward()
@@ -151,7 +159,10 @@ def contenders(
     spec, sample = case.spec, case.sample(dtype)
     # the output has the primary input's shape and, all arrays being of one dtype, its dtype
     dy = np.random.default_rng(1).standard_normal(case.shape).astype(dtype)
-    found = {f"normref {p}": _normref(spec, sample, dy, p) for p in precisions}
+    found = {f"normref {p}": _normref(spec, sample, dy, p, fused=True) for p in precisions}
+    if _fused.available():
+        for p in precisions:
+            found[f"generic {p}"] = _normref(spec, sample, dy, p, fused=False)
     if "torch" in frameworks and spec.name in TORCH:
         found["torch"] = _torch(spec, sample, dy)
     if "jax" in frameworks and spec.name in JAX:
@@ -188,10 +199,15 @@ def measure(
             p,
             {
                 "normref": seconds[f"normref {p}"],
+                "generic": seconds.get(f"generic {p}"),
                 "torch": seconds.get("torch"),
                 "jax": seconds.get("jax"),
             },
-            {"normref": multiple(f"normref {p}"), **framework_memory},
+            {
+                "normref": multiple(f"normref {p}"),
+                "generic": multiple(f"generic {p}"),
+                **framework_memory,
+            },
         )
         for p in precisions
     ]
