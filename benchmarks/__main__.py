@@ -23,6 +23,7 @@ from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
 from benchmarks.report import TARGETS_TEXT, header, markdown, plot, row, write_json
 from benchmarks.run import Result, measure
 from normref import _fused
+from normref._fused.threads import thread_count
 
 FRAMEWORKS = ("torch", "jax")
 
@@ -36,7 +37,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: torch, jax"
     )
+    parser.add_argument(
+        "--single-core",
+        action="store_true",
+        help="pin the process to one CPU, every library on one thread (steadier on a busy machine)",
+    )
     return parser
+
+
+def _pin_to_one_core() -> None:
+    """Run on one CPU, before any library starts its thread pool."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.environ["NORMREF_THREADS"] = "1"
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _cases(quick: bool, ops: str | None) -> list[Case]:
@@ -89,9 +105,7 @@ def _version(package: str) -> str | None:
 def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
     threads: dict[str, Any] = {"numpy": 1}
     if _fused.available():
-        import numba
-
-        threads["numba"] = numba.get_num_threads()
+        threads["normref fused"] = thread_count()
     if "torch" in frameworks:
         import torch
 
@@ -103,6 +117,8 @@ def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -
         "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
         "fused_path": _fused.available(),
+        "single_core": args.single_core,
+        "load_average_1min": {"start": args.load_at_start, "end": os.getloadavg()[0]},
         "threads": threads,
         "python": platform.python_version(),
         "versions": {
@@ -113,6 +129,15 @@ def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.single_core:
+        _pin_to_one_core()
+    args.load_at_start = os.getloadavg()[0]
+    if args.load_at_start > 0.5 * len(os.sched_getaffinity(0)):
+        print(
+            f"the machine is busy (1-minute load {args.load_at_start:.1f}): timings will be noisy; "
+            "--single-core is steadier",
+            file=sys.stderr,
+        )
     cases = _cases(args.quick, args.ops)
     frameworks = _available(args.frameworks)
     repeats = args.repeats or (3 if args.quick else 7)

@@ -360,3 +360,19 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
         )
     for one, three in zip(*results, strict=True):
         np.testing.assert_array_equal(one, three)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+# Python >= 3.12 warns on any fork of a process with threads: that risk is what is tested here
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_runs_on_threads_of_its_own(monkeypatch):
+    """The parent's pool threads do not exist in a forked child: the child starts new ones."""
+    import multiprocessing
+
+    monkeypatch.setenv("NORMREF_THREADS", "2")
+    x = np.random.default_rng(8).standard_normal((4, 16, 64, 64))
+    expected = normref.batch_norm(x)  # the parent's pool now has a thread
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(normref.batch_norm, (x,)).get(timeout=60)
+    np.testing.assert_array_equal(result, expected)

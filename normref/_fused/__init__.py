@@ -36,6 +36,7 @@ import contextlib
 import functools
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,13 @@ def enabled(flag: bool) -> Iterator[None]:
 
 @functools.cache
 def _kernels() -> ModuleType | None:
+    """The kernels module, or ``None`` where numba is not installed or cannot cache."""
     try:
         from normref._fused import kernels
     except ImportError:
+        return None
+    except RuntimeError as error:  # numba found no writable place for its compiled code
+        warnings.warn(f"normref runs without its fused path: {error}", stacklevel=3)
         return None
     return kernels
 

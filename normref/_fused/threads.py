@@ -35,6 +35,10 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="normref")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's pool threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def run_chunks(kernel: Callable[..., Any], chunks: int, elements: int, *args: Any) -> None:
     """``kernel(*args, first, stop)`` over chunks ``0 <= chunk < chunks``, in ranges on threads."""
     workers = min(thread_count(), chunks) if elements >= MIN_PARALLEL_ELEMENTS else 1
