@@ -7,7 +7,9 @@ the fused path where numba is installed, and the same with the fused path
 switched off (the generic Array API code on NumPy); torch (its functional
 layer, then ``backward`` through autograd) and jax (forward and ``jax.vjp`` in
 one ``jax.jit`` program). All run on the CPU in the same process; torch, XLA
-and numba use their default thread pools, NumPy one thread.
+and numba use their default thread pools, NumPy one thread. Every contender works on a
+copy of the data of its own (as torch and jax do anyway), so none finds its
+inputs in cache because another contender just read them.
 """
 
 from __future__ import annotations
@@ -156,17 +158,22 @@ def contenders(
     case: Case, dtype: str, precisions: tuple[str, ...], frameworks: tuple[str, ...]
 ) -> dict[str, Contender]:
     """normref in each of ``precisions`` and each framework of ``frameworks`` with a counterpart."""
-    spec, sample = case.spec, case.sample(dtype)
-    # the output has the primary input's shape and, all arrays being of one dtype, its dtype
-    dy = np.random.default_rng(1).standard_normal(case.shape).astype(dtype)
-    found = {f"normref {p}": _normref(spec, sample, dy, p, fused=True) for p in precisions}
+    spec = case.spec
+
+    def data() -> tuple[Sample, np.ndarray]:
+        """The case's inputs and a cotangent (output: the primary input's shape and dtype)."""
+        return case.sample(dtype), np.random.default_rng(1).standard_normal(case.shape).astype(
+            dtype
+        )
+
+    found = {f"normref {p}": _normref(spec, *data(), p, fused=True) for p in precisions}
     if _fused.available():
         for p in precisions:
-            found[f"generic {p}"] = _normref(spec, sample, dy, p, fused=False)
+            found[f"generic {p}"] = _normref(spec, *data(), p, fused=False)
     if "torch" in frameworks and spec.name in TORCH:
-        found["torch"] = _torch(spec, sample, dy)
+        found["torch"] = _torch(spec, *data())
     if "jax" in frameworks and spec.name in JAX:
-        found["jax"] = _jax(spec, sample, dy)
+        found["jax"] = _jax(spec, *data())
     return found
 
 

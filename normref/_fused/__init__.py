@@ -2,13 +2,15 @@
 
 The generic path (:mod:`normref._layer` with the operations of
 :mod:`normref.ops.standardization`) is written once for every Array API
-library; on NumPy it makes several passes over the data and a full-size
-temporary for most steps, and in ``precision="highest"`` a float64 copy of
+library; on NumPy it makes several passes over the data, a full-size
+temporary for most steps and, in ``precision="highest"``, a float64 copy of
 every input. For a standardizing or RMS layer on NumPy arrays, this path
-instead computes the per-group sums in one compiled pass (two for a centred
-variance, the second from cache), reading float32 elements into float64
-accumulators without a float64 copy, and writes the output in one more: the
-only full-size arrays it makes are its results.
+instead computes each group's sums in compiled loops
+(:mod:`normref._fused.kernels`) that read float32 elements straight into
+float64 accumulators, the group's second pass coming from cache, and writes
+each result in one more pass: the only full-size arrays it makes are its
+results. Large inputs are shared out over threads
+(:mod:`normref._fused.threads`).
 
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
@@ -21,7 +23,8 @@ errors are the same.
 Used when all of these hold, else the generic path runs:
 
 * numba is importable and the fused path is enabled (environment variable
-  ``NORMREF_FUSED`` is not ``0``; :func:`enabled` switches it in code);
+  ``NORMREF_FUSED`` is not ``0``; :func:`enabled` switches it, process-wide,
+  in code);
 * ``precision`` is ``"highest"`` or ``"native"`` (a convention is modelled by
   the generic path);
 * every array is a ``numpy.ndarray`` of one dtype, float32 or float64, in

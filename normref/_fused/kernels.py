@@ -282,10 +282,8 @@ def vjp_apply(
                     else:
                         size = row.shape[0]
                         gamma_row = gamma[p : p + size]
-                        d_gamma_row, d_beta_row = (
-                            d_gamma[chunk, p : p + size],
-                            d_beta[chunk, p : p + size],
-                        )
+                        d_gamma_row = d_gamma[chunk, p : p + size]
+                        d_beta_row = d_beta[chunk, p : p + size]
                         for i in range(size):
                             h = dy_row[i] + zero
                             d = row[i] - mu
