@@ -1,8 +1,8 @@
 """``python -m benchmarks``: normref against torch and jax on the CPU, as ratios.
 
 Prints the table row by row as cases finish (progress on stderr), then
-writes ``benchmarks.json``, ``benchmarks.md`` and ``benchmarks.png`` to
-``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
+writes ``benchmarks.json``, ``benchmarks.md``, ``summary.md`` (the main
+columns) and ``benchmarks.png`` to ``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
 (under a minute); the full run takes a few minutes.
 """
 
@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
-from benchmarks.report import TARGETS_TEXT, header, markdown, plot, row, write_json
+from benchmarks.report import (
+    TARGETS_TEXT,
+    header,
+    markdown,
+    plot,
+    row,
+    summary_markdown,
+    write_json,
+)
 from benchmarks.run import Result, measure
 from normref import _fused
 from normref._fused.threads import thread_count
@@ -155,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {**_meta(args, frameworks, repeats), "seconds": time.perf_counter() - started}
     write_json(args.out / "benchmarks.json", results, meta)
     (args.out / "benchmarks.md").write_text(markdown(results))
+    (args.out / "summary.md").write_text(summary_markdown(results))
     plot(args.out / "benchmarks.png", results)
     met = sum(r.meets_targets for r in results)
     print(TARGETS_TEXT)
     print(
         f"{met} of {len(results)} rows meet the targets; {meta['seconds']:.0f} s; "
-        f"results in {args.out}/benchmarks.{{json,md,png}}"
+        f"results in {args.out}/benchmarks.{{json,md,png}} and {args.out}/summary.md"
     )
     return 0
 

@@ -74,6 +74,28 @@ def markdown(results: Iterable[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SUMMARY_COLUMNS = (
+    "op",
+    "shape",
+    "dtype",
+    "precision",
+    "x torch",
+    "x jax",
+    "mem normref",
+    "targets",
+)
+
+
+def summary_markdown(results: Iterable[Result]) -> str:
+    """The table's main columns in Markdown: normref's time relative to torch and jax, its memory."""
+    chosen = [i for i, (name, _) in enumerate(COLUMNS) if name in SUMMARY_COLUMNS]
+    lines = ["| " + " | ".join(COLUMNS[i][0] for i in chosen) + " |", "|" + "---|" * len(chosen)]
+    for r in results:
+        cells = _cells(r)
+        lines.append("| " + " | ".join(cells[i] for i in chosen) + " |")
+    return "\n".join(lines) + "\n"
+
+
 TARGETS_TEXT = (
     "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
     "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "

@@ -212,22 +212,11 @@ def vjp(
     x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
     size = _param_size(layer, x, gamma is not None or beta is not None)
     flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype)
+    inputs = (x5, dy5, flat_gamma, layout.param_strides)
     mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(4))
     stack = xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype)
     run_chunks(
-        kernels.vjp_sums,
-        chunks,
-        x.size,
-        x5,
-        dy5,
-        flat_gamma,
-        layout.param_strides,
-        centred,
-        mean,
-        m2,
-        dyh,
-        dyh_centred,
-        stack,
+        kernels.vjp_sums, chunks, x.size, *inputs, centred, mean, m2, dyh, dyh_centred, stack
     )
     eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
     v, count = _variance(layer, m2, n)
@@ -238,19 +227,17 @@ def vjp(
     d_gamma = xp.zeros((chunks, size), dtype=dtype)
     d_beta = xp.zeros((chunks, size), dtype=dtype)
     dx = xp.empty(x.shape, dtype=x.dtype)
+    dx5 = xp.reshape(dx, layout.shape)
     run_chunks(
         kernels.vjp_apply,
         chunks,
         x.size,
-        x5,
-        dy5,
-        flat_gamma,
-        layout.param_strides,
+        *inputs,
         mean,
         inv_s,
         coef,
         dyh_mean,
-        xp.reshape(dx, layout.shape),
+        dx5,
         d_gamma,
         d_beta,
     )

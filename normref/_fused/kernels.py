@@ -72,18 +72,23 @@ def _piece_vjp_sums(x, dy, gamma, mean, zero):
 
 
 @_jit_reassoc
-def _piece_vjp_sums_scalar(x, dy, gamma, mean, zero):
-    """:func:`_piece_vjp_sums` with one ``gamma`` for the whole piece."""
+def _piece_dy_sums(x, dy, mean, zero):
+    """Sums of ``(x - mean)**2``, of ``dy`` and of ``dy * (x - mean)`` over one piece.
+
+    For parameters constant along the piece, whose caller scales the last two
+    by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
+    read through a stride known only at run time would not vectorize.
+    """
     squares = zero
-    dyh_total = zero
-    dyh_centred = zero
+    dy_total = zero
+    dy_centred = zero
     for i in range(x.shape[0]):
         d = x[i] - mean
-        h = dy[i] * gamma
+        h = dy[i] + zero
         squares += d * d
-        dyh_total += h
-        dyh_centred += h * d
-    return squares, dyh_total, dyh_centred
+        dy_total += h
+        dy_centred += h * d
+    return squares, dy_total, dy_centred
 
 
 @_jit_reassoc
@@ -233,9 +238,10 @@ def vjp_sums(x, dy, gamma, param_strides, center, mean, m2, dyh, dyh_centred, st
                                 row[start:stop], dy_row[start:stop], gamma_row[start:stop], mu, zero
                             )
                         else:
-                            sums = _piece_vjp_sums_scalar(
-                                row[start:stop], dy_row[start:stop], gamma[p], mu, zero
+                            squares, dy_total, dy_centred = _piece_dy_sums(
+                                row[start:stop], dy_row[start:stop], mu, zero
                             )
+                            sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
                         pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
                         filled += stop - start
                         if filled >= PIECE:

@@ -8,7 +8,7 @@ named layer fits:
 =====================  ===============================  ==========================
 layer                  slots (G0, S1, G2, S3, S4)       parameters vary along
 =====================  ===============================  ==========================
-batch norm (N, C, *S)  (1, N, C, 1, prod(S))            G2
+batch norm (N, C, S)   (1, N, C, 1, prod(S))            G2
 instance norm          (N, 1, C, 1, prod(S))            G2
 group norm (g groups)  (N, 1, g, C/g, prod(S))          G2, S3
 ghost batch norm (b)   (N/b, b, C, 1, prod(S))          G2
