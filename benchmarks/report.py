@@ -125,9 +125,13 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
     path.write_text(json.dumps({"meta": meta, "targets": targets, "results": rows}, indent=1))
 
 
+RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50)
+
+
 def plot(path: Path, results: Sequence[Result]) -> None:
     """Bars of normref's time relative to torch and to jax, per row, with the time targets."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,6 +146,9 @@ def plot(path: Path, results: Sequence[Result]) -> None:
         colours = ["tab:blue" if r.precision == "native" else "tab:orange" for r in results]
         ax.bar(range(len(results)), values, color=colours)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(RATIO_TICKS))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylabel(f"normref time / {other} time")
         ax.axhline(1.0, color="black", linewidth=0.8)
         if other == "torch":
@@ -149,8 +156,9 @@ def plot(path: Path, results: Sequence[Result]) -> None:
                 ax.axhline(TIME_TARGETS[kind], color="tab:red", linestyle=style, linewidth=0.8)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_title(
-        "normref forward + backward relative to torch and jax (CPU; blue: native, orange: highest;"
-        " red: targets)"
+        "normref forward + backward relative to torch and jax\n"
+        "(CPU; blue: native, orange: highest; red lines: the time targets)",
+        fontsize=10,
     )
     axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)
     figure.tight_layout()

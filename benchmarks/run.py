@@ -7,9 +7,10 @@ the fused path where numba is installed, and the same with the fused path
 switched off (the generic Array API code on NumPy); torch (its functional
 layer, then ``backward`` through autograd) and jax (forward and ``jax.vjp`` in
 one ``jax.jit`` program). All run on the CPU in the same process; torch, XLA
-and numba use their default thread pools, NumPy one thread. Every contender works on a
-copy of the data of its own (as torch and jax do anyway), so none finds its
-inputs in cache because another contender just read them.
+and normref's fused path use their default thread pools, NumPy one thread.
+Every contender works on a copy of the data of its own (as torch and jax do
+anyway), so none finds its inputs in cache because another contender just
+read them.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def _jax(spec: OpSpec, sample: Sample, dy: np.ndarray) -> Contender:
             xla_planned(jax.jit(f).lower(*args).compile()),
             xla_planned(jax.jit(backward).lower(args, cotangent).compile()),
         ]
-        return None if None in planned else max(p for p in planned if p is not None)
+        return None if None in planned else max(planned)
 
     return Contender(lambda: jax.block_until_ready(compiled(args, cotangent)), peak_bytes)
 
@@ -161,10 +162,12 @@ def contenders(
     spec = case.spec
 
     def data() -> tuple[Sample, np.ndarray]:
-        """The case's inputs and a cotangent (output: the primary input's shape and dtype)."""
-        return case.sample(dtype), np.random.default_rng(1).standard_normal(case.shape).astype(
-            dtype
-        )
+        """A fresh copy of the case's inputs, and a cotangent of the output's shape and dtype.
+
+        (The output has the primary input's shape; all arrays have one dtype.)
+        """
+        cotangent = np.random.default_rng(1).standard_normal(case.shape).astype(dtype)
+        return case.sample(dtype), cotangent
 
     found = {f"normref {p}": _normref(spec, *data(), p, fused=True) for p in precisions}
     if _fused.available():

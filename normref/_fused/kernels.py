@@ -230,20 +230,20 @@ def vjp_sums(x, dy, gamma, param_strides, center, mean, m2, dyh, dyh_centred, st
                 for s3 in range(x.shape[3]):
                     p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
                     row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
-                    gamma_row = gamma[p : p + row.shape[0]]
                     for start in range(0, row.shape[0], PIECE):
-                        stop = min(start + PIECE, row.shape[0])
+                        end = min(start + PIECE, row.shape[0])
                         if p4:
+                            gamma_part = gamma[p + start : p + end]
                             sums = _piece_vjp_sums(
-                                row[start:stop], dy_row[start:stop], gamma_row[start:stop], mu, zero
+                                row[start:end], dy_row[start:end], gamma_part, mu, zero
                             )
                         else:
                             squares, dy_total, dy_centred = _piece_dy_sums(
-                                row[start:stop], dy_row[start:stop], mu, zero
+                                row[start:end], dy_row[start:end], mu, zero
                             )
                             sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
                         pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
-                        filled += stop - start
+                        filled += end - start
                         if filled >= PIECE:
                             depth, count = _push(stack, chunk, depth, count, pieces)
                             pieces, filled = (zero, zero, zero), 0
