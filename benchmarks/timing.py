@@ -3,7 +3,10 @@
 Single timings on a shared machine swing by 3x from run to run. Every
 benchmark here therefore runs its contenders in rounds, one call of each per
 round in turn, so that a slow period hits all of them alike, and reports the
-minimum over rounds (the run least disturbed by anything else).
+minimum over rounds (the run least disturbed by anything else). Each round
+starts one contender later than the previous one: a contender that leaves
+work behind (a thread pool still spinning, caches full of its own data)
+then slows a different successor each round instead of always the same one.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ def interleaved_minimum(
     for call in contenders.values():
         for _ in range(warmup):
             call()
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(repeats):
-        for name, call in contenders.items():
+    names = list(contenders)
+    best = dict.fromkeys(names, float("inf"))
+    for round_ in range(repeats):
+        first = round_ % len(names)
+        for name in names[first:] + names[:first]:
             start = time.perf_counter()
-            call()
+            contenders[name]()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 

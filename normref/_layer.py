@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from normref import _fused
 from normref._checks import check_shape
 from normref._namespace import (
     Array,
@@ -85,6 +86,9 @@ def normalize(
 ) -> Array:
     """Forward pass of ``layer``."""
     xp = _checked_namespace(layer, x, gamma, beta)
+    fused = _fused.forward(layer, xp, x, gamma, beta, precision)
+    if fused is not None:
+        return fused
     dtype = compute_dtype(xp, x.dtype, precision)
     to_view, from_view, axes = _op_layout(layer)
     x_hat = from_view(
@@ -102,6 +106,10 @@ def normalize_vjp(
 ) -> NormGrads:
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
+    check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    fused = _fused.vjp(layer, xp, dy, x, gamma, beta, precision)
+    if fused is not None:
+        return fused
     dtype = compute_dtype(xp, x.dtype, precision)
     to_view, from_view, axes = _op_layout(layer)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from normref._checks import check_shape
 from normref._namespace import Array, Namespace
+from normref._reductions import sum_of_products
 
 
 def param_shape(x_shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -47,12 +48,15 @@ def affine(
     beta: Array | None,
     param_axes: tuple[int, ...],
 ) -> Array:
-    """``gamma * x_hat + beta`` with the parameters broadcast along ``param_axes``."""
-    y = x_hat
-    if gamma is not None:
-        y = y * broadcast_param(xp, gamma, x_hat.ndim, param_axes)
+    """``gamma * x_hat + beta`` with the parameters broadcast along ``param_axes``.
+
+    Makes at most one new array; ``x_hat`` itself is never modified.
+    """
+    if gamma is None:
+        return x_hat if beta is None else x_hat + broadcast_param(xp, beta, x_hat.ndim, param_axes)
+    y = x_hat * broadcast_param(xp, gamma, x_hat.ndim, param_axes)
     if beta is not None:
-        y = y + broadcast_param(xp, beta, x_hat.ndim, param_axes)
+        y += broadcast_param(xp, beta, x_hat.ndim, param_axes)  # in place: y is new
     return y
 
 
@@ -76,6 +80,6 @@ def affine_vjp_params(
 ) -> tuple[Array | None, Array | None]:
     """Gradients of :func:`affine` with respect to ``gamma`` and ``beta`` (``None`` if absent)."""
     other = tuple(a for a in range(dy.ndim) if a not in param_axes)
-    d_gamma = xp.sum(dy * x_hat, axis=other) if has_gamma else None
+    d_gamma = sum_of_products(xp, dy, x_hat, other, keepdims=False) if has_gamma else None
     d_beta = xp.sum(dy, axis=other) if has_beta else None
     return d_gamma, d_beta

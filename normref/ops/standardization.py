@@ -48,6 +48,7 @@ from typing import Any
 
 from normref._checks import check_correction, check_eps, check_eps_mode
 from normref._namespace import Array, Namespace
+from normref._reductions import sum_of_products
 from normref.ops._group_op import GroupOp, XGrad, run_canonical, run_canonical_vjp
 
 
@@ -68,7 +69,7 @@ def mean_and_variance(
     mean = xp.mean(x, axis=axes, keepdims=True)
     centred = x - mean
     if algorithm == "two_pass":
-        m2 = xp.sum(centred * centred, axis=axes, keepdims=True)
+        m2 = sum_of_products(xp, centred, centred, axes)
     else:
         m2 = (xp.mean(x * x, axis=axes, keepdims=True) - mean * mean) * n
         if algorithm == "fast_clamped":
@@ -98,6 +99,18 @@ def divisor_derivative(xp: Namespace, v: Array, s: Array, *, eps: float, eps_mod
     )
 
 
+def variance_term(
+    xp: Namespace, v: Array, s: Array, dy_dot_y: Array, *, count: int, eps: float, eps_mode: str
+) -> Array:
+    r"""The backward's coefficient :math:`k = -\frac{2 s'(v)}{s \cdot count} \sum_i \bar y_i y_i`.
+
+    With :math:`y = (x - \mu)/s` (or :math:`x/s`) this is the module docstring's
+    :math:`k`; ``dy_dot_y`` is :math:`\sum_i \bar y_i y_i` per group and ``count``
+    is :math:`n - c`.
+    """
+    return (-2.0 / count) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s * dy_dot_y
+
+
 def _center_forward(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     return x - xp.mean(x, axis=axes, keepdims=True)
 
@@ -116,8 +129,9 @@ def _standardize_forward(
     correction: int,
     algorithm: str,
 ) -> Array:
-    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
-    return centred / divisor(xp, v, eps=eps, eps_mode=eps_mode)
+    _, v, y = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    y /= divisor(xp, v, eps=eps, eps_mode=eps_mode)  # in place: y is this function's own array
+    return y
 
 
 def _standardize_vjp(
@@ -132,12 +146,16 @@ def _standardize_vjp(
     algorithm: str,
 ) -> tuple[Array, Array]:
     n = group_count(x, axes)
-    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
+    _, v, y = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
     s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
-    y = centred / s
-    k = (-2.0 / (n - correction)) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s
-    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
-    dx = _center_forward(xp, dy, axes) / s + centred * k
+    y /= s  # in place: the centred values become y
+    dy_dot_y = sum_of_products(xp, dy, y, axes)
+    k = variance_term(xp, v, s, dy_dot_y, count=n - correction, eps=eps, eps_mode=eps_mode)
+    # dx = (dy - mean(dy)) / s + (x - mu) k with x - mu = y s, built in one new array
+    dx = y * (k * s * s)
+    dx += dy
+    dx -= xp.mean(dy, axis=axes, keepdims=True)
+    dx /= s
     return dx, y
 
 
@@ -170,15 +188,20 @@ def _scale_vjp(
     _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
     s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
     y = x / s
-    k = (-2.0 / (n - correction)) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s
-    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
-    return dy / s + centred * k, y
+    dy_dot_y = sum_of_products(xp, dy, y, axes)
+    k = variance_term(xp, v, s, dy_dot_y, count=n - correction, eps=eps, eps_mode=eps_mode)
+    # dx = dy / s + (x - mu) k, built in the centred values' array
+    dx = centred
+    dx *= k * s
+    dx += dy
+    dx /= s
+    return dx, y
 
 
 def _rms_scale_forward(
     xp: Namespace, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
 ) -> Array:
-    q = xp.mean(x * x, axis=axes, keepdims=True)
+    q = sum_of_products(xp, x, x, axes) / group_count(x, axes)
     return x / divisor(xp, q, eps=eps, eps_mode=eps_mode)
 
 
@@ -186,12 +209,17 @@ def _rms_scale_vjp(
     xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
 ) -> tuple[Array, Array]:
     n = group_count(x, axes)
-    q = xp.mean(x * x, axis=axes, keepdims=True)
+    q = sum_of_products(xp, x, x, axes) / n
     s = divisor(xp, q, eps=eps, eps_mode=eps_mode)
     y = x / s
-    k = (-2.0 / n) * divisor_derivative(xp, q, s, eps=eps, eps_mode=eps_mode) / s
-    k = k * xp.sum(dy * y, axis=axes, keepdims=True)
-    return dy / s + x * k, y
+    k = variance_term(
+        xp, q, s, sum_of_products(xp, dy, y, axes), count=n, eps=eps, eps_mode=eps_mode
+    )
+    # dx = dy / s + x k with x = y s, built in one new array
+    dx = y * (k * s * s)
+    dx += dy
+    dx /= s
+    return dx, y
 
 
 CENTER = GroupOp("center", _center_forward, _center_vjp, needs_variance=False)

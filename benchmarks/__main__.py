@@ -1,0 +1,178 @@
+"""``python -m benchmarks``: normref against torch and jax on the CPU, as ratios.
+
+Prints the table row by row as cases finish (progress on stderr), then
+writes ``benchmarks.json``, ``benchmarks.md``, ``summary.md`` (the main
+columns) and ``benchmarks.png`` to ``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
+(under a minute); the full run takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
+from benchmarks.report import (
+    TARGETS_TEXT,
+    header,
+    markdown,
+    plot,
+    row,
+    summary_markdown,
+    write_json,
+)
+from benchmarks.run import Result, measure
+from normref import _fused
+from normref._fused.threads import thread_count
+
+FRAMEWORKS = ("torch", "jax")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small shapes, float32, 3 rounds")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    parser.add_argument("--ops", help="comma-separated registry names (default: every case)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds (default 7; quick 3)")
+    parser.add_argument(
+        "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: torch, jax"
+    )
+    parser.add_argument(
+        "--single-core",
+        action="store_true",
+        help="pin the process to one CPU, every library on one thread (steadier on a busy machine)",
+    )
+    return parser
+
+
+def _pin_to_one_core() -> None:
+    """Run on one CPU, before any library starts its thread pool."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.environ["NORMREF_THREADS"] = "1"
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _cases(quick: bool, ops: str | None) -> list[Case]:
+    chosen = [c for cases in FAMILIES.values() for c in cases if c.quick or not quick]
+    if ops:
+        names = set(ops.split(","))
+        unknown = names - {c.op for c in chosen}
+        if unknown:
+            msg = f"--ops names no benchmarked case: {sorted(unknown)}"
+            raise SystemExit(msg)
+        chosen = [c for c in chosen if c.op in names]
+    return chosen
+
+
+def _available(frameworks: str) -> tuple[str, ...]:
+    found = []
+    for name in frameworks.split(","):
+        if name not in FRAMEWORKS:
+            msg = f"--frameworks: unknown framework {name!r}; choose from {FRAMEWORKS}"
+            raise SystemExit(msg)
+        if importlib.util.find_spec(name) is None:
+            print(f"{name} is not installed: its columns stay empty", file=sys.stderr)
+        else:
+            found.append(name)
+    if "jax" in found:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # float64 cases need it
+    return tuple(found)
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
+    threads: dict[str, Any] = {"numpy": 1}
+    if _fused.available():
+        threads["normref fused"] = thread_count()
+    if "torch" in frameworks:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "repeats": repeats,
+        "cpu": _cpu(),
+        "cpu_count": os.cpu_count(),
+        "fused_path": _fused.available(),
+        "single_core": args.single_core,
+        "load_average_1min": {"start": args.load_at_start, "end": os.getloadavg()[0]},
+        "threads": threads,
+        "python": platform.python_version(),
+        "versions": {
+            p: _version(p) for p in ("normref", "numpy", "numba", "torch", "jax", "jaxlib")
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.single_core:
+        _pin_to_one_core()
+    args.load_at_start = os.getloadavg()[0]
+    if args.load_at_start > 0.5 * len(os.sched_getaffinity(0)):
+        print(
+            f"the machine is busy (1-minute load {args.load_at_start:.1f}): timings will be noisy; "
+            "--single-core is steadier",
+            file=sys.stderr,
+        )
+    cases = _cases(args.quick, args.ops)
+    frameworks = _available(args.frameworks)
+    repeats = args.repeats or (3 if args.quick else 7)
+    dtypes = QUICK_DTYPES if args.quick else DTYPES
+    plan = [(case, dtype) for case in cases for dtype in dtypes]
+    started = time.perf_counter()
+    results: list[Result] = []
+    print(header(), flush=True)
+    for done, (case, dtype) in enumerate(plan):
+        print(f"[{done + 1}/{len(plan)}] {case.label} {dtype} ...", file=sys.stderr, flush=True)
+        for result in measure(case, dtype, PRECISIONS, frameworks=frameworks, repeats=repeats):
+            results.append(result)
+            print(row(result), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {**_meta(args, frameworks, repeats), "seconds": time.perf_counter() - started}
+    write_json(args.out / "benchmarks.json", results, meta)
+    (args.out / "benchmarks.md").write_text(markdown(results))
+    (args.out / "summary.md").write_text(summary_markdown(results))
+    plot(args.out / "benchmarks.png", results)
+    met = sum(r.meets_targets for r in results)
+    print(TARGETS_TEXT)
+    print(
+        f"{met} of {len(results)} rows meet the targets; {meta['seconds']:.0f} s; "
+        f"results in {args.out}/benchmarks.{{json,md,png}} and {args.out}/summary.md"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

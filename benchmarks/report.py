@@ -1,0 +1,166 @@
+"""Benchmark output: a terminal table (row by row, as results come), Markdown, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import MEMORY_TARGETS, TIME_TARGETS, Result, compute_kind
+
+COLUMNS = (
+    ("op", 14),
+    ("shape", 18),
+    ("dtype", 8),
+    ("precision", 9),
+    ("normref ms", 11),
+    ("torch ms", 9),
+    ("jax ms", 9),
+    ("x torch", 8),
+    ("x jax", 7),
+    ("generic x torch", 16),
+    ("mem normref", 12),
+    ("mem generic", 12),
+    ("mem torch", 10),
+    ("mem jax", 8),
+    ("targets", 7),
+)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cells(result: Result) -> list[str]:
+    return [
+        result.op,
+        str(result.shape),
+        result.dtype,
+        result.precision,
+        _ms(result.seconds["normref"]),
+        _ms(result.seconds["torch"]),
+        _ms(result.seconds["jax"]),
+        _times(result.ratio("torch")),
+        _times(result.ratio("jax")),
+        _times(result.ratio("torch", mine="generic")),
+        *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
+        "met" if result.meets_targets else "MISSED",
+    ]
+
+
+def header() -> str:
+    """The terminal table's header line."""
+    return " ".join(name.rjust(width) for name, width in COLUMNS)
+
+
+def row(result: Result) -> str:
+    """One terminal table line."""
+    return " ".join(
+        cell.rjust(width) for cell, (_, width) in zip(_cells(result), COLUMNS, strict=True)
+    )
+
+
+def markdown(results: Iterable[Result]) -> str:
+    """The table in Markdown (times in ms, ratios and memory multiples as plain numbers)."""
+    names = [name for name, _ in COLUMNS]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_COLUMNS = (
+    "op",
+    "shape",
+    "dtype",
+    "precision",
+    "x torch",
+    "x jax",
+    "mem normref",
+    "targets",
+)
+
+
+def summary_markdown(results: Iterable[Result]) -> str:
+    """The table's main columns in Markdown: normref's time relative to torch and jax, its memory."""
+    chosen = [i for i, (name, _) in enumerate(COLUMNS) if name in SUMMARY_COLUMNS]
+    lines = ["| " + " | ".join(COLUMNS[i][0] for i in chosen) + " |", "|" + "---|" * len(chosen)]
+    for r in results:
+        cells = _cells(r)
+        lines.append("| " + " | ".join(cells[i] for i in chosen) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TARGETS_TEXT = (
+    "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
+    "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "
+    "where it computes a narrower input in float64 (precision='highest')"
+).format(
+    t_in=TIME_TARGETS["input"],
+    m_in=MEMORY_TARGETS["input"],
+    t_64=TIME_TARGETS["float64"],
+    m_64=MEMORY_TARGETS["float64"],
+)
+
+
+def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
+    """Every result with its ratios and target verdict, and the run's metadata."""
+    rows = [
+        {
+            **asdict(r),
+            "vs_torch": r.ratio("torch"),
+            "vs_jax": r.ratio("jax"),
+            "generic_vs_torch": r.ratio("torch", mine="generic"),
+            "compute": compute_kind(r.dtype, r.precision),
+            "meets_targets": r.meets_targets,
+        }
+        for r in results
+    ]
+    targets = {"time_vs_torch": TIME_TARGETS, "memory_multiple": MEMORY_TARGETS}
+    path.write_text(json.dumps({"meta": meta, "targets": targets, "results": rows}, indent=1))
+
+
+RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50)
+
+
+def plot(path: Path, results: Sequence[Result]) -> None:
+    """Bars of normref's time relative to torch and to jax, per row, with the time targets."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.op} {r.shape}\n{r.dtype} {r.precision}" for r in results]
+    figure, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(results)), 8), sharex=True)
+    for ax, other in zip(axes, ("torch", "jax"), strict=True):
+        values = [r.ratio(other) or 0.0 for r in results]
+        if not any(values):
+            ax.set_visible(False)
+            continue
+        colours = ["tab:blue" if r.precision == "native" else "tab:orange" for r in results]
+        ax.bar(range(len(results)), values, color=colours)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(RATIO_TICKS))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel(f"normref time / {other} time")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        if other == "torch":
+            for kind, style in (("input", "--"), ("float64", ":")):
+                ax.axhline(TIME_TARGETS[kind], color="tab:red", linestyle=style, linewidth=0.8)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].set_title(
+        "normref forward + backward relative to torch and jax\n"
+        "(CPU; blue: native, orange: highest; red lines: the time targets)",
+        fontsize=10,
+    )
+    axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,255 @@
+"""The fused path: a layer on NumPy arrays through compiled kernels, when numba is installed.
+
+The generic path (:mod:`normref._layer` with the operations of
+:mod:`normref.ops.standardization`) is written once for every Array API
+library; on NumPy it makes several passes over the data, a full-size
+temporary for most steps and, in ``precision="highest"``, a float64 copy of
+every input. For a standardizing or RMS layer on NumPy arrays, this path
+instead computes each group's sums in compiled loops
+(:mod:`normref._fused.kernels`) that read float32 elements straight into
+float64 accumulators, the group's second pass coming from cache, and writes
+each result in one more pass: the only full-size arrays it makes are its
+results. Large inputs are shared out over threads
+(:mod:`normref._fused.threads`).
+
+It computes the same quantities as the generic path, in the same dtype
+(float64 under ``"highest"``, rounded once at the end), with pairwise sums
+as NumPy's, and reuses the generic path's scalar formulas per group
+(:func:`~normref.ops.standardization.divisor`,
+:func:`~normref.ops.standardization.variance_term`); results agree with the
+generic path to rounding. Arguments are checked before either path runs, so
+errors are the same.
+
+Used when all of these hold, else the generic path runs:
+
+* numba is importable and the fused path is enabled (environment variable
+  ``NORMREF_FUSED`` is not ``0``; :func:`enabled` switches it, process-wide,
+  in code);
+* ``precision`` is ``"highest"`` or ``"native"`` (a convention is modelled by
+  the generic path);
+* every array is a ``numpy.ndarray`` of one dtype, float32 or float64, in
+  native byte order, and ``x`` (and ``dy``) are C-contiguous;
+* the layer's partition and parameters fit the kernels' layout
+  (:mod:`normref._fused.layout`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import array_api_compat
+
+from normref._fused.layout import Layout, fit
+from normref._fused.threads import run_chunks
+from normref._namespace import (
+    PRECISIONS,
+    Array,
+    Namespace,
+    compute_dtype,
+    output_dtype,
+    to_dtype,
+)
+from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, variance_term
+
+if TYPE_CHECKING:
+    from normref._layer import Layer, NormGrads
+
+MAX_CHUNKS = 64
+"""Groups are split over at most this many chunks of work (and partial sums)."""
+
+_CENTRED = {STANDARDIZE.name: True, RMS_SCALE.name: False}
+"""The operations this path runs, and whether each centres its group."""
+
+_switch = {"enabled": os.environ.get("NORMREF_FUSED", "1") != "0"}
+
+
+@contextlib.contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """Within the block, use the fused path where it applies (``True``) or never (``False``)."""
+    previous = _switch["enabled"]
+    _switch["enabled"] = flag
+    try:
+        yield
+    finally:
+        _switch["enabled"] = previous
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The kernels module, or ``None`` where numba is not installed or cannot cache."""
+    try:
+        from normref._fused import kernels
+    except ImportError:
+        return None
+    except RuntimeError as error:  # numba found no writable place for its compiled code
+        warnings.warn(f"normref runs without its fused path: {error}", stacklevel=3)
+        return None
+    return kernels
+
+
+def available() -> bool:
+    """Whether numba is importable, so that the fused path can run."""
+    return _kernels() is not None
+
+
+def _layout(
+    layer: Layer,
+    xp: Namespace,
+    precision: Any,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    dy: Array | None = None,
+) -> Layout | None:
+    """The kernels' layout for this call, or ``None`` where the generic path must run."""
+    if not (_switch["enabled"] and isinstance(precision, str) and precision in PRECISIONS):
+        return None
+    if layer.op.name not in _CENTRED or not array_api_compat.is_numpy_namespace(xp):
+        return None
+    arrays = [a for a in (x, gamma, beta, dy) if a is not None]
+    if x.dtype not in (xp.float32, xp.float64) or any(
+        type(a) is not xp.ndarray or a.dtype != x.dtype for a in arrays
+    ):
+        return None
+    if not (x.flags.c_contiguous and (dy is None or dy.flags.c_contiguous)):
+        return None
+    with_params = gamma is not None or beta is not None
+    layout = fit(layer.partition, layer.param_axes if with_params else ())
+    if layout is None or not available():
+        return None
+    return layout
+
+
+def _flat_param(
+    xp: Namespace, param: Array | None, identity: float, size: int, dtype: Any
+) -> Array:
+    """A parameter flattened in the compute dtype; an absent one as ``size`` copies of ``identity``.
+
+    The kernels multiply by ``gamma`` and add ``beta`` unconditionally: 1 and -0.0
+    leave every value as it is, so an absent parameter changes nothing.
+    """
+    if param is None:
+        return xp.full((size,), identity, dtype=dtype)
+    return xp.reshape(to_dtype(xp, param, dtype), (-1,))
+
+
+def _param_size(layer: Layer, x: Array, with_params: bool) -> int:
+    """Number of elements of the layer's parameters (1 where it is called without any)."""
+    return math.prod(x.shape[a] for a in layer.param_axes) if with_params else 1
+
+
+def _chunks(layout: Layout) -> int:
+    return min(layout.shape[0] * layout.shape[2], MAX_CHUNKS)
+
+
+def _variance(layer: Layer, m2: Array, n: int) -> tuple[Array, int]:
+    """The variance (or mean square) from the sum of squares, and the count it divides by."""
+    count = n - layer.params.get("correction", 0)
+    return m2 / count, count
+
+
+def forward(
+    layer: Layer, xp: Namespace, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+) -> Array | None:
+    """The layer's output through the kernels, or ``None`` where the generic path must run."""
+    layout = _layout(layer, xp, precision, x, gamma, beta)
+    if layout is None:
+        return None
+    kernels = _kernels()
+    dtype = compute_dtype(xp, x.dtype, precision)
+    groups, chunks = layout.shape[0] * layout.shape[2], _chunks(layout)
+    x5 = xp.reshape(x, layout.shape)
+    mean = xp.zeros((groups,), dtype=dtype)
+    m2 = xp.zeros((groups,), dtype=dtype)
+    stack = xp.zeros((chunks, 1, kernels.DEPTH), dtype=dtype)
+    run_chunks(kernels.moments, chunks, x.size, x5, _CENTRED[layer.op.name], mean, m2, stack)
+    v, _ = _variance(layer, m2, layer.partition.M)
+    s = divisor(xp, v, eps=layer.params["eps"], eps_mode=layer.params["eps_mode"])
+    y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
+    size = _param_size(layer, x, gamma is not None or beta is not None)
+    run_chunks(
+        kernels.normalize,
+        chunks,
+        x.size,
+        x5,
+        mean,
+        1.0 / s,
+        _flat_param(xp, gamma, 1.0, size, dtype),
+        _flat_param(xp, beta, -0.0, size, dtype),
+        layout.param_strides,
+        xp.reshape(y, layout.shape),
+        chunks,
+    )
+    return y
+
+
+def vjp(
+    layer: Layer,
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Any,
+) -> NormGrads | None:
+    """The layer's gradients through the kernels, or ``None`` where the generic path must run."""
+    from normref._layer import NormGrads
+
+    layout = _layout(layer, xp, precision, x, gamma, beta, dy)
+    if layout is None:
+        return None
+    kernels = _kernels()
+    dtype = compute_dtype(xp, x.dtype, precision)
+    centred = _CENTRED[layer.op.name]
+    groups, chunks, n = layout.shape[0] * layout.shape[2], _chunks(layout), layer.partition.M
+    x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
+    size = _param_size(layer, x, gamma is not None or beta is not None)
+    flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype)
+    inputs = (x5, dy5, flat_gamma, layout.param_strides)
+    mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(4))
+    stack = xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype)
+    run_chunks(
+        kernels.vjp_sums, chunks, x.size, *inputs, centred, mean, m2, dyh, dyh_centred, stack
+    )
+    eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
+    v, count = _variance(layer, m2, n)
+    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
+    inv_s = 1.0 / s
+    coef = variance_term(xp, v, s, dyh_centred * inv_s, count=count, eps=eps, eps_mode=eps_mode)
+    dyh_mean = dyh / n if centred else xp.zeros_like(dyh)
+    d_gamma = xp.zeros((chunks, size), dtype=dtype)
+    d_beta = xp.zeros((chunks, size), dtype=dtype)
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    dx5 = xp.reshape(dx, layout.shape)
+    run_chunks(
+        kernels.vjp_apply,
+        chunks,
+        x.size,
+        *inputs,
+        mean,
+        inv_s,
+        coef,
+        dyh_mean,
+        dx5,
+        d_gamma,
+        d_beta,
+    )
+    return NormGrads(
+        x=dx,
+        gamma=_param_grad(xp, d_gamma, gamma),
+        beta=_param_grad(xp, d_beta, beta),
+    )
+
+
+def _param_grad(xp: Namespace, partials: Array, param: Array | None) -> Array | None:
+    """A parameter's gradient: its chunks' partial sums added, in the parameter's shape and dtype."""
+    if param is None:
+        return None
+    return to_dtype(xp, xp.reshape(xp.sum(partials, axis=0), param.shape), param.dtype)

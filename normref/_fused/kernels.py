@@ -1,0 +1,298 @@
+"""Numba kernels of the fused path: per-group sums, and the elementwise passes that use them.
+
+Every kernel takes ``x`` (and ``dy``, ``y``, ``dx``) in the five-slot layout of
+:mod:`normref._fused.layout` and writes into arrays its caller allocated, so
+that all memory is visible to the caller and no kernel allocates. Arithmetic
+happens in the dtype of the statistics arrays (the compute dtype): an element
+of a float32 input is widened exactly to float64 when they are float64.
+
+Sums are pairwise, as NumPy's are: contiguous pieces of about :data:`PIECE`
+elements are each summed by a vectorized loop (the only place where
+floating-point reassociation is allowed), and the pieces of a group are
+combined by cascade summation, which adds them in the same pairs as a
+recursive pairwise sum. The error of a group's sum is thus bounded by about
+``PIECE / lanes + log2(pieces)`` roundings of its partial sums instead of the
+``n`` roundings of a running sum.
+
+Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
+the groups into ``chunks`` (the leading dimension of its scratch or partial
+arrays, chosen from the problem size alone). Its caller runs ranges of chunks
+on several threads (the kernels release the GIL); since no chunk's result
+depends on another's, every result is the same whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import numba
+
+PIECE = 256
+"""Elements summed by one vectorized loop before the cascade takes over."""
+
+DEPTH = 64
+"""Depth of a cascade stack: enough for 2**63 pieces."""
+
+_jit = numba.njit(cache=True, nogil=True)
+_jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+@_jit_reassoc
+def _piece_sum(piece, shift, squares, zero):
+    """Sum of ``piece - shift``, or of its squares."""
+    total = zero
+    if squares:
+        for i in range(piece.shape[0]):
+            d = piece[i] - shift
+            total += d * d
+    else:
+        for i in range(piece.shape[0]):
+            total += piece[i] - shift
+    return total
+
+
+@_jit_reassoc
+def _piece_vjp_sums(x, dy, gamma, mean, zero):
+    """Sums of ``(x - mean)**2``, of ``dyh`` and of ``dyh * (x - mean)`` over one piece.
+
+    ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
+    a piece as long as ``x``.
+    """
+    squares = zero
+    dyh_total = zero
+    dyh_centred = zero
+    for i in range(x.shape[0]):
+        d = x[i] - mean
+        h = dy[i] * gamma[i]
+        squares += d * d
+        dyh_total += h
+        dyh_centred += h * d
+    return squares, dyh_total, dyh_centred
+
+
+@_jit_reassoc
+def _piece_dy_sums(x, dy, mean, zero):
+    """Sums of ``(x - mean)**2``, of ``dy`` and of ``dy * (x - mean)`` over one piece.
+
+    For parameters constant along the piece, whose caller scales the last two
+    by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
+    read through a stride known only at run time would not vectorize.
+    """
+    squares = zero
+    dy_total = zero
+    dy_centred = zero
+    for i in range(x.shape[0]):
+        d = x[i] - mean
+        h = dy[i] + zero
+        squares += d * d
+        dy_total += h
+        dy_centred += h * d
+    return squares, dy_total, dy_centred
+
+
+@_jit_reassoc
+def _row_param_sums(x, dy, mean, inv_s, zero):
+    """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it."""
+    dy_x_hat = zero
+    dy_total = zero
+    for i in range(x.shape[0]):
+        h = dy[i] + zero
+        dy_x_hat += h * ((x[i] - mean) * inv_s)
+        dy_total += h
+    return dy_x_hat, dy_total
+
+
+# ---------------------------------------------------------------------------- cascade
+
+
+@_jit
+def _push(stack, chunk, depth, count, pieces):
+    """Put the piece sums ``pieces`` on the stacks; merge pairs as pairwise summation would."""
+    for w in range(len(pieces)):
+        stack[chunk, w, depth] = pieces[w]
+    depth += 1
+    count += 1
+    pairs = count
+    while pairs % 2 == 0:
+        depth -= 1
+        for w in range(len(pieces)):
+            stack[chunk, w, depth - 1] += stack[chunk, w, depth]
+        pairs //= 2
+    return depth, count
+
+
+@_jit
+def _drain(stack, chunk, w, depth, zero):
+    """The total of cascade ``w``: its pending partial sums, smallest first."""
+    total = zero
+    for d in range(depth - 1, -1, -1):
+        total += stack[chunk, w, d]
+    return total
+
+
+@_jit
+def _group_sum(x, g0, g2, shift, squares, stack, chunk):
+    """Pairwise sum over group ``(g0, g2)`` of ``x - shift`` or of its squares.
+
+    Short rows are gathered into one piece until it holds ``PIECE`` elements.
+    """
+    zero = stack.dtype.type(0)
+    depth = count = filled = 0
+    piece = zero
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            row = x[g0, s1, g2, s3]
+            for start in range(0, row.shape[0], PIECE):
+                part = row[start : start + PIECE]
+                piece += _piece_sum(part, shift, squares, zero)
+                filled += part.shape[0]
+                if filled >= PIECE:
+                    depth, count = _push(stack, chunk, depth, count, (piece,))
+                    piece, filled = zero, 0
+    if filled:
+        depth, count = _push(stack, chunk, depth, count, (piece,))
+    return _drain(stack, chunk, 0, depth, zero)
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+@_jit
+def moments(x, center, mean, m2, stack, first, stop):
+    """Per group ``g = g0 * G2 + g2``: ``mean`` (0 unless ``center``) and ``m2 = sum (x - mean)**2``.
+
+    ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
+    """
+    groups = x.shape[0] * x.shape[2]
+    chunks = stack.shape[0]
+    real = mean.dtype.type
+    n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    for chunk in range(first, stop):
+        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
+            g0, g2 = g // x.shape[2], g % x.shape[2]
+            mu = real(0)
+            if center:
+                mu = _group_sum(x, g0, g2, real(0), False, stack, chunk) / n
+            mean[g] = mu
+            m2[g] = _group_sum(x, g0, g2, mu, True, stack, chunk)
+
+
+@_jit
+def normalize(x, mean, inv_s, gamma, beta, param_strides, y, chunks, first, stop):
+    """``y = (x - mean) * inv_s * gamma + beta``, per group.
+
+    The caller passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent
+    parameters: multiplying by 1 and adding -0.0 change no value.
+    """
+    groups = x.shape[0] * x.shape[2]
+    p0, p1, p2, p3, p4 = param_strides
+    for g in range(first * groups // chunks, stop * groups // chunks):
+        g0, g2 = g // x.shape[2], g % x.shape[2]
+        mu, scale = mean[g], inv_s[g]
+        for s1 in range(x.shape[1]):
+            for s3 in range(x.shape[3]):
+                p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+                row, out = x[g0, s1, g2, s3], y[g0, s1, g2, s3]
+                if p4 == 0:
+                    gm, bt = gamma[p], beta[p]
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] - mu) * scale * gm + bt
+                else:
+                    gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] - mu) * scale * gamma_row[i] + beta_row[i]
+
+
+@_jit
+def vjp_sums(x, dy, gamma, param_strides, center, mean, m2, dyh, dyh_centred, stack, first, stop):
+    """Per group: ``mean``, ``m2`` and the sums of ``dyh`` and ``dyh * (x - mean)``.
+
+    ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
+    of ones where the layer has none); ``stack`` is ``(chunks, 3, DEPTH)``
+    scratch in the compute dtype.
+    """
+    groups = x.shape[0] * x.shape[2]
+    chunks = stack.shape[0]
+    real = mean.dtype.type
+    zero = real(0)
+    n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    p0, p1, p2, p3, p4 = param_strides
+    for chunk in range(first, stop):
+        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
+            g0, g2 = g // x.shape[2], g % x.shape[2]
+            mu = zero
+            if center:
+                mu = _group_sum(x, g0, g2, zero, False, stack, chunk) / n
+            depth = count = filled = 0
+            pieces = (zero, zero, zero)
+            for s1 in range(x.shape[1]):
+                for s3 in range(x.shape[3]):
+                    p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+                    row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
+                    for start in range(0, row.shape[0], PIECE):
+                        end = min(start + PIECE, row.shape[0])
+                        if p4:
+                            gamma_part = gamma[p + start : p + end]
+                            sums = _piece_vjp_sums(
+                                row[start:end], dy_row[start:end], gamma_part, mu, zero
+                            )
+                        else:
+                            squares, dy_total, dy_centred = _piece_dy_sums(
+                                row[start:end], dy_row[start:end], mu, zero
+                            )
+                            sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
+                        pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
+                        filled += end - start
+                        if filled >= PIECE:
+                            depth, count = _push(stack, chunk, depth, count, pieces)
+                            pieces, filled = (zero, zero, zero), 0
+            if filled:
+                depth, count = _push(stack, chunk, depth, count, pieces)
+            mean[g] = mu
+            m2[g] = _drain(stack, chunk, 0, depth, zero)
+            dyh[g] = _drain(stack, chunk, 1, depth, zero)
+            dyh_centred[g] = _drain(stack, chunk, 2, depth, zero)
+
+
+@_jit
+def vjp_apply(
+    x, dy, gamma, param_strides, mean, inv_s, coef, dyh_mean, dx, d_gamma, d_beta, first, stop
+):
+    """``dx = (dyh - dyh_mean) * inv_s + (x - mean) * coef``, and the parameters' gradients.
+
+    ``dyh = dy * gamma`` (``gamma`` of ones where the layer has none).
+    ``d_gamma`` and ``d_beta`` are ``(chunks, P)`` partial sums (zeros on
+    entry) of ``dy * x_hat`` and ``dy`` per parameter, one row per chunk of
+    groups; their caller adds the rows.
+    """
+    groups = x.shape[0] * x.shape[2]
+    chunks = d_gamma.shape[0]
+    zero = mean.dtype.type(0)
+    p0, p1, p2, p3, p4 = param_strides
+    for chunk in range(first, stop):
+        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
+            g0, g2 = g // x.shape[2], g % x.shape[2]
+            mu, scale, k, centre = mean[g], inv_s[g], coef[g], dyh_mean[g]
+            for s1 in range(x.shape[1]):
+                for s3 in range(x.shape[3]):
+                    p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+                    row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
+                    if p4 == 0:
+                        gm = gamma[p]
+                        for i in range(row.shape[0]):
+                            out[i] = (dy_row[i] * gm - centre) * scale + (row[i] - mu) * k
+                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, mu, scale, zero)
+                        d_gamma[chunk, p] += dy_x_hat
+                        d_beta[chunk, p] += dy_total
+                    else:
+                        size = row.shape[0]
+                        gamma_row = gamma[p : p + size]
+                        d_gamma_row = d_gamma[chunk, p : p + size]
+                        d_beta_row = d_beta[chunk, p : p + size]
+                        for i in range(size):
+                            h = dy_row[i] + zero
+                            d = row[i] - mu
+                            d_gamma_row[i] += h * (d * scale)
+                            d_beta_row[i] += h
+                            out[i] = (h * gamma_row[i] - centre) * scale + d * k

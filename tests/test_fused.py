@@ -1,0 +1,393 @@
+"""The fused NumPy path (numba kernels): the generic path's results, wherever it is taken.
+
+On the ``numpy`` backend the registry-driven tests already run every layer
+through the fused path, and the generic path on every other backend. These
+tests add inputs long enough for pairwise sums of several pieces and more
+groups than chunks of work, compare the two paths element by element, check
+the fused gradients against finite differences on those inputs, and check
+where the fused path is taken and where it is not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba is not installed (pip install -e '.[fast]')")
+
+import normref
+from conformance.ulp import ulp
+from normref import _fused
+from normref._fused import MAX_CHUNKS, kernels
+from normref.registry import REGISTRY, OpSpec, Sample
+from tests.support import assert_close_to_scale, assert_within, fd_jvp
+
+U64 = float(np.finfo(np.float64).eps)
+U32 = float(np.finfo(np.float32).eps)
+
+
+def _registry_sample(name: str, shape: tuple[int, ...], **fixed) -> Callable[[int], Sample]:
+    return lambda seed: REGISTRY[name].sample(np.random.default_rng(seed), shape).replace(**fixed)
+
+
+def _channels_last(seed: int) -> Sample:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((6, 7, 9, 5))
+    params = {"gamma": 1.0 + 0.5 * rng.standard_normal(5), "beta": rng.standard_normal(5)}
+    return Sample({"x": x, **params}, {"eps": 1e-5, "axis": -1})
+
+
+# Groups longer than a piece (kernels.PIECE = 256 samples), rows longer and shorter than a
+# piece, parameters varying inside a group (group norm), and more groups than MAX_CHUNKS.
+CASES = [
+    pytest.param("batch_norm", _registry_sample("batch_norm", (4, 3, 20, 20)), id="batch_norm"),
+    pytest.param("batch_norm", _channels_last, id="batch_norm_channels_last"),
+    pytest.param(
+        "instance_norm", _registry_sample("instance_norm", (3, 4, 17, 19)), id="instance_norm"
+    ),
+    pytest.param(
+        "group_norm", _registry_sample("group_norm", (3, 8, 9, 9), num_groups=4), id="group_norm"
+    ),
+    pytest.param(
+        "ghost_batch_norm",
+        _registry_sample("ghost_batch_norm", (8, 3, 10, 10), virtual_batch_size=4),
+        id="ghost_batch_norm",
+    ),
+    pytest.param("layer_norm", _registry_sample("layer_norm", (130, 300)), id="layer_norm"),
+    pytest.param("rms_norm", _registry_sample("rms_norm", (70, 513)), id="rms_norm"),
+]
+EPS_MODES = ["add", "max", "add_std"]
+
+
+def _as(sample: Sample, dtype: str, **changes) -> Sample:
+    def convert(value):
+        return value.astype(dtype) if isinstance(value, np.ndarray) else value
+
+    return Sample({k: convert(v) for k, v in sample.args.items()}, sample.kwargs).replace(**changes)
+
+
+def _both_paths(spec: OpSpec, sample: Sample, dy: np.ndarray):
+    """(y, grads) through the fused path and through the generic path."""
+    results = []
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            results.append((spec.call(sample), spec.call_vjp(dy, sample)))
+    return results
+
+
+def _term_scales(spec: OpSpec, sample: Sample, dy: np.ndarray) -> dict[str, float]:
+    """Float64 sizes of the terms that make up each result, for comparisons relative to them.
+
+    ``y = gamma x_hat + beta``; ``dx = (gamma dy - mean(gamma dy)) / s + (x - mu) k`` with
+    every term at most ``|gamma| |dy| (1 + |x_hat|) / s``; a parameter's gradient is a sum of
+    ``dy x_hat`` or ``dy`` over some elements, at most the sum over all of them.
+    """
+    wide = _as(sample, "float64")
+    with _fused.enabled(False):
+        x_hat = np.asarray(spec.call(spec.without_affine(wide)))
+        s_min = float(np.min(np.std(wide.args["x"])))  # unit-normal data: s is about 1
+    gamma = wide.args.get("gamma")
+    gamma_max = 1.0 if gamma is None else float(np.max(np.abs(gamma)))
+    dy_max = float(np.max(np.abs(dy)))
+    terms = float(np.sum(np.abs(dy) * (1.0 + np.abs(x_hat))))
+    return {
+        "y": float(np.max(np.abs(spec.call(wide)))) + 1.0,
+        "x": gamma_max * dy_max * (1.0 + float(np.max(np.abs(x_hat)))) / s_min,
+        "gamma": terms,
+        "beta": terms,
+    }
+
+
+def _compare(spec, fused, generic, scales, *, rtol: float, ulps_of: str | None, what: str):
+    """Each result of the two paths within ``rtol`` of its term scale (plus an ulp of ``ulps_of``)."""
+    (y_f, grads_f), (y_g, grads_g) = fused, generic
+
+    def close(a, b, scale, name):
+        bound = rtol * scale + (0.0 if ulps_of is None else ulp(b, ulps_of))
+        assert_within(np.asarray(a), np.asarray(b), bound, what=f"{what}: {name}")
+
+    close(y_f, y_g, scales["y"], "y")
+    for name in spec.differentiable:
+        a, b = getattr(grads_f, name), getattr(grads_g, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype or b.dtype == np.float64, name
+            close(a, b, scales[name], f"d{name}")
+
+
+# Both paths compute the same float64 quantities and differ only in the order of their sums:
+# pairwise, each within about (PIECE / 4 + log2 n) u64 ~ 1e-14 of the sum of the terms'
+# magnitudes, for the groups here (n <= 2000). 1e-12 of the term scale leaves a factor 100
+# for the conditioning of unit-normal data.
+FLOAT64_RTOL = 1e-12
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+@pytest.mark.parametrize("eps_mode", EPS_MODES)
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_float64_fused_matches_generic(name, make, eps_mode, with_affine):
+    spec = REGISTRY[name]
+    sample = _as(make(0), "float64", eps_mode=eps_mode)
+    if not with_affine:
+        sample = spec.without_affine(sample)
+    dy = np.random.default_rng(1).standard_normal(sample.args["x"].shape)
+    _compare(
+        spec,
+        *_both_paths(spec, sample, dy),
+        _term_scales(spec, sample, dy),
+        rtol=FLOAT64_RTOL,
+        ulps_of=None,
+        what=f"{name} {eps_mode}",
+    )
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+def test_highest_float32_fused_matches_generic(name, make):
+    """Both round the float64 result once: at most one float32 ulp apart.
+
+    Two float64 values that agree to FLOAT64_RTOL of their scale round to the same float32
+    or to neighbours; outputs that are small by cancellation (gradients) also carry the float64
+    difference itself.
+    """
+    spec = REGISTRY[name]
+    sample = _as(make(0), "float32")
+    dy = np.random.default_rng(1).standard_normal(sample.args["x"].shape).astype(np.float32)
+    _compare(
+        spec,
+        *_both_paths(spec, sample, dy),
+        _term_scales(spec, sample, dy),
+        rtol=FLOAT64_RTOL,
+        ulps_of="float32",
+        what=f"{name} float32 highest",
+    )
+
+
+# float32 native: each path's sums err by at most about (PIECE / 8 + log2 n) u32 ~ 45 u32 of the
+# terms' magnitudes (NumPy's pairwise and BLAS dot sums are bounded alike); the mean, the
+# variance and the divisor each pass that on to the output with a factor of order one on
+# unit-normal data, plus a few roundings of the final arithmetic: 256 u32 of the term scale.
+NATIVE_FLOAT32_RTOL = 256 * U32
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+def test_native_float32_fused_is_as_accurate_as_generic(name, make):
+    """Both paths compute in float32 and stay within the float32 bound of the exact result."""
+    spec = REGISTRY[name]
+    sample = _as(make(0), "float32", precision="native")
+    dy = np.random.default_rng(1).standard_normal(sample.args["x"].shape).astype(np.float32)
+    scales = _term_scales(spec, sample, dy)
+    exact = _both_paths(spec, _as(sample, "float64", precision="highest"), dy.astype(np.float64))
+    for label, result in zip(("fused", "generic"), _both_paths(spec, sample, dy), strict=True):
+        assert result[0].dtype == np.float32
+        _compare(
+            spec,
+            result,
+            exact[1],
+            scales,
+            rtol=NATIVE_FLOAT32_RTOL,
+            ulps_of=None,
+            what=f"{name} native float32, {label} path",
+        )
+
+
+def test_pairwise_sums_keep_a_long_group_accurate():
+    """One group of 2**20 float32 values near 1 with std 1e-3.
+
+    A running float32 sum of the values would err by up to n u32 / 2 ~ 3% of the mean, i.e.
+    ~30 standard deviations; pairwise sums keep the mean within about log2(n) u32 of it,
+    ~1e-6, which is 1e-3 of a standard deviation. With |mean|/std = 1e3 the centred values
+    lose log2(1e3) bits to cancellation as well: the output errs by ~(log2 n) u32 * 1e3.
+    """
+    rng = np.random.default_rng(0)
+    x = (1.0 + 1e-3 * rng.standard_normal((1, 2**20))).astype(np.float32)
+    exact = normref.layer_norm(x.astype(np.float64))
+    native = normref.layer_norm(x, precision="native")
+    error = float(np.max(np.abs(native - exact)))
+    assert error <= 64 * math.log2(x.size) * U32 * 1e3
+    highest = normref.layer_norm(x)
+    assert np.max(np.abs(highest - exact) / ulp(exact, "float32")) <= 1.0
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+def test_fused_gradients_satisfy_the_adjoint_identity(name, make):
+    """<J v, u> by finite differences of the fused forward equals <v, J^T u> of the fused VJP."""
+    spec = REGISTRY[name]
+    sample = _as(make(3), "float64")
+    rng = np.random.default_rng(4)
+    args = {k: sample.args[k] for k in spec.differentiable}
+    u = rng.standard_normal(args["x"].shape)
+    v = {k: rng.standard_normal(a.shape) for k, a in args.items()}
+    jv, jv_error = fd_jvp(lambda **a: spec.call(sample.replace(**a)), args, v)
+    grads = spec.call_vjp(u, sample)
+    terms = np.concatenate([np.ravel(jv * u), *(-np.ravel(v[k] * getattr(grads, k)) for k in v)])
+    gap = math.fsum(terms)
+    # as in tests/test_gradients.py: float64 rounding of the terms plus the FD error bound
+    bound = 1e-9 * math.fsum(np.abs(terms)) + math.fsum(np.ravel(jv_error * np.abs(u)))
+    assert abs(gap) <= bound, f"{name}: <Jv,u> - <v,J^T u> = {gap:.3e} > {bound:.3e}"
+
+
+def test_more_groups_than_chunks_are_all_computed():
+    """Every one of 3 * MAX_CHUNKS + 1 groups is normalized: mean 0, variance v / (v + eps)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3 * MAX_CHUNKS + 1, 40)) * rng.uniform(
+        0.5, 2.0, (3 * MAX_CHUNKS + 1, 1)
+    )
+    y = normref.layer_norm(x)
+    v = np.var(x, axis=1)
+    means = np.mean(y, axis=1)
+    assert_close_to_scale(means, np.zeros_like(means), 1.0, rtol=64 * U64, what="group means")
+    assert_close_to_scale(np.var(y, axis=1), v / (v + 1e-5), 1.0, rtol=64 * U64, what="variances")
+
+
+# ---------------------------------------------------------------------------- where it runs
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[str]:
+    """Names of the output kernels called during the test."""
+    calls: list[str] = []
+    for name in ("normalize", "vjp_apply"):
+        original = getattr(kernels, name)
+
+        def spy(*args, _original=original, _name=name):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+    return calls
+
+
+def _bn_inputs(dtype="float32", order="C"):
+    rng = np.random.default_rng(6)
+    x = np.asarray(rng.standard_normal((4, 3, 5, 5)), dtype=dtype, order=order)
+    gamma = np.ones(3, dtype=dtype)
+    return x, gamma, np.asarray(rng.standard_normal(x.shape), dtype=dtype, order=order)
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_layers_take_the_fused_path(kernel_calls, precision, dtype):
+    x, gamma, dy = _bn_inputs(dtype)
+    normref.batch_norm(x, gamma, gamma, precision=precision)
+    normref.batch_norm_vjp(dy, x, gamma, gamma, precision=precision)
+    normref.rms_norm(x, gamma[:1].repeat(5), axes=-1, precision=precision)
+    assert kernel_calls == ["normalize", "vjp_apply", "normalize"]
+
+
+def test_a_modelled_convention_takes_the_generic_path(kernel_calls):
+    x, gamma, dy = _bn_inputs()
+    normref.batch_norm(x, gamma, precision="torch")
+    normref.batch_norm_vjp(dy, x, gamma, precision="flax")
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        pytest.param(lambda: _bn_inputs("float16"), id="float16"),
+        pytest.param(lambda: _bn_inputs(order="F"), id="non-contiguous x and dy"),
+        pytest.param(
+            lambda: (_bn_inputs()[0], np.ones(3), _bn_inputs()[2]), id="float64 gamma, float32 x"
+        ),
+    ],
+)
+def test_other_numpy_inputs_take_the_generic_path(kernel_calls, inputs):
+    x, gamma, dy = inputs()
+    y = normref.batch_norm(x, gamma)
+    grads = normref.batch_norm_vjp(dy, x, gamma)
+    assert kernel_calls == []
+    assert y.dtype == np.result_type(x, gamma)
+    assert grads.gamma.dtype == gamma.dtype
+
+
+def test_a_non_contiguous_cotangent_takes_the_generic_path(kernel_calls):
+    x, gamma, dy = _bn_inputs()
+    normref.batch_norm_vjp(np.asfortranarray(dy), x, gamma)
+    assert kernel_calls == []
+
+
+def test_other_libraries_take_the_generic_path(kernel_calls):
+    import array_api_strict
+
+    x, gamma, _ = _bn_inputs()
+    normref.batch_norm(array_api_strict.asarray(x), array_api_strict.asarray(gamma))
+    assert kernel_calls == []
+
+
+def test_the_switch_turns_the_fused_path_off(kernel_calls):
+    x, gamma, _ = _bn_inputs()
+    with _fused.enabled(False):
+        normref.batch_norm(x, gamma)
+    assert kernel_calls == []
+    normref.batch_norm(x, gamma)
+    assert kernel_calls == ["normalize"]
+
+
+def test_the_environment_variable_turns_the_fused_path_off():
+    code = "from normref import _fused; print(_fused._switch['enabled'])"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "NORMREF_FUSED": value}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
+
+
+def test_errors_are_raised_before_either_path(kernel_calls):
+    x, gamma, dy = _bn_inputs()
+    with pytest.raises(ValueError, match=r"gamma must have shape \(3,\)"):
+        normref.batch_norm(x, gamma[:2])
+    with pytest.raises(ValueError, match="dy must have shape"):
+        normref.batch_norm_vjp(dy[:2], x, gamma)
+    assert kernel_calls == []
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    """Work is split into chunks by the problem alone; threads only share out the chunks."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 16, 32, 32))  # above MIN_PARALLEL_ELEMENTS
+    gamma, beta, dy = rng.standard_normal(16), rng.standard_normal(16), rng.standard_normal(x.shape)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("NORMREF_THREADS", threads)
+        results.append(
+            (normref.group_norm(x, 4, gamma, beta), *normref.group_norm_vjp(dy, x, 4, gamma, beta))
+        )
+    for one, three in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, three)
+
+
+_FORK_SCRIPT = """
+import multiprocessing, numpy as np, normref
+x = np.random.default_rng(8).standard_normal((4, 16, 64, 64))
+expected = normref.batch_norm(x)  # the parent's pool now has a thread
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    result = pool.apply_async(normref.batch_norm, (x,)).get(timeout=60)
+np.testing.assert_array_equal(result, expected)
+print("same")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_forked_child_runs_on_threads_of_its_own():
+    """The parent's pool threads do not exist in a forked child: the child starts new ones.
+
+    Run in a fresh interpreter: this test process holds other libraries' threads (JAX warns
+    on any fork), which are not what is tested.
+    """
+    env = {**os.environ, "NORMREF_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.stdout.strip() == "same", out.stderr
