@@ -15,20 +15,18 @@ from typing import Any
 import array_api_compat
 
 from normref import ops, whitening
-from normref.partition import FEATURE, GROUP, SAMPLE, Partition, whitening_partition
-from normref.registry import (
+from normref._opspec import ErrorCase, OpSpec, Sample
+from normref._registry_standardization import (
     _CANONICAL_RANK,
     _CHANNEL_ERRORS,
     _SINGLE_SAMPLE,
-    ErrorCase,
-    OpSpec,
-    Sample,
     _divisors,
     _normal,
     _one_sample_canonical,
     _wrong_param,
     _x_shape,
 )
+from normref.partition import FEATURE, GROUP, SAMPLE, Partition, whitening_partition
 
 Rng = Any  # numpy.random.Generator, supplied by the caller
 
