@@ -11,7 +11,7 @@ from conformance.cases import cases_for, find_case
 from conformance.models import NORMREF
 from conformance.ops import CHECKED_OPS, KINDS, get_op
 from conformance.reference import expected, prepare
-from conformance.tolerances import BUDGETS
+from conformance.tolerances import BUDGETS, budget_of
 from normref.registry import REGISTRY
 
 OPS = list(CHECKED_OPS)
@@ -24,11 +24,12 @@ def test_every_registry_op_is_checked_with_an_error_model():
 
 @pytest.mark.parametrize("op", OPS)
 def test_every_output_has_a_budget(op):
-    """Each output and gradient of the typical case has operation counts in BUDGETS."""
+    """Each output and gradient of the typical case has terms and operation counts in BUDGETS
+    (by its role: the gradient of a weight ``w`` is counted as any primary input's)."""
     result = expected(prepare(find_case(f"{op}/typical"), "float32"), NORMREF)
+    assert set(result.values) == set(result.terms.outputs)
     for name in result.values:
-        kind = "state" if name.startswith("running_") else get_op(op).kind
-        assert (kind, name) in BUDGETS
+        assert budget_of(result.terms, name) in BUDGETS.values()
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -53,12 +54,29 @@ def test_another_seed_draws_other_data_with_the_same_ids():
 
 @pytest.mark.parametrize("op", OPS)
 def test_error_cases_are_exactly_those_normref_refuses(op):
+    """normref raises on an error-path case where it says (its forward, or its gradient), and
+    evaluates every other case, forward and backward."""
+    checked = get_op(op)
     for case in cases_for(op):
-        if case.kind == "error":
+        dy = case.cotangent()
+        if case.kind == "error" and case.error_in == "forward":
             with pytest.raises(ValueError, match=re.escape(case.error)):
-                get_op(op).reference(case.sample, NORMREF)
+                checked.reference(case.sample, NORMREF)
+        elif case.kind == "error":
+            checked.reference(case.sample, NORMREF)
+            with pytest.raises(ValueError, match=re.escape(case.error)):
+                checked.evaluate(case.sample, dy, NORMREF)
         else:
-            get_op(op).reference(case.sample, NORMREF)
+            checked.evaluate(case.sample, dy, NORMREF)
+
+
+def test_repeated_eigenvalues_are_an_error_path_of_pca_only():
+    """The gradient of PCA whitening and of decorrelation does not exist at repeated
+    eigenvalues; ZCA's, Cholesky's and IterNorm's does."""
+    for op in ("pca_whiten", "decorrelate", "zca_whiten", "cholesky_whiten", "iter_norm_whiten"):
+        case = find_case(f"{op}/repeated-eigenvalues")
+        refused = op in ("pca_whiten", "decorrelate")
+        assert (case.kind, case.error_in) == (("error", "backward") if refused else ("edge", None))
 
 
 @pytest.mark.parametrize("op", [o for o in OPS if get_op(o).has_variance])
