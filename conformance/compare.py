@@ -95,7 +95,7 @@ def compare_output(
         problem = f"shape {actual.shape}, expected {exact.shape}"
         return _unusable(name, direction, actual_dtype, expected_dtype, problem)
     bounds = element_bounds(terms, name, exact, expected_dtype, arithmetic)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         error = np.abs(actual - exact)
         # the correctly rounded result is always right, even where it overflows to infinity
         rounded = round_to(exact, expected_dtype)

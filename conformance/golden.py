@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance.backends import Backend, get_backend
 from conformance.cases import cases_for
 from conformance.models import Model, model_of
 from conformance.ops import CHECKED_OPS, get_op
@@ -37,7 +38,9 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _vector(
+    case: Any, dtype: str, model: Model, backend: Backend
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     op = get_op(case.op)
     prepared = prepare(case, dtype)
     sample = model_sample(prepared, model)
@@ -65,7 +68,7 @@ def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray],
         entry["expect"] = "error"
         entry["error"] = case.error
         return arrays, entry
-    result = expected(prepared, model)
+    result = expected(prepared, model, backend=backend)
     arrays["dy"] = prepared.dy
     arithmetic = arithmetic_of(model, dtype)
     budgets = {}
@@ -96,18 +99,20 @@ def export_golden(
     dtypes: Sequence[str] = ("float16", "bfloat16", "float32", "float64"),
     convention: Any = None,
     seed: int = 0,
+    backend: str | Backend | None = None,
 ) -> Path:
-    """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention``; return the
-    manifest's path."""
+    """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention`` (the reference on
+    ``backend``); return the manifest's path."""
     import normref
 
+    reference = get_backend(backend)
     model = model_of(convention)
     root = Path(out)
     vectors = []
     for op in ops if ops is not None else list(CHECKED_OPS):
         for case in cases_for(op, suite_seed=seed):
             for dtype in dtypes:
-                arrays, entry = _vector(case, dtype, model)
+                arrays, entry = _vector(case, dtype, model, reference)
                 buffer = io.BytesIO()
                 np.savez(buffer, **arrays)
                 data = buffer.getvalue()

@@ -228,7 +228,14 @@ FRAMEWORK_MODELS: dict[str, Model] = {
     # flax: WeightNorm and SpectralNorm normalize by x * rsqrt(sum(x * x) + 1e-12)
     "flax": Model(FLAX, weight_norm_eps=1e-12, l2_eps_mode="add"),
     "keras": Model(KERAS),
-    "onnx": Model(ONNX),
+    # onnx: attributes (epsilon, momentum) are float32
+    "onnx": Model(ONNX, scalar_dtype="float32"),
+    # timm: torch's layers, with LayerNorm and RmsNorm eps=1e-6 and ScaledStdConv2d's eps inside
+    # the root (F.batch_norm)
+    "timm": Model(
+        dataclasses.replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6),
+        scaled_ws_eps_mode="add",
+    ),
     # optax: jax layouts; unitwise_norm infers the units from the rank
     "optax": Model(dataclasses.replace(FLAX, name="optax"), unit_axes="by_rank"),
     # the NFNets reference code: optim.py's unitwise_norm as optax's, base.py's sampled gains

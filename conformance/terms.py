@@ -390,9 +390,9 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
 
 
 def _divided(terms_: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``terms / s``, 0 where both are 0 (a zero unit of weight norm without ``eps``: its
-    output is exactly 0 by definition, and has no terms)."""
-    return np.where((terms_ == 0) & (s == 0), 0.0, terms_ / s)
+    """``terms / s``, and 0 where ``s`` is 0: a zero unit of weight norm without ``eps``, whose
+    output and gradients normref defines as exactly 0 (no terms are computed there)."""
+    return np.where(s == 0, 0.0, terms_ / np.where(s == 0, 1.0, s))
 
 
 def _inference_terms(
