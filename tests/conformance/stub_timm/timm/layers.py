@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 class StdConv2d(torch.nn.Conv2d):
@@ -12,7 +12,7 @@ class StdConv2d(torch.nn.Conv2d):
         self.eps = eps
 
     def forward(self, x):
-        weight = F.batch_norm(
+        weight = functional.batch_norm(
             self.weight.reshape(1, self.out_channels, -1),
             None,
             None,
@@ -20,7 +20,7 @@ class StdConv2d(torch.nn.Conv2d):
             momentum=0.0,
             eps=self.eps,
         ).reshape_as(self.weight)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+        return functional.conv2d(x, weight, self.bias, self.stride, self.padding)
 
 
 class ScaledStdConv2d(torch.nn.Conv2d):
@@ -33,7 +33,7 @@ class ScaledStdConv2d(torch.nn.Conv2d):
         self.gain = torch.nn.Parameter(torch.ones(out_channels, 1, 1, 1))
 
     def forward(self, x):
-        weight = F.batch_norm(
+        weight = functional.batch_norm(
             self.weight.reshape(1, self.out_channels, -1),
             None,
             None,
@@ -42,4 +42,4 @@ class ScaledStdConv2d(torch.nn.Conv2d):
             momentum=0.0,
             eps=self.eps,
         ).reshape_as(self.weight)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+        return functional.conv2d(x, weight, self.bias, self.stride, self.padding)
