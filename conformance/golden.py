@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,11 @@ def _vector(
         bounds = element_bounds(result.terms, name, exact, dtype, arithmetic)
         arrays[f"expected_{name}"] = exact
         arrays[f"bound_{name}"] = bounds.bound
-        with np.errstate(invalid="ignore"):
-            budgets[name] = float(np.nanmax(bounds.bound / bounds.unit, initial=0.0))
+        budgets[name] = _largest_budget(bounds.bound / bounds.unit)
     entry.update(
         expect="values",
-        outputs=[n for n in result.values if not n.startswith("d")],
-        gradients=[n for n in result.values if n.startswith("d")],
+        outputs=[n for n in result.values if op.direction(n) != "backward"],
+        gradients=[n for n in result.values if op.direction(n) == "backward"],
         differentiable=list(op.differentiable),
         tolerance={
             "rule": "|actual - expected_<name>| <= bound_<name> for every element; NaN where "
@@ -90,6 +90,16 @@ def _vector(
         },
     )
     return arrays, entry
+
+
+def _largest_budget(ulps: np.ndarray) -> float | str:
+    """The largest budget in ulps, as JSON: ``"inf"`` where the input leaves a value
+    undetermined, ``"nan"`` where every expected value is NaN."""
+    known = ulps[~np.isnan(ulps)]
+    if not known.size:
+        return "nan"
+    value = float(np.max(known))
+    return value if math.isfinite(value) else str(value)
 
 
 def export_golden(

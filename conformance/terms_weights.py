@@ -327,8 +327,9 @@ def _agc(sample: Sample, dy: np.ndarray | None) -> OpTerms:
         outputs["dparam"] = OutputTerms(
             np.where(clipped & moves_m, through_m, 0.0), extra=lambda a: branch(a)[1]
         )
+    known = away[~np.isnan(away)]
     closeness = Conditioning(
-        float(np.max(away, initial=0.0)), "closeness to the clipping threshold, m / |n - m|"
+        float(np.max(known, initial=0.0)), "closeness to the clipping threshold, m / |n - m|"
     )
     return OpTerms("agc", None, None, outputs, size, closeness)
 

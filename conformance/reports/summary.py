@@ -205,7 +205,9 @@ def header(run: RunResult) -> list[tuple[str, str]]:
 
     env = run.environment
     versions = ", ".join(
-        f"{k} {v}" for fw in env.get("frameworks", {}).values() for k, v in fw.items()
+        dict.fromkeys(
+            f"{k} {v}" for fw in env.get("frameworks", {}).values() for k, v in fw.items()
+        )
     )
     settings = run.settings
     facts = [
