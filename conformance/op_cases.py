@@ -17,6 +17,7 @@ from typing import NamedTuple
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
+from conformance.terms_whitening import CANONICAL_METHODS
 from normref._units import fan_in_axes
 from normref.nonlinearities import NONLINEARITIES
 from normref.registry import Sample
@@ -192,16 +193,6 @@ OP_CASES: dict[str, tuple[OpCase, ...]] = {
     "skip_init_residual": (
         OpCase("alpha-zero", "alpha = 0: SkipInit at initialization", _alpha_zero),
     ),
-    **{
-        name: _WHITENING
-        for name in (
-            "decorrelate",
-            "pca_whiten",
-            "zca_whiten",
-            "cholesky_whiten",
-            "iter_norm_whiten",
-            "batch_whiten",
-        )
-    },
+    **dict.fromkeys((*CANONICAL_METHODS, "batch_whiten"), _WHITENING),
 }
 """The edge cases of each op beside the common ones."""

@@ -355,13 +355,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "skip_init_residual": {"terms": terms_weights.residual_terms},
     **{
         name: {"edge_shape": _WHITENING_SHAPE, "terms": terms_whitening.whitening_terms}
-        for name in (
-            "decorrelate",
-            "pca_whiten",
-            "zca_whiten",
-            "cholesky_whiten",
-            "iter_norm_whiten",
-        )
+        for name in terms_whitening.CANONICAL_METHODS
     },
     "batch_whiten": {"terms": terms_whitening.whitening_terms},
     "batch_whiten_inference": {"terms": terms_whitening.whitening_inference_terms},

@@ -69,17 +69,18 @@ from conformance.tolerances import DECOMPOSITION_ROUNDINGS_PER_FEATURE, Arithmet
 from normref.ops.whitening import DECORRELATION, METHODS, Whitening, group_covariance
 from normref.registry import Sample
 
-_CANONICAL_METHODS = {
+CANONICAL_METHODS: dict[str, str] = {
     "decorrelate": "decorrelate",
     "pca_whiten": "pca",
     "zca_whiten": "zca",
     "cholesky_whiten": "cholesky",
     "iter_norm_whiten": "iter_norm",
 }
+"""The whitening ops on ``(G, M, D)`` and their methods (``batch_whiten`` takes ``method``)."""
 
 
 def _method(op: Any, sample: Sample) -> str:
-    return _CANONICAL_METHODS.get(op.name) or sample.kwargs.get("method", "zca")
+    return CANONICAL_METHODS.get(op.name) or sample.kwargs.get("method", "zca")
 
 
 def _whitening(method: str) -> Whitening:
