@@ -136,7 +136,7 @@ class CheckedOp:
         The shape of its edge cases' primary input.
     terms
         ``terms(op, sample, dy, model)``: the magnitudes of the terms behind its
-        outputs (:mod:`conformance.terms`).
+        outputs (:mod:`conformance.terms`; a layer's by default).
     """
 
     name: str
@@ -150,7 +150,7 @@ class CheckedOp:
     fields: tuple[str, ...] = ()
     semantics: tuple[Callable[[Evaluate], Evaluate], ...] = ()
     edge_shape: tuple[int, ...] = EDGE_SHAPE
-    terms: TermBuilder = field(default=terms.op_terms, repr=False)
+    terms: TermBuilder = field(default=None, repr=False)
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -398,7 +398,8 @@ EXTRA_KINDS: dict[str, str] = {
 
 
 def _checked(name: str, spec: OpSpec, kind: str) -> CheckedOp:
-    op = CheckedOp(name, spec, kind, EPS_FIELDS.get(name), **OPTIONS.get(name, {}))
+    options = {"terms": terms.op_terms, **OPTIONS.get(name, {})}
+    op = CheckedOp(name, spec, kind, EPS_FIELDS.get(name), **options)
     if "keywords" not in OPTIONS.get(name, {}) and op.accepts("eps_mode"):
         return dataclasses.replace(op, keywords=_EPS_MODE)
     return op
@@ -417,6 +418,7 @@ def _build() -> dict[str, CheckedOp]:
         keywords=_EPS_MODE,
         outputs=("y", "running_mean", "running_var"),
         state=("running_mean", "running_var"),
+        terms=terms.op_terms,
     )
     ops.update(
         {name: _checked(name, spec, EXTRA_KINDS[name]) for name, spec in EXTRA_SPECS.items()}

@@ -218,7 +218,7 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class OpTerms:
-    """Everything the error bound of one evaluation needs.
+    r"""Everything the error bound of one evaluation needs.
 
     ``stats`` and ``divisor`` are ``None`` for ops without groups or without a
     computed divisor (a divisor is a :class:`Divisor` of the groups' statistics,

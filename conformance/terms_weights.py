@@ -2,21 +2,21 @@ r"""The terms of the operations on weights, gradients and residual sums (see :mo
 
 For a weight's output units (``out_axis``) of fan-in :math:`N`, :math:`O` units:
 
-=================  ============  ==================================================================
-kind               output        magnitude of the terms
-=================  ============  ==================================================================
-scaled_standardize y, dw, dgain  standardize's, with the affine :math:`a = \gamma g/\sqrt N`
-weight_norm        y, dv, dg     rms's, with :math:`a = g/\sqrt N` and :math:`\epsilon/N`
-spectral           y             :math:`|W_{ij}|/|\sigma|`
-spectral           dw            :math:`(|\bar y_{ij}| + P |u_i||v_j|)/|\sigma|`, :math:`P = \sum |\bar y||W|/|\sigma|`
-agc                y             :math:`|G| f`, :math:`f = m/\max(n, m)`
-agc                dgrad         :math:`f|\bar y| + f S |G|/n^2` (clipped), :math:`|\bar y|` (not)
-agc                dparam        :math:`\lambda S |W|/(n p)` (clipped, :math:`p \ge \epsilon`), 0
-residual           y             :math:`|x| + |\alpha f|`
-global_clip        each output   :math:`|g_k| c`
-unit_norm          y             :math:`\|x\|_u`
-nonlinearity       y             :math:`\gamma |x|` (gelu, whose sums cancel), :math:`\gamma |g(x)|`
-=================  ============  ==================================================================
+==================  ============  ==================================================================
+kind                output        magnitude of the terms
+==================  ============  ==================================================================
+scaled_standardize  y, dw, dgain  standardize's, with the affine :math:`a = \gamma g/\sqrt N`
+weight_norm         y, dv, dg     rms's, with :math:`a = g/\sqrt N` and :math:`\epsilon/N`
+spectral            y             :math:`|W_{ij}|/|\sigma|`
+spectral            dw            :math:`(|\bar y_{ij}| + P |u_i||v_j|)/|\sigma|`, :math:`P = \sum |\bar y||W|/|\sigma|`
+agc                 y             :math:`|G| f`, :math:`f = m/\max(n, m)`
+agc                 dgrad         :math:`f|\bar y| + f S |G|/n^2` (clipped), :math:`|\bar y|` (not)
+agc                 dparam        :math:`\lambda S |W|/(n p)` (clipped, :math:`p \ge \epsilon`), 0
+residual            y             :math:`|x| + |\alpha f|`
+global_clip         each output   :math:`|g_k| c`
+unit_norm           y             :math:`\|x\|_u`
+nonlinearity        y             :math:`\gamma |x|` (gelu, whose sums cancel), :math:`\gamma |g(x)|`
+==================  ============  ==================================================================
 
 (:math:`n = \|G\|_u`, :math:`p = \|W\|_u`, :math:`m = \lambda\max(p, \epsilon)`,
 :math:`S = \sum_u |\bar y||G|`, :math:`c` the clipping factor.) Three things are
