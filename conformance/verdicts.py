@@ -84,7 +84,7 @@ def judge(row: Row) -> Verdict:
             alone = {f: v for f, v in differing.items() if row.passes(NORMREF.replace(**{f: v}))}
             fields = alone or differing
             text = (
-                f"{declared.name} convention: {_describe(fields)} (normref: "
+                f"{declared.convention.name} convention: {_describe(fields)} (normref: "
                 + _describe({f: NORMREF.get(f) for f in fields})
                 + ")"
             )
