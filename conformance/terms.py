@@ -37,8 +37,15 @@ state           r_var   :math:`(1-w)|\hat\sigma^2_{old}| + w\,c_r\,\sigma^2_B`
 
 (``dx``, ``dgamma``, ``dbeta`` are gradients; ``r_mean`` and ``r_var`` the
 running ``running_mean`` and ``running_var``; :math:`w` is the weight of the
-batch, :math:`c_r` the running variance's Bessel factor.) :mod:`conformance.tolerances` turns magnitudes into error
-bounds; this module only measures.
+batch, :math:`c_r` the running variance's Bessel factor.) An op that is one of
+these kinds in disguise is measured in its :class:`StandardForm`: weight
+standardization on the units of a weight, Scaled WS and weight norm with their
+affine :math:`a` (:mod:`conformance.terms_weights`, which also has the terms of
+spectral norm, the clipping ops, SkipInit and the nonlinearities;
+:mod:`conformance.terms_whitening` those of the whitening family). Each output's
+*role* names its operation counts (the gradient of a weight ``w`` counts as
+``dx``). :mod:`conformance.tolerances` turns magnitudes into error bounds; these
+modules only measure.
 """
 
 from __future__ import annotations
