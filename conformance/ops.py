@@ -100,7 +100,7 @@ _GROUP_OPS = {"standardize": STANDARDIZE, "scale": SCALE}
 _VARIANCE_KINDS = ("standardize", "scale")
 _TRAIN_BATCH_WEIGHT = 0.1
 
-Evaluate = Callable[[Sample, "np.ndarray | None", Model], dict[str, np.ndarray]]
+Evaluate = semantics.Evaluate
 TermBuilder = Callable[..., Any]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ import normref
 from normref._units import fan_in_axes
 from normref.registry import Sample
 
-Evaluate = Callable[[Sample, "np.ndarray | None", object], dict[str, np.ndarray]]
-"""``evaluate(sample, dy, model)``: outputs and gradients (``dy`` not ``None``) by name."""
+Evaluate = Callable[[Sample, "np.ndarray | None", Any], dict[str, np.ndarray]]
+"""``evaluate(sample, dy, model)``: outputs and gradients (``dy`` not ``None``) by name, under
+a :class:`~conformance.models.Model`."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def unit_axes(primary: str) -> Callable[[Evaluate], Evaluate]:
     """Follow ``model.unit_axes``: every array of ``primary``'s shape goes through the view."""
 
     def wrap(evaluate: Evaluate) -> Evaluate:
-        def run(sample: Sample, dy: np.ndarray | None, model: object) -> dict[str, np.ndarray]:
+        def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
             if model.unit_axes == "out_axis":
                 return evaluate(sample, dy, model)
             layout = rank_layout(sample, primary)
@@ -111,7 +113,7 @@ def weight_norm_zero_norm(evaluate: Evaluate) -> Evaluate:
     """Follow ``model.zero_norm`` for weight norm: with ``"ieee"`` a unit whose squared norm plus
     ``eps`` is 0 gives NaN (``g v / 0``) in its output and both gradients."""
 
-    def run(sample: Sample, dy: np.ndarray | None, model: object) -> dict[str, np.ndarray]:
+    def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
         values = evaluate(sample, dy, model)
         if model.zero_norm != "ieee":
             return values
@@ -131,7 +133,7 @@ def spectral_zero_norm(evaluate: Evaluate) -> Evaluate:
     """Follow ``model.zero_norm`` for spectral norm: with ``"ieee"`` a zero ``sigma`` divides the
     weight (NaN or infinite) and makes its gradient NaN."""
 
-    def run(sample: Sample, dy: np.ndarray | None, model: object) -> dict[str, np.ndarray]:
+    def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
         values = evaluate(sample, dy, model)
         if model.zero_norm != "ieee":
             return values
