@@ -334,6 +334,7 @@ _WHITENING_SHAPE = (3, 20, 3)
 OPTIONS: dict[str, dict[str, Any]] = {
     "scaled_weight_standardize": {
         "keywords": (("eps_mode", "scaled_ws_eps_mode"),),
+        "fields": ("variance_algorithm",),
         "terms": terms_weights.scaled_ws_terms,
     },
     "weight_norm": {
@@ -354,10 +355,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "skip_init_residual": {"terms": terms_weights.residual_terms},
     **{
-        name: {"edge_shape": _WHITENING_SHAPE, "terms": terms_whitening.whitening_terms}
+        name: {
+            "edge_shape": _WHITENING_SHAPE,
+            "fields": ("variance_algorithm", "correction"),
+            "terms": terms_whitening.whitening_terms,
+        }
         for name in terms_whitening.CANONICAL_METHODS
     },
-    "batch_whiten": {"terms": terms_whitening.whitening_terms},
+    "batch_whiten": {
+        "fields": ("variance_algorithm",),
+        "terms": terms_whitening.whitening_terms,
+    },
     "batch_whiten_inference": {"terms": terms_whitening.whitening_inference_terms},
     # conformance-only ops
     "spectral_norm_train": {

@@ -117,22 +117,31 @@ def clip_by_global_norm_plus_eps(grad, bias_grad, *, max_norm, eps=0.0):
 # ----------------------------------------------------------------------------- whitening
 
 
-def _zca_parts(x):
+def _zca_parts(x, ddof=0):
     """Centred groups and covariances; a group that is not finite gets the identity as its
     covariance and NaN in its centred values, so that its output is NaN."""
     x = x.astype(np.float64)
     finite = np.all(np.isfinite(x), axis=(1, 2), keepdims=True)
     centred = np.where(finite, x - x.mean(axis=1, keepdims=True), np.nan)
-    cov = np.swapaxes(centred, -1, -2) @ centred / x.shape[1]
+    cov = np.swapaxes(centred, -1, -2) @ centred / (x.shape[1] - ddof)
     return x, centred, np.where(finite, cov, np.eye(x.shape[2]))
+
+
+def _zca(x, eps, ddof):
+    _, centred, cov = _zca_parts(x, ddof)
+    lam, u = np.linalg.eigh(cov)
+    w = (u / np.sqrt(lam + eps)[..., None, :]) @ np.swapaxes(u, -1, -2)
+    return (centred @ w).astype(x.dtype)
 
 
 def zca_whiten(x, *, eps=1e-5):
     """Right: ``Sigma^-1/2 (x - mean)`` per group of ``(G, M, D)``, by NumPy's ``eigh``."""
-    _, centred, cov = _zca_parts(x)
-    lam, u = np.linalg.eigh(cov)
-    w = (u / np.sqrt(lam + eps)[..., None, :]) @ np.swapaxes(u, -1, -2)
-    return (centred @ w).astype(x.dtype)
+    return _zca(x, eps, 0)
+
+
+def zca_whiten_unbiased(x, *, eps=1e-5):
+    """Wrong where biased is declared: whitens with the unbiased covariance."""
+    return _zca(x, eps, 1)
 
 
 def zca_whiten_vjp_without_symmetric_part(dy, x, *, eps=1e-5):

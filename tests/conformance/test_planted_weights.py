@@ -125,3 +125,11 @@ def test_zca_backward_without_the_symmetric_part():
     assert all(o["direction"] == "backward" for r in rows for o in r.outputs if not o["ok"])
     forward = check(planted.zca_whiten, "zca_whiten", dtypes=DTYPES)
     assert forward.ok
+
+
+def test_zca_with_an_unbiased_covariance():
+    result = check(planted.zca_whiten_unbiased, "zca_whiten", dtypes=DTYPES)
+    for row in _finite(_failing(result)):
+        assert "correction=1" in row.diagnosis, row.diagnosis
+    found = diagnose(planted.zca_whiten_unbiased, "zca_whiten", dtypes=["float64"])
+    assert [h.changed for h in found.explaining] == [{"correction": 1}]
