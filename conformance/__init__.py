@@ -7,6 +7,7 @@ From Python::
     result = conformance.check(my_layer_norm, op="layer_norm", convention="torch")
     result.ok, result.failures, result.findings
     conformance.run(["torch"], dtypes=["float32"])          # a framework's adapter
+    conformance.run(["optax"], backend="torch")             # the reference on torch tensors
     conformance.diagnose(my_batch_norm, op="batch_norm").verdict
 
 From the command line: ``normref-conformance run|diagnose|export-golden|report``

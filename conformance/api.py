@@ -11,6 +11,7 @@ from typing import Any
 from conformance.adapters import get_adapter
 from conformance.adapters.base import Binding
 from conformance.adapters.function import function_binding
+from conformance.backends import Backend, get_backend
 from conformance.ops import CHECKED_OPS, get_op
 from conformance.results import CaseResult, RunResult, Status
 from conformance.runner import run_bindings, run_result
@@ -68,13 +69,17 @@ def run(
     case: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    backend: str | Backend | None = None,
 ) -> RunResult:
     """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
 
     A framework that is not installed is skipped, with the reason, in
     :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
+    ``backend`` is the array library the reference runs on (``"numpy"``, the
+    default, ``"cupy"`` or ``"torch"``; :mod:`conformance.backends`).
     """
     started = time.perf_counter()
+    reference = get_backend(backend)
     dtypes = _check_names(dtypes, DTYPES, "dtypes")
     if case is not None:
         ops = [case.partition("/")[0]]
@@ -94,7 +99,9 @@ def run(
         for op in ops:
             if op not in adapter.ops():
                 lacking += _not_implemented(name, op, dtypes)
-    results = run_bindings(bindings, dtypes, case_id=case, seed=seed, progress=progress)
+    results = run_bindings(
+        bindings, dtypes, case_id=case, seed=seed, progress=progress, backend=reference
+    )
     outcome = run_result(
         results + lacking,
         bindings,
@@ -103,6 +110,7 @@ def run(
         dtypes=list(dtypes),
         case=case,
         seed=seed,
+        backend=reference.name,
     )
     outcome.skipped = skipped
     outcome.environment = _environment(versions)
@@ -137,6 +145,7 @@ def check(
     case: str | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    backend: str | Backend | None = None,
 ) -> RunResult:
     """Check a function with normref's signature for ``op`` against normref.
 
@@ -162,6 +171,9 @@ def check(
         Default: every dtype the array type has.
     case, seed
         One case id only; the suite's seed.
+    backend
+        The array library normref's reference runs on: ``"numpy"`` (default),
+        ``"cupy"`` (on the GPU) or ``"torch"`` (:mod:`conformance.backends`).
 
     Returns
     -------
@@ -169,8 +181,11 @@ def check(
         ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
     """
     started = time.perf_counter()
+    reference = get_backend(backend)
     binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
-    results = run_bindings([binding], chosen, case_id=case, seed=seed, progress=progress)
+    results = run_bindings(
+        [binding], chosen, case_id=case, seed=seed, progress=progress, backend=reference
+    )
     outcome = run_result(
         results,
         [binding],
@@ -180,6 +195,7 @@ def check(
         case=case,
         seed=seed,
         array_type=array_type,
+        backend=reference.name,
     )
     outcome.environment = _environment({})
     outcome.seconds = time.perf_counter() - started

@@ -7,12 +7,15 @@ For every op the suite draws
   outlier of 1e4, a mean of 1e4 (``|mean|/std = 1e4``), tiny (1e-4) and huge
   (1e4) scales, values near float16's largest (6e4) and smallest normal
   (6.1e-5) magnitudes, a NaN, shapes with a size-1 axis, groups of one and
-  of two samples, and odd values of integer arguments (``num_groups=3``);
+  of two samples, odd values of integer arguments (``num_groups=3``), and the
+  cases of single ops (:mod:`conformance.op_cases`: zero units and weights,
+  the AGC clip boundary, repeated and nearly repeated eigenvalues, ...);
 * **drawn cases**, from hypothesis strategies (scale, shift in units of the
   scale, distribution, shape and arguments from the registry's sampler), with
   hypothesis seeded by the suite's seed so that they are the same in every run.
 
-A case on which normref itself raises (a group of one sample) is an
+A case on which normref itself raises (a group of one sample; repeated
+eigenvalues, where the gradient of PCA whitening does not exist) is an
 *error-path* case: the implementation under test is expected to refuse it
 too, and the report says which value it returns if it does not.
 
@@ -22,6 +25,7 @@ Every case is identified by ``"<op>/<name>"`` and re-run alone with
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import zlib
@@ -32,11 +36,9 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
+from conformance.op_cases import OP_CASES
 from conformance.ops import CHECKED_OPS, CheckedOp, get_op
 from normref.registry import Sample
-
-EDGE_SHAPE = (4, 6, 5)
-"""The shape of most edge cases' primary input: groups of 5 to 20 samples for every layer."""
 
 ODD_SHAPE = (6, 15, 4)
 """A shape whose axes have odd divisors, for odd values of integer arguments."""
@@ -70,6 +72,9 @@ class Case:
         How a drawn case was drawn (scale, shift, distribution, seed).
     error
         For error-path cases, normref's message.
+    error_in
+        Where normref raises on an error-path case: ``"forward"``, or
+        ``"backward"`` (its gradient does not exist there).
     """
 
     id: str
@@ -81,6 +86,7 @@ class Case:
     default_eps: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    error_in: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,8 +95,11 @@ class Case:
 
     def cotangent(self) -> np.ndarray:
         """The output's cotangent: standard normal, of the primary input's shape."""
-        shape = np.shape(self.sample.args[get_op(self.op).spec.primary])
-        return np.random.default_rng([self.seed, 1]).standard_normal(shape)
+        return _cotangent(self.seed, self.sample.args[get_op(self.op).spec.primary])
+
+
+def _cotangent(seed: int, primary: np.ndarray) -> np.ndarray:
+    return np.random.default_rng([seed, 1]).standard_normal(np.shape(primary))
 
 
 def case_seed(op: str, name: str, suite_seed: int) -> int:
@@ -152,13 +161,20 @@ def _try_sample(
         return None
 
 
-def _reference_error(op: CheckedOp, sample: Sample) -> str | None:
+def _reference_error(op: CheckedOp, sample: Sample, seed: int) -> tuple[str, str] | None:
+    """Where and why normref refuses ``sample`` (its forward, or its gradient), or ``None``."""
     from conformance.models import NORMREF
 
     try:
         op.reference(sample, NORMREF)
     except ValueError as error:
-        return str(error)
+        return "forward", str(error)
+    if not op.differentiable:
+        return None
+    try:
+        op.evaluate(sample, _cotangent(seed, sample.args[op.spec.primary]), NORMREF)
+    except ValueError as error:
+        return "backward", str(error)
     return None
 
 
@@ -175,34 +191,30 @@ class _Builder:
         return seed, np.random.default_rng(seed)
 
     def add(self, name: str, description: str, seed: int, sample: Sample, **extra: Any) -> None:
-        error = _reference_error(self.op, sample)
+        refused = _reference_error(self.op, sample, seed)
+        kind = extra.pop("kind", "edge")
+        if refused is not None:
+            where, error = refused
+            extra.update(error=error, error_in=where)
+            kind = "error"
         self.cases.append(
-            Case(
-                f"{self.op.name}/{name}",
-                self.op.name,
-                "error" if error else extra.pop("kind", "edge"),
-                description,
-                seed,
-                sample,
-                error=error,
-                **extra,
-            )
+            Case(f"{self.op.name}/{name}", self.op.name, kind, description, seed, sample, **extra)
         )
 
-    def base(self, name: str, shape: tuple[int, ...] | None = EDGE_SHAPE) -> tuple[int, Sample]:
+    def base(self, name: str) -> tuple[int, Sample, np.random.Generator]:
         seed, rng = self.rng(name)
-        sample = _try_sample(self.op, rng, shape) or self.op.sample(rng)
-        return seed, sample
+        sample = _try_sample(self.op, rng, self.op.edge_shape) or self.op.sample(rng)
+        return seed, sample, rng
 
 
 def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
     """The deterministic edge cases of ``op`` (see the module docstring)."""
     build = _Builder(op, suite_seed)
     primary = op.spec.primary
-    seed, sample = build.base("typical")
+    seed, sample, _ = build.base("typical")
     build.add("typical", "standard normal input of a typical shape", seed, sample)
-    if op.eps_field is not None:
-        seed, sample = build.base("default-eps")
+    if op.eps_field is not None and op.takes_eps:
+        seed, sample, _ = build.base("default-eps")
         build.add(
             "default-eps",
             "called without eps: the layer's default applies",
@@ -211,7 +223,7 @@ def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
             default_eps=True,
         )
     if op.partition(sample) is not None:
-        seed, sample = build.base("constant-groups")
+        seed, sample, _ = build.base("constant-groups")
         build.add(
             "constant-groups",
             "every group constant: the output is 0 by cancellation",
@@ -219,12 +231,15 @@ def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
             sample.replace(**{primary: _constant_groups(op, sample, np.random.default_rng(seed))}),
         )
     for name, (description, transform) in VALUE_CASES.items():
-        seed, sample = build.base(name)
+        seed, sample, _ = build.base(name)
         x = transform(sample.args[primary], np.random.default_rng(seed))
         build.add(name, description, seed, sample.replace(**{primary: x}))
     _size_one_axes(build)
     _group_sizes(build)
     _odd_arguments(build)
+    for special in OP_CASES.get(op.name, ()):
+        seed, sample, rng = build.base(special.name)
+        build.add(special.name, special.description, seed, special.make(op, sample, rng))
     return build.cases
 
 
@@ -236,8 +251,9 @@ def _constant_groups(op: CheckedOp, sample: Sample, rng: np.random.Generator) ->
 
 
 def _size_one_axes(build: _Builder) -> None:
-    for axis in range(len(EDGE_SHAPE)):
-        shape = tuple(1 if i == axis else s for i, s in enumerate(EDGE_SHAPE))
+    edge_shape = build.op.edge_shape
+    for axis in range(len(edge_shape)):
+        shape = tuple(1 if i == axis else s for i, s in enumerate(edge_shape))
         name = f"size-1-axis-{axis}"
         seed, rng = build.rng(name)
         sample = _try_sample(build.op, rng, shape)
@@ -262,7 +278,7 @@ def _group_sizes(build: _Builder) -> None:
 
 def _largest_with_group_size(op: CheckedOp, size: int, seed: int) -> Sample | None:
     best: Sample | None = None
-    for shape in itertools.product(*((1, 2, s) for s in EDGE_SHAPE)):
+    for shape in itertools.product(*((1, 2, s) for s in op.edge_shape)):
         sample = _try_sample(op, np.random.default_rng(seed), shape)
         if sample is None:
             continue
@@ -300,7 +316,7 @@ def _odd_arguments(build: _Builder) -> None:
         return
     for value in (3, 5):
         variant = sample.replace(**dict.fromkeys(_int_args(sample), value))
-        if _reference_error(op, variant) is None:
+        if _reference_error(op, variant, seed) is None:
             described = ", ".join(f"{k}={value}" for k in _int_args(sample))
             build.add(f"odd-{value}", f"x of shape {ODD_SHAPE} with {described}", seed, variant)
 
@@ -386,9 +402,14 @@ def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -
 
 
 def cases_for(op: str, *, suite_seed: int = 0, drawn: int = DRAWN_PER_OP) -> list[Case]:
-    """Every case of ``op``: edge cases, then drawn ones."""
+    """Every case of ``op``: edge cases, then drawn ones (the same objects on every call)."""
+    return list(_cases(op, suite_seed, drawn))
+
+
+@functools.cache
+def _cases(op: str, suite_seed: int, drawn: int) -> tuple[Case, ...]:
     checked = get_op(op)
-    return edge_cases(checked, suite_seed) + drawn_cases(checked, drawn, suite_seed)
+    return tuple(edge_cases(checked, suite_seed) + drawn_cases(checked, drawn, suite_seed))
 
 
 def find_case(case_id: str, *, suite_seed: int = 0) -> Case:

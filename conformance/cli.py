@@ -36,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--dtypes", help="comma-separated dtypes (default: float32,float64)")
         sub.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
+        backend(sub)
+
+    def backend(sub: argparse.ArgumentParser) -> None:
+        from conformance.backends import BACKENDS
+
+        sub.add_argument(
+            "--backend",
+            default="numpy",
+            help=f"the array library normref's reference runs on: {', '.join(BACKENDS)} "
+            "(default numpy; cupy puts it on the GPU)",
+        )
 
     def impl(sub: argparse.ArgumentParser) -> None:
         from conformance.adapters.function import FUNCTION_OPTIONS
@@ -66,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dtypes", default="float16,bfloat16,float32,float64", help="comma-separated dtypes"
     )
     golden.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
+    backend(golden)
 
     report = commands.add_parser("report", help="render a JSON result file")
     report.add_argument("results", help="a JSON file written by run --json")
@@ -88,7 +100,7 @@ def list_everything() -> str:
         lines.append(f"    {adapter.description}")
         for binding in adapter.bindings:
             extra = "" if binding.backward else " (forward only)"
-            lines.append(f"    {binding.op:22s} {binding.label}{extra}")
+            lines.append(f"    {binding.op:26s} {binding.label}{extra}")
         missing = [op for op in CHECKED_OPS if op not in adapter.ops()]
         if missing:
             lines.append(f"    not implemented: {', '.join(missing)}")
@@ -152,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
                 case=args.case,
                 seed=args.seed,
                 progress=progress,
+                backend=args.backend,
             )
         else:
             result = api.run(
@@ -161,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
                 case=args.case,
                 seed=args.seed,
                 progress=progress,
+                backend=args.backend,
             )
     print_report(result)
     _write_reports(result, args)
@@ -180,6 +194,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             dtypes=_names(args.dtypes),
             seed=args.seed,
             progress=progress,
+            backend=args.backend,
         )
     for hypothesis in found.hypotheses:
         mark = (
@@ -203,6 +218,7 @@ def _export(args: argparse.Namespace) -> int:
         dtypes=_names(args.dtypes) or (),
         convention=args.convention,
         seed=args.seed,
+        backend=args.backend,
     )
     count = len(json.loads(path.read_text())["vectors"])
     print(f"wrote {count} vectors and {path}")

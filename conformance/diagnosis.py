@@ -26,6 +26,7 @@ from typing import Any
 
 from conformance.adapters.base import Binding
 from conformance.api import function_under_test
+from conformance.backends import NUMPY, Backend, get_backend
 from conformance.cases import Case
 from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model, model_of, presets, variations
 from conformance.ops import get_op
@@ -116,8 +117,8 @@ def hypotheses(op: str, base: Model = NORMREF) -> list[Hypothesis]:
     return found
 
 
-def _row_passes(binding: Binding, case: Case, dtype: str, model: Model) -> bool:
-    row = Row.of(binding, case, dtype)
+def _row_passes(binding: Binding, case: Case, dtype: str, model: Model, backend: Backend) -> bool:
+    row = Row.of(binding, case, dtype, backend)
     try:
         return quietly(row.passes, model)
     except Exception:  # noqa: BLE001 - a model under which the implementation crashes fails it
@@ -131,8 +132,9 @@ def diagnose_binding(
     base: Model = NORMREF,
     seed: int = 0,
     progress: Callable[[int, str], None] | None = None,
+    backend: Backend = NUMPY,
 ) -> Diagnosis:
-    """Try every hypothesis of :func:`hypotheses` on ``binding``."""
+    """Try every hypothesis of :func:`hypotheses` on ``binding`` (the reference on ``backend``)."""
     cases = [c for c in select_cases(binding.op, seed=seed) if c.kind != "error"]
     rows = [(c, d) for c in cases for d in dtypes if d in binding.dtypes]
     tried = hypotheses(binding.op, base)
@@ -141,7 +143,7 @@ def diagnose_binding(
     for hypothesis in tried:
         for case, dtype in rows:
             hypothesis.total += 1
-            if not _row_passes(binding, case, dtype, hypothesis.model):
+            if not _row_passes(binding, case, dtype, hypothesis.model, backend):
                 hypothesis.failing.append(f"{case.id} {dtype}")
             if progress is not None:
                 progress(0, f"{hypothesis.name}: {case.id} {dtype}")
@@ -158,9 +160,17 @@ def diagnose(
     dtypes: Sequence[str] | None = None,
     seed: int = 0,
     progress: Callable[[int, str], None] | None = None,
+    backend: str | Backend | None = None,
 ) -> Diagnosis:
-    """Which convention, if any, explains ``fn`` (normref's signature for ``op``)."""
+    """Which convention, if any, explains ``fn`` (normref's signature for ``op``); the reference
+    runs on ``backend`` (:mod:`conformance.backends`)."""
+    reference = get_backend(backend)
     binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
     return diagnose_binding(
-        binding, chosen, base=model_of(convention), seed=seed, progress=progress
+        binding,
+        chosen,
+        base=model_of(convention),
+        seed=seed,
+        progress=progress,
+        backend=reference,
     )

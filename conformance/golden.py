@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from conformance.backends import Backend, get_backend
 from conformance.cases import cases_for
 from conformance.models import Model, model_of
 from conformance.ops import CHECKED_OPS, get_op
@@ -37,7 +39,9 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _vector(
+    case: Any, dtype: str, model: Model, backend: Backend
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     op = get_op(case.op)
     prepared = prepare(case, dtype)
     sample = model_sample(prepared, model)
@@ -65,7 +69,7 @@ def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray],
         entry["expect"] = "error"
         entry["error"] = case.error
         return arrays, entry
-    result = expected(prepared, model)
+    result = expected(prepared, model, backend=backend)
     arrays["dy"] = prepared.dy
     arithmetic = arithmetic_of(model, dtype)
     budgets = {}
@@ -73,12 +77,11 @@ def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray],
         bounds = element_bounds(result.terms, name, exact, dtype, arithmetic)
         arrays[f"expected_{name}"] = exact
         arrays[f"bound_{name}"] = bounds.bound
-        with np.errstate(invalid="ignore"):
-            budgets[name] = float(np.nanmax(bounds.bound / bounds.unit, initial=0.0))
+        budgets[name] = _largest_budget(bounds.bound / bounds.unit)
     entry.update(
         expect="values",
-        outputs=[n for n in result.values if not n.startswith("d")],
-        gradients=[n for n in result.values if n.startswith("d")],
+        outputs=[n for n in result.values if op.direction(n) != "backward"],
+        gradients=[n for n in result.values if op.direction(n) == "backward"],
         differentiable=list(op.differentiable),
         tolerance={
             "rule": "|actual - expected_<name>| <= bound_<name> for every element; NaN where "
@@ -89,6 +92,16 @@ def _vector(case: Any, dtype: str, model: Model) -> tuple[dict[str, np.ndarray],
     return arrays, entry
 
 
+def _largest_budget(ulps: np.ndarray) -> float | str:
+    """The largest budget in ulps, as JSON: ``"inf"`` where the input leaves a value
+    undetermined, ``"nan"`` where every expected value is NaN."""
+    known = ulps[~np.isnan(ulps)]
+    if not known.size:
+        return "nan"
+    value = float(np.max(known))
+    return value if math.isfinite(value) else str(value)
+
+
 def export_golden(
     out: str | Path,
     *,
@@ -96,18 +109,20 @@ def export_golden(
     dtypes: Sequence[str] = ("float16", "bfloat16", "float32", "float64"),
     convention: Any = None,
     seed: int = 0,
+    backend: str | Backend | None = None,
 ) -> Path:
-    """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention``; return the
-    manifest's path."""
+    """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention`` (the reference on
+    ``backend``); return the manifest's path."""
     import normref
 
+    reference = get_backend(backend)
     model = model_of(convention)
     root = Path(out)
     vectors = []
     for op in ops if ops is not None else list(CHECKED_OPS):
         for case in cases_for(op, suite_seed=seed):
             for dtype in dtypes:
-                arrays, entry = _vector(case, dtype, model)
+                arrays, entry = _vector(case, dtype, model, reference)
                 buffer = io.BytesIO()
                 np.savez(buffer, **arrays)
                 data = buffer.getvalue()

@@ -7,7 +7,8 @@ test with the report's lines; "not implemented" is a skip with the reason;
 a row that differs by convention passes, with the explanation recorded in the
 test's ``user_properties``. Options: ``--normref-convention``,
 ``--normref-array-type``, ``--normref-impl-vjp``, ``--normref-dtypes``,
-``--normref-seed``. Without ``--normref-impl`` the plugin does nothing.
+``--normref-seed``, ``--normref-backend`` (the array library of the reference).
+Without ``--normref-impl`` the plugin does nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--normref-{name}", **options)
     group.addoption("--normref-dtypes", help="comma-separated dtypes (default: all it takes)")
     group.addoption("--normref-seed", type=int, default=0, help="the suite's seed")
+    group.addoption(
+        "--normref-backend", default="numpy", help="the array library of the reference (numpy)"
+    )
 
 
 class CaseFailedError(Exception):
@@ -34,16 +38,16 @@ class CaseFailedError(Exception):
 class CaseItem(pytest.Item):
     """One case at one dtype."""
 
-    def __init__(self, *, binding: Any, case: Any, dtype: str, **kwargs: Any) -> None:
+    def __init__(self, *, binding: Any, case: Any, dtype: str, backend: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.binding, self.case, self.dtype = binding, case, dtype
+        self.binding, self.case, self.dtype, self.backend = binding, case, dtype, backend
 
     def runtest(self) -> None:
         from conformance.reports.summary import output_line
         from conformance.results import Status
         from conformance.runner import check_row
 
-        result = check_row(self.binding, self.case, self.dtype)
+        result = check_row(self.binding, self.case, self.dtype, self.backend)
         self.user_properties.append(("normref_status", result.status.value))
         if result.status is Status.NOT_IMPLEMENTED:
             pytest.skip(result.explanation or "not implemented")
@@ -70,6 +74,7 @@ class ConformanceCollector(pytest.Collector):
 
     def collect(self) -> list[CaseItem]:
         from conformance.adapters.function import function_binding, load_function
+        from conformance.backends import get_backend
         from conformance.runner import select_cases
 
         option = self.config.getoption
@@ -87,9 +92,18 @@ class ConformanceCollector(pytest.Collector):
         )
         chosen = option("normref_dtypes")
         dtypes = chosen.split(",") if chosen else list(binding.dtypes)
+        try:
+            backend = get_backend(option("normref_backend"))
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from error
         return [
             CaseItem.from_parent(
-                self, name=f"{case.id}[{dtype}]", binding=binding, case=case, dtype=dtype
+                self,
+                name=f"{case.id}[{dtype}]",
+                binding=binding,
+                case=case,
+                dtype=dtype,
+                backend=backend,
             )
             for case in select_cases(op, seed=option("normref_seed"))
             for dtype in dtypes

@@ -5,7 +5,8 @@ cotangent) are first rounded to that dtype (:class:`Prepared`), so the
 implementation under test and the reference see exactly the same values.
 The reference then evaluates normref in float64 (``precision="highest"``) on
 those values, with the model's semantic choices (:mod:`conformance.models`),
-and measures the terms behind every output (:mod:`conformance.terms`).
+on the chosen array library (:mod:`conformance.backends`), and measures the
+terms behind every output (:mod:`conformance.terms`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from conformance.backends import NUMPY, Backend
 from conformance.cases import Case
 from conformance.models import Model
 from conformance.ops import CheckedOp, batch_weight_as, get_op
-from conformance.terms import OpTerms, op_terms
+from conformance.terms import OpTerms
 from conformance.tolerances import compute_dtype
 from conformance.ulp import round_to, unit_roundoff
 from normref.registry import Sample
@@ -53,20 +55,23 @@ def prepare(case: Case, dtype: str) -> Prepared:
 
 
 def resolved_eps(prepared: Prepared, model: Model) -> float | None:
-    """The ``eps`` the reference uses: the case's, or the model's default for the layer (or the
+    """The ``eps`` the reference uses: the case's, or the model's default for the op (or the
     one a model says the implementation uses whatever it is given).
 
-    A default of ``None`` (torch's ``RMSNorm``) is the machine epsilon of the
-    compute dtype: float32's for float16, bfloat16 and float32 input.
+    An op whose cases never pass ``eps`` (weight norm, global-norm clipping) always
+    takes the model's default. A default of ``None`` (torch's ``RMSNorm``) is the
+    machine epsilon of the compute dtype: float32's for float16, bfloat16 and
+    float32 input.
     """
     op = prepared.op
-    if "eps" not in prepared.sample.kwargs:
+    given = "eps" in prepared.sample.kwargs
+    if not given and op.eps_field is None:
         return None
-    if model.fixed_eps is not None:
+    if given and model.fixed_eps is not None:
         return model.fixed_eps
-    if not prepared.case.default_eps:
+    if given and not prepared.case.default_eps:
         return prepared.sample.kwargs["eps"]
-    value = getattr(model.convention, op.eps_field)
+    value = model.get(op.eps_field)
     if value is None:
         return 2.0 * unit_roundoff(compute_dtype(model, prepared.dtype))
     return float(value)
@@ -114,24 +119,16 @@ class Expected:
     eps: float | None
 
 
-def expected(prepared: Prepared, model: Model, *, backward: bool = True) -> Expected:
-    """normref's exact result on ``prepared`` under ``model`` (gradients when ``backward``)."""
+def expected(
+    prepared: Prepared, model: Model, *, backward: bool = True, backend: Backend = NUMPY
+) -> Expected:
+    """normref's exact result on ``prepared`` under ``model`` (gradients when ``backward`` and
+    the op has any), evaluated on ``backend``."""
     op = prepared.op
     sample = model_sample(prepared, model)
+    dy = prepared.dy if backward and op.differentiable else None
     with np.errstate(all="ignore"):
-        values = dict(op.reference(sample, model))
-        if backward:
-            grads = op.reference_vjp(prepared.dy, sample, model)
-            values.update({f"d{name}": g for name, g in grads.items() if g is not None})
-        terms = op_terms(
-            op,
-            sample,
-            prepared.dy if backward else None,
-            eps=sample.kwargs.get("eps"),
-            eps_mode=model.convention.eps_mode,
-            correction=model.correction,
-            batch_weight=sample.kwargs.get("momentum"),
-            running_var_correction=model.convention.running_var_correction,
-        )
+        values = op.evaluate(sample, dy, model, backend)
+        terms = op.terms(op, sample, dy, model)
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     return Expected(arrays, terms, sample.kwargs.get("eps"))

@@ -79,6 +79,7 @@ class CaseResult:
     forward_only: bool = False
     group_size: int | None = None
     conditioning: float | None = None
+    conditioning_measure: str | None = None
     description: str = ""
     traceback: str | None = None
     seconds: float = 0.0

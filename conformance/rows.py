@@ -18,6 +18,7 @@ import numpy as np
 
 from conformance.adapters.base import Binding
 from conformance.arrays import Evaluation
+from conformance.backends import NUMPY, Backend
 from conformance.cases import Case
 from conformance.compare import OutputCheck, compare_output
 from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model
@@ -61,28 +62,35 @@ def _prepared(case: Case, dtype: str) -> tuple[CaseKey, Prepared]:
 
 @dataclass
 class Row:
-    """One binding on one prepared case: the implementation's outcomes and their checks."""
+    """One binding on one prepared case: the implementation's outcomes and their checks.
+
+    ``backend`` evaluates the reference (:mod:`conformance.backends`).
+    """
 
     binding: Binding
     key: CaseKey
     prepared: Prepared
+    backend: Backend = NUMPY
 
     def __post_init__(self) -> None:
         self._outcomes: dict[Any, Evaluation] = {}
 
     @classmethod
-    def of(cls, binding: Binding, case: Case, dtype: str) -> Row:
+    def of(cls, binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY) -> Row:
         """The row of ``binding`` on ``case`` at ``dtype``."""
         key, prepared = _prepared(case, dtype)
-        return cls(binding, key, prepared)
+        return cls(binding, key, prepared, backend)
+
+    @property
+    def backward(self) -> bool:
+        """Whether gradients are checked: the binding has a backward and the op gradients."""
+        return self.binding.backward and bool(self.prepared.op.differentiable)
 
     def outcome(self, model: Model) -> Evaluation:
         """The implementation's outputs when it follows ``model`` (called once per call)."""
         call = model.convention.momentum_meaning if self.binding.model_dependent else None
         if call not in self._outcomes:
-            self._outcomes[call] = quietly(
-                self.binding.run, self.prepared, model, self.binding.backward
-            )
+            self._outcomes[call] = quietly(self.binding.run, self.prepared, model, self.backward)
         return self._outcomes[call]
 
     def expected_dtype(self, name: str, model: Model) -> str:
@@ -94,24 +102,26 @@ class Row:
             has_params = any(self.prepared.sample.args.get(a) is not None for a in op.affine_args)
             promoting = model.convention.output_dtype == "promote" and has_params
             return promote(dtype, params) if promoting else dtype
-        if name.startswith("running_") or name[1:] in op.affine_args:
+        if name in op.state or name[1:] in op.affine_args:
             return params
         return dtype
 
     def expected(self, model: Model) -> Expected:
         """The reference under ``model``'s semantic fields (shared across bindings)."""
-        exact, backward = semantic(model), self.binding.backward
+        exact, backward, backend = semantic(model), self.backward, self.backend
         return _EXPECTED.get(
-            (self.key, exact, backward),
-            lambda: expected(self.prepared, exact, backward=backward),
+            (self.key, exact, backward, backend.name),
+            lambda: expected(self.prepared, exact, backward=backward, backend=backend),
         )
 
     def checks(self, model: Model) -> list[OutputCheck]:
-        """Every output against its bound under ``model``."""
+        """Every output the binding gives against its bound under ``model``."""
         reference = self.expected(model)
         outcome = self.outcome(model)
         arithmetic = arithmetic_of(model, self.prepared.dtype)
-        primary = self.prepared.sample.args[self.prepared.op.spec.primary]
+        op = self.prepared.op
+        primary = self.prepared.sample.args[op.spec.primary]
+        given = self.binding.outputs
         return [
             compare_output(
                 name,
@@ -122,8 +132,10 @@ class Row:
                 self.expected_dtype(name, model),
                 arithmetic,
                 primary,
+                op.direction(name),
             )
             for name, exact in reference.values.items()
+            if given is None or name in given or op.direction(name) == "backward"
         ]
 
     def passes(self, model: Model) -> bool:

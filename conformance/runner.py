@@ -15,18 +15,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from conformance.adapters.base import Binding, FrameworkLacksError
+from conformance.backends import NUMPY, Backend
 from conformance.cases import Case, cases_for, find_case
+from conformance.models import NORMREF
 from conformance.ops import get_op
+from conformance.reference import expected
 from conformance.results import CaseResult, RunResult, Status
 from conformance.rows import Row, quietly
-from conformance.terms import group_stats
 from conformance.verdicts import accepted_value, judge
 
 
-def check_row(binding: Binding, case: Case, dtype: str) -> CaseResult:
-    """The verdict on ``binding`` for ``case`` at ``dtype``."""
+def check_row(binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY) -> CaseResult:
+    """The verdict on ``binding`` for ``case`` at ``dtype`` (the reference on ``backend``)."""
     started = time.perf_counter()
-    op = get_op(case.op)
+    row = Row.of(binding, case, dtype, backend)
     result = CaseResult(
         implementation=binding.label,
         framework=binding.framework,
@@ -37,23 +39,19 @@ def check_row(binding: Binding, case: Case, dtype: str) -> CaseResult:
         dtype=dtype,
         status=Status.PASS,
         model=binding.model.name,
-        forward_only=not binding.backward,
+        forward_only=not row.backward,
         description=case.description,
     )
     if dtype not in binding.dtypes:
         result.status = Status.NOT_IMPLEMENTED
         result.explanation = f"{binding.label} does not take {dtype}"
         return result
-    row = Row.of(binding, case, dtype)
-    prepared = row.prepared
-    partition = op.partition(prepared.sample) if case.kind != "error" else None
-    if partition is not None:
-        stats = group_stats(prepared.sample.args[op.spec.primary], partition)
-        result.group_size, result.conditioning = stats.n, stats.conditioning()
     try:
-        if case.kind == "error":
-            _error_path(row, result)
+        refused = _refusal(row)
+        if refused is not None:
+            _error_path(row, result, *refused)
         else:
+            _state_conditioning(row, result)
             verdict = judge(row)
             result.status, result.model = verdict.status, verdict.model
             result.explained_by = verdict.fields
@@ -76,19 +74,50 @@ def check_row(binding: Binding, case: Case, dtype: str) -> CaseResult:
     return result
 
 
-def _error_path(row: Row, result: CaseResult) -> None:
+def _state_conditioning(row: Row, result: CaseResult) -> None:
+    """The input's conditioning and group size, from the reference's terms."""
+    terms = row.expected(NORMREF).terms
+    conditioning = terms.stated_conditioning()
+    if terms.stats is not None:
+        result.group_size = terms.stats.n
+    if conditioning is not None:
+        result.conditioning, result.conditioning_measure = conditioning.value, conditioning.what
+
+
+def _refusal(row: Row) -> tuple[str, str] | None:
+    """Where and why normref refuses the row's input: the case's own refusal, or one that
+    appears at this dtype only (a mean of 1e4 in float16 leaves every group constant)."""
     case = row.prepared.case
+    if case.kind == "error":
+        return case.error_in or "forward", case.error or ""
     try:
-        evaluation = quietly(row.binding.run, row.prepared, row.binding.model, False)
+        row.expected(NORMREF)
+    except ValueError as error:
+        where = "forward"
+        if row.backward:
+            try:
+                quietly(expected, row.prepared, NORMREF, backward=False)
+                where = "backward"
+            except ValueError:
+                pass
+        return where, f"at {row.prepared.dtype}: {error}"
+    return None
+
+
+def _error_path(row: Row, result: CaseResult, where: str, error: str) -> None:
+    backward = where == "backward" and row.backward
+    try:
+        evaluation = quietly(row.binding.run, row.prepared, row.binding.model, backward)
     except FrameworkLacksError:
         raise
-    except Exception as error:  # noqa: BLE001 - refusing is the expected behaviour here
+    except Exception as raised:  # noqa: BLE001 - refusing is the expected behaviour here
         result.status = Status.REFUSES
-        result.explanation = f"raises {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        first = str(raised).splitlines()[0][:200] if str(raised) else ""
+        result.explanation = f"raises {type(raised).__name__}: {first}"
         return
     result.status = Status.ACCEPTS
-    result.explanation = accepted_value(evaluation, row.prepared)
-    result.diagnosis = f"normref raises: {case.error}"
+    result.explanation = accepted_value(evaluation, row.prepared, backward)
+    result.diagnosis = f"normref raises: {error}"
 
 
 def select_cases(op: str, *, case_id: str | None = None, seed: int = 0) -> list[Case]:
@@ -106,9 +135,10 @@ def run_bindings(
     case_id: str | None = None,
     seed: int = 0,
     progress: Callable[[int, str], None] | None = None,
+    backend: Backend = NUMPY,
 ) -> list[CaseResult]:
-    """Every binding on every case of its op at every dtype (``progress(total, label)`` first
-    with the total, then once per row)."""
+    """Every binding on every case of its op at every dtype, the reference on ``backend``
+    (``progress(total, label)`` first with the total, then once per row)."""
     plan = [
         (binding, case, dtype)
         for binding in bindings
@@ -119,7 +149,7 @@ def run_bindings(
         progress(len(plan), "")
     results = []
     for binding, case, dtype in plan:
-        results.append(check_row(binding, case, dtype))
+        results.append(check_row(binding, case, dtype, backend))
         if progress is not None:
             progress(0, f"{binding.label} {case.id} {dtype}")
     return results
@@ -136,7 +166,7 @@ def run_result(
             "op": b.op,
             "convention": b.model.to_json(),
             "convention_name": b.model.name,
-            "backward": b.backward,
+            "backward": b.backward and bool(get_op(b.op).differentiable),
             "notes": b.notes,
         }
         for b in bindings

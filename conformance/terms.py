@@ -37,23 +37,34 @@ state           r_var   :math:`(1-w)|\hat\sigma^2_{old}| + w\,c_r\,\sigma^2_B`
 
 (``dx``, ``dgamma``, ``dbeta`` are gradients; ``r_mean`` and ``r_var`` the
 running ``running_mean`` and ``running_var``; :math:`w` is the weight of the
-batch, :math:`c_r` the running variance's Bessel factor.) :mod:`conformance.tolerances` turns magnitudes into error
-bounds; this module only measures.
+batch, :math:`c_r` the running variance's Bessel factor.) An op that is one of
+these kinds in disguise is measured in its :class:`StandardForm`: weight
+standardization on the units of a weight, Scaled WS and weight norm with their
+affine :math:`a` (:mod:`conformance.terms_weights`, which also has the terms of
+spectral norm, the clipping ops, SkipInit and the nonlinearities;
+:mod:`conformance.terms_whitening` those of the whitening family). Each output's
+*role* names its operation counts (the gradient of a weight ``w`` counts as
+``dx``). :mod:`conformance.tolerances` turns magnitudes into error bounds; these
+modules only measure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from conformance.ops import CheckedOp
 from normref.affine import broadcast_param
 from normref.ops.standardization import divisor, divisor_derivative
 from normref.partition import Partition
 from normref.registry import Sample
+
+if TYPE_CHECKING:
+    from conformance.ops import CheckedOp
 
 
 @dataclass(frozen=True)
@@ -131,12 +142,16 @@ class Divisor:
         As normref's argument of the same name.
     correction
         The variance's correction (0 or 1).
+    argument_roundings
+        Roundings of its argument after the reduction: the division by the group size (1);
+        Scaled WS's ``max(N var, eps)`` multiplies by the fan-in too (2).
     """
 
     of: str
     eps: float
     eps_mode: str
     correction: int
+    argument_roundings: int = 1
 
     def argument(self, stats: GroupStats) -> np.ndarray:
         """The exact value it takes the divisor of, per group."""
@@ -177,12 +192,22 @@ class OutputTerms:
     variance_weight
         Coefficient of the batch variance's own error in this output (the
         running variance), or ``None``.
+    role
+        The output's name in the operation counts (:data:`conformance.tolerances.BUDGETS`):
+        ``"dx"`` for the gradient of the primary input whatever its name, ``"dgamma"``
+        for the scale parameter's; ``None``: the output's own name.
+    extra
+        ``extra(arithmetic)``: a further bound on the output's error, on its shape,
+        that is not a count times the magnitude (a perturbation amplified by the
+        input's conditioning, an ambiguous branch); ``None`` if there is none.
     """
 
     magnitude: np.ndarray
     reduce: Callable[[np.ndarray], np.ndarray] | None = None
     summed: int = 0
     variance_weight: np.ndarray | None = None
+    role: str | None = None
+    extra: Callable[[Any], np.ndarray] | None = None
 
     def scale(self) -> np.ndarray:
         """The magnitude on the output's shape: the unit errors are measured against."""
@@ -190,92 +215,203 @@ class OutputTerms:
 
 
 @dataclass(frozen=True)
+class Conditioning:
+    """How well the input determines the exact result: ``value`` of the quantity ``what``
+    (``"|mean|/std"``, ``"condition number of the covariance"``, ...), at worst over groups."""
+
+    value: float
+    what: str
+
+
+@dataclass(frozen=True)
 class OpTerms:
-    """Everything the error bound of one evaluation needs.
+    r"""Everything the error bound of one evaluation needs.
 
     ``stats`` and ``divisor`` are ``None`` for ops without groups or without a
-    computed divisor; ``outputs`` maps output and gradient names to their terms.
+    computed divisor (a divisor is a :class:`Divisor` of the groups' statistics,
+    or any object with ``relative_errors(arithmetic)`` returning :math:`\rho` and
+    :math:`\rho_f` on x's layout); ``outputs`` maps output and gradient names to
+    their terms; ``n`` is the length of the reductions the per-sample counts
+    multiply (the group size by default), ``features`` that of the dot products
+    the per-feature counts multiply; ``conditioning`` what the report states.
     """
 
     kind: str
     stats: GroupStats | None
-    divisor: Divisor | None
+    divisor: Any
     outputs: dict[str, OutputTerms]
+    n: int | None = None
+    conditioning: Conditioning | None = None
+    features: int = 0
+
+    @property
+    def size(self) -> int:
+        """The reduction length of the per-sample operation counts."""
+        if self.n is not None:
+            return self.n
+        return self.stats.n if self.stats is not None else 0
+
+    def stated_conditioning(self) -> Conditioning | None:
+        r"""What the report states: the op's own measure, or its groups' :math:`|\mu|/\sigma`."""
+        if self.conditioning is not None:
+            return self.conditioning
+        if self.stats is None:
+            return None
+        return Conditioning(self.stats.conditioning(), "|mean|/std")
 
 
-def op_terms(
-    op: CheckedOp,
-    sample: Sample,
-    dy: np.ndarray | None,
-    *,
-    eps: float | None,
-    eps_mode: str,
-    correction: int,
-    batch_weight: float | None = None,
-    running_var_correction: int = 0,
-) -> OpTerms:
-    """The terms of ``op``'s outputs (and gradients, given ``dy``) on a float64 ``sample``."""
+@dataclass(frozen=True)
+class StandardForm:
+    r"""An op as ``y = a * op(x) + b`` on the groups of a partition, for its error terms.
+
+    ``x`` is the normalized input, ``scale`` and ``shift`` the affine :math:`a`
+    and :math:`b` on x's layout (``None`` if absent), ``divisor`` what it divides by
+    and ``names`` the names of the gradients of x, of the scale parameter and of
+    the shift (``"dx"``, ``"dgamma"``, ``"dbeta"`` for layers; ``"dw"`` and
+    ``"dgain"`` for Scaled WS), each present only when the op has it.
+    ``param_factor`` multiplies the scale parameter's gradient (weight norm's
+    ``g`` scales by :math:`1/\sqrt N`). ``reduce`` and ``summed`` sum x-shaped
+    terms onto the parameters.
+    """
+
+    x: np.ndarray
+    partition: Partition
+    scale: np.ndarray | None
+    shift: np.ndarray | None
+    divisor: Divisor | None
+    names: dict[str, str]
+    reduce: Callable[[np.ndarray], np.ndarray]
+    summed: int
+    param_factor: float = 1.0
+
+
+COMPUTATIONS = {
+    "center": "center",
+    "standardize": "standardize",
+    "scaled_standardize": "standardize",
+    "scale": "scale",
+    "rms": "rms",
+    "weight_norm": "rms",
+}
+"""What each kind of :func:`standard_terms` computes: centred (``center``), centred and divided
+(``standardize``), divided by the centred variance (``scale``), or by the mean square (``rms``)."""
+
+
+def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
+    """The standard form of a normalization layer (or of one op on ``(G, M, D)``)."""
     x = np.asarray(sample.args[op.spec.primary], dtype=np.float64)
     axes = op.param_axes(sample)
-    gamma = _param(sample.args.get("gamma"), x, axes, fill=1.0)
-    beta = sample.args.get("beta")
-    reduce = _parameter_sum(x.ndim, axes)
-    summed = x.size // max(1, int(np.prod([x.shape[a] for a in axes], dtype=np.int64)))
-    abs_beta = np.abs(_param(beta, x, axes, fill=0.0))
-    if op.kind == "inference":
-        return _inference_terms(
-            op, sample, x, dy, gamma, abs_beta, axes, reduce, summed, eps, eps_mode
+    gamma, beta = sample.args.get("gamma"), sample.args.get("beta")
+    names = {"dx": f"d{op.spec.primary}"}
+    if "gamma" in op.affine_args and gamma is not None:
+        names["dgamma"] = "dgamma"
+    if "beta" in op.affine_args and beta is not None:
+        names["dbeta"] = "dbeta"
+    divisor = None
+    if COMPUTATIONS.get(op.kind) != "center":
+        rms = COMPUTATIONS.get(op.kind) == "rms"
+        divisor = Divisor(
+            "mean_square" if rms else "variance",
+            sample.kwargs["eps"],
+            model.convention.eps_mode,
+            0 if rms else model.correction,
         )
-    stats = group_stats(x, op.partition(sample))
+    summed = x.size // max(1, int(np.prod([x.shape[a] for a in axes], dtype=np.int64)))
+    return StandardForm(
+        x,
+        op.partition(sample),
+        None if gamma is None else parameter_on(gamma, x, axes),
+        None if beta is None else parameter_on(beta, x, axes),
+        divisor,
+        names,
+        parameter_sum(x.ndim, axes),
+        summed,
+    )
+
+
+def op_terms(op: CheckedOp, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
+    """The terms of a normalization layer's outputs (and gradients, given ``dy``) on a float64
+    ``sample`` under ``model``."""
+    if op.kind == "inference":
+        return _inference_terms(op, sample, dy, model.convention.eps_mode)
+    found = standard_terms(op.kind, layer_form(op, sample, model), dy)
+    if not op.running_stats:
+        return found
+    outputs = {
+        **found.outputs,
+        **_state_terms(
+            sample,
+            found.stats,
+            sample.kwargs.get("momentum"),
+            model.convention.running_var_correction,
+        ),
+    }
+    return dataclasses.replace(found, outputs=outputs)
+
+
+def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTerms:
+    """The terms of an op of :data:`COMPUTATIONS` in its :class:`StandardForm`."""
+    x = form.x
+    stats = group_stats(x, form.partition)
     mean_abs = stats.broadcast(stats.mean_abs)
-    if op.kind == "center":
-        outputs = {"y": OutputTerms(np.abs(x) + mean_abs)}
+    computation = COMPUTATIONS[kind]
+    outputs: dict[str, OutputTerms] = {}
+    if computation == "center":
+        outputs["y"] = OutputTerms(np.abs(x) + mean_abs)
         if dy is not None:
             dy_abs = np.abs(dy)
-            outputs["dx"] = OutputTerms(dy_abs + stats.mean_of(dy_abs))
-        return OpTerms(op.kind, stats, None, outputs)
-    assert eps is not None
-    of = "mean_square" if op.kind == "rms" else "variance"
-    div = Divisor(of, eps, eps_mode, correction if of == "variance" else 0)
+            outputs[form.names["dx"]] = OutputTerms(dy_abs + stats.mean_of(dy_abs), role="dx")
+        return OpTerms(kind, stats, None, outputs)
+    div = form.divisor
     v = div.argument(stats)
-    s = stats.broadcast(div.value(v))
-    f = stats.broadcast(div.derivative_factor(v))
-    n_eff = stats.n - div.correction
-    if op.kind == "rms":
-        magnitude_x = np.abs(x) / s
-        centred_x = magnitude_x
-    else:
-        magnitude_x = (np.abs(x) + mean_abs) / s
-        centred_x = magnitude_x if op.kind == "standardize" else np.abs(x) / s
-    outputs = {"y": OutputTerms(np.abs(gamma) * centred_x + abs_beta)}
-    if dy is not None:
-        g = np.abs(gamma * dy)
-        path = f * magnitude_x * stats.sum(g * centred_x) / n_eff
-        direct = g + (stats.mean_of(g) if op.kind == "standardize" else 0.0)
-        outputs["dx"] = OutputTerms((direct + path) / s)
-        if "gamma" in op.affine_args and sample.args.get("gamma") is not None:
-            outputs["dgamma"] = OutputTerms(np.abs(dy) * centred_x, reduce, summed)
-        if "beta" in op.affine_args and beta is not None:
-            outputs["dbeta"] = OutputTerms(np.abs(dy), reduce, summed)
-    if op.running_stats:
-        outputs.update(_state_terms(sample, stats, batch_weight, running_var_correction))
-    return OpTerms(op.kind, stats, div, outputs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = stats.broadcast(div.value(v))
+        f = np.where(s == 0, 0.0, stats.broadcast(div.derivative_factor(v)))
+        if computation == "rms":
+            magnitude_x = _divided(np.abs(x), s)
+            centred_x = magnitude_x
+        else:
+            magnitude_x = _divided(np.abs(x) + mean_abs, s)
+            centred_x = magnitude_x if computation == "standardize" else _divided(np.abs(x), s)
+        a = np.ones_like(x) if form.scale is None else np.abs(form.scale)
+        b = 0.0 if form.shift is None else np.abs(form.shift)
+        outputs["y"] = OutputTerms(a * centred_x + b)
+        if dy is not None:
+            n_eff = stats.n - div.correction
+            g = a * np.abs(dy)
+            path = f * magnitude_x * stats.sum(g * centred_x) / n_eff
+            direct = g + (stats.mean_of(g) if computation == "standardize" else 0.0)
+            outputs[form.names["dx"]] = OutputTerms(_divided(direct + path, s), role="dx")
+            if "dgamma" in form.names:
+                outputs[form.names["dgamma"]] = OutputTerms(
+                    abs(form.param_factor) * np.abs(dy) * centred_x,
+                    form.reduce,
+                    form.summed,
+                    role="dgamma",
+                )
+            if "dbeta" in form.names:
+                outputs[form.names["dbeta"]] = OutputTerms(
+                    np.abs(dy), form.reduce, form.summed, role="dbeta"
+                )
+    return OpTerms(kind, stats, div, outputs)
+
+
+def _divided(terms_: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``terms / s``, and 0 where ``s`` is 0: a zero unit of weight norm without ``eps``, whose
+    output and gradients normref defines as exactly 0 (no terms are computed there)."""
+    return np.where(s == 0, 0.0, terms_ / np.where(s == 0, 1.0, s))
 
 
 def _inference_terms(
-    op: CheckedOp,
-    sample: Sample,
-    x: np.ndarray,
-    dy: np.ndarray | None,
-    gamma: np.ndarray,
-    abs_beta: np.ndarray,
-    axes: tuple[int, ...],
-    reduce: Callable[[np.ndarray], np.ndarray],
-    summed: int,
-    eps: float | None,
-    eps_mode: str,
+    op: CheckedOp, sample: Sample, dy: np.ndarray | None, eps_mode: str
 ) -> OpTerms:
-    assert eps is not None
+    x = np.asarray(sample.args[op.spec.primary], dtype=np.float64)
+    axes = op.param_axes(sample)
+    reduce = parameter_sum(x.ndim, axes)
+    summed = x.size // max(1, int(np.prod([x.shape[a] for a in axes], dtype=np.int64)))
+    gamma = _param(sample.args.get("gamma"), x, axes, fill=1.0)
+    abs_beta = np.abs(_param(sample.args.get("beta"), x, axes, fill=0.0))
+    eps = sample.kwargs["eps"]
     mean = _param(sample.args["running_mean"], x, axes, fill=0.0)
     var = sample.args["running_var"]
     s = _param(np.asarray(divisor(xp_numpy, var, eps=eps, eps_mode=eps_mode)), x, axes, fill=1.0)
@@ -309,14 +445,18 @@ def _state_terms(
     }
 
 
-def _param(
-    param: np.ndarray | None, x: np.ndarray, axes: tuple[int, ...], *, fill: float
-) -> np.ndarray:
-    if param is None:
-        return np.full(x.shape, fill)
+def parameter_on(param: np.ndarray, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """A parameter spanning ``axes`` of ``x``, broadcast to x's layout."""
     return np.broadcast_to(broadcast_param(xp_numpy, np.asarray(param), x.ndim, axes), x.shape)
 
 
-def _parameter_sum(ndim: int, axes: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+def _param(
+    param: np.ndarray | None, x: np.ndarray, axes: tuple[int, ...], *, fill: float
+) -> np.ndarray:
+    return np.full(x.shape, fill) if param is None else parameter_on(param, x, axes)
+
+
+def parameter_sum(ndim: int, axes: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """Sums an array of rank ``ndim`` over every axis but ``axes`` (onto a parameter)."""
     other = tuple(a for a in range(ndim) if a not in axes)
     return lambda values: np.sum(values, axis=other)

@@ -90,9 +90,10 @@ from conformance.ulp import ulp, unit_roundoff
 
 
 class Budget(NamedTuple):
-    """Operation counts of one output: :math:`K = a n + b m + k`; divisor factors ``c``.
+    """Operation counts of one output: :math:`K = a n + b m + d D + k`; divisor factors ``c``.
 
-    ``derivative`` says whether the output also uses :math:`s'(v)`.
+    ``derivative`` says whether the output also uses :math:`s'(v)`; ``per_feature``
+    counts the dot products of length :math:`D` (the features whitened jointly).
     """
 
     per_sample: int
@@ -100,6 +101,7 @@ class Budget(NamedTuple):
     constant: int
     divisor_factors: int
     derivative: bool = False
+    per_feature: int = 0
 
 
 BUDGETS: dict[tuple[str, str], Budget] = {
@@ -146,8 +148,124 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     # new = (1 - w) old + w c_r v: the Bessel factor and its product (2), two products, one
     # addition; the batch variance's own error is added separately
     ("state", "running_var"): Budget(0, 0, 5, 0),
+    # ---- Scaled WS: y = a x_hat, a = gamma gain / sqrt(N) (the root, two products: 3)
+    # y: x_hat (n + 4.5), a (3), the product
+    ("scaled_standardize", "y"): Budget(1, 0, 9, 1),
+    # dw: the standardize backward of a dy, a three roundings more than gamma
+    ("scaled_standardize", "dx"): Budget(3, 0, 17, 3, derivative=True),
+    # dgain = (gamma / sqrt(N)) sum(dy x_hat): the sum as standardize's dgamma, the factor 2
+    ("scaled_standardize", "dgamma"): Budget(1, 1, 7, 1),
+    # ---- weight norm: y = a v / s(q + eps/N), a = g / sqrt(N) (the root and the division: 2)
+    # y: the rms divisor path and a's product (5), a (2)
+    ("weight_norm", "y"): Budget(0, 0, 7, 1),
+    # dv: the rms backward (n + 15) of a dy, a two more
+    ("weight_norm", "dx"): Budget(1, 0, 17, 3, derivative=True),
+    # dg = (1 / sqrt(N)) sum(dy x_hat): rms's dgamma (m + 4), the factor 2
+    ("weight_norm", "dgamma"): Budget(0, 1, 6, 1),
+    # ---- spectral norm, n = O N: sigma = u^T W v errs relatively by rho (the divisor)
+    # y = W / sigma: the division
+    ("spectral", "y"): Budget(0, 0, 1, 1),
+    # dW = (dy - p u v^T) / sigma, p = sum(dy W / sigma): each product dy (W / sigma) within 2,
+    # the sum n - 1, the outer product u v^T, p times it, the subtraction, the division: n + 5;
+    # sigma enters twice
+    ("spectral", "dw"): Budget(1, 0, 6, 2),
+    # the training step: y and dW as above with sigma' = u'^T W v' (its error, from the power
+    # iteration's running error bound, in rho); u', v' and sigma' are bounded by that running
+    # bound alone (conformance.terms_weights)
+    ("spectral_train", "y"): Budget(0, 0, 1, 1),
+    ("spectral_train", "dw"): Budget(1, 0, 6, 2),
+    ("spectral_train", "u"): Budget(0, 0, 0, 0),
+    ("spectral_train", "v"): Budget(0, 0, 0, 0),
+    ("spectral_train", "sigma"): Budget(0, 0, 0, 0),
+    # ---- AGC, n = N (a unit's fan-in): a norm of N values errs relatively by N/2 + 1 (the sum of
+    # squares of positive terms, halved by the root, and the root)
+    # y = G m / max(n, m): the two norms (N, and their roots 2), m = clipping * max(p, eps) (1),
+    # the division and the product (2)
+    ("agc", "y"): Budget(1, 0, 5, 0),
+    # dG = f dy - (f s / n^2) G on a clipped unit: f (N + 4), s = sum(dy G) (N), n^2 (N + 2),
+    # two products, times G, the subtraction: 3 N + 10 (the first term, N + 5, is smaller)
+    ("agc", "dgrad"): Budget(3, 0, 10, 0),
+    # dW = clipping s / (n p) W: s (N), the norms n and p (N and 2), four products: 2 N + 6
+    ("agc", "dparam"): Budget(2, 0, 6, 0),
+    # ---- the unit-wise norm: the sum of squares (N, no cancellation), the root
+    ("unit_norm", "y"): Budget(1, 0, 1, 0),
+    # ---- global-norm clipping, n = L (every value of every gradient): the norm (L), the roots
+    # of the leaves' norms and of their norm (3), eps added, the division, the product
+    ("global_clip", "y"): Budget(1, 0, 6, 0),
+    ("global_clip", "clipped_bias_grad"): Budget(1, 0, 6, 0),
+    # ---- SkipInit, y = x + alpha f: the product and the sum; dx = dy is exact; d f = alpha dy;
+    # d alpha = sum(dy f) over the axes alpha is broadcast along (m - 1, the products 1)
+    ("residual", "y"): Budget(0, 0, 2, 0),
+    ("residual", "dx"): Budget(0, 0, 0, 0),
+    ("residual", "dbranch_out"): Budget(0, 0, 1, 0),
+    ("residual", "dalpha"): Budget(0, 1, 1, 0),
+    # ---- whitening, n = M samples of D features per group, y = gamma W (x - mean) + beta; W's own
+    # error, amplified by the covariance's conditioning, is bounded separately
+    # (conformance.terms_whitening)
+    # y: the mean (M), the subtraction (1), the dot product with a row of W (D), gamma, beta
+    ("whiten", "y"): Budget(1, 0, 3, 0, per_feature=1),
+    # dx = P(g W) + X_c (S + S^T) / (M - c), g = gamma dy: the product g W (D), its mean over the
+    # samples (M), the subtraction, gamma; the centred values and the dot with S (D), the
+    # symmetric sum, the division, the final addition: M + D + 4
+    ("whiten", "dx"): Budget(1, 0, 4, 0, per_feature=1),
+    # dgamma = sum(dy y_hat): y_hat (M + D + 1), the products, the sum m - 1
+    ("whiten", "dgamma"): Budget(1, 1, 2, 0, per_feature=1),
+    ("whiten", "dbeta"): Budget(0, 1, 0, 0),
+    # with given statistics: the subtraction, the dot product (D), gamma, beta
+    ("whiten_inference", "y"): Budget(0, 0, 3, 0, per_feature=1),
+    # dx = W^T (gamma dy): gamma, the dot product
+    ("whiten_inference", "dx"): Budget(0, 0, 1, 0, per_feature=1),
+    # dgamma = sum(dy y_hat): y_hat (D + 1), the products, the sum
+    ("whiten_inference", "dgamma"): Budget(0, 1, 2, 0, per_feature=1),
+    ("whiten_inference", "dbeta"): Budget(0, 1, 0, 0),
 }
-"""Operation counts of every (kind, output), with the reason for each in its comment."""
+"""Operation counts of every (kind, output), with the reason for each in its comment. The
+gamma-scaled nonlinearities' counts are :data:`NONLINEARITY_ROUNDINGS`."""
+
+LIBRARY_FUNCTION_ROUNDINGS = 4
+"""A library's exp, expm1, log1p, tanh and erf are assumed accurate to 2 ulps (4 unit
+roundoffs): none of them is correctly rounded, and libraries document errors of 1 to 2 ulps.
+An implementation whose functions are less accurate is out of budget."""
+
+_F = LIBRARY_FUNCTION_ROUNDINGS
+NONLINEARITY_ROUNDINGS: dict[str, int] = {
+    # gamma g(x), in units of u_e relative to the magnitude of g's terms (|x| for the gelus,
+    # whose 1 + erf and 1 + tanh cancel for x < 0; |g(x)| for the others); the product by gamma
+    # counts 1 everywhere; a library function's argument error passes through it unamplified
+    # (the condition numbers of tanh, erf and log1p on these arguments are at most 1)
+    "identity": 1,
+    "relu": 1,
+    "relu6": 1,
+    "leaky_relu": 2,  # 0.01 x
+    "tanh": _F + 1,
+    "sigmoid": _F + 3,  # exp(-x), 1 + it, the reciprocal
+    "silu": _F + 4,  # x sigmoid(x)
+    "swish": _F + 4,
+    "softplus": 2 * _F + 2,  # max(x, 0) + log1p(exp(-|x|))
+    "log_sigmoid": 2 * _F + 2,
+    "elu": _F + 1,  # expm1
+    "celu": _F + 1,
+    "selu": _F + 3,  # scale * alpha * expm1(x)
+    "soft_sign": 3,  # x / (1 + |x|)
+    # 0.5 x (1 + erf(x / sqrt 2)): the argument (2), erf, 1 + it, times x
+    "gelu": _F + 5,
+    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))): the argument (x^3 2, two constants 2, their
+    # products 2, the sum 1), tanh, 1 + it, times x
+    "gelu_tanh": _F + 10,
+}
+r"""Operation counts of :math:`\gamma\,g(x)` for every nonlinearity."""
+
+BUDGETS.update(
+    {
+        (f"nonlinearity:{name}", "y"): Budget(0, 0, k, 0)
+        for name, k in NONLINEARITY_ROUNDINGS.items()
+    }
+)
+
+DECOMPOSITION_ROUNDINGS_PER_FEATURE = 2
+"""A symmetric eigensolver or a Cholesky factorization of a D x D matrix is backward stable:
+it is exact for the matrix perturbed by at most ``2 D u`` times its trace (LAPACK's bounds are
+a modest multiple of ``D u ||Sigma||``; ``Sigma``'s trace bounds its norm)."""
 
 
 class Arithmetic(NamedTuple):
@@ -216,10 +334,12 @@ def divisor_errors(
     if div.of == "mean_square":
         dv = (n + 1) * u * stats.mean_square
     else:
-        dv = variance_error(stats, arithmetic) * (n / (n - div.correction)) + u * v
+        dv = variance_error(stats, arithmetic) * (n / (n - div.correction))
+        dv = dv + div.argument_roundings * u * v
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         low = np.maximum(v - dv, 0.0)
-        rho = div.value(v) / div.value(low) - 1.0
+        # a zero divisor without eps (a zero unit of weight norm) divides no term
+        rho = np.where(div.value(v) == 0, 0.0, div.value(v) / div.value(low) - 1.0)
         if div.eps_mode == "max":
             rho_f = np.where(np.abs(v - div.eps) <= dv, 1.0, 0.0)
         elif div.eps_mode == "add_std":
@@ -237,26 +357,42 @@ def error_bound(terms: OpTerms, name: str, arithmetic: Arithmetic) -> np.ndarray
     to the output dtype is added by :func:`element_bounds`.
     """
     out = terms.outputs[name]
-    kind = "state" if name.startswith("running_") else terms.kind
-    budget = BUDGETS[(kind, name)]
-    n = terms.stats.n if terms.stats is not None else 0
-    reductions = (budget.per_sample * n + budget.per_summed * out.summed) * arithmetic.unit_roundoff
-    rounding = reductions + budget.constant * arithmetic.elementwise_roundoff
+    budget = budget_of(terms, name)
+    counts = (
+        budget.per_sample * terms.size
+        + budget.per_summed * out.summed
+        + budget.per_feature * terms.features
+    )
+    rounding = counts * arithmetic.unit_roundoff + budget.constant * arithmetic.elementwise_roundoff
     factor = _divisor_factor(terms, budget, arithmetic)
     with np.errstate(invalid="ignore", over="ignore"):
         per_term = out.magnitude * (rounding * (1.0 + factor) + factor)
+        # a term of magnitude 0 is exact, whatever the divisor's error
+        per_term = np.where(out.magnitude == 0, 0.0, per_term)
     bound = per_term if out.reduce is None else out.reduce(per_term)
     if out.variance_weight is not None and terms.stats is not None:
         bound = bound + out.variance_weight * variance_error(terms.stats, arithmetic).ravel()
+    if out.extra is not None:
+        bound = bound + out.extra(arithmetic)
     return bound
 
 
+def budget_of(terms: OpTerms, name: str) -> Budget:
+    """The operation counts of output ``name`` of ``terms`` (by its role, e.g. ``"dx"``)."""
+    out = terms.outputs[name]
+    kind = "state" if name.startswith("running_") else terms.kind
+    return BUDGETS[(kind, out.role or name)]
+
+
 def _divisor_factor(terms: OpTerms, budget: Budget, arithmetic: Arithmetic) -> np.ndarray | float:
-    if terms.divisor is None or terms.stats is None or budget.divisor_factors == 0:
+    if terms.divisor is None or budget.divisor_factors == 0:
         return 0.0
-    rho, rho_f = divisor_errors(terms.stats, terms.divisor, arithmetic)
-    factor = budget.divisor_factors * rho + (rho_f if budget.derivative else 0.0)
-    return terms.stats.broadcast(factor)
+    if isinstance(terms.divisor, Divisor):
+        rho, rho_f = divisor_errors(terms.stats, terms.divisor, arithmetic)
+        rho, rho_f = terms.stats.broadcast(rho), terms.stats.broadcast(rho_f)
+    else:
+        rho, rho_f = terms.divisor.relative_errors(arithmetic)
+    return budget.divisor_factors * rho + (rho_f if budget.derivative else 0.0)
 
 
 class ElementBounds(NamedTuple):
@@ -283,7 +419,14 @@ def element_bounds(
 
 
 def budget_ulps(
-    kind: str, name: str, dtype: str, *, n: int, summed: int = 0, model: Model | None = None
+    kind: str,
+    name: str,
+    dtype: str,
+    *,
+    n: int,
+    summed: int = 0,
+    features: int = 0,
+    model: Model | None = None,
 ) -> float:
     """The budget in ulps of ``dtype`` for an element whose terms have no divisor error.
 
@@ -294,8 +437,93 @@ def budget_ulps(
     from conformance.models import NORMREF
 
     budget = BUDGETS[(kind, name)]
-    reductions = budget.per_sample * n + budget.per_summed * summed
+    reductions = budget.per_sample * n + budget.per_summed * summed + budget.per_feature * features
     u_out, u64 = unit_roundoff(dtype), unit_roundoff("float64")
     u_c = unit_roundoff(compute_dtype(model or NORMREF, dtype))
     implementation = reductions * u_c + budget.constant * u_out
     return 0.5 + (implementation + (reductions + budget.constant) * u64) / u_out
+
+
+# ----------------------------------------------------------------------------- running bounds
+# Operations whose errors are not a count times the magnitude of their terms: the power
+# iteration of spectral norm carries the error of one vector into the next, so its bound is
+# propagated step by step (a running error analysis), first order in the unit roundoff.
+
+
+def matvec_error(matrix: np.ndarray, x: np.ndarray, x_error: np.ndarray, u: float) -> np.ndarray:
+    """Bound on the error of ``matrix @ x`` computed from ``x`` known within ``x_error``: the
+    perturbation carried, ``|M| x_err``, and the dot products' rounding, ``k u |M| |x|`` for
+    dot products of length ``k`` (Higham, 2002, §3.1)."""
+    magnitude = np.abs(matrix)
+    return magnitude @ x_error + matrix.shape[1] * u * (magnitude @ np.abs(x))
+
+
+def normalized_error(
+    t: np.ndarray, t_error: np.ndarray, eps: float, eps_mode: str, u: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``t / r`` with ``r = max(||t||, eps)`` (``"max"``) or ``sqrt(||t||^2 + eps)`` (``"add"``),
+    and a bound on its error when ``t`` is known within ``t_error``.
+
+    ``r`` errs by the perturbation, ``||t_error||``, and its own rounding,
+    ``(k/2 + 2) u r`` (the sum of ``k`` squares of one sign, halved by the root; the
+    root; ``eps``); the division adds ``u``: ``|t_err|/r + |t/r| r_err/r + u |t/r|``.
+    """
+    norm = float(np.sqrt(np.sum(t * t)))
+    r = max(norm, eps) if eps_mode == "max" else float(np.sqrt(norm * norm + eps))
+    if r == 0.0:
+        return np.zeros_like(t), np.zeros_like(t)
+    y = t / r
+    r_error = float(np.sqrt(np.sum(t_error * t_error))) + (t.size / 2 + 2) * u * r
+    return y, (t_error + np.abs(y) * r_error) / r + u * np.abs(y)
+
+
+def power_iteration_error(
+    matrix: np.ndarray,
+    u0: np.ndarray,
+    v0: np.ndarray,
+    *,
+    steps: int,
+    order: str,
+    eps: float,
+    eps_mode: str,
+    u: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the errors of ``u`` and ``v`` after ``steps`` power-iteration steps from the
+    given (exact) ``u0`` and ``v0``, each vector normalized by :func:`normalized_error`."""
+    vec_u, vec_v = u0, v0
+    err_u, err_v = np.zeros_like(u0), np.zeros_like(v0)
+    for _ in range(steps):
+        if order == "v_first":
+            vec_v, err_v = normalized_error(
+                matrix.T @ vec_u, matvec_error(matrix.T, vec_u, err_u, u), eps, eps_mode, u
+            )
+            vec_u, err_u = normalized_error(
+                matrix @ vec_v, matvec_error(matrix, vec_v, err_v, u), eps, eps_mode, u
+            )
+        else:
+            vec_u, err_u = normalized_error(
+                matrix @ vec_v, matvec_error(matrix, vec_v, err_v, u), eps, eps_mode, u
+            )
+            vec_v, err_v = normalized_error(
+                matrix.T @ vec_u, matvec_error(matrix.T, vec_u, err_u, u), eps, eps_mode, u
+            )
+    return err_u, err_v
+
+
+def carried_error(
+    matrix: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    left_error: np.ndarray,
+    right_error: np.ndarray,
+) -> float:
+    """The error that ``left @ matrix @ right`` (``sigma = u^T W v``) inherits from its vectors'
+    errors (its own rounding, ``(O + N) u |u|^T |W| |v|``, is counted with it)."""
+    magnitude = np.abs(matrix)
+    return float(left_error @ magnitude @ np.abs(right) + np.abs(left) @ magnitude @ right_error)
+
+
+def norm_relative_error(count: int, arithmetic: Arithmetic) -> float:
+    """Relative error of a Euclidean norm of ``count`` values: the sum of their squares (of one
+    sign, no cancellation) errs by ``count`` u, halved by the root, and the root adds one."""
+    return (count / 2 + 1) * arithmetic.unit_roundoff + arithmetic.elementwise_roundoff

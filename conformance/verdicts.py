@@ -24,6 +24,7 @@ import numpy as np
 from conformance.adapters.base import Binding
 from conformance.arrays import Evaluation, NumpyKind
 from conformance.compare import OutputCheck, compare_output
+from conformance.extra_ops import nonlinearity_gain
 from conformance.models import NORMREF, Model, variations
 from conformance.ops import get_op
 from conformance.reference import Prepared, model_sample
@@ -83,11 +84,15 @@ def judge(row: Row) -> Verdict:
             alone = {f: v for f, v in differing.items() if row.passes(NORMREF.replace(**{f: v}))}
             fields = alone or differing
             text = (
-                f"{declared.name} convention: {_describe(fields)} (normref: "
+                f"{declared.convention.name} convention: {_describe(fields)} (normref: "
                 + _describe({f: NORMREF.get(f) for f in fields})
                 + ")"
             )
-            evidence = _witness(row, declared, base) if set(fields) & set(MODELLED_FIELDS) else None
+            evidence = (
+                _witness(row, declared, base)
+                if set(fields) & set(MODELLED_FIELDS)
+                else _semantic_evidence(row, declared, fields)
+            )
             return Verdict(
                 Status.CONVENTION, checks, declared.name, fields, text, off_base, evidence
             )
@@ -99,7 +104,7 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
     """How far normref lands when it models ``model``'s arithmetic on this input, next to the
     implementation: evidence that the arithmetic explains the difference."""
     prepared, op = row.prepared, row.prepared.op
-    if prepared.dtype not in NumpyKind.dtypes or op.running_stats:
+    if prepared.dtype not in NumpyKind.dtypes or len(op.outputs) > 1:
         return None
     sample = model_sample(prepared, NORMREF)
     args = [
@@ -123,6 +128,19 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
     return (
         f"normref modelling this arithmetic (precision={model.convention.name!r}) errs by up "
         f"to {unit.max_ulps:.3g} ulp on this input, the implementation by {implementation:.3g}"
+    )
+
+
+def _semantic_evidence(row: Row, model: Model, fields: dict[str, Any]) -> str | None:
+    """For the nonlinearity gains: the gain the model uses against the exact one."""
+    if "nonlinearity_gammas" not in fields:
+        return None
+    name = row.prepared.sample.kwargs["nonlinearity"]
+    exact = nonlinearity_gain(name, "exact")
+    used = nonlinearity_gain(name, model.nonlinearity_gammas)
+    return (
+        f"gain of {name}: {used!r} ({model.nonlinearity_gammas}) against the exact {exact!r}, "
+        f"relative difference {used / exact - 1:+.3e}"
     )
 
 
@@ -168,15 +186,17 @@ def _overflow_note(prepared: Prepared) -> str | None:
     return None
 
 
-def accepted_value(evaluation: Evaluation, prepared: Prepared) -> str:
-    """What an implementation returned on an input normref refuses."""
-    y = evaluation.values["y"]
+def accepted_value(evaluation: Evaluation, prepared: Prepared, backward: bool = False) -> str:
+    """What an implementation returned on an input normref refuses (its gradient, where
+    normref refuses the gradient)."""
+    name = f"d{prepared.op.spec.primary}" if backward else "y"
+    y = evaluation.values[name]
     beta = prepared.sample.args.get("beta")
     finite = np.isfinite(y)
-    parts = [f"y of shape {y.shape}, {int(finite.sum())} of {y.size} finite"]
+    parts = [f"{name} of shape {y.shape}, {int(finite.sum())} of {y.size} finite"]
     if finite.any():
         parts.append(f"values in [{np.min(y[finite]):.6g}, {np.max(y[finite]):.6g}]")
-    if beta is not None and np.shape(y) == np.shape(prepared.sample.args["x"]):
+    if not backward and beta is not None and np.shape(y) == np.shape(prepared.sample.args["x"]):
         op = prepared.op
         spread = np.broadcast_to(
             broadcast_param(xp_numpy, beta, y.ndim, op.param_axes(prepared.sample)), y.shape

@@ -13,6 +13,8 @@ from conformance.adapters.base import Adapter, Binding, FrameworkLacksError
 ADAPTERS: dict[str, tuple[str, str]] = {
     "torch": ("conformance.adapters.torch", "ADAPTER"),
     "flax": ("conformance.adapters.flax", "ADAPTER"),
+    "optax": ("conformance.adapters.optax", "ADAPTER"),
+    "nfnets": ("conformance.adapters.nfnets", "ADAPTER"),
     "onnxruntime": ("conformance.adapters.onnx", "ONNXRUNTIME"),
     "onnx-reference": ("conformance.adapters.onnx", "ONNX_REFERENCE"),
     "timm": ("conformance.adapters.timm", "ADAPTER"),

@@ -57,6 +57,9 @@ class Binding:
         signature takes ``momentum`` in the model's meaning).
     notes
         Anything the report should say about this binding.
+    outputs
+        The forward and state outputs the implementation gives (flax's spectral
+        norm keeps ``u`` and ``sigma``, not ``v``); ``None``: all of the op's.
     """
 
     op: str
@@ -69,6 +72,7 @@ class Binding:
     param_dtype: Callable[[str], str] = same_dtype
     model_dependent: bool = False
     notes: str = ""
+    outputs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,12 @@ def evaluate_on(
 ) -> Evaluation:
     """Run ``fn`` on ``prepared``'s arrays as ``kind`` arrays (and its backward by autograd).
 
-    Affine parameters and running statistics are held in ``param_dtype`` of
-    the case's dtype, every other array in the case's dtype.
+    Affine parameters and state (running statistics, power-iteration vectors)
+    are held in ``param_dtype`` of the case's dtype, every other array in the
+    case's dtype.
     """
     op = prepared.op
-    held = {*op.affine_args, *STATE}
+    held = {*op.affine_args, *STATE, *op.state}
     inputs = {
         name: (value, param_dtype(prepared.dtype) if name in held else prepared.dtype)
         for name, value in prepared.sample.args.items()

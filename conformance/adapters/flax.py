@@ -1,13 +1,21 @@
 """Flax (linen): BatchNorm with mutable ``batch_stats``, LayerNorm, GroupNorm, InstanceNorm,
-RMSNorm; backward by ``jax.vjp``.
+RMSNorm, WeightNorm, SpectralNorm; backward by ``jax.vjp``.
 
-Declared convention: :data:`normref.conventions.FLAX` (momentum 0.99 as the
-weight of the old value, biased running variance, ``eps`` 1e-5 for batch norm
-and 1e-6 for the others, the fast variance ``max(0, E[x^2] - E[x]^2)``,
-float32 statistics, and an output dtype promoted with the parameters'). The
-modules run with flax's defaults: parameters and batch statistics in float32
-(float64 for float64 input), ``use_fast_variance=True``,
-``force_float32_reductions=True``. Sources are cited in ``docs/conventions.md``.
+Declared convention: ``FRAMEWORK_MODELS["flax"]``, :data:`normref.conventions.FLAX`
+(momentum 0.99 as the weight of the old value, biased running variance, ``eps``
+1e-5 for batch norm and 1e-6 for the others, the fast variance
+``max(0, E[x^2] - E[x]^2)``, float32 statistics, and an output dtype promoted
+with the parameters') with WeightNorm's and SpectralNorm's normalization
+``x * rsqrt(sum(x * x) + 1e-12)``. The modules run with flax's defaults:
+parameters and batch statistics in float32 (float64 for float64 input),
+``use_fast_variance=True``, ``force_float32_reductions=True``. Sources are
+cited in ``docs/conventions.md``.
+
+WeightNorm and SpectralNorm wrap a module whose one parameter, ``kernel``, is
+the case's weight. SpectralNorm flattens every axis but the last into the
+fan-in, so the unit axis is moved last and back; it keeps ``u`` and ``sigma``
+in ``batch_stats`` (not ``v``: each step starts from ``u``) and has no evaluation
+without an iteration, so it checks the training step only.
 
 Layouts: BatchNorm takes the channel axis as ``axis`` and InstanceNorm as
 ``feature_axes``; LayerNorm and RMSNorm take the normalized axes as both
@@ -23,12 +31,12 @@ from typing import Any
 
 from conformance.adapters.base import Adapter, Binding, evaluate_on
 from conformance.arrays import Evaluation, JaxKind, Native
-from conformance.models import Model
+from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.ops import get_op
 from conformance.reference import Prepared
 
 FRAMEWORK = "flax"
-MODEL = Model(__import__("normref.conventions", fromlist=["FLAX"]).FLAX)
+MODEL = FRAMEWORK_MODELS["flax"]
 
 Call = Callable[[dict[str, Native], Prepared], tuple[Native, dict[str, Native]]]
 
@@ -128,6 +136,56 @@ def _group_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, 
     return jnp.moveaxis(y, -1, axis), {}
 
 
+def _holder(shape: tuple[int, ...]) -> Any:
+    """A module whose call returns its one parameter, ``kernel``, of ``shape``."""
+    nn = _linen()
+
+    class Kernel(nn.Module):
+        @nn.compact
+        def __call__(self) -> Native:
+            return self.param("kernel", nn.initializers.zeros, shape)
+
+    return Kernel()
+
+
+def _unit_axis(prepared: Prepared) -> int:
+    w = prepared.sample.args[get_op(prepared.case.op).spec.primary]
+    return prepared.sample.kwargs["out_axis"] % w.ndim
+
+
+def _weight_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
+    v, g = arrays["v"], arrays.get("g")
+    module = _linen().WeightNorm(
+        _holder(v.shape), feature_axes=_unit_axis(prepared), use_scale=g is not None
+    )
+    params: dict[str, Any] = {"layer_instance": {"kernel": v}}
+    if g is not None:
+        params["layer_instance/kernel/scale"] = g
+    return module.apply({"params": params}), {}
+
+
+def _spectral_norm_train(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
+    import jax.numpy as jnp
+
+    axis = _unit_axis(prepared)
+    w, u = jnp.moveaxis(arrays["w"], axis, -1), arrays["u"]
+    module = _linen().SpectralNorm(
+        _holder(w.shape), n_steps=prepared.sample.kwargs["n_power_iterations"]
+    )
+    stats = {
+        "layer_instance/kernel/u": u[None, :],
+        "layer_instance/kernel/sigma": jnp.ones((), u.dtype),
+    }
+    y, updates = module.apply(
+        {"params": {"layer_instance": {"kernel": w}}, "batch_stats": stats},
+        update_stats=True,
+        mutable=["batch_stats"],
+    )
+    new = updates["batch_stats"]
+    state = {"u": new["layer_instance/kernel/u"][0], "sigma": new["layer_instance/kernel/sigma"]}
+    return jnp.moveaxis(y, -1, axis), state
+
+
 def _run(call: Call) -> Callable[[Prepared, Model, bool], Evaluation]:
     def run(prepared: Prepared, _model: Model, backward: bool) -> Evaluation:
         return evaluate_on(
@@ -141,9 +199,9 @@ def _run(call: Call) -> Callable[[Prepared, Model, bool], Evaluation]:
     return run
 
 
-def binding(op: str, label: str, call: Call) -> Binding:
+def binding(op: str, label: str, call: Call, **extra: Any) -> Binding:
     """A flax binding (declared convention :data:`MODEL`, parameters per :func:`param_dtype`)."""
-    return Binding(op, label, FRAMEWORK, _run(call), MODEL, param_dtype=param_dtype)
+    return Binding(op, label, FRAMEWORK, _run(call), MODEL, param_dtype=param_dtype, **extra)
 
 
 BINDINGS = (
@@ -162,6 +220,13 @@ BINDINGS = (
     binding("instance_norm", "flax.linen.InstanceNorm", _instance_norm),
     binding("group_norm", "flax.linen.GroupNorm", _group_norm),
     binding("rms_norm", "flax.linen.RMSNorm", _rms_norm),
+    binding("weight_norm", "flax.linen.WeightNorm", _weight_norm),
+    binding(
+        "spectral_norm_train",
+        "flax.linen.SpectralNorm (update_stats)",
+        _spectral_norm_train,
+        outputs=("y", "u", "sigma"),
+    ),
 )
 
 
@@ -174,7 +239,7 @@ def _versions() -> dict[str, str]:
 
 ADAPTER = Adapter(
     name=FRAMEWORK,
-    description="Flax linen normalization modules (jax.vjp backward)",
+    description="Flax linen normalization modules and weight wrappers (jax.vjp backward)",
     model=MODEL,
     requires=("flax", "jax"),
     bindings=BINDINGS,

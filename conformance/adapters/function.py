@@ -4,7 +4,9 @@ The function receives arrays of one kind (NumPy, torch or JAX) in the order
 and with the keywords of normref's function for the op (for
 ``batch_norm_train``: ``(x, running_mean, running_var, gamma, beta, *,
 momentum, eps, axis)`` returning ``(y, (new_mean, new_var))``, ``momentum`` in
-the meaning of the convention it is checked under). Its backward is that
+the meaning of the convention it is checked under; for an op with several
+outputs, such as ``spectral_norm_train``, a tuple of them in the order of
+:attr:`~conformance.ops.CheckedOp.outputs`). Its backward is that
 framework's autograd, or a hand-written VJP with normref's VJP signature
 (``vjp(dy, *args, **kwargs)`` returning one gradient per differentiable
 argument, in normref's order); a NumPy function without one is checked
@@ -76,10 +78,13 @@ def _call_arguments(
 
 
 def _outputs(op: CheckedOp, result: Any) -> tuple[Native, dict[str, Native]]:
-    if not op.running_stats:
+    if op.running_stats:
+        y, (mean, var) = result
+        return y, {"running_mean": mean, "running_var": var}
+    if len(op.outputs) == 1:
         return result, {}
-    y, (mean, var) = result
-    return y, {"running_mean": mean, "running_var": var}
+    y, *more = result
+    return y, dict(zip(op.outputs[1:], more, strict=True))
 
 
 def function_binding(

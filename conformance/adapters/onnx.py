@@ -25,11 +25,11 @@ import numpy as np
 
 from conformance.adapters.base import Adapter, Binding, FrameworkLacksError
 from conformance.arrays import Evaluation
-from conformance.models import Model
+from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.ops import get_op
 from conformance.reference import Prepared
 
-MODEL = Model(__import__("normref.conventions", fromlist=["ONNX"]).ONNX, scalar_dtype="float32")
+MODEL = FRAMEWORK_MODELS["onnx"]
 """ONNX's convention; attributes (``epsilon``, ``momentum``) are float32."""
 STASHED = MODEL.replace(stash_dtype="float32")
 """Ops with a ``stash_type`` attribute, whose default (1) computes statistics in float32."""

@@ -3,14 +3,21 @@
 Optional: timm pins its own torch; where it is not installed the adapter is
 skipped with that reason. timm's layers are torch modules whose defaults
 differ from torch's: ``LayerNorm`` and ``RmsNorm`` default to ``eps=1e-6``
-(``timm/layers/norm.py``), so the declared convention is torch's with those
-defaults. ``LayerNorm`` and ``RmsNorm`` take the size of one or more trailing
-axes; ``GroupNorm`` takes ``(num_channels, num_groups)``, channels first.
+(``timm/layers/norm.py``), and ``ScaledStdConv2d`` puts its ``eps`` inside the
+square root (``timm/layers/std_conv.py``: ``F.batch_norm`` of the weight), so the
+declared convention is ``FRAMEWORK_MODELS["timm"]``. ``LayerNorm`` and ``RmsNorm``
+take the size of one or more trailing axes; ``GroupNorm`` takes
+``(num_channels, num_groups)``, channels first.
+
+Weight standardization (``StdConv2d``, ``ScaledStdConv2d``) happens inside a
+convolution's forward: the case's weight, its units first and its fan-in
+flattened, is a ``1 x 1`` kernel of ``N`` input channels, and the convolution of
+the identity (``N`` one-hot images) returns the standardized weight exactly,
+its gradient flowing back unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from conformance.adapters.base import Adapter, Binding
@@ -20,15 +27,15 @@ from conformance.adapters.torch import (
     _eps,
     _normalized_shape,
     _trailing,
+    _unit_axis,
     torch_run,
 )
 from conformance.arrays import Native
-from conformance.models import Model
+from conformance.models import FRAMEWORK_MODELS
 from conformance.reference import Prepared
-from normref.conventions import TORCH
 
 FRAMEWORK = "timm"
-MODEL = Model(dataclasses.replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6))
+MODEL = FRAMEWORK_MODELS["timm"]
 
 
 def _layers() -> Any:
@@ -59,9 +66,45 @@ def _group_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
     return _call_module(module, arrays, x)
 
 
+def _standardized(scaled: bool) -> Any:
+    """``StdConv2d`` or ``ScaledStdConv2d`` on the case's weight as a ``1 x 1`` kernel."""
+
+    def call(arrays: dict[str, Native], prepared: Prepared) -> Native:
+        import torch
+        from torch.func import functional_call
+
+        w, axis = arrays["w"], _unit_axis(prepared)
+        moved = torch.movedim(w, axis, 0)
+        units, fan_in = moved.shape[0], moved[0].numel()
+        kernel = moved.reshape(units, fan_in, 1, 1)
+        eps = prepared.sample.kwargs["eps"]
+        layers = _layers()
+        if scaled:
+            gamma = prepared.sample.kwargs.get("gamma", 1.0)
+            module = layers.ScaledStdConv2d(fan_in, units, 1, padding=0, gamma=gamma, eps=eps)
+            replaced = {"weight": kernel, "bias": torch.zeros(units, dtype=w.dtype)}
+            if arrays.get("gain") is not None:
+                replaced["gain"] = arrays["gain"].reshape(units, 1, 1, 1)
+        else:
+            module = layers.StdConv2d(fan_in, units, 1, padding=0, eps=eps)
+            replaced = {"weight": kernel}
+        identity = torch.eye(fan_in, dtype=w.dtype).reshape(fan_in, fan_in, 1, 1)
+        out = functional_call(module.to(w.dtype), replaced, (identity,))
+        standardized = out.reshape(fan_in, units).T.reshape(moved.shape)
+        return torch.movedim(standardized, 0, axis)
+
+    return call
+
+
 BINDINGS = tuple(
     Binding(op, label, FRAMEWORK, torch_run(call), MODEL)
     for op, label, call in (
+        ("weight_standardize", "timm.layers.StdConv2d (weight)", _standardized(scaled=False)),
+        (
+            "scaled_weight_standardize",
+            "timm.layers.ScaledStdConv2d (weight)",
+            _standardized(scaled=True),
+        ),
         ("layer_norm", "timm.layers.LayerNorm", _trailing(_layer_norm)),
         ("group_norm", "timm.layers.GroupNorm", _channels_at_1(_group_norm)),
         ("rms_norm", "timm.layers.RmsNorm", _trailing(_rms_norm)),

@@ -1,11 +1,23 @@
-"""PyTorch: ``torch.nn.functional`` and the ``torch.nn`` modules, forward and autograd backward.
+"""PyTorch: ``torch.nn.functional``, the ``torch.nn`` modules and ``torch.nn.utils``, forward and
+autograd backward.
 
-Declared convention: :data:`normref.conventions.TORCH` (momentum 0.1 as the
-weight of the batch, unbiased running variance, ``eps`` inside the square
-root, float32 statistics for float16/bfloat16, output in the input's dtype,
-``RMSNorm``'s ``eps=None`` meaning float32's machine epsilon, float64's for
-float64 input). The sources each fact was read from are cited in
+Declared convention: ``FRAMEWORK_MODELS["torch"]``, :data:`normref.conventions.TORCH`
+(momentum 0.1 as the weight of the batch, unbiased running variance, ``eps``
+inside the square root, float32 statistics for float16/bfloat16, output in the
+input's dtype, ``RMSNorm``'s ``eps=None`` meaning float32's machine epsilon,
+float64's for float64 input) with ``clip_grad_norm_``'s ``eps`` of 1e-6 and a
+division by a zero norm carried out (NaN); ``parametrizations.spectral_norm``
+iterates ``u`` first. The sources each fact was read from are cited in
 ``docs/conventions.md``.
+
+Weights: ``torch._weight_norm`` (the kernel of both weight-norm APIs) and
+``parametrizations.weight_norm``, ``parametrizations.spectral_norm`` and the legacy
+``spectral_norm`` (evaluation mode: the stored ``u`` and ``v``; training mode:
+one power-iteration step, whose new ``u`` and ``v`` are read back from the
+buffers it updates in place), all on a module holding the case's weight;
+``clip_grad_norm_`` on two parameters whose ``.grad`` are the case's gradients.
+``torch._weight_norm``'s ``dim`` is the unit axis as a non-negative number:
+``dim=-1`` means the whole tensor there.
 
 Layouts: torch takes the channel axis at 1 and normalizes trailing axes; a
 case with its channel elsewhere, or normalized axes that are not trailing,
@@ -22,12 +34,14 @@ from typing import Any
 
 from conformance.adapters.base import Adapter, Binding, FrameworkLacksError, evaluate_on
 from conformance.arrays import Evaluation, Native, TorchKind
-from conformance.models import Model
+from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.ops import get_op
 from conformance.reference import Prepared
 
 FRAMEWORK = "torch"
-MODEL = Model(__import__("normref.conventions", fromlist=["TORCH"]).TORCH)
+MODEL = FRAMEWORK_MODELS["torch"]
+U_FIRST = MODEL.replace(power_iteration_order="u_first")
+"""``parametrizations.spectral_norm``: ``u <- n(W v)``, then ``v <- n(W^T u)``."""
 
 Call = Callable[[dict[str, Native], Prepared], Native | tuple[Native, dict[str, Native]]]
 
@@ -240,6 +254,94 @@ def _nn_rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
     return _call_module(module, arrays, arrays["x"])
 
 
+# ----------------------------------------------------------------------------- weights
+
+
+def _holding(w: Native) -> Any:
+    """A module whose parameter ``weight`` is a copy of ``w`` and whose call returns it."""
+    torch = _torch()
+
+    class Weight(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(w.detach().clone())
+
+        def forward(self) -> Native:
+            return self.weight
+
+    return Weight()
+
+
+def _unit_axis(prepared: Prepared) -> int:
+    w = prepared.sample.args[get_op(prepared.case.op).spec.primary]
+    return prepared.sample.kwargs["out_axis"] % w.ndim
+
+
+def _per_unit(g: Native, ndim: int, axis: int) -> Native:
+    """A per-unit parameter ``(O,)`` in torch's ``(O, 1, ..., 1)`` layout."""
+    return g.reshape([-1 if a == axis else 1 for a in range(ndim)])
+
+
+def _weight_norm_kernel(arrays: dict[str, Native], prepared: Prepared) -> Native:
+    v, axis = arrays["v"], _unit_axis(prepared)
+    g = arrays.get("g")
+    if g is None:  # the unit-norm direction: g = 1 in every unit
+        g = _torch().ones(v.shape[axis], dtype=v.dtype)
+    return _torch()._weight_norm(v, _per_unit(g, v.ndim, axis), axis)
+
+
+def _weight_norm_parametrization(arrays: dict[str, Native], prepared: Prepared) -> Native:
+    from torch.func import functional_call
+
+    v, axis = arrays["v"], _unit_axis(prepared)
+    module = _holding(v)
+    _torch().nn.utils.parametrizations.weight_norm(module, dim=axis)
+    g = arrays.get("g")
+    if g is None:
+        g = _torch().ones(v.shape[axis], dtype=v.dtype)
+    replaced = {
+        "parametrizations.weight.original0": _per_unit(g, v.ndim, axis),
+        "parametrizations.weight.original1": v,
+    }
+    return functional_call(module, replaced, ())
+
+
+def _spectral(legacy: bool, train: bool) -> Call:
+    """Spectral norm of the case's weight from its ``u`` and ``v``: the legacy hook or the
+    parametrization, one power-iteration step in training mode (state read back)."""
+
+    def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
+        from torch.func import functional_call
+
+        w, axis = arrays["w"], _unit_axis(prepared)
+        u, v = arrays["u"].clone(), arrays["v"].clone()
+        module = _holding(w)
+        utils = _torch().nn.utils
+        if legacy:
+            utils.spectral_norm(module, dim=axis)
+            names = ("weight_orig", "weight_u", "weight_v")
+        else:
+            utils.parametrizations.spectral_norm(module, dim=axis)
+            prefix = "parametrizations.weight"
+            names = (f"{prefix}.original", f"{prefix}.0._u", f"{prefix}.0._v")
+        module.train(train)
+        y = functional_call(module, dict(zip(names, (w, u, v), strict=True)), ())
+        return y, ({"u": u, "v": v} if train else {})
+
+    return call
+
+
+def _clip_grad_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
+    torch = _torch()
+    params = []
+    for name in ("grad", "bias_grad"):
+        param = torch.nn.Parameter(torch.zeros_like(arrays[name]))
+        param.grad = arrays[name].clone()
+        params.append(param)
+    torch.nn.utils.clip_grad_norm_(params, prepared.sample.kwargs["max_norm"])
+    return params[0].grad, {"clipped_bias_grad": params[1].grad}
+
+
 # ----------------------------------------------------------------------------- bindings
 
 
@@ -297,6 +399,35 @@ BINDINGS = (
     binding("group_norm", "torch.nn.GroupNorm", _channels_at_1(_nn_group_norm)),
     binding("rms_norm", "torch.nn.functional.rms_norm", _trailing(_f_rms_norm)),
     binding("rms_norm", "torch.nn.RMSNorm", _trailing(_nn_rms_norm)),
+    binding("weight_norm", "torch._weight_norm", _weight_norm_kernel),
+    binding(
+        "weight_norm", "torch.nn.utils.parametrizations.weight_norm", _weight_norm_parametrization
+    ),
+    binding(
+        "spectral_norm",
+        "torch.nn.utils.spectral_norm (eval)",
+        _spectral(legacy=True, train=False),
+    ),
+    binding(
+        "spectral_norm",
+        "torch.nn.utils.parametrizations.spectral_norm (eval)",
+        _spectral(legacy=False, train=False),
+    ),
+    binding(
+        "spectral_norm_train",
+        "torch.nn.utils.spectral_norm (train)",
+        _spectral(legacy=True, train=True),
+        outputs=("y", "u", "v"),
+    ),
+    Binding(
+        "spectral_norm_train",
+        "torch.nn.utils.parametrizations.spectral_norm (train)",
+        FRAMEWORK,
+        torch_run(_spectral(legacy=False, train=True)),
+        U_FIRST,
+        outputs=("y", "u", "v"),
+    ),
+    binding("clip_by_global_norm", "torch.nn.utils.clip_grad_norm_", _clip_grad_norm),
 )
 
 
@@ -306,7 +437,7 @@ def _versions() -> dict[str, str]:
 
 ADAPTER = Adapter(
     name=FRAMEWORK,
-    description="PyTorch: torch.nn.functional and torch.nn modules (autograd backward)",
+    description="PyTorch: torch.nn.functional, torch.nn modules, torch.nn.utils (autograd backward)",
     model=MODEL,
     requires=("torch",),
     bindings=BINDINGS,

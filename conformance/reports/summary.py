@@ -189,8 +189,9 @@ def case_line(row: CaseResult, output: dict[str, Any]) -> str:
     evidence for the explanation."""
     text = f"{row.case} {row.dtype}: {output_line(output)}"
     if row.conditioning is not None:
+        measure = row.conditioning_measure or "|mean|/std"
         text += (
-            f"; input |mean|/std up to {format_ulps(row.conditioning)}, reference good to "
+            f"; input {measure} up to {format_ulps(row.conditioning)}, reference good to "
             f"{format_ulps(output['reference_ulps'])} ulp"
         )
     if row.evidence:
@@ -204,7 +205,9 @@ def header(run: RunResult) -> list[tuple[str, str]]:
 
     env = run.environment
     versions = ", ".join(
-        f"{k} {v}" for fw in env.get("frameworks", {}).values() for k, v in fw.items()
+        dict.fromkeys(
+            f"{k} {v}" for fw in env.get("frameworks", {}).values() for k, v in fw.items()
+        )
     )
     settings = run.settings
     facts = [

@@ -19,7 +19,7 @@ ONE_CASE = ["--op", "layer_norm", "--dtypes", "float32", "--case", "layer_norm/o
 def test_list_names_every_framework_and_what_it_covers(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("torch", "flax", "onnxruntime", "onnx-reference", "timm"):
+    for name in ("torch", "flax", "optax", "nfnets", "onnxruntime", "onnx-reference", "timm"):
         assert f"  {name} (" in out
     assert "torch.nn.functional.layer_norm" in out
     assert "(forward only)" in out

@@ -44,3 +44,23 @@ def test_batch_norm_with_mutable_batch_stats():
     (row,) = _rows("batch_norm_train/typical", "float64")
     assert row.status is Status.PASS
     assert {o["name"] for o in row.outputs} >= {"y", "running_mean", "running_var", "dx"}
+
+
+def test_weight_norm_puts_1e_12_inside_the_root():
+    """flax's WeightNorm is v rsqrt(sum(v^2) + 1e-12): 1e-13 relative, seen in float64; on a
+    zero unit its gradient is g dy / 1e-6 where normref's (without eps) is 0."""
+    (row,) = _rows("weight_norm/typical", "float64")
+    assert row.status is Status.CONVENTION
+    assert row.explained_by == {"weight_norm_eps": 1e-12}
+    (zero,) = _rows("weight_norm/zero-unit", "float32")
+    assert zero.explained_by == {"weight_norm_eps": 1e-12}
+    assert {o["name"] for o in zero.baseline} >= {"dv"}
+
+
+def test_spectral_norm_normalizes_with_eps_added():
+    """flax's SpectralNorm: u and sigma in batch_stats, each vector normalized by
+    rsqrt(|x|^2 + 1e-12) (torch: x / max(|x|, 1e-12))."""
+    (row,) = _rows("spectral_norm_train/typical", "float64")
+    assert row.status is Status.CONVENTION
+    assert row.explained_by == {"l2_eps_mode": "add"}
+    assert {o["name"] for o in row.outputs} == {"y", "u", "sigma", "dw"}

@@ -69,3 +69,17 @@ def test_error_paths_are_marked(golden):
     errors = [v for v in manifest["vectors"] if v["expect"] == "error"]
     assert errors
     assert all("at least 2 samples per group" in v["error"] for v in errors)
+
+
+def test_an_op_with_state_has_every_output(tmp_path):
+    """A training step of spectral norm: the weight, the new u, v and sigma, and the weight's
+    gradient, each with its bound; an error-free vector stores them all."""
+    manifest = json.loads(
+        export_golden(tmp_path, ops=["spectral_norm_train"], dtypes=["float32"]).read_text()
+    )
+    entry = next(v for v in manifest["vectors"] if v["case"] == "spectral_norm_train/typical")
+    assert entry["outputs"] == ["y", "u", "v", "sigma"]
+    assert entry["gradients"] == ["dw"]
+    with np.load(tmp_path / entry["file"]) as arrays:
+        assert {f"bound_{n}" for n in ("y", "u", "v", "sigma", "dw")} <= set(arrays.files)
+        assert arrays["expected_sigma"].shape == ()

@@ -74,3 +74,8 @@ def test_the_plugin_needs_the_op(pytester: pytest.Pytester):
         "-p", "conformance.plugin", "--normref-impl", "mynorms:good"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_an_unknown_backend_is_a_usage_error(pytester: pytest.Pytester):
+    result = _run(pytester, "good", "--normref-backend", "jax")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -64,3 +64,16 @@ def test_reports_show_findings_failures_and_the_worst_element(mixed_run):
     assert "| onnxruntime GroupNormalization-21 | group_norm |" in markdown
     assert "**forward only**: onnxruntime GroupNormalization-21" in markdown
     assert page.count("<svg") == 1
+
+
+def test_a_document_without_conditioning_measures_still_reads(mixed_run):
+    """The measure was added to version 1 as an optional field: rows written before it read
+    back, stating |mean|/std."""
+    document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
+    for row in document["results"]:
+        del row["conditioning_measure"]
+    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(document)
+    again = RunResult.from_json(document)
+    assert all(r.conditioning_measure is None for r in again.results)
+    assert "input |mean|/std up to" in to_markdown(again)

@@ -8,6 +8,7 @@ pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[t
 
 from conformance.api import run
 from conformance.results import Status
+from normref.registry import REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,11 @@ def test_rms_norm_default_eps_is_the_machine_epsilon(default_run):
 
 def test_ops_torch_lacks_are_not_implemented(default_run):
     lacking = {r.op for r in default_run.results if r.status is Status.NOT_IMPLEMENTED}
-    assert lacking == {"center", "scale", "rms_scale", "standardize", "ghost_batch_norm"}
+    layers = {"center", "scale", "rms_scale", "standardize", "ghost_batch_norm"}
+    weights = {"weight_standardize", "scaled_weight_standardize", "skip_init_residual"}
+    gradients = {"adaptive_grad_clip", "unitwise_norm", "gamma_scaled_nonlinearity"}
+    whitening = {name for name, spec in REGISTRY.items() if spec.family == "whitening"}
+    assert lacking == layers | weights | gradients | whitening
 
 
 def test_inputs_normref_refuses(default_run):
@@ -66,3 +71,55 @@ def test_layer_norm_reduces_d_beta_of_bfloat16_in_bfloat16():
         assert row.status is Status.FAIL
         assert {o["name"] for o in row.outputs if not o["ok"]} == {"dbeta"}
         assert "low_precision_compute='input'" in row.diagnosis
+
+
+def _findings(default_run, op: str) -> dict[str, set]:
+    """For each implementation of ``op``: the fields explaining its rows that differ."""
+    found: dict[str, set] = {}
+    for row in default_run.results:
+        if row.op == op and row.status is Status.CONVENTION:
+            found.setdefault(row.implementation, set()).update(row.explained_by)
+    return found
+
+
+def test_clip_grad_norm_divides_by_the_norm_plus_1e_6(default_run):
+    """torch's clip_grad_norm_ is max_norm / (norm + 1e-6): visible in float64 everywhere it
+    clips, in float32 only where the norm is comparable to 1e-6."""
+    rows = [r for r in default_run.results if r.op == "clip_by_global_norm"]
+    assert {r.status for r in rows} <= {Status.PASS, Status.CONVENTION}
+    findings = [r for r in rows if r.status is Status.CONVENTION]
+    assert all(r.explained_by == {"global_norm_eps": 1e-6} for r in findings)
+    assert {r.case for r in findings if r.dtype == "float32"} == {"clip_by_global_norm/small-norm"}
+    assert all(r.forward_only for r in rows)
+
+
+def test_spectral_norm_power_iteration_orders(default_run):
+    """The legacy spectral_norm iterates v first, as normref; the parametrization u first. Both
+    divide a zero weight by sigma = 0 (NaN) where normref leaves it unscaled."""
+    found = _findings(default_run, "spectral_norm_train")
+    assert found["torch.nn.utils.spectral_norm (train)"] == {"zero_norm"}
+    assert found["torch.nn.utils.parametrizations.spectral_norm (train)"] == {
+        "zero_norm",
+        "power_iteration_order",
+    }
+    evaluation = _findings(default_run, "spectral_norm")
+    assert all(fields == {"zero_norm"} for fields in evaluation.values())
+    state = next(
+        r
+        for r in default_run.results
+        if r.case == "spectral_norm_train/typical" and "parametrizations" in r.implementation
+    )
+    assert {o["name"] for o in state.outputs} == {"y", "u", "v", "dw"}
+    assert {o["direction"] for o in state.outputs if o["name"] in ("u", "v")} == {"state"}
+
+
+def test_weight_norm_of_a_zero_unit_is_nan(default_run):
+    """torch computes g v / ||v|| without eps: NaN for a zero unit, where normref gives 0."""
+    rows = [r for r in default_run.results if r.op == "weight_norm"]
+    findings = [r for r in rows if r.status is Status.CONVENTION]
+    assert {r.case for r in findings} == {"weight_norm/zero-unit"}
+    assert all(r.explained_by == {"zero_norm": "ieee"} for r in findings)
+    assert {r.implementation for r in findings} == {
+        "torch._weight_norm",
+        "torch.nn.utils.parametrizations.weight_norm",
+    }

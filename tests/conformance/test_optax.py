@@ -1,0 +1,53 @@
+"""The optax adapter end to end, on the cases that show its findings."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("optax", reason="optax is not installed (pip install -e '.[jax]')")
+
+from conformance.api import run
+from conformance.results import Status
+
+
+def _rows(case: str, dtype: str = "float64"):
+    return {r.implementation: r for r in run(["optax"], dtypes=[dtype], case=case).results}
+
+
+def test_unitwise_norm_of_a_rank_3_weight_reduces_axis_0_only():
+    """optax infers units from the rank: a rank-3 kernel (in, heads, out) has one unit per
+    (head, out) pair, where normref has one per output unit."""
+    (row,) = _rows("unitwise_norm/typical").values()
+    assert row.status is Status.CONVENTION
+    assert row.explained_by == {"unit_axes": "by_rank"}
+    assert row.forward_only
+
+
+def test_adaptive_grad_clip():
+    """With its default units, optax's AGC differs on rank-3 weights; with the fan-in given
+    as ``axis`` it is normref's, forward and backward."""
+    rows = _rows("adaptive_grad_clip/typical")
+    default = rows["optax.adaptive_grad_clip"]
+    assert default.status is Status.CONVENTION
+    assert default.explained_by == {"unit_axes": "by_rank"}
+    given = rows["optax.adaptive_grad_clip (axis: the fan-in)"]
+    assert given.status is Status.PASS
+    assert {o["name"] for o in given.outputs} == {"y", "dgrad", "dparam"}
+
+
+def test_adaptive_grad_clip_gradient_is_nan_for_a_zero_gradient_unit():
+    """optax's AGC differentiated by jax: the norm's sqrt has no derivative at 0, and its NaN
+    reaches the gradient through the branch that ``where`` discards. normref's derivative of
+    an unclipped unit is the identity."""
+    rows = _rows("adaptive_grad_clip/zero-gradient-unit")
+    for row in rows.values():
+        assert row.status is Status.FAIL
+        assert "dgrad: non-finite values where the exact result is finite" in row.diagnosis
+        assert {o["name"] for o in row.outputs if not o["ok"]} == {"dgrad"}
+
+
+def test_clip_by_global_norm_has_no_eps():
+    """optax scales by max_norm / norm: normref's default (eps = 0), even at a norm of 4e-6."""
+    for case in ("clip_by_global_norm/typical", "clip_by_global_norm/small-norm"):
+        (row,) = _rows(case, "float32").values()
+        assert row.status is Status.PASS, row.diagnosis
