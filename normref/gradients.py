@@ -200,7 +200,9 @@ def adaptive_grad_clip_vjp(
 
     and on an unclipped one (:math:`n \le m`, the boundary included)
     :math:`\bar G = \bar y`, :math:`\bar W = 0`. At the kinks (:math:`n = m`,
-    :math:`p = \epsilon`) these are one-sided derivatives.
+    :math:`p = \epsilon`) these are one-sided derivatives. A unit whose factor
+    :math:`f` is NaN (NaN in its gradient or parameter) gets NaN in both
+    gradients, as non-finite values propagate everywhere in normref.
     """
     parts = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
@@ -215,6 +217,7 @@ def adaptive_grad_clip_vjp(
     k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
     moves_m = clipped & (parts.param_norm >= eps)
     k_param = xp.where(moves_m, clipping * s / (n * xp.maximum(parts.param_norm, eps)), 0.0)
+    k_param = xp.where(xp.isnan(factor), factor, k_param)
     return AGCGrads(
         grad=to_dtype(xp, factor * d_y - k_grad * parts.grad, grad.dtype),
         param=to_dtype(xp, k_param * parts.param, param.dtype),

@@ -387,3 +387,16 @@ def test_non_finite_values_propagate_as_documented():
     assert agc[0, 0] == 0.0  # the unit's norm is inf: factor 0
     assert np.isnan(agc[0, 1])
     assert np.all(np.isfinite(agc[1]))
+
+
+@pytest.mark.parametrize("poisoned", ["grad", "param"])
+def test_nan_in_a_unit_makes_both_gradients_of_that_unit_nan(poisoned):
+    """The forward of a unit with NaN is NaN, so is its backward; other units stay finite."""
+    rng = np.random.default_rng(0)
+    arrays = {"grad": rng.standard_normal((3, 4)), "param": 0.01 * rng.standard_normal((3, 4))}
+    arrays[poisoned][1, 2] = np.nan
+    y = normref.adaptive_grad_clip(arrays["grad"], arrays["param"])
+    grads = normref.adaptive_grad_clip_vjp(np.ones((3, 4)), arrays["grad"], arrays["param"])
+    for out in (y, grads.grad, grads.param):
+        assert np.all(np.isnan(out[1]))
+        assert np.all(np.isfinite(out[[0, 2]]))
