@@ -11,7 +11,7 @@ from typing import Any
 from benchmarks.run import MEMORY_TARGETS, TIME_TARGETS, Result, compute_kind
 
 COLUMNS = (
-    ("op", 14),
+    ("op", 40),
     ("shape", 18),
     ("dtype", 8),
     ("precision", 9),
@@ -39,7 +39,7 @@ def _times(value: float | None) -> str:
 
 def _cells(result: Result) -> list[str]:
     return [
-        result.op,
+        result.name,
         str(result.shape),
         result.dtype,
         result.precision,
@@ -50,7 +50,7 @@ def _cells(result: Result) -> list[str]:
         _times(result.ratio("jax")),
         _times(result.ratio("torch", mine="generic")),
         *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
-        "met" if result.meets_targets else "MISSED",
+        {True: "met", False: "MISSED", None: "-"}[result.meets_targets],
     ]
 
 
@@ -97,7 +97,7 @@ def summary_markdown(results: Iterable[Result]) -> str:
 
 
 TARGETS_TEXT = (
-    "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
+    "targets (standardization family): time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
     "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "
     "where it computes a narrower input in float64 (precision='highest')"
 ).format(
@@ -136,7 +136,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.op} {r.shape}\n{r.dtype} {r.precision}" for r in results]
+    labels = [f"{r.name} {r.shape}\n{r.dtype} {r.precision}" for r in results]
     figure, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(results)), 8), sharex=True)
     for ax, other in zip(axes, ("torch", "jax"), strict=True):
         values = [r.ratio(other) or 0.0 for r in results]
