@@ -2,7 +2,8 @@
 
 Prints the table row by row as cases finish (progress on stderr), then
 writes ``benchmarks.json``, ``benchmarks.md``, ``summary.md`` (the main
-columns) and ``benchmarks.png`` to ``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
+columns), ``families.md`` (a line per family) and ``benchmarks.png`` to
+``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
 (under a minute); the full run takes a few minutes.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
 from benchmarks.report import (
     TARGETS_TEXT,
+    families_markdown,
     header,
     markdown,
     plot,
@@ -185,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "benchmarks.json", results, meta)
     (args.out / "benchmarks.md").write_text(markdown(results))
     (args.out / "summary.md").write_text(summary_markdown(results))
+    (args.out / "families.md").write_text(families_markdown(results))
     plot(args.out / "benchmarks.png", results)
     verdicts = [r.meets_targets for r in results if r.meets_targets is not None]
     print(TARGETS_TEXT)
     print(
         f"{sum(verdicts)} of {len(verdicts)} rows with targets meet them; "
         f"{meta['seconds']:.0f} s; "
-        f"results in {args.out}/benchmarks.{{json,md,png}} and {args.out}/summary.md"
+        f"results in {args.out}/benchmarks.{{json,md,png}}, summary.md and families.md"
     )
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import MEMORY_TARGETS, TIME_TARGETS, Result, compute_kind
+from normref.registry import REGISTRY
 
 COLUMNS = (
     ("op", 40),
@@ -93,6 +94,61 @@ def summary_markdown(results: Iterable[Result]) -> str:
     for r in results:
         cells = _cells(r)
         lines.append("| " + " | ".join(cells[i] for i in chosen) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _span(values: Iterable[float | None]) -> str:
+    """``low–high`` of the values that are not ``None`` (one value once; ``-`` for none)."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return "-"
+    low, high = f"{min(found):.2f}", f"{max(found):.2f}"
+    return low if low == high else f"{low}–{high}"
+
+
+FAMILY_COLUMNS = (
+    "family",
+    "operations",
+    "x torch, native",
+    "x torch, highest",
+    "x jax, native",
+    "x jax, highest",
+    "mem float32, native",
+    "mem float32, highest",
+    "targets met",
+)
+
+
+def families_markdown(results: Sequence[Result]) -> str:
+    """One line per registry family: ranges of normref's time ratios and float32 memory, targets.
+
+    Each range runs over the family's rows (shapes, variants and both dtypes for
+    the ratios); memory is one call's peak as a multiple of a float32 input.
+    """
+    lines = ["| " + " | ".join(FAMILY_COLUMNS) + " |", "|" + "---|" * len(FAMILY_COLUMNS)]
+    families = dict.fromkeys(REGISTRY[r.op].family for r in results)
+    for family in families:
+        rows = [r for r in results if REGISTRY[r.op].family == family]
+
+        def chosen(precision: str, dtype: str | None = None, rows: list[Result] = rows) -> list:
+            return [r for r in rows if r.precision == precision and dtype in (None, r.dtype)]
+
+        verdicts = [r.meets_targets for r in rows if r.meets_targets is not None]
+        cells = [
+            family,
+            ", ".join(dict.fromkeys(r.name for r in rows)),
+            *(
+                _span(r.ratio(other) for r in chosen(p))
+                for other in ("torch", "jax")
+                for p in ("native", "highest")
+            ),
+            *(
+                _span(r.memory["normref"] for r in chosen(p, "float32"))
+                for p in ("native", "highest")
+            ),
+            f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.cases import FAMILIES
 from benchmarks.frameworks import JAX, TORCH
-from benchmarks.report import markdown, summary_markdown
+from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result
 from benchmarks.timing import interleaved_minimum
 from normref import _fused
@@ -58,12 +58,32 @@ def test_targets_are_set_for_the_standardization_family_alone():
         assert result.meets_targets is verdict
 
 
+def _table_lines(table: str) -> list[str]:
+    lines = table.strip().splitlines()
+    assert len({line.count("|") for line in lines}) == 1, "rows of different widths"
+    return lines
+
+
 def test_tables_have_a_row_per_result():
     results = [_result("float32", "native", 1.0, 1.0), _result("float64", "native", 2.0, 1.0)]
     for table in (markdown(results), summary_markdown(results)):
-        lines = table.strip().splitlines()
-        assert len(lines) == 2 + len(results)
-        assert len({line.count("|") for line in lines}) == 1
+        assert len(_table_lines(table)) == 2 + len(results)
+
+
+def test_the_family_table_has_a_row_per_family_with_ranges():
+    results = [
+        _result("float32", "native", 0.5, 1.0),
+        _result("float32", "native", 1.6, 1.5),  # misses the 1.5x time target
+        dataclasses.replace(_result("float32", "native", 3.0, 7.0), op="batch_whiten"),
+    ]
+    lines = _table_lines(families_markdown(results))
+    assert len(lines) == 2 + 2
+    standardization = [cell.strip() for cell in lines[2].split("|")[1:-1]]
+    assert standardization[:3] == ["standardization", "batch_norm", "0.50–1.60"]
+    assert standardization[6] == "1.00–1.50"
+    assert standardization[-1] == "1 of 2"
+    whitening = [cell.strip() for cell in lines[3].split("|")[1:-1]]
+    assert (whitening[2], whitening[3], whitening[-1]) == ("3.00", "-", "-")
 
 
 @pytest.mark.parametrize("case", CASES)
