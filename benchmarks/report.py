@@ -213,7 +213,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_title(
         "normref forward + backward relative to torch and jax\n"
-        "(CPU; blue: native, orange: highest; red lines: the time targets)",
+        "(CPU; blue: native, orange: highest; red lines: the standardization family's time targets)",
         fontsize=10,
     )
     axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)
