@@ -10,10 +10,10 @@ its own, by the same :func:`~normref.stats.moments` /
 ``(count, mean, m2)`` or ``(count, mean, cross)``; the partial results are
 merged by the same :func:`~normref.stats.merge` /
 :func:`~normref.stats.merge_comoments` (Chan et al., exact) in a tree
-(``dask.array.reduction``): each node merges up to ``split_every`` children
-(Dask's default, 4 per reduced axis in all) pairwise, so a chunk's statistics pass
-through about :math:`\log_2 K` merges for ``K`` chunks. Every chunk is read
-once and released as soon as it is reduced.
+(``dask.array.reduction``): each node merges the statistics of a few blocks
+(Dask's ``split_every`` setting, 4 by default) in pairs, so a chunk's
+statistics pass through about :math:`\log_2 K` merges for ``K`` chunks. Every
+chunk is read once and released as soon as it is reduced.
 
 Lazy and computed
     Nothing is computed when these functions return: ``mean`` and ``m2``
@@ -40,12 +40,12 @@ from normref._namespace import Array
 Stat = TypeVar("Stat", stats.Moments, stats.Comoments)
 
 
-def known_count(x: Array, axes: tuple[int, ...], *, name: str = "x") -> int:
+def known_count(x: Array, axes: tuple[int, ...]) -> int:
     """Number of values along ``axes`` of ``x``; a :class:`ValueError` where a size is unknown."""
     sizes = [x.shape[a] for a in axes]
     if any(math.isnan(s) for s in sizes):
         msg = (
-            f"{name} has unknown sizes along axes {axes} (shape {x.shape}); "
+            f"x has unknown sizes along axes {axes} (shape {x.shape}); "
             "call x.compute_chunk_sizes() first"
         )
         raise ValueError(msg)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from benchmarks.cases import FAMILIES
+from benchmarks.cases import FAMILIES, Case
 from benchmarks.frameworks import JAX, TORCH
 from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result
@@ -95,6 +95,12 @@ def test_cases_sample_their_shape_dtype_and_layout(case):
         assert sample.kwargs.get(name, sample.args.get(name)) == value
     assert case.op in TORCH
     assert case.op in JAX
+
+
+def test_a_layout_no_seed_draws_is_refused():
+    case = Case("weight_standardize", (4, 3), "test", drawn={"out_axis": 1})
+    with pytest.raises(ValueError, match=r"no seed below 64 draws a sample with \{'out_axis': 1\}"):
+        case.sample("float32")
 
 
 SMALL_SIZES = {"num_groups": 4, "group_size": 4}
