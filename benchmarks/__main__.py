@@ -2,7 +2,8 @@
 
 Prints the table row by row as cases finish (progress on stderr), then
 writes ``benchmarks.json``, ``benchmarks.md``, ``summary.md`` (the main
-columns) and ``benchmarks.png`` to ``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
+columns), ``families.md`` (a line per family) and ``benchmarks.png`` to
+``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
 (under a minute); the full run takes a few minutes.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
 from benchmarks.report import (
     TARGETS_TEXT,
+    families_markdown,
     header,
     markdown,
     plot,
@@ -54,13 +56,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _pin_to_one_core() -> None:
-    """Run on one CPU, before any library starts its thread pool."""
+    """Run on one CPU, every thread pool of one thread (BLAS's where threadpoolctl is installed)."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     os.environ["NORMREF_THREADS"] = "1"
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         torch.set_num_threads(1)
+    if importlib.util.find_spec("threadpoolctl") is None:
+        print(
+            "threadpoolctl is not installed: NumPy's BLAS keeps its threads, on one CPU",
+            file=sys.stderr,
+        )
+        return
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(1)  # NumPy's and SciPy's BLAS, torch's OpenMP
+
+
+def _blas_threads() -> dict[str, int]:
+    """Threads of each BLAS or OpenMP library loaded (empty without threadpoolctl)."""
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return {}
+    import threadpoolctl
+
+    return {
+        f"{pool['internal_api']} ({pool['prefix']})": pool["num_threads"]
+        for pool in threadpoolctl.threadpool_info()
+    }
 
 
 def _cases(quick: bool, ops: str | None) -> list[Case]:
@@ -111,7 +134,7 @@ def _version(package: str) -> str | None:
 
 
 def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
-    threads: dict[str, Any] = {"numpy": 1}
+    threads: dict[str, Any] = {"numpy": 1, **_blas_threads()}
     if _fused.available():
         threads["normref fused"] = thread_count()
     if "torch" in frameworks:
@@ -164,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "benchmarks.json", results, meta)
     (args.out / "benchmarks.md").write_text(markdown(results))
     (args.out / "summary.md").write_text(summary_markdown(results))
+    (args.out / "families.md").write_text(families_markdown(results))
     plot(args.out / "benchmarks.png", results)
-    met = sum(r.meets_targets for r in results)
+    verdicts = [r.meets_targets for r in results if r.meets_targets is not None]
     print(TARGETS_TEXT)
     print(
-        f"{met} of {len(results)} rows meet the targets; {meta['seconds']:.0f} s; "
-        f"results in {args.out}/benchmarks.{{json,md,png}} and {args.out}/summary.md"
+        f"{sum(verdicts)} of {len(verdicts)} rows with targets meet them; "
+        f"{meta['seconds']:.0f} s; "
+        f"results in {args.out}/benchmarks.{{json,md,png}}, summary.md and families.md"
     )
     return 0
 

@@ -6,20 +6,28 @@ function of the differentiable arrays, in the order of the operation's
 ``OpSpec.differentiable``, in that framework's arrays.
 
 torch
-    The library's own functional layer (``torch.nn.functional``); the
-    backward is torch's autograd.
+    The library's own functional layer (``torch.nn.functional``) where it has
+    one; the backward is torch's autograd. torch has no whitening, Scaled WS
+    or gradient clipping layer: those are written with torch operations as
+    their reference implementations write them (ZCA through
+    ``torch.linalg.eigh``; weight standardization through ``batch_norm``, as
+    timm's ``StdConv2d``; Scaled WS as the NFNets ``WSConv2D``; AGC as
+    timm's ``adaptive_clip_grad``).
 jax
     The textbook formula in ``jax.numpy`` (two-pass variance, biased), which
     XLA compiles and fuses under ``jax.jit``; the backward is ``jax.vjp``.
     JAX itself has no normalization layers, and flax's use the fast
-    ``E[x^2] - E[x]^2`` variance by default, a different algorithm.
+    ``E[x^2] - E[x]^2`` variance by default, a different algorithm. AGC is
+    optax's own ``adaptive_grad_clip``.
 
 An operation without an entry here is timed for normref alone.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from normref.registry import Sample
@@ -37,12 +45,38 @@ def _normalized_shape(sample: Sample) -> tuple[int, ...]:
     return tuple(x.shape[a] for a in axes)
 
 
+def _defaults(sample: Sample, **defaults: Any) -> None:
+    """The counterparts compute these defaults of normref's: the sample must not change them."""
+    changed = {k: sample.kwargs[k] for k, v in defaults.items() if sample.kwargs.get(k, v) != v}
+    if changed:
+        msg = f"the framework counterparts compute {defaults}, got {changed}"
+        raise ValueError(msg)
+
+
+def _units_first(sample: Sample) -> tuple[int, ...]:
+    """The fan-in axes of a weight whose output units are on axis 0 (OIHW, as torch's)."""
+    if sample.kwargs["out_axis"] != 0:
+        msg = f"the counterparts take units on axis 0, got out_axis={sample.kwargs['out_axis']}"
+        raise ValueError(msg)
+    return tuple(range(1, sample.args[next(iter(sample.args))].ndim))
+
+
 def _channels_first(sample: Sample) -> float:
     """``eps`` of a channel layer sample, whose channel axis must be 1 as torch's is."""
     if sample.kwargs["axis"] % sample.args["x"].ndim != 1:
         msg = f"torch's channel axis is 1, got axis={sample.kwargs['axis']}"
         raise ValueError(msg)
     return sample.kwargs["eps"]
+
+
+def _per_channel(param: Any, ndim: int) -> Any:
+    """A per-channel parameter shaped to broadcast against (N, C, *S)."""
+    return param.reshape((-1,) + (1,) * (ndim - 2))
+
+
+def _per_unit(param: Any, ndim: int) -> Any:
+    """A per-unit parameter shaped to broadcast against an (O, ...) weight."""
+    return param.reshape((-1,) + (1,) * (ndim - 1))
 
 
 # ---------------------------------------------------------------------------- torch
@@ -87,12 +121,97 @@ def _torch_rms_norm(sample: Sample) -> Callable[..., Any]:
     return lambda x, gamma: functional.rms_norm(x, shape, gamma, eps=eps)
 
 
+def _zca_layer(xp: Any, sample: Sample) -> Callable[..., Any]:
+    """ZCA batch whitening with ``gamma`` and ``beta`` in Array API operations (torch or jax).
+
+    The biased covariance of each group of ``group_size`` channels plus
+    ``eps I``, decomposed by ``linalg.eigh``; ``y = U diag(1/sqrt(lambda)) U^T (x - mean)``.
+    """
+    eps, k = _channels_first(sample), sample.kwargs["group_size"]
+    _defaults(sample, method="zca", correction=0)
+
+    def f(x: Any, gamma: Any, beta: Any) -> Any:
+        n, c, *spatial = x.shape
+        order = (1, 0, *range(2, x.ndim))
+        rows = xp.reshape(xp.permute_dims(x, order), (c // k, k, -1))  # (G, D, M)
+        centred = rows - xp.mean(rows, axis=-1, keepdims=True)
+        cov = centred @ xp.matrix_transpose(centred) / centred.shape[-1]
+        lam, u = xp.linalg.eigh(cov + eps * xp.eye(k, dtype=x.dtype))
+        w = (u * (1 / xp.sqrt(lam))[..., None, :]) @ xp.matrix_transpose(u)
+        y = xp.permute_dims(xp.reshape(w @ centred, (c, n, *spatial)), order)
+        return y * _per_channel(gamma, x.ndim) + _per_channel(beta, x.ndim)
+
+    return f
+
+
+def _torch_batch_whiten(sample: Sample) -> Callable[..., Any]:
+    import array_api_compat.torch as xp
+
+    return _zca_layer(xp, sample)
+
+
+def _torch_weight_standardize(sample: Sample) -> Callable[..., Any]:
+    from torch.nn import functional
+
+    _units_first(sample)
+    _defaults(sample, eps_mode="add", correction=0)
+    eps = sample.kwargs["eps"]
+    return lambda w: functional.batch_norm(
+        w.reshape(1, w.shape[0], -1), None, None, training=True, momentum=0.0, eps=eps
+    ).reshape_as(w)
+
+
+def _nfnets_scaled_ws(xp: Any, sample: Sample) -> Callable[..., Any]:
+    """Scaled WS as the NFNets ``WSConv2D`` computes it, in ``xp``'s operations (torch or jax.numpy).
+
+    ``scale = gain * gamma / sqrt(max(N var, eps))``, ``w * scale - mean * scale``.
+    """
+    axes = _units_first(sample)
+    _defaults(sample, eps_mode="max_fan_in")
+    eps, gamma = sample.kwargs["eps"], sample.kwargs["gamma"]
+
+    def f(w: Any, gain: Any) -> Any:
+        fan_in = math.prod(w.shape[a] for a in axes)
+        mean = xp.mean(w, axis=axes, keepdims=True)
+        var = xp.mean((w - mean) ** 2, axis=axes, keepdims=True)
+        scale = xp.clip(var * fan_in, min=eps) ** -0.5 * _per_unit(gain * gamma, w.ndim)
+        return w * scale - mean * scale
+
+    return f
+
+
+def _torch_scaled_weight_standardize(sample: Sample) -> Callable[..., Any]:
+    import array_api_compat.torch as xp
+
+    return _nfnets_scaled_ws(xp, sample)
+
+
+def _torch_adaptive_grad_clip(sample: Sample) -> Callable[..., Any]:
+    import torch
+
+    axes = _units_first(sample)
+    clipping, eps = sample.kwargs["clipping"], sample.kwargs["eps"]
+
+    def f(grad: Any, param: Any) -> Any:
+        norm = partial(torch.linalg.vector_norm, dim=axes, keepdim=True)
+        max_norm = norm(param).clamp(min=eps) * clipping
+        grad_norm = norm(grad)
+        clipped = grad * (max_norm / grad_norm.clamp(min=1e-6))
+        return torch.where(grad_norm < max_norm, grad, clipped)
+
+    return f
+
+
 TORCH: dict[str, Builder] = {
     "batch_norm": _torch_batch_norm,
     "group_norm": _torch_group_norm,
     "instance_norm": _torch_instance_norm,
     "layer_norm": _torch_layer_norm,
     "rms_norm": _torch_rms_norm,
+    "batch_whiten": _torch_batch_whiten,
+    "weight_standardize": _torch_weight_standardize,
+    "scaled_weight_standardize": _torch_scaled_weight_standardize,
+    "adaptive_grad_clip": _torch_adaptive_grad_clip,
 }
 
 # ---------------------------------------------------------------------------- jax
@@ -106,10 +225,6 @@ def _jax_standardized(x: Any, axes: tuple[int, ...], eps: float) -> Any:
     centred = x - mean
     variance = jnp.mean(centred * centred, axis=axes, keepdims=True)
     return centred * jax.lax.rsqrt(variance + eps)
-
-
-def _per_channel(param: Any, ndim: int) -> Any:
-    return param.reshape((-1,) + (1,) * (ndim - 2))
 
 
 def _jax_batch_norm(sample: Sample) -> Callable[..., Any]:
@@ -162,10 +277,41 @@ def _jax_rms_norm(sample: Sample) -> Callable[..., Any]:
     return f
 
 
+def _jax_batch_whiten(sample: Sample) -> Callable[..., Any]:
+    import jax.numpy as jnp
+
+    return _zca_layer(jnp, sample)
+
+
+def _jax_weight_standardize(sample: Sample) -> Callable[..., Any]:
+    axes = _units_first(sample)
+    _defaults(sample, eps_mode="add", correction=0)
+    return partial(_jax_standardized, axes=axes, eps=sample.kwargs["eps"])
+
+
+def _jax_scaled_weight_standardize(sample: Sample) -> Callable[..., Any]:
+    import jax.numpy as jnp
+
+    return _nfnets_scaled_ws(jnp, sample)
+
+
+def _jax_adaptive_grad_clip(sample: Sample) -> Callable[..., Any]:
+    import optax
+
+    clip = optax.adaptive_grad_clip(
+        sample.kwargs["clipping"], eps=sample.kwargs["eps"], axis=_units_first(sample)
+    )
+    return lambda grad, param: clip.update(grad, clip.init(param), param)[0]
+
+
 JAX: dict[str, Builder] = {
     "batch_norm": _jax_batch_norm,
     "group_norm": _jax_group_norm,
     "instance_norm": _jax_instance_norm,
     "layer_norm": _jax_layer_norm,
     "rms_norm": _jax_rms_norm,
+    "batch_whiten": _jax_batch_whiten,
+    "weight_standardize": _jax_weight_standardize,
+    "scaled_weight_standardize": _jax_scaled_weight_standardize,
+    "adaptive_grad_clip": _jax_adaptive_grad_clip,
 }

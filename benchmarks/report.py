@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import MEMORY_TARGETS, TIME_TARGETS, Result, compute_kind
+from normref.registry import REGISTRY
 
 COLUMNS = (
-    ("op", 14),
+    ("op", 40),
     ("shape", 18),
     ("dtype", 8),
     ("precision", 9),
@@ -39,7 +40,7 @@ def _times(value: float | None) -> str:
 
 def _cells(result: Result) -> list[str]:
     return [
-        result.op,
+        result.name,
         str(result.shape),
         result.dtype,
         result.precision,
@@ -50,7 +51,7 @@ def _cells(result: Result) -> list[str]:
         _times(result.ratio("jax")),
         _times(result.ratio("torch", mine="generic")),
         *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
-        "met" if result.meets_targets else "MISSED",
+        {True: "met", False: "MISSED", None: "-"}[result.meets_targets],
     ]
 
 
@@ -96,8 +97,63 @@ def summary_markdown(results: Iterable[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _span(values: Iterable[float | None]) -> str:
+    """``low–high`` of the values that are not ``None`` (one value once; ``-`` for none)."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return "-"
+    low, high = f"{min(found):.2f}", f"{max(found):.2f}"
+    return low if low == high else f"{low}–{high}"
+
+
+FAMILY_COLUMNS = (
+    "family",
+    "operations",
+    "x torch, native",
+    "x torch, highest",
+    "x jax, native",
+    "x jax, highest",
+    "mem float32, native",
+    "mem float32, highest",
+    "targets met",
+)
+
+
+def families_markdown(results: Sequence[Result]) -> str:
+    """One line per registry family: ranges of normref's time ratios and float32 memory, targets.
+
+    Each range runs over the family's rows (shapes, variants and both dtypes for
+    the ratios); memory is one call's peak as a multiple of a float32 input.
+    """
+    lines = ["| " + " | ".join(FAMILY_COLUMNS) + " |", "|" + "---|" * len(FAMILY_COLUMNS)]
+    families = dict.fromkeys(REGISTRY[r.op].family for r in results)
+    for family in families:
+        rows = [r for r in results if REGISTRY[r.op].family == family]
+
+        def chosen(precision: str, dtype: str | None = None, rows: list[Result] = rows) -> list:
+            return [r for r in rows if r.precision == precision and dtype in (None, r.dtype)]
+
+        verdicts = [r.meets_targets for r in rows if r.meets_targets is not None]
+        cells = [
+            family,
+            ", ".join(dict.fromkeys(r.name for r in rows)),
+            *(
+                _span(r.ratio(other) for r in chosen(p))
+                for other in ("torch", "jax")
+                for p in ("native", "highest")
+            ),
+            *(
+                _span(r.memory["normref"] for r in chosen(p, "float32"))
+                for p in ("native", "highest")
+            ),
+            f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 TARGETS_TEXT = (
-    "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
+    "targets (standardization family): time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
     "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "
     "where it computes a narrower input in float64 (precision='highest')"
 ).format(
@@ -136,7 +192,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.op} {r.shape}\n{r.dtype} {r.precision}" for r in results]
+    labels = [f"{r.name} {r.shape}\n{r.dtype} {r.precision}" for r in results]
     figure, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(results)), 8), sharex=True)
     for ax, other in zip(axes, ("torch", "jax"), strict=True):
         values = [r.ratio(other) or 0.0 for r in results]
@@ -157,7 +213,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_title(
         "normref forward + backward relative to torch and jax\n"
-        "(CPU; blue: native, orange: highest; red lines: the time targets)",
+        "(CPU; blue: native, orange: highest; red lines: the standardization family's time targets)",
         fontsize=10,
     )
     axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)

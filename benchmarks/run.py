@@ -3,11 +3,13 @@
 The contenders of a case run interleaved in the same rounds
 (:func:`benchmarks.timing.interleaved_minimum`): normref in each precision
 mode (its forward, then its ``*_vjp``) as a user calls it, which on NumPy is
-the fused path where numba is installed, and the same with the fused path
-switched off (the generic Array API code on NumPy); torch (its functional
-layer, then ``backward`` through autograd) and jax (forward and ``jax.vjp`` in
-one ``jax.jit`` program). All run on the CPU in the same process; torch, XLA
-and normref's fused path use their default thread pools, NumPy one thread.
+the fused path where numba is installed and the operation has one, and then
+the same with the fused path switched off (the generic Array API code on
+NumPy); torch (its counterpart of :mod:`benchmarks.frameworks`, then
+``backward`` through autograd) and jax (forward and ``jax.vjp`` in one
+``jax.jit`` program). All run on the CPU in the same process; torch, XLA,
+normref's fused path and NumPy's BLAS and LAPACK calls (matrix products,
+``eigh``) use their default thread pools, NumPy's other work one thread.
 Every contender works on a copy of the data of its own (as torch and jax do
 anyway), so none finds its inputs in cache because another contender just
 read them.
@@ -26,13 +28,16 @@ from benchmarks.frameworks import JAX, TORCH
 from benchmarks.memory import torch_peak, traced_peak, xla_planned
 from benchmarks.timing import interleaved_minimum
 from normref import _fused
-from normref.registry import OpSpec, Sample
+from normref.registry import REGISTRY, OpSpec, Sample
 
 TIME_TARGETS = {"input": 1.5, "float64": 3.0}
 """Time relative to torch that normref aims at, computing in the input dtype or in float64."""
 
 MEMORY_TARGETS = {"input": 3.0, "float64": 6.0}
 """Peak memory (multiples of the input's size) that normref aims at, likewise."""
+
+TARGET_FAMILIES = ("standardization",)
+"""The registry families the targets are set for; other rows are measured without a verdict."""
 
 
 def compute_kind(dtype: str, precision: str) -> str:
@@ -46,10 +51,11 @@ class Result:
 
     ``seconds`` and ``memory`` have the keys ``"normref"`` (as called, fused
     where it applies), ``"generic"`` (the fused path switched off; ``None``
-    where numba is not installed), ``"torch"`` and ``"jax"`` (``None`` where a
-    contender is absent or not measurable); memory is the peak of a forward or
-    backward call as a multiple of the input's size (see
-    :mod:`benchmarks.memory`).
+    where numba is not installed or the operation has no fused path),
+    ``"torch"`` and ``"jax"`` (``None`` where a contender is absent or not
+    measurable); memory is the peak of a forward or backward call as a
+    multiple of the input's size (see :mod:`benchmarks.memory`). ``variant``
+    is the case's (:attr:`benchmarks.cases.Case.variant`).
     """
 
     op: str
@@ -59,6 +65,12 @@ class Result:
     precision: str
     seconds: dict[str, float | None]
     memory: dict[str, float | None]
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        """The operation's name and the variant, as the tables print it."""
+        return f"{self.op} ({self.variant})" if self.variant else self.op
 
     def ratio(self, other: str, mine: str = "normref") -> float | None:
         """``mine``'s time over ``other``'s (> 1: ``mine`` is slower)."""
@@ -66,8 +78,13 @@ class Result:
         return None if theirs is None or ours is None else ours / theirs
 
     @property
-    def meets_targets(self) -> bool:
-        """Whether the time and memory targets (:data:`TIME_TARGETS`, ...) hold for this row."""
+    def meets_targets(self) -> bool | None:
+        """Whether the time and memory targets (:data:`TIME_TARGETS`, ...) hold for this row.
+
+        ``None`` for an operation outside :data:`TARGET_FAMILIES`.
+        """
+        if REGISTRY[self.op].family not in TARGET_FAMILIES:
+            return None
         kind = compute_kind(self.dtype, self.precision)
         vs_torch = self.ratio("torch")
         memory = self.memory["normref"]
@@ -170,7 +187,7 @@ def contenders(
         return case.sample(dtype), cotangent
 
     found = {f"normref {p}": _normref(spec, *data(), p, fused=True) for p in precisions}
-    if _fused.available():
+    if case.fused and _fused.available():
         for p in precisions:
             found[f"generic {p}"] = _normref(spec, *data(), p, fused=False)
     if "torch" in frameworks and spec.name in TORCH:
@@ -218,6 +235,7 @@ def measure(
                 "generic": multiple(f"generic {p}"),
                 **framework_memory,
             },
+            case.variant,
         )
         for p in precisions
     ]

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_compat
+
 from normref._checks import (
     check_correction,
     check_int,
@@ -73,10 +75,20 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest"
     ``mean`` and ``m2`` have ``x``'s shape without the reduced axes. The mean is
     :math:`\frac1n \sum x` and :math:`m_2 = \sum (x - \bar x)^2`, both by two
     passes in the compute dtype of ``precision``.
+
+    On a Dask array it is one pass instead, lazy: the moments of each chunk
+    merged exactly up a tree (:mod:`normref._dask`); ``mean`` and ``m2`` are
+    Dask arrays of one graph, to be computed together
+    (``dask.compute(m.mean, m.m2)``).
     """
     xp = namespace_of(x=x)
     axes = normalize_axes(axis, x.ndim, name="axis")
-    xc = to_dtype(xp, x, compute_dtype(xp, x.dtype, precision))
+    dtype = compute_dtype(xp, x.dtype, precision)
+    if array_api_compat.is_dask_namespace(xp):
+        from normref import _dask
+
+        return _dask.moments(x, axes, dtype, precision)
+    xc = to_dtype(xp, x, dtype)
     mean = xp.mean(xc, axis=axes, keepdims=True)
     deviations = xc - mean
     m2 = xp.sum(deviations * deviations, axis=axes)
@@ -220,10 +232,18 @@ def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
     leading index is an independent statistic. Two passes in the compute dtype of
     ``precision``: :math:`\bar x = \frac1M \sum_i x_i`, then
     :math:`C = \sum_i (x_i - \bar x)(x_i - \bar x)^\top`.
+
+    On a Dask array it is one pass instead, lazy, as :func:`moments` is:
+    ``mean`` and ``cross`` are Dask arrays of one graph (:mod:`normref._dask`).
     """
     xp = namespace_of(x=x)
     check_rank(tuple(x.shape), minimum=2, layout="samples and features, (..., M, D)")
-    xc = to_dtype(xp, x, compute_dtype(xp, x.dtype, precision))
+    dtype = compute_dtype(xp, x.dtype, precision)
+    if array_api_compat.is_dask_namespace(xp):
+        from normref import _dask
+
+        return _dask.comoments(x, dtype, precision)
+    xc = to_dtype(xp, x, dtype)
     mean = xp.mean(xc, axis=-2, keepdims=True)
     deviations = xc - mean
     cross = xp.matrix_transpose(deviations) @ deviations

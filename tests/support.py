@@ -103,6 +103,22 @@ def _cupy_backend() -> Backend:
     )
 
 
+def dask_backend() -> Backend:
+    """``dask.array``, every axis of every array in two chunks (a merge along every axis).
+
+    Not among :data:`BACKEND_FACTORIES`: Dask does not run every operation
+    (``tests/test_dask.py`` says which), so its tests choose their operations.
+    """
+    import array_api_compat.dask.array as xp
+    import dask.array as da
+
+    def asarray(a: np.ndarray, dtype: str) -> Any:
+        a = np.asarray(a, dtype=dtype)
+        return da.from_array(a, chunks=tuple(max(1, -(-size // 2)) for size in a.shape))
+
+    return Backend("dask", xp, ("float32", "float64"), asarray, lambda a: np.asarray(a.compute()))
+
+
 def _gpu_present() -> bool:
     if not _installed("cupy"):
         return False
@@ -252,3 +268,16 @@ def assert_close_to_scale(
             f"actual {actual[worst]!r}, expected {expected[worst]!r}, "
             f"error {error[worst]:.3e} > bound {bound[worst]:.3e}"
         )
+
+
+# ---------------------------------------------------------------------------
+# Exact statistics.
+
+
+def fsum_comoments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, mean and cross-product matrix of (M, D) samples, each sum exactly rounded."""
+    m, d = x.shape
+    mean = np.array([math.fsum(x[:, j]) / m for j in range(d)])
+    dev = x - mean
+    cross = np.array([[math.fsum(dev[:, i] * dev[:, j]) for j in range(d)] for i in range(d)])
+    return m, mean, cross

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from benchmarks.cases import FAMILIES
+from benchmarks.cases import FAMILIES, Case
 from benchmarks.frameworks import JAX, TORCH
-from benchmarks.report import markdown, summary_markdown
+from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result
 from benchmarks.timing import interleaved_minimum
+from normref import _fused
 
 CASES = [pytest.param(case, id=case.label) for cases in FAMILIES.values() for case in cases]
 
@@ -43,31 +46,89 @@ def test_targets_depend_on_the_compute_dtype(dtype, precision, vs_torch, memory,
     assert _result(dtype, precision, vs_torch, memory).meets_targets is met
 
 
+def test_targets_are_set_for_the_standardization_family_alone():
+    seconds = {"normref": 9.0, "generic": None, "torch": 1.0, "jax": None}
+    memory = {"normref": 9.0, "generic": None, "torch": None, "jax": None}
+    for op, verdict in (
+        ("layer_norm", False),
+        ("batch_whiten", None),
+        ("adaptive_grad_clip", None),
+    ):
+        result = Result(op, (2, 3), "test", "float32", "native", seconds, memory)
+        assert result.meets_targets is verdict
+
+
+def _table_lines(table: str) -> list[str]:
+    lines = table.strip().splitlines()
+    assert len({line.count("|") for line in lines}) == 1, "rows of different widths"
+    return lines
+
+
 def test_tables_have_a_row_per_result():
     results = [_result("float32", "native", 1.0, 1.0), _result("float64", "native", 2.0, 1.0)]
     for table in (markdown(results), summary_markdown(results)):
-        lines = table.strip().splitlines()
-        assert len(lines) == 2 + len(results)
-        assert len({line.count("|") for line in lines}) == 1
+        assert len(_table_lines(table)) == 2 + len(results)
+
+
+def test_the_family_table_has_a_row_per_family_with_ranges():
+    results = [
+        _result("float32", "native", 0.5, 1.0),
+        _result("float32", "native", 1.6, 1.5),  # misses the 1.5x time target
+        dataclasses.replace(_result("float32", "native", 3.0, 7.0), op="batch_whiten"),
+    ]
+    lines = _table_lines(families_markdown(results))
+    assert len(lines) == 2 + 2
+    standardization = [cell.strip() for cell in lines[2].split("|")[1:-1]]
+    assert standardization[:3] == ["standardization", "batch_norm", "0.50–1.60"]
+    assert standardization[6] == "1.00–1.50"
+    assert standardization[-1] == "1 of 2"
+    whitening = [cell.strip() for cell in lines[3].split("|")[1:-1]]
+    assert (whitening[2], whitening[3], whitening[-1]) == ("3.00", "-", "-")
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_cases_sample_their_shape_and_dtype(case):
+def test_cases_sample_their_shape_dtype_and_layout(case):
     sample = case.sample("float32")
     x = sample.args[case.spec.primary]
     assert (x.shape, x.dtype) == (case.shape, np.float32)
+    for name, value in {**case.drawn, **case.fixed}.items():
+        assert sample.kwargs.get(name, sample.args.get(name)) == value
     assert case.op in TORCH
     assert case.op in JAX
 
 
+def test_a_layout_no_seed_draws_is_refused():
+    case = Case("weight_standardize", (4, 3), "test", drawn={"out_axis": 1})
+    with pytest.raises(ValueError, match=r"no seed below 64 draws a sample with \{'out_axis': 1\}"):
+        case.sample("float32")
+
+
+SMALL_SIZES = {"num_groups": 4, "group_size": 4}
+"""Fixed arguments that name a count of channels, at the small shapes of the tests below."""
+
+
 def _small(case):
-    """The case's sample at a small shape of the same layout (same fixed arguments)."""
+    """The case's sample at a small shape of the same layout (its fixed and drawn arguments)."""
     shape = tuple(min(size, 8) for size in case.shape)
-    spec = case.spec
-    sample = spec.sample(np.random.default_rng(0), shape).replace(**case.fixed)
-    if "num_groups" in case.fixed:
-        sample = sample.replace(num_groups=4)
-    return spec, sample
+    fixed = {k: SMALL_SIZES.get(k, v) for k, v in case.fixed.items()}
+    return case.spec, dataclasses.replace(case, shape=shape, fixed=fixed).sample("float64")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_generic_path_is_timed_where_the_fused_path_runs(case, monkeypatch):
+    """``Case.fused`` says whether normref's fused path runs the operation (then both are timed)."""
+    pytest.importorskip("numba", reason="numba is not installed (pip install -e '.[fast]')")
+    taken = []
+
+    def spy(*args, _original=_fused.forward, **kwargs):
+        result = _original(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_fused, "forward", spy)
+    spec, sample = _small(case)
+    spec.call(sample)
+    assert any(taken) is case.fused
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -11,18 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from normref import stats
-from tests.support import Backend, assert_close_to_scale
+from tests.support import Backend, assert_close_to_scale, fsum_comoments
 
 U64 = np.finfo(np.float64).eps
-
-
-def _fsum_comoments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, mean and cross-product matrix of (M, D) samples, each sum exactly rounded."""
-    m, d = x.shape
-    mean = np.array([math.fsum(x[:, j]) / m for j in range(d)])
-    dev = x - mean
-    cross = np.array([[math.fsum(dev[:, i] * dev[:, j]) for j in range(d)] for i in range(d)])
-    return m, mean, cross
 
 
 def test_comoments_against_fsum(standard_backend: Backend):
@@ -31,7 +21,7 @@ def test_comoments_against_fsum(standard_backend: Backend):
     c = stats.comoments(standard_backend.asarray(x, "float64"))
     assert c.count == 50
     for g in range(3):
-        _, mean, cross = _fsum_comoments(x[g])
+        _, mean, cross = fsum_comoments(x[g])
         assert_close_to_scale(
             standard_backend.to_numpy(c.mean)[g], mean, np.abs(mean), rtol=4 * U64, what="mean"
         )
@@ -58,7 +48,7 @@ def test_merging_chunks_equals_the_whole(seed, cuts, d, offset):
     merged = chunks[0]
     for chunk in chunks[1:]:
         merged = stats.merge_comoments(merged, chunk)
-    n, mean, cross = _fsum_comoments(x)
+    n, mean, cross = fsum_comoments(x)
     assert merged.count == n
     spread = np.sqrt(np.diag(cross) / n)
     conditioning = 1.0 + np.max(np.abs(mean)) / np.min(spread)

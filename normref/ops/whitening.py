@@ -92,7 +92,10 @@ Implementation notes
     models its covariance algorithm too (see :func:`group_covariance`).
     The VJPs of PCA whitening and decorrelation read the eigenvalues to check
     for ties (a host synchronization), so they cannot be traced by ``jax.jit``;
-    every other function here can.
+    every other function here can. Dask arrays have neither a batched ``eigh``
+    nor a batched ``cholesky``: every operation here but IterNorm raises
+    :class:`TypeError` on them (the covariance itself is computed on Dask by
+    :func:`normref.stats.comoments`).
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+
+import array_api_compat
 
 from normref._checks import check_correction, check_eps, check_positive_int, check_rank
 from normref._namespace import (
@@ -360,13 +365,31 @@ class Whitening:
 
     ``name`` is the method's (``"zca"``, ...), ``label`` how messages call it;
     ``matrix(xp, cov, eps, **params) -> (W, saved)`` whitens ``Σ = C + eps I``;
-    ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized).
+    ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized); ``decomposes``:
+    whether ``matrix`` factors ``Σ`` (``eigh`` or ``cholesky``).
     """
 
     name: str
     label: str
     matrix: Callable[..., tuple[Array, Any]]
     cotangent: Callable[..., Array]
+    decomposes: bool = True
+
+    def checked_matrix(self, xp: Namespace, cov: Array, eps: float, **params: Any) -> Any:
+        """``matrix``, or a :class:`TypeError` where the namespace cannot factor a stack of matrices.
+
+        ``dask.array`` cannot: it has no ``eigh``, and its ``cholesky`` takes
+        one matrix.
+        """
+        if self.decomposes and array_api_compat.is_dask_namespace(xp):
+            msg = (
+                f"{self.label} factors each group's covariance (eigh or cholesky), which "
+                "dask.array cannot do for a stack of matrices: on Dask arrays, compute the "
+                "covariance with normref.stats.comoments and call whitening_matrix on the "
+                "computed covariance, or use IterNorm whitening"
+            )
+            raise TypeError(msg)
+        return self.matrix(xp, cov, eps, **params)
 
 
 DECORRELATION = Whitening(
@@ -378,7 +401,13 @@ METHODS: dict[str, Whitening] = {
         Whitening("zca", "ZCA whitening", _zca_matrix, _zca_cotangent),
         Whitening("pca", PCA_WHITENING, _pca_matrix, _pca_cotangent),
         Whitening("cholesky", "Cholesky whitening", _cholesky_matrix, _cholesky_cotangent),
-        Whitening("iter_norm", "IterNorm whitening", _iter_norm_matrix, _iter_norm_cotangent),
+        Whitening(
+            "iter_norm",
+            "IterNorm whitening",
+            _iter_norm_matrix,
+            _iter_norm_cotangent,
+            decomposes=False,
+        ),
     )
 }
 """The whitening methods of :func:`whitening_matrix` and :func:`normref.batch_whiten`."""
@@ -400,7 +429,7 @@ def _forward(
     **params: Any,
 ) -> Array:
     centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
-    w, _ = method.matrix(xp, cov, eps, **params)
+    w, _ = method.checked_matrix(xp, cov, eps, **params)
     return centred @ _mT(xp, poisoned(xp, w, finite))
 
 
@@ -417,7 +446,7 @@ def _vjp(
     **params: Any,
 ) -> tuple[Array, Array]:
     centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
-    w, saved = method.matrix(xp, cov, eps, **params)
+    w, saved = method.checked_matrix(xp, cov, eps, **params)
     sigma_bar = method.cotangent(xp, _mT(xp, dy) @ centred, saved)
     through_sigma = (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
     w = poisoned(xp, w, finite)
@@ -705,5 +734,5 @@ def whitening_matrix(
     params = method_params(whitening.name, iterations)
     dtype = compute_dtype(xp, cov.dtype, precision)
     symmetric, finite = symmetrized(xp, to_dtype(xp, cov, dtype))
-    w, _ = whitening.matrix(xp, symmetric, check_eps(eps), **params)
+    w, _ = whitening.checked_matrix(xp, symmetric, check_eps(eps), **params)
     return to_dtype(xp, poisoned(xp, w, finite), output_dtype(xp, precision, cov))
