@@ -152,28 +152,43 @@ def instance_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
     return Partition(tuple(shape), tuple(shape), labels)
 
 
+def _split_channels(
+    shape: tuple[int, ...],
+    channel: int,
+    *,
+    block: int,
+    labels: tuple[str, str],
+    batch_label: str,
+) -> Partition:
+    """The channel axis split into ``(C // block, block)`` with ``labels``; the other axes
+    labelled ``batch_label`` (axis 0) or samples."""
+    split_shape: list[int] = []
+    split_labels: list[str] = []
+    for i, size in enumerate(shape):
+        if i == channel:
+            split_shape += [size // block, block]
+            split_labels += list(labels)
+        else:
+            split_shape.append(size)
+            split_labels.append(batch_label if i == 0 else SAMPLE)
+    return Partition(tuple(shape), tuple(split_shape), tuple(split_labels))
+
+
+def _check_divides(value: int, name: str, given: object, channels: int, channel: int) -> None:
+    if channels % value:
+        msg = f"{name}={given} must divide the number of channels x.shape[{channel}]={channels}"
+        raise ValueError(msg)
+
+
 def group_partition(shape: tuple[int, ...], num_groups: int, axis: int = 1) -> Partition:
     """Group norm: channels split into ``num_groups`` contiguous groups per sample."""
     check_rank(shape, minimum=2, layout="N, C and any spatial axes")
     channel = _channel_axis_not_batch(axis, len(shape))
     groups = check_positive_int(num_groups, name="num_groups")
-    channels = shape[channel]
-    if channels % groups:
-        msg = (
-            f"num_groups={num_groups} must divide the number of channels "
-            f"x.shape[{channel}]={channels}"
-        )
-        raise ValueError(msg)
-    split_shape: list[int] = []
-    labels: list[str] = []
-    for i, size in enumerate(shape):
-        if i == channel:
-            split_shape += [groups, channels // groups]
-            labels += [GROUP, SAMPLE]
-        else:
-            split_shape.append(size)
-            labels.append(GROUP if i == 0 else SAMPLE)
-    return Partition(tuple(shape), tuple(split_shape), tuple(labels))
+    _check_divides(groups, "num_groups", num_groups, shape[channel], channel)
+    return _split_channels(
+        shape, channel, block=shape[channel] // groups, labels=(GROUP, SAMPLE), batch_label=GROUP
+    )
 
 
 def ghost_batch_partition(
@@ -210,20 +225,5 @@ def whitening_partition(shape: tuple[int, ...], group_size: int, axis: int = 1) 
     check_rank(shape, minimum=2, layout="N, C and any spatial axes")
     channel = normalize_axis(axis, len(shape))
     size = check_positive_int(group_size, name="group_size")
-    channels = shape[channel]
-    if channels % size:
-        msg = (
-            f"group_size={group_size} must divide the number of channels "
-            f"x.shape[{channel}]={channels}"
-        )
-        raise ValueError(msg)
-    split_shape: list[int] = []
-    labels: list[str] = []
-    for i, extent in enumerate(shape):
-        if i == channel:
-            split_shape += [channels // size, size]
-            labels += [GROUP, FEATURE]
-        else:
-            split_shape.append(extent)
-            labels.append(SAMPLE)
-    return Partition(tuple(shape), tuple(split_shape), tuple(labels))
+    _check_divides(size, "group_size", group_size, shape[channel], channel)
+    return _split_channels(shape, channel, block=size, labels=(GROUP, FEATURE), batch_label=SAMPLE)
