@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import normref
+from examples.signal_propagation import mean_squares
 from tests.support import Backend, assert_close_to_scale
 
 U64 = np.finfo(np.float64).eps
@@ -207,41 +208,9 @@ def test_signal_propagation_bad_input(args, kwargs, match):
 WIDTH, BATCH, DEPTH, REPLICATES, ALPHA = 128, 256, 8, 16, 0.5
 
 
-def _mean_square(x: np.ndarray) -> float:
-    """E[x^2] over the batch and channels, from signal_propagation: mean^2 + variance per channel."""
-    stats = normref.signal_propagation([x], channel_axis=1)
-    return float(stats.squared_mean[0] + stats.variance[0])
-
-
-def _network(kind: str, seed: int) -> list[float]:
-    """E[x_l^2] for l = 0..DEPTH of x_{l+1} = x_l + (branch), x_0 ~ N(0, 1) of shape (BATCH, WIDTH).
-
-    Branches are linear so that each block's expected effect is exact (see the test):
-    ``plain``: x W, W ~ N(0, 1/C) (variance preserving, no normalization);
-    ``normalized``: batch_norm(x) W;
-    ``normalizer_free``: alpha * (x / beta_l) What^T, What = Scaled WS of a N(0, 1) matrix.
-    """
-    rng = _rng(seed)
-    x = rng.standard_normal((BATCH, WIDTH))
-    betas = normref.nf_expected_stds([DEPTH], ALPHA)
-    squares = [_mean_square(x)]
-    for beta in betas:
-        w = rng.standard_normal((WIDTH, WIDTH))
-        if kind == "plain":
-            x = x + x @ (w / math.sqrt(WIDTH))
-        elif kind == "normalized":
-            x = x + normref.batch_norm(x, eps=1e-5) @ (w / math.sqrt(WIDTH))
-        else:
-            w_hat = normref.scaled_weight_standardize(
-                w, gamma=normref.nonlinearity_gamma("identity")
-            )
-            x = normref.nf_residual(x, lambda h, w_hat=w_hat: h @ w_hat.T, alpha=ALPHA, beta=beta)
-        squares.append(_mean_square(x))
-    return squares
-
-
 def test_deep_residual_variance_grows_exponentially_without_normalization_linearly_with_it():
-    """The NFNets analysis (Brock et al., 2021, sec. 3), at initialization.
+    """The NFNets analysis (Brock et al., 2021, sec. 3), at initialization, on the simulation
+    of ``examples/signal_propagation.py``.
 
     With fresh zero-mean weights W at each block, independent of x_l, the cross term
     E[<x_l, f(x_l)>] vanishes and E[||f||^2 | x_l] is exact:
@@ -263,9 +232,11 @@ def test_deep_residual_variance_grows_exponentially_without_normalization_linear
         "normalizer_free": lambda l: 1.0 + l * ALPHA**2,
     }
     for kind, law in laws.items():
-        ratios = np.array([_network(kind, seed) for seed in range(REPLICATES)]) / np.array(
-            [law(l) for l in range(DEPTH + 1)]
-        )
+        runs = [
+            mean_squares(kind, seed, width=WIDTH, batch=BATCH, depth=DEPTH, alpha=ALPHA)
+            for seed in range(REPLICATES)
+        ]
+        ratios = np.array(runs) / np.array([law(l) for l in range(DEPTH + 1)])
         mean = ratios.mean(axis=0)
         standard_error = ratios.std(axis=0, ddof=1) / math.sqrt(REPLICATES)
         bias = 1e-5 * DEPTH if kind == "normalized" else 0.0  # the eps deficit above

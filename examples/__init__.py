@@ -1,0 +1,1 @@
+"""Experiments from the normalization literature, reproduced with normref (runnable scripts)."""
