@@ -76,8 +76,10 @@ def check_positive_int(value: object, *, name: str) -> int:
 
 
 def normalize_axis(axis: object, ndim: int, *, name: str = "axis") -> int:
-    """``axis`` as a non-negative index into a rank-``ndim`` array."""
+    """``axis`` as a non-negative index into a rank-``ndim`` array (a bool is not an axis)."""
     try:
+        if isinstance(axis, bool):
+            raise TypeError
         index = operator.index(axis)  # type: ignore[arg-type]
     except TypeError:
         msg = f"{name} must be an integer, got {type(axis).__name__}"

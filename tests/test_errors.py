@@ -149,3 +149,9 @@ def test_nan_propagates_to_its_group_only(spec: OpSpec, standard_backend: Backen
     poisoned = np.broadcast_to(poisoned, canonical.shape)
     assert np.isnan(canonical[poisoned]).all()
     assert np.isfinite(canonical[~poisoned]).all()
+
+
+@pytest.mark.parametrize("axis", [True, 1.0, "1", None])
+def test_axis_must_be_an_integer(axis):
+    with pytest.raises(TypeError, match=f"axis must be an integer, got {type(axis).__name__}"):
+        normref.batch_norm(np.ones((4, 3)), axis=axis)
