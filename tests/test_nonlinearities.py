@@ -134,10 +134,9 @@ def _jax_functions() -> dict:
     }
 
 
-def test_monte_carlo_with_the_jax_functions_nfnets_uses():
-    """1/std of jax.nn's functions on n normal draws: the sample variance has standard error
+def _assert_monte_carlo(functions: dict) -> None:
+    """1/std of each function on n normal draws: the sample variance has standard error
     sqrt((m4 - var^2)/n), so gamma's relative error is half the variance's; within 5 of them."""
-    functions = _jax_functions()
     z = np.random.default_rng(0).standard_normal(200_000)
     for name, fn in functions.items():
         g = np.asarray(fn(z), dtype=np.float64)
@@ -146,6 +145,49 @@ def test_monte_carlo_with_the_jax_functions_nfnets_uses():
         relative = 0.5 * math.sqrt((m4 - var * var) / z.size) / var
         gamma = normref.nonlinearity_gamma(name)
         assert abs(1 / math.sqrt(var) / gamma - 1) <= 5 * relative, name
+
+
+def _numpy_functions() -> dict:
+    """Every named nonlinearity written from its textbook definition with NumPy and SciPy."""
+    from scipy.special import expit, ndtr
+
+    selu_alpha, selu_scale = 1.6732632423543772, 1.0507009873554805  # Klambauer et al. (2017)
+
+    def elu(z):
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
+
+    return {
+        "identity": lambda z: z,
+        "relu": lambda z: np.maximum(z, 0.0),
+        "relu6": lambda z: np.clip(z, 0.0, 6.0),
+        "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
+        "gelu": lambda z: z * ndtr(z),
+        "gelu_tanh": lambda z: (
+            0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+        ),
+        "silu": lambda z: z * expit(z),
+        "swish": lambda z: z * expit(z),
+        "tanh": np.tanh,
+        "sigmoid": expit,
+        "elu": elu,
+        "celu": elu,
+        "selu": lambda z: (
+            selu_scale * np.where(z > 0, z, selu_alpha * np.expm1(np.minimum(z, 0.0)))
+        ),
+        "softplus": lambda z: np.logaddexp(0.0, z),
+        "log_sigmoid": lambda z: -np.logaddexp(0.0, -z),
+        "soft_sign": lambda z: z / (1 + np.abs(z)),
+    }
+
+
+def test_monte_carlo_with_textbook_definitions():
+    functions = _numpy_functions()
+    assert set(functions) == set(NONLINEARITIES)
+    _assert_monte_carlo(functions)
+
+
+def test_monte_carlo_with_the_jax_functions_nfnets_uses():
+    _assert_monte_carlo(_jax_functions())
 
 
 def test_published_nfnets_table_is_sampled_estimates():
