@@ -20,7 +20,14 @@ from normref._namespace import (
     to_dtype,
     variance_algorithm,
 )
-from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
+from normref.affine import (
+    affine,
+    affine_vjp_params,
+    affine_vjp_x_hat,
+    check_param,
+    param_shape,
+    scaled_gamma,
+)
 from normref.ops._group_op import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
 from normref.partition import Partition
 
@@ -44,7 +51,12 @@ class ScaleNormGrads(NamedTuple):
 
 
 class Layer(NamedTuple):
-    """What a layer call is made of."""
+    r"""What a layer call is made of.
+
+    ``affine_scale`` is a constant factor of the affine, applied in the compute
+    dtype: :math:`y = c\,\gamma \hat x + \beta` (Scaled WS's
+    :math:`\gamma/\sqrt N`); 1 for every named activation layer.
+    """
 
     name: str
     partition: Partition
@@ -52,6 +64,7 @@ class Layer(NamedTuple):
     params: dict[str, Any]
     param_axes: tuple[int, ...]
     where: str
+    affine_scale: float = 1.0
 
 
 def _checked_namespace(
@@ -97,7 +110,13 @@ def normalize(
             xp, to_view(xp, to_dtype(xp, x, dtype)), axes, **_op_kwargs(layer, precision)
         ),
     )
-    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), layer.param_axes)
+    y = affine(
+        xp,
+        x_hat,
+        scaled_gamma(xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes)),
+        to_dtype(xp, beta, dtype),
+        layer.param_axes,
+    )
     return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
 
 
@@ -123,7 +142,9 @@ def normalize_vjp(
         )
         return from_view(xp, dx), from_view(xp, x_hat)
 
-    return affine_backward(xp, dtype, dy, x, gamma, beta, layer.param_axes, backward)
+    return affine_backward(
+        xp, dtype, dy, x, gamma, beta, layer.param_axes, backward, scale=layer.affine_scale
+    )
 
 
 def affine_backward(
@@ -135,8 +156,10 @@ def affine_backward(
     beta: Array | None,
     param_axes: tuple[int, ...],
     backward: Callable[[Array], tuple[Array, Array]],
+    *,
+    scale: float = 1.0,
 ) -> NormGrads:
-    """Gradients of ``gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
+    """Gradients of ``scale * gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
 
     ``backward(d_x_hat) -> (dx, x_hat)`` is the normalization's own VJP (and its
     output, which the gradient of ``gamma`` needs); each gradient is returned in
@@ -144,10 +167,13 @@ def affine_backward(
     """
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dy_c = to_dtype(xp, dy, dtype)
-    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), param_axes))
+    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, param_axes))
+    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, factor, param_axes))
     d_gamma, d_beta = affine_vjp_params(
         xp, dy_c, x_hat, param_axes, has_gamma=gamma is not None, has_beta=beta is not None
     )
+    if d_gamma is not None and scale != 1.0:
+        d_gamma = d_gamma * scale
     return NormGrads(
         x=to_dtype(xp, dx, x.dtype),
         gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),

@@ -14,8 +14,10 @@ every other axis. The gradients are
 
 from __future__ import annotations
 
+from typing import Any
+
 from normref._checks import check_shape
-from normref._namespace import Array, Namespace
+from normref._namespace import Array, Namespace, to_dtype
 from normref._reductions import sum_of_products
 
 
@@ -32,6 +34,21 @@ def check_param(
         return
     where = ", ".join(f"x.shape[{a}]" for a in param_axes)
     check_shape(param.shape, param_shape(x_shape, param_axes), name=name, what=where)
+
+
+def scaled_gamma(
+    xp: Namespace, gamma: Array | None, scale: float, dtype: Any, shape: tuple[int, ...]
+) -> Array | None:
+    """``scale * gamma`` in ``dtype``: ``gamma`` converted where ``scale`` is 1, ``None`` for neither.
+
+    An absent ``gamma`` with a ``scale`` other than 1 is ``scale`` everywhere, of
+    the parameter's ``shape``.
+    """
+    if scale == 1.0:
+        return to_dtype(xp, gamma, dtype)
+    if gamma is None:
+        return xp.full(shape, scale, dtype=dtype)
+    return to_dtype(xp, gamma, dtype) * scale
 
 
 def broadcast_param(xp: Namespace, param: Array, ndim: int, param_axes: tuple[int, ...]) -> Array:
