@@ -64,11 +64,21 @@ def affine(
     gamma: Array | None,
     beta: Array | None,
     param_axes: tuple[int, ...],
+    *,
+    overwrite: bool = False,
 ) -> Array:
     """``gamma * x_hat + beta`` with the parameters broadcast along ``param_axes``.
 
-    Makes at most one new array; ``x_hat`` itself is never modified.
+    With ``overwrite``, ``x_hat`` is the caller's own array and the result is
+    written in it; otherwise ``x_hat`` is never modified and at most one new
+    array is made.
     """
+    if overwrite:
+        if gamma is not None:
+            x_hat *= broadcast_param(xp, gamma, x_hat.ndim, param_axes)
+        if beta is not None:
+            x_hat += broadcast_param(xp, beta, x_hat.ndim, param_axes)
+        return x_hat
     if gamma is None:
         return x_hat if beta is None else x_hat + broadcast_param(xp, beta, x_hat.ndim, param_axes)
     y = x_hat * broadcast_param(xp, gamma, x_hat.ndim, param_axes)

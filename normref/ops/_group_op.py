@@ -9,6 +9,10 @@ array. Both go through this module, so an operation is written once.
 An operation that treats the ``D`` features of a group *jointly* (whitening:
 its statistics are a ``D x D`` covariance) sets ``joint_features``; it always
 receives the canonical ``(G, M, D)`` array with ``axes == (1,)``, in layers too.
+That array is a copy (a transpose, in general), and it is made the
+operation's own: a joint-feature operation may overwrite its ``x`` and ``dy``
+arguments, and its callers pass arrays that nothing else holds
+(:func:`operand`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class XGrad(NamedTuple):
 
 @dataclass(frozen=True)
 class GroupOp:
-    """A normalization operation (NOP) on groups.
+    r"""A normalization operation (NOP) on groups.
 
     Attributes
     ----------
@@ -55,7 +59,16 @@ class GroupOp:
         is an error.
     joint_features
         Whether the operation acts on the ``D`` features of each group jointly;
-        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``).
+        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``),
+        its own, which it may overwrite (as ``dy``).
+    affine_vjp
+        For joint-feature operations, whose layers apply their per-feature
+        affine in the canonical layout:
+        ``affine_vjp(xp, dy, x, gamma, axes, **params) -> (dx, dy_dot_y, dy_sum)``,
+        the VJP of ``gamma * forward(x) + beta`` for ``gamma`` of shape
+        ``(G, 1, D)`` (``None`` for 1), and the sums over samples
+        :math:`\sum_i \bar y_i y_i` and :math:`\sum_i \bar y_i`, shape
+        ``(G, 1, D)``, that the affine's gradients are.
     """
 
     name: str
@@ -63,6 +76,7 @@ class GroupOp:
     vjp: Callable[..., tuple[Array, Array]]
     needs_variance: bool
     joint_features: bool = False
+    affine_vjp: Callable[..., tuple[Array, Array, Array]] | None = None
 
 
 def check_group_size(M: int, *, op: GroupOp, where: str) -> None:
@@ -81,6 +95,12 @@ def _canonical_shape(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(msg)
 
 
+def operand(xp: Any, op: GroupOp, a: Array, dtype: Any) -> Array:
+    """An array argument of ``op`` in the compute ``dtype``: a copy of its own where ``op``
+    may overwrite its arguments (joint features), else ``a`` itself where it has ``dtype``."""
+    return xp.astype(a, dtype, copy=True) if op.joint_features else to_dtype(xp, a, dtype)
+
+
 def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any]) -> Array:
     """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
     xp = namespace_of(x=x)
@@ -89,7 +109,7 @@ def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any])
     dtype = compute_dtype(xp, x.dtype, precision)
     y = op.forward(
         xp,
-        to_dtype(xp, x, dtype),
+        operand(xp, op, x, dtype),
         CANONICAL_SAMPLE_AXES,
         **params,
         **_algorithm(op, precision),
@@ -108,8 +128,8 @@ def run_canonical_vjp(
     dtype = compute_dtype(xp, x.dtype, precision)
     dx, _ = op.vjp(
         xp,
-        to_dtype(xp, dy, dtype),
-        to_dtype(xp, x, dtype),
+        operand(xp, op, dy, dtype),
+        operand(xp, op, x, dtype),
         CANONICAL_SAMPLE_AXES,
         **params,
         **_algorithm(op, precision),
