@@ -160,6 +160,12 @@ def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
     return matrices + xp.where(finite, xp.zeros_like(nan), nan)
 
 
+def sample_sums(xp: Namespace, x: Array) -> Array:
+    """Sums over the samples of ``(G, M, D)`` ``x``, shape ``(G, 1, D)``: a matrix product
+    with a row of ones (one BLAS pass; a reduction over the middle axis adds row by row)."""
+    return xp.ones((1, x.shape[1]), dtype=x.dtype) @ x
+
+
 def group_covariance(
     xp: Namespace,
     x: Array,
@@ -178,7 +184,7 @@ def group_covariance(
     centred in place (the centred values returned are ``x``).
     """
     m = group_count(x, axes)
-    mean = xp.mean(x, axis=axes, keepdims=True)
+    mean = sample_sums(xp, x) / m
     if algorithm != "two_pass":
         cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
         if algorithm == "fast_clamped":
@@ -487,7 +493,7 @@ def _backward(
         xp, x, axes, correction=correction, algorithm=algorithm, overwrite=True
     )
     w, saved = method.checked_matrix(xp, cov, eps, **params)
-    dy_sum = xp.sum(dy, axis=axes, keepdims=True)
+    dy_sum = sample_sums(xp, dy)
     products = _mT(xp, dy) @ centred
     w = poisoned(xp, w, finite)
     dy_dot_y = _mT(xp, xp.sum(w * products, axis=-1, keepdims=True))
