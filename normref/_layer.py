@@ -147,7 +147,7 @@ def _joint_vjp(
     dtype = compute_dtype(xp, x.dtype, precision)
     part, scale = layer.partition, layer.affine_scale
     factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes))
-    dx, dy_dot_y, dy_sum = layer.op.affine_vjp(
+    grads = layer.op.affine_vjp(
         xp,
         _canonical_operand(layer, xp, dy, dtype),
         _canonical_operand(layer, xp, x, dtype),
@@ -161,6 +161,8 @@ def _joint_vjp(
             return None
         return to_dtype(xp, part.param_from_canonical(xp, sums, layer.param_axes), param.dtype)
 
+    dx, dy_dot_y, dy_sum = grads.dx, grads.dy_dot_y, grads.dy_sum
+    del grads  # it may hold the operation's copy of x too: free it before dx is converted
     return NormGrads(
         x=part.from_canonical(xp, to_dtype(xp, dx, x.dtype)),
         gamma=param_grad(dy_dot_y * scale if scale != 1.0 else dy_dot_y, gamma),

@@ -64,11 +64,12 @@ class GroupOp:
     affine_vjp
         For joint-feature operations, whose layers apply their per-feature
         affine in the canonical layout:
-        ``affine_vjp(xp, dy, x, gamma, axes, **params) -> (dx, dy_dot_y, dy_sum)``,
-        the VJP of ``gamma * forward(x) + beta`` for ``gamma`` of shape
-        ``(G, 1, D)`` (``None`` for 1), and the sums over samples
-        :math:`\sum_i \bar y_i y_i` and :math:`\sum_i \bar y_i`, shape
-        ``(G, 1, D)``, that the affine's gradients are.
+        ``affine_vjp(xp, dy, x, gamma, axes, **params)``, the VJP of
+        ``gamma * forward(x) + beta`` for ``gamma`` of shape ``(G, 1, D)``
+        (``None`` for 1): its ``dx``, and the sums over samples ``dy_dot_y``,
+        :math:`\sum_i \bar y_i y_i`, and ``dy_sum``, :math:`\sum_i \bar y_i`, of
+        shape ``(G, 1, D)``, that the affine's gradients are, as attributes of
+        what it returns (which may hold more).
     """
 
     name: str
@@ -76,7 +77,7 @@ class GroupOp:
     vjp: Callable[..., tuple[Array, Array]]
     needs_variance: bool
     joint_features: bool = False
-    affine_vjp: Callable[..., tuple[Array, Array, Array]] | None = None
+    affine_vjp: Callable[..., Any] | None = None
 
 
 def check_group_size(M: int, *, op: GroupOp, where: str) -> None:

@@ -454,17 +454,19 @@ def _forward(
     return products_over(xp, centred, _mT(xp, poisoned(xp, w, finite)))
 
 
-class _Backward(NamedTuple):
-    """What the backward of one whitening computes (every array the operation's own)."""
+class AffineGrads(NamedTuple):
+    """What the backward of a whitening layer computes (every array the operation's own):
+    the gradient ``dx``, the affine's sums over samples (``(G, 1, D)``), and the centred
+    values and the whitening matrix it used."""
 
     dx: Array
-    centred: Array
-    w: Array
     dy_dot_y: Array
     dy_sum: Array
+    centred: Array
+    w: Array
 
 
-def _backward(
+def _affine_vjp(
     method: Whitening,
     xp: Namespace,
     dy: Array,
@@ -476,7 +478,7 @@ def _backward(
     correction: int,
     algorithm: str,
     **params: Any,
-) -> _Backward:
+) -> AffineGrads:
     r"""The VJP of :math:`\gamma \odot (X_c W^\top) + \beta` (per-feature ``gamma`` of shape
     ``(G, 1, D)``, ``None`` for 1), with ``dy`` and ``x`` the operation's own arrays.
 
@@ -503,28 +505,15 @@ def _backward(
     through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), finite)
     dy -= dy_sum / m  # in place: the centred cotangent P(dy)
     dx = products_over(xp, dy, w if rows is None else rows * w, centred, through_sigma)
-    return _Backward(dx, centred, w, dy_dot_y, dy_sum)
+    return AffineGrads(dx, dy_dot_y, dy_sum, centred, w)
 
 
 def _vjp(
     method: Whitening, xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], **params: Any
 ) -> tuple[Array, Array]:
     """``(dx, y)``: the gradient over ``dy``'s memory, the output over ``x``'s."""
-    grads = _backward(method, xp, dy, x, None, axes, **params)
+    grads = _affine_vjp(method, xp, dy, x, None, axes, **params)
     return grads.dx, products_over(xp, grads.centred, _mT(xp, grads.w))
-
-
-def _affine_vjp(
-    method: Whitening,
-    xp: Namespace,
-    dy: Array,
-    x: Array,
-    gamma: Array | None,
-    axes: tuple[int, ...],
-    **params: Any,
-) -> tuple[Array, Array, Array]:
-    grads = _backward(method, xp, dy, x, gamma, axes, **params)
-    return grads.dx, grads.dy_dot_y, grads.dy_sum
 
 
 def whitening_op(method: Whitening) -> GroupOp:
