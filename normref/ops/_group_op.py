@@ -50,7 +50,8 @@ class GroupOp:
         The operation's name.
     forward
         ``forward(xp, x, axes, **params) -> y``: the operation on ``x`` with
-        statistics reduced over ``axes``.
+        statistics reduced over ``axes``; ``y`` is a new array (or ``x``'s
+        memory, where the operation owns ``x``), which its caller may overwrite.
     vjp
         ``vjp(xp, dy, x, axes, **params) -> (dx, y)``: the vector-Jacobian product
         and the forward output (which the affine gradient needs).

@@ -71,7 +71,12 @@ Backward (derived by hand in the documentation, *whitening*): with
 
 Implementation notes
     Only the Array API and its ``linalg`` extension are used (``eigh``,
-    ``cholesky``). The covariance is symmetrized, :math:`(C + C^\top)/2`,
+    ``cholesky``). The operations work in the canonical arrays they are
+    given, which are their own (:class:`~normref.ops._group_op.GroupOp`):
+    ``x`` is centred in place and the products :math:`X_c W^\top` and
+    :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
+    (:func:`normref._in_place.products_over`), so that a call makes no
+    full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
     eigenvalues (exact: :math:`C` and :math:`C + \epsilon I` share their
