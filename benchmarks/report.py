@@ -153,7 +153,7 @@ def families_markdown(results: Sequence[Result]) -> str:
 
 
 TARGETS_TEXT = (
-    "targets (standardization family): time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
+    "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
     "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "
     "where it computes a narrower input in float64 (precision='highest')"
 ).format(
@@ -213,7 +213,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_title(
         "normref forward + backward relative to torch and jax\n"
-        "(CPU; blue: native, orange: highest; red lines: the standardization family's time targets)",
+        "(CPU; blue: native, orange: highest; red lines: the time targets)",
         fontsize=10,
     )
     axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)

@@ -36,8 +36,9 @@ TIME_TARGETS = {"input": 1.5, "float64": 3.0}
 MEMORY_TARGETS = {"input": 3.0, "float64": 6.0}
 """Peak memory (multiples of the input's size) that normref aims at, likewise."""
 
-TARGET_FAMILIES = ("standardization",)
-"""The registry families the targets are set for; other rows are measured without a verdict."""
+TARGET_FAMILIES = ("standardization", "whitening", "weights", "gradients")
+"""The registry families the targets are set for (every benchmarked one); rows of another
+family would be measured without a verdict."""
 
 
 def compute_kind(dtype: str, precision: str) -> str:

@@ -20,8 +20,18 @@ from normref._namespace import (
     to_dtype,
     variance_algorithm,
 )
-from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
+from normref.affine import (
+    affine,
+    affine_vjp_params,
+    affine_vjp_x_hat,
+    check_param,
+    param_shape,
+    scaled_gamma,
+)
 from normref.ops._group_op import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
+
+CANONICAL_AXES = (0, 1, 2)
+"""Every axis of the canonical ``(G, M, D)`` array, along which its parameters lie."""
 from normref.partition import Partition
 
 
@@ -44,7 +54,12 @@ class ScaleNormGrads(NamedTuple):
 
 
 class Layer(NamedTuple):
-    """What a layer call is made of."""
+    r"""What a layer call is made of.
+
+    ``affine_scale`` is a constant factor of the affine, applied in the compute
+    dtype: :math:`y = c\,\gamma \hat x + \beta` (Scaled WS's
+    :math:`\gamma/\sqrt N`); 1 for every named activation layer.
+    """
 
     name: str
     partition: Partition
@@ -52,6 +67,7 @@ class Layer(NamedTuple):
     params: dict[str, Any]
     param_axes: tuple[int, ...]
     where: str
+    affine_scale: float = 1.0
 
 
 def _checked_namespace(
@@ -69,16 +85,89 @@ def _op_kwargs(layer: Layer, precision: Any) -> dict[str, Any]:
     return {**layer.params, **extra}
 
 
-def _op_layout(layer: Layer) -> tuple[Callable, Callable, tuple[int, ...]]:
-    """How ``layer``'s operation sees ``x``: (to the view, back from it, its sample axes).
+def _canonical_operand(layer: Layer, xp: Any, a: Array, dtype: Any) -> Array:
+    """``a`` as the canonical array in ``dtype``, a copy of the operation's own."""
+    return to_dtype(xp, layer.partition.to_canonical(xp, a, copy=True), dtype)
 
-    The split view (no data moves) for operations on independent features; the
-    canonical ``(G, M, D)`` array for operations on the features jointly.
+
+def _canonical_param(layer: Layer, xp: Any, param: Array | None) -> Array | None:
+    if param is None:
+        return None
+    return layer.partition.canonical_param(xp, param, layer.param_axes)
+
+
+def _joint_forward(
+    layer: Layer, xp: Any, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+) -> Array:
+    """:func:`normalize` where the operation treats each group's features jointly.
+
+    All of it in the canonical layout: the operation works in a canonical copy
+    of ``x`` of its own and returns its output there, the affine (per feature:
+    ``(G, 1, D)`` there) is applied in place, and the result is rounded to the
+    output dtype before it goes back to ``x``'s layout.
     """
-    part = layer.partition
-    if layer.op.joint_features:
-        return part.to_canonical, part.from_canonical, CANONICAL_SAMPLE_AXES
-    return part.split, part.unsplit, part.sample_axes
+    dtype = compute_dtype(xp, x.dtype, precision)
+    y = layer.op.forward(
+        xp,
+        _canonical_operand(layer, xp, x, dtype),
+        CANONICAL_SAMPLE_AXES,
+        **_op_kwargs(layer, precision),
+    )
+    factor = scaled_gamma(
+        xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes)
+    )
+    y = affine(
+        xp,
+        y,
+        _canonical_param(layer, xp, factor),
+        _canonical_param(layer, xp, to_dtype(xp, beta, dtype)),
+        CANONICAL_AXES,
+        overwrite=True,
+    )
+    return layer.partition.from_canonical(
+        xp, to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+    )
+
+
+def _joint_vjp(
+    layer: Layer,
+    xp: Any,
+    dy: Array,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Any,
+) -> NormGrads:
+    """:func:`normalize_vjp` where the operation treats each group's features jointly.
+
+    The operation's ``affine_vjp`` works in canonical copies of ``dy`` and
+    ``x`` of its own, with ``gamma`` in the canonical layout, and returns the
+    sums over samples that the affine's gradients are.
+    """
+    dtype = compute_dtype(xp, x.dtype, precision)
+    part, scale = layer.partition, layer.affine_scale
+    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes))
+    grads = layer.op.affine_vjp(
+        xp,
+        _canonical_operand(layer, xp, dy, dtype),
+        _canonical_operand(layer, xp, x, dtype),
+        _canonical_param(layer, xp, factor),
+        CANONICAL_SAMPLE_AXES,
+        **_op_kwargs(layer, precision),
+    )
+
+    def param_grad(sums: Array, param: Array | None) -> Array | None:
+        if param is None:
+            return None
+        return to_dtype(xp, part.param_from_canonical(xp, sums, layer.param_axes), param.dtype)
+
+    dx, dy_dot_y, dy_sum = grads.dx, grads.dy_dot_y, grads.dy_sum
+    del grads  # it may hold the operation's copy of x too: free it before dx is converted
+    return NormGrads(
+        x=part.from_canonical(xp, to_dtype(xp, dx, x.dtype)),
+        gamma=param_grad(dy_dot_y * scale if scale != 1.0 else dy_dot_y, gamma),
+        beta=param_grad(dy_sum, beta),
+    )
 
 
 def normalize(
@@ -89,15 +178,27 @@ def normalize(
     fused = _fused.forward(layer, xp, x, gamma, beta, precision)
     if fused is not None:
         return fused
+    if layer.op.joint_features:
+        return _joint_forward(layer, xp, x, gamma, beta, precision)
     dtype = compute_dtype(xp, x.dtype, precision)
-    to_view, from_view, axes = _op_layout(layer)
-    x_hat = from_view(
+    part = layer.partition
+    x_hat = part.unsplit(
         xp,
         layer.op.forward(
-            xp, to_view(xp, to_dtype(xp, x, dtype)), axes, **_op_kwargs(layer, precision)
+            xp,
+            part.split(xp, to_dtype(xp, x, dtype)),
+            part.sample_axes,
+            **_op_kwargs(layer, precision),
         ),
     )
-    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), layer.param_axes)
+    y = affine(
+        xp,
+        x_hat,
+        scaled_gamma(xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes)),
+        to_dtype(xp, beta, dtype),
+        layer.param_axes,
+        overwrite=True,  # the operation's output is a new array
+    )
     return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
 
 
@@ -110,20 +211,24 @@ def normalize_vjp(
     fused = _fused.vjp(layer, xp, dy, x, gamma, beta, precision)
     if fused is not None:
         return fused
+    if layer.op.joint_features:
+        return _joint_vjp(layer, xp, dy, x, gamma, beta, precision)
     dtype = compute_dtype(xp, x.dtype, precision)
-    to_view, from_view, axes = _op_layout(layer)
+    part = layer.partition
 
     def backward(d_x_hat: Array) -> tuple[Array, Array]:
         dx, x_hat = layer.op.vjp(
             xp,
-            to_view(xp, d_x_hat),
-            to_view(xp, to_dtype(xp, x, dtype)),
-            axes,
+            part.split(xp, d_x_hat),
+            part.split(xp, to_dtype(xp, x, dtype)),
+            part.sample_axes,
             **_op_kwargs(layer, precision),
         )
-        return from_view(xp, dx), from_view(xp, x_hat)
+        return part.unsplit(xp, dx), part.unsplit(xp, x_hat)
 
-    return affine_backward(xp, dtype, dy, x, gamma, beta, layer.param_axes, backward)
+    return affine_backward(
+        xp, dtype, dy, x, gamma, beta, layer.param_axes, backward, scale=layer.affine_scale
+    )
 
 
 def affine_backward(
@@ -135,8 +240,10 @@ def affine_backward(
     beta: Array | None,
     param_axes: tuple[int, ...],
     backward: Callable[[Array], tuple[Array, Array]],
+    *,
+    scale: float = 1.0,
 ) -> NormGrads:
-    """Gradients of ``gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
+    """Gradients of ``scale * gamma * x_hat(x) + beta`` for cotangent ``dy``, computed in ``dtype``.
 
     ``backward(d_x_hat) -> (dx, x_hat)`` is the normalization's own VJP (and its
     output, which the gradient of ``gamma`` needs); each gradient is returned in
@@ -144,10 +251,13 @@ def affine_backward(
     """
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dy_c = to_dtype(xp, dy, dtype)
-    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), param_axes))
+    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, param_axes))
+    dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, factor, param_axes))
     d_gamma, d_beta = affine_vjp_params(
         xp, dy_c, x_hat, param_axes, has_gamma=gamma is not None, has_beta=beta is not None
     )
+    if d_gamma is not None and scale != 1.0:
+        d_gamma = d_gamma * scale
     return NormGrads(
         x=to_dtype(xp, dx, x.dtype),
         gamma=to_dtype(xp, d_gamma, None if gamma is None else gamma.dtype),

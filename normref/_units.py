@@ -13,6 +13,7 @@ import operator
 
 from normref._checks import check_rank
 from normref._namespace import Array, Namespace
+from normref._reductions import sum_of_products
 
 LAYOUTS = "0 for (out, in) matrices and OIHW kernels, -1 for (in, out) matrices and HWIO kernels"
 
@@ -66,7 +67,11 @@ def unit_norm_axes(shape: tuple[int, ...], out_axis: object, *, name: str) -> tu
 
 
 def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    """Euclidean norms of ``x`` over ``axes``, keeping dims (``|x|`` for no axes)."""
+    """Euclidean norms of ``x`` over ``axes``, keeping dims (``|x|`` for no axes).
+
+    The squares are summed as dot products where ``axes`` include the last
+    axis (:func:`normref._reductions.sum_of_products`), without a squared copy.
+    """
     if not axes:
         return xp.abs(x)
-    return xp.sqrt(xp.sum(x * x, axis=axes, keepdims=True))
+    return xp.sqrt(sum_of_products(xp, x, x, axes))

@@ -14,8 +14,10 @@ every other axis. The gradients are
 
 from __future__ import annotations
 
+from typing import Any
+
 from normref._checks import check_shape
-from normref._namespace import Array, Namespace
+from normref._namespace import Array, Namespace, to_dtype
 from normref._reductions import sum_of_products
 
 
@@ -34,6 +36,21 @@ def check_param(
     check_shape(param.shape, param_shape(x_shape, param_axes), name=name, what=where)
 
 
+def scaled_gamma(
+    xp: Namespace, gamma: Array | None, scale: float, dtype: Any, shape: tuple[int, ...]
+) -> Array | None:
+    """``scale * gamma`` in ``dtype``: ``gamma`` converted where ``scale`` is 1, ``None`` for neither.
+
+    An absent ``gamma`` with a ``scale`` other than 1 is ``scale`` everywhere, of
+    the parameter's ``shape``.
+    """
+    if scale == 1.0:
+        return to_dtype(xp, gamma, dtype)
+    if gamma is None:
+        return xp.full(shape, scale, dtype=dtype)
+    return to_dtype(xp, gamma, dtype) * scale
+
+
 def broadcast_param(xp: Namespace, param: Array, ndim: int, param_axes: tuple[int, ...]) -> Array:
     shape = [1] * ndim
     for axis, size in zip(param_axes, param.shape, strict=False):
@@ -47,11 +64,21 @@ def affine(
     gamma: Array | None,
     beta: Array | None,
     param_axes: tuple[int, ...],
+    *,
+    overwrite: bool = False,
 ) -> Array:
     """``gamma * x_hat + beta`` with the parameters broadcast along ``param_axes``.
 
-    Makes at most one new array; ``x_hat`` itself is never modified.
+    With ``overwrite``, ``x_hat`` is the caller's own array and the result is
+    written in it; otherwise ``x_hat`` is never modified and at most one new
+    array is made.
     """
+    if overwrite:
+        if gamma is not None:
+            x_hat *= broadcast_param(xp, gamma, x_hat.ndim, param_axes)
+        if beta is not None:
+            x_hat += broadcast_param(xp, beta, x_hat.ndim, param_axes)
+        return x_hat
     if gamma is None:
         return x_hat if beta is None else x_hat + broadcast_param(xp, beta, x_hat.ndim, param_axes)
     y = x_hat * broadcast_param(xp, gamma, x_hat.ndim, param_axes)

@@ -56,6 +56,7 @@ from normref._namespace import (
     result_dtype,
     to_dtype,
 )
+from normref._reductions import sum_of_products
 from normref._tree import check_not_empty, check_same_structure, flatten, named_leaves
 from normref._units import norms, unit_norm_axes
 
@@ -95,11 +96,11 @@ def unitwise_norm(x: Array, *, out_axis: int = 0, precision: Precision = "highes
 
 
 class _AGCParts(NamedTuple):
+    """What both directions of AGC need, in the compute dtype; ``grad`` is converted."""
+
     xp: Namespace
     dtype: Any
     axes: tuple[int, ...]
-    grad: Array
-    param: Array
     grad_norm: Array
     param_norm: Array
     max_norm: Array
@@ -114,19 +115,37 @@ def _agc_parts(
     out_axis: object,
     precision: Precision,
     dy: Array | None = None,
-) -> _AGCParts:
+) -> tuple[_AGCParts, Array]:
+    """The per-unit quantities of AGC, and ``grad`` in the compute dtype.
+
+    ``param`` is needed as its norms alone: its converted copy is dropped at once.
+    """
     xp = namespace_of(grad=grad, param=param, dy=dy)
     check_shape(param.shape, grad.shape, name="param", what="the shape of grad")
     clipping = check_eps(clipping, name="clipping")
     eps = check_eps(eps)
     axes = unit_norm_axes(tuple(grad.shape), out_axis, name="grad")
     dtype = compute_dtype(xp, grad.dtype, precision)
-    g, p = to_dtype(xp, grad, dtype), to_dtype(xp, param, dtype)
-    grad_norm, param_norm = norms(xp, g, axes), norms(xp, p, axes)
+    param_norm = norms(xp, to_dtype(xp, param, dtype), axes)
+    g = to_dtype(xp, grad, dtype)
+    grad_norm = norms(xp, g, axes)
     max_norm = clipping * xp.maximum(param_norm, eps)
-    return _AGCParts(
-        xp, dtype, axes, g, p, grad_norm, param_norm, max_norm, xp.maximum(grad_norm, max_norm)
+    parts = _AGCParts(
+        xp, dtype, axes, grad_norm, param_norm, max_norm, xp.maximum(grad_norm, max_norm)
     )
+    return parts, g
+
+
+def _times(converted: Array, source: Array, factor: Array) -> Array:
+    """``converted * factor``, in ``converted``'s memory where it is a copy of ``source``.
+
+    ``converted`` is ``to_dtype(source, ...)``, which is ``source`` itself when
+    no conversion was needed: an input is never modified.
+    """
+    if converted is source:
+        return converted * factor
+    converted *= factor
+    return converted
 
 
 def adaptive_grad_clip(
@@ -173,9 +192,8 @@ def adaptive_grad_clip(
     NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
     are unaffected.
     """
-    parts = _agc_parts(grad, param, clipping, eps, out_axis, precision)
-    xp = parts.xp
-    return to_dtype(xp, parts.grad * (parts.max_norm / parts.denominator), grad.dtype)
+    parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision)
+    return to_dtype(parts.xp, _times(g, grad, parts.max_norm / parts.denominator), grad.dtype)
 
 
 def adaptive_grad_clip_vjp(
@@ -204,24 +222,24 @@ def adaptive_grad_clip_vjp(
     :math:`f` is NaN (NaN in its gradient or parameter) gets NaN in both
     gradients, as non-finite values propagate everywhere in normref.
     """
-    parts = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
+    parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
     xp = parts.xp
-    d_y = to_dtype(xp, dy, parts.dtype)
+    d_grad = xp.astype(dy, parts.dtype, copy=True)  # becomes the gradient of grad
     factor = parts.max_norm / parts.denominator
     clipped = parts.grad_norm > parts.max_norm
-    s = d_y * parts.grad
-    if parts.axes:
-        s = xp.sum(s, axis=parts.axes, keepdims=True)
+    s = sum_of_products(xp, d_grad, g, parts.axes) if parts.axes else d_grad * g
     n = parts.denominator  # equals the gradient's norm on clipped units
     k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
     moves_m = clipped & (parts.param_norm >= eps)
     k_param = xp.where(moves_m, clipping * s / (n * xp.maximum(parts.param_norm, eps)), 0.0)
     k_param = xp.where(xp.isnan(factor), factor, k_param)
-    return AGCGrads(
-        grad=to_dtype(xp, factor * d_y - k_grad * parts.grad, grad.dtype),
-        param=to_dtype(xp, k_param * parts.param, param.dtype),
-    )
+    d_grad *= factor
+    d_grad -= _times(g, grad, k_grad)
+    del g  # the converted gradient is not needed any more: free it before the next copies
+    d_grad = to_dtype(xp, d_grad, grad.dtype)
+    d_param = _times(to_dtype(xp, param, parts.dtype), param, k_param)
+    return AGCGrads(grad=d_grad, param=to_dtype(xp, d_param, param.dtype))
 
 
 def adaptive_grad_clip_tree(

@@ -38,6 +38,26 @@ from normref._namespace import Array, Namespace
 GROUP, SAMPLE, FEATURE = "group", "sample", "feature"
 
 
+def split_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> list[int] | None:
+    """For each axis of ``split_shape`` of size > 1, the axis of ``shape`` it was split from.
+
+    ``None`` if ``split_shape`` is not ``shape`` with some axes split in place.
+    """
+    origins: list[int] = []
+    pieces = iter(size for size in split_shape if size > 1)
+    for axis, size in enumerate(shape):
+        product = 1
+        while product < size:
+            piece = next(pieces, None)
+            if piece is None:
+                return None
+            product *= piece
+            origins.append(axis)
+        if product != size:
+            return None
+    return origins if next(pieces, None) is None else None
+
+
 @dataclass(frozen=True)
 class Partition:
     """A split of ``shape`` into group, sample and feature axes.
@@ -104,17 +124,69 @@ class Partition:
     def _order(self) -> tuple[int, ...]:
         return self.group_axes + self.sample_axes + self.feature_axes
 
-    def to_canonical(self, xp: Namespace, x: Array) -> Array:
-        """``x`` as the canonical ``(G, M, D)`` array."""
+    @property
+    def _inverse_order(self) -> tuple[int, ...]:
+        order = self._order
+        return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+    def to_canonical(self, xp: Namespace, x: Array, *, copy: bool | None = None) -> Array:
+        """``x`` as the canonical ``(G, M, D)`` array.
+
+        A transpose, so in general a copy; ``copy=True`` makes it one always
+        (an array of the caller's own), ``None`` only where needed.
+        """
         gathered = xp.permute_dims(self.split(xp, x), self._order)
-        return xp.reshape(gathered, (self.G, self.M, self.D))
+        return xp.reshape(gathered, (self.G, self.M, self.D), copy=copy)
 
     def from_canonical(self, xp: Namespace, c: Array) -> Array:
         """Inverse of :meth:`to_canonical`: a ``(G, M, D)`` array back in ``shape``."""
-        order = self._order
-        gathered = xp.reshape(c, tuple(self.split_shape[i] for i in order))
-        inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
-        return self.unsplit(xp, xp.permute_dims(gathered, inverse))
+        gathered = xp.reshape(c, tuple(self.split_shape[i] for i in self._order))
+        return self.unsplit(xp, xp.permute_dims(gathered, self._inverse_order))
+
+    def _param_split(self, param_axes: tuple[int, ...]) -> tuple[int, ...]:
+        """``split_shape`` with 1 for every axis not split from one of ``param_axes``."""
+        origins = iter(split_origins(self.shape, self.split_shape) or ())
+        return tuple(
+            size if size > 1 and next(origins) in param_axes else 1 for size in self.split_shape
+        )
+
+    def _canonical_param_shape(self, param_axes: tuple[int, ...]) -> tuple[int, ...]:
+        split = self._param_split(param_axes)
+        sizes = tuple(
+            math.prod(split[i] for i in axes)
+            for axes in (self.group_axes, self.sample_axes, self.feature_axes)
+        )
+        if any(
+            size not in (1, full)
+            for size, full in zip(sizes, (self.G, self.M, self.D), strict=True)
+        ):
+            msg = (
+                f"parameters along axes {param_axes} of shape {self.shape} vary along only "
+                f"part of the canonical axes {(self.G, self.M, self.D)}"
+            )
+            raise ValueError(msg)
+        return sizes
+
+    def canonical_param(self, xp: Namespace, param: Array, param_axes: tuple[int, ...]) -> Array:
+        """A parameter along ``param_axes`` (sorted) of ``x``, laid out to broadcast against the
+        canonical array: shape ``(G or 1, M or 1, D or 1)``.
+
+        Raises :class:`ValueError` where the parameter varies along part of a
+        canonical axis only (e.g. per channel under group norm, whose groups
+        are (sample, channel group) pairs): it has no such layout.
+        """
+        sizes = self._canonical_param_shape(param_axes)
+        spread = xp.reshape(param, self._param_split(param_axes))
+        return xp.reshape(xp.permute_dims(spread, self._order), sizes)
+
+    def param_from_canonical(self, xp: Namespace, c: Array, param_axes: tuple[int, ...]) -> Array:
+        """Inverse of :meth:`canonical_param`: the parameter's shape, ``x``'s sizes along
+        ``param_axes``."""
+        self._canonical_param_shape(param_axes)
+        split = self._param_split(param_axes)
+        gathered = xp.reshape(c, tuple(split[i] for i in self._order))
+        spread = xp.permute_dims(gathered, self._inverse_order)
+        return xp.reshape(spread, tuple(self.shape[a] for a in param_axes))
 
 
 def _channel_axis_not_batch(axis: object, ndim: int) -> int:

@@ -93,9 +93,16 @@ class SpectralNormResult(NamedTuple):
 
 
 def _unit_layer(
-    name: str, shape: tuple[int, ...], arg: str, axis: int, op: Any, params: dict[str, Any]
+    name: str,
+    shape: tuple[int, ...],
+    arg: str,
+    axis: int,
+    op: Any,
+    params: dict[str, Any],
+    scale: float = 1.0,
 ) -> Layer:
-    """The layer of ``op`` on the output units along ``axis`` (already validated)."""
+    """The layer of ``op`` on the output units along ``axis`` (already validated), its
+    affine times the constant ``scale``."""
     return Layer(
         name,
         batch_partition(shape, axis),
@@ -103,6 +110,7 @@ def _unit_layer(
         params,
         (axis,),
         f"{arg} of shape {shape}, out_axis={axis}",
+        scale,
     )
 
 
@@ -112,25 +120,6 @@ def _check_unit_param(param: Array | None, layer: Layer, *, name: str, weight: s
         axis = layer.param_axes[0]
         what = f"one per output unit, {weight}.shape[{axis}]"
         check_shape(param.shape, (layer.partition.shape[axis],), name=name, what=what)
-
-
-def _scaled_forward(
-    layer: Layer, w: Array, param: Array | None, scale: float, precision: Precision
-) -> Array:
-    """``scale * param * op(w)`` on compute-dtype arrays (``param`` optional)."""
-    if param is None:
-        return normalize(layer, w, None, None, precision) * scale
-    return normalize(layer, w, param * scale, None, precision)
-
-
-def _scaled_vjp(
-    layer: Layer, dy: Array, w: Array, param: Array | None, scale: float, precision: Precision
-) -> tuple[Array, Array | None]:
-    """Gradients of :func:`_scaled_forward` for ``w`` and ``param``."""
-    if param is None:
-        return normalize_vjp(layer, dy * scale, w, None, None, precision).x, None
-    grads = normalize_vjp(layer, dy, w, param * scale, None, precision)
-    return grads.x, grads.gamma * scale
 
 
 def _check_dy(dy: Array, w: Array, name: str) -> None:
@@ -225,9 +214,7 @@ def weight_standardize_vjp(
 # Scaled weight standardization
 
 
-def _scaled_ws_parts(
-    w: Array, gamma: float, out_axis: object, eps: float, eps_mode: str
-) -> tuple[Layer, float]:
+def _scaled_ws_layer(w: Array, gamma: float, out_axis: object, eps: float, eps_mode: str) -> Layer:
     eps = check_eps(eps)
     if eps_mode not in SCALED_WS_EPS_MODES:
         msg = f"eps_mode must be one of {SCALED_WS_EPS_MODES}, got {eps_mode!r}"
@@ -238,8 +225,9 @@ def _scaled_ws_parts(
     n = fan_in(shape, axis)
     mode, op_eps = ("max", eps / n) if eps_mode == "max_fan_in" else (eps_mode, eps)
     params = std_params(op_eps, mode, 0)
-    layer = _unit_layer("scaled_weight_standardize", shape, "w", axis, STANDARDIZE, params)
-    return layer, gamma / math.sqrt(n)
+    return _unit_layer(
+        "scaled_weight_standardize", shape, "w", axis, STANDARDIZE, params, gamma / math.sqrt(n)
+    )
 
 
 def scaled_weight_standardize(
@@ -299,12 +287,10 @@ def scaled_weight_standardize(
     Each unit has mean 0 and squared norm :math:`(\gamma g)^2` times
     :math:`N\sigma^2 / \max(N\sigma^2, \epsilon)` (``"max_fan_in"``).
     """
-    xp = namespace_of(w=w, gain=gain)
-    layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
+    namespace_of(w=w, gain=gain)
+    layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
-    dtype = compute_dtype(xp, w.dtype, precision)
-    y = _scaled_forward(layer, to_dtype(xp, w, dtype), to_dtype(xp, gain, dtype), scale, precision)
-    return to_dtype(xp, y, output_dtype(xp, precision, w, gain))
+    return normalize(layer, w, gain, None, precision)
 
 
 def scaled_weight_standardize_vjp(
@@ -324,37 +310,25 @@ def scaled_weight_standardize_vjp(
     standardized unit: :math:`\bar g = \frac{\gamma}{\sqrt N} \sum_i \bar y_i \hat x_i`,
     and :math:`\bar w` is the standardize backward of :math:`a \bar y`.
     """
-    xp = namespace_of(w=w, gain=gain, dy=dy)
+    namespace_of(w=w, gain=gain, dy=dy)
     _check_dy(dy, w, "w")
-    layer, scale = _scaled_ws_parts(w, gamma, out_axis, eps, eps_mode)
+    layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
-    dtype = compute_dtype(xp, w.dtype, precision)
-    d_w, d_gain = _scaled_vjp(
-        layer,
-        to_dtype(xp, dy, dtype),
-        to_dtype(xp, w, dtype),
-        to_dtype(xp, gain, dtype),
-        scale,
-        precision,
-    )
-    return ScaledWSGrads(
-        to_dtype(xp, d_w, w.dtype), to_dtype(xp, d_gain, None if gain is None else gain.dtype)
-    )
+    grads = normalize_vjp(layer, dy, w, gain, None, precision)
+    return ScaledWSGrads(grads.x, grads.gamma)
 
 
 # ---------------------------------------------------------------------------
 # Weight normalization
 
 
-def _weight_norm_parts(v: Array, out_axis: object, eps: float) -> tuple[Layer, float]:
+def _weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer:
     eps = check_eps(eps, allow_zero=True)
     shape = tuple(v.shape)
     axis = unit_axis(out_axis, shape, name="v", minimum_rank=1)
     n = fan_in(shape, axis)
-    layer = _unit_layer(
-        "weight_norm", shape, "v", axis, RMS_SCALE, {"eps": eps / n, "eps_mode": "add"}
-    )
-    return layer, 1.0 / math.sqrt(n)
+    params = {"eps": eps / n, "eps_mode": "add"}
+    return _unit_layer("weight_norm", shape, "v", axis, RMS_SCALE, params, 1.0 / math.sqrt(n))
 
 
 def _zero_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Array]:
@@ -407,11 +381,11 @@ def weight_norm(
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
     """
     xp = namespace_of(v=v, g=g)
-    layer, scale = _weight_norm_parts(v, out_axis, eps)
+    layer = _weight_norm_layer(v, out_axis, eps)
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
-    y = _scaled_forward(layer, v_c, to_dtype(xp, g, dtype), scale, precision)
+    y = normalize(layer, v_c, to_dtype(xp, g, dtype), None, precision)
     if zero is not None:
         y = xp.where(zero, 0.0, y)
     return to_dtype(xp, y, output_dtype(xp, precision, v, g))
@@ -436,13 +410,13 @@ def weight_norm_vjp(
     """
     xp = namespace_of(v=v, g=g, dy=dy)
     _check_dy(dy, v, "v")
-    layer, scale = _weight_norm_parts(v, out_axis, eps)
+    layer = _weight_norm_layer(v, out_axis, eps)
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
-    d_v, d_g = _scaled_vjp(
-        layer, to_dtype(xp, dy, dtype), v_c, to_dtype(xp, g, dtype), scale, precision
-    )
+    d_v, d_g = normalize_vjp(
+        layer, to_dtype(xp, dy, dtype), v_c, to_dtype(xp, g, dtype), None, precision
+    )[:2]
     if zero is not None:
         d_v = xp.where(zero, 0.0, d_v)
         if d_g is not None:

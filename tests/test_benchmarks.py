@@ -46,13 +46,15 @@ def test_targets_depend_on_the_compute_dtype(dtype, precision, vs_torch, memory,
     assert _result(dtype, precision, vs_torch, memory).meets_targets is met
 
 
-def test_targets_are_set_for_the_standardization_family_alone():
+def test_targets_are_set_for_every_benchmarked_family():
     seconds = {"normref": 9.0, "generic": None, "torch": 1.0, "jax": None}
     memory = {"normref": 9.0, "generic": None, "torch": None, "jax": None}
     for op, verdict in (
         ("layer_norm", False),
-        ("batch_whiten", None),
-        ("adaptive_grad_clip", None),
+        ("batch_whiten", False),
+        ("scaled_weight_standardize", False),
+        ("adaptive_grad_clip", False),
+        ("skip_init_residual", None),
     ):
         result = Result(op, (2, 3), "test", "float32", "native", seconds, memory)
         assert result.meets_targets is verdict
@@ -75,15 +77,18 @@ def test_the_family_table_has_a_row_per_family_with_ranges():
         _result("float32", "native", 0.5, 1.0),
         _result("float32", "native", 1.6, 1.5),  # misses the 1.5x time target
         dataclasses.replace(_result("float32", "native", 3.0, 7.0), op="batch_whiten"),
+        dataclasses.replace(_result("float32", "native", 1.0, 1.0), op="skip_init_residual"),
     ]
     lines = _table_lines(families_markdown(results))
-    assert len(lines) == 2 + 2
+    assert len(lines) == 2 + 3
     standardization = [cell.strip() for cell in lines[2].split("|")[1:-1]]
     assert standardization[:3] == ["standardization", "batch_norm", "0.50–1.60"]
     assert standardization[6] == "1.00–1.50"
     assert standardization[-1] == "1 of 2"
     whitening = [cell.strip() for cell in lines[3].split("|")[1:-1]]
-    assert (whitening[2], whitening[3], whitening[-1]) == ("3.00", "-", "-")
+    assert (whitening[2], whitening[3], whitening[-1]) == ("3.00", "-", "0 of 1")
+    residual = [cell.strip() for cell in lines[4].split("|")[1:-1]]
+    assert (residual[0], residual[-1]) == ("residual", "-")  # a family without targets
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -196,6 +196,52 @@ def test_native_float32_fused_is_as_accurate_as_generic(name, make):
         )
 
 
+def _scaled_ws_scales(sample: Sample, dy: np.ndarray) -> dict[str, float]:
+    """Float64 sizes of Scaled WS's terms, as :func:`_term_scales` for a layer.
+
+    ``y = a x_hat`` with ``a = gamma g / sqrt(N)`` per unit; ``dw`` is the standardize
+    backward of ``a dy``, each term at most ``|a| |dy| (1 + |x_hat|) / s``; ``d_gain`` a sum of
+    ``(gamma / sqrt(N)) dy x_hat`` over a unit, at most the sum over all units.
+    """
+    wide = _as(sample, "float64")
+    w, gain, out_axis = wide.args["w"], wide.args["gain"], wide.kwargs["out_axis"]
+    fan_in = tuple(a for a in range(w.ndim) if a != out_axis % w.ndim)
+    x_hat = (w - np.mean(w, axis=fan_in, keepdims=True)) / np.std(w, axis=fan_in, keepdims=True)
+    per_unit = wide.kwargs["gamma"] / math.sqrt(w.size / w.shape[out_axis])
+    a = per_unit * (1.0 if gain is None else float(np.max(np.abs(gain))))
+    s_min = float(np.min(np.std(w, axis=fan_in)))
+    terms = per_unit * float(np.sum(np.abs(dy) * np.abs(x_hat)))
+    return {
+        "y": a * float(np.max(np.abs(x_hat))),
+        "w": a * float(np.max(np.abs(dy))) * (1.0 + float(np.max(np.abs(x_hat)))) / s_min,
+        "gain": terms,
+    }
+
+
+@pytest.mark.parametrize("with_gain", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_scaled_ws_fused_matches_generic(with_gain, dtype):
+    """The constant factor gamma / sqrt(N) of Scaled WS, applied in float64 on both paths.
+
+    float64: the paths differ in the order of their sums alone (FLOAT64_RTOL, as above);
+    float32 in ``"highest"``: both round those float64 values once, at most one float32 ulp
+    apart (plus the float64 difference).
+    """
+    spec = REGISTRY["scaled_weight_standardize"]
+    sample = _as(_registry_sample(spec.name, (12, 5, 7, 9))(0), dtype)
+    if not with_gain:
+        sample = sample.replace(gain=None)
+    dy = np.random.default_rng(1).standard_normal(sample.args["w"].shape).astype(dtype)
+    _compare(
+        spec,
+        *_both_paths(spec, sample, dy),
+        _scaled_ws_scales(sample, dy),
+        rtol=FLOAT64_RTOL,
+        ulps_of=None if dtype == "float64" else "float32",
+        what=f"scaled WS {dtype}, gain {with_gain}",
+    )
+
+
 def test_pairwise_sums_keep_a_long_group_accurate():
     """One group of 2**20 float32 values near 1 with std 1e-3.
 
@@ -278,6 +324,16 @@ def test_numpy_layers_take_the_fused_path(kernel_calls, precision, dtype):
     normref.batch_norm_vjp(dy, x, gamma, gamma, precision=precision)
     normref.rms_norm(x, gamma[:1].repeat(5), axes=-1, precision=precision)
     assert kernel_calls == ["normalize", "vjp_apply", "normalize"]
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
+def test_scaled_ws_of_a_float32_weight_takes_the_fused_path(kernel_calls, precision):
+    """Its constant factor is applied by the kernels, not to a float64 copy of the weight."""
+    w = np.random.default_rng(7).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    gain = np.ones(8, dtype=np.float32)
+    normref.scaled_weight_standardize(w, gain, precision=precision)
+    normref.scaled_weight_standardize_vjp(w, w, precision=precision)
+    assert kernel_calls == ["normalize", "vjp_apply"]
 
 
 def test_a_modelled_convention_takes_the_generic_path(kernel_calls):

@@ -78,3 +78,60 @@ def test_partition_errors_name_the_argument():
         partition.instance_partition((4, 2))
     with pytest.raises(ValueError, match="axis=0 names the batch axis 0"):
         partition.instance_partition((4, 2, 3), axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Parameters in the canonical layout, and canonical copies of one's own
+
+
+def _spread_param(shape, param_axes, param):
+    """``param`` broadcast to the full ``shape`` (the parameter of every element)."""
+    full = [1] * len(shape)
+    for axis in param_axes:
+        full[axis] = shape[axis]
+    return np.broadcast_to(param.reshape(full), shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "group_size", "axis"),
+    [((3, 8, 2, 5), 4, 1), ((3, 5, 2, 6), 3, -1), ((4, 6), 6, 1), ((2, 6, 3), 1, 1)],
+)
+def test_a_per_channel_parameter_in_the_whitening_canonical_layout(shape, group_size, axis):
+    """Against the canonical array of every element's own parameter: constant over samples."""
+    part = partition.whitening_partition(shape, group_size, axis)
+    channel = axis % len(shape)
+    param = np.arange(1.0, shape[channel] + 1.0)
+    expected = np.asarray(part.to_canonical(xp, _spread_param(shape, (channel,), param)))
+    c = np.asarray(part.canonical_param(xp, param, (channel,)))
+    assert c.shape == (part.G, 1, part.D)
+    np.testing.assert_array_equal(np.broadcast_to(c, expected.shape), expected)
+    np.testing.assert_array_equal(part.param_from_canonical(xp, c, (channel,)), param)
+
+
+def test_a_parameter_of_the_normalized_axes_in_the_layer_norm_canonical_layout():
+    shape = (2, 3, 4, 5)
+    part = partition.layer_partition(shape, (-2, -1))
+    param = np.arange(20.0).reshape(4, 5)
+    expected = np.asarray(part.to_canonical(xp, _spread_param(shape, (2, 3), param)))
+    c = np.asarray(part.canonical_param(xp, param, (2, 3)))
+    assert c.shape == (1, 20, 1)
+    np.testing.assert_array_equal(np.broadcast_to(c, expected.shape), expected)
+    np.testing.assert_array_equal(part.param_from_canonical(xp, c, (2, 3)), param)
+
+
+def test_a_parameter_along_part_of_a_canonical_axis_has_no_canonical_layout():
+    """Group norm's groups are (sample, channel group) pairs: a per-channel parameter
+    varies along part of the group axis and part of the sample axis."""
+    part = partition.group_partition((2, 6, 3), 3)
+    with pytest.raises(ValueError, match="vary along only part of the canonical axes"):
+        part.canonical_param(xp, np.ones(6), (1,))
+
+
+def test_a_canonical_copy_is_ones_own_where_the_canonical_array_is_a_view():
+    """(N, C) whitened in one group: the canonical array is a reshape of x, no transpose."""
+    x = np.arange(12.0).reshape(4, 3)
+    part = partition.whitening_partition(x.shape, 3)
+    assert np.shares_memory(np.asarray(part.to_canonical(xp, x)), x)
+    copied = np.asarray(part.to_canonical(xp, x, copy=True))
+    assert not np.shares_memory(copied, x)
+    np.testing.assert_array_equal(copied[0], x)

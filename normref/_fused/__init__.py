@@ -181,7 +181,7 @@ def forward(
         x5,
         mean,
         1.0 / s,
-        _flat_param(xp, gamma, 1.0, size, dtype),
+        _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
         xp.reshape(y, layout.shape),
@@ -211,7 +211,7 @@ def vjp(
     groups, chunks, n = layout.shape[0] * layout.shape[2], _chunks(layout), layer.partition.M
     x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
     size = _param_size(layer, x, gamma is not None or beta is not None)
-    flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype)
+    flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale
     inputs = (x5, dy5, flat_gamma, layout.param_strides)
     mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(4))
     stack = xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype)
@@ -243,13 +243,17 @@ def vjp(
     )
     return NormGrads(
         x=dx,
-        gamma=_param_grad(xp, d_gamma, gamma),
+        gamma=_param_grad(xp, d_gamma, gamma, layer.affine_scale),
         beta=_param_grad(xp, d_beta, beta),
     )
 
 
-def _param_grad(xp: Namespace, partials: Array, param: Array | None) -> Array | None:
-    """A parameter's gradient: its chunks' partial sums added, in the parameter's shape and dtype."""
+def _param_grad(
+    xp: Namespace, partials: Array, param: Array | None, scale: float = 1.0
+) -> Array | None:
+    """A parameter's gradient: its chunks' partial sums added and times ``scale``, in the
+    parameter's shape and dtype."""
     if param is None:
         return None
-    return to_dtype(xp, xp.reshape(xp.sum(partials, axis=0), param.shape), param.dtype)
+    total = xp.sum(partials, axis=0) * scale
+    return to_dtype(xp, xp.reshape(total, param.shape), param.dtype)

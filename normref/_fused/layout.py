@@ -29,7 +29,7 @@ import itertools
 import math
 from typing import NamedTuple
 
-from normref.partition import GROUP, SAMPLE, Partition
+from normref.partition import GROUP, SAMPLE, Partition, split_origins
 
 SLOT_LABELS = (GROUP, SAMPLE, GROUP, SAMPLE, SAMPLE)
 INNER = 4
@@ -48,29 +48,9 @@ class _Run(NamedTuple):
     size: int
 
 
-def _split_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> list[int] | None:
-    """For each axis of ``split_shape`` of size > 1, the axis of ``shape`` it was split from.
-
-    ``None`` if ``split_shape`` is not ``shape`` with some axes split in place.
-    """
-    origins: list[int] = []
-    pieces = iter(size for size in split_shape if size > 1)
-    for axis, size in enumerate(shape):
-        product = 1
-        while product < size:
-            piece = next(pieces, None)
-            if piece is None:
-                return None
-            product *= piece
-            origins.append(axis)
-        if product != size:
-            return None
-    return origins if next(pieces, None) is None else None
-
-
 def _runs(partition: Partition, param_axes: tuple[int, ...]) -> list[_Run] | None:
     """The split view's axes of size > 1, adjacent ones of one kind merged."""
-    origins = _split_origins(partition.shape, partition.split_shape)
+    origins = split_origins(partition.shape, partition.split_shape)
     if origins is None:
         return None
     kept = [

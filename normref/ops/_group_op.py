@@ -9,6 +9,10 @@ array. Both go through this module, so an operation is written once.
 An operation that treats the ``D`` features of a group *jointly* (whitening:
 its statistics are a ``D x D`` covariance) sets ``joint_features``; it always
 receives the canonical ``(G, M, D)`` array with ``axes == (1,)``, in layers too.
+That array is a copy (a transpose, in general), and it is made the
+operation's own: a joint-feature operation may overwrite its ``x`` and ``dy``
+arguments, and its callers pass arrays that nothing else holds
+(:func:`operand`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class XGrad(NamedTuple):
 
 @dataclass(frozen=True)
 class GroupOp:
-    """A normalization operation (NOP) on groups.
+    r"""A normalization operation (NOP) on groups.
 
     Attributes
     ----------
@@ -46,7 +50,8 @@ class GroupOp:
         The operation's name.
     forward
         ``forward(xp, x, axes, **params) -> y``: the operation on ``x`` with
-        statistics reduced over ``axes``.
+        statistics reduced over ``axes``; ``y`` is a new array (or ``x``'s
+        memory, where the operation owns ``x``), which its caller may overwrite.
     vjp
         ``vjp(xp, dy, x, axes, **params) -> (dx, y)``: the vector-Jacobian product
         and the forward output (which the affine gradient needs).
@@ -55,7 +60,17 @@ class GroupOp:
         is an error.
     joint_features
         Whether the operation acts on the ``D`` features of each group jointly;
-        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``).
+        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``),
+        its own, which it may overwrite (as ``dy``).
+    affine_vjp
+        For joint-feature operations, whose layers apply their per-feature
+        affine in the canonical layout:
+        ``affine_vjp(xp, dy, x, gamma, axes, **params)``, the VJP of
+        ``gamma * forward(x) + beta`` for ``gamma`` of shape ``(G, 1, D)``
+        (``None`` for 1): its ``dx``, and the sums over samples ``dy_dot_y``,
+        :math:`\sum_i \bar y_i y_i`, and ``dy_sum``, :math:`\sum_i \bar y_i`, of
+        shape ``(G, 1, D)``, that the affine's gradients are, as attributes of
+        what it returns (which may hold more).
     """
 
     name: str
@@ -63,6 +78,7 @@ class GroupOp:
     vjp: Callable[..., tuple[Array, Array]]
     needs_variance: bool
     joint_features: bool = False
+    affine_vjp: Callable[..., Any] | None = None
 
 
 def check_group_size(M: int, *, op: GroupOp, where: str) -> None:
@@ -81,6 +97,12 @@ def _canonical_shape(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(msg)
 
 
+def operand(xp: Any, op: GroupOp, a: Array, dtype: Any) -> Array:
+    """An array argument of ``op`` in the compute ``dtype``: a copy of its own where ``op``
+    may overwrite its arguments (joint features), else ``a`` itself where it has ``dtype``."""
+    return xp.astype(a, dtype, copy=True) if op.joint_features else to_dtype(xp, a, dtype)
+
+
 def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any]) -> Array:
     """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
     xp = namespace_of(x=x)
@@ -89,7 +111,7 @@ def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any])
     dtype = compute_dtype(xp, x.dtype, precision)
     y = op.forward(
         xp,
-        to_dtype(xp, x, dtype),
+        operand(xp, op, x, dtype),
         CANONICAL_SAMPLE_AXES,
         **params,
         **_algorithm(op, precision),
@@ -108,8 +130,8 @@ def run_canonical_vjp(
     dtype = compute_dtype(xp, x.dtype, precision)
     dx, _ = op.vjp(
         xp,
-        to_dtype(xp, dy, dtype),
-        to_dtype(xp, x, dtype),
+        operand(xp, op, dy, dtype),
+        operand(xp, op, x, dtype),
         CANONICAL_SAMPLE_AXES,
         **params,
         **_algorithm(op, precision),

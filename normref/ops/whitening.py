@@ -71,7 +71,12 @@ Backward (derived by hand in the documentation, *whitening*): with
 
 Implementation notes
     Only the Array API and its ``linalg`` extension are used (``eigh``,
-    ``cholesky``). The covariance is symmetrized, :math:`(C + C^\top)/2`,
+    ``cholesky``). The operations work in the canonical arrays they are
+    given, which are their own (:class:`~normref.ops._group_op.GroupOp`):
+    ``x`` is centred in place and the products :math:`X_c W^\top` and
+    :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
+    (:func:`normref._in_place.products_over`), so that a call makes no
+    full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
     eigenvalues (exact: :math:`C` and :math:`C + \epsilon I` share their
@@ -103,11 +108,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat
 
 from normref._checks import check_correction, check_eps, check_positive_int, check_rank
+from normref._in_place import products_over
 from normref._namespace import (
     Array,
     Namespace,
@@ -159,26 +165,43 @@ def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
     return matrices + xp.where(finite, xp.zeros_like(nan), nan)
 
 
+def sample_sums(xp: Namespace, x: Array) -> Array:
+    """Sums over the samples of ``(G, M, D)`` ``x``, shape ``(G, 1, D)``: a matrix product
+    with a row of ones (one BLAS pass; a reduction over the middle axis adds row by row)."""
+    return xp.ones((1, x.shape[1]), dtype=x.dtype) @ x
+
+
 def group_covariance(
-    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
+    xp: Namespace,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    correction: int,
+    algorithm: str,
+    overwrite: bool = False,
 ) -> tuple[Array, Array, Array]:
     r"""Centred values, covariance :math:`C` and its finiteness for each group of ``(G, M, D)`` ``x``.
 
     ``algorithm="two_pass"`` forms :math:`X_c^\top X_c` (exact); ``"fast"`` and
     ``"fast_clamped"`` model frameworks that use :math:`X^\top X - M \mu\mu^\top`
     (the latter clamping the variances on the diagonal at 0, as it does for
-    ``D = 1``).
+    ``D = 1``). With ``overwrite``, ``x`` is the caller's own array and is
+    centred in place (the centred values returned are ``x``).
     """
     m = group_count(x, axes)
-    mean = xp.mean(x, axis=axes, keepdims=True)
-    centred = x - mean
-    if algorithm == "two_pass":
-        cross = _mT(xp, centred) @ centred
-    else:
+    mean = sample_sums(xp, x) / m
+    if algorithm != "two_pass":
         cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
         if algorithm == "fast_clamped":
             diagonal = _eye(xp, x.shape[-1], x.dtype) > 0
             cross = xp.where(diagonal, xp.clip(cross, min=0.0), cross)
+    if overwrite:
+        x -= mean
+        centred = x
+    else:
+        centred = x - mean
+    if algorithm == "two_pass":
+        cross = _mT(xp, centred) @ centred
     cov, finite = symmetrized(xp, cross / (m - correction))
     return centred, cov, finite
 
@@ -428,32 +451,74 @@ def _forward(
     algorithm: str,
     **params: Any,
 ) -> Array:
-    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+    r""":math:`Y = X_c W^\top`, centred and multiplied in ``x``'s memory (the operation's own)."""
+    centred, cov, finite = group_covariance(
+        xp, x, axes, correction=correction, algorithm=algorithm, overwrite=True
+    )
     w, _ = method.checked_matrix(xp, cov, eps, **params)
-    return centred @ _mT(xp, poisoned(xp, w, finite))
+    return products_over(xp, centred, _mT(xp, poisoned(xp, w, finite)))
 
 
-def _vjp(
+class AffineGrads(NamedTuple):
+    """What the backward of a whitening layer computes (every array the operation's own):
+    the gradient ``dx``, the affine's sums over samples (``(G, 1, D)``), and the centred
+    values and the whitening matrix it used."""
+
+    dx: Array
+    dy_dot_y: Array
+    dy_sum: Array
+    centred: Array
+    w: Array
+
+
+def _affine_vjp(
     method: Whitening,
     xp: Namespace,
     dy: Array,
     x: Array,
+    gamma: Array | None,
     axes: tuple[int, ...],
     *,
     eps: float,
     correction: int,
     algorithm: str,
     **params: Any,
-) -> tuple[Array, Array]:
-    centred, cov, finite = group_covariance(xp, x, axes, correction=correction, algorithm=algorithm)
+) -> AffineGrads:
+    r"""The VJP of :math:`\gamma \odot (X_c W^\top) + \beta` (per-feature ``gamma`` of shape
+    ``(G, 1, D)``, ``None`` for 1), with ``dy`` and ``x`` the operation's own arrays.
+
+    ``gamma`` scales the rows of the small matrices instead of ``dy``:
+    :math:`\bar W = \Gamma \bar Y^\top X_c` and
+    :math:`\bar X = P(\bar Y) \Gamma W + X_c (\bar\Sigma + \bar\Sigma^\top)/(M - c)`,
+    written over ``dy`` (:math:`P(\bar Y) W = P(\bar Y W)`); ``x`` holds the
+    centred values. The affine's sums over samples come from the same
+    :math:`D \times D` product: :math:`\sum_i \bar y_{id} y_{id} =
+    \sum_e W_{de} (\bar Y^\top X_c)_{de}` and :math:`\sum_i \bar y_{id}`, each
+    ``(G, 1, D)``.
+    """
+    centred, cov, finite = group_covariance(
+        xp, x, axes, correction=correction, algorithm=algorithm, overwrite=True
+    )
     w, saved = method.checked_matrix(xp, cov, eps, **params)
-    sigma_bar = method.cotangent(xp, _mT(xp, dy) @ centred, saved)
-    through_sigma = (sigma_bar + _mT(xp, sigma_bar)) / (group_count(x, axes) - correction)
+    dy_sum = sample_sums(xp, dy)
+    products = _mT(xp, dy) @ centred
     w = poisoned(xp, w, finite)
-    direct = dy @ w
-    dx = direct - xp.mean(direct, axis=axes, keepdims=True)
-    dx = dx + centred @ poisoned(xp, through_sigma, finite)
-    return dx, centred @ _mT(xp, w)
+    dy_dot_y = _mT(xp, xp.sum(w * products, axis=-1, keepdims=True))
+    rows = None if gamma is None else _mT(xp, gamma)
+    sigma_bar = method.cotangent(xp, products if rows is None else rows * products, saved)
+    m = group_count(x, axes)
+    through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), finite)
+    dy -= dy_sum / m  # in place: the centred cotangent P(dy)
+    dx = products_over(xp, dy, w if rows is None else rows * w, centred, through_sigma)
+    return AffineGrads(dx, dy_dot_y, dy_sum, centred, w)
+
+
+def _vjp(
+    method: Whitening, xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], **params: Any
+) -> tuple[Array, Array]:
+    """``(dx, y)``: the gradient over ``dy``'s memory, the output over ``x``'s."""
+    grads = _affine_vjp(method, xp, dy, x, None, axes, **params)
+    return grads.dx, products_over(xp, grads.centred, _mT(xp, grads.w))
 
 
 def whitening_op(method: Whitening) -> GroupOp:
@@ -464,6 +529,7 @@ def whitening_op(method: Whitening) -> GroupOp:
         partial(_vjp, method),
         needs_variance=True,
         joint_features=True,
+        affine_vjp=partial(_affine_vjp, method),
     )
 
 

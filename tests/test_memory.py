@@ -1,0 +1,150 @@
+"""Where normref works in place, and how much memory it holds.
+
+Functions convert their inputs to the compute dtype, or take canonical copies
+of their own, and then work in those: matrix products written over an operand
+block by block (:mod:`normref._in_place`), an affine applied to an output in
+place. These tests check those pieces against the plain expressions, that
+inputs stay as they were in both precision modes and dtypes (where a
+conversion is a copy and where it is not), and the peak memory of the
+benchmarked families on NumPy against the targets of the benchmarks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normref
+from benchmarks.cases import Case
+from benchmarks.memory import traced_peak
+from benchmarks.run import MEMORY_TARGETS
+from normref import _fused, _in_place
+from normref.affine import affine
+from normref.registry import REGISTRY
+from tests.registry_cases import on_backend
+from tests.support import Backend, assert_close_to_scale
+
+U64 = float(np.finfo(np.float64).eps)
+
+
+# ---------------------------------------------------------------------------
+# Products written over an operand
+
+
+@pytest.mark.parametrize("with_second", [True, False])
+def test_products_over_are_the_plain_products(backend: Backend, with_second, monkeypatch):
+    """Blocks of 8 rows of 37 (the last one short) give ``a @ b + c @ d``, over ``a`` where
+    the library's arrays are mutable.
+
+    Against NumPy's float64 products of the same values: each entry is a dot product of
+    K = 5 terms (error at most K u of the sum of the terms' magnitudes on either side, the
+    blocks' BLAS calls and NumPy's) and, with the second product, one addition: (2K + 1) u.
+    """
+    monkeypatch.setattr(_in_place, "BLOCK_ELEMENTS", 3 * 5 * 8)
+    rng = np.random.default_rng(0)
+    a, c = rng.standard_normal((3, 37, 5)), rng.standard_normal((3, 37, 5))
+    b, d = rng.standard_normal((3, 5, 5)), rng.standard_normal((3, 5, 5))
+    expected = a @ b + c @ d if with_second else a @ b
+    scale = np.abs(a) @ np.abs(b) + (np.abs(c) @ np.abs(d) if with_second else 0.0)
+    on = {k: backend.asarray(v, "float64") for k, v in {"a": a, "b": b, "c": c, "d": d}.items()}
+    second = (on["c"], on["d"]) if with_second else ()
+    result = _in_place.products_over(backend.xp, on["a"], on["b"], *second)
+    assert_close_to_scale(backend.to_numpy(result), expected, scale, rtol=11 * U64, what="products")
+    if backend.name == "jax":  # immutable: a new array, a as it was
+        np.testing.assert_array_equal(backend.to_numpy(on["a"]), a)
+    else:
+        assert result is on["a"]
+
+
+def test_affine_overwrites_its_input_only_when_asked():
+    rng = np.random.default_rng(1)
+    x_hat, gamma, beta = rng.standard_normal((4, 3, 2)), rng.standard_normal(3), np.ones(3)
+    kept = x_hat.copy()
+    expected = x_hat * gamma[:, None] + beta[:, None]
+    np.testing.assert_array_equal(affine(np, x_hat, gamma, beta, (1,)), expected)
+    np.testing.assert_array_equal(x_hat, kept)
+    result = affine(np, x_hat, gamma, beta, (1,), overwrite=True)
+    assert result is x_hat
+    np.testing.assert_array_equal(result, expected)
+
+
+# ---------------------------------------------------------------------------
+# Inputs stay as they were where the work is done in place
+
+
+IN_PLACE_OPS = [
+    "batch_whiten",
+    "zca_whiten",
+    "iter_norm_whiten",
+    "scaled_weight_standardize",
+    "weight_standardize",
+    "adaptive_grad_clip",
+]
+
+
+@pytest.mark.parametrize("name", IN_PLACE_OPS)
+@pytest.mark.parametrize("precision", ["highest", "native"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inputs_stay_as_they_were(name, precision, dtype, backend: Backend):
+    """float32 in ``"highest"``: the converted copies are worked in; otherwise the inputs
+    themselves are read, and only arrays the function made are written."""
+    spec = REGISTRY[name]
+    drawn = spec.sample(np.random.default_rng(3)).replace(precision=precision)
+    arrays = [k for k, v in drawn.args.items() if isinstance(v, np.ndarray)]
+    sample = on_backend(drawn, backend, dtype)
+    primary = backend.to_numpy(sample.args[spec.primary])
+    dy = backend.asarray(np.random.default_rng(4).standard_normal(primary.shape), dtype)
+    before = {k: backend.to_numpy(sample.args[k]).copy() for k in arrays}
+    dy_before = backend.to_numpy(dy).copy()
+    spec.call(sample)
+    spec.call_vjp(dy, sample)
+    for k, v in before.items():
+        np.testing.assert_array_equal(backend.to_numpy(sample.args[k]), v, err_msg=k)
+    np.testing.assert_array_equal(backend.to_numpy(dy), dy_before)
+
+
+# ---------------------------------------------------------------------------
+# Peak memory on NumPy (tracemalloc), float32 input, as the benchmarks measure it
+
+
+MEMORY_CASES = [
+    pytest.param(Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 8}), id="whiten-8"),
+    pytest.param(Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 32}), id="whiten-32"),
+    pytest.param(
+        Case("scaled_weight_standardize", (128, 64, 3, 3), "test", drawn={"out_axis": 0}),
+        id="scaled-ws",
+    ),
+    pytest.param(
+        Case("adaptive_grad_clip", (128, 64, 3, 3), "test", drawn={"out_axis": 0}), id="agc"
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES)
+@pytest.mark.parametrize(("precision", "kind"), [("native", "input"), ("highest", "float64")])
+def test_peak_memory_meets_the_targets(case: Case, precision, kind):
+    """Forward and backward each hold at most 3x the input's size computing in float32 and 6x
+    computing it in float64 (outputs included), the benchmarks' targets."""
+    if case.op == "scaled_weight_standardize" and not _fused.available():
+        pytest.skip("Scaled WS meets the memory targets on its fused path, which needs numba")
+    spec = case.spec
+    sample = case.sample("float32").replace(precision=precision)
+    x = sample.args[spec.primary]
+    dy = np.ones_like(x)
+    for what, call in (
+        ("forward", lambda: spec.call(sample)),
+        ("backward", lambda: spec.call_vjp(dy, sample)),
+    ):
+        multiple = traced_peak(call) / x.nbytes
+        assert multiple <= MEMORY_TARGETS[kind], f"{case.op} {what}: {multiple:.2f}x the input"
+
+
+def test_batch_whitening_needs_no_full_size_array_beyond_its_copies():
+    """Native precision: the canonical copy the operation works in and the output (2x the
+    input), plus one block of rows and the D x D matrices; the backward likewise."""
+    case = Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 8})
+    sample = case.sample("float32").replace(precision="native")
+    x = sample.args["x"]
+    assert traced_peak(lambda: normref.batch_whiten(**sample.args, **sample.kwargs)) <= (
+        2.25 * x.nbytes
+    )
