@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from array_api_compat import device
+
 from normref import _fused
 from normref._checks import check_shape
 from normref._namespace import (
@@ -114,7 +116,7 @@ def _joint_forward(
         **_op_kwargs(layer, precision),
     )
     factor = scaled_gamma(
-        xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes)
+        xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes), device(x)
     )
     y = affine(
         xp,
@@ -146,7 +148,9 @@ def _joint_vjp(
     """
     dtype = compute_dtype(xp, x.dtype, precision)
     part, scale = layer.partition, layer.affine_scale
-    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes))
+    factor = scaled_gamma(
+        xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes), device(x)
+    )
     grads = layer.op.affine_vjp(
         xp,
         _canonical_operand(layer, xp, dy, dtype),
@@ -194,7 +198,14 @@ def normalize(
     y = affine(
         xp,
         x_hat,
-        scaled_gamma(xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes)),
+        scaled_gamma(
+            xp,
+            gamma,
+            layer.affine_scale,
+            dtype,
+            param_shape(x.shape, layer.param_axes),
+            device(x),
+        ),
         to_dtype(xp, beta, dtype),
         layer.param_axes,
         overwrite=True,  # the operation's output is a new array
@@ -251,7 +262,7 @@ def affine_backward(
     """
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     dy_c = to_dtype(xp, dy, dtype)
-    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, param_axes))
+    factor = scaled_gamma(xp, gamma, scale, dtype, param_shape(x.shape, param_axes), device(x))
     dx, x_hat = backward(affine_vjp_x_hat(xp, dy_c, factor, param_axes))
     d_gamma, d_beta = affine_vjp_params(
         xp, dy_c, x_hat, param_axes, has_gamma=gamma is not None, has_beta=beta is not None

@@ -37,17 +37,22 @@ def check_param(
 
 
 def scaled_gamma(
-    xp: Namespace, gamma: Array | None, scale: float, dtype: Any, shape: tuple[int, ...]
+    xp: Namespace,
+    gamma: Array | None,
+    scale: float,
+    dtype: Any,
+    shape: tuple[int, ...],
+    device: Any,
 ) -> Array | None:
     """``scale * gamma`` in ``dtype``: ``gamma`` converted where ``scale`` is 1, ``None`` for neither.
 
     An absent ``gamma`` with a ``scale`` other than 1 is ``scale`` everywhere, of
-    the parameter's ``shape``.
+    the parameter's ``shape``, on ``device``.
     """
     if scale == 1.0:
         return to_dtype(xp, gamma, dtype)
     if gamma is None:
-        return xp.full(shape, scale, dtype=dtype)
+        return xp.full(shape, scale, dtype=dtype, device=device)
     return to_dtype(xp, gamma, dtype) * scale
 
 

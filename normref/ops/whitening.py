@@ -111,6 +111,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import array_api_compat
+from array_api_compat import device
 
 from normref._checks import check_correction, check_eps, check_positive_int, check_rank
 from normref._in_place import products_over
@@ -133,8 +134,9 @@ def _mT(xp: Namespace, a: Array) -> Array:
     return xp.matrix_transpose(a)
 
 
-def _eye(xp: Namespace, d: int, dtype: Any) -> Array:
-    return xp.eye(d, dtype=dtype)
+def _eye(xp: Namespace, like: Array) -> Array:
+    """The identity of ``like``'s last size, dtype and device."""
+    return xp.eye(like.shape[-1], dtype=like.dtype, device=device(like))
 
 
 def symmetrized(xp: Namespace, cov: Array) -> tuple[Array, Array]:
@@ -146,10 +148,10 @@ def symmetrized(xp: Namespace, cov: Array) -> tuple[Array, Array]:
     its VJP run; the caller makes those groups' results NaN with :func:`poisoned`.
     """
     d = cov.shape[-1]
-    eye = _eye(xp, d, cov.dtype)
+    eye = _eye(xp, cov)
     cov = (cov + _mT(xp, cov)) / 2
     finite = xp.all(xp.isfinite(cov), axis=(-2, -1), keepdims=True)
-    stand_in = eye * xp.arange(1, d + 1, dtype=cov.dtype)
+    stand_in = eye * xp.arange(1, d + 1, dtype=cov.dtype, device=device(cov))
     return xp.where(finite, cov, stand_in), finite
 
 
@@ -161,14 +163,14 @@ def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
     ``Σ̄`` makes a group's whole output and gradient NaN without a pass over
     its ``M x D`` values.
     """
-    nan = xp.asarray(xp.nan, dtype=matrices.dtype)
+    nan = xp.asarray(xp.nan, dtype=matrices.dtype, device=device(matrices))
     return matrices + xp.where(finite, xp.zeros_like(nan), nan)
 
 
 def sample_sums(xp: Namespace, x: Array) -> Array:
     """Sums over the samples of ``(G, M, D)`` ``x``, shape ``(G, 1, D)``: a matrix product
     with a row of ones (one BLAS pass; a reduction over the middle axis adds row by row)."""
-    return xp.ones((1, x.shape[1]), dtype=x.dtype) @ x
+    return xp.ones((1, x.shape[1]), dtype=x.dtype, device=device(x)) @ x
 
 
 def group_covariance(
@@ -193,7 +195,7 @@ def group_covariance(
     if algorithm != "two_pass":
         cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
         if algorithm == "fast_clamped":
-            diagonal = _eye(xp, x.shape[-1], x.dtype) > 0
+            diagonal = _eye(xp, x) > 0
             cross = xp.where(diagonal, xp.clip(cross, min=0.0), cross)
     if overwrite:
         x -= mean
@@ -263,9 +265,9 @@ def _eigen_cotangent(
     with :math:`K_{ij} = 1/(\lambda_j - \lambda_i)` off the diagonal, 0 on it.
     """
     _require_distinct(xp, lam, what)
-    off = _eye(xp, lam.shape[-1], lam.dtype) == 0
+    off = _eye(xp, lam) == 0
     gap = lam[..., None, :] - lam[..., :, None]
-    one = xp.asarray(1.0, dtype=lam.dtype)
+    one = xp.asarray(1.0, dtype=lam.dtype, device=device(lam))
     k = xp.where(off, one / xp.where(off, gap, one), xp.zeros_like(gap))
     inner = k * (_mT(xp, u) @ u_bar)
     if lam_bar is not None:
@@ -321,7 +323,7 @@ def lower_triangular_inverse(xp: Namespace, low: Array) -> Array:
     entries right of the diagonal are exactly 0.
     """
     d = low.shape[-1]
-    eye = _eye(xp, d, low.dtype)
+    eye = _eye(xp, low)
     rows: list[Array] = []
     for i in range(d):
         row = eye[i, :]
@@ -333,12 +335,12 @@ def lower_triangular_inverse(xp: Namespace, low: Array) -> Array:
 
 def _lower_half(xp: Namespace, a: Array) -> Array:
     """Φ(A): the lower triangle of ``A`` with its diagonal halved."""
-    diagonal = _eye(xp, a.shape[-1], a.dtype) > 0
+    diagonal = _eye(xp, a) > 0
     return xp.where(diagonal, 0.5 * a, xp.tril(a))
 
 
 def _cholesky_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
-    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
+    sigma = cov + eps * _eye(xp, cov)
     w = lower_triangular_inverse(xp, xp.linalg.cholesky(sigma))
     return w, w
 
@@ -350,10 +352,10 @@ def _cholesky_cotangent(xp: Namespace, w_bar: Array, w: Any) -> Array:
 def _iter_norm_matrix(
     xp: Namespace, cov: Array, eps: float, *, iterations: int
 ) -> tuple[Array, Any]:
-    sigma = cov + eps * _eye(xp, cov.shape[-1], cov.dtype)
+    sigma = cov + eps * _eye(xp, cov)
     trace = xp.linalg.trace(sigma)[..., None, None]
     n = sigma / trace
-    ps = [_eye(xp, sigma.shape[-1], sigma.dtype)]
+    ps = [_eye(xp, sigma)]
     for _ in range(iterations):
         p = ps[-1]
         ps.append(1.5 * p - 0.5 * (p @ p @ p) @ n)
@@ -379,7 +381,7 @@ def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
             )
     # N = Σ / t, t = tr Σ
     trace_bar = trace_bar - xp.sum(n_bar * n, axis=(-2, -1), keepdims=True) / trace
-    return n_bar / trace + trace_bar * _eye(xp, n.shape[-1], n.dtype)
+    return n_bar / trace + trace_bar * _eye(xp, n)
 
 
 @dataclass(frozen=True)
