@@ -46,7 +46,8 @@ from normref._checks import (
 )
 from normref._namespace import Array, compute_dtype, namespace_of, to_dtype
 from normref.conventions import Convention, get_convention
-from normref.ops.standardization import group_count
+from normref.ops.standardization import group_count, mean_and_m2
+from normref.ops.whitening import group_cross
 
 
 class Moments(NamedTuple):
@@ -88,11 +89,8 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest"
         from normref import _dask
 
         return _dask.moments(x, axes, dtype, precision)
-    xc = to_dtype(xp, x, dtype)
-    mean = xp.mean(xc, axis=axes, keepdims=True)
-    deviations = xc - mean
-    m2 = xp.sum(deviations * deviations, axis=axes)
-    return Moments(group_count(x, axes), xp.squeeze(mean, axis=axes), m2)
+    mean, m2, _ = mean_and_m2(xp, to_dtype(xp, x, dtype), axes, algorithm="two_pass")
+    return Moments(group_count(x, axes), xp.squeeze(mean, axis=axes), xp.squeeze(m2, axis=axes))
 
 
 def merge(a: Moments, b: Moments) -> Moments:
@@ -243,10 +241,7 @@ def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
         from normref import _dask
 
         return _dask.comoments(x, dtype, precision)
-    xc = to_dtype(xp, x, dtype)
-    mean = xp.mean(xc, axis=-2, keepdims=True)
-    deviations = xc - mean
-    cross = xp.matrix_transpose(deviations) @ deviations
+    mean, _, cross = group_cross(xp, to_dtype(xp, x, dtype), algorithm="two_pass")
     return Comoments(x.shape[-2], mean[..., 0, :], cross)
 
 

@@ -57,10 +57,10 @@ def group_count(x: Array, axes: tuple[int, ...]) -> int:
     return math.prod(x.shape[a] for a in axes)
 
 
-def mean_and_variance(
-    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
+def mean_and_m2(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, algorithm: str
 ) -> tuple[Array, Array, Array]:
-    """Per-group mean, variance and centred values ``x - mean`` (means keep dims).
+    """Per-group mean, sum of squared deviations ``m2`` and centred values (means keep dims).
 
     ``algorithm="two_pass"`` is the exact form; ``"fast"`` and ``"fast_clamped"``
     model frameworks that use ``mean(x**2) - mean(x)**2``.
@@ -74,7 +74,16 @@ def mean_and_variance(
         m2 = (xp.mean(x * x, axis=axes, keepdims=True) - mean * mean) * n
         if algorithm == "fast_clamped":
             m2 = xp.clip(m2, min=0.0)
-    return mean, m2 / (n - correction), centred
+    return mean, m2, centred
+
+
+def mean_and_variance(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
+) -> tuple[Array, Array, Array]:
+    """Per-group mean, variance ``m2 / (n - correction)`` and centred values (see
+    :func:`mean_and_m2`)."""
+    mean, m2, centred = mean_and_m2(xp, x, axes, algorithm=algorithm)
+    return mean, m2 / (group_count(x, axes) - correction), centred
 
 
 def divisor(xp: Namespace, v: Array, *, eps: float, eps_mode: str) -> Array:

@@ -168,9 +168,36 @@ def poisoned(xp: Namespace, matrices: Array, finite: Array) -> Array:
 
 
 def sample_sums(xp: Namespace, x: Array) -> Array:
-    """Sums over the samples of ``(G, M, D)`` ``x``, shape ``(G, 1, D)``: a matrix product
+    """Sums over the samples of ``(..., M, D)`` ``x``, shape ``(..., 1, D)``: a matrix product
     with a row of ones (one BLAS pass; a reduction over the middle axis adds row by row)."""
-    return xp.ones((1, x.shape[1]), dtype=x.dtype, device=device(x)) @ x
+    return xp.ones((1, x.shape[-2]), dtype=x.dtype, device=device(x)) @ x
+
+
+def group_cross(
+    xp: Namespace, x: Array, *, algorithm: str, overwrite: bool = False
+) -> tuple[Array, Array, Array]:
+    r"""Mean, centred values and cross-products :math:`X_c^\top X_c` of each group of ``(..., M, D)`` ``x``.
+
+    ``algorithm="two_pass"`` forms :math:`X_c^\top X_c` (exact); ``"fast"`` and
+    ``"fast_clamped"`` model frameworks that use :math:`X^\top X - M \mu\mu^\top`
+    (the latter clamping the diagonal at 0, as it does for ``D = 1``). With
+    ``overwrite``, ``x`` is the caller's own array and is centred in place (the
+    centred values returned are ``x``).
+    """
+    m = x.shape[-2]
+    mean = sample_sums(xp, x) / m
+    if algorithm != "two_pass":
+        cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
+        if algorithm == "fast_clamped":
+            cross = xp.where(_eye(xp, x) > 0, xp.clip(cross, min=0.0), cross)
+    if overwrite:
+        x -= mean
+        centred = x
+    else:
+        centred = x - mean
+    if algorithm == "two_pass":
+        cross = _mT(xp, centred) @ centred
+    return mean, centred, cross
 
 
 def group_covariance(
@@ -184,27 +211,12 @@ def group_covariance(
 ) -> tuple[Array, Array, Array]:
     r"""Centred values, covariance :math:`C` and its finiteness for each group of ``(G, M, D)`` ``x``.
 
-    ``algorithm="two_pass"`` forms :math:`X_c^\top X_c` (exact); ``"fast"`` and
-    ``"fast_clamped"`` model frameworks that use :math:`X^\top X - M \mu\mu^\top`
-    (the latter clamping the variances on the diagonal at 0, as it does for
-    ``D = 1``). With ``overwrite``, ``x`` is the caller's own array and is
-    centred in place (the centred values returned are ``x``).
+    :math:`C = X_c^\top X_c / (M - c)` from :func:`group_cross` (``algorithm``
+    and ``overwrite`` as there), symmetrized, with a stand-in where it is not
+    finite (:func:`symmetrized`).
     """
-    m = group_count(x, axes)
-    mean = sample_sums(xp, x) / m
-    if algorithm != "two_pass":
-        cross = _mT(xp, x) @ x - m * (_mT(xp, mean) @ mean)
-        if algorithm == "fast_clamped":
-            diagonal = _eye(xp, x) > 0
-            cross = xp.where(diagonal, xp.clip(cross, min=0.0), cross)
-    if overwrite:
-        x -= mean
-        centred = x
-    else:
-        centred = x - mean
-    if algorithm == "two_pass":
-        cross = _mT(xp, centred) @ centred
-    cov, finite = symmetrized(xp, cross / (m - correction))
+    _, centred, cross = group_cross(xp, x, algorithm=algorithm, overwrite=overwrite)
+    cov, finite = symmetrized(xp, cross / (group_count(x, axes) - correction))
     return centred, cov, finite
 
 
