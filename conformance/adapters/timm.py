@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.adapters.base import Adapter, Binding
+from conformance.adapters.base import Adapter, Binding, unit_axis
 from conformance.adapters.torch import (
     _call_module,
     _channels_at_1,
     _eps,
     _normalized_shape,
     _trailing,
-    _unit_axis,
     torch_run,
 )
 from conformance.arrays import Native
@@ -73,7 +72,7 @@ def _standardized(scaled: bool) -> Any:
         import torch
         from torch.func import functional_call
 
-        w, axis = arrays["w"], _unit_axis(prepared)
+        w, axis = arrays["w"], unit_axis(prepared)
         moved = torch.movedim(w, axis, 0)
         units, fan_in = moved.shape[0], moved[0].numel()
         kernel = moved.reshape(units, fan_in, 1, 1)
