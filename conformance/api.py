@@ -10,8 +10,9 @@ from typing import Any
 
 from conformance.adapters import get_adapter
 from conformance.adapters.base import Binding
-from conformance.adapters.function import function_binding
+from conformance.adapters.function import function_binding, importable_name
 from conformance.backends import Backend, get_backend
+from conformance.models import preset_name
 from conformance.ops import CHECKED_OPS, get_op
 from conformance.results import CaseResult, RunResult, Status
 from conformance.runner import run_bindings, run_result
@@ -23,7 +24,8 @@ DEFAULT_DTYPES: tuple[str, ...] = ("float32", "float64")
 Progress = Callable[[int, str], None]
 
 
-def _check_names(values: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+def check_names(values: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    """``values`` as a list; :class:`ValueError` naming the unknown ones and the known."""
     values, known = list(values), list(known)
     unknown = [v for v in values if v not in known]
     if unknown:
@@ -80,10 +82,10 @@ def run(
     """
     started = time.perf_counter()
     reference = get_backend(backend)
-    dtypes = _check_names(dtypes, DTYPES, "dtypes")
+    dtypes = check_names(dtypes, DTYPES, "dtypes")
     if case is not None:
         ops = [case.partition("/")[0]]
-    ops = _check_names(ops if ops is not None else CHECKED_OPS, CHECKED_OPS, "ops")
+    ops = check_names(ops if ops is not None else CHECKED_OPS, CHECKED_OPS, "ops")
     bindings: list[Binding] = []
     lacking: list[CaseResult] = []
     skipped: list[dict[str, str]] = []
@@ -131,7 +133,7 @@ def function_under_test(
     get_op(op)
     binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
     chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
-    return binding, _check_names(chosen, DTYPES, "dtypes")
+    return binding, check_names(chosen, DTYPES, "dtypes")
 
 
 def check(
@@ -190,7 +192,11 @@ def check(
         results,
         [binding],
         implementation=binding.label,
+        impl=importable_name(fn),
+        impl_vjp=None if vjp is None else importable_name(vjp),
+        vjp=vjp is not None,
         op=op,
+        convention=preset_name(binding.model),
         dtypes=chosen,
         case=case,
         seed=seed,

@@ -10,9 +10,12 @@ For every op the suite draws
   of two samples, odd values of integer arguments (``num_groups=3``), and the
   cases of single ops (:mod:`conformance.op_cases`: zero units and weights,
   the AGC clip boundary, repeated and nearly repeated eigenvalues, ...);
-* **drawn cases**, from hypothesis strategies (scale, shift in units of the
-  scale, distribution, shape and arguments from the registry's sampler), with
-  hypothesis seeded by the suite's seed so that they are the same in every run.
+* **drawn cases**: a scale, a shift in units of the scale and a distribution
+  drawn from the suite's seed, shape and arguments from the registry's
+  sampler. They are drawn with NumPy's generator, a pure function of the op
+  and the seed: hypothesis' draws also depend on the constants of the source
+  files the process has loaded (so a case would change with the modules a run
+  imports), and it writes a cache into the working directory.
 
 A case on which normref itself raises (a group of one sample; repeated
 eigenvalues, where the gradient of PCA whitening does not exist) is an
@@ -44,7 +47,7 @@ ODD_SHAPE = (6, 15, 4)
 """A shape whose axes have odd divisors, for odd values of integer arguments."""
 
 DRAWN_PER_OP = 6
-"""Hypothesis-drawn cases per op."""
+"""Drawn cases per op."""
 
 
 @dataclass(frozen=True)
@@ -333,48 +336,36 @@ DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.nda
 """Distributions of zero mean and unit variance that drawn inputs are made of."""
 
 
-def _strategy(op: CheckedOp) -> Any:
-    from hypothesis import strategies as st
-
-    parts = {
-        "seed": st.integers(0, 2**32 - 1),
-        "scale": st.sampled_from([1e-3, 1e-1, 1.0, 1e1, 1e3]),
-        "shift": st.sampled_from([0.0, 1.0, 10.0, 100.0]),
-        "distribution": st.sampled_from(sorted(DISTRIBUTIONS)),
-    }
-    if op.running_stats:
-        parts["batch_weight"] = st.sampled_from([0.01, 0.1, 0.5, 0.9])
-    return st.fixed_dictionaries(parts)
+SCALES = (1e-3, 1e-1, 1.0, 1e1, 1e3)
+"""The scales a drawn input is multiplied by."""
+SHIFTS = (0.0, 1.0, 10.0, 100.0)
+"""The shifts of a drawn input's mean, in units of its scale."""
+BATCH_WEIGHTS = (0.01, 0.1, 0.5, 0.9)
+"""The weights of the batch in the running statistics of a drawn case."""
 
 
-def _hypothesis_draws(op: CheckedOp, count: int, suite_seed: int) -> list[dict[str, Any]]:
-    """``count`` draws of ``op``'s strategy, the same in every run with the same seed."""
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hypothesis_seed
-
-    found: list[dict[str, Any]] = []
-
-    @settings(
-        database=None,
-        max_examples=count,
-        derandomize=False,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @hypothesis_seed(case_seed(op.name, "drawn", suite_seed))
-    @given(_strategy(op))
-    def collect(parameters: dict[str, Any]) -> None:
+def _draws(op: CheckedOp, count: int, suite_seed: int) -> list[dict[str, Any]]:
+    """``count`` draws of a case's parameters: a pure function of the op's name and the suite's
+    seed (NumPy's generator on :func:`case_seed`), whatever else the process has loaded."""
+    rng = np.random.default_rng(case_seed(op.name, "drawn", suite_seed))
+    found = []
+    for _ in range(count):
+        parameters: dict[str, Any] = {
+            "seed": int(rng.integers(0, 2**32)),
+            "scale": SCALES[rng.integers(len(SCALES))],
+            "shift": SHIFTS[rng.integers(len(SHIFTS))],
+            "distribution": sorted(DISTRIBUTIONS)[rng.integers(len(DISTRIBUTIONS))],
+        }
+        if op.running_stats:
+            parameters["batch_weight"] = BATCH_WEIGHTS[rng.integers(len(BATCH_WEIGHTS))]
         found.append(parameters)
-
-    collect()
-    return found[:count]
+    return found
 
 
 def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -> list[Case]:
-    """``count`` hypothesis-drawn cases of ``op`` (see the module docstring)."""
+    """``count`` drawn cases of ``op`` (see the module docstring)."""
     build = _Builder(op, suite_seed)
-    for k, parameters in enumerate(_hypothesis_draws(op, count, suite_seed)):
+    for k, parameters in enumerate(_draws(op, count, suite_seed)):
         rng = np.random.default_rng(parameters["seed"])
         sample = op.sample(rng)
         x = sample.args[op.spec.primary]
@@ -389,7 +380,7 @@ def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -
         )
         build.add(
             f"drawn-{k}",
-            f"hypothesis draw: {described}; x of shape {x.shape}",
+            f"drawn: {described}; x of shape {x.shape}",
             parameters["seed"],
             sample.replace(**changes),
             kind="drawn",

@@ -2,7 +2,10 @@
 
 Exit codes: 0 when every row is within budget, differs by convention
 (explained) or is not implemented; 1 when any row fails (``diagnose``: when
-no convention explains the implementation); 2 on a usage error.
+no convention explains the implementation); 2 on a usage error, and when a
+framework asked for is not installed (nothing of it was checked; the
+frameworks that are installed are still run and reported); 3 on an internal
+error of the suite (a bug: its traceback is printed).
 """
 
 from __future__ import annotations
@@ -10,15 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 USAGE_ERROR = 2
+INTERNAL_ERROR = 3
 
 
 class UsageError(Exception):
     """A command line that cannot run (exit code 2)."""
+
+
+@contextmanager
+def _arguments() -> Iterator[None]:
+    """Resolving the command line's arguments: what fails there is a usage error (an unknown
+    name, a function that cannot be imported, an array type or backend not installed)."""
+    from conformance.arrays import ArrayKindUnavailableError
+
+    try:
+        yield
+    except (ValueError, TypeError, ArrayKindUnavailableError) as error:
+        raise UsageError(str(error)) from error
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -109,18 +127,24 @@ def list_everything() -> str:
 
 
 def _function(args: argparse.Namespace) -> dict[str, Any]:
+    """The function under test and its settings, from ``--impl`` and its companions."""
     from conformance.adapters.function import load_function
+    from conformance.arrays import array_kind
+    from conformance.models import model_of
     from conformance.ops import get_op
 
-    if not args.impl or not args.op:
+    if not args.impl:
+        msg = f"{args.command} needs --impl module:function (the function to check)"
+        raise UsageError(msg)
+    if not args.op:
         msg = "--impl needs --op (the op it implements)"
         raise UsageError(msg)
-    get_op(args.op)
-    try:
+    with _arguments():
+        get_op(args.op)
+        model_of(args.convention)
+        array_kind(args.array_type)
         fn = load_function(args.impl)
         vjp = load_function(args.impl_vjp) if args.impl_vjp else None
-    except TypeError as error:
-        raise UsageError(str(error)) from error
     return {
         "fn": fn,
         "op": args.op,
@@ -130,54 +154,105 @@ def _function(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _settings(
+    args: argparse.Namespace,
+    *,
+    ops: Sequence[str] | None = None,
+    default_dtypes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The dtypes (``default_dtypes`` if none are given) and the reference's backend the
+    command line names, checked with its case and ``ops``."""
+    from conformance.api import check_names
+    from conformance.backends import get_backend
+    from conformance.cases import find_case
+    from conformance.ops import CHECKED_OPS
+    from conformance.ulp import DTYPES
+
+    if args.dtypes is not None and not _names(args.dtypes):
+        msg = f"--dtypes names no dtype: {args.dtypes!r}"
+        raise UsageError(msg)
+    with _arguments():
+        dtypes = _names(args.dtypes) or default_dtypes
+        settings: dict[str, Any] = {
+            "dtypes": None if dtypes is None else check_names(dtypes, DTYPES, "dtypes"),
+            "backend": get_backend(args.backend),
+        }
+        if getattr(args, "case", None):
+            case = find_case(args.case, suite_seed=args.seed)
+            op = args.op if getattr(args, "impl", None) else None
+            if op and case.op != op:
+                msg = f"--case {args.case} is a case of {case.op}, not of --op {op}"
+                raise ValueError(msg)
+        if ops is not None:
+            check_names(ops, CHECKED_OPS, "ops")
+    return settings
+
+
 def _write_reports(result: Any, args: argparse.Namespace) -> None:
     from conformance.reports import to_html, to_markdown
 
-    if getattr(args, "json", None):
-        result.write_json(args.json)
-    if args.markdown:
-        Path(args.markdown).write_text(to_markdown(result))
-    if args.html:
-        Path(args.html).write_text(to_html(result))
+    writers = {
+        "json": result.json_text,
+        "markdown": lambda: to_markdown(result),
+        "html": lambda: to_html(result),
+    }
+    for kind, text in writers.items():
+        if getattr(args, kind, None):
+            _write(getattr(args, kind), f"{kind} report", text())
+
+
+def _write(path: str, what: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise UsageError(f"cannot write the {what} to {path}: {error}") from error
 
 
 def _run(args: argparse.Namespace) -> int:
     from conformance import api
-    from conformance.reports import print_report, progress_bar
+    from conformance.adapters import get_adapter
+    from conformance.reports import not_checked, print_report, progress_bar
 
     if args.list:
         print(list_everything())
         return 0
-    dtypes = _names(args.dtypes)
     frameworks = [f for group in args.framework or [] for f in _names(group) or []]
     if args.impl and frameworks:
         msg = "give either --framework or --impl, not both"
         raise UsageError(msg)
+    if args.impl:
+        function = _function(args)
+        settings = _settings(args)
+    else:
+        frameworks = frameworks or ["torch"]
+        with _arguments():
+            for name in frameworks:
+                get_adapter(name)
+        settings = _settings(args, ops=_names(args.ops), default_dtypes=api.DEFAULT_DTYPES)
     with progress_bar() as progress:
         if args.impl:
-            function = _function(args)
             result = api.check(
                 function.pop("fn"),
                 function.pop("op"),
                 **function,
-                dtypes=dtypes,
+                **settings,
                 case=args.case,
                 seed=args.seed,
                 progress=progress,
-                backend=args.backend,
             )
         else:
             result = api.run(
-                frameworks or ["torch"],
+                frameworks,
                 ops=_names(args.ops),
-                dtypes=dtypes or api.DEFAULT_DTYPES,
+                **settings,
                 case=args.case,
                 seed=args.seed,
                 progress=progress,
-                backend=args.backend,
             )
     print_report(result)
     _write_reports(result, args)
+    for line in not_checked(result):
+        print(f"normref-conformance: {line}", file=sys.stderr)
     return result.exit_code
 
 
@@ -186,15 +261,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     from conformance.reports import progress_bar
 
     function = _function(args)
+    settings = _settings(args)
     with progress_bar(what="diagnosing") as progress:
         found = diagnose(
             function.pop("fn"),
             function.pop("op"),
             **function,
-            dtypes=_names(args.dtypes),
+            **settings,
             seed=args.seed,
             progress=progress,
-            backend=args.backend,
         )
     for hypothesis in found.hypotheses:
         mark = (
@@ -205,21 +280,25 @@ def _diagnose(args: argparse.Namespace) -> int:
         print(f"  {hypothesis.name:60s} {mark}")
     print(found.verdict)
     if args.json:
-        Path(args.json).write_text(json.dumps(found.to_json(), indent=1) + "\n")
+        _write(args.json, "diagnosis", json.dumps(found.to_json(), indent=1) + "\n")
     return 0 if found.explaining else 1
 
 
 def _export(args: argparse.Namespace) -> int:
     from conformance.golden import export_golden
+    from conformance.models import model_of
 
-    path = export_golden(
-        args.out,
-        ops=_names(args.ops),
-        dtypes=_names(args.dtypes) or (),
-        convention=args.convention,
-        seed=args.seed,
-        backend=args.backend,
-    )
+    ops = _names(args.ops)
+    settings = _settings(args, ops=ops)
+    with _arguments():
+        model = model_of(args.convention)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        msg = f"--out must name a directory, and {args.out} is a file"
+        raise UsageError(msg)
+    try:
+        path = export_golden(args.out, ops=ops, convention=model, seed=args.seed, **settings)
+    except OSError as error:
+        raise UsageError(f"cannot write the golden vectors to {args.out}: {error}") from error
     count = len(json.loads(path.read_text())["vectors"])
     print(f"wrote {count} vectors and {path}")
     return 0
@@ -231,7 +310,7 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         result = RunResult.read_json(args.results)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # JSONDecodeError, another schema: ValueError
         raise UsageError(f"cannot read {args.results}: {error}") from error
     print_report(result)
     _write_reports(result, args)
@@ -254,9 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE_ERROR
         commands = {"run": _run, "diagnose": _diagnose, "export-golden": _export, "report": _report}
         return commands[args.command](args)
-    except (UsageError, ValueError) as error:
+    except UsageError as error:
         print(f"normref-conformance: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except Exception:  # noqa: BLE001 - any other exception is a bug of the suite
+        traceback.print_exc()
+        print(
+            "normref-conformance: internal error (a bug of the suite, not of the command line: "
+            "please report it with the traceback above)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

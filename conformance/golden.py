@@ -8,6 +8,12 @@ NPZ file with the inputs (rounded to the dtype), the output's cotangent
 tolerance, SHA-256 and the normref version. All arrays are stored as float64:
 every stored input is exactly representable in its dtype, so a C++, Rust or
 Julia implementation converts them exactly, runs, and compares without Python.
+
+An input normref refuses, as a case (a group of one sample) or only once rounded
+to the dtype (a mean of 1e4 in float16 leaves every group of PCA whitening
+constant, where its gradient does not exist), is an entry with ``"expect":
+"error"``, the message and ``"error_in"`` (``"forward"``, or ``"backward"``: the
+file then holds ``dy`` too), as ``run`` treats it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from conformance.backends import Backend, get_backend
 from conformance.cases import cases_for
 from conformance.models import Model, model_of
 from conformance.ops import CHECKED_OPS, get_op
-from conformance.reference import expected, model_sample, prepare
+from conformance.reference import Refusal, model_sample, prepare, reference_or_refusal
 from conformance.tolerances import arithmetic_of, compute_dtype, element_bounds
 
 GOLDEN_SCHEMA = "normref-conformance-golden"
@@ -65,11 +72,12 @@ def _vector(
         "inputs": sorted(arrays),
         "default_eps": case.default_eps,
     }
-    if case.kind == "error":
-        entry["expect"] = "error"
-        entry["error"] = case.error
+    result = reference_or_refusal(prepared, model, backend=backend)
+    if isinstance(result, Refusal):
+        if result.where == "backward":
+            arrays["dy"] = prepared.dy
+        entry.update(expect="error", error=result.error, error_in=result.where)
         return arrays, entry
-    result = expected(prepared, model, backend=backend)
     arrays["dy"] = prepared.dy
     arithmetic = arithmetic_of(model, dtype)
     budgets = {}
@@ -77,7 +85,8 @@ def _vector(
         bounds = element_bounds(result.terms, name, exact, dtype, arithmetic)
         arrays[f"expected_{name}"] = exact
         arrays[f"bound_{name}"] = bounds.bound
-        budgets[name] = _largest_budget(bounds.bound / bounds.unit)
+        with np.errstate(over="ignore"):  # a bound beyond the largest float is "inf" ulps
+            budgets[name] = _largest_budget(bounds.bound / bounds.unit)
     entry.update(
         expect="values",
         outputs=[n for n in result.values if op.direction(n) != "backward"],
@@ -112,12 +121,17 @@ def export_golden(
     backend: str | Backend | None = None,
 ) -> Path:
     """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention`` (the reference on
-    ``backend``); return the manifest's path."""
+    ``backend``); return the manifest's path.
+
+    Every vector is computed before anything is written, so an error leaves ``out`` as it was;
+    then an earlier manifest is removed, each file is written under a temporary name and renamed,
+    and the manifest comes last: a directory with a manifest holds every file it lists.
+    """
     import normref
 
     reference = get_backend(backend)
     model = model_of(convention)
-    root = Path(out)
+    files: dict[str, bytes] = {}
     vectors = []
     for op in ops if ops is not None else list(CHECKED_OPS):
         for case in cases_for(op, suite_seed=seed):
@@ -126,11 +140,9 @@ def export_golden(
                 buffer = io.BytesIO()
                 np.savez(buffer, **arrays)
                 data = buffer.getvalue()
-                relative = Path(op) / f"{case.name}.{dtype}.npz"
-                (root / op).mkdir(parents=True, exist_ok=True)
-                (root / relative).write_bytes(data)
-                entry["file"] = relative.as_posix()
+                entry["file"] = f"{op}/{case.name}.{dtype}.npz"
                 entry["sha256"] = hashlib.sha256(data).hexdigest()
+                files[entry["file"]] = data
                 vectors.append(entry)
     manifest = {
         "schema": GOLDEN_SCHEMA,
@@ -142,6 +154,20 @@ def export_golden(
         "storage": "every array is float64; inputs are exactly representable in their dtype",
         "vectors": vectors,
     }
+    text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
+    root = Path(out)
     path = root / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    for relative, data in files.items():
+        _replace(root / relative, data)
+    _replace(path, text.encode())
     return path
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

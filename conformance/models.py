@@ -266,6 +266,11 @@ def presets() -> dict[str, Model]:
     return {"normref": NORMREF, **FRAMEWORK_MODELS}
 
 
+def preset_name(model: Model) -> str | None:
+    """The name :func:`model_of` takes for ``model`` when it is a preset (``None`` otherwise)."""
+    return next((name for name, preset in presets().items() if preset == model), None)
+
+
 CHOICES: dict[str, tuple[Any, ...]] = {
     "momentum_meaning": MOMENTUM_MEANINGS,
     "running_var_correction": (0, 1),

@@ -74,6 +74,7 @@ class ConformanceCollector(pytest.Collector):
 
     def collect(self) -> list[CaseItem]:
         from conformance.adapters.function import function_binding, load_function
+        from conformance.arrays import ArrayKindUnavailableError
         from conformance.backends import get_backend
         from conformance.runner import select_cases
 
@@ -83,13 +84,18 @@ class ConformanceCollector(pytest.Collector):
             msg = "--normref-impl needs --normref-op (the op it implements)"
             raise pytest.UsageError(msg)
         vjp = option("normref_impl_vjp")
-        binding = function_binding(
-            load_function(option("normref_impl")),
-            op,
-            array_type=option("normref_array_type"),
-            vjp=load_function(vjp) if vjp else None,
-            convention=option("normref_convention"),
-        )
+        try:
+            binding = function_binding(
+                load_function(option("normref_impl")),
+                op,
+                array_type=option("normref_array_type"),
+                vjp=load_function(vjp) if vjp else None,
+                convention=option("normref_convention"),
+            )
+        except (ValueError, TypeError, ArrayKindUnavailableError) as error:
+            # a function that cannot be imported, an unknown op or convention, an array type
+            # whose library is not installed
+            raise pytest.UsageError(str(error)) from error
         chosen = option("normref_dtypes")
         dtypes = chosen.split(",") if chosen else list(binding.dtypes)
         try:

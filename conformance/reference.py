@@ -11,6 +11,7 @@ terms behind every output (:mod:`conformance.terms`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +133,46 @@ def expected(
         terms = op.terms(op, sample, dy, model)
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     return Expected(arrays, terms, sample.kwargs.get("eps"))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An input normref refuses: where (``"forward"``, or ``"backward"`` where only its
+    gradient does not exist) and normref's message."""
+
+    where: str
+    error: str
+
+
+def reference_or_refusal(
+    prepared: Prepared,
+    model: Model,
+    *,
+    backward: bool = True,
+    backend: Backend = NUMPY,
+    evaluate: Callable[[], Expected] | None = None,
+) -> Expected | Refusal:
+    """normref's exact result on ``prepared`` under ``model``, or where and why it refuses it.
+
+    A refusal is the case's own (an error-path case), or one that appears at the prepared
+    dtype only: a mean of 1e4 in float16 (spacing 8) leaves every whitening group constant,
+    where the gradient of PCA whitening and of decorrelation does not exist. ``evaluate``
+    computes the full result (default :func:`expected` with these arguments; a caller with a
+    cache passes its own).
+    """
+    case = prepared.case
+    if case.kind == "error":
+        return Refusal(case.error_in or "forward", case.error or "")
+    try:
+        if evaluate is not None:
+            return evaluate()
+        return expected(prepared, model, backward=backward, backend=backend)
+    except ValueError as error:
+        where = "forward"
+        if backward and prepared.op.differentiable:
+            try:
+                expected(prepared, model, backward=False, backend=backend)
+                where = "backward"
+            except ValueError:
+                pass
+        return Refusal(where, f"at {prepared.dtype}: {error}")

@@ -132,14 +132,22 @@ class RunResult:
         return {s.value: found.get(s.value, 0) for s in Status}
 
     @property
+    def complete(self) -> bool:
+        """Every framework asked for was checked (none of them is missing here)."""
+        return not self.skipped
+
+    @property
     def ok(self) -> bool:
-        """No row fails."""
-        return not any(r.status.failing for r in self.results)
+        """Every framework asked for was checked, and no row fails."""
+        return self.complete and not self.failures
 
     @property
     def exit_code(self) -> int:
-        """0 when no row fails, 1 otherwise."""
-        return 0 if self.ok else 1
+        """2 when a framework asked for was not checked (not installed: the run is not the one
+        asked for, whatever its rows say), else 1 when a row fails, else 0."""
+        if not self.complete:
+            return 2
+        return 1 if self.failures else 0
 
     def by_status(self, status: Status) -> list[CaseResult]:
         """The rows with ``status``."""
@@ -190,9 +198,13 @@ class RunResult:
             seconds=document.get("seconds", 0.0),
         )
 
+    def json_text(self) -> str:
+        """:meth:`to_json` as the text of a JSON file."""
+        return json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+
     def write_json(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path``."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
+        Path(path).write_text(self.json_text())
 
     @classmethod
     def read_json(cls, path: str | Path) -> RunResult:

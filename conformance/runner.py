@@ -19,7 +19,7 @@ from conformance.backends import NUMPY, Backend
 from conformance.cases import Case, cases_for, find_case
 from conformance.models import NORMREF
 from conformance.ops import get_op
-from conformance.reference import expected
+from conformance.reference import Refusal, reference_or_refusal
 from conformance.results import CaseResult, RunResult, Status
 from conformance.rows import Row, quietly
 from conformance.verdicts import accepted_value, judge
@@ -47,9 +47,15 @@ def check_row(binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY
         result.explanation = f"{binding.label} does not take {dtype}"
         return result
     try:
-        refused = _refusal(row)
-        if refused is not None:
-            _error_path(row, result, *refused)
+        reference = reference_or_refusal(
+            row.prepared,
+            NORMREF,
+            backward=row.backward,
+            backend=backend,
+            evaluate=lambda: row.expected(NORMREF),
+        )
+        if isinstance(reference, Refusal):
+            _error_path(row, result, reference)
         else:
             _state_conditioning(row, result)
             verdict = judge(row)
@@ -84,28 +90,8 @@ def _state_conditioning(row: Row, result: CaseResult) -> None:
         result.conditioning, result.conditioning_measure = conditioning.value, conditioning.what
 
 
-def _refusal(row: Row) -> tuple[str, str] | None:
-    """Where and why normref refuses the row's input: the case's own refusal, or one that
-    appears at this dtype only (a mean of 1e4 in float16 leaves every group constant)."""
-    case = row.prepared.case
-    if case.kind == "error":
-        return case.error_in or "forward", case.error or ""
-    try:
-        row.expected(NORMREF)
-    except ValueError as error:
-        where = "forward"
-        if row.backward:
-            try:
-                quietly(expected, row.prepared, NORMREF, backward=False)
-                where = "backward"
-            except ValueError:
-                pass
-        return where, f"at {row.prepared.dtype}: {error}"
-    return None
-
-
-def _error_path(row: Row, result: CaseResult, where: str, error: str) -> None:
-    backward = where == "backward" and row.backward
+def _error_path(row: Row, result: CaseResult, refusal: Refusal) -> None:
+    backward = refusal.where == "backward" and row.backward
     try:
         evaluation = quietly(row.binding.run, row.prepared, row.binding.model, backward)
     except FrameworkLacksError:
@@ -117,7 +103,7 @@ def _error_path(row: Row, result: CaseResult, where: str, error: str) -> None:
         return
     result.status = Status.ACCEPTS
     result.explanation = accepted_value(evaluation, row.prepared, backward)
-    result.diagnosis = f"normref raises: {error}"
+    result.diagnosis = f"normref raises: {refusal.error}"
 
 
 def select_cases(op: str, *, case_id: str | None = None, seed: int = 0) -> list[Case]:

@@ -3,7 +3,7 @@
 Two NumPy layer norms with normref's signature: one as torch defines it, one
 with a classic slip (eps added to the standard deviation instead of inside the
 square root). :func:`conformance.check` runs every layer-norm case of the
-suite (edge cases and hypothesis draws, every dtype) against normref's float64
+suite (edge cases and drawn ones, every dtype) against normref's float64
 reference; :func:`conformance.diagnose` tries every convention preset and
 every single-field variation and reports which explains the function.
 

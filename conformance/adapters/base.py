@@ -109,6 +109,13 @@ class Adapter:
 STATE = ("running_mean", "running_var")
 
 
+def unit_axis(prepared: Prepared, name: str | None = None) -> int:
+    """The unit axis (the case's ``out_axis``, non-negative) of the array ``name`` (default: the
+    op's primary input), for the ops on weights and gradients."""
+    array = prepared.sample.args[name or prepared.op.spec.primary]
+    return prepared.sample.kwargs["out_axis"] % array.ndim
+
+
 def evaluate_on(
     kind: ArrayKind,
     prepared: Prepared,

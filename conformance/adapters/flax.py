@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from conformance.adapters.base import Adapter, Binding, evaluate_on
+from conformance.adapters.base import Adapter, Binding, evaluate_on, unit_axis
 from conformance.arrays import Evaluation, JaxKind, Native
 from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.ops import get_op
@@ -148,15 +148,10 @@ def _holder(shape: tuple[int, ...]) -> Any:
     return Kernel()
 
 
-def _unit_axis(prepared: Prepared) -> int:
-    w = prepared.sample.args[get_op(prepared.case.op).spec.primary]
-    return prepared.sample.kwargs["out_axis"] % w.ndim
-
-
 def _weight_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
     v, g = arrays["v"], arrays.get("g")
     module = _linen().WeightNorm(
-        _holder(v.shape), feature_axes=_unit_axis(prepared), use_scale=g is not None
+        _holder(v.shape), feature_axes=unit_axis(prepared), use_scale=g is not None
     )
     params: dict[str, Any] = {"layer_instance": {"kernel": v}}
     if g is not None:
@@ -167,7 +162,7 @@ def _weight_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native,
 def _spectral_norm_train(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
     import jax.numpy as jnp
 
-    axis = _unit_axis(prepared)
+    axis = unit_axis(prepared)
     w, u = jnp.moveaxis(arrays["w"], axis, -1), arrays["u"]
     module = _linen().SpectralNorm(
         _holder(w.shape), n_steps=prepared.sample.kwargs["n_power_iterations"]

@@ -65,6 +65,19 @@ def load_function(spec: str) -> Callable[..., Any]:
     return target
 
 
+def importable_name(fn: Callable[..., Any]) -> str | None:
+    """``"module:qualname"`` when it names ``fn`` in a new process too (not a lambda, a local
+    function or one of ``__main__``), else ``None``."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    name = f"{module}:{qualname}"
+    try:
+        return name if load_function(name) is fn else None
+    except (ValueError, TypeError):
+        return None
+
+
 def _call_arguments(
     op: CheckedOp, prepared: Prepared, model: Model, arrays: dict[str, Native]
 ) -> tuple[list[Any], dict[str, Any]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from conformance.adapters.base import Adapter, Binding, evaluate_on
+from conformance.adapters.base import Adapter, Binding, evaluate_on, unit_axis
 from conformance.arrays import Evaluation, JaxKind, Native
 from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.reference import Prepared
@@ -40,17 +40,13 @@ def _optax() -> Any:
     return optax
 
 
-def _unit_axis(prepared: Prepared, name: str) -> int:
-    return prepared.sample.kwargs["out_axis"] % prepared.sample.args[name].ndim
-
-
 def _last(call: Callable[..., Native], *names: str) -> Call:
     """``call`` on the arrays ``names`` with their unit axis moved last, its result moved back."""
 
     def moved(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
         import jax.numpy as jnp
 
-        axis = _unit_axis(prepared, names[0])
+        axis = unit_axis(prepared, names[0])
         result = call(*(jnp.moveaxis(arrays[n], axis, -1) for n in names), prepared=prepared)
         return jnp.moveaxis(result, -1, axis), {}
 
@@ -65,7 +61,7 @@ def _agc(grad: Native, param: Native, *, prepared: Prepared, axis: Any = None) -
 
 
 def _agc_given_axes(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
-    axis = _unit_axis(prepared, "grad")
+    axis = unit_axis(prepared, "grad")
     fan_in = tuple(a for a in range(arrays["grad"].ndim) if a != axis)
     return _agc(arrays["grad"], arrays["param"], prepared=prepared, axis=fan_in), {}
 

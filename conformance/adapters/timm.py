@@ -1,7 +1,11 @@
 """timm (pytorch-image-models) normalization layers, through the torch adapter's machinery.
 
-Optional: timm pins its own torch; where it is not installed the adapter is
-skipped with that reason. timm's layers are torch modules whose defaults
+Optional: where timm is not installed the adapter is skipped with that reason.
+timm imports torchvision, which must be built for the installed torch (the same
+release, CPU or CUDA build alike); PyPI's torchvision wheels are CUDA builds
+and do not load beside a CPU torch. So far the adapter has been checked only
+against a stand-in of ``StdConv2d`` and ``ScaledStdConv2d`` rewritten from
+timm's source (``tests/conformance/stub_timm``), not against timm itself. timm's layers are torch modules whose defaults
 differ from torch's: ``LayerNorm`` and ``RmsNorm`` default to ``eps=1e-6``
 (``timm/layers/norm.py``), and ``ScaledStdConv2d`` puts its ``eps`` inside the
 square root (``timm/layers/std_conv.py``: ``F.batch_norm`` of the weight), so the
@@ -20,14 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.adapters.base import Adapter, Binding
+from conformance.adapters.base import Adapter, Binding, unit_axis
 from conformance.adapters.torch import (
     _call_module,
     _channels_at_1,
     _eps,
     _normalized_shape,
     _trailing,
-    _unit_axis,
     torch_run,
 )
 from conformance.arrays import Native
@@ -73,7 +76,7 @@ def _standardized(scaled: bool) -> Any:
         import torch
         from torch.func import functional_call
 
-        w, axis = arrays["w"], _unit_axis(prepared)
+        w, axis = arrays["w"], unit_axis(prepared)
         moved = torch.movedim(w, axis, 0)
         units, fan_in = moved.shape[0], moved[0].numel()
         kernel = moved.reshape(units, fan_in, 1, 1)
@@ -126,5 +129,8 @@ ADAPTER = Adapter(
     requires=("timm", "torch"),
     bindings=BINDINGS,
     versions=_versions,
-    install_hint="pip install timm; timm pins a torch of its own, other than this project's",
+    install_hint=(
+        "pip install timm, with a torchvision built for the installed torch (same release, "
+        "CPU or CUDA build alike: PyPI's torchvision wheels need a CUDA torch)"
+    ),
 )

@@ -32,7 +32,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from conformance.adapters.base import Adapter, Binding, FrameworkLacksError, evaluate_on
+from conformance.adapters.base import (
+    Adapter,
+    Binding,
+    FrameworkLacksError,
+    evaluate_on,
+    unit_axis,
+)
 from conformance.arrays import Evaluation, Native, TorchKind
 from conformance.models import FRAMEWORK_MODELS, Model
 from conformance.ops import get_op
@@ -272,18 +278,13 @@ def _holding(w: Native) -> Any:
     return Weight()
 
 
-def _unit_axis(prepared: Prepared) -> int:
-    w = prepared.sample.args[get_op(prepared.case.op).spec.primary]
-    return prepared.sample.kwargs["out_axis"] % w.ndim
-
-
 def _per_unit(g: Native, ndim: int, axis: int) -> Native:
     """A per-unit parameter ``(O,)`` in torch's ``(O, 1, ..., 1)`` layout."""
     return g.reshape([-1 if a == axis else 1 for a in range(ndim)])
 
 
 def _weight_norm_kernel(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    v, axis = arrays["v"], _unit_axis(prepared)
+    v, axis = arrays["v"], unit_axis(prepared)
     g = arrays.get("g")
     if g is None:  # the unit-norm direction: g = 1 in every unit
         g = _torch().ones(v.shape[axis], dtype=v.dtype)
@@ -293,7 +294,7 @@ def _weight_norm_kernel(arrays: dict[str, Native], prepared: Prepared) -> Native
 def _weight_norm_parametrization(arrays: dict[str, Native], prepared: Prepared) -> Native:
     from torch.func import functional_call
 
-    v, axis = arrays["v"], _unit_axis(prepared)
+    v, axis = arrays["v"], unit_axis(prepared)
     module = _holding(v)
     _torch().nn.utils.parametrizations.weight_norm(module, dim=axis)
     g = arrays.get("g")
@@ -313,7 +314,7 @@ def _spectral(legacy: bool, train: bool) -> Call:
     def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
         from torch.func import functional_call
 
-        w, axis = arrays["w"], _unit_axis(prepared)
+        w, axis = arrays["w"], unit_axis(prepared)
         u, v = arrays["u"].clone(), arrays["v"].clone()
         module = _holding(w)
         utils = _torch().nn.utils

@@ -6,6 +6,7 @@ run saved as JSON renders again later (``normref-conformance report``).
 
 from conformance.reports.html import to_html
 from conformance.reports.markdown import to_markdown
+from conformance.reports.summary import not_checked
 from conformance.reports.terminal import print_report, progress_bar
 
-__all__ = ["print_report", "progress_bar", "to_html", "to_markdown"]
+__all__ = ["not_checked", "print_report", "progress_bar", "to_html", "to_markdown"]

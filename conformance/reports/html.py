@@ -15,6 +15,7 @@ from conformance.reports.summary import (
     dtypes_of,
     header,
     matrix,
+    not_checked,
     reproduce,
     sections,
     ulps,
@@ -149,8 +150,9 @@ def to_html(run: RunResult) -> str:
         "<table>",
         *[f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in header(run)],
         *[
-            f"<tr><th>skipped</th><td>{_e(s['framework'])}: {_e(s['reason'])}</td></tr>"
-            for s in run.skipped
+            f"<tr><th>not checked</th><td><strong style='color: {COLOURS[Status.FAIL]}'>"
+            f"{_e(line)}</strong></td></tr>"
+            for line in not_checked(run)
         ],
         "</table>",
         "<h2>Implementation × op × dtype</h2>",

@@ -9,6 +9,7 @@ from conformance.reports.summary import (
     dtypes_of,
     header,
     matrix,
+    not_checked,
     reproduce,
     sections,
 )
@@ -23,7 +24,7 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
     """The run as a Markdown document."""
     lines = ["# normref conformance report", ""]
     lines += [f"- **{k}**: {_escape(v)}" for k, v in header(run)]
-    lines += [f"- skipped **{s['framework']}**: {s['reason']}" for s in run.skipped]
+    lines += [f"- **{_escape(line)}**" for line in not_checked(run)]
     dtypes = dtypes_of(run)
     lines += ["", "## Rows per status", ""]
     lines.append("| implementation | op | " + " | ".join(dtypes) + " |")

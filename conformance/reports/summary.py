@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,27 +229,66 @@ def header(run: RunResult) -> list[tuple[str, str]]:
             "forward only",
             ", ".join(i["implementation"] for i in run.implementations if not i.get("backward")),
         ),
-        (
-            "verdict",
-            "every row within budget, explained by convention, or not implemented"
-            if run.ok
-            else f"{len(run.failures)} rows fail",
-        ),
+        ("verdict", verdict(run)),
     ]
     return [(k, v) for k, v in facts if v]
 
 
+def verdict(run: RunResult) -> str:
+    """The run's outcome in one line, naming first what was not checked (exit code 2)."""
+    parts = []
+    if not run.complete:
+        missing = ", ".join(s["framework"] for s in run.skipped)
+        what = "nothing checked" if not run.results else "not checked"
+        parts.append(f"{what}: {missing} not installed (exit code 2)")
+    if run.failures:
+        parts.append(f"{len(run.failures)} rows fail")
+    elif run.results:
+        parts.append("every row within budget, explained by convention, or not implemented")
+    return "; ".join(parts)
+
+
+def not_checked(run: RunResult) -> list[str]:
+    """One line per framework asked for that was not checked, with why and how to install it."""
+    return [f"{s['framework']} was not checked: {s['reason']}" for s in run.skipped]
+
+
 def reproduce(row: CaseResult, run: RunResult) -> str:
-    """The command that re-runs ``row`` alone."""
-    framework = row.framework
-    if framework.startswith("function"):
-        return (
-            f"normref-conformance run --impl {row.implementation} --op {row.op} "
-            f"--case {row.case} --dtypes {row.dtype}"
-        )
-    seed = run.settings.get("seed", 0)
-    suffix = f" --seed {seed}" if seed else ""
-    return (
-        f"normref-conformance run --framework {framework} --case {row.case} "
-        f"--dtypes {row.dtype}{suffix}"
+    """The command that re-runs ``row`` alone with every setting of the run that affects it;
+    for a function or a convention no command line can name, the call in Python."""
+    settings = run.settings
+    common = [
+        "--case",
+        row.case,
+        "--dtypes",
+        row.dtype,
+        "--seed",
+        str(settings.get("seed", 0)),
+        "--backend",
+        str(settings.get("backend", "numpy")),
+    ]
+    if not row.framework.startswith("function"):
+        return shlex.join(["normref-conformance", "run", "--framework", row.framework, *common])
+    # a document of an earlier version records the function's label alone
+    impl = settings.get("impl", row.implementation)
+    convention = settings.get("convention")
+    vjp = settings.get("impl_vjp")
+    array_type = str(settings.get("array_type", "numpy"))
+    unnamed = (
+        impl is None
+        or (settings.get("vjp") and vjp is None)
+        or ("convention" in settings and convention is None)
     )
+    if unnamed:
+        return (
+            f"conformance.check(<{row.implementation}>, {row.op!r}, convention=<{row.model}>, "
+            f"vjp={'<its VJP>' if settings.get('vjp') else None}, array_type={array_type!r}, "
+            f"dtypes=[{row.dtype!r}], case={row.case!r}, seed={settings.get('seed', 0)!r}, "
+            f"backend={settings.get('backend', 'numpy')!r})"
+        )
+    command = ["normref-conformance", "run", "--impl", str(impl), "--op", row.op]
+    if convention is not None:
+        command += ["--convention", convention]
+    if vjp is not None:
+        command += ["--impl-vjp", vjp]
+    return shlex.join([*command, "--array-type", array_type, *common])

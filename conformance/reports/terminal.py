@@ -14,6 +14,7 @@ from conformance.reports.summary import (
     dtypes_of,
     header,
     matrix,
+    not_checked,
     reproduce,
     sections,
 )
@@ -63,55 +64,64 @@ def progress_bar(out: Any = None, what: str = "checking") -> Iterator[Callable[[
 
 
 def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
-    """Print the run: facts, the op x dtype matrix, findings, failures, error-path values."""
+    """Print the run: facts, the op x dtype matrix, findings, failures, error-path values.
+
+    Every string that comes from the data (names, explanations, tracebacks) is escaped, so
+    that rich prints it as it is (``'.[jax]'`` is not a style).
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     out = out or console()
     facts = Table.grid(padding=(0, 2))
     for key, value in header(run):
-        facts.add_row(f"[bold]{key}", value)
+        facts.add_row(f"[bold]{escape(key)}", escape(value))
     out.print(facts)
-    for skipped in run.skipped:
-        out.print(f"[dim]skipped {skipped['framework']}: {skipped['reason']}")
+    for line in not_checked(run):
+        out.print(f"[bold red]{escape(line)}", highlight=False)
 
     dtypes = dtypes_of(run)
     table = Table(title="rows per status", title_justify="left")
     table.add_column("implementation")
     table.add_column("op")
     for dtype in dtypes:
-        table.add_column(dtype, justify="right")
+        table.add_column(escape(dtype), justify="right")
     for (implementation, op), cells in matrix(run).items():
-        row = [implementation, op]
+        row = [escape(implementation), escape(op)]
         for dtype in dtypes:
             counts = cells.get(dtype)
             status = cell_status(counts) if counts else None
             text = cell_text(counts) if counts else "·"
             row.append(f"[{STYLES[status]}]{text}" if status else text)
         table.add_row(*row)
-    out.print(table)
-    legend = ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status)
-    out.print(f"[dim]{legend}")
+    if run.results:
+        out.print(table)
+        legend = ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status)
+        out.print(f"[dim]{legend}")
 
     for section in sections(run):
         style = STYLES[section.status]
         out.print(f"\n[{style}]{section.title}[/] ({section.rows} rows)")
         for group in section.groups[:limit]:
             out.print(
-                f"  [bold]{group.implementation}[/] {group.op} ({group.extent}): {group.text}",
+                f"  [bold]{escape(group.implementation)}[/] {escape(group.op)} "
+                f"({escape(group.extent)}): {escape(group.text)}",
                 highlight=False,
             )
             worst = group.worst
             if worst is not None and section.shows_worst:
                 row, output = worst
-                out.print(f"    worst: {case_line(row, output)}", highlight=False)
+                out.print(f"    worst: {escape(case_line(row, output))}", highlight=False)
                 if section.shows_rerun:
-                    out.print(f"    [dim]{reproduce(row, run)}", highlight=False)
+                    out.print(f"    [dim]{escape(reproduce(row, run))}", highlight=False)
             if group.rows[0].traceback:
                 last = group.rows[0].traceback.strip().splitlines()[-1]
-                out.print(f"    [dim]{last}", highlight=False)
+                out.print(f"    [dim]{escape(last)}", highlight=False)
         if len(section.groups) > limit:
             more = len(section.groups) - limit
             out.print(f"  ... and {more} more groups (see the JSON/HTML report)")
     counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
     style = "green" if run.ok else "bold red"
-    out.print(f"\n[{style}]{counts}[/] in {run.seconds:.1f} s")
+    out.print(f"\n[{style}]{counts or 'no rows'}[/] in {run.seconds:.1f} s")
+    for line in not_checked(run):
+        out.print(f"[bold red]{escape(line)}", highlight=False)

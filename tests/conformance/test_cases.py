@@ -189,3 +189,21 @@ def test_whitening_rows_state_the_covariance_conditioning():
     assert singular.outputs[0]["reference_ulps"] > typical.outputs[0]["reference_ulps"]
     assert "gap" in row("pca_whiten", "typical").conditioning_measure
     assert "Newton" in row("iter_norm_whiten", "typical").conditioning_measure
+
+
+def test_drawn_cases_do_not_depend_on_the_modules_loaded(tmp_path, monkeypatch):
+    """A drawn case is a function of its op and the suite's seed alone: importing a module full
+    of constants (as a user's implementation, or a test session, does) changes none of them."""
+    import importlib
+
+    from conformance.cases import drawn_cases
+
+    def draws():
+        return [(c.id, c.seed, c.parameters) for op in OPS for c in drawn_cases(get_op(op))]
+
+    before = draws()
+    constants = ", ".join(str(k * 7_919_993 + k % 5) for k in range(500))
+    (tmp_path / "constants_of_a_user.py").write_text(f"VALUES = ({constants}, 0.5, 1e-3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("constants_of_a_user")
+    assert draws() == before

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
+import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conformance.cli import main
+from tests.conformance import planted
 
 GOOD = "tests.conformance.planted:layer_norm"
 UNBIASED = "tests.conformance.planted:layer_norm_unbiased"
@@ -70,6 +74,10 @@ def test_one_case_runs_alone(tmp_path):
         ["run", "--framework", "mxnet"],
         ["run", "--framework", "torch", "--dtypes", "float8"],
         ["run", "--framework", "torch", "--case", "layer_norm/nope"],
+        ["run", "--impl", GOOD, "--op", "rms_norm", "--case", "layer_norm/typical"],
+        ["run", "--impl", GOOD, "--op", "layer_norm", "--dtypes", ","],
+        ["export-golden", "--out", "golden", "--ops", "softmax"],
+        ["export-golden", "--out", "golden", "--convention", "mxnet"],
         ["run", "--no-such-option"],
         ["report", "no-such-results.json"],
         ["diagnose", "--op", "layer_norm"],
@@ -100,10 +108,74 @@ def test_diagnose_exits_0_when_a_convention_explains_and_1_when_none_does(tmp_pa
     assert "no convention explains" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")
-def test_a_framework_that_is_not_installed_is_skipped_with_the_reason(capsys):
-    assert main(["run", "--framework", "timm"]) == 0
-    assert "skipped timm: timm not installed" in capsys.readouterr().out
+@pytest.fixture
+def flax_missing(monkeypatch):
+    """The flax adapter as it is where flax is not installed (and a terminal wide enough for
+    the report's lines to stay whole)."""
+    import conformance.adapters.flax as flax_adapter
+
+    monkeypatch.setenv("COLUMNS", "250")
+    missing = dataclasses.replace(flax_adapter.ADAPTER, requires=("flax_is_not_installed",))
+    monkeypatch.setattr(flax_adapter, "ADAPTER", missing)
+
+
+def test_a_framework_that_is_not_installed_is_nothing_checked_exit_2(flax_missing, capsys):
+    """A CI gate that asks for a framework it does not have must not pass with zero rows."""
+    assert main(["run", "--framework", "flax"]) == 2
+    captured = capsys.readouterr()
+    assert "nothing checked: flax not installed" in captured.out
+    for text in (captured.out, captured.err):
+        assert "flax was not checked: flax_is_not_installed not installed" in text
+        assert "pip install -e '.[jax]'" in text  # printed as it is, not as rich markup
+    assert "within budget" not in captured.out
+
+
+def test_a_framework_missing_among_others_is_reported_and_exits_2(flax_missing, tmp_path, capsys):
+    """The installed frameworks are still checked and reported; the run is not the one asked
+    for, so its exit code is 2, in the saved document and its report too."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+    saved = tmp_path / "run.json"
+    one = ["--case", "layer_norm/typical", "--dtypes", "float64", "--json", str(saved)]
+    assert main(["run", "--framework", "torch,flax", *one]) == 2
+    out = capsys.readouterr().out
+    assert "not checked: flax not installed (exit code 2); every row within budget" in out
+    document = json.loads(saved.read_text())
+    assert document["summary"]["exit_code"] == 2
+    assert {r["framework"] for r in document["results"]} == {"torch"}
+    assert main(["report", str(saved)]) == 2
+
+
+def test_an_array_type_that_is_not_installed_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jax", None)  # import jax raises ImportError
+    argv = ["run", "--impl", "tests.conformance.planted:layer_norm_jax", *ONE_CASE]
+    assert main([*argv, "--array-type", "jax"]) == 2
+    err = capsys.readouterr().err
+    assert "jax is not installed (pip install -e '.[jax]')" in err
+    assert "Traceback" not in err
+
+
+def test_diagnose_without_a_function_says_so(capsys):
+    assert main(["diagnose", "--op", "layer_norm"]) == 2
+    assert "diagnose needs --impl module:function" in capsys.readouterr().err
+
+
+def test_an_error_inside_the_suite_is_internal_not_a_usage_error(monkeypatch, tmp_path, capsys):
+    """A ValueError raised while computing (not while reading the command line) is a bug of
+    the suite: exit code 3 with its traceback, not 2."""
+    import conformance.golden
+
+    def failing(*args, **kwargs):
+        msg = "a failure inside the reference"
+        raise ValueError(msg)
+
+    monkeypatch.setattr(conformance.golden, "_vector", failing)
+    out = tmp_path / "golden"
+    assert main(["export-golden", "--out", str(out), "--ops", "layer_norm"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "a failure inside the reference" in err
+    assert "internal error" in err
+    assert not out.exists()
 
 
 def test_python_dash_m_is_the_same_command():
@@ -115,3 +187,76 @@ def test_python_dash_m_is_the_same_command():
     )
     assert done.returncode == 0, done.stderr
     assert "frameworks:" in done.stdout
+
+
+def test_run_and_diagnose_leave_the_working_directory_as_it_was(tmp_path):
+    """Nothing is written where the commands run (no cache of drawn cases, no database). The
+    rms_norm cases are ones whose drawing once wrote a cache there."""
+    root = Path(__file__).resolve().parents[2]
+    function = ["--impl", "normref:rms_norm", "--op", "rms_norm", "--dtypes", "float64"]
+    commands = [["run", *function, "--case", "rms_norm/typical"], ["diagnose", *function]]
+    script = (
+        "import sys\nfrom conformance.cli import main\n"
+        f"sys.exit(max(main(argv) for argv in {commands!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_printed_command_reproduces_each_failing_row(tmp_path, capsys, monkeypatch):
+    """Every setting that affects a row is in the command printed to re-run it: the VJP (without
+    it a NumPy function is checked forward only), the convention (the row's model), the array
+    type, the suite's seed (the data) and the reference's backend."""
+    monkeypatch.setenv("COLUMNS", "400")
+    first = tmp_path / "first.json"
+    settings = ["--impl-vjp", "tests.conformance.planted:layer_norm_vjp_without_mean_term"]
+    settings += ["--convention", "torch", "--array-type", "numpy", "--seed", "3"]
+    settings += ["--backend", "numpy", "--dtypes", "float64"]
+    argv = ["run", "--impl", GOOD, "--op", "layer_norm", *settings, "--json", str(first)]
+    assert main(argv) == 1
+    commands = [
+        line.strip()
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip().startswith("normref-conformance run")
+    ]
+    assert commands
+
+    def row_of(path, case):
+        (row,) = [r for r in json.loads(path.read_text())["results"] if r["case"] == case]
+        numbers = [(o["name"], o["max_ulps"], o["ok"]) for o in row["outputs"]]
+        return row["status"], row["model"], row["forward_only"], numbers
+
+    for command in commands:
+        words = shlex.split(command)
+        for setting in settings[::2]:
+            assert setting in words, command
+        again = tmp_path / "again.json"
+        assert main([*words[1:], "--json", str(again)]) == 1
+        case = words[words.index("--case") + 1]
+        assert row_of(again, case) == row_of(first, case)
+
+
+def test_a_function_no_command_line_names_is_re_run_from_python():
+    """A lambda cannot be named by --impl: the re-run is the call in Python."""
+    from conformance.api import check
+    from conformance.reports.summary import reproduce
+
+    result = check(
+        lambda x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5: planted.layer_norm_unbiased(
+            x, gamma, beta, axes=axes, eps=eps
+        ),
+        "layer_norm",
+        dtypes=["float64"],
+        case="layer_norm/typical",
+    )
+    (row,) = result.failures
+    assert reproduce(row, result).startswith("conformance.check(<")
+    assert "case='layer_norm/typical'" in reproduce(row, result)

@@ -83,3 +83,52 @@ def test_an_op_with_state_has_every_output(tmp_path):
     with np.load(tmp_path / entry["file"]) as arrays:
         assert {f"bound_{n}" for n in ("y", "u", "v", "sigma", "dw")} <= set(arrays.files)
         assert arrays["expected_sigma"].shape == ()
+
+
+def test_the_default_export_covers_every_op_and_dtype(tmp_path):
+    """``export-golden --out DIR`` as documented: every op at every dtype, inputs normref refuses
+    only once rounded (a mean of 1e4 in float16 and bfloat16 leaves every group of PCA
+    whitening and decorrelation constant) as error entries, and nothing but the listed files."""
+    from conformance.cli import main
+    from conformance.ops import CHECKED_OPS
+
+    assert main(["export-golden", "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    vectors = manifest["vectors"]
+    assert {(v["op"], v["dtype"]) for v in vectors} == {
+        (op, dtype) for op in CHECKED_OPS for dtype in ("float16", "bfloat16", "float32", "float64")
+    }
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {v["file"] for v in vectors} | {"manifest.json"}
+    by_key = {(v["case"], v["dtype"]): v for v in vectors}
+    for op in ("pca_whiten", "decorrelate"):
+        for dtype in ("float16", "bfloat16"):
+            entry = by_key[(f"{op}/mean-1e4", dtype)]
+            assert (entry["expect"], entry["error_in"]) == ("error", "backward")
+            assert entry["error"].startswith(f"at {dtype}: ")
+            assert "repeated eigenvalues" in entry["error"]
+            with np.load(tmp_path / entry["file"]) as arrays:
+                assert {"input_x", "dy"} <= set(arrays.files)
+        assert by_key[(f"{op}/mean-1e4", "float32")]["expect"] == "values"
+
+
+def test_an_export_that_fails_leaves_the_directory_as_it_was(tmp_path, monkeypatch):
+    """Every vector is computed before anything is written: a failure half-way through leaves
+    the earlier export whole (its manifest and every file it lists)."""
+    import conformance.golden
+
+    export_golden(tmp_path, ops=["rms_norm"], dtypes=["float32"])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    vector, calls = conformance.golden._vector, []
+
+    def failing_after_ten(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 10:
+            msg = "a failure half-way through"
+            raise ValueError(msg)
+        return vector(*args, **kwargs)
+
+    monkeypatch.setattr(conformance.golden, "_vector", failing_after_ten)
+    with pytest.raises(ValueError, match="half-way"):
+        export_golden(tmp_path, ops=["layer_norm", "rms_norm"], dtypes=["float32", "float64"])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

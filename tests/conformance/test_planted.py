@@ -61,6 +61,23 @@ def test_gradient_missing_its_mean_term():
     rows = _failing(result)
     assert {o["name"] for row in rows for o in row.outputs if not o["ok"]} == {"dx"}
     assert all(o["direction"] == "backward" for row in rows for o in row.outputs if not o["ok"])
+    # On a well-conditioned input nothing accounts for a missing term: the widest bound of an
+    # arithmetic, the fast variance's, grows as (|mean|/std)^2 u, 100 u at |mean|/std = 10, while
+    # the missing term, mean(g)/s, is of the order of dx itself.
+    conditioned = [r for r in rows if r.conditioning is not None and r.conditioning <= 10]
+    assert {"layer_norm/typical", "layer_norm/outlier-1e4"} <= {r.case for r in conditioned}
+    for row in conditioned:
+        assert row.diagnosis == (
+            "out of budget: dx (backward); no single convention field explains it"
+        ), (row.case, row.dtype)
+    found = diagnose(
+        planted.layer_norm,
+        "layer_norm",
+        vjp=planted.layer_norm_vjp_without_mean_term,
+        dtypes=DTYPES,
+    )
+    assert not found.explaining
+    assert found.verdict.startswith("no convention explains")
 
 
 def test_float16_overflow():

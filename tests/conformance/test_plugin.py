@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 # pytester's in-process runs restore sys.modules afterwards: modules with C extensions that the
@@ -79,3 +80,12 @@ def test_the_plugin_needs_the_op(pytester: pytest.Pytester):
 def test_an_unknown_backend_is_a_usage_error(pytester: pytest.Pytester):
     result = _run(pytester, "good", "--normref-backend", "jax")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_an_array_type_that_is_not_installed_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "jax", None)  # import jax raises ImportError
+    result = _run(pytester, "good", "--normref-array-type", "jax")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "jax is not installed (pip install -e '.[jax]')" in result.stderr.str()
