@@ -109,6 +109,12 @@ def _one_sample_per_group(sample: Sample) -> Sample:
 _ONE_SAMPLE_CANONICAL = ErrorCase(
     "a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE
 )
+_BAD_CORRECTION = ErrorCase(
+    "correction = 2",
+    lambda s: s.replace(correction=2),
+    ValueError,
+    r"correction must be 0 \(biased\) or 1",
+)
 _WHITENING_PROPERTIES = frozenset({"zero_mean", "shift_invariant", "scale_invariant"})
 _WHITENING_LAYER_ERRORS = (
     *_CHANNEL_ERRORS,
@@ -146,7 +152,7 @@ def _canonical_whitening(
         sample,
         _canonical_joint_partition,
         properties=properties,
-        errors=(_CANONICAL_RANK, _ONE_SAMPLE_CANONICAL, *extra),
+        errors=(_CANONICAL_RANK, _ONE_SAMPLE_CANONICAL, _BAD_CORRECTION, *extra),
     )
 
 
@@ -193,6 +199,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(
             *_WHITENING_LAYER_ERRORS,
             ErrorCase("one sample per group", _one_sample_per_group, ValueError, _SINGLE_SAMPLE),
+            _BAD_CORRECTION,
             ErrorCase(
                 "an unknown method",
                 lambda s: s.replace(method="svd"),

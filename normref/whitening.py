@@ -61,7 +61,7 @@ class RunningWhitening(NamedTuple):
 
 
 def _whitening_layer(
-    x: Array, group_size: int, method: str, eps: float, iterations: int, axis: int
+    x: Array, group_size: int, method: str, eps: float, correction: int, iterations: int, axis: int
 ) -> Layer:
     namespace_of(x=x)
     shape = tuple(x.shape)
@@ -70,7 +70,7 @@ def _whitening_layer(
         "batch_whiten",
         whitening_partition(shape, group_size, axis),
         WHITENING_OPS[name],
-        {**whitening_params(eps, 0), **method_params(name, iterations)},
+        {**whitening_params(eps, correction), **method_params(name, iterations)},
         (normalize_axis(axis, len(shape)),),
         f"x of shape {shape}, group_size={group_size}, axis={axis}",
     )
@@ -84,6 +84,7 @@ def batch_whiten(
     group_size: int,
     method: str = "zca",
     eps: float = 1e-5,
+    correction: int = 0,
     iterations: int = 5,
     axis: int = 1,
     precision: Precision = "highest",
@@ -105,6 +106,9 @@ def batch_whiten(
         channels by descending eigenvalue).
     eps
         Finite, > 0; added to the diagonal of each group's covariance.
+    correction
+        0 (default) for the biased covariance :math:`X_c^\top X_c / M`, as DBN
+        and IterNorm use; 1 for :math:`/(M - 1)`.
     iterations
         Newton–Schulz steps of ``"iter_norm"`` (ignored by the other methods).
     axis
@@ -116,7 +120,7 @@ def batch_whiten(
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
     """
-    layer = _whitening_layer(x, group_size, method, eps, iterations, axis)
+    layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
     return normalize(layer, x, gamma, beta, precision)
 
 
@@ -129,6 +133,7 @@ def batch_whiten_vjp(
     group_size: int,
     method: str = "zca",
     eps: float = 1e-5,
+    correction: int = 0,
     iterations: int = 5,
     axis: int = 1,
     precision: Precision = "highest",
@@ -138,7 +143,7 @@ def batch_whiten_vjp(
     With ``method="pca"`` it raises :class:`ValueError` where a group's
     covariance has repeated eigenvalues (the gradient does not exist there).
     """
-    layer = _whitening_layer(x, group_size, method, eps, iterations, axis)
+    layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
 
@@ -291,6 +296,7 @@ def batch_whiten_train(
     convention: Convention | str,
     method: str = "zca",
     eps: float = 1e-5,
+    correction: int = 0,
     iterations: int = 5,
     axis: int = 1,
     precision: Precision = "highest",
@@ -299,8 +305,9 @@ def batch_whiten_train(
 
     Returns the output of :func:`batch_whiten` (batch statistics) and the
     running statistics updated with :func:`running_whitening_update` from this
-    batch's per-channel mean and the whitening matrices of its (biased,
-    ``eps``-regularized) group covariances. Nothing is modified in place.
+    batch's per-channel mean and the whitening matrices of its group
+    covariances (``correction`` and ``eps`` as there). Nothing is modified in
+    place.
     """
     y = batch_whiten(
         x,
@@ -309,6 +316,7 @@ def batch_whiten_train(
         group_size=group_size,
         method=method,
         eps=eps,
+        correction=correction,
         iterations=iterations,
         axis=axis,
         precision=precision,
@@ -317,7 +325,11 @@ def batch_whiten_train(
     part = whitening_partition(tuple(x.shape), group_size, axis)
     batch = comoments(part.to_canonical(xp, x), precision=precision)
     w = whitening_matrix(
-        covariance(batch), method=method, eps=eps, iterations=iterations, precision=precision
+        covariance(batch, correction),
+        method=method,
+        eps=eps,
+        iterations=iterations,
+        precision=precision,
     )
     update = {"momentum": momentum, "convention": convention, "precision": precision}
     return y, RunningWhitening(

@@ -78,9 +78,27 @@ def test_every_method_matches_the_reference(method, standard_backend: Backend):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_gradient(method, standard_backend: Backend):
+def test_unbiased_covariance_is_the_biased_one_of_rescaled_data(method, standard_backend: Backend):
+    """correction=1 whitens C M/(M-1) + eps I: the biased whitening of x sqrt(M/(M-1)), rescaled.
+
+    Each side is exact to the references' RTOL of the output's size (κ ≈ 16 here).
+    """
+    x, _, _ = _sample(8)
+    a = math.sqrt(48 / 47)  # M = 12 * 2 * 2 samples per group
+    b = standard_backend
+    unbiased = normref.batch_whiten(
+        b.asarray(x, "float64"), group_size=3, method=method, correction=1
+    )
+    rescaled = normref.batch_whiten(b.asarray(a * x, "float64"), group_size=3, method=method)
+    unbiased, rescaled = b.to_numpy(unbiased), b.to_numpy(rescaled) / a
+    assert_close_to_scale(unbiased, rescaled, np.abs(rescaled).max(), rtol=2 * RTOL, what=method)
+
+
+@pytest.mark.parametrize("correction", [0, 1])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gradient(method, correction, standard_backend: Backend):
     x, gamma, beta = _sample(1, shape=(6, 4, 2), group_size=2)
-    kwargs = {"group_size": 2, "method": method}
+    kwargs = {"group_size": 2, "method": method, "correction": correction}
     dy = np.random.default_rng(2).standard_normal(x.shape)
     grads = normref.batch_whiten_vjp(
         *(standard_backend.asarray(a, "float64") for a in (dy, x, gamma, beta)), **kwargs
@@ -133,17 +151,20 @@ def test_pca_gradient_is_refused_at_repeated_eigenvalues():
 # Inference, running statistics, one training step
 
 
-def _batch_statistics(x: np.ndarray, k: int, method: str, eps: float, iterations: int = 5):
+def _batch_statistics(
+    x: np.ndarray, k: int, method: str, eps: float, iterations: int = 5, correction: int = 0
+):
     """Per-channel mean (C,) and group whitening matrices (C/k, k, k), written out in NumPy.
 
-    ZCA and IterNorm from the eigendecomposition of each group's biased covariance
+    ZCA and IterNorm from the eigendecomposition of each group's covariance (``np.cov``
+    with ``ddof=correction``)
     (IterNorm as its scalar recursion on each eigenvalue of the trace-normalized matrix).
     """
     rows = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
     mean = np.array([math.fsum(r) / r.size for r in rows])
     whitening = []
     for g in range(x.shape[1] // k):
-        cov = np.cov(rows[g * k : (g + 1) * k], bias=True) + eps * np.eye(k)
+        cov = np.cov(rows[g * k : (g + 1) * k], ddof=correction) + eps * np.eye(k)
         lam, v = np.linalg.eigh(cov)
         if method == "zca":
             scaled = lam**-0.5
@@ -218,10 +239,12 @@ def test_running_whitening_update_errors():
         normref.running_whitening_update(np.zeros(3), np.zeros(3), momentum=None, convention=TORCH)
 
 
+@pytest.mark.parametrize("correction", [0, 1])
 @pytest.mark.parametrize("method", ["zca", "iter_norm"])
-def test_training_step_as_iter_norm_and_dbn_take_it(method, standard_backend: Backend):
+def test_training_step_as_iter_norm_and_dbn_take_it(method, correction, standard_backend: Backend):
     """IterNorm and DBN: running_mean = m mean + (1 - m) old, running_wm = m W + (1 - m) old
-    (torch's momentum meaning, m = 0.1), with W the batch's whitening matrix."""
+    (torch's momentum meaning, m = 0.1), with W the whitening matrix of the batch's covariance
+    (biased as DBN and IterNorm take it, or with ``correction=1``)."""
     x, gamma, beta = _sample(7)
     running_mean = np.linspace(-1.0, 1.0, 6)
     running_whitening = np.broadcast_to(np.eye(3), (2, 3, 3)).copy()
@@ -232,8 +255,9 @@ def test_training_step_as_iter_norm_and_dbn_take_it(method, standard_backend: Ba
         momentum=0.1,
         convention=TORCH,
         method=method,
+        correction=correction,
     )
-    mean, whitening = _batch_statistics(x, 3, method, 1e-5)
+    mean, whitening = _batch_statistics(x, 3, method, 1e-5, correction=correction)
     scale = np.abs(whitening).max()
     assert_close_to_scale(
         b.to_numpy(running.mean), 0.1 * mean + 0.9 * running_mean, 1.0, rtol=4 * U64, what="mean"
@@ -246,7 +270,10 @@ def test_training_step_as_iter_norm_and_dbn_take_it(method, standard_backend: Ba
         what="running whitening",
     )
     expected_y = normref.batch_whiten(
-        *(b.asarray(a, "float64") for a in (x, gamma, beta)), group_size=3, method=method
+        *(b.asarray(a, "float64") for a in (x, gamma, beta)),
+        group_size=3,
+        method=method,
+        correction=correction,
     )
     np.testing.assert_array_equal(b.to_numpy(y), b.to_numpy(expected_y))
     assert np.array_equal(running_whitening, np.broadcast_to(np.eye(3), (2, 3, 3)))
