@@ -8,15 +8,21 @@ expected, so that a user reads the fix from the message alone.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 
 from normref.conventions import EPS_MODES
 
 
+def _is_real(value: object) -> bool:
+    """A real number of any kind (Python's, or a NumPy scalar such as ``float32``), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_eps(eps: object, *, name: str = "eps", allow_zero: bool = False) -> float:
     """``eps`` as a float; it must be finite and > 0 (or >= 0 with ``allow_zero``)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if not _is_real(eps):
         msg = f"{name} must be a number, got {type(eps).__name__}"
         raise TypeError(msg)
     value = float(eps)
@@ -48,7 +54,7 @@ def check_momentum(momentum: object, *, allow_none: bool = False) -> float | Non
     """A momentum in [0, 1]; ``None`` (cumulative average) where ``allow_none``."""
     if momentum is None and allow_none:
         return None
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+    if not _is_real(momentum):
         msg = f"momentum must be a number in [0, 1], got {momentum!r}"
         raise TypeError(msg)
     if not 0.0 <= float(momentum) <= 1.0:
@@ -121,7 +127,7 @@ def check_shape(
 
 def check_finite_number(value: object, *, name: str) -> float:
     """A real number (not a bool) that is finite, as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         msg = f"{name} must be a number, got {type(value).__name__}"
         raise TypeError(msg)
     if not math.isfinite(value):

@@ -477,8 +477,12 @@ def batch_norm_inference(
 
     :math:`y = \gamma (x - \hat\mu_c)/\sqrt{\hat\sigma_c^2 + \epsilon} + \beta`
     with ``running_mean`` :math:`\hat\mu` and ``running_var`` :math:`\hat\sigma^2`
-    of shape ``(C,)``. A negative running variance gives NaN. Other parameters
-    as :func:`batch_norm`.
+    of shape ``(C,)``; the divisor is ``eps_mode``'s :math:`s(\hat\sigma^2)` (the
+    formula shows ``"add"``). The running variance's sign is not checked: a
+    negative one gives what the formula gives, NaN where the square root's
+    argument is negative (``"add"``: :math:`\hat\sigma^2 + \epsilon < 0`;
+    ``"add_std"``: :math:`\hat\sigma^2 < 0`) and :math:`\sqrt\epsilon` under
+    ``"max"``. Other parameters as :func:`batch_norm`.
     """
     xp, dtype, channel, x_hat, _ = _inference_parts(
         x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision

@@ -68,6 +68,18 @@ def test_eps_must_be_finite_and_positive(spec: OpSpec, eps: float):
         spec.call(sample)
 
 
+@pytest.mark.parametrize("spec", [p for p in op_params() if "eps" in draw(p.values[0], 0).kwargs])
+def test_eps_may_be_a_numpy_scalar(spec: OpSpec):
+    """``eps=np.finfo(np.float32).eps`` (a float32 scalar) is the number it holds."""
+    sample = draw(spec, 0)
+    eps = np.float32(sample.kwargs["eps"])
+    from_numpy = spec.call(sample.replace(eps=eps))
+    from_python = spec.call(sample.replace(eps=float(eps)))
+    np.testing.assert_array_equal(np.asarray(from_numpy), np.asarray(from_python))
+    with pytest.raises(TypeError, match=r"eps must be a number, got bool"):
+        spec.call(sample.replace(eps=True))
+
+
 @pytest.mark.parametrize("spec", op_params())
 def test_cotangent_of_the_wrong_shape(spec: OpSpec):
     sample = draw(spec, 0)
@@ -81,6 +93,27 @@ def test_cotangent_of_the_wrong_shape(spec: OpSpec):
 def test_unknown_precision(spec: OpSpec, precision):
     with pytest.raises((ValueError, TypeError), match="precision must be 'highest', 'native'"):
         spec.call(draw(spec, 0).replace(precision=precision))
+
+
+@pytest.mark.parametrize(
+    ("eps_mode", "divisor"),
+    [
+        ("add", lambda v, eps: np.sqrt(v + eps)),
+        ("max", lambda v, eps: np.sqrt(np.maximum(v, eps))),
+        ("add_std", lambda v, eps: np.sqrt(v) + eps),
+    ],
+)
+def test_a_negative_running_variance_gives_what_the_formula_gives(eps_mode, divisor):
+    """Unchecked, as documented: NaN where the square root's argument is negative."""
+    running_var, eps = np.array([-1.0, -1e-9, 1.0]), 1e-5
+    with np.errstate(invalid="ignore"):
+        expected = 1.0 / divisor(running_var, eps)
+        y = normref.batch_norm_inference(
+            np.ones((2, 3)), np.zeros(3), running_var, eps=eps, eps_mode=eps_mode
+        )
+    np.testing.assert_allclose(
+        y, np.broadcast_to(expected, (2, 3)), rtol=4 * np.finfo(np.float64).eps, equal_nan=True
+    )
 
 
 def test_eps_mode_must_be_known():

@@ -65,6 +65,21 @@ def test_eigenvector_gradients_at_separated_eigenvalues(method, backend: Backend
 
 
 @pytest.mark.parametrize("method", EIGENVECTOR)
+def test_eigenvector_gradients_take_the_gaps_of_the_covariance_itself(method, standard_backend):
+    """Data of spread 1e-9 under the default eps = 1e-5: eigenvalues ~1e-18, gaps as large.
+
+    eps shifts every eigenvalue alike and leaves the eigenvectors as they are; their
+    gradient is exact only if the gaps are taken before the shift (after it, each gap
+    would carry a rounding of u eps ~ 1e-21, a relative error of 1e-3 here). Finite
+    differences with steps scaled to the data hold the VJP to rtol 1e-8.
+    """
+    forward, vjp = EIGENVECTOR[method]
+    scale = 1e-9
+    steps = tuple(step * scale for step in FD_STEPS)
+    _check_vjp(standard_backend, forward, vjp, scale * _spectrum_case("separated"), steps=steps)
+
+
+@pytest.mark.parametrize("method", EIGENVECTOR)
 def test_eigenvector_gradients_just_off_a_repeated_eigenvalue(method, standard_backend):
     """At a relative gap of 1e-6 the gradient exists, ~1/gap in size, and the VJP returns it.
 

@@ -17,8 +17,11 @@ It computes the same quantities as the generic path, in the same dtype
 as NumPy's, and reuses the generic path's scalar formulas per group
 (:func:`~normref.ops.standardization.divisor`,
 :func:`~normref.ops.standardization.variance_term`); results agree with the
-generic path to rounding. Arguments are checked before either path runs, so
-errors are the same.
+generic path to the rounding of their sums, whose orders differ. Under
+``"highest"`` both round once to the output, so float32 results agree to an
+ulp; under ``"native"`` float32 sums of different orders may differ by tens
+of ulps on large groups (each within the sums' error bound). Arguments are
+checked before either path runs, so errors are the same.
 
 Used when all of these hold, else the generic path runs:
 

@@ -37,8 +37,14 @@ differentiable in its first argument at the tie); and :math:`1/(2\sqrt v)` for
 ``"add_std"``, defined as 0 at :math:`v = 0`, where the input is constant, the
 centred values are all 0 and the term :math:`(x - \mu)k` vanishes in the limit.
 
-So constant groups give finite outputs and gradients in every mode; non-finite
-values propagate to their whole group.
+So constant groups give finite outputs and gradients in every mode. A NaN, or
+an infinity in a group whose statistics centre it, makes the whole group's
+output and gradient NaN; under rms_scale an infinity makes its own output NaN
+and its group's finite values 0 (:math:`x/\infty`, the limit), the gradient
+NaN. The statistics are sums of squares, not rescaled first: where they
+overflow (:math:`|x|` beyond about :math:`10^{154}` in float64 arithmetic,
+:math:`1.8 \cdot 10^{19}` in float32 under ``precision="native"``) the
+divisor is infinite and the outputs are 0 or NaN, not the normalized values.
 """
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def _require_distinct(xp: Namespace, lam: Array, what: str) -> None:
     a, b = float(values[k]), float(values[k + 1])
     msg = (
         f"the gradient of {what} does not exist where eigenvalues of a group's covariance "
-        f"(+ eps) repeat, and group {group} has repeated eigenvalues {a!r} and {b!r} "
+        f"repeat, and group {group} has repeated eigenvalues {a!r} and {b!r} "
         f"(gap {a - b:.3g} <= {float(xp.reshape(level, (-1,))[group]):.3g}, their rounding "
         f"level): its eigenvectors are not unique there. ZCA, Cholesky and IterNorm whitening "
         f"have gradients at repeated eigenvalues"
@@ -287,9 +287,11 @@ def _eigen_cotangent(
     return u @ inner @ _mT(xp, u)
 
 
-def _decorrelation_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+def _decorrelation_matrix(xp: Namespace, cov: Array, _eps: float) -> tuple[Array, Any]:
+    # the gaps are C's own: eps shifts every eigenvalue alike, and adding it first would
+    # round the gaps to u (λ + eps) instead of u λ
     lam, u = ordered_eigh(xp, cov)
-    return _mT(xp, u), (lam + eps, u)
+    return _mT(xp, u), (lam, u)
 
 
 def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
@@ -302,15 +304,16 @@ PCA_WHITENING = "PCA whitening"
 
 def _pca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
     lam, u = ordered_eigh(xp, cov)
-    lam = lam + eps
-    root = xp.sqrt(lam)
-    return _mT(xp, u) / root[..., :, None], (lam, u, root)
+    shifted = lam + eps
+    root = xp.sqrt(shifted)
+    # the eigenvector term takes C's own gaps (see _decorrelation_matrix), Λ + eps the rest
+    return _mT(xp, u) / root[..., :, None], (lam, u, shifted, root)
 
 
 def _pca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
-    lam, u, root = saved
-    # W = Λ^-1/2 Uᵀ: λ̄_k = -½ λ_k^-3/2 (W̄ U)_kk, Ū = W̄ᵀ Λ^-1/2
-    lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) / (lam * root)
+    lam, u, shifted, root = saved
+    # W = (Λ + eps)^-1/2 Uᵀ: λ̄_k = -½ (λ_k + eps)^-3/2 (W̄ U)_kk, Ū = W̄ᵀ (Λ + eps)^-1/2
+    lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) / (shifted * root)
     return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], PCA_WHITENING)
 
 
