@@ -16,6 +16,8 @@ forward only.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,11 +45,18 @@ FUNCTION_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def load_function(spec: str) -> Callable[..., Any]:
-    """The function named by ``"module:function"`` (``ValueError`` if it cannot be found)."""
+    """The function named by ``"module:function"`` (``ValueError`` if it cannot be found).
+
+    The module is found as ``python -m`` finds it: on the import path, or in the
+    current directory (searched after the installed packages, so it shadows none).
+    """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         msg = f"expected 'module:function', got {spec!r}"
         raise ValueError(msg)
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:

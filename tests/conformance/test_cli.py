@@ -189,6 +189,27 @@ def test_python_dash_m_is_the_same_command():
     assert "frameworks:" in done.stdout
 
 
+def test_impl_finds_a_module_in_the_working_directory(tmp_path):
+    """The installed command (whose import path does not hold the working directory, as
+    ``python -m``'s does) imports the user's own module from where it runs."""
+    command = Path(sys.executable).parent / "normref-conformance"
+    if not command.exists():
+        pytest.skip("the normref-conformance entry point is not installed beside this Python")
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "norms.py").write_text("from normref import layer_norm as my_layer_norm\n")
+    done = subprocess.run(
+        [str(command), "run", "--impl", "mypkg.norms:my_layer_norm", *ONE_CASE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 within budget" in done.stdout
+
+
 def test_run_and_diagnose_leave_the_working_directory_as_it_was(tmp_path):
     """Nothing is written where the commands run (no cache of drawn cases, no database). The
     rms_norm cases are ones whose drawing once wrote a cache there."""
