@@ -168,17 +168,20 @@ def test_scale_invariance(spec, seed, scale, standard_backend):
 def test_idempotent_up_to_eps(spec, seed, scale, standard_backend):
     """f(f(x)) = f(x) up to eps: the output's spread is 1 - O(eps / v), not exactly 1.
 
-    For standardize: y has variance 1 - d with d = eps/(v + eps); applying again
-    divides by sqrt(1 - d + eps), a relative change of at most (d + eps)/2 /
+    For standardize: y = f(a x, a^2 eps) has variance 1 - d with d = a^2 eps/(v + a^2 eps)
+    (v the scaled input's); applying f again, with the unscaled eps as y is of unit
+    spread, divides by sqrt(1 - d + eps), a relative change of at most (d + eps)/2 /
     (1 - d) for each element.
     """
     sample = _scaled(spec, seed, scale)
     once = _run(spec, sample, standard_backend)
-    twice = _run(spec, sample.replace(**{spec.primary: once}), standard_backend)
-    eps = sample.kwargs.get("eps", 0.0)
-    spread = _spread(spec, sample).min()
-    d = eps / (spread + eps)
-    relative = (d + eps) / (2 * (1 - d))
+    changes = {spec.primary: once}
+    eps = sample.kwargs.get("eps")
+    if eps is not None:
+        changes["eps"] = eps / scale**2
+    twice = _run(spec, sample.replace(**changes), standard_backend)
+    d = (eps or 0.0) / (_spread(spec, sample).min() + (eps or 0.0))
+    relative = (d + changes.get("eps", 0.0)) / (2 * (1 - d))
     # plus rounding: the second pass recomputes statistics of values up to max|once|
     bound = relative * np.abs(once) + 256 * U64 * np.abs(once).max()
     assert_within(twice, once, bound, what=f"{spec.name} applied twice")
