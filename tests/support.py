@@ -158,6 +158,15 @@ BACKEND_FACTORIES: dict[str, tuple[Callable[[], Backend], Callable[[], bool], st
 FD_STEPS = (1e-2, 2.5e-3, 6.25e-4, 1.5625e-4)
 """Steps tried for finite differences, relative to the largest input value (at least 1)."""
 
+FD_RTOL = 1e-8
+"""Part of a VJP's bound against finite differences relative to the scale of its terms.
+
+The finite differences' own error is added separately, but as an *estimate* (from
+successive steps, :func:`fd_jvp`), not a bound: this term covers what it may miss.
+It is not tuned to any operation: a float64 VJP itself errs by ~1e-13 of that scale,
+and a wrong or missing term of a gradient by order 1 of it, which 1e-8 separates.
+"""
+
 
 def _stencil(g: Callable[[float], np.ndarray], h: float) -> np.ndarray:
     """Fourth-order central difference of ``g`` at 0 with step ``h``."""
@@ -213,7 +222,7 @@ def fd_vjp(
     dy: np.ndarray,
     wrt: str,
     *,
-    rtol: float,
+    rtol: float = FD_RTOL,
     steps: tuple[float, ...] = FD_STEPS,
     forward_ulps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -20,12 +20,11 @@ def assert_vjp_matches_finite_differences(
 ) -> None:
     """Each field of ``grads`` named in ``args`` equals ``J^T dy`` from float64 finite differences.
 
-    ``forward(**args)`` is the float64 forward; the bound is ``fd_vjp``'s: 1e-8
-    of the scale of the summed terms (the float64 forward's rounding amplified
-    by the stencil is far below that) plus the finite differences' own error
-    estimate.
+    ``forward(**args)`` is the float64 forward; the bound is ``fd_vjp``'s
+    (:data:`tests.support.FD_RTOL` of the scale of the summed terms plus the
+    finite differences' own error estimate).
     """
     for name in args:
         actual = getattr(grads, name)
-        expected, bound = fd_vjp(forward, args, dy, name, rtol=1e-8)
+        expected, bound = fd_vjp(forward, args, dy, name)
         assert_within(np.asarray(actual), expected, bound, what=f"d{name} of {what}")
