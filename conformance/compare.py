@@ -9,7 +9,7 @@ import numpy as np
 
 from conformance.terms import OpTerms
 from conformance.tolerances import Arithmetic, element_bounds
-from conformance.ulp import round_to, ulp
+from conformance.ulp import round_to
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,23 @@ class OutputCheck:
         The implementation's and the model's dtype of the output.
     max_ulps, p99_ulps
         The largest and the 99th-percentile error, in ulps of the expected
-        dtype at the scale of the terms (``inf`` where a value is non-finite
-        and the exact one is not).
+        dtype at the scale of the terms (``inf`` where the value or the exact
+        one is non-finite and they differ).
     used
         The largest ratio of error to bound (> 1: out of budget).
     worst_index, budget_ulps, actual, expected
-        Where that ratio is largest: the index, the bound there in ulps, the
-        implementation's and the exact value.
-    reference_ulps
-        The float64 reference's own error bound, at worst, in ulps of the exact values: how
-        well the input's conditioning lets float64 determine them.
+        The worst element (:func:`worst_element`): its index, the bound there
+        in ulps at the scale of the terms, the implementation's and the exact
+        value.
+    reference_bound_ulps
+        The float64 reference's own error bound at ``worst_index``, in the unit
+        of ``budget_ulps``: the share of that budget owed to the reference
+        (never more than the budget). It grows with conditioning that the
+        terms' scale does not absorb (a covariance's condition number; not
+        ``|mean|/std``, since ``|x|/s`` is one of the terms).
+    nonfinite_mismatches
+        How many elements have a non-finite exact value (NaN where normref's result does not
+        exist, say) that the implementation's value does not match.
     input_value
         The primary input at ``worst_index`` (when the output has its shape).
     problem
@@ -55,7 +62,8 @@ class OutputCheck:
     budget_ulps: float
     actual: float | None
     expected: float | None
-    reference_ulps: float
+    reference_bound_ulps: float
+    nonfinite_mismatches: int = 0
     input_value: float | None = None
     problem: str | None = None
 
@@ -105,8 +113,8 @@ def compare_output(
         ratio = np.where(error == 0, 0.0, error / bounds.bound)
         ratio = np.where(np.isnan(ratio), np.inf, ratio)
         budget = bounds.bound / bounds.unit
-    flat = int(np.argmax(ratio)) if ratio.size else 0
-    index = tuple(int(i) for i in np.unravel_index(flat, ratio.shape)) if ratio.size else ()
+        reference = bounds.reference / bounds.unit
+    index = worst_element(ratio, exact)
     problem = None
     if actual_dtype != expected_dtype:
         problem = f"dtype {actual_dtype}, expected {expected_dtype}"
@@ -124,20 +132,26 @@ def compare_output(
         budget_ulps=float(budget[index]) if ratio.size else 0.0,
         actual=float(actual[index]) if ratio.size else None,
         expected=float(exact[index]) if ratio.size else None,
-        reference_ulps=_reference_ulps(bounds.reference, exact, expected_dtype),
+        reference_bound_ulps=float(reference[index]) if ratio.size else 0.0,
+        nonfinite_mismatches=int(np.count_nonzero(~np.isfinite(exact) & ~same)),
         input_value=float(primary[index]) if primary.shape == exact.shape and ratio.size else None,
         problem=problem,
     )
 
 
-def _reference_ulps(reference: np.ndarray, exact: np.ndarray, dtype: str) -> float:
-    """The reference's own bound in ulps of the exact values (not of the terms): this grows with
-    the input's conditioning, as |mean|/std. Exact zeros, which have no ulp of their own, are
-    left out."""
-    nonzero = np.isfinite(exact) & (exact != 0)
-    if not nonzero.any():
-        return 0.0
-    return float(np.nanmax(reference[nonzero] / ulp(exact[nonzero], dtype)))
+def worst_element(ratio: np.ndarray, exact: np.ndarray) -> tuple[int, ...]:
+    """The index of the largest ratio of error to bound among the elements whose exact value is
+    finite; only when none of those is out of budget, the first element out of budget at a
+    non-finite exact value (an implementation's number where normref gives NaN, say)."""
+    if not ratio.size:
+        return ()
+    finite = np.isfinite(exact)
+    at_finite = np.where(finite, ratio, -1.0)
+    if np.max(at_finite) > 1.0 or not np.any(ratio[~finite] > 1.0):
+        flat = int(np.argmax(at_finite)) if finite.any() else int(np.argmax(ratio))
+    else:
+        flat = int(np.argmax(~finite & (ratio > 1.0)))
+    return tuple(int(i) for i in np.unravel_index(flat, ratio.shape))
 
 
 def _unusable(

@@ -28,7 +28,7 @@ from conformance.adapters.base import Binding
 from conformance.api import function_under_test
 from conformance.backends import NUMPY, Backend, get_backend
 from conformance.cases import Case
-from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model, model_of, presets, variations
+from conformance.models import NORMREF, Model, arithmetic_only, model_of, presets, variations
 from conformance.ops import get_op
 from conformance.rows import Row, quietly
 from conformance.runner import select_cases
@@ -52,7 +52,7 @@ class Hypothesis:
     @property
     def arithmetic_only(self) -> bool:
         """The model differs from the base only in how it computes, not in what."""
-        return bool(self.changed) and all(f in ARITHMETIC_FIELDS for f in self.changed)
+        return arithmetic_only(self.changed)
 
     def to_json(self) -> dict[str, Any]:
         """The hypothesis as JSON-ready values."""

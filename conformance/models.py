@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,18 @@ EXTRA_FIELDS: tuple[str, ...] = (
     "nonlinearity_gammas",
 )
 ARITHMETIC_FIELDS: tuple[str, ...] = ("variance_algorithm", "low_precision_compute", "stash_dtype")
+"""Fields that change how a model computes, not what: the exact values stay, the budget moves."""
+
+
+def arithmetic_only(fields: Iterable[str]) -> bool:
+    """Whether ``fields`` are some fields, all arithmetic (:data:`ARITHMETIC_FIELDS`).
+
+    A model that differs from another only in such fields has the same exact values and
+    another budget: a row within its wider budget is consistent with that arithmetic, which is
+    weaker evidence than a model that changes what is computed and lands within budget.
+    """
+    names = list(fields)
+    return bool(names) and all(f in ARITHMETIC_FIELDS for f in names)
 
 
 @dataclass(frozen=True)

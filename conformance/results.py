@@ -1,8 +1,13 @@
 """Results: one row per (implementation, case, dtype), a run's summary, and its JSON form.
 
 The JSON form is versioned (:data:`SCHEMA_VERSION`) and described by the JSON
-Schema ``conformance/schemas/results-v1.json``; it records the normref
+Schema ``conformance/schemas/results-v2.json``; it records the normref
 version and everything needed to re-run a row (the case id and seed).
+Documents of version 1 (``results-v1.json``) still read: their outputs'
+``reference_ulps``, in ulps of the exact values, is not in the unit of the
+budget and cannot be converted to it, so it is dropped, and
+``reference_bound_ulps`` and ``nonfinite_mismatches`` (not recorded) are
+``None``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "normref-conformance-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""The versions :meth:`RunResult.from_json` reads (an earlier one upgraded on reading)."""
 
 
 class Status(str, Enum):
@@ -97,6 +104,8 @@ class CaseResult:
         """The row back from :meth:`to_json`."""
         values = dict(row)
         values["status"] = Status(values["status"])
+        values["outputs"] = [_upgraded(o) for o in values.get("outputs", [])]
+        values["baseline"] = [_upgraded(o) for o in values.get("baseline", [])]
         if isinstance(values.get("conditioning"), str):
             values["conditioning"] = float(values["conditioning"])
         return cls(**values)
@@ -108,6 +117,16 @@ class CaseResult:
             self.baseline if self.status is Status.CONVENTION and self.baseline else (self.outputs)
         )
         return max(outputs, key=lambda o: float(o["used"]), default=None)
+
+
+def _upgraded(output: dict[str, Any]) -> dict[str, Any]:
+    """An output of a version 1 document in version 2's fields (see the module docstring)."""
+    if "reference_ulps" not in output:
+        return output
+    upgraded = {k: v for k, v in output.items() if k != "reference_ulps"}
+    upgraded.setdefault("reference_bound_ulps", None)
+    upgraded.setdefault("nonfinite_mismatches", None)
+    return upgraded
 
 
 def _finite(value: float) -> bool:
@@ -182,10 +201,13 @@ class RunResult:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> RunResult:
-        """A run back from :meth:`to_json` (:class:`ValueError` for another schema)."""
-        if document.get("schema") != SCHEMA or document.get("schema_version") != SCHEMA_VERSION:
+        """A run back from :meth:`to_json`, or from a document of an earlier version of
+        :data:`READABLE_VERSIONS` (:class:`ValueError` for another schema)."""
+        version = document.get("schema_version")
+        if document.get("schema") != SCHEMA or version not in READABLE_VERSIONS:
+            versions = " or ".join(str(v) for v in READABLE_VERSIONS)
             msg = (
-                f"not a {SCHEMA} document of version {SCHEMA_VERSION}: schema="
+                f"not a {SCHEMA} document of version {versions}: schema="
                 f"{document.get('schema')!r}, schema_version={document.get('schema_version')!r}"
             )
             raise ValueError(msg)

@@ -8,9 +8,13 @@
    (or by all of its differing fields when none does alone); where an
    arithmetic field explains it, normref modelling that arithmetic on the same
    input is the evidence;
-3. otherwise **fails**; the diagnosis names a single-field change of the
-   declared convention that would account for it, if one does, non-finite
-   outputs where the exact result is finite, and squares that overflow.
+3. otherwise **fails**; the diagnosis names non-finite outputs where the
+   exact result is finite, values where normref gives NaN or infinity and the
+   implementation another value, squares that overflow, and last the
+   single-field changes of the declared convention under which the row
+   passes: the semantic ones (which change the exact values), and only when
+   none does the arithmetic ones (which only move the budget: "within the
+   wider budget of"); several, each enough alone, as "any one of: a; b".
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from conformance.adapters.base import Binding
 from conformance.arrays import Evaluation, NumpyKind
 from conformance.compare import OutputCheck, compare_output
 from conformance.extra_ops import nonlinearity_gain
-from conformance.models import NORMREF, Model, variations
+from conformance.models import NORMREF, Model, arithmetic_only, variations
 from conformance.ops import get_op
 from conformance.reference import Prepared, model_sample
 from conformance.results import Status
@@ -148,29 +152,61 @@ def _diagnose_failure(
     row: Row, declared: Model, relevant: tuple[str, ...], checks: list[OutputCheck]
 ) -> str:
     notes = []
+    failing = [c for c in checks if not c.ok]
+    for check in failing:
+        if check.problem:
+            notes.append(f"{check.name}: {check.problem}")
+        elif _nonfinite_at_finite(check):
+            notes.append(f"{check.name}: non-finite values where the exact result is finite")
+        if check.nonfinite_mismatches:
+            notes.append(
+                f"{check.name}: {check.nonfinite_mismatches} values where normref gives NaN or "
+                "infinity and the implementation another value"
+            )
+    overflow = _overflow_note(row.prepared)
+    if overflow:
+        notes.append(overflow)
+    explanation = _explaining_variations(row, declared, relevant)
+    if explanation:
+        notes.append(explanation)
+    if not notes:
+        names = ", ".join(f"{c.name} ({c.direction})" for c in failing)
+        notes.append(f"out of budget: {names}; no single convention field explains it")
+    return "; ".join(notes)
+
+
+def _nonfinite_at_finite(check: OutputCheck) -> bool:
+    """Whether the worst element is a non-finite value where the exact one is finite (the worst
+    element is one of those if there are any: :func:`~conformance.compare.worst_element`)."""
+    if check.actual is None or check.expected is None:
+        return False
+    return bool(np.isfinite(check.expected) and not np.isfinite(check.actual))
+
+
+def _explaining_variations(row: Row, declared: Model, relevant: tuple[str, ...]) -> str | None:
+    """The single-field changes of the declared model under which the row passes, last in a
+    diagnosis (their alternatives are separated as its notes are).
+
+    A semantic field changes the exact values: when one explains the row, the arithmetic
+    fields, which only move the budget, are not named. Several alternatives are each enough
+    alone: "any one of".
+    """
+    semantic, arithmetic = [], []
     for field_name, value, model in variations(declared, relevant):
         try:
             explained = row.passes(model)
         except Exception:  # noqa: BLE001 - a variation the implementation cannot take explains nothing
             explained = False
         if explained:
-            notes.append(
-                f"explained by {field_name}={value!r} instead of the declared "
-                f"{declared.get(field_name)!r}"
-            )
-    failing = [c for c in checks if not c.ok]
-    for check in failing:
-        if check.problem:
-            notes.append(f"{check.name}: {check.problem}")
-        elif check.max_ulps == float("inf"):
-            notes.append(f"{check.name}: non-finite values where the exact result is finite")
-    overflow = _overflow_note(row.prepared)
-    if overflow:
-        notes.append(overflow)
-    if not notes:
-        names = ", ".join(f"{c.name} ({c.direction})" for c in failing)
-        notes.append(f"out of budget: {names}; no single convention field explains it")
-    return "; ".join(notes)
+            change = f"{field_name}={value!r} instead of the declared {declared.get(field_name)!r}"
+            (arithmetic if arithmetic_only([field_name]) else semantic).append(change)
+    changes = semantic or arithmetic
+    if not changes:
+        return None
+    lead = "explained by" if semantic else "within the wider budget of"
+    if len(changes) == 1:
+        return f"{lead} {changes[0]}"
+    return f"{lead} any one of: {'; '.join(changes)}"
 
 
 def _overflow_note(prepared: Prepared) -> str | None:

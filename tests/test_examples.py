@@ -14,6 +14,12 @@ def test_the_conformance_example_passes_the_right_function_and_diagnoses_the_sli
     slip = outcome["layer_norm_eps_on_std"]
     assert not slip.ok
     assert all("eps_mode='add_std'" in row.diagnosis for row in slip.failures)
+    # the fields that only widen the budget are not named beside eps_mode, and alternatives
+    # read as alternatives, not as causes that all apply
+    for row in slip.failures:
+        assert "variance_algorithm" not in row.diagnosis, row.diagnosis
+        assert "stash_dtype" not in row.diagnosis, row.diagnosis
+        assert row.diagnosis.count("explained by") == 1, row.diagnosis
     explaining = [h.name for h in outcome["diagnosis"].explaining]
     assert explaining == ["normref with eps_mode='add_std'"]
     assert "explained by: normref with eps_mode='add_std'" in capsys.readouterr().out

@@ -166,35 +166,56 @@ def error_paths(run: RunResult) -> list[Group]:
 
 
 def output_line(output: dict[str, Any]) -> str:
-    """One output's numbers: max and p99 error, the budget and where the worst was."""
+    """One output's numbers: max and p99 error, and the worst element: its budget, the values
+    there and the input; or, at a non-finite exact value, what normref and the implementation
+    give there."""
     where = output.get("worst_index")
-    parts = [
-        (
-            f"{output['name']} ({output['direction']}): max {format_ulps(output['max_ulps'])} "
-            f"ulp, p99 {format_ulps(output['p99_ulps'])} ulp, budget "
-            f"{format_ulps(output['budget_ulps'])} ulp at "
-            f"{tuple(where) if where is not None else '-'}"
-        ),
-    ]
-    if output.get("actual") is not None:
-        parts.append(f"got {output['actual']!s}, exact {output['expected']!s}")
+    at = tuple(where) if where is not None else "-"
+    numbers = (
+        f"{output['name']} ({output['direction']}): max {format_ulps(output['max_ulps'])} "
+        f"ulp, p99 {format_ulps(output['p99_ulps'])} ulp"
+    )
+    actual, expected = output.get("actual"), output.get("expected")
+    if expected is not None and not math.isfinite(float(expected)):
+        parts = [f"{numbers} at {at}: normref gives {_value(expected)} there, got {_value(actual)}"]
+    else:
+        parts = [f"{numbers}, budget {format_ulps(output['budget_ulps'])} ulp at {at}"]
+        if actual is not None:
+            parts.append(f"got {actual!s}, exact {expected!s}")
     if output.get("input_value") is not None:
         parts.append(f"input there {output['input_value']!s}")
+    mismatches = output.get("nonfinite_mismatches") or 0
+    if mismatches and (expected is None or math.isfinite(float(expected))):
+        parts.append(
+            f"{mismatches} elements elsewhere where normref gives NaN or infinity and the "
+            "implementation another value"
+        )
     if output.get("problem"):
         parts.append(str(output["problem"]))
     return "; ".join(parts)
 
 
+def _value(value: Any) -> str:
+    """A value from JSON as reports write it (NaN for a NaN, which JSON holds as "nan")."""
+    if value is None:
+        return "nothing"
+    number = float(value)
+    return "NaN" if math.isnan(number) else str(number)
+
+
 def case_line(row: CaseResult, output: dict[str, Any]) -> str:
-    """Where the worst error of ``row`` was, with its numbers, the input's conditioning and any
-    evidence for the explanation."""
+    """Where the worst error of ``row`` was, with its numbers, the input's conditioning, the
+    reference's own share of the budget there and any evidence for the explanation."""
     text = f"{row.case} {row.dtype}: {output_line(output)}"
     if row.conditioning is not None:
         measure = row.conditioning_measure or "|mean|/std"
-        text += (
-            f"; input {measure} up to {format_ulps(row.conditioning)}, reference good to "
-            f"{format_ulps(output['reference_ulps'])} ulp"
-        )
+        text += f"; input {measure} up to {format_ulps(row.conditioning)}"
+        reference = output.get("reference_bound_ulps")
+        if reference is not None and math.isfinite(ulps(reference)):
+            text += (
+                f"; of the budget there, {format_ulps(reference)} ulp is the float64 reference's "
+                "own error bound"
+            )
     if row.evidence:
         text += f"; {row.evidence}"
     return text
@@ -235,16 +256,15 @@ def header(run: RunResult) -> list[tuple[str, str]]:
 
 
 def verdict(run: RunResult) -> str:
-    """The run's outcome in one line, naming first what was not checked (exit code 2)."""
+    """The run's outcome in one line: first what was not checked (exit code 2), then how many
+    rows have each status that occurs, most important first."""
     parts = []
     if not run.complete:
         missing = ", ".join(s["framework"] for s in run.skipped)
         what = "nothing checked" if not run.results else "not checked"
         parts.append(f"{what}: {missing} not installed (exit code 2)")
-    if run.failures:
-        parts.append(f"{len(run.failures)} rows fail")
-    elif run.results:
-        parts.append("every row within budget, explained by convention, or not implemented")
+    counts = Counter(r.status for r in run.results)
+    parts += [f"{counts[s]} {s.label}" for s in ORDER if counts[s]]
     return "; ".join(parts)
 
 

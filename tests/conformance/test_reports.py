@@ -39,7 +39,7 @@ def test_every_status_is_present(mixed_run):
 
 
 def test_the_json_document_follows_the_schema(mixed_run):
-    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     jsonschema.Draft202012Validator(schema).validate(document)
     assert document["schema_version"] == SCHEMA_VERSION
@@ -79,8 +79,42 @@ def test_a_document_without_conditioning_measures_still_reads(mixed_run):
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     for row in document["results"]:
         del row["conditioning_measure"]
-    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(document)
     again = RunResult.from_json(document)
     assert all(r.conditioning_measure is None for r in again.results)
     assert "input |mean|/std up to" in to_markdown(again)
+
+
+def _as_version_1(document: dict) -> dict:
+    """``document`` as version 1 wrote it: each output's reference_ulps (here a stand-in value:
+    version 1's unit, ulps of the exact values, is not computed any more) in place of
+    version 2's reference_bound_ulps and nonfinite_mismatches."""
+    old = json.loads(json.dumps(document))
+    old["schema_version"] = 1
+    for row in old["results"]:
+        for output in row["outputs"] + row["baseline"]:
+            del output["reference_bound_ulps"], output["nonfinite_mismatches"]
+            output["reference_ulps"] = 7215.0
+    return old
+
+
+def test_a_version_1_document_still_reads(mixed_run):
+    """Its reference_ulps is in another unit than the budget: dropped on reading, never shown
+    beside a budget; the document is written back as a valid version 2."""
+    old = _as_version_1(mixed_run.to_json())
+    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(old)
+    again = RunResult.from_json(old)
+    outputs = [o for r in again.results for o in r.outputs + r.baseline]
+    assert outputs
+    assert all(o["reference_bound_ulps"] is None for o in outputs)
+    assert all("reference_ulps" not in o for o in outputs)
+    markdown = to_markdown(again)
+    assert "input |mean|/std up to" in markdown
+    assert "7.22e+03" not in markdown
+    assert "7215" not in markdown
+    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
+    rewritten = json.loads(json.dumps(again.to_json(), allow_nan=False))
+    jsonschema.Draft202012Validator(schema).validate(rewritten)
+    assert rewritten["schema_version"] == SCHEMA_VERSION == 2

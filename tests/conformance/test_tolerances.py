@@ -110,9 +110,9 @@ def test_errors_of_two_sample_groups_are_measured_against_their_terms():
     assert np.all(dx <= 1e-3 * scale)
 
 
-def test_the_reference_states_its_conditioning():
-    """With |mean|/std = 1e4 the float64 reference's own bound, in ulps of the exact values,
-    grows by about that factor."""
+def test_the_rows_state_their_conditioning():
+    """A case with |mean|/std = 1e4 states about that (the reference's share of the budget,
+    which the terms' scale keeps the same, is tested in test_report_lines.py)."""
     typical = check(
         REGISTRY["layer_norm"].forward, "layer_norm", dtypes=["float64"], case="layer_norm/typical"
     ).results[0]
@@ -120,5 +120,3 @@ def test_the_reference_states_its_conditioning():
         REGISTRY["layer_norm"].forward, "layer_norm", dtypes=["float64"], case="layer_norm/mean-1e4"
     ).results[0]
     assert shifted.conditioning > 1e3 * typical.conditioning
-    reference = [float(o["reference_ulps"]) for o in (typical.outputs[0], shifted.outputs[0])]
-    assert reference[1] > 1e3 * reference[0]
