@@ -249,7 +249,8 @@ def _require_distinct(xp: Namespace, lam: Array, what: str) -> None:
     if d < 2:
         return
     gaps = lam[..., :-1] - lam[..., 1:]
-    level = 4 * d * xp.finfo(lam.dtype).eps * xp.max(xp.abs(lam), axis=-1, keepdims=True)
+    # u = finfo.eps / 2, the unit roundoff
+    level = 2 * d * xp.finfo(lam.dtype).eps * xp.max(xp.abs(lam), axis=-1, keepdims=True)
     tied = gaps <= level
     if not bool(xp.any(tied)):
         return
@@ -744,8 +745,11 @@ def iter_norm_whiten(
     (:math:`\Sigma` includes :math:`\epsilon I`, as in the authors' code). The
     trace normalization puts the eigenvalues :math:`\nu` of :math:`\Sigma_N` in
     :math:`(0, 1]`, where each eigenvalue's residual :math:`r = 1 - p^2\nu`
-    falls monotonically, :math:`r_{k+1} = r_k^2 (3 + r_k)/4`: ``W`` converges to
-    the ZCA matrix as ``iterations`` grows, slowly for small :math:`\nu`.
+    falls monotonically, :math:`r_{k+1} = r_k^2 (3 + r_k)/4`: in exact arithmetic
+    ``W`` converges to the ZCA matrix as ``iterations`` grows, slowly for small
+    :math:`\nu`. In floating point the literal iteration (computed as published)
+    amplifies rounding where :math:`\kappa` exceeds about 2.4, and many
+    iterations diverge (the whitening page of the documentation, on IterNorm).
 
     Parameters
     ----------

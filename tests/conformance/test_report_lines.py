@@ -44,7 +44,7 @@ def test_the_reference_bound_is_a_share_of_the_budget_in_its_unit(case):
 
 
 def test_the_reference_bound_never_exceeds_the_budget_of_a_batch_norm():
-    """The reviewer's example: batch norm's typical case at float64 read "reference good to
+    """Batch norm's typical case at float64 once read "reference good to
     7215 ulp" beside a budget of 77 ulp; the reference's bound is part of the budget."""
     for output in _row("batch_norm", "typical", "float64").outputs:
         assert output["reference_bound_ulps"] <= output["budget_ulps"], output
