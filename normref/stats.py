@@ -105,7 +105,13 @@ def merge(a: Moments, b: Moments) -> Moments:
         return b
     n = a.count + b.count
     delta = b.mean - a.mean
-    mean = a.mean + delta * (b.count / n)
+    # an infinite mean makes delta inf or NaN: the weighted sum gives the mean of the union
+    # (inf, or NaN for infinities of both signs) as a whole-data mean would
+    mean = xp.where(
+        xp.isfinite(delta),
+        a.mean + delta * (b.count / n),
+        a.mean * (a.count / n) + b.mean * (b.count / n),
+    )
     m2 = a.m2 + b.m2 + (delta * delta) * (a.count * b.count / n)
     dtype = xp.result_type(a.mean.dtype, b.mean.dtype)
     return Moments(n, to_dtype(xp, mean, dtype), to_dtype(xp, m2, dtype))

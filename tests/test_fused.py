@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ import normref
 from conformance.ulp import ulp
 from normref import _fused
 from normref._fused import MAX_CHUNKS, kernels
+from normref._fused.threads import thread_count
 from normref.registry import REGISTRY, OpSpec, Sample
 from tests.support import assert_close_to_scale, assert_within, fd_jvp
 
@@ -386,7 +388,7 @@ def test_the_switch_turns_the_fused_path_off(kernel_calls):
 
 
 def test_the_environment_variable_turns_the_fused_path_off():
-    code = "from normref import _fused; print(_fused._switch['enabled'])"
+    code = "from normref import _fused; print(_fused.DEFAULT_ENABLED)"
     for value, expected in (("0", "False"), ("1", "True")):
         env = {**os.environ, "NORMREF_FUSED": value}
         out = subprocess.run(
@@ -402,6 +404,54 @@ def test_errors_are_raised_before_either_path(kernel_calls):
     with pytest.raises(ValueError, match="dy must have shape"):
         normref.batch_norm_vjp(dy[:2], x, gamma)
     assert kernel_calls == []
+
+
+@pytest.mark.parametrize(("channels", "fused"), [(4, True), (8, False), (64, False)])
+def test_channels_last_with_many_channels_runs_the_generic_path(channels, fused, kernel_calls):
+    """Channels interleaved element by element: the kernels would read one element per row of
+    each channel, so from MAX_INTERLEAVED_GROUPS channels on the generic path runs."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 3, channels)).astype(np.float32)
+    y = normref.batch_norm(x, np.ones(channels, np.float32), axis=-1)
+    assert kernel_calls == (["normalize"] if fused else [])
+    assert y.dtype == np.float32
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "abc", "2.5"])
+def test_a_thread_count_that_is_not_a_positive_integer_is_refused(value, monkeypatch):
+    monkeypatch.setenv("NORMREF_THREADS", value)
+    with pytest.raises(ValueError, match=r"NORMREF_THREADS must be an integer >= 1, got"):
+        thread_count()
+
+
+def test_the_switch_belongs_to_the_calling_thread():
+    """Blocks of ``enabled`` in two threads, exited in either order, leave the default on."""
+    inside, release = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def switched_off(name):
+        with _fused.enabled(False):
+            inside.wait()
+            seen[name] = _fused._enabled.get()
+            if name == "first":
+                release.wait()
+        seen[f"{name} after"] = _fused._enabled.get()
+
+    first = threading.Thread(target=switched_off, args=("first",))
+    second = threading.Thread(target=switched_off, args=("second",))
+    first.start()
+    second.start()
+    second.join()
+    assert _fused._enabled.get() is _fused.DEFAULT_ENABLED  # this thread never switched
+    release.set()
+    first.join()
+    assert seen == {
+        "first": False,
+        "second": False,
+        "first after": _fused.DEFAULT_ENABLED,
+        "second after": _fused.DEFAULT_ENABLED,
+    }
+    assert _fused._enabled.get() is _fused.DEFAULT_ENABLED
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):

@@ -117,6 +117,11 @@ MEMORY_CASES = [
     pytest.param(
         Case("adaptive_grad_clip", (128, 64, 3, 3), "test", drawn={"out_axis": 0}), id="agc"
     ),
+    # few long rows: the parameters' partial sums of the fused path are held to x / 8 each
+    pytest.param(
+        Case("layer_norm", (16, 131072), "test", fused=True),
+        id="layer-norm-long-rows",
+    ),
 ]
 
 
@@ -125,8 +130,8 @@ MEMORY_CASES = [
 def test_peak_memory_meets_the_targets(case: Case, precision, kind):
     """Forward and backward each hold at most 3x the input's size computing in float32 and 6x
     computing it in float64 (outputs included), the benchmarks' targets."""
-    if case.op == "scaled_weight_standardize" and not _fused.available():
-        pytest.skip("Scaled WS meets the memory targets on its fused path, which needs numba")
+    if (case.op == "scaled_weight_standardize" or case.fused) and not _fused.available():
+        pytest.skip(f"{case.op} meets the memory targets on its fused path, which needs numba")
     spec = case.spec
     sample = case.sample("float32").replace(precision=precision)
     x = sample.args[spec.primary]
@@ -135,6 +140,7 @@ def test_peak_memory_meets_the_targets(case: Case, precision, kind):
         ("forward", lambda: spec.call(sample)),
         ("backward", lambda: spec.call_vjp(dy, sample)),
     ):
+        call()  # untraced: a first call may compile the fused kernels, whose memory is not the op's
         multiple = traced_peak(call) / x.nbytes
         assert multiple <= MEMORY_TARGETS[kind], f"{case.op} {what}: {multiple:.2f}x the input"
 

@@ -59,6 +59,27 @@ def test_merging_chunks_equals_the_whole(seed, cuts, offset):
     assert float(reversed_merge.m2) == pytest.approx(m2, rel=bound)
 
 
+@pytest.mark.parametrize(
+    ("values", "expected_mean"),
+    [
+        ([1.0, 2.0, np.inf, 4.0, 5.0, 6.0], np.inf),
+        ([1.0, -np.inf, 3.0, 4.0], -np.inf),
+        ([1.0, np.inf, 3.0, -np.inf], np.nan),
+    ],
+)
+def test_merged_moments_of_infinite_data_are_those_of_the_whole(values, expected_mean):
+    """An infinity gives the union an infinite mean (NaN for both signs) and a NaN m2, in every
+    chunking, as NumPy's mean and variance of the whole data do."""
+    x = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        for size in range(1, len(x) + 1):
+            merged = stats.moments(x[:size], 0)
+            for start in range(size, len(x), size):
+                merged = stats.merge(merged, stats.moments(x[start : start + size], 0))
+            np.testing.assert_equal(float(merged.mean), expected_mean)
+            assert np.isnan(float(merged.m2))
+
+
 def test_merge_with_an_empty_chunk_is_the_identity():
     a = stats.moments(np.arange(4.0), 0)
     empty = stats.Moments(0, np.zeros(()), np.zeros(()))

@@ -12,7 +12,10 @@ floating-point reassociation is allowed), and the pieces of a group are
 combined by cascade summation, which adds them in the same pairs as a
 recursive pairwise sum. The error of a group's sum is thus bounded by about
 ``PIECE / lanes + log2(pieces)`` roundings of its partial sums instead of the
-``n`` roundings of a running sum.
+``n`` roundings of a running sum. The parameters' gradients are the
+exception: each chunk adds its rows' products to a running sum per parameter
+(as many roundings as the chunk has rows), and the chunks' sums are then
+added by NumPy.
 
 Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
 the groups into ``chunks`` (the leading dimension of its scratch or partial

@@ -32,7 +32,10 @@ from typing import NamedTuple
 from normref.partition import GROUP, SAMPLE, Partition, split_origins
 
 SLOT_LABELS = (GROUP, SAMPLE, GROUP, SAMPLE, SAMPLE)
+GROUP_INNER = 2
+"""The inner group slot: groups that alternate within a row of samples (channels)."""
 INNER = 4
+"""The innermost, contiguous sample slot."""
 
 
 class Layout(NamedTuple):

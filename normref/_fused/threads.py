@@ -20,10 +20,18 @@ MIN_PARALLEL_ELEMENTS = 1 << 16
 
 
 def thread_count() -> int:
-    """Threads a large input runs on: ``NORMREF_THREADS``, else the CPUs available."""
-    configured = os.environ.get("NORMREF_THREADS")
+    """Threads a large input runs on: ``NORMREF_THREADS`` (an integer >= 1), else the CPUs
+    available (also where the variable is set to an empty string)."""
+    configured = os.environ.get("NORMREF_THREADS", "").strip()
     if configured:
-        return max(1, int(configured))
+        try:
+            count = int(configured)
+        except ValueError:
+            count = 0
+        if count < 1:
+            msg = f"NORMREF_THREADS must be an integer >= 1, got {configured!r}"
+            raise ValueError(msg)
+        return count
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
