@@ -56,19 +56,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _pin_to_one_core() -> None:
-    """Run on one CPU, every thread pool of one thread (BLAS's where threadpoolctl is installed)."""
+    """Run on one CPU, every thread pool of one thread.
+
+    Pinning holds only the calling thread: the threads NumPy's BLAS started
+    when it was imported keep every CPU, so threadpoolctl, which limits them to
+    one, is required.
+    """
+    if importlib.util.find_spec("threadpoolctl") is None:
+        msg = (
+            "--single-core needs threadpoolctl to hold NumPy's BLAS threads to one "
+            "(pip install -e '.[report]')"
+        )
+        raise SystemExit(msg)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     os.environ["NORMREF_THREADS"] = "1"
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         torch.set_num_threads(1)
-    if importlib.util.find_spec("threadpoolctl") is None:
-        print(
-            "threadpoolctl is not installed: NumPy's BLAS keeps its threads, on one CPU",
-            file=sys.stderr,
-        )
-        return
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(1)  # NumPy's and SciPy's BLAS, torch's OpenMP

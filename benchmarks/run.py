@@ -82,16 +82,18 @@ class Result:
     def meets_targets(self) -> bool | None:
         """Whether the time and memory targets (:data:`TIME_TARGETS`, ...) hold for this row.
 
-        ``None`` for an operation outside :data:`TARGET_FAMILIES`.
+        ``None`` (no verdict) for an operation outside :data:`TARGET_FAMILIES`, and
+        where either target cannot be evaluated: torch was not timed (not installed,
+        or left out by ``--frameworks``) or normref's memory was not measured.
         """
         if REGISTRY[self.op].family not in TARGET_FAMILIES:
             return None
         kind = compute_kind(self.dtype, self.precision)
         vs_torch = self.ratio("torch")
         memory = self.memory["normref"]
-        return (vs_torch is None or vs_torch <= TIME_TARGETS[kind]) and (
-            memory is None or memory <= MEMORY_TARGETS[kind]
-        )
+        if vs_torch is None or memory is None:
+            return None
+        return vs_torch <= TIME_TARGETS[kind] and memory <= MEMORY_TARGETS[kind]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -17,12 +19,22 @@ from normref import _fused
 CASES = [pytest.param(case, id=case.label) for cases in FAMILIES.values() for case in cases]
 
 
-def test_rounds_start_one_contender_later_each_time():
+@pytest.mark.parametrize(("names", "rounds"), [("abcd", 4), ("abc", 6), ("abcdef", 6), ("ab", 2)])
+def test_every_contender_follows_every_other_equally_often(names, rounds):
+    """Over a full cycle of rounds (n for an even number n of contenders, 2n for odd), each
+    ordered pair of different contenders are neighbours within a round equally often."""
     calls: list[str] = []
-    contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = interleaved_minimum(contenders, repeats=3, warmup=1)
-    assert set(times) == set("abc")
-    assert calls == ["a", "b", "c", *"abc", *"bca", *"cab"]
+    contenders = {name: (lambda name=name: calls.append(name)) for name in names}
+    times = interleaved_minimum(contenders, repeats=rounds, warmup=1)
+    assert set(times) == set(names)
+    warmup, timed = calls[: len(names)], calls[len(names) :]
+    assert warmup == list(names)
+    rows = [timed[i : i + len(names)] for i in range(0, len(timed), len(names))]
+    assert all(sorted(row) == sorted(names) for row in rows)
+    followers = collections.Counter(pair for row in rows for pair in itertools.pairwise(row))
+    expected = {(a, b) for a in names for b in names if a != b}
+    assert set(followers) == expected
+    assert len(set(followers.values())) == 1, followers
 
 
 def _result(dtype: str, precision: str, vs_torch: float, memory: float) -> Result:
@@ -44,6 +56,20 @@ def _result(dtype: str, precision: str, vs_torch: float, memory: float) -> Resul
 )
 def test_targets_depend_on_the_compute_dtype(dtype, precision, vs_torch, memory, met):
     assert _result(dtype, precision, vs_torch, memory).meets_targets is met
+
+
+def test_no_verdict_without_torch_or_a_memory_figure():
+    """The time target is relative to torch: a run without torch cannot meet or miss it."""
+    without_torch = dataclasses.replace(
+        _result("float32", "native", 1.0, 1.0),
+        seconds={"normref": 1.0, "generic": None, "torch": None, "jax": 2.0},
+    )
+    assert without_torch.meets_targets is None
+    without_memory = dataclasses.replace(
+        _result("float32", "native", 1.0, 1.0),
+        memory={"normref": None, "generic": None, "torch": None, "jax": None},
+    )
+    assert without_memory.meets_targets is None
 
 
 def test_targets_are_set_for_every_benchmarked_family():
