@@ -162,17 +162,49 @@ def test_generic_path_is_timed_where_the_fused_path_runs(case, monkeypatch):
     assert any(taken) is case.fused
 
 
+def _cotangent(spec, sample) -> np.ndarray:
+    return np.random.default_rng(2).standard_normal(np.shape(spec.call(sample)))
+
+
+def _assert_same_function(spec, sample, dy, y, grads, framework: str) -> None:
+    """The counterpart's output and gradients are normref's, to float64 rounding.
+
+    Both are float64 of unit-normal data, small enough (at most 8 per axis) that each sum
+    has at most 512 terms: the output to 256 u of its size plus 1 (the statistics' sums err
+    by n u of their terms, relatively, either side); each gradient element sums at most
+    every cotangent's terms, each |dy| times factors of order 1, so 256 u of sum|dy| bounds
+    its rounding on either side. A counterpart computing another function (another eps, a
+    missing term) differs by order 1 of these.
+    """
+    u = np.finfo(np.float64).eps
+    expected = spec.call(sample)
+    np.testing.assert_allclose(
+        y, expected, rtol=0, atol=256 * u * (np.abs(expected).max() + 1), err_msg=framework
+    )
+    ours = spec.call_vjp(dy, sample)
+    for name, theirs in zip(spec.differentiable, grads, strict=True):
+        np.testing.assert_allclose(
+            np.reshape(theirs, np.shape(getattr(ours, name))),
+            getattr(ours, name),
+            rtol=0,
+            atol=256 * u * np.abs(dy).sum(),
+            err_msg=f"{framework}: d{name}",
+        )
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_torch_counterparts_compute_what_normref_does(case):
     torch = pytest.importorskip(
         "torch", reason="torch is not installed (pip install -e '.[torch]')"
     )
     spec, sample = _small(case)
-    expected = spec.call(sample)
-    arrays = [torch.asarray(sample.args[name]) for name in spec.differentiable]
-    actual = TORCH[case.op](sample)(*arrays).numpy()
-    # both float64 of unit-normal data: a few hundred ulps of the output's size
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * (np.abs(expected).max() + 1))
+    dy = _cotangent(spec, sample)
+    arrays = [torch.tensor(sample.args[name], requires_grad=True) for name in spec.differentiable]
+    y = TORCH[case.op](sample)(*arrays)
+    y.backward(torch.asarray(dy))
+    _assert_same_function(
+        spec, sample, dy, y.detach().numpy(), [a.grad.numpy() for a in arrays], "torch"
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -180,8 +212,8 @@ def test_jax_counterparts_compute_what_normref_does(case):
     jax = pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
     jax.config.update("jax_enable_x64", True)
     spec, sample = _small(case)
-    expected = spec.call(sample)
+    dy = _cotangent(spec, sample)
     arrays = [jax.numpy.asarray(sample.args[name]) for name in spec.differentiable]
-    actual = np.asarray(JAX[case.op](sample)(*arrays))
-    # both float64 of unit-normal data: a few hundred ulps of the output's size
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * (np.abs(expected).max() + 1))
+    y, pullback = jax.vjp(JAX[case.op](sample), *arrays)
+    grads = [np.asarray(g) for g in pullback(jax.numpy.asarray(dy))]
+    _assert_same_function(spec, sample, dy, np.asarray(y), grads, "jax")
