@@ -3,7 +3,8 @@
 For every op the suite draws
 
 * **edge cases**, deterministic: a typical input, the layer's default ``eps``
-  (the implementation is called without ``eps``), constant groups, one
+  (the implementation is called without ``eps``), an ``eps`` of 0.1 that is
+  no framework's default (it must be the one used), constant groups, one
   outlier of 1e4, a mean of 1e4 (``|mean|/std = 1e4``), tiny (1e-4) and huge
   (1e4) scales, values near float16's largest (6e4) and smallest normal
   (6.1e-5) magnitudes, a NaN, shapes with a size-1 axis, groups of one and
@@ -135,6 +136,11 @@ def _uniform(bound: float) -> XTransform:
     return lambda x, rng: rng.uniform(-bound, bound, size=x.shape)
 
 
+GIVEN_EPS = 0.1
+"""The ``eps`` of the ``given-eps`` case: every other case passes the samplers' 1e-5, which is
+also the default of most layers, so an implementation that ignored the ``eps`` it is given
+would pass them; against unit-variance data 0.1 changes the output by about 5%."""
+
 VALUE_CASES: dict[str, tuple[str, XTransform]] = {
     "outlier-1e4": ("one value of 1e4 among standard normal values", _outlier),
     "mean-1e4": ("mean 1e4, std 1: |mean|/std = 1e4", lambda x, _rng: x + 1e4),
@@ -224,6 +230,14 @@ def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
             seed,
             sample,
             default_eps=True,
+        )
+    if op.takes_eps:
+        seed, sample, _ = build.base("given-eps")
+        build.add(
+            "given-eps",
+            f"eps={GIVEN_EPS}, no framework's default: the eps passed must be the one used",
+            seed,
+            sample.replace(eps=GIVEN_EPS),
         )
     if op.partition(sample) is not None:
         seed, sample, _ = build.base("constant-groups")

@@ -134,6 +134,13 @@ class CheckedOp:
         Wrappers of its evaluation (:mod:`conformance.semantics`), innermost first.
     edge_shape
         The shape of its edge cases' primary input.
+    promoting_inputs
+        Inputs besides the affine parameters, held in the parameters' dtype, with
+        which a framework that promotes (``output_dtype="promote"``) promotes ``y``:
+        flax's ``SpectralNorm`` promotes with its power-iteration vectors
+        (``flax/linen/normalization.py``, line 1180), while its ``BatchNorm``
+        promotes with ``scale`` and ``bias`` alone, not the running statistics
+        (line 225).
     terms
         ``terms(op, sample, dy, model)``: the magnitudes of the terms behind its
         outputs (:mod:`conformance.terms`; a layer's by default).
@@ -150,6 +157,7 @@ class CheckedOp:
     fields: tuple[str, ...] = ()
     semantics: tuple[Callable[[Evaluate], Evaluate], ...] = ()
     edge_shape: tuple[int, ...] = EDGE_SHAPE
+    promoting_inputs: tuple[str, ...] = ()
     terms: TermBuilder = field(default=None, repr=False)
 
     @property
@@ -371,6 +379,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "spectral_norm_train": {
         "outputs": ("y", "u", "v", "sigma"),
         "state": ("u", "v", "sigma"),
+        "promoting_inputs": ("u", "v"),
         "keywords": (
             ("order", "power_iteration_order"),
             ("eps_mode", "l2_eps_mode"),

@@ -95,11 +95,13 @@ class Row:
 
     def expected_dtype(self, name: str, model: Model) -> str:
         """The dtype output ``name`` has under ``model``: a gradient or a running statistic
-        the dtype of its input; ``y`` the input's, or promoted with the parameters'."""
+        the dtype of its input; ``y`` the input's, or promoted with the parameters' (the
+        affine ones, and :attr:`~conformance.ops.CheckedOp.promoting_inputs`)."""
         dtype, params = self.prepared.dtype, self.binding.param_dtype(self.prepared.dtype)
         op = self.prepared.op
         if name == "y":
-            has_params = any(self.prepared.sample.args.get(a) is not None for a in op.affine_args)
+            held = (*op.affine_args, *op.promoting_inputs)
+            has_params = any(self.prepared.sample.args.get(a) is not None for a in held)
             promoting = model.convention.output_dtype == "promote" and has_params
             return promote(dtype, params) if promoting else dtype
         if name in op.state or name[1:] in op.affine_args:

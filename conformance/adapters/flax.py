@@ -165,7 +165,9 @@ def _spectral_norm_train(arrays: dict[str, Native], prepared: Prepared) -> tuple
     axis = unit_axis(prepared)
     w, u = jnp.moveaxis(arrays["w"], axis, -1), arrays["u"]
     module = _linen().SpectralNorm(
-        _holder(w.shape), n_steps=prepared.sample.kwargs["n_power_iterations"]
+        _holder(w.shape),
+        n_steps=prepared.sample.kwargs["n_power_iterations"],
+        epsilon=prepared.sample.kwargs["eps"],
     )
     stats = {
         "layer_instance/kernel/u": u[None, :],

@@ -309,7 +309,8 @@ def _weight_norm_parametrization(arrays: dict[str, Native], prepared: Prepared) 
 
 def _spectral(legacy: bool, train: bool) -> Call:
     """Spectral norm of the case's weight from its ``u`` and ``v``: the legacy hook or the
-    parametrization, one power-iteration step in training mode (state read back)."""
+    parametrization with the case's ``eps``, its power-iteration steps in training mode
+    (state read back)."""
 
     def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
         from torch.func import functional_call
@@ -318,11 +319,14 @@ def _spectral(legacy: bool, train: bool) -> Call:
         u, v = arrays["u"].clone(), arrays["v"].clone()
         module = _holding(w)
         utils = _torch().nn.utils
+        options = {"dim": axis, "eps": prepared.sample.kwargs["eps"]}
+        if train:  # evaluation mode runs no step (torch refuses n_power_iterations=0)
+            options["n_power_iterations"] = prepared.sample.kwargs["n_power_iterations"]
         if legacy:
-            utils.spectral_norm(module, dim=axis)
+            utils.spectral_norm(module, **options)
             names = ("weight_orig", "weight_u", "weight_v")
         else:
-            utils.parametrizations.spectral_norm(module, dim=axis)
+            utils.parametrizations.spectral_norm(module, **options)
             prefix = "parametrizations.weight"
             names = (f"{prefix}.original", f"{prefix}.0._u", f"{prefix}.0._v")
         module.train(train)

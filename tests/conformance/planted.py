@@ -40,6 +40,12 @@ def layer_norm_ignoring_eps(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
     return layer_norm(x, gamma, beta, axes=axes, eps=1e-6)
 
 
+def layer_norm_hard_coding_the_default_eps(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong: ignores the ``eps`` it is given and uses 1e-5, torch's default and the eps every
+    case but one passes."""
+    return layer_norm(x, gamma, beta, axes=axes, eps=1e-5)
+
+
 def layer_norm_unbiased(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
     """Wrong: normalizes with the unbiased variance."""
     mean, var = _stats(x, _axes(x, axes), ddof=1)

@@ -38,6 +38,15 @@ def test_eps_argument_ignored():
     assert found.explaining[0].changed == {"fixed_eps": 1e-6}
 
 
+def test_eps_argument_ignored_for_the_common_default():
+    """An eps hard-coded at 1e-5 matches every case that passes 1e-5; the given-eps case (0.1)
+    is the one that catches it."""
+    result = check(planted.layer_norm_hard_coding_the_default_eps, "layer_norm", dtypes=DTYPES)
+    assert {row.case for row in _failing(result)} == {"layer_norm/given-eps"}
+    found = diagnose(planted.layer_norm_hard_coding_the_default_eps, "layer_norm", dtypes=DTYPES)
+    assert found.explaining[0].changed == {"fixed_eps": 1e-5}
+
+
 def test_wrong_momentum_meaning():
     """torch's layer, but momentum taken as flax's weight of the old value."""
     result = check(planted.batch_norm_train_old_weight, "batch_norm_train", "torch", dtypes=DTYPES)
