@@ -406,13 +406,20 @@ def test_errors_are_raised_before_either_path(kernel_calls):
     assert kernel_calls == []
 
 
-@pytest.mark.parametrize(("channels", "fused"), [(4, True), (8, False), (64, False)])
-def test_channels_last_with_many_channels_runs_the_generic_path(channels, fused, kernel_calls):
+@pytest.mark.parametrize(
+    ("channels", "precision", "fused"),
+    [(4, "native", True), (8, "native", False), (64, "native", False), (64, "highest", True)],
+)
+def test_channels_last_with_many_channels_in_the_input_dtype_runs_the_generic_path(
+    channels, precision, fused, kernel_calls
+):
     """Channels interleaved element by element: the kernels would read one element per row of
-    each channel, so from MAX_INTERLEAVED_GROUPS channels on the generic path runs."""
+    each channel, so from MAX_INTERLEAVED_GROUPS channels on the generic path runs where it
+    computes in the input's dtype; computing float32 in float64 it would hold float64 copies,
+    and the fused path stays."""
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 3, 3, channels)).astype(np.float32)
-    y = normref.batch_norm(x, np.ones(channels, np.float32), axis=-1)
+    y = normref.batch_norm(x, np.ones(channels, np.float32), axis=-1, precision=precision)
     assert kernel_calls == (["normalize"] if fused else [])
     assert y.dtype == np.float32
 

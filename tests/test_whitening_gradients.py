@@ -126,6 +126,28 @@ def test_the_tie_threshold_is_the_eigenvalues_rounding_level(method, standard_ba
     assert np.max(np.abs(grad)) > 1e9
 
 
+@pytest.mark.parametrize("method", EIGENVECTOR)
+@pytest.mark.parametrize(("gap_in_u", "refused"), [(6, True), (12, False)])
+def test_the_tie_threshold_is_4_d_u_lambda_max(method, gap_in_u, refused):
+    """Variances 1 and 1 - g u (u = 2^-53, the unit roundoff), D = 2: the threshold 4 D u λ_max
+    is 8 u, so a gap of 6 u is a tie and one of 12 u is not (a threshold of 8 D u would refuse
+    both). The samples are ±1 and ±s with s² rounding to exactly 1 - g u, so the covariance is
+    exactly diagonal and its eigenvalues exact."""
+    u = np.finfo(np.float64).eps / 2
+    target = 1.0 - gap_in_u * u
+    s = np.sqrt(target)
+    while s * s != target:  # the nearest s whose square rounds to the target
+        s = np.nextafter(s, 2.0 if s * s < target else 0.0)
+    x = hadamard_columns(8, (1.0, s))
+    _, vjp = EIGENVECTOR[method]
+    dy = np.random.default_rng(14).standard_normal(x.shape)
+    if refused:
+        with pytest.raises(ValueError, match="repeated eigenvalues"):
+            vjp(dy, x)
+    else:
+        assert np.all(np.isfinite(vjp(dy, x).x))
+
+
 @pytest.mark.parametrize("method", SMOOTH)
 @pytest.mark.parametrize("kappa", [1e4, 1e8])
 def test_ill_conditioned_gradients(method, kappa, standard_backend):

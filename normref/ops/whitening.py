@@ -241,9 +241,10 @@ def ordered_eigh(xp: Namespace, symmetric: Array) -> tuple[Array, Array]:
 def _require_distinct(xp: Namespace, lam: Array, what: str) -> None:
     """Raise where two (descending) eigenvalues of a group are within rounding of each other.
 
-    A backward-stable eigensolver returns the eigenvalues of ``Σ + E`` with
-    ``‖E‖ <= p(D) u ‖Σ‖``; by Weyl's inequality a computed gap below twice that
-    (``4 D u λ_max`` with ``p(D) = 2D``) is consistent with an exact tie.
+    ``lam`` are the covariance's own eigenvalues (without eps). A backward-stable
+    eigensolver returns the eigenvalues of ``C + E`` with ``‖E‖ <= p(D) u ‖C‖``; by
+    Weyl's inequality a computed gap below twice that (``4 D u λ_max`` with
+    ``p(D) = 2D``) is consistent with an exact tie.
     """
     d = lam.shape[-1]
     if d < 2:
