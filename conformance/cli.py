@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--dtypes", help="comma-separated dtypes (default: float32,float64)")
+        sub.add_argument(
+            "--dtypes",
+            help="comma-separated dtypes (default: float32,float64 for frameworks; for --impl "
+            "every dtype its --array-type has: numpy float16,float32,float64)",
+        )
         sub.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
         backend(sub)
 

@@ -2,8 +2,9 @@
 
 ``export_golden(out)`` writes, for every case of every op at every dtype, one
 NPZ file with the inputs (rounded to the dtype), the output's cotangent
-``dy``, the exact outputs and gradients, and for each of them the bound
-``bound_<name>`` on ``|actual - exact|`` element by element; and one
+``dy``, the exact outputs and gradients, for each of them the exact values
+rounded once to the dtype ``rounded_<name>`` (infinite where they overflow)
+and the bound ``bound_<name>`` on ``|actual - exact|`` element by element; and one
 ``manifest.json`` that lists every file with its op, case, dtype, parameters,
 tolerance, SHA-256 and the normref version. All arrays are stored as float64:
 every stored input is exactly representable in its dtype, so a C++, Rust or
@@ -32,12 +33,23 @@ import numpy as np
 from conformance.backends import Backend, get_backend
 from conformance.cases import cases_for
 from conformance.models import Model, model_of
-from conformance.ops import CHECKED_OPS, get_op
+from conformance.ops import CHECKED_OPS, batch_weight_as, get_op
 from conformance.reference import Refusal, model_sample, prepare, reference_or_refusal
 from conformance.tolerances import arithmetic_of, compute_dtype, element_bounds
+from conformance.ulp import round_to
 
 GOLDEN_SCHEMA = "normref-conformance-golden"
-GOLDEN_VERSION = 1
+GOLDEN_VERSION = 2
+"""2: ``rounded_<name>`` arrays, the rule as ``run`` applies it, and the momentum written in the
+exported convention's meaning (version 1 had neither array nor meaning)."""
+
+PASSING_RULE = (
+    "an element passes where actual == rounded_<name> (the exact value rounded once to the "
+    "dtype, infinite where that overflows), or actual == expected_<name> (infinite exact "
+    "values), or both are NaN, or |actual - expected_<name>| <= bound_<name>; a vector passes "
+    "when every element of every output and gradient does"
+)
+"""How an implementation's output is judged against a vector: as ``run`` judges a row."""
 
 
 def _json_value(value: Any) -> Any:
@@ -68,10 +80,13 @@ def _vector(
         "arguments": {
             k: _json_value(v) for k, v in sample.args.items() if not isinstance(v, np.ndarray)
         },
-        "keywords": {k: _json_value(v) for k, v in sample.kwargs.items()},
+        "keywords": _keywords(sample.kwargs, model),
         "inputs": sorted(arrays),
         "default_eps": case.default_eps,
     }
+    if "momentum" in sample.kwargs:
+        # "batch_weight": the new batch's weight (torch); "old_weight": the old value's (flax)
+        entry["momentum_meaning"] = model.convention.momentum_meaning
     result = reference_or_refusal(prepared, model, backend=backend)
     if isinstance(result, Refusal):
         if result.where == "backward":
@@ -84,6 +99,7 @@ def _vector(
     for name, exact in result.values.items():
         bounds = element_bounds(result.terms, name, exact, dtype, arithmetic)
         arrays[f"expected_{name}"] = exact
+        arrays[f"rounded_{name}"] = round_to(exact, dtype)
         arrays[f"bound_{name}"] = bounds.bound
         with np.errstate(over="ignore"):  # a bound beyond the largest float is "inf" ulps
             budgets[name] = _largest_budget(bounds.bound / bounds.unit)
@@ -92,13 +108,17 @@ def _vector(
         outputs=[n for n in result.values if op.direction(n) != "backward"],
         gradients=[n for n in result.values if op.direction(n) == "backward"],
         differentiable=list(op.differentiable),
-        tolerance={
-            "rule": "|actual - expected_<name>| <= bound_<name> for every element; NaN where "
-            "expected is NaN",
-            "max_budget_ulps": budgets,
-        },
+        tolerance={"rule": PASSING_RULE, "max_budget_ulps": budgets},
     )
     return arrays, entry
+
+
+def _keywords(kwargs: dict[str, Any], model: Model) -> dict[str, Any]:
+    """The call's keywords as JSON, a momentum in the model's meaning (the implementation's)."""
+    keywords = {k: _json_value(v) for k, v in kwargs.items()}
+    if keywords.get("momentum") is not None:
+        keywords["momentum"] = batch_weight_as(model, keywords["momentum"])
+    return keywords
 
 
 def _largest_budget(ulps: np.ndarray) -> float | str:

@@ -51,6 +51,7 @@ from normref.conventions import (
     KERAS,
     MOMENTUM_MEANINGS,
     ONNX,
+    PRESETS,
     TORCH,
     VARIANCE_ALGORITHMS,
     Convention,
@@ -270,6 +271,10 @@ def model_of(convention: Model | Convention | str | None) -> Model:
         return convention
     if isinstance(convention, str) and convention in FRAMEWORK_MODELS:
         return FRAMEWORK_MODELS[convention]
+    if isinstance(convention, str) and convention not in PRESETS:
+        names = sorted({"normref", *FRAMEWORK_MODELS, *PRESETS})
+        msg = f"convention must be a Convention, a Model or one of {names}, got {convention!r}"
+        raise ValueError(msg)
     return Model(get_convention(convention))
 
 

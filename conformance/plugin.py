@@ -74,6 +74,7 @@ class ConformanceCollector(pytest.Collector):
 
     def collect(self) -> list[CaseItem]:
         from conformance.adapters.function import function_binding, load_function
+        from conformance.api import check_names
         from conformance.arrays import ArrayKindUnavailableError
         from conformance.backends import get_backend
         from conformance.runner import select_cases
@@ -97,10 +98,13 @@ class ConformanceCollector(pytest.Collector):
             # whose library is not installed
             raise pytest.UsageError(str(error)) from error
         chosen = option("normref_dtypes")
-        dtypes = chosen.split(",") if chosen else list(binding.dtypes)
         try:
+            dtypes = check_names(
+                chosen.split(",") if chosen else binding.dtypes, binding.dtypes, "dtypes"
+            )
             backend = get_backend(option("normref_backend"))
         except ValueError as error:
+            # a dtype the array type lacks, an unknown backend
             raise pytest.UsageError(str(error)) from error
         return [
             CaseItem.from_parent(

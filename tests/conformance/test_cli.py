@@ -281,3 +281,10 @@ def test_a_function_no_command_line_names_is_re_run_from_python():
     (row,) = result.failures
     assert reproduce(row, result).startswith("conformance.check(<")
     assert "case='layer_norm/typical'" in reproduce(row, result)
+
+
+def test_an_unknown_convention_names_every_accepted_one(capsys):
+    assert main(["run", "--impl", GOOD, *ONE_CASE, "--convention", "jaxx"]) == 2
+    err = capsys.readouterr().err
+    for name in ("flax", "keras", "nfnets", "normref", "onnx", "optax", "timm", "torch"):
+        assert f"'{name}'" in err

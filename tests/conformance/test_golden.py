@@ -57,11 +57,62 @@ def test_an_implementation_checks_itself_from_the_files_alone(golden):
             y = planted.layer_norm(
                 inputs["x"], inputs.get("gamma"), inputs.get("beta"), **entry["keywords"]
             )
-            error = np.abs(y - arrays["expected_y"])
-            same = np.isnan(y) & np.isnan(arrays["expected_y"])
-            assert np.all(same | (error <= arrays["bound_y"])), entry["case"]
+            assert np.all(_passes(y, arrays, "y")), entry["case"]
         checked += 1
     assert checked > 20
+
+
+def _passes(actual: np.ndarray, arrays, name: str) -> np.ndarray:
+    """The manifest's rule, written out: equal to the rounded or the exact value, both NaN, or
+    within the bound."""
+    expected, rounded, bound = (
+        arrays[f"{kind}_{name}"] for kind in ("expected", "rounded", "bound")
+    )
+    with np.errstate(invalid="ignore"):
+        within = np.abs(actual - expected) <= bound
+    both_nan = np.isnan(actual) & np.isnan(expected)
+    return (actual == rounded) | (actual == expected) | both_nan | within
+
+
+def test_the_correctly_rounded_answer_passes_every_vector(tmp_path):
+    """NumPy's own rounding of the exact values to float16 and float32 (overflowing to infinity
+    where float16 cannot hold them, as at float16-max) passes by the manifest's rule."""
+    manifest = json.loads(
+        export_golden(
+            tmp_path, ops=["center", "scale", "batch_norm_train"], dtypes=["float16", "float32"]
+        ).read_text()
+    )
+    overflowed = 0
+    for entry in manifest["vectors"]:
+        if entry["expect"] != "values":
+            continue
+        with np.load(tmp_path / entry["file"]) as arrays:
+            for name in entry["outputs"] + entry["gradients"]:
+                with np.errstate(over="ignore"):
+                    rounded = arrays[f"expected_{name}"].astype(entry["dtype"]).astype(np.float64)
+                overflowed += int(
+                    np.sum(np.isinf(rounded) & np.isfinite(arrays[f"expected_{name}"]))
+                )
+                assert np.all(_passes(rounded, arrays, name)), (entry["case"], entry["dtype"], name)
+    assert overflowed > 0, "no vector exercises a rounding that overflows"
+
+
+def test_momentum_is_written_in_the_exported_conventions_meaning(tmp_path):
+    """flax's momentum is the old value's weight: the stored keyword is 1 - the batch's weight,
+    and the stored running mean is momentum * old + (1 - momentum) * the batch's mean."""
+    manifest = json.loads(
+        export_golden(
+            tmp_path, ops=["batch_norm_train"], dtypes=["float64"], convention="flax"
+        ).read_text()
+    )
+    entry = next(v for v in manifest["vectors"] if v["case"] == "batch_norm_train/typical")
+    assert entry["momentum_meaning"] == "old_weight"
+    momentum = entry["keywords"]["momentum"]
+    with np.load(tmp_path / entry["file"]) as arrays:
+        x, old = arrays["input_x"], arrays["input_running_mean"]
+        batch_mean = x.mean(axis=tuple(a for a in range(x.ndim) if a != 1))
+        expected = momentum * old + (1 - momentum) * batch_mean
+        np.testing.assert_allclose(arrays["expected_running_mean"], expected, rtol=1e-12)
 
 
 def test_error_paths_are_marked(golden):

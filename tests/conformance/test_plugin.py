@@ -91,3 +91,11 @@ def test_an_array_type_that_is_not_installed_is_a_usage_error(
     result = _run(pytester, "good", "--normref-array-type", "jax")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "jax is not installed (pip install -e '.[jax]')" in result.stderr.str()
+
+
+def test_a_dtype_the_array_type_lacks_is_a_usage_error(pytester: pytest.Pytester):
+    """NumPy has no bfloat16 (and nothing has float8): a usage error naming it, not 22 failures."""
+    for dtype in ("float8", "bfloat16"):
+        result = _run(pytester, "good", "--normref-dtypes", dtype)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*unknown dtypes ?'{dtype}'?; known:*"])  # ? for a bracket

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
 from conformance.api import check, run
 from conformance.reports import to_html, to_markdown
-from conformance.results import SCHEMA_VERSION, RunResult
+from conformance.results import SCHEMA_VERSION, RunResult, Status
 from tests.conformance import planted
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (.[test])")
@@ -97,6 +98,20 @@ def _as_version_1(document: dict) -> dict:
             del output["reference_bound_ulps"], output["nonfinite_mismatches"]
             output["reference_ulps"] = 7215.0
     return old
+
+
+def test_a_document_written_by_the_first_version_1_writer_validates_and_reads():
+    """A run written by the suite's first release (before rows had ``evidence``), kept as
+    written but for its platform string: it validates against the version 1 schema and loads."""
+    path = Path(__file__).parent / "data" / "results-v1-first.json"
+    old = json.loads(path.read_text())
+    assert old["schema_version"] == 1
+    assert all("evidence" not in row for row in old["results"])
+    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(old)
+    again = RunResult.from_json(old)
+    assert [r.status for r in again.results] == [Status(r["status"]) for r in old["results"]]
+    assert "layer_norm" in to_markdown(again)
 
 
 def test_a_version_1_document_still_reads(mixed_run):
