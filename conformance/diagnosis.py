@@ -1,21 +1,45 @@
 """Diagnose a black-box implementation: which convention, if any, explains it.
 
 The implementation is run on every case of its op at every dtype under each
-*hypothesis*: normref's definition, every preset of :mod:`normref.conventions`,
-and every model that differs from the base (normref's definition, or the
-declared convention) in exactly one field relevant to the op: biased or
-unbiased running variance, ``eps`` placement, momentum meaning, each preset's
-default ``eps``, variance algorithm, compute dtype, output dtype, and the
-extra hypotheses of :mod:`conformance.models` (an unbiased variance inside
-the normalization, per-group affine, float32 scalars, float32 statistics, an
-``eps`` argument ignored for each preset's value).
+*hypothesis*: normref's definition, the framework presets of
+:func:`conformance.models.presets` that have the op, and every model that
+differs from the base (normref's definition, or the declared convention) in
+exactly one field relevant to the op: biased or unbiased running variance,
+``eps`` placement, momentum meaning, each preset's default ``eps``, variance
+algorithm, compute dtype, output dtype, and the extra hypotheses of
+:mod:`conformance.models` (an unbiased variance inside the normalization,
+per-group affine, float32 scalars, float32 statistics, an ``eps`` argument
+ignored for each preset's value).
+
+A preset *has* the op when an adapter declaring that preset binds it
+(:mod:`conformance.adapters`), or when the preset records a choice of the op
+that no adapter runs: a weights-and-gradients field of the op it sets
+otherwise than normref (the NFNets code's unit-wise norm, ``unit_axes``), or,
+for a preset that no adapter runs at all (keras), the normalization layers
+whose default ``eps`` its convention records
+(:data:`conformance.models.EPS_FIELDS`), the layers :mod:`normref.conventions`
+describes it for. normref's definition has every op. optax and the NFNets
+code hold flax's convention only as a placeholder (they have no layers), so
+no layer is theirs. A preset's *changes* are
+the fields relevant to the op in which it differs from the base, so it ranks
+by how far it is from the base, as a single-field variation does.
 
 A hypothesis *explains* the implementation when every output of every row is
 within budget of the reference under it. Semantic hypotheses are tried with
 the exact reference; arithmetic ones (variance algorithm, compute dtype) only
 widen the budget by that arithmetic's error bound, so a hypothesis that
 explains a row is consistent with it, not proof that it is how the
-implementation computes.
+implementation computes. The explaining hypotheses are listed semantic ones
+first, then by their number of changes, a single-field variation of the base
+before a preset with as many.
+
+When none explains, the verdict names the *closest*: the hypothesis that
+leaves the fewest rows out of budget, then the one whose rows out of budget
+are least far out (the largest share of its budget an output uses, worst row
+first), then one that changes something (the base is the least informative
+of hypotheses that fit the rows equally well). Rows that fail under every
+hypothesis no convention can account for: the verdict gives each with its
+row diagnosis (:mod:`conformance.verdicts`), as ``run`` does.
 """
 
 from __future__ import annotations
@@ -24,25 +48,50 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance.adapters import ADAPTERS, get_adapter
 from conformance.adapters.base import Binding
 from conformance.api import function_under_test
 from conformance.backends import NUMPY, Backend, get_backend
 from conformance.cases import Case
-from conformance.models import NORMREF, Model, arithmetic_only, model_of, presets, variations
-from conformance.ops import get_op
+from conformance.cli import UsageError
+from conformance.models import (
+    EPS_FIELDS,
+    EXTRA_FIELDS,
+    NORMREF,
+    Model,
+    arithmetic_only,
+    model_of,
+    preset_name,
+    presets,
+    variations,
+)
+from conformance.ops import CheckedOp, get_op
 from conformance.rows import Row, quietly
-from conformance.runner import select_cases
+from conformance.runner import check_row, select_cases
+
+
+class NothingToDiagnoseError(UsageError, ValueError):
+    """No row to run: the implementation takes none of the dtypes asked for (a usage error, exit
+    code 2 on the command line)."""
 
 
 @dataclass
 class Hypothesis:
-    """One model tried, and the rows it does not explain."""
+    """One model tried, and the rows it does not explain.
+
+    ``changed`` holds the fields relevant to the op in which the model differs from the base
+    (empty for the base itself); ``preset`` whether it is a framework's preset rather than a
+    variation of the base; ``overshoot`` the largest share of its budget an output used on each
+    failing row (``inf`` where an output is unusable or the implementation raised).
+    """
 
     name: str
     model: Model
     changed: dict[str, Any]
+    preset: bool = False
     failing: list[str] = field(default_factory=list)
     total: int = 0
+    overshoot: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def explains(self) -> bool:
@@ -54,11 +103,17 @@ class Hypothesis:
         """The model differs from the base only in how it computes, not in what."""
         return arithmetic_only(self.changed)
 
+    def rank(self) -> tuple[bool, int, bool]:
+        """Among hypotheses that fit equally well: semantic ones first, then the fewest changes,
+        then a variation of the base before a preset."""
+        return (self.arithmetic_only, len(self.changed), self.preset)
+
     def to_json(self) -> dict[str, Any]:
         """The hypothesis as JSON-ready values."""
         return {
             "name": self.name,
             "changed": self.changed,
+            "preset": self.preset,
             "explains": self.explains,
             "failing": self.failing,
             "total": self.total,
@@ -67,31 +122,54 @@ class Hypothesis:
 
 @dataclass
 class Diagnosis:
-    """The hypotheses tried on one implementation, and the verdict."""
+    """The hypotheses tried on one implementation, and the verdict.
+
+    ``unexplained`` maps each row that fails under every hypothesis to its row diagnosis.
+    """
 
     implementation: str
     op: str
     base: str
     hypotheses: list[Hypothesis]
+    unexplained: dict[str, str] = field(default_factory=dict)
 
     @property
     def explaining(self) -> list[Hypothesis]:
-        """The hypotheses that explain every row: semantic ones first."""
-        found = [h for h in self.hypotheses if h.explains]
-        return sorted(found, key=lambda h: (h.arithmetic_only, len(h.changed)))
+        """The hypotheses that explain every row, best first (:meth:`Hypothesis.rank`)."""
+        return sorted((h for h in self.hypotheses if h.explains), key=Hypothesis.rank)
+
+    @property
+    def closest(self) -> Hypothesis:
+        """The hypothesis that leaves the fewest rows out of budget, then the least far out, then
+        one that changes something over the base (module docstring)."""
+
+        def distance(h: Hypothesis) -> tuple[Any, ...]:
+            worst_first = tuple(sorted(h.overshoot.values(), reverse=True))
+            return (len(h.failing), worst_first, not h.changed, *h.rank())
+
+        return min(self.hypotheses, key=distance)
 
     @property
     def verdict(self) -> str:
         """One sentence: which hypothesis explains the implementation, or that none does."""
         found = self.explaining
-        if not found:
-            closest = min(self.hypotheses, key=lambda h: len(h.failing))
+        if found:
+            names = ", ".join(h.name for h in found)
+            return f"{self.implementation} is explained by: {names}"
+        closest = self.closest
+        start = f"no convention explains {self.implementation}: the closest, {closest.name},"
+        if not self.unexplained:
+            return f"{start} leaves {len(closest.failing)} of {closest.total} rows out of budget"
+        rows = ", ".join(f"{row} ({text})" for row, text in self.unexplained.items())
+        if len(closest.failing) == len(self.unexplained):
             return (
-                f"no convention explains {self.implementation}: the closest, {closest.name}, "
-                f"leaves {len(closest.failing)} of {closest.total} rows out of budget"
+                f"{start} explains all rows but {len(self.unexplained)}, which fail under every "
+                f"hypothesis: {rows}"
             )
-        names = ", ".join(h.name for h in found)
-        return f"{self.implementation} is explained by: {names}"
+        return (
+            f"{start} leaves {len(closest.failing)} of {closest.total} rows out of budget; "
+            f"out of budget under every hypothesis ({len(self.unexplained)}): {rows}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The diagnosis as JSON-ready values."""
@@ -100,14 +178,44 @@ class Diagnosis:
             "op": self.op,
             "base": self.base,
             "verdict": self.verdict,
+            "unexplained": self.unexplained,
             "hypotheses": [h.to_json() for h in self.hypotheses],
         }
 
 
+def presets_with(op: CheckedOp) -> dict[str, Model]:
+    """The presets that have ``op`` (module docstring): normref's; those an adapter declaring
+    them binds ``op`` for; those that set a weights-and-gradients field of ``op`` otherwise than
+    normref; those no adapter runs, for the layers whose ``eps`` they record."""
+    adapters = [get_adapter(name) for name in ADAPTERS]
+    run = {preset_name(a.model) for a in adapters}
+    binding = {preset_name(a.model) for a in adapters if op.name in a.ops()}
+    own = [f for f in (op.eps_field, *op.fields, *(f for _, f in op.keywords)) if f in EXTRA_FIELDS]
+    layer = op.eps_field in EPS_FIELDS
+
+    def has_op(name: str, model: Model) -> bool:
+        if model == NORMREF or name in binding:
+            return True
+        if any(model.get(f) != NORMREF.get(f) for f in own):
+            return True
+        return name not in run and layer and model.get(op.eps_field) is not None
+
+    return {name: model for name, model in presets().items() if has_op(name, model)}
+
+
 def hypotheses(op: str, base: Model = NORMREF) -> list[Hypothesis]:
-    """The models tried for ``op``: the presets, then single-field variations of ``base``."""
-    relevant = get_op(op).relevant_fields()
-    found = [Hypothesis(f"{name} preset", model, {}) for name, model in presets().items()]
+    """The models tried for ``op``: the presets that have it, then single-field variations of
+    ``base``; each with its changes over ``base`` in the fields relevant to ``op``."""
+    checked = get_op(op)
+    relevant = checked.relevant_fields()
+
+    def changes(model: Model) -> dict[str, Any]:
+        return {f: model.get(f) for f in relevant if model.get(f) != base.get(f)}
+
+    found = [
+        Hypothesis(f"{name} preset", model, changes(model), preset=True)
+        for name, model in presets_with(checked).items()
+    ]
     if base not in [h.model for h in found]:
         found.insert(0, Hypothesis(f"{base.name} (declared)", base, {}))
     for field_name, value, model in variations(base, relevant):
@@ -117,12 +225,15 @@ def hypotheses(op: str, base: Model = NORMREF) -> list[Hypothesis]:
     return found
 
 
-def _row_passes(binding: Binding, case: Case, dtype: str, model: Model, backend: Backend) -> bool:
+def _overshoot(binding: Binding, case: Case, dtype: str, model: Model, backend: Backend) -> float:
+    """The largest share of its budget an output of the row uses under ``model`` (> 1: out of
+    budget; ``inf`` where an output is unusable or the implementation raises)."""
     row = Row.of(binding, case, dtype, backend)
     try:
-        return quietly(row.passes, model)
+        checks = quietly(row.checks, model)
     except Exception:  # noqa: BLE001 - a model under which the implementation crashes fails it
-        return False
+        return float("inf")
+    return max((float("inf") if c.problem else c.used for c in checks), default=0.0)
 
 
 def diagnose_binding(
@@ -134,20 +245,45 @@ def diagnose_binding(
     progress: Callable[[int, str], None] | None = None,
     backend: Backend = NUMPY,
 ) -> Diagnosis:
-    """Try every hypothesis of :func:`hypotheses` on ``binding`` (the reference on ``backend``)."""
+    """Try every hypothesis of :func:`hypotheses` on ``binding`` (the reference on ``backend``).
+
+    Raises :class:`NothingToDiagnoseError` when ``binding`` takes none of ``dtypes``.
+    """
+    taken = [d for d in dtypes if d in binding.dtypes]
+    if not taken:
+        msg = (
+            f"nothing to diagnose: {binding.label}, {binding.framework}, does not take "
+            f"{', '.join(dtypes)} (it takes {', '.join(binding.dtypes)})"
+        )
+        raise NothingToDiagnoseError(msg)
     cases = [c for c in select_cases(binding.op, seed=seed) if c.kind != "error"]
-    rows = [(c, d) for c in cases for d in dtypes if d in binding.dtypes]
+    rows = {f"{c.id} {d}": (c, d) for c in cases for d in taken}
     tried = hypotheses(binding.op, base)
     if progress is not None:
         progress(len(tried) * len(rows), "")
     for hypothesis in tried:
-        for case, dtype in rows:
+        for label, (case, dtype) in rows.items():
             hypothesis.total += 1
-            if not _row_passes(binding, case, dtype, hypothesis.model, backend):
-                hypothesis.failing.append(f"{case.id} {dtype}")
+            overshoot = _overshoot(binding, case, dtype, hypothesis.model, backend)
+            if not overshoot <= 1.0:
+                hypothesis.failing.append(label)
+                hypothesis.overshoot[label] = overshoot
             if progress is not None:
-                progress(0, f"{hypothesis.name}: {case.id} {dtype}")
-    return Diagnosis(binding.label, binding.op, base.name, tried)
+                progress(0, f"{hypothesis.name}: {label}")
+    unexplained = [label for label in rows if all(label in h.failing for h in tried)]
+    return Diagnosis(
+        binding.label,
+        binding.op,
+        base.name,
+        tried,
+        {label: _row_diagnosis(binding, *rows[label], backend) for label in unexplained},
+    )
+
+
+def _row_diagnosis(binding: Binding, case: Case, dtype: str, backend: Backend) -> str:
+    """What ``run`` says of the row (its diagnosis, or why it is not a failure)."""
+    result = check_row(binding, case, dtype, backend)
+    return result.diagnosis or result.explanation or result.status.value
 
 
 def diagnose(

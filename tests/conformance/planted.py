@@ -95,7 +95,25 @@ def batch_norm_train_old_weight(
     return _batch_norm_train(x, running_mean, running_var, gamma, beta, 1 - momentum, eps, axis)
 
 
-def _batch_norm_train(x, running_mean, running_var, gamma, beta, batch_weight, eps, axis):
+def batch_norm_train_biased_batch_weight(
+    x, running_mean, running_var, gamma=None, beta=None, *, momentum, eps=1e-5, axis=1
+):
+    """Momentum weighs the batch (torch's, normref's meaning) and the running variance is biased
+    (flax's, normref's): right as normref; as torch, one field off; as flax, one field off."""
+    return _batch_norm_train(x, running_mean, running_var, gamma, beta, momentum, eps, axis, 0)
+
+
+def batch_norm_train_biased_old_weight(
+    x, running_mean, running_var, gamma=None, beta=None, *, momentum, eps=1e-5, axis=1
+):
+    """Momentum weighs the old value (flax's meaning) and the running variance is biased: as
+    normref, one field off."""
+    return _batch_norm_train(x, running_mean, running_var, gamma, beta, 1 - momentum, eps, axis, 0)
+
+
+def _batch_norm_train(
+    x, running_mean, running_var, gamma, beta, batch_weight, eps, axis, running_var_correction=1
+):
     ax = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
     mean, var = _stats(x, ax)
     y = (x - mean) / np.sqrt(var + eps)
@@ -107,9 +125,15 @@ def _batch_norm_train(x, running_mean, running_var, gamma, beta, batch_weight, e
         y = y + beta.reshape(shape)
     n = x.size // x.shape[axis % x.ndim]
     new_mean = (1 - batch_weight) * running_mean + batch_weight * mean.ravel()
-    new_var = (1 - batch_weight) * running_var + batch_weight * var.ravel() * n / (n - 1)
+    corrected = var.ravel() * n / (n - running_var_correction)
+    new_var = (1 - batch_weight) * running_var + batch_weight * corrected
     dtype = running_mean.dtype
     return y.astype(x.dtype), (new_mean.astype(dtype), new_var.astype(dtype))
+
+
+def layer_norm_default_eps_1e6(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-6):
+    """Right, but with eps defaulting to 1e-6 (flax's and timm's) where normref's is 1e-5."""
+    return layer_norm(x, gamma, beta, axes=axes, eps=eps)
 
 
 def layer_norm_returns_input(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
