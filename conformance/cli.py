@@ -261,20 +261,23 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from conformance.diagnosis import diagnose
+    from conformance.diagnosis import NothingToDiagnoseError, diagnose
     from conformance.reports import progress_bar
 
     function = _function(args)
     settings = _settings(args)
     with progress_bar(what="diagnosing") as progress:
-        found = diagnose(
-            function.pop("fn"),
-            function.pop("op"),
-            **function,
-            **settings,
-            seed=args.seed,
-            progress=progress,
-        )
+        try:
+            found = diagnose(
+                function.pop("fn"),
+                function.pop("op"),
+                **function,
+                **settings,
+                seed=args.seed,
+                progress=progress,
+            )
+        except NothingToDiagnoseError as error:
+            raise UsageError(str(error)) from error
     for hypothesis in found.hypotheses:
         mark = (
             "explains"

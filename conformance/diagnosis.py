@@ -53,7 +53,6 @@ from conformance.adapters.base import Binding
 from conformance.api import function_under_test
 from conformance.backends import NUMPY, Backend, get_backend
 from conformance.cases import Case
-from conformance.cli import UsageError
 from conformance.models import (
     EPS_FIELDS,
     EXTRA_FIELDS,
@@ -70,9 +69,9 @@ from conformance.rows import Row, quietly
 from conformance.runner import check_row, select_cases
 
 
-class NothingToDiagnoseError(UsageError, ValueError):
-    """No row to run: the implementation takes none of the dtypes asked for (a usage error, exit
-    code 2 on the command line)."""
+class NothingToDiagnoseError(ValueError):
+    """No row to run: the implementation takes none of the dtypes asked for (on the command line
+    a usage error, exit code 2)."""
 
 
 @dataclass
