@@ -36,8 +36,10 @@ before a preset with as many.
 When none explains, the verdict names the *closest*: the hypothesis that
 leaves the fewest rows out of budget, then the one whose rows out of budget
 are least far out (the largest share of its budget an output uses, worst row
-first), then one that changes something (the base is the least informative
-of hypotheses that fit the rows equally well). Rows that fail under every
+first), then the one that changes least: on an exact tie the base itself, since
+a change that fits the rows no better than the base is no evidence (rows an
+implementation fails by raising, or by NaN, tie under every model). Rows that
+fail under every
 hypothesis no convention can account for: the verdict gives each with its
 row diagnosis (:mod:`conformance.verdicts`), as ``run`` does.
 """
@@ -140,11 +142,11 @@ class Diagnosis:
     @property
     def closest(self) -> Hypothesis:
         """The hypothesis that leaves the fewest rows out of budget, then the least far out, then
-        one that changes something over the base (module docstring)."""
+        the one that changes least, the base on an exact tie (module docstring)."""
 
         def distance(h: Hypothesis) -> tuple[Any, ...]:
             worst_first = tuple(sorted(h.overshoot.values(), reverse=True))
-            return (len(h.failing), worst_first, not h.changed, *h.rank())
+            return (len(h.failing), worst_first, len(h.changed), *h.rank())
 
         return min(self.hypotheses, key=distance)
 

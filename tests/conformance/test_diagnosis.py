@@ -104,17 +104,30 @@ def _hypothesis(name, changed, overshoot):
     )
 
 
-def test_ties_are_broken_away_from_the_base():
-    """Leaving out the same rows by as much, a hypothesis that changes something is closer than
-    the base; leaving them out by less, the base is."""
+def test_an_exact_tie_goes_to_the_base():
+    """Leaving out the same rows by as much, a change is no evidence: the base is the closest;
+    a change that leaves them out by less is closer, one that leaves them by more is not."""
     rows = {"a float16": 3.0, "b float16": float("inf")}
     base = _hypothesis("normref (declared)", {}, rows)
     variation = _hypothesis("normref with eps_mode='max'", {"eps_mode": "max"}, rows)
-    assert Diagnosis("f", "layer_norm", "normref", [base, variation]).closest is variation
+    assert Diagnosis("f", "layer_norm", "normref", [variation, base]).closest is base
+    nearer = _hypothesis(
+        "normref with eps_mode='max'", {"eps_mode": "max"}, {**rows, "a float16": 2.0}
+    )
+    assert Diagnosis("f", "layer_norm", "normref", [base, nearer]).closest is nearer
     further = _hypothesis(
         "normref with eps_mode='max'", {"eps_mode": "max"}, {**rows, "a float16": 5.0}
     )
     assert Diagnosis("f", "layer_norm", "normref", [base, further]).closest is base
+
+
+def test_a_function_that_raises_on_some_cases_is_closest_to_its_own_definition():
+    """normref's layer norm raising on a size-1 axis: every model fails those rows alike (the
+    function raised), so the closest is the definition it follows, not an arbitrary change."""
+    found = diagnose(planted.layer_norm_crashing_on_size_one, "layer_norm", dtypes=["float64"])
+    assert not found.explaining
+    assert found.closest.changed == {}
+    assert "raised" in found.verdict
 
 
 def test_rows_that_fail_under_every_hypothesis_are_given_with_their_diagnosis():
