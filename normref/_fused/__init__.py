@@ -181,9 +181,8 @@ def _param_size(layer: Layer, x: Array, with_params: bool) -> int:
 def _chunks(layout: Layout, param_size: int = 1) -> int:
     """Chunks of groups: at most :data:`MAX_CHUNKS`, and few enough that partial sums of
     ``param_size`` values per chunk stay within :data:`PARTIAL_SHARE` of ``x``."""
-    groups = layout.shape[0] * layout.shape[GROUP_INNER]
     by_memory = max(1, math.prod(layout.shape) // (PARTIAL_SHARE * param_size))
-    return min(groups, MAX_CHUNKS, by_memory)
+    return min(layout.groups, MAX_CHUNKS, by_memory)
 
 
 def _variance(layer: Layer, m2: Array, n: int) -> tuple[Array, int]:
@@ -201,7 +200,7 @@ def forward(
         return None
     kernels = _kernels()
     dtype = compute_dtype(xp, x.dtype, precision)
-    groups, chunks = layout.shape[0] * layout.shape[GROUP_INNER], _chunks(layout)
+    groups, chunks = layout.groups, _chunks(layout)
     x5 = xp.reshape(x, layout.shape)
     mean = xp.zeros((groups,), dtype=dtype)
     m2 = xp.zeros((groups,), dtype=dtype)
@@ -246,7 +245,7 @@ def vjp(
     dtype = compute_dtype(xp, x.dtype, precision)
     centred = _CENTRED[layer.op.name]
     size = _param_size(layer, x, gamma is not None or beta is not None)
-    groups, chunks = layout.shape[0] * layout.shape[GROUP_INNER], _chunks(layout, size)
+    groups, chunks = layout.groups, _chunks(layout, size)
     n = layer.partition.M
     x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
     flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale

@@ -44,6 +44,11 @@ class Layout(NamedTuple):
     shape: tuple[int, ...]
     param_strides: tuple[int, ...]
 
+    @property
+    def groups(self) -> int:
+        """Number of groups: the pairs ``(g0, g2)``."""
+        return self.shape[0] * self.shape[GROUP_INNER]
+
 
 class _Run(NamedTuple):
     label: str
