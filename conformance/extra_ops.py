@@ -34,7 +34,7 @@ import array_api_compat
 import numpy as np
 
 import normref
-from normref._registry_weights import _unit_partition
+from normref.registry.weights import _unit_partition
 from normref.nonlinearities import NFNETS_PUBLISHED_GAMMAS, NONLINEARITIES
 from normref.registry import REGISTRY, OpSpec, Sample
 

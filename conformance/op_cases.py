@@ -18,7 +18,7 @@ import array_api_compat.numpy as xp_numpy
 import numpy as np
 
 from conformance.terms_whitening import CANONICAL_METHODS
-from normref._units import fan_in_axes
+from normref._lib.units import fan_in_axes
 from normref.nonlinearities import NONLINEARITIES
 from normref.registry import Sample
 

@@ -40,8 +40,8 @@ from conformance import semantics, terms, terms_weights, terms_whitening
 from conformance.backends import NUMPY, Backend
 from conformance.extra_ops import EXTRA_SPECS
 from conformance.models import Model
-from normref._checks import normalize_axes, normalize_axis
-from normref._layer import Layer, normalize, normalize_vjp
+from normref._lib.checks import normalize_axes, normalize_axis
+from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import SCALE, STANDARDIZE, std_params
 from normref.partition import Partition
 from normref.registry import REGISTRY, OpSpec, Sample

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import normref
-from normref._units import fan_in_axes
+from normref._lib.units import fan_in_axes
 from normref.registry import Sample
 
 Evaluate = Callable[[Sample, "np.ndarray | None", Any], dict[str, np.ndarray]]

@@ -57,7 +57,7 @@ from conformance.tolerances import (
     norm_relative_error,
     power_iteration_error,
 )
-from normref._units import fan_in, fan_in_axes, unit_norm_axes
+from normref._lib.units import fan_in, fan_in_axes, unit_norm_axes
 from normref.nonlinearities import NONLINEARITIES
 from normref.registry import Sample
 

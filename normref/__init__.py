@@ -7,12 +7,11 @@ for the named layers, :mod:`normref.ops` for the operations on the canonical
 ``(G, M, D)`` layout, :mod:`normref.partition` for how layers group elements,
 :mod:`normref.stats` for mergeable moments and running statistics, and
 :mod:`normref.conventions` for the frameworks' choices as data.
-:mod:`normref.whitening` holds the batch whitening layers.
+:mod:`normref.registry` lists every operation once.
 """
 
 from normref import conventions, ops, partition, registry, stats
-from normref._layer import NormGrads, ScaleNormGrads
-from normref._namespace import Float64UnavailableError
+from normref._lib.namespace import Float64UnavailableError
 from normref.conventions import FLAX, KERAS, ONNX, TORCH, Convention
 from normref.gradients import (
     AGCGrads,
@@ -24,11 +23,19 @@ from normref.gradients import (
     unitwise_norm,
 )
 from normref.layers import (
+    NormGrads,
+    RunningWhitening,
+    ScaleNormGrads,
     batch_norm,
     batch_norm_inference,
     batch_norm_inference_vjp,
     batch_norm_train,
     batch_norm_vjp,
+    batch_whiten,
+    batch_whiten_inference,
+    batch_whiten_inference_vjp,
+    batch_whiten_train,
+    batch_whiten_vjp,
     ghost_batch_norm,
     ghost_batch_norm_vjp,
     group_norm,
@@ -39,6 +46,7 @@ from normref.layers import (
     layer_norm_vjp,
     rms_norm,
     rms_norm_vjp,
+    running_whitening_update,
 )
 from normref.nonlinearities import NFNETS_PUBLISHED_GAMMAS, nonlinearity_gamma
 from normref.residual import (
@@ -65,15 +73,6 @@ from normref.weights import (
     weight_norm_vjp,
     weight_standardize,
     weight_standardize_vjp,
-)
-from normref.whitening import (
-    RunningWhitening,
-    batch_whiten,
-    batch_whiten_inference,
-    batch_whiten_inference_vjp,
-    batch_whiten_train,
-    batch_whiten_vjp,
-    running_whitening_update,
 )
 
 __version__ = "0.1.0"

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from normref._checks import check_shape
-from normref._namespace import Array, Namespace, to_dtype
-from normref._reductions import sum_of_products
+from normref._lib.checks import check_shape
+from normref._lib.namespace import Array, Namespace, to_dtype
+from normref._lib.reductions import sum_of_products
 
 
 def param_shape(x_shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:

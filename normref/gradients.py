@@ -46,8 +46,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from normref._checks import check_eps, check_shape
-from normref._namespace import (
+from normref._lib.checks import check_eps, check_shape
+from normref._lib.namespace import (
     Array,
     Namespace,
     compute_dtype,
@@ -56,9 +56,9 @@ from normref._namespace import (
     result_dtype,
     to_dtype,
 )
-from normref._reductions import sum_of_products
-from normref._tree import check_not_empty, check_same_structure, flatten, named_leaves
-from normref._units import norms, unit_norm_axes
+from normref._lib.reductions import sum_of_products
+from normref._lib.tree import check_not_empty, check_same_structure, flatten, named_leaves
+from normref._lib.units import norms, unit_norm_axes
 
 Precision = Any
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from normref._checks import check_positive_int, check_rank, normalize_axes, normalize_axis
-from normref._namespace import Array, Namespace
+from normref._lib.checks import check_positive_int, check_rank, normalize_axes, normalize_axis
+from normref._lib.namespace import Array, Namespace
 
 GROUP, SAMPLE, FEATURE = "group", "sample", "feature"
 

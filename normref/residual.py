@@ -32,14 +32,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from normref._checks import (
+from normref._lib.checks import (
     check_eps,
     check_finite_number,
     check_rank,
     check_shape,
     normalize_axis,
 )
-from normref._namespace import (
+from normref._lib.namespace import (
     Array,
     compute_dtype,
     namespace_of,

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from normref._checks import (
+from normref._lib.checks import (
     check_correction,
     check_int,
     check_momentum,
@@ -44,7 +44,7 @@ from normref._checks import (
     check_shape,
     normalize_axes,
 )
-from normref._namespace import Array, compute_dtype, namespace_of, to_dtype
+from normref._lib.namespace import Array, compute_dtype, namespace_of, to_dtype
 from normref.conventions import Convention, get_convention
 from normref.ops.standardization import group_count, mean_and_m2
 from normref.ops.whitening import group_cross
@@ -78,7 +78,7 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest"
     passes in the compute dtype of ``precision``.
 
     On a Dask array it is one pass instead, lazy: the moments of each chunk
-    merged exactly up a tree (:mod:`normref._dask`); ``mean`` and ``m2`` are
+    merged exactly up a tree (:mod:`normref._lib.dask_tree`); ``mean`` and ``m2`` are
     Dask arrays of one graph, to be computed together
     (``dask.compute(m.mean, m.m2)``).
     """
@@ -86,9 +86,7 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest"
     axes = normalize_axes(axis, x.ndim, name="axis")
     dtype = compute_dtype(xp, x.dtype, precision)
     if array_api_compat.is_dask_namespace(xp):
-        from normref import _dask
-
-        return _dask.moments(x, axes, dtype, precision)
+        return _dask_moments(x, axes, dtype, precision)
     mean, m2, _ = mean_and_m2(xp, to_dtype(xp, x, dtype), axes, algorithm="two_pass")
     return Moments(group_count(x, axes), xp.squeeze(mean, axis=axes), xp.squeeze(m2, axis=axes))
 
@@ -238,15 +236,13 @@ def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
     :math:`C = \sum_i (x_i - \bar x)(x_i - \bar x)^\top`.
 
     On a Dask array it is one pass instead, lazy, as :func:`moments` is:
-    ``mean`` and ``cross`` are Dask arrays of one graph (:mod:`normref._dask`).
+    ``mean`` and ``cross`` are Dask arrays of one graph (:mod:`normref._lib.dask_tree`).
     """
     xp = namespace_of(x=x)
     check_rank(tuple(x.shape), minimum=2, layout="samples and features, (..., M, D)")
     dtype = compute_dtype(xp, x.dtype, precision)
     if array_api_compat.is_dask_namespace(xp):
-        from normref import _dask
-
-        return _dask.comoments(x, dtype, precision)
+        return _dask_comoments(x, dtype, precision)
     mean, _, cross = group_cross(xp, to_dtype(xp, x, dtype), algorithm="two_pass")
     return Comoments(x.shape[-2], mean[..., 0, :], cross)
 
@@ -284,3 +280,39 @@ def covariance(c: Comoments, correction: int = 0) -> Array:
     The matrix form of :func:`variance` (whose diagonal it is), computed by it.
     """
     return variance(Moments(c.count, c.mean, c.cross), correction)
+
+
+def _dask_moments(x: Array, axes: tuple[int, ...], dtype: Any, precision: Any) -> Moments:
+    """Lazy :class:`Moments` of the Dask array ``x`` over ``axes``: :func:`moments` of each
+    chunk, merged up a tree by :func:`merge` (:mod:`normref._lib.dask_tree`)."""
+    from normref._lib import dask_tree  # imports dask, an optional dependency
+
+    tree = dask_tree.tree_reduction(
+        x,
+        lambda chunk, axis: moments(chunk, axis, precision=precision),
+        merge,
+        axes,
+        dtype,
+        "normref-moments",
+    )
+    count = dask_tree.known_count(x, axes)
+    return Moments(count, dask_tree.field(tree, "mean", dtype), dask_tree.field(tree, "m2", dtype))
+
+
+def _dask_comoments(x: Array, dtype: Any, precision: Any) -> Comoments:
+    """Lazy :class:`Comoments` of the Dask array ``x`` of shape ``(..., M, D)``: as
+    :func:`_dask_moments`, with the feature axis made one chunk first."""
+    from normref._lib import dask_tree  # imports dask, an optional dependency
+
+    samples = (x.ndim - 2,)
+    tree = dask_tree.tree_reduction(
+        dask_tree.whole_features(x),
+        lambda chunk, _axis: comoments(chunk, precision=precision),
+        merge_comoments,
+        samples,
+        dtype,
+        "normref-comoments",
+    )
+    mean = dask_tree.field(tree, "mean", dtype)
+    cross = dask_tree.field(tree, "cross", dtype, new_axis=tree.ndim)
+    return Comoments(dask_tree.known_count(x, samples), mean, cross)

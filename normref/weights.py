@@ -40,10 +40,17 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from normref._checks import check_eps, check_finite_number, check_int, check_shape
-from normref._layer import Layer, normalize, normalize_vjp
-from normref._namespace import Array, Namespace, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref._units import fan_in, fan_in_axes, unit_axis
+from normref._lib.checks import check_eps, check_finite_number, check_int, check_shape
+from normref._lib.namespace import (
+    Array,
+    Namespace,
+    compute_dtype,
+    namespace_of,
+    output_dtype,
+    to_dtype,
+)
+from normref._lib.units import fan_in, fan_in_axes, unit_axis
+from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
 from normref.partition import batch_partition
 

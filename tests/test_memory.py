@@ -2,7 +2,7 @@
 
 Functions convert their inputs to the compute dtype, or take canonical copies
 of their own, and then work in those: matrix products written over an operand
-block by block (:mod:`normref._in_place`), an affine applied to an output in
+block by block (:mod:`normref._lib.in_place`), an affine applied to an output in
 place. These tests check those pieces against the plain expressions, that
 inputs stay as they were in both precision modes and dtypes (where a
 conversion is a copy and where it is not), and the peak memory of the
@@ -18,7 +18,8 @@ import normref
 from benchmarks.cases import Case
 from benchmarks.memory import traced_peak
 from benchmarks.run import MEMORY_TARGETS
-from normref import _fused, _in_place
+from normref import _fused
+from normref._lib import in_place as _in_place
 from normref.affine import affine
 from normref.registry import REGISTRY
 from tests.registry_cases import on_backend

@@ -1,6 +1,6 @@
 """The fused path: a layer on NumPy arrays through compiled kernels, when numba is installed.
 
-The generic path (:mod:`normref._layer` with the operations of
+The generic path (:mod:`normref.layers.compose` with the operations of
 :mod:`normref.ops.standardization`) is written once for every Array API
 library; on NumPy it makes several passes over the data, a full-size
 temporary for most steps and, in ``precision="highest"``, a float64 copy of
@@ -50,13 +50,13 @@ import os
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import array_api_compat
 
 from normref._fused.layout import GROUP_INNER, INNER, Layout, fit
 from normref._fused.threads import run_chunks
-from normref._namespace import (
+from normref._lib.namespace import (
     PRECISIONS,
     Array,
     Namespace,
@@ -64,10 +64,42 @@ from normref._namespace import (
     output_dtype,
     to_dtype,
 )
+from normref.ops.base import GroupOp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, variance_term
+from normref.partition import Partition
 
-if TYPE_CHECKING:
-    from normref._layer import Layer, NormGrads
+
+class Layer(Protocol):
+    """What this path reads of a layer (:class:`normref.layers.compose.Layer`)."""
+
+    @property
+    def partition(self) -> Partition:
+        """Which elements share statistics."""
+
+    @property
+    def op(self) -> GroupOp:
+        """The operation on each group."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The operation's parameters (``eps``, ``eps_mode``, ``correction``)."""
+
+    @property
+    def param_axes(self) -> tuple[int, ...]:
+        """The axes of ``x`` the affine parameters span."""
+
+    @property
+    def affine_scale(self) -> float:
+        """A constant factor of ``gamma``."""
+
+
+class Grads(NamedTuple):
+    """The gradients of ``x``, ``gamma`` and ``beta`` (``None`` where that parameter is)."""
+
+    x: Array
+    gamma: Array | None
+    beta: Array | None
+
 
 MAX_CHUNKS = 64
 """Groups are split over at most this many chunks of work (and partial sums)."""
@@ -234,10 +266,8 @@ def vjp(
     gamma: Array | None,
     beta: Array | None,
     precision: Any,
-) -> NormGrads | None:
+) -> Grads | None:
     """The layer's gradients through the kernels, or ``None`` where the generic path must run."""
-    from normref._layer import NormGrads
-
     layout = _layout(layer, xp, precision, x, gamma, beta, dy)
     if layout is None:
         return None
@@ -278,7 +308,7 @@ def vjp(
         d_gamma,
         d_beta,
     )
-    return NormGrads(
+    return Grads(
         x=dx,
         gamma=_param_grad(xp, d_gamma, gamma, layer.affine_scale),
         beta=_param_grad(xp, d_beta, beta),

@@ -4,7 +4,7 @@ Each operation acts on ``G`` independent groups of ``M`` samples of ``D``
 features and has a hand-derived vector-Jacobian product ``<name>_vjp``.
 """
 
-from normref.ops._group_op import XGrad
+from normref.ops.base import XGrad
 from normref.ops.standardization import (
     center,
     center_vjp,

@@ -52,10 +52,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from normref._checks import check_correction, check_eps, check_eps_mode
-from normref._namespace import Array, Namespace
-from normref._reductions import sum_of_products
-from normref.ops._group_op import GroupOp, XGrad, run_canonical, run_canonical_vjp
+from normref._lib.checks import check_correction, check_eps, check_eps_mode
+from normref._lib.namespace import Array, Namespace
+from normref._lib.reductions import sum_of_products
+from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
 
 
 def group_count(x: Array, axes: tuple[int, ...]) -> int:
@@ -266,7 +266,7 @@ def center(x: Array, *, precision: Any = "highest") -> Array:
         Canonical array of shape ``(G, M, D)``; the mean is over axis 1.
     precision
         ``"highest"`` (float64), ``"native"`` or a convention to model
-        (see :mod:`normref._namespace`).
+        (see :mod:`normref._lib.namespace`).
 
     Returns
     -------

@@ -72,10 +72,10 @@ Backward (derived by hand in the documentation, *whitening*): with
 Implementation notes
     Only the Array API and its ``linalg`` extension are used (``eigh``,
     ``cholesky``). The operations work in the canonical arrays they are
-    given, which are their own (:class:`~normref.ops._group_op.GroupOp`):
+    given, which are their own (:class:`~normref.ops.base.GroupOp`):
     ``x`` is centred in place and the products :math:`X_c W^\top` and
     :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
-    (:func:`normref._in_place.products_over`), so that a call makes no
+    (:func:`normref._lib.in_place.products_over`), so that a call makes no
     full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
@@ -113,9 +113,9 @@ from typing import Any, NamedTuple
 import array_api_compat
 from array_api_compat import device
 
-from normref._checks import check_correction, check_eps, check_positive_int, check_rank
-from normref._in_place import products_over
-from normref._namespace import (
+from normref._lib.checks import check_correction, check_eps, check_positive_int, check_rank
+from normref._lib.in_place import products_over
+from normref._lib.namespace import (
     Array,
     Namespace,
     compute_dtype,
@@ -123,7 +123,7 @@ from normref._namespace import (
     output_dtype,
     to_dtype,
 )
-from normref.ops._group_op import GroupOp, XGrad, run_canonical, run_canonical_vjp
+from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
 from normref.ops.standardization import group_count
 
 # ---------------------------------------------------------------------------

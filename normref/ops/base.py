@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from normref._checks import check_shape
-from normref._namespace import (
+from normref._lib.checks import check_shape
+from normref._lib.namespace import (
     Array,
     compute_dtype,
     namespace_of,

@@ -14,9 +14,10 @@ from typing import Any
 
 import array_api_compat
 
-from normref import ops, whitening
-from normref._opspec import ErrorCase, OpSpec, Sample
-from normref._registry_standardization import (
+from normref import layers, ops
+from normref.partition import FEATURE, GROUP, SAMPLE, Partition, whitening_partition
+from normref.registry.spec import ErrorCase, OpSpec, Sample
+from normref.registry.standardization import (
     _CANONICAL_RANK,
     _CHANNEL_ERRORS,
     _SINGLE_SAMPLE,
@@ -26,7 +27,6 @@ from normref._registry_standardization import (
     _wrong_param,
     _x_shape,
 )
-from normref.partition import FEATURE, GROUP, SAMPLE, Partition, whitening_partition
 
 Rng = Any  # numpy.random.Generator, supplied by the caller
 
@@ -188,8 +188,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     OpSpec(
         "batch_whiten",
         "whitening",
-        whitening.batch_whiten,
-        whitening.batch_whiten_vjp,
+        layers.batch_whiten,
+        layers.batch_whiten_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_batch_whiten,
@@ -211,8 +211,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     OpSpec(
         "batch_whiten_inference",
         "whitening",
-        whitening.batch_whiten_inference,
-        whitening.batch_whiten_inference_vjp,
+        layers.batch_whiten_inference,
+        layers.batch_whiten_inference_vjp,
         ("x", "running_mean", "running_whitening", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_batch_whiten_inference,

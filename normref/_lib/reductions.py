@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from normref._namespace import Array, Namespace
+from normref._lib.namespace import Array, Namespace
 
 
 def _trailing_run(ordered: list[int], ndim: int) -> int:

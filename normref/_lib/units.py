@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import operator
 
-from normref._checks import check_rank
-from normref._namespace import Array, Namespace
-from normref._reductions import sum_of_products
+from normref._lib.checks import check_rank
+from normref._lib.namespace import Array, Namespace
+from normref._lib.reductions import sum_of_products
 
 LAYOUTS = "0 for (out, in) matrices and OIHW kernels, -1 for (in, out) matrices and HWIO kernels"
 
@@ -70,7 +70,7 @@ def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     """Euclidean norms of ``x`` over ``axes``, keeping dims (``|x|`` for no axes).
 
     The squares are summed as dot products where ``axes`` include the last
-    axis (:func:`normref._reductions.sum_of_products`), without a squared copy.
+    axis (:func:`normref._lib.reductions.sum_of_products`), without a squared copy.
     """
     if not axes:
         return xp.abs(x)

@@ -35,10 +35,10 @@ affine parameters:
     depends on that sample alone.
 """
 
-from normref._opspec import ErrorCase, OpSpec, Sample
-from normref._registry_standardization import REGISTRY_ENTRIES as _STANDARDIZATION
-from normref._registry_weights import REGISTRY_ENTRIES as _WEIGHTS
-from normref._registry_whitening import REGISTRY_ENTRIES as _WHITENING
+from normref.registry.spec import ErrorCase, OpSpec, Sample
+from normref.registry.standardization import REGISTRY_ENTRIES as _STANDARDIZATION
+from normref.registry.weights import REGISTRY_ENTRIES as _WEIGHTS
+from normref.registry.whitening import REGISTRY_ENTRIES as _WHITENING
 
 REGISTRY: dict[str, OpSpec] = {
     spec.name: spec for spec in (*_STANDARDIZATION, *_WEIGHTS, *_WHITENING)

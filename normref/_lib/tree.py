@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from normref._namespace import Array
+from normref._lib.namespace import Array
 
 
 class Flat(NamedTuple):

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from normref import _fused
-from normref._checks import check_shape
-from normref._namespace import (
+from normref._lib.checks import check_shape
+from normref._lib.namespace import (
     Array,
     compute_dtype,
     namespace_of,
@@ -30,11 +30,11 @@ from normref.affine import (
     param_shape,
     scaled_gamma,
 )
-from normref.ops._group_op import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
+from normref.ops.base import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
+from normref.partition import Partition
 
 CANONICAL_AXES = (0, 1, 2)
 """Every axis of the canonical ``(G, M, D)`` array, along which its parameters lie."""
-from normref.partition import Partition
 
 
 class NormGrads(NamedTuple):
@@ -221,7 +221,7 @@ def normalize_vjp(
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     fused = _fused.vjp(layer, xp, dy, x, gamma, beta, precision)
     if fused is not None:
-        return fused
+        return NormGrads(*fused)
     if layer.op.joint_features:
         return _joint_vjp(layer, xp, dy, x, gamma, beta, precision)
     dtype = compute_dtype(xp, x.dtype, precision)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from normref import layers, ops
-from normref._opspec import ErrorCase, OpSpec, Rng, Sample
 from normref.partition import (
     GROUP,
     SAMPLE,
@@ -21,6 +20,7 @@ from normref.partition import (
     instance_partition,
     layer_partition,
 )
+from normref.registry.spec import ErrorCase, OpSpec, Rng, Sample
 
 # ---------------------------------------------------------------------------
 # Samplers: small random shapes by default, or a given shape of x.

@@ -36,16 +36,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from normref._checks import check_eps, check_eps_mode, normalize_axes, normalize_axis
-from normref._layer import (
-    Layer,
-    NormGrads,
-    ScaleNormGrads,
-    affine_backward,
-    normalize,
-    normalize_vjp,
-)
-from normref._namespace import (
+from normref._lib.checks import check_eps, check_eps_mode, normalize_axes, normalize_axis
+from normref._lib.namespace import (
     Array,
     compute_dtype,
     namespace_of,
@@ -58,7 +50,15 @@ from normref.affine import (
     check_param,
 )
 from normref.conventions import Convention
-from normref.ops._group_op import GroupOp
+from normref.layers.compose import (
+    Layer,
+    NormGrads,
+    ScaleNormGrads,
+    affine_backward,
+    normalize,
+    normalize_vjp,
+)
+from normref.ops.base import GroupOp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, rms_params, std_params
 from normref.partition import (
     Partition,

@@ -14,7 +14,7 @@ import math
 
 import array_api_compat
 
-from normref._namespace import Array, Namespace
+from normref._lib.namespace import Array, Namespace
 
 BLOCK_ELEMENTS = 1 << 15
 """Elements of one block of rows (of all groups together): 256 KiB in float64."""

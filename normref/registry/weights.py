@@ -20,8 +20,8 @@ import math
 from typing import Any
 
 from normref import gradients, residual, weights
-from normref._opspec import ErrorCase, OpSpec, Sample
 from normref.partition import Partition, batch_partition
+from normref.registry.spec import ErrorCase, OpSpec, Sample
 
 Rng = Any  # numpy.random.Generator, supplied by the caller
 

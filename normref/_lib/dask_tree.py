@@ -1,7 +1,8 @@
 r"""Moments and comoments of Dask arrays: per-chunk statistics merged exactly up a tree.
 
 :func:`normref.stats.moments` and :func:`normref.stats.comoments` call this
-module when their input is a ``dask.array`` (and only then). The generic
+module when their input is a ``dask.array`` (and only then), passing the
+statistic of one chunk and the exact merge of two statistics. The generic
 Array API code would run on Dask too, but it is two-pass over the whole
 array: every chunk would be held (or spilled) until the global mean is known,
 so a data set larger than memory would not fit. Here each chunk is reduced on
@@ -34,10 +35,10 @@ from typing import Any, TypeVar
 import dask.array as da
 from dask.array.utils import meta_from_array
 
-from normref import stats
-from normref._namespace import Array
+from normref._lib.namespace import Array
 
-Stat = TypeVar("Stat", stats.Moments, stats.Comoments)
+Stat = TypeVar("Stat")
+"""A statistic of some data: a NamedTuple of a count and arrays (``Moments``, ``Comoments``)."""
 
 
 def known_count(x: Array, axes: tuple[int, ...]) -> int:
@@ -68,23 +69,47 @@ def _merged(nested: Any, merge: Callable[[Stat, Stat], Stat], **_: Any) -> Stat:
     return level[0]
 
 
-# The chunk functions are also called on an empty array to find the type of the
-# result (``computing_meta=True``): they answer with that array, as Dask's own do.
+def _chunk(
+    chunk: Array,
+    statistic: Callable[[Array, tuple[int, ...]], Stat],
+    axis: tuple[int, ...],
+    computing_meta: bool = False,
+    **_: Any,
+) -> Stat | Array:
+    """The statistic of one chunk over ``axis``.
+
+    Also called on an empty array to find the type of the result
+    (``computing_meta=True``): it answers with that array, as Dask's own do.
+    """
+    return chunk if computing_meta else statistic(chunk, axis)
 
 
-def _chunk_moments(
-    chunk: Array, axis: tuple[int, ...], precision: Any, computing_meta: bool = False, **_: Any
-) -> stats.Moments | Array:
-    return chunk if computing_meta else stats.moments(chunk, axis, precision=precision)
+def tree_reduction(
+    x: Array,
+    statistic: Callable[[Array, tuple[int, ...]], Stat],
+    merge: Callable[[Stat, Stat], Stat],
+    axes: tuple[int, ...],
+    dtype: Any,
+    name: str,
+) -> Array:
+    """A Dask array whose blocks are ``statistic(chunk, axes)`` of ``x``'s chunks, merged up a
+    tree by ``merge`` (see the module docstring)."""
+    node = partial(_merged, merge=merge)
+    return da.reduction(
+        x,
+        partial(_chunk, statistic=statistic),
+        node,
+        combine=node,
+        axis=axes,
+        keepdims=False,
+        concatenate=False,
+        dtype=dtype,
+        meta=meta_from_array(x, ndim=x.ndim - len(axes), dtype=dtype),
+        name=name,
+    )
 
 
-def _chunk_comoments(
-    chunk: Array, precision: Any, computing_meta: bool = False, **_: Any
-) -> stats.Comoments | Array:
-    return chunk if computing_meta else stats.comoments(chunk, precision=precision)
-
-
-def _field(tree: Array, name: str, dtype: Any, *, new_axis: int | None = None) -> Array:
+def field(tree: Array, name: str, dtype: Any, *, new_axis: int | None = None) -> Array:
     """The lazy array of field ``name`` of the statistics in each block of ``tree``."""
     ndim = tree.ndim if new_axis is None else tree.ndim + 1
     extra: dict[str, Any] = {}
@@ -99,48 +124,7 @@ def _field(tree: Array, name: str, dtype: Any, *, new_axis: int | None = None) -
     )
 
 
-def _tree(
-    x: Array,
-    chunk: Callable[..., Any],
-    merge: Callable[[Stat, Stat], Stat],
-    axes: tuple[int, ...],
-    dtype: Any,
-    name: str,
-) -> Array:
-    """A Dask array whose blocks are the statistics of ``x`` over ``axes``, merged up a tree."""
-    node = partial(_merged, merge=merge)
-    return da.reduction(
-        x,
-        chunk,
-        node,
-        combine=node,
-        axis=axes,
-        keepdims=False,
-        concatenate=False,
-        dtype=dtype,
-        meta=meta_from_array(x, ndim=x.ndim - len(axes), dtype=dtype),
-        name=name,
-    )
-
-
-def moments(x: Array, axes: tuple[int, ...], dtype: Any, precision: Any) -> stats.Moments:
-    """Lazy :class:`~normref.stats.Moments` of the Dask array ``x`` over ``axes`` (see the module)."""
-    count = known_count(x, axes)
-    chunk = partial(_chunk_moments, precision=precision)
-    tree = _tree(x, chunk, stats.merge, axes, dtype, "normref-moments")
-    return stats.Moments(count, _field(tree, "mean", dtype), _field(tree, "m2", dtype))
-
-
-def comoments(x: Array, dtype: Any, precision: Any) -> stats.Comoments:
-    """Lazy :class:`~normref.stats.Comoments` of the Dask array ``x`` of shape ``(..., M, D)``.
-
-    The feature axis is first made one chunk (``rechunk``), since each chunk's
-    cross products need all ``D`` features of its samples.
-    """
-    samples = (x.ndim - 2,)
-    count = known_count(x, samples)
-    whole_features = x.rechunk({x.ndim - 1: -1})
-    chunk = partial(_chunk_comoments, precision=precision)
-    tree = _tree(whole_features, chunk, stats.merge_comoments, samples, dtype, "normref-comoments")
-    mean = _field(tree, "mean", dtype)
-    return stats.Comoments(count, mean, _field(tree, "cross", dtype, new_axis=tree.ndim))
+def whole_features(x: Array) -> Array:
+    """``x`` of shape ``(..., M, D)`` with its feature axis in one chunk: each chunk's cross
+    products need all ``D`` features of its samples."""
+    return x.rechunk({x.ndim - 1: -1})

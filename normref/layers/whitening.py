@@ -1,0 +1,338 @@
+r"""Batch whitening layers: decorrelated batch normalization (DBN, Huang et al. 2018) and IterNorm.
+
+Like every normref layer, batch whitening is a partition + an operation + an
+affine: the partition is :func:`normref.partition.whitening_partition` (the
+channels split into ``C / group_size`` groups of ``group_size`` features; every
+other axis holds samples), the operation one of the whitenings of
+:mod:`normref.ops.whitening` applied to each group's ``M x D`` samples, and the
+affine per channel, shape ``(C,)``. For ``x`` of shape ``(N, C, *S)``, group
+``g`` and the vector :math:`x_{n,s} \in \mathbb R^D` of its channels at batch
+index ``n`` and spatial position ``s``:
+
+.. math::
+
+    y_{n,s} = \gamma \odot W_g (x_{n,s} - \mu_g) + \beta, \qquad
+    \Sigma_g = \frac1M \sum_{n,s} (x_{n,s} - \mu_g)(x_{n,s} - \mu_g)^\top + \epsilon I
+
+with :math:`W_g = W(\Sigma_g)` the ``method``'s whitening matrix: ``"zca"``
+(DBN), ``"pca"``, ``"cholesky"`` or ``"iter_norm"`` (IterNorm). The covariance
+is biased (:math:`1/M`), as in the authors' code.
+
+Inference and running statistics
+    :func:`batch_whiten_inference` applies given statistics, a running mean of
+    shape ``(C,)`` and running whitening matrices of shape ``(C / group_size,
+    group_size, group_size)``; :func:`running_whitening_update` is one update of
+    either as a pure function. DBN and IterNorm average the *whitening
+    matrices* (``running_wm = m W + (1 - m) running_wm`` with torch's momentum
+    meaning, initialized to ``I``); averaging covariances with
+    :func:`normref.stats.merge_comoments` and calling
+    :func:`normref.ops.whitening_matrix` once is the alternative these functions
+    also allow. :func:`batch_whiten_train` is one training step, as those
+    implementations take it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from normref._lib.checks import check_momentum, check_shape, normalize_axis
+from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref.affine import affine, check_param
+from normref.conventions import Convention, get_convention
+from normref.layers.compose import Layer, NormGrads, affine_backward, normalize, normalize_vjp
+from normref.ops.whitening import (
+    WHITENING_OPS,
+    check_method,
+    method_params,
+    whitening_matrix,
+    whitening_params,
+)
+from normref.partition import Partition, whitening_partition
+from normref.stats import comoments, covariance
+
+Precision = Any
+
+
+class RunningWhitening(NamedTuple):
+    """Running mean ``(C,)`` and running whitening matrices ``(C / k, k, k)`` of a whitening layer."""
+
+    mean: Array
+    whitening: Array
+
+
+def _whitening_layer(
+    x: Array, group_size: int, method: str, eps: float, correction: int, iterations: int, axis: int
+) -> Layer:
+    namespace_of(x=x)
+    shape = tuple(x.shape)
+    name = check_method(method)
+    return Layer(
+        "batch_whiten",
+        whitening_partition(shape, group_size, axis),
+        WHITENING_OPS[name],
+        {**whitening_params(eps, correction), **method_params(name, iterations)},
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, group_size={group_size}, axis={axis}",
+    )
+
+
+def batch_whiten(
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    group_size: int,
+    method: str = "zca",
+    eps: float = 1e-5,
+    correction: int = 0,
+    iterations: int = 5,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Batch whitening in training mode (batch statistics): DBN, or IterNorm with ``method="iter_norm"``.
+
+    Parameters
+    ----------
+    x
+        Input with the channel axis at ``axis`` and rank >= 2; statistics over
+        every other axis (``M = N·prod(S)`` samples, at least 2).
+    gamma, beta
+        Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
+    group_size
+        Channels whitened jointly (``D``); must divide the number of channels.
+    method
+        ``"zca"`` (default, DBN), ``"pca"``, ``"cholesky"`` or ``"iter_norm"``
+        (see :mod:`normref.ops.whitening`; ``"pca"`` orders each group's output
+        channels by descending eigenvalue).
+    eps
+        Finite, > 0; added to the diagonal of each group's covariance.
+    correction
+        0 (default) for the biased covariance :math:`X_c^\top X_c / M`, as DBN
+        and IterNorm use; 1 for :math:`/(M - 1)`.
+    iterations
+        Newton–Schulz steps of ``"iter_norm"`` (ignored by the other methods).
+    axis
+        The channel axis: 1 for ``(N, C, *S)``, -1 for channels-last.
+    precision
+        ``"highest"`` (float64, default), ``"native"``, or a convention to model.
+
+    Returns
+    -------
+    Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+    """
+    layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
+    return normalize(layer, x, gamma, beta, precision)
+
+
+def batch_whiten_vjp(
+    dy: Array,
+    x: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    group_size: int,
+    method: str = "zca",
+    eps: float = 1e-5,
+    correction: int = 0,
+    iterations: int = 5,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`batch_whiten`: gradients for ``x``, ``gamma``, ``beta``.
+
+    With ``method="pca"`` it raises :class:`ValueError` where a group's
+    covariance has repeated eigenvalues (the gradient does not exist there).
+    """
+    layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
+    return normalize_vjp(layer, dy, x, gamma, beta, precision)
+
+
+def _inference_parts(
+    x: Array,
+    running_mean: Array,
+    running_whitening: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    group_size: int,
+    axis: int,
+    precision: Precision,
+    **more: Array,
+) -> tuple[Any, Any, tuple[int, ...], Partition, Array, Array]:
+    xp = namespace_of(
+        **more,
+        x=x,
+        running_mean=running_mean,
+        running_whitening=running_whitening,
+        gamma=gamma,
+        beta=beta,
+    )
+    part = whitening_partition(tuple(x.shape), group_size, axis)
+    channel = (normalize_axis(axis, x.ndim),)
+    for name, value in (("running_mean", running_mean), ("gamma", gamma), ("beta", beta)):
+        check_param(value, x.shape, channel, name=name)
+    check_shape(
+        running_whitening.shape,
+        (part.G, part.D, part.D),
+        name="running_whitening",
+        what="(C / group_size, group_size, group_size)",
+    )
+    dtype = compute_dtype(xp, x.dtype, precision)
+    mean = xp.reshape(to_dtype(xp, running_mean, dtype), (part.G, 1, part.D))
+    w = to_dtype(xp, running_whitening, dtype)
+    centred = part.to_canonical(xp, to_dtype(xp, x, dtype)) - mean
+    x_hat = part.from_canonical(xp, centred @ xp.matrix_transpose(w))
+    return xp, dtype, channel, part, w, x_hat
+
+
+def batch_whiten_inference(
+    x: Array,
+    running_mean: Array,
+    running_whitening: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    group_size: int,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Batch whitening with given (running) statistics, as in evaluation mode.
+
+    :math:`y_{n,s} = \gamma \odot \hat W_g (x_{n,s} - \hat\mu_g) + \beta` for each
+    group ``g`` of ``group_size`` channels.
+
+    Parameters
+    ----------
+    x
+        Input with the channel axis at ``axis``.
+    running_mean
+        Per-channel mean, shape ``(C,)``.
+    running_whitening
+        Whitening matrix of each group, shape ``(C / group_size, group_size,
+        group_size)`` (e.g. from :func:`normref.ops.whitening_matrix`).
+    gamma, beta, group_size, axis, precision
+        As :func:`batch_whiten`.
+    """
+    xp, dtype, channel, _, _, x_hat = _inference_parts(
+        x, running_mean, running_whitening, gamma, beta, group_size, axis, precision
+    )
+    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), channel)
+    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+
+
+def batch_whiten_inference_vjp(
+    dy: Array,
+    x: Array,
+    running_mean: Array,
+    running_whitening: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    group_size: int,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> NormGrads:
+    r"""VJP of :func:`batch_whiten_inference`; the running statistics are constants.
+
+    :math:`\bar x_{n,s} = \hat W_g^\top (\gamma \odot \bar y_{n,s})`,
+    :math:`\bar\gamma = \sum \bar y \odot \hat x`, :math:`\bar\beta = \sum \bar y`.
+    """
+    xp, dtype, channel, part, w, x_hat = _inference_parts(
+        x, running_mean, running_whitening, gamma, beta, group_size, axis, precision, dy=dy
+    )
+
+    def backward(d_x_hat: Array) -> tuple[Array, Array]:
+        return part.from_canonical(xp, part.to_canonical(xp, d_x_hat) @ w), x_hat
+
+    return affine_backward(xp, dtype, dy, x, gamma, beta, channel, backward)
+
+
+def running_whitening_update(
+    old: Array,
+    new: Array,
+    *,
+    momentum: float,
+    convention: Convention | str,
+    precision: Precision = "highest",
+) -> Array:
+    r"""One running-average update of a running mean or running whitening matrices, pure.
+
+    :math:`(1 - w)\,\mathrm{old} + w\,\mathrm{new}` with ``w`` the weight of the
+    new batch under ``convention``'s momentum meaning (torch, IterNorm and DBN:
+    ``w = momentum``; flax, keras, onnx: ``w = 1 - momentum``).
+
+    Parameters
+    ----------
+    old, new
+        The running value and this batch's value, of one shape.
+    momentum
+        In [0, 1], in the convention's meaning.
+    convention
+        A :class:`~normref.conventions.Convention` or preset name.
+    precision
+        ``"highest"`` (float64) or ``"native"``.
+
+    Returns
+    -------
+    The updated value, in ``old``'s dtype.
+    """
+    conv = get_convention(convention)
+    xp = namespace_of(old=old, new=new)
+    check_shape(new.shape, old.shape, name="new", what="the shape of old")
+    w = conv.batch_weight(check_momentum(momentum))
+    dtype = compute_dtype(xp, old.dtype, precision)
+    updated = (1.0 - w) * to_dtype(xp, old, dtype) + w * to_dtype(xp, new, dtype)
+    return to_dtype(xp, updated, old.dtype)
+
+
+def batch_whiten_train(
+    x: Array,
+    running_mean: Array,
+    running_whitening: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    group_size: int,
+    momentum: float,
+    convention: Convention | str,
+    method: str = "zca",
+    eps: float = 1e-5,
+    correction: int = 0,
+    iterations: int = 5,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> tuple[Array, RunningWhitening]:
+    """One training step of a batch-whitening layer, as DBN and IterNorm take it, pure.
+
+    Returns the output of :func:`batch_whiten` (batch statistics) and the
+    running statistics updated with :func:`running_whitening_update` from this
+    batch's per-channel mean and the whitening matrices of its group
+    covariances (``correction`` and ``eps`` as there). Nothing is modified in
+    place.
+    """
+    y = batch_whiten(
+        x,
+        gamma,
+        beta,
+        group_size=group_size,
+        method=method,
+        eps=eps,
+        correction=correction,
+        iterations=iterations,
+        axis=axis,
+        precision=precision,
+    )
+    xp = namespace_of(x=x)
+    part = whitening_partition(tuple(x.shape), group_size, axis)
+    batch = comoments(part.to_canonical(xp, x), precision=precision)
+    w = whitening_matrix(
+        covariance(batch, correction),
+        method=method,
+        eps=eps,
+        iterations=iterations,
+        precision=precision,
+    )
+    update = {"momentum": momentum, "convention": convention, "precision": precision}
+    return y, RunningWhitening(
+        running_whitening_update(running_mean, xp.reshape(batch.mean, (-1,)), **update),
+        running_whitening_update(running_whitening, w, **update),
+    )
