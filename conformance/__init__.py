@@ -11,18 +11,18 @@ From Python::
     conformance.diagnose(my_batch_norm, op="batch_norm").verdict
 
 From the command line: ``normref-conformance run|diagnose|export-golden|report``
-(or ``python -m conformance``). Cases are in :mod:`conformance.cases`, the
-error budgets in :mod:`conformance.tolerances`, conventions as models in
-:mod:`conformance.models`, adapters in :mod:`conformance.adapters`.
+(or ``python -m conformance``). Cases are in :mod:`conformance.checked.cases`, the
+error budgets in :mod:`conformance.bounds.budgets`, conventions as models in
+:mod:`conformance.checked.models`, adapters in :mod:`conformance.adapters`.
 """
 
 from conformance.api import DEFAULT_DTYPES, check, run
-from conformance.cases import Case, cases_for, find_case
+from conformance.checked.cases import Case, cases_for, find_case
+from conformance.checked.formats import ulp
+from conformance.checked.models import NORMREF, Model
 from conformance.diagnosis import Diagnosis, diagnose
 from conformance.golden import export_golden
-from conformance.models import NORMREF, Model
-from conformance.results import CaseResult, RunResult, Status
-from conformance.ulp import ulp
+from conformance.reports.results import CaseResult, RunResult, Status
 
 __all__ = [
     "DEFAULT_DTYPES",

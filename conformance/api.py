@@ -5,33 +5,23 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from conformance.adapters import get_adapter
 from conformance.adapters.base import Binding
-from conformance.adapters.function import function_binding, importable_name
-from conformance.backends import Backend, get_backend
-from conformance.models import preset_name
-from conformance.ops import CHECKED_OPS, get_op
-from conformance.results import CaseResult, RunResult, Status
-from conformance.runner import run_bindings, run_result
-from conformance.ulp import DTYPES
+from conformance.adapters.function import check_names, function_under_test, importable_name
+from conformance.checked.backends import Backend, get_backend
+from conformance.checked.formats import DTYPES
+from conformance.checked.models import preset_name
+from conformance.checked.ops import CHECKED_OPS
+from conformance.judging.runner import run_bindings, run_result
+from conformance.reports.results import CaseResult, RunResult, Status
 
 DEFAULT_DTYPES: tuple[str, ...] = ("float32", "float64")
 """The dtypes a run checks unless told otherwise (``--dtypes`` adds float16 and bfloat16)."""
 
 Progress = Callable[[int, str], None]
-
-
-def check_names(values: Iterable[str], known: Iterable[str], what: str) -> list[str]:
-    """``values`` as a list; :class:`ValueError` naming the unknown ones and the known."""
-    values, known = list(values), list(known)
-    unknown = [v for v in values if v not in known]
-    if unknown:
-        msg = f"unknown {what} {unknown}; known: {known}"
-        raise ValueError(msg)
-    return values
 
 
 def _environment(frameworks: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -78,7 +68,7 @@ def run(
     A framework that is not installed is skipped, with the reason, in
     :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
     ``backend`` is the array library the reference runs on (``"numpy"``, the
-    default, ``"cupy"`` or ``"torch"``; :mod:`conformance.backends`).
+    default, ``"cupy"`` or ``"torch"``; :mod:`conformance.checked.backends`).
     """
     started = time.perf_counter()
     reference = get_backend(backend)
@@ -120,22 +110,6 @@ def run(
     return outcome
 
 
-def function_under_test(
-    fn: Callable[..., Any],
-    op: str,
-    convention: Any,
-    array_type: str,
-    vjp: Callable[..., Any] | None,
-    dtypes: Sequence[str] | None,
-) -> tuple[Binding, list[str]]:
-    """The binding of a user's function and the dtypes to check it at (default: all its array
-    type has)."""
-    get_op(op)
-    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
-    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
-    return binding, check_names(chosen, DTYPES, "dtypes")
-
-
 def check(
     fn: Callable[..., Any],
     op: str,
@@ -158,11 +132,11 @@ def check(
         ``fn(x, gamma, beta, axes=(-1,), eps=1e-5)`` for ``"layer_norm"``),
         with arrays of ``array_type``.
     op
-        The op's name (``conformance.ops.CHECKED_OPS``).
+        The op's name (``conformance.checked.ops.CHECKED_OPS``).
     convention
         The convention ``fn`` declares: a preset's name (``"torch"``), a
         :class:`~normref.conventions.Convention`, a
-        :class:`~conformance.models.Model`, or ``None`` for normref's own.
+        :class:`~conformance.checked.models.Model`, or ``None`` for normref's own.
     array_type
         ``"numpy"`` (default), ``"torch"`` or ``"jax"``.
     vjp
@@ -175,7 +149,7 @@ def check(
         One case id only; the suite's seed.
     backend
         The array library normref's reference runs on: ``"numpy"`` (default),
-        ``"cupy"`` (on the GPU) or ``"torch"`` (:mod:`conformance.backends`).
+        ``"cupy"`` (on the GPU) or ``"torch"`` (:mod:`conformance.checked.backends`).
 
     Returns
     -------

@@ -31,7 +31,7 @@ class UsageError(Exception):
 def _arguments() -> Iterator[None]:
     """Resolving the command line's arguments: what fails there is a usage error (an unknown
     name, a function that cannot be imported, an array type or backend not installed)."""
-    from conformance.arrays import ArrayKindUnavailableError
+    from conformance.adapters.arrays import ArrayKindUnavailableError
 
     try:
         yield
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         backend(sub)
 
     def backend(sub: argparse.ArgumentParser) -> None:
-        from conformance.backends import BACKENDS
+        from conformance.checked.backends import BACKENDS
 
         sub.add_argument(
             "--backend",
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def list_everything() -> str:
     """Frameworks (availability, convention, what each covers) and ops."""
     from conformance.adapters import ADAPTERS, get_adapter
-    from conformance.ops import CHECKED_OPS
+    from conformance.checked.ops import CHECKED_OPS
 
     lines = ["frameworks:"]
     for name in ADAPTERS:
@@ -132,10 +132,10 @@ def list_everything() -> str:
 
 def _function(args: argparse.Namespace) -> dict[str, Any]:
     """The function under test and its settings, from ``--impl`` and its companions."""
+    from conformance.adapters.arrays import array_kind
     from conformance.adapters.function import load_function
-    from conformance.arrays import array_kind
-    from conformance.models import model_of
-    from conformance.ops import get_op
+    from conformance.checked.models import model_of
+    from conformance.checked.ops import get_op
 
     if not args.impl:
         msg = f"{args.command} needs --impl module:function (the function to check)"
@@ -166,11 +166,11 @@ def _settings(
 ) -> dict[str, Any]:
     """The dtypes (``default_dtypes`` if none are given) and the reference's backend the
     command line names, checked with its case and ``ops``."""
-    from conformance.api import check_names
-    from conformance.backends import get_backend
-    from conformance.cases import find_case
-    from conformance.ops import CHECKED_OPS
-    from conformance.ulp import DTYPES
+    from conformance.adapters.function import check_names
+    from conformance.checked.backends import get_backend
+    from conformance.checked.cases import find_case
+    from conformance.checked.formats import DTYPES
+    from conformance.checked.ops import CHECKED_OPS
 
     if args.dtypes is not None and not _names(args.dtypes):
         msg = f"--dtypes names no dtype: {args.dtypes!r}"
@@ -292,8 +292,8 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from conformance.checked.models import model_of
     from conformance.golden import export_golden
-    from conformance.models import model_of
 
     ops = _names(args.ops)
     settings = _settings(args, ops=ops)
@@ -313,7 +313,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from conformance.reports import print_report
-    from conformance.results import RunResult
+    from conformance.reports.results import RunResult
 
     try:
         result = RunResult.read_json(args.results)

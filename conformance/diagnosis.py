@@ -2,12 +2,12 @@
 
 The implementation is run on every case of its op at every dtype under each
 *hypothesis*: normref's definition, the framework presets of
-:func:`conformance.models.presets` that have the op, and every model that
+:func:`conformance.checked.models.presets` that have the op, and every model that
 differs from the base (normref's definition, or the declared convention) in
 exactly one field relevant to the op: biased or unbiased running variance,
 ``eps`` placement, momentum meaning, each preset's default ``eps``, variance
 algorithm, compute dtype, output dtype, and the extra hypotheses of
-:mod:`conformance.models` (an unbiased variance inside the normalization,
+:mod:`conformance.checked.models` (an unbiased variance inside the normalization,
 per-group affine, float32 scalars, float32 statistics, an ``eps`` argument
 ignored for each preset's value).
 
@@ -17,7 +17,7 @@ that no adapter runs: a weights-and-gradients field of the op it sets
 otherwise than normref (the NFNets code's unit-wise norm, ``unit_axes``), or,
 for a preset that no adapter runs at all (keras), the normalization layers
 whose default ``eps`` its convention records
-(:data:`conformance.models.EPS_FIELDS`), the layers :mod:`normref.conventions`
+(:data:`conformance.checked.models.EPS_FIELDS`), the layers :mod:`normref.conventions`
 describes it for. normref's definition has every op. optax and the NFNets
 code hold flax's convention only as a placeholder (they have no layers), so
 no layer is theirs. A preset's *changes* are
@@ -41,7 +41,7 @@ a change that fits the rows no better than the base is no evidence (rows an
 implementation fails by raising, or by NaN, tie under every model). Rows that
 fail under every
 hypothesis no convention can account for: the verdict gives each with its
-row diagnosis (:mod:`conformance.verdicts`), as ``run`` does.
+row diagnosis (:mod:`conformance.judging.verdicts`), as ``run`` does.
 """
 
 from __future__ import annotations
@@ -52,12 +52,11 @@ from typing import Any
 
 from conformance.adapters import ADAPTERS, get_adapter
 from conformance.adapters.base import Binding
-from conformance.api import function_under_test
-from conformance.backends import NUMPY, Backend, get_backend
-from conformance.cases import Case
-from conformance.models import (
+from conformance.adapters.function import function_under_test
+from conformance.checked.backends import NUMPY, Backend, get_backend
+from conformance.checked.cases import Case
+from conformance.checked.models import (
     EPS_FIELDS,
-    EXTRA_FIELDS,
     NORMREF,
     Model,
     arithmetic_only,
@@ -66,9 +65,9 @@ from conformance.models import (
     presets,
     variations,
 )
-from conformance.ops import CheckedOp, get_op
-from conformance.rows import Row, quietly
-from conformance.runner import check_row, select_cases
+from conformance.checked.ops import CheckedOp, get_op
+from conformance.judging.rows import Row, quietly
+from conformance.judging.runner import check_row, select_cases
 
 
 class NothingToDiagnoseError(ValueError):
@@ -191,7 +190,7 @@ def presets_with(op: CheckedOp) -> dict[str, Model]:
     adapters = [get_adapter(name) for name in ADAPTERS]
     run = {preset_name(a.model) for a in adapters}
     binding = {preset_name(a.model) for a in adapters if op.name in a.ops()}
-    own = [f for f in (op.eps_field, *op.fields, *(f for _, f in op.keywords)) if f in EXTRA_FIELDS]
+    own = op.own_convention_fields()
     layer = op.eps_field in EPS_FIELDS
 
     def has_op(name: str, model: Model) -> bool:
@@ -300,7 +299,7 @@ def diagnose(
     backend: str | Backend | None = None,
 ) -> Diagnosis:
     """Which convention, if any, explains ``fn`` (normref's signature for ``op``); the reference
-    runs on ``backend`` (:mod:`conformance.backends`)."""
+    runs on ``backend`` (:mod:`conformance.checked.backends`)."""
     reference = get_backend(backend)
     binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
     return diagnose_binding(

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends import Backend, get_backend
-from conformance.cases import cases_for
-from conformance.models import Model, model_of
-from conformance.ops import CHECKED_OPS, batch_weight_as, get_op
-from conformance.reference import Refusal, model_sample, prepare, reference_or_refusal
-from conformance.tolerances import arithmetic_of, compute_dtype, element_bounds
-from conformance.ulp import round_to
+from conformance.bounds.budgets import arithmetic_of, compute_dtype, element_bounds
+from conformance.checked.backends import Backend, get_backend
+from conformance.checked.cases import cases_for, prepare
+from conformance.checked.formats import round_to
+from conformance.checked.models import Model, model_of
+from conformance.checked.ops import CHECKED_OPS, get_op, implementation_keywords
+from conformance.judging.reference import Refusal, model_sample, reference_or_refusal
 
 GOLDEN_SCHEMA = "normref-conformance-golden"
 GOLDEN_VERSION = 2
@@ -114,11 +114,9 @@ def _vector(
 
 
 def _keywords(kwargs: dict[str, Any], model: Model) -> dict[str, Any]:
-    """The call's keywords as JSON, a momentum in the model's meaning (the implementation's)."""
-    keywords = {k: _json_value(v) for k, v in kwargs.items()}
-    if keywords.get("momentum") is not None:
-        keywords["momentum"] = batch_weight_as(model, keywords["momentum"])
-    return keywords
+    """The call's keywords as JSON, as the implementation takes them (a momentum in the model's
+    meaning)."""
+    return {k: _json_value(v) for k, v in implementation_keywords(kwargs, model).items()}
 
 
 def _largest_budget(ulps: np.ndarray) -> float | str:

@@ -43,9 +43,9 @@ class CaseItem(pytest.Item):
         self.binding, self.case, self.dtype, self.backend = binding, case, dtype, backend
 
     def runtest(self) -> None:
+        from conformance.judging.runner import check_row
+        from conformance.reports.results import Status
         from conformance.reports.summary import output_line
-        from conformance.results import Status
-        from conformance.runner import check_row
 
         result = check_row(self.binding, self.case, self.dtype, self.backend)
         self.user_properties.append(("normref_status", result.status.value))
@@ -73,11 +73,10 @@ class ConformanceCollector(pytest.Collector):
     """The cases of the implementation given on the command line."""
 
     def collect(self) -> list[CaseItem]:
-        from conformance.adapters.function import function_binding, load_function
-        from conformance.api import check_names
-        from conformance.arrays import ArrayKindUnavailableError
-        from conformance.backends import get_backend
-        from conformance.runner import select_cases
+        from conformance.adapters.arrays import ArrayKindUnavailableError
+        from conformance.adapters.function import check_names, function_binding, load_function
+        from conformance.checked.backends import get_backend
+        from conformance.judging.runner import select_cases
 
         option = self.config.getoption
         op = option("normref_op")

@@ -30,6 +30,7 @@ from normref.layers import (
     batch_norm_inference,
     batch_norm_inference_vjp,
     batch_norm_train,
+    batch_norm_train_vjp,
     batch_norm_vjp,
     batch_whiten,
     batch_whiten_inference,
@@ -48,7 +49,12 @@ from normref.layers import (
     rms_norm_vjp,
     running_whitening_update,
 )
-from normref.nonlinearities import NFNETS_PUBLISHED_GAMMAS, nonlinearity_gamma
+from normref.nonlinearities import (
+    NFNETS_PUBLISHED_GAMMAS,
+    gamma_scaled_nonlinearity,
+    nonlinearity_gain,
+    nonlinearity_gamma,
+)
 from normref.residual import (
     SignalPropagation,
     SkipInitGrads,
@@ -106,6 +112,7 @@ __all__ = [
     "batch_norm_inference",
     "batch_norm_inference_vjp",
     "batch_norm_train",
+    "batch_norm_train_vjp",
     "batch_norm_vjp",
     "batch_whiten",
     "batch_whiten_inference",
@@ -114,6 +121,7 @@ __all__ = [
     "batch_whiten_vjp",
     "clip_by_global_norm",
     "conventions",
+    "gamma_scaled_nonlinearity",
     "ghost_batch_norm",
     "ghost_batch_norm_vjp",
     "global_norm",
@@ -125,6 +133,7 @@ __all__ = [
     "layer_norm_vjp",
     "nf_expected_stds",
     "nf_residual",
+    "nonlinearity_gain",
     "nonlinearity_gamma",
     "ops",
     "partition",

@@ -4,9 +4,16 @@ Frameworks agree on the mathematics of batch norm and disagree on its details:
 what "momentum" weighs, whether the running variance is unbiased, where ``eps``
 enters, how the variance is computed, in which dtype float16 input is reduced.
 normref names each of those choices as a field of :class:`Convention`; the
-presets :data:`TORCH`, :data:`FLAX`, :data:`KERAS` and :data:`ONNX` record what
-each framework does (sources in ``docs/conventions.md``). Every ``convention=``
-argument of normref takes a preset or its lower-case name.
+presets :data:`TORCH`, :data:`FLAX`, :data:`KERAS`, :data:`ONNX`, :data:`TIMM`,
+:data:`OPTAX` and :data:`NFNETS` record what each framework does (sources in
+``docs/conventions.md``), and :data:`NORMREF` records normref's own defaults.
+Every ``convention=`` argument of normref takes a preset or its lower-case name.
+
+The fields cover the activation layers (momentum, running variance, ``eps``
+defaults and placement, variance algorithm, dtypes) and the operations on
+weights and gradients (weight norm's and global-norm clipping's ``eps``, what
+a zero norm gives, one power-iteration step of spectral norm, Scaled WS's
+``eps``, the units of a unit-wise norm, the nonlinearity gains).
 
 normref itself always computes the exact form (two-pass variance, float64).
 A convention's *lossy* choices (``variance_algorithm``, ``low_precision_compute``,
@@ -16,21 +23,48 @@ framework, by passing the convention as ``precision=``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 MomentumMeaning = Literal["batch_weight", "old_weight"]
 EpsMode = Literal["add", "max", "add_std"]
 VarianceAlgorithm = Literal["two_pass", "fast", "fast_clamped"]
+ZeroNorm = Literal["guarded", "ieee"]
+PowerIterationOrder = Literal["v_first", "u_first"]
+L2EpsMode = Literal["max", "add"]
+ScaledWSEpsMode = Literal["max_fan_in", "max", "add"]
+UnitAxes = Literal["out_axis", "by_rank"]
+NonlinearityGammas = Literal["exact", "nfnets_published"]
 
 EPS_MODES: tuple[str, ...] = ("add", "max", "add_std")
 VARIANCE_ALGORITHMS: tuple[str, ...] = ("two_pass", "fast", "fast_clamped")
 MOMENTUM_MEANINGS: tuple[str, ...] = ("batch_weight", "old_weight")
+ZERO_NORMS: tuple[str, ...] = ("guarded", "ieee")
+POWER_ITERATION_ORDERS: tuple[str, ...] = ("v_first", "u_first")
+"""The order of one power-iteration step (see :func:`normref.spectral_norm`)."""
+L2_EPS_MODES: tuple[str, ...] = ("max", "add")
+"""How ``eps`` guards a vector's normalization in :func:`normref.spectral_norm`."""
+SCALED_WS_EPS_MODES: tuple[str, ...] = ("max_fan_in", "max", "add")
+"""Where Scaled WS's ``eps`` enters (see :func:`normref.scaled_weight_standardize`)."""
+UNIT_AXES: tuple[str, ...] = ("out_axis", "by_rank")
+NONLINEARITY_GAMMAS: tuple[str, ...] = ("exact", "nfnets_published")
+
+WEIGHT_AND_GRADIENT_FIELDS: tuple[str, ...] = (
+    "weight_norm_eps",
+    "global_norm_eps",
+    "zero_norm",
+    "power_iteration_order",
+    "l2_eps_mode",
+    "scaled_ws_eps_mode",
+    "unit_axes",
+    "nonlinearity_gammas",
+)
+"""The fields of the operations on weights and gradients (the others are the layers')."""
 
 
 @dataclass(frozen=True)
 class Convention:
-    """The choices one framework makes for normalization layers.
+    r"""The choices one framework makes for normalization layers.
 
     Attributes
     ----------
@@ -67,6 +101,35 @@ class Convention:
         (flax, where float32 parameters make a bfloat16 input's output float32).
     channel_axis
         The framework's feature axis: 1 (NCHW) or -1 (NHWC).
+    weight_norm_eps
+        Weight norm's ``eps`` inside the square root, :math:`\sqrt{\|v\|^2 +
+        \epsilon}`: 0 (normref, torch, which has none) or 1e-12 (flax ``WeightNorm``).
+    global_norm_eps
+        Added to the global norm before dividing, in global-norm clipping: 0
+        (normref, optax) or 1e-6 (torch ``clip_grad_norm_``).
+    zero_norm
+        What a zero norm gives: ``"guarded"`` (normref: a zero unit of weight
+        norm gives 0, a zero :math:`\sigma` leaves the weight unscaled) or
+        ``"ieee"`` (the division by 0 is carried out: NaN, as torch).
+    power_iteration_order
+        The order of one power-iteration step of spectral norm: ``"v_first"``
+        (legacy torch, flax) or ``"u_first"`` (torch's parametrization).
+    l2_eps_mode
+        How ``eps`` guards a vector's normalization in the power iteration:
+        ``"max"`` (:math:`x/\max(\|x\|, \epsilon)`, torch) or ``"add"``
+        (:math:`x/\sqrt{\|x\|^2 + \epsilon}`, flax).
+    scaled_ws_eps_mode
+        Where Scaled WS's ``eps`` enters: ``"max_fan_in"`` (NFNets),
+        ``"max"`` or ``"add"`` (timm).
+    unit_axes
+        The units of a unit-wise norm (AGC): ``"out_axis"`` (one unit per
+        index of ``out_axis``, over every other axis) or ``"by_rank"`` (the
+        NFNets code and optax: with the unit axis last, a squeezed vector is
+        one unit, rank 2 and 3 reduce axis 0, rank 4 axes 0-2, rank 5 axes 0-3).
+    nonlinearity_gammas
+        The gains of the gamma-scaled nonlinearities: ``"exact"``
+        (:func:`normref.nonlinearity_gamma`) or ``"nfnets_published"``
+        (:data:`normref.NFNETS_PUBLISHED_GAMMAS`, sampled estimates).
     """
 
     name: str
@@ -83,6 +146,14 @@ class Convention:
     low_precision_compute: Literal["float32", "input"]
     output_dtype: Literal["input", "promote"]
     channel_axis: int
+    weight_norm_eps: float = 0.0
+    global_norm_eps: float = 0.0
+    zero_norm: ZeroNorm = "guarded"
+    power_iteration_order: PowerIterationOrder = "v_first"
+    l2_eps_mode: L2EpsMode = "max"
+    scaled_ws_eps_mode: ScaledWSEpsMode = "max_fan_in"
+    unit_axes: UnitAxes = "out_axis"
+    nonlinearity_gammas: NonlinearityGammas = "exact"
 
     def __post_init__(self) -> None:
         _check_choice("momentum_meaning", self.momentum_meaning, MOMENTUM_MEANINGS)
@@ -91,6 +162,17 @@ class Convention:
         _check_choice("variance_algorithm", self.variance_algorithm, VARIANCE_ALGORITHMS)
         _check_choice("low_precision_compute", self.low_precision_compute, ("float32", "input"))
         _check_choice("output_dtype", self.output_dtype, ("input", "promote"))
+        _check_choice("zero_norm", self.zero_norm, ZERO_NORMS)
+        _check_choice("power_iteration_order", self.power_iteration_order, POWER_ITERATION_ORDERS)
+        _check_choice("l2_eps_mode", self.l2_eps_mode, L2_EPS_MODES)
+        _check_choice("scaled_ws_eps_mode", self.scaled_ws_eps_mode, SCALED_WS_EPS_MODES)
+        _check_choice("unit_axes", self.unit_axes, UNIT_AXES)
+        _check_choice("nonlinearity_gammas", self.nonlinearity_gammas, NONLINEARITY_GAMMAS)
+        for name in ("weight_norm_eps", "global_norm_eps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+                msg = f"{name} must be a finite number >= 0, got {value!r}"
+                raise ValueError(msg)
         if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
             msg = f"momentum must be in [0, 1] or None, got {self.momentum!r}"
             raise ValueError(msg)
@@ -114,6 +196,26 @@ def _check_choice(field: str, value: object, allowed: tuple[object, ...]) -> Non
         raise ValueError(msg)
 
 
+NORMREF = Convention(
+    name="normref",
+    momentum=0.1,
+    momentum_meaning="batch_weight",
+    running_var_correction=0,
+    batch_norm_eps=1e-5,
+    layer_norm_eps=1e-5,
+    group_norm_eps=1e-5,
+    instance_norm_eps=1e-5,
+    rms_norm_eps=1e-6,
+    eps_mode="add",
+    variance_algorithm="two_pass",
+    low_precision_compute="float32",
+    output_dtype="input",
+    channel_axis=1,
+)
+"""normref's own choices: its functions' default ``eps``, ``eps`` inside the square root,
+biased variances, two-pass variance, statistics of float16/bfloat16 input in float32 (under
+``precision="highest"``, float64), the output in the input's dtype."""
+
 TORCH = Convention(
     name="torch",
     momentum=0.1,
@@ -129,8 +231,12 @@ TORCH = Convention(
     low_precision_compute="float32",
     output_dtype="input",
     channel_axis=1,
+    global_norm_eps=1e-6,
+    zero_norm="ieee",
 )
-"""PyTorch 2.13 (``torch.nn`` modules and ``torch.nn.functional``)."""
+"""PyTorch 2.13 (``torch.nn`` modules, ``torch.nn.functional`` and ``torch.nn.utils``):
+``clip_grad_norm_`` divides by ``total_norm + 1e-6``; ``_weight_norm`` and spectral norm
+divide by a zero norm (NaN)."""
 
 FLAX = Convention(
     name="flax",
@@ -147,8 +253,11 @@ FLAX = Convention(
     low_precision_compute="float32",
     output_dtype="promote",
     channel_axis=-1,
+    weight_norm_eps=1e-12,
+    l2_eps_mode="add",
 )
-"""Flax linen 0.12 (``use_fast_variance=True``, ``force_float32_reductions=True``)."""
+"""Flax linen 0.12 (``use_fast_variance=True``, ``force_float32_reductions=True``);
+``WeightNorm`` and ``SpectralNorm`` normalize by ``x * rsqrt(sum(x * x) + 1e-12)``."""
 
 KERAS = Convention(
     name="keras",
@@ -186,7 +295,30 @@ ONNX = Convention(
 )
 """ONNX opset 21-23 (LayerNormalization/GroupNormalization function bodies, stash_type=1)."""
 
-PRESETS: dict[str, Convention] = {c.name: c for c in (TORCH, FLAX, KERAS, ONNX)}
+TIMM = replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6, scaled_ws_eps_mode="add")
+"""timm: torch's layers, with ``LayerNorm`` and ``RmsNorm`` ``eps=1e-6`` and
+``ScaledStdConv2d``'s ``eps`` inside the square root (``F.batch_norm``)."""
+
+_FLAX_LAYERS = replace(
+    FLAX,
+    **{f.name: f.default for f in fields(Convention) if f.name in WEIGHT_AND_GRADIENT_FIELDS},
+)
+"""Flax's choices for layers, with normref's for the operations on weights and gradients."""
+
+OPTAX = replace(_FLAX_LAYERS, name="optax", unit_axes="by_rank")
+"""optax: jax layouts (flax's layer choices; no weight or spectral norm of its own);
+``unitwise_norm`` infers the units from the rank."""
+
+NFNETS = replace(
+    _FLAX_LAYERS, name="nfnets", unit_axes="by_rank", nonlinearity_gammas="nfnets_published"
+)
+"""The NFNets reference code: ``optim.py``'s ``unitwise_norm`` as optax's, ``base.py``'s
+sampled nonlinearity gains."""
+
+PRESETS: dict[str, Convention] = {
+    c.name: c for c in (NORMREF, TORCH, FLAX, KERAS, ONNX, TIMM, OPTAX, NFNETS)
+}
+"""Every preset by its name."""
 
 
 def get_convention(convention: Convention | str) -> Convention:

@@ -58,7 +58,8 @@ from normref._lib.namespace import (
 )
 from normref._lib.reductions import sum_of_products
 from normref._lib.tree import check_not_empty, check_same_structure, flatten, named_leaves
-from normref._lib.units import norms, unit_norm_axes
+from normref._lib.units import norms
+from normref.partition import unit_norm_axes
 
 Precision = Any
 

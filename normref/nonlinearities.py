@@ -29,9 +29,19 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from array_api_compat import device
 from scipy import integrate, special
+
+from normref._lib.namespace import (
+    Array,
+    Float64UnavailableError,
+    compute_dtype,
+    namespace_of,
+    to_dtype,
+)
+from normref.conventions import NONLINEARITY_GAMMAS
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -193,3 +203,50 @@ def nonlinearity_gamma(
     if not return_error:
         return gamma
     return gamma, 0.5 * gamma**3 * variance_bound + 4 * math.ulp(gamma)
+
+
+def nonlinearity_gain(name: str, gammas: str = "exact") -> float:
+    """The gain of nonlinearity ``name``: :func:`nonlinearity_gamma` (``gammas="exact"``) or the
+    NFNets code's published estimate (``"nfnets_published"``, :data:`NFNETS_PUBLISHED_GAMMAS`)."""
+    if gammas not in NONLINEARITY_GAMMAS:
+        msg = f"gammas must be one of {NONLINEARITY_GAMMAS}, got {gammas!r}"
+        raise ValueError(msg)
+    if name not in NONLINEARITIES:
+        msg = f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {name!r}"
+        raise ValueError(msg)
+    if gammas == "exact":
+        return float(nonlinearity_gamma(name))  # type: ignore[arg-type]
+    if name not in NFNETS_PUBLISHED_GAMMAS:
+        msg = f"the NFNets code publishes no gain for {name!r}"
+        raise ValueError(msg)
+    return NFNETS_PUBLISHED_GAMMAS[name]
+
+
+def gamma_scaled_nonlinearity(
+    x: Array,
+    *,
+    nonlinearity: str = "relu",
+    gammas: str = "exact",
+    precision: Any = "highest",
+) -> Array:
+    r""":math:`\gamma_g\, g(x)`, the variance-preserving activation of normalizer-free networks.
+
+    :math:`g` is the named nonlinearity of :data:`NONLINEARITIES` and :math:`\gamma_g`
+    its gain (:func:`nonlinearity_gain`: exact, or the NFNets code's published
+    estimate). The Array API has no ``erf``, so every element is computed as a
+    Python float (float64) by the scalar definition the gain integrates, whatever
+    ``precision`` (which is checked as every op checks it), and rounded once to
+    ``x``'s dtype on ``x``'s device.
+    """
+    xp = namespace_of(x=x)
+    compute_dtype(xp, x.dtype, precision)
+    gain = nonlinearity_gain(nonlinearity, gammas)
+    function = NONLINEARITIES[nonlinearity].fn
+    flat = xp.reshape(x, (-1,))
+    values = [gain * function(float(flat[i])) for i in range(flat.shape[0])]
+    try:  # held in float64 first where the library has it: one rounding to x's dtype
+        held = compute_dtype(xp, x.dtype, "highest")
+    except Float64UnavailableError:
+        held = x.dtype
+    result = xp.asarray(values, dtype=held, device=device(x))
+    return xp.reshape(to_dtype(xp, result, x.dtype), x.shape)

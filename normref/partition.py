@@ -21,10 +21,15 @@ instance norm         N·C                                prod(S)              1
 group norm (g)        N·g                                (C/g)·prod(S)        1
 ghost batch norm (b)  (N/b)·C                            b·prod(S)            1
 batch whitening (k)   C/k                                N·prod(S)            k
+units of a weight     out (size of ``out_axis``)         fan-in N             1
 ====================  =================================  ===================  ======
 
 (``x`` of shape ``(N, C, *S)`` with the channel axis at ``axis``; the batch axis
-is axis 0.)
+is axis 0.) A weight (or its gradient) has one axis of output units,
+``out_axis``: 0 for torch and onnx layouts (``(out, in)`` matrices, ``OIHW``
+kernels), -1 for jax/flax layouts (``(in, out)`` matrices, ``HWIO`` kernels);
+every other axis is part of a unit's *fan-in*, of size ``N``, the product of
+their sizes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 
 from normref._lib.checks import check_positive_int, check_rank, normalize_axes, normalize_axis
 from normref._lib.namespace import Array, Namespace
+from normref._lib.units import axis_index
 
 GROUP, SAMPLE, FEATURE = "group", "sample", "feature"
 
@@ -198,10 +204,7 @@ def _channel_axis_not_batch(axis: object, ndim: int) -> int:
 
 
 def batch_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
-    """Batch norm: one group per channel (``axis``), samples over all other axes.
-
-    Also the per-output-unit partition of a weight (``axis`` = ``out_axis``).
-    """
+    """Batch norm: one group per channel (``axis``), samples over all other axes."""
     check_rank(shape, minimum=1, layout="the channel axis and any others")
     channel = normalize_axis(axis, len(shape))
     labels = tuple(GROUP if i == channel else SAMPLE for i in range(len(shape)))
@@ -299,3 +302,35 @@ def whitening_partition(shape: tuple[int, ...], group_size: int, axis: int = 1) 
     size = check_positive_int(group_size, name="group_size")
     _check_divides(size, "group_size", group_size, shape[channel], channel)
     return _split_channels(shape, channel, block=size, labels=(GROUP, FEATURE), batch_label=SAMPLE)
+
+
+def unit_partition(shape: tuple[int, ...], out_axis: int = 0) -> Partition:
+    """The output units of a weight: one group per index of ``out_axis``, its fan-in the samples.
+
+    The partition of batch norm with the channel axis at ``out_axis``: weight
+    standardization, Scaled WS and weight norm normalize each unit over its fan-in.
+    """
+    check_rank(shape, minimum=1, layout="an axis of output units and any fan-in axes")
+    return batch_partition(shape, axis_index(out_axis, len(shape), shape, "w"))
+
+
+def fan_in_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    """The axes of a rank-``ndim`` array other than its (non-negative) unit axis ``axis``."""
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def fan_in(shape: tuple[int, ...], axis: int) -> int:
+    """The number of elements of one output unit: the product of the other axes' sizes."""
+    return math.prod(shape[a] for a in fan_in_axes(len(shape), axis))
+
+
+def unit_norm_axes(shape: tuple[int, ...], out_axis: object, *, name: str) -> tuple[int, ...]:
+    """The axes a unit-wise norm reduces: the fan-in for rank >= 2, every axis below.
+
+    A scalar or a vector (a bias, a gain) is one unit; ``out_axis`` must still
+    be 0 or -1 there.
+    """
+    if len(shape) <= 1:
+        axis_index(out_axis, 1, shape, name)
+        return tuple(range(len(shape)))
+    return fan_in_axes(len(shape), axis_index(out_axis, len(shape), shape, name))

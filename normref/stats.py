@@ -180,14 +180,7 @@ def running_update(
     ):
         check_shape(value.shape, shape, name=name, what="the shape of running_mean")
     n = check_int(count, name="count", minimum=0)
-    m = check_momentum(momentum, allow_none=True)
-    if m is None:
-        if num_batches_tracked is None:
-            msg = "momentum=None (cumulative average) needs num_batches_tracked >= 1, got None"
-            raise ValueError(msg)
-        w = 1.0 / check_int(num_batches_tracked, name="num_batches_tracked", minimum=1)
-    else:
-        w = conv.batch_weight(m)
+    w = batch_weight(momentum, conv, num_batches_tracked)
     if conv.running_var_correction == 1 and n < 2:
         msg = (
             f"convention {conv.name!r} keeps an unbiased running variance, which needs "
@@ -203,6 +196,24 @@ def running_update(
     return RunningStats(
         to_dtype(xp, new_mean, running_mean.dtype), to_dtype(xp, new_var, running_var.dtype)
     )
+
+
+def batch_weight(
+    momentum: float | None, convention: Convention | str, num_batches_tracked: int | None = None
+) -> float:
+    """The weight of the new batch in a running-average update (checked arguments).
+
+    ``momentum`` in ``convention``'s meaning; ``None`` is the cumulative average,
+    :math:`1/\text{num\\_batches\\_tracked}`.
+    """
+    conv = get_convention(convention)
+    m = check_momentum(momentum, allow_none=True)
+    if m is not None:
+        return conv.batch_weight(m)
+    if num_batches_tracked is None:
+        msg = "momentum=None (cumulative average) needs num_batches_tracked >= 1, got None"
+        raise ValueError(msg)
+    return 1.0 / check_int(num_batches_tracked, name="num_batches_tracked", minimum=1)
 
 
 class Comoments(NamedTuple):

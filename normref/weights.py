@@ -4,7 +4,7 @@ Each acts per *output unit* of a weight ``w``: the slice at one index of
 ``out_axis`` (0 for torch/onnx ``(out, in)`` and ``OIHW``, -1 for jax/flax
 ``(in, out)`` and ``HWIO``), whose other axes are its *fan-in* of size ``N``.
 In the layout of :mod:`normref.partition` that is the per-channel partition
-with the unit axis as the channel (:func:`normref.partition.batch_partition`):
+with the unit axis as the channel (:func:`normref.partition.unit_partition`):
 ``G`` = number of units, ``M`` = ``N``, ``D`` = 1. So weight standardization is
 the standardize operation of :mod:`normref.ops.standardization` on that
 partition, and weight norm is its ``rms_scale`` operation; neither has math of
@@ -49,21 +49,13 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
-from normref._lib.units import fan_in, fan_in_axes, unit_axis
+from normref._lib.units import unit_axis
+from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_EPS_MODES
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
-from normref.partition import batch_partition
+from normref.partition import fan_in, fan_in_axes, unit_partition
 
 Precision = Any
-
-SCALED_WS_EPS_MODES = ("max_fan_in", "max", "add")
-"""Where Scaled WS's ``eps`` enters (see :func:`scaled_weight_standardize`)."""
-
-POWER_ITERATION_ORDERS = ("v_first", "u_first")
-"""The order of one power-iteration step (see :func:`spectral_norm`)."""
-
-L2_EPS_MODES = ("max", "add")
-"""How ``eps`` guards a vector's normalization in :func:`spectral_norm`."""
 
 
 class WeightGrad(NamedTuple):
@@ -112,7 +104,7 @@ def _unit_layer(
     affine times the constant ``scale``."""
     return Layer(
         name,
-        batch_partition(shape, axis),
+        unit_partition(shape, axis),
         op,
         params,
         (axis,),

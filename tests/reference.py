@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from normref.conventions import get_convention
 from tests.reference_weights import WEIGHT_REFERENCES
 from tests.reference_whitening import WHITENING_FORMULATIONS
 
@@ -133,6 +134,27 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *,
     return _affine(y, gamma, beta, lambda i: (i[c],))
 
 
+def batch_norm_train(
+    x, running_mean, running_var, gamma=None, beta=None, *, eps, axis, momentum, convention
+):
+    """batch_norm's output, and the running statistics updated with the batch's mean and its
+    variance (biased, or unbiased where the convention keeps an unbiased running variance),
+    weighted by the batch's weight in the convention's meaning of ``momentum``."""
+    preset = get_convention(convention)
+    c = _axis(axis, x.ndim)
+    y = batch_norm(x, gamma, beta, eps=eps, axis=axis)
+    weight = momentum if preset.momentum_meaning == "batch_weight" else 1.0 - momentum
+    new_mean, new_var = np.empty(running_mean.shape), np.empty(running_var.shape)
+    for ch, members in _grouped(x, lambda i: i[c]).items():
+        values = [float(x[i]) for i in members]
+        n = len(values)
+        mean = math.fsum(values) / n
+        var = math.fsum((v - mean) ** 2 for v in values) / (n - preset.running_var_correction)
+        new_mean[ch] = (1.0 - weight) * float(running_mean[ch]) + weight * mean
+        new_var[ch] = (1.0 - weight) * float(running_var[ch]) + weight * var
+    return y, new_mean, new_var
+
+
 def _canonical_key(i: tuple[int, ...]) -> tuple[int, int]:
     return (i[0], i[2])
 
@@ -154,9 +176,13 @@ def rms_scale(x, *, eps):
 
 
 class Reference(NamedTuple):
-    """An independent forward, and the relative tolerance (of the output's size) it is held to."""
+    """An independent forward, and the relative tolerance (of the output's size) it is held to.
 
-    compute: Callable[..., np.ndarray]
+    ``compute`` returns the output, or a tuple of the outputs in the order of the op's
+    :attr:`~normref.registry.OpSpec.outputs`.
+    """
+
+    compute: Callable[..., Any]
     rtol: float
 
 
@@ -175,6 +201,7 @@ STANDARDIZATION_REFERENCES: dict[str, Reference] = {
         layer_norm,
         rms_norm,
         batch_norm_inference,
+        batch_norm_train,
         center,
         standardize,
         scale,

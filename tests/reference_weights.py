@@ -117,6 +117,64 @@ def skip_init_residual(x, branch_out, alpha):
     return y
 
 
+def _l2_normalized(values: list[float], eps: float) -> list[float]:
+    norm = max(math.sqrt(math.fsum(v * v for v in values)), eps)
+    return [v / norm for v in values]
+
+
+def spectral_norm_train(w, u, v, *, n_power_iterations, out_axis, eps):
+    """Power iteration as Miyato et al. write it, ``v <- W^T u / ||.||``, ``u <- W v / ||.||``
+    (norms floored at ``eps``), on W as a (units, fan-in) matrix in row-major fan-in order;
+    then ``sigma = u^T W v`` and ``W / sigma``."""
+    w, u, v = _float64(w, u, v)
+    axis = out_axis % w.ndim
+    matrix = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    rows, cols = matrix.shape
+    vec_u, vec_v = [float(a) for a in u], [float(a) for a in v]
+    for _ in range(n_power_iterations):
+        vec_v = _l2_normalized(
+            [math.fsum(float(matrix[i, j]) * vec_u[i] for i in range(rows)) for j in range(cols)],
+            eps,
+        )
+        vec_u = _l2_normalized(
+            [math.fsum(float(matrix[i, j]) * vec_v[j] for j in range(cols)) for i in range(rows)],
+            eps,
+        )
+    sigma = math.fsum(
+        vec_u[i] * float(matrix[i, j]) * vec_v[j] for i in range(rows) for j in range(cols)
+    )
+    return w / sigma, np.array(vec_u), np.array(vec_v), np.array(sigma)
+
+
+def clip_by_global_norm(grad, bias_grad, *, max_norm, eps=0.0):
+    """Both gradients times ``max_norm / max(||(grad, bias_grad)|| + eps, max_norm)``."""
+    grad, bias_grad = _float64(grad, bias_grad)
+    squares = [float(a) ** 2 for a in np.ravel(grad)] + [float(a) ** 2 for a in np.ravel(bias_grad)]
+    factor = max_norm / max(math.sqrt(math.fsum(squares)) + eps, max_norm)
+    return grad * factor, bias_grad * factor
+
+
+def unitwise_norm(x, *, out_axis):
+    """Each element replaced by the Euclidean norm of its output unit (a scalar or a vector is
+    one unit)."""
+    (x,) = _float64(x)
+    y = np.empty(x.shape)
+    for members in _units(x, out_axis).values():
+        norm = math.sqrt(math.fsum(float(x[i]) ** 2 for i in members))
+        for i in members:
+            y[i] = norm
+    return y
+
+
+def gamma_scaled_nonlinearity(x, *, nonlinearity, gammas="exact"):
+    """relu(x) times its gain in closed form: relu(z), z ~ N(0, 1), has mean 1/sqrt(2 pi) and
+    mean square 1/2, so gamma = 1 / sqrt(1/2 - 1/(2 pi))."""
+    assert (nonlinearity, gammas) == ("relu", "exact"), "the registry samples exact relu"
+    (x,) = _float64(x)
+    gain = 1.0 / math.sqrt(0.5 - 0.5 / math.pi)
+    return gain * np.maximum(x, 0.0)
+
+
 # (compute, rtol) of each op, merged into tests.reference.REFERENCES as References.
 # Each is a few float64 operations per element on well-conditioned, unit-scale data
 # (|mean| / std ~ 1 per unit, sigma ~ 3 for spectral norm, norms ~ 1 for AGC): both
@@ -128,4 +186,8 @@ WEIGHT_REFERENCES: dict[str, tuple[Callable[..., np.ndarray], float]] = {
     "spectral_norm": (spectral_norm_weight, 1e-13),
     "adaptive_grad_clip": (adaptive_grad_clip, 1e-13),
     "skip_init_residual": (skip_init_residual, 1e-13),
+    "spectral_norm_train": (spectral_norm_train, 1e-13),
+    "clip_by_global_norm": (clip_by_global_norm, 1e-13),
+    "unitwise_norm": (unitwise_norm, 1e-13),
+    "gamma_scaled_nonlinearity": (gamma_scaled_nonlinearity, 1e-14),
 }

@@ -11,13 +11,36 @@ from normref.registry import REGISTRY, OpSpec, Sample
 from tests.support import Backend
 
 
-def op_params(family: str | None = None, *, needs: str | None = None) -> list[Any]:
-    """``pytest.param`` for every registry op (of ``family``; with property ``needs``)."""
+def op_params(
+    family: str | None = None, *, needs: str | None = None, with_vjp: bool = False
+) -> list[Any]:
+    """``pytest.param`` for every registry op (of ``family``; with property ``needs``; with a
+    VJP)."""
     return [
         pytest.param(spec, id=name)
         for name, spec in REGISTRY.items()
-        if (family is None or spec.family == family) and (needs is None or needs in spec.properties)
+        if (family is None or spec.family == family)
+        and (needs is None or needs in spec.properties)
+        and (not with_vjp or spec.vjp is not None)
     ]
+
+
+def derivative_params() -> list[Any]:
+    """The ops whose VJP is the derivative of their output ``y`` (every op with a VJP but those
+    that hold their state constant, whose VJP is checked by a test of their own)."""
+    return [
+        p for p in op_params(with_vjp=True) if "state_held_constant" not in p.values[0].properties
+    ]
+
+
+def outputs(spec: OpSpec, result: Any) -> dict[str, Any]:
+    """A forward's (or an independent reference's) ``result`` by output name."""
+    return spec.output_values(result)
+
+
+def output(spec: OpSpec, sample: Sample) -> Any:
+    """The forward's output ``y`` on ``sample`` (without the state some ops also return)."""
+    return spec.output_values(spec.call(sample))["y"]
 
 
 def draw(spec: OpSpec, seed: int, shape: tuple[int, ...] | None = None) -> Sample:

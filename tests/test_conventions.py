@@ -14,7 +14,16 @@ def test_presets_by_name():
     for preset in (TORCH, FLAX, KERAS, ONNX):
         assert get_convention(preset.name) is preset
         assert get_convention(preset) is preset
-    assert set(conventions.PRESETS) == {"torch", "flax", "keras", "onnx"}
+    assert set(conventions.PRESETS) == {
+        "normref",
+        "torch",
+        "flax",
+        "keras",
+        "onnx",
+        "timm",
+        "optax",
+        "nfnets",
+    }
 
 
 def test_unknown_convention():

@@ -25,7 +25,7 @@ from normref.partition import whitening_partition
 from normref.registry import REGISTRY, OpSpec
 from tests import test_gradients, test_values
 from tests.reference import REFERENCES
-from tests.registry_cases import draw, on_backend
+from tests.registry_cases import derivative_params, draw, on_backend
 from tests.support import (
     assert_close_to_scale,
     dask_backend,
@@ -34,11 +34,6 @@ from tests.support import (
 
 U64 = np.finfo(np.float64).eps
 DASK = dask_backend()
-
-FACTORING_WHITENING = frozenset(
-    {"decorrelate", "pca_whiten", "zca_whiten", "cholesky_whiten", "batch_whiten"}
-)
-"""Registry operations that factor a covariance (``batch_whiten``'s default method is ZCA)."""
 
 
 @pytest.fixture(autouse=True)
@@ -233,10 +228,12 @@ def test_population_covariance_feeds_batch_whiten_inference():
 
 
 def _dask_params(supported: bool) -> list:
+    """The ops that run on Dask arrays (``supported``), or those that refuse them: the
+    whitening operations that factor a covariance."""
     return [
         pytest.param(spec, id=name)
         for name, spec in REGISTRY.items()
-        if (name not in FACTORING_WHITENING) is supported
+        if spec.capabilities.dask is supported
     ]
 
 
@@ -247,7 +244,9 @@ def test_forward_matches_reference(spec: OpSpec):
     test_values.test_highest_precision_rounds_once_to_the_input_dtype(spec, DASK)
 
 
-@pytest.mark.parametrize("spec", _dask_params(supported=True))
+@pytest.mark.parametrize(
+    "spec", [p for p in _dask_params(supported=True) if p in derivative_params()]
+)
 def test_vjp_matches_finite_differences(spec: OpSpec):
     """The same check as on every other backend (tests/test_gradients.py), on Dask arrays."""
     test_gradients.test_vjp_matches_finite_differences(spec, 0, DASK)

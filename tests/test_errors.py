@@ -7,7 +7,7 @@ import pytest
 
 import normref
 from normref.registry import REGISTRY, OpSpec
-from tests.registry_cases import draw, on_backend, op_params
+from tests.registry_cases import draw, on_backend, op_params, output, outputs
 from tests.support import Backend
 
 ERROR_CASES = [
@@ -23,6 +23,8 @@ def test_registered_error_cases(spec: OpSpec, case, standard_backend: Backend):
     bad = on_backend(invalid, standard_backend)
     with pytest.raises(case.exception, match=case.match):
         spec.call(bad)
+    if spec.vjp is None:
+        return
     # every op's output has its primary input's shape
     dy = standard_backend.asarray(np.ones(np.shape(invalid.args[spec.primary])), "float64")
     with pytest.raises(case.exception, match=case.match):
@@ -73,17 +75,18 @@ def test_eps_may_be_a_numpy_scalar(spec: OpSpec):
     """``eps=np.finfo(np.float32).eps`` (a float32 scalar) is the number it holds."""
     sample = draw(spec, 0)
     eps = np.float32(sample.kwargs["eps"])
-    from_numpy = spec.call(sample.replace(eps=eps))
-    from_python = spec.call(sample.replace(eps=float(eps)))
-    np.testing.assert_array_equal(np.asarray(from_numpy), np.asarray(from_python))
+    from_numpy = outputs(spec, spec.call(sample.replace(eps=eps)))
+    from_python = outputs(spec, spec.call(sample.replace(eps=float(eps))))
+    for name, value in from_python.items():
+        np.testing.assert_array_equal(np.asarray(from_numpy[name]), np.asarray(value), name)
     with pytest.raises(TypeError, match=r"eps must be a number, got bool"):
         spec.call(sample.replace(eps=True))
 
 
-@pytest.mark.parametrize("spec", op_params())
+@pytest.mark.parametrize("spec", op_params(with_vjp=True))
 def test_cotangent_of_the_wrong_shape(spec: OpSpec):
     sample = draw(spec, 0)
-    dy = np.ones((*np.shape(spec.call(sample)), 2))
+    dy = np.ones((*np.shape(output(spec, sample)), 2))
     with pytest.raises(ValueError, match="dy must have shape"):
         spec.call_vjp(dy, sample)
 
@@ -125,10 +128,11 @@ def test_eps_mode_must_be_known():
 def test_inputs_are_never_modified(spec: OpSpec, backend: Backend):
     sample = on_backend(draw(spec, 2), backend)
     before = {k: backend.to_numpy(v).copy() for k, v in sample.args.items() if hasattr(v, "shape")}
-    y = spec.call(sample)
+    y = output(spec, sample)
     dy = backend.asarray(np.ones(backend.to_numpy(y).shape), "float64")
     dy_before = backend.to_numpy(dy).copy()
-    spec.call_vjp(dy, sample)
+    if spec.vjp is not None:
+        spec.call_vjp(dy, sample)
     for k, v in before.items():
         np.testing.assert_array_equal(backend.to_numpy(sample.args[k]), v, err_msg=k)
     np.testing.assert_array_equal(backend.to_numpy(dy), dy_before)
@@ -148,9 +152,11 @@ def test_constant_groups_give_finite_outputs_and_gradients(spec: OpSpec, standar
     there (every eigenvalue of its covariance is eps: they all coincide), the documented error."""
     sample = draw(spec, 3)
     constant = sample.replace(**{spec.primary: _group_constant(spec, sample)})
-    y = spec.call(on_backend(constant, standard_backend))
+    y = output(spec, on_backend(constant, standard_backend))
     assert np.all(np.isfinite(standard_backend.to_numpy(y)))
-    dy = standard_backend.asarray(np.ones(np.shape(spec.call(constant))), "float64")
+    if spec.vjp is None:
+        return
+    dy = standard_backend.asarray(np.ones(np.shape(output(spec, constant))), "float64")
     if "gradient_undefined_at_ties" in spec.properties:
         with pytest.raises(ValueError, match="repeated eigenvalues"):
             spec.call_vjp(dy, on_backend(constant, standard_backend))
@@ -172,7 +178,7 @@ def test_nan_propagates_to_its_group_only(spec: OpSpec, standard_backend: Backen
     x.flat[0] = np.nan
     part = spec.partition(sample)
     poisoned_sample = sample.replace(**{spec.primary: x})
-    y = standard_backend.to_numpy(spec.call(on_backend(poisoned_sample, standard_backend)))
+    y = standard_backend.to_numpy(output(spec, on_backend(poisoned_sample, standard_backend)))
     canonical = np.asarray(part.to_canonical(xp, y))
     nan_in = np.isnan(np.asarray(part.to_canonical(xp, x)))
     if "fixed_statistics" in spec.properties:

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("numba", reason="numba is not installed (pip install -e '.[fast]')")
 
 import normref
-from conformance.ulp import ulp
+from conformance.checked.formats import ulp
 from normref import _fused
 from normref._fused import MAX_CHUNKS, kernels
 from normref._fused.threads import thread_count

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import normref
-from conformance.ulp import ulp
+from conformance.checked.formats import ulp
 from normref import FLAX, TORCH
 
 

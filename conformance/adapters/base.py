@@ -6,10 +6,10 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from conformance.arrays import ArrayKind, Evaluation, Function
-from conformance.models import NORMREF, Model
-from conformance.reference import Prepared
-from conformance.ulp import DTYPES
+from conformance.adapters.arrays import ArrayKind, Evaluation, Function
+from conformance.checked.cases import Prepared
+from conformance.checked.formats import DTYPES
+from conformance.checked.models import NORMREF, Model
 
 
 class FrameworkLacksError(Exception):
@@ -36,7 +36,7 @@ class Binding:
     Attributes
     ----------
     op
-        The suite's op name (:data:`conformance.ops.CHECKED_OPS`).
+        The suite's op name (:data:`conformance.checked.ops.CHECKED_OPS`).
     label
         The implementation's name, e.g. ``"torch.nn.functional.layer_norm"``.
     framework

@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from conformance.adapters.arrays import Evaluation, JaxKind, Native
 from conformance.adapters.base import Adapter, Binding, evaluate_on, unit_axis
-from conformance.arrays import Evaluation, JaxKind, Native
-from conformance.models import FRAMEWORK_MODELS, Model
-from conformance.ops import get_op
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.models import FRAMEWORK_MODELS, Model
+from conformance.checked.ops import get_op
 
 FRAMEWORK = "flax"
 MODEL = FRAMEWORK_MODELS["flax"]

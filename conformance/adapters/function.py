@@ -4,9 +4,11 @@ The function receives arrays of one kind (NumPy, torch or JAX) in the order
 and with the keywords of normref's function for the op (for
 ``batch_norm_train``: ``(x, running_mean, running_var, gamma, beta, *,
 momentum, eps, axis)`` returning ``(y, (new_mean, new_var))``, ``momentum`` in
-the meaning of the convention it is checked under; for an op with several
+the meaning of the convention it is checked under, which it is also given as
+``convention=`` where its signature takes that keyword, as normref's own
+``batch_norm_train`` does; for an op with several
 outputs, such as ``spectral_norm_train``, a tuple of them in the order of
-:attr:`~conformance.ops.CheckedOp.outputs`). Its backward is that
+:attr:`~conformance.checked.ops.CheckedOp.outputs`). Its backward is that
 framework's autograd, or a hand-written VJP with normref's VJP signature
 (``vjp(dy, *args, **kwargs)`` returning one gradient per differentiable
 argument, in normref's order); a NumPy function without one is checked
@@ -16,16 +18,18 @@ forward only.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from conformance.adapters.arrays import ArrayKind, Evaluation, Native, array_kind
 from conformance.adapters.base import Binding, evaluate_on
-from conformance.arrays import ArrayKind, Evaluation, Native, array_kind
-from conformance.models import Model, model_of
-from conformance.ops import CheckedOp, batch_weight_as, get_op
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.formats import DTYPES
+from conformance.checked.models import Model, model_of
+from conformance.checked.ops import CheckedOp, get_op, implementation_keywords
 
 FUNCTION_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("impl", {"help": "module:function with normref's signature for the op"}),
@@ -87,15 +91,28 @@ def importable_name(fn: Callable[..., Any]) -> str | None:
         return None
 
 
+def takes_keyword(fn: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``fn``'s signature names ``keyword`` (or takes any keyword)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _call_arguments(
-    op: CheckedOp, prepared: Prepared, model: Model, arrays: dict[str, Native]
+    fn: Callable[..., Any],
+    op: CheckedOp,
+    prepared: Prepared,
+    model: Model,
+    arrays: dict[str, Native],
 ) -> tuple[list[Any], dict[str, Any]]:
     args = [arrays.get(k, v) if k in op.arrays else v for k, v in prepared.sample.args.items()]
-    kwargs = dict(prepared.sample.kwargs)
+    kwargs = implementation_keywords(prepared.sample.kwargs, model)
     if prepared.case.default_eps:
         kwargs.pop("eps", None)
-    if "momentum" in kwargs:
-        kwargs["momentum"] = batch_weight_as(model, kwargs["momentum"])
+    if "convention" in prepared.sample.kwargs and takes_keyword(fn, "convention"):
+        kwargs["convention"] = model.convention
     return args, kwargs
 
 
@@ -124,7 +141,7 @@ def function_binding(
 
     def run(prepared: Prepared, model: Model, backward: bool) -> Evaluation:
         def call(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
-            args, kwargs = _call_arguments(checked, prepared, model, arrays)
+            args, kwargs = _call_arguments(fn, checked, prepared, model, arrays)
             return _outputs(checked, fn(*args, **kwargs))
 
         if vjp is None or not backward:
@@ -135,7 +152,7 @@ def function_binding(
             for name, value in prepared.sample.args.items()
             if name in checked.arrays and value is not None
         }
-        args, kwargs = _call_arguments(checked, prepared, model, arrays)
+        args, kwargs = _call_arguments(vjp, checked, prepared, model, arrays)
         grads = vjp(kind.asarray(prepared.dy, prepared.dtype), *args, **kwargs)
         values, dtypes = dict(forward.values), dict(forward.dtypes)
         for name, grad in zip(checked.differentiable, grads, strict=False):
@@ -157,3 +174,29 @@ def function_binding(
         model_dependent=True,
         notes="" if has_backward else "forward only: NumPy has no autograd and no VJP was given",
     )
+
+
+def check_names(values: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    """``values`` as a list; :class:`ValueError` naming the unknown ones and the known."""
+    values, known = list(values), list(known)
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        msg = f"unknown {what} {unknown}; known: {known}"
+        raise ValueError(msg)
+    return values
+
+
+def function_under_test(
+    fn: Callable[..., Any],
+    op: str,
+    convention: Any,
+    array_type: str,
+    vjp: Callable[..., Any] | None,
+    dtypes: Sequence[str] | None,
+) -> tuple[Binding, list[str]]:
+    """The binding of a user's function and the dtypes to check it at (default: all its array
+    type has)."""
+    get_op(op)
+    binding = function_binding(fn, op, array_type=array_type, vjp=vjp, convention=convention)
+    chosen = list(dtypes) if dtypes is not None else list(binding.dtypes)
+    return binding, check_names(chosen, DTYPES, "dtypes")

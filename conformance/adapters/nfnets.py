@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from conformance.adapters.arrays import Evaluation, JaxKind, Native
 from conformance.adapters.base import Adapter, Binding, FrameworkLacksError, evaluate_on
-from conformance.arrays import Evaluation, JaxKind, Native
-from conformance.models import FRAMEWORK_MODELS, Model
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.models import FRAMEWORK_MODELS, Model
 from normref.nonlinearities import NFNETS_PUBLISHED_GAMMAS
 
 FRAMEWORK = "nfnets"

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from conformance.adapters.arrays import Evaluation
 from conformance.adapters.base import Adapter, Binding, FrameworkLacksError
-from conformance.arrays import Evaluation
-from conformance.models import FRAMEWORK_MODELS, Model
-from conformance.ops import get_op
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.models import FRAMEWORK_MODELS, Model
+from conformance.checked.ops import get_op
 
 MODEL = FRAMEWORK_MODELS["onnx"]
 """ONNX's convention; attributes (``epsilon``, ``momentum``) are float32."""

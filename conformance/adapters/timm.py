@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conformance.adapters.arrays import Native
 from conformance.adapters.base import Adapter, Binding, unit_axis
 from conformance.adapters.torch import (
     _call_module,
@@ -33,9 +34,8 @@ from conformance.adapters.torch import (
     _trailing,
     torch_run,
 )
-from conformance.arrays import Native
-from conformance.models import FRAMEWORK_MODELS
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.models import FRAMEWORK_MODELS
 
 FRAMEWORK = "timm"
 MODEL = FRAMEWORK_MODELS["timm"]

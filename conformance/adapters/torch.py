@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from conformance.adapters.arrays import Evaluation, Native, TorchKind
 from conformance.adapters.base import (
     Adapter,
     Binding,
@@ -39,10 +40,9 @@ from conformance.adapters.base import (
     evaluate_on,
     unit_axis,
 )
-from conformance.arrays import Evaluation, Native, TorchKind
-from conformance.models import FRAMEWORK_MODELS, Model
-from conformance.ops import get_op
-from conformance.reference import Prepared
+from conformance.checked.cases import Prepared
+from conformance.checked.models import FRAMEWORK_MODELS, Model
+from conformance.checked.ops import get_op
 
 FRAMEWORK = "torch"
 MODEL = FRAMEWORK_MODELS["torch"]

@@ -1,6 +1,6 @@
 """Reports of a run: a terminal table (rich), Markdown, a self-contained HTML page, JSON.
 
-Every report is rendered from a :class:`~conformance.results.RunResult`, so a
+Every report is rendered from a :class:`~conformance.reports.results.RunResult`, so a
 run saved as JSON renders again later (``normref-conformance report``).
 """
 

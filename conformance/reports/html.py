@@ -6,6 +6,7 @@ import html
 import math
 from collections import Counter
 
+from conformance.reports.results import RunResult, Status
 from conformance.reports.summary import (
     SYMBOLS,
     Section,
@@ -20,7 +21,6 @@ from conformance.reports.summary import (
     sections,
     ulps,
 )
-from conformance.results import RunResult, Status
 
 COLOURS = {
     Status.PASS: "#2e7d32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conformance.reports.results import RunResult, Status
 from conformance.reports.summary import (
     SYMBOLS,
     case_line,
@@ -13,7 +14,6 @@ from conformance.reports.summary import (
     reproduce,
     sections,
 )
-from conformance.results import RunResult, Status
 
 
 def _escape(text: str) -> str:

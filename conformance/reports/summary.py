@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.results import CaseResult, RunResult, Status
+from conformance.reports.results import CaseResult, RunResult, Status
 
 ORDER = (
     Status.FAIL,

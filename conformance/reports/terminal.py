@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from conformance.reports.results import RunResult, Status
 from conformance.reports.summary import (
     SYMBOLS,
     case_line,
@@ -18,7 +19,6 @@ from conformance.reports.summary import (
     reproduce,
     sections,
 )
-from conformance.results import RunResult, Status
 
 STYLES = {
     Status.PASS: "green",

@@ -1,14 +1,13 @@
-"""Output units of a weight or gradient: the axis that indexes them, and their fan-in.
+"""Output units of a weight or gradient: the axis that indexes them, checked, and their norms.
 
 A weight (or its gradient) has one axis of output units, ``out_axis``: 0 for
 torch and onnx layouts (``(out, in)`` matrices, ``OIHW`` kernels), -1 for
 jax/flax layouts (``(in, out)`` matrices, ``HWIO`` kernels). Every other axis is
-part of the unit's *fan-in*, of size ``N``: the product of their sizes.
+part of the unit's *fan-in* (:func:`normref.partition.fan_in_axes`).
 """
 
 from __future__ import annotations
 
-import math
 import operator
 
 from normref._lib.checks import check_rank
@@ -18,7 +17,8 @@ from normref._lib.reductions import sum_of_products
 LAYOUTS = "0 for (out, in) matrices and OIHW kernels, -1 for (in, out) matrices and HWIO kernels"
 
 
-def _axis_index(out_axis: object, rank: int, shape: tuple[int, ...], name: str) -> int:
+def axis_index(out_axis: object, rank: int, shape: tuple[int, ...], name: str) -> int:
+    """``out_axis`` as a non-negative axis of a rank-``rank`` array ``name`` of ``shape``."""
     try:
         index = operator.index(out_axis)  # type: ignore[arg-type]
     except TypeError:
@@ -41,29 +41,7 @@ def unit_axis(out_axis: object, shape: tuple[int, ...], *, name: str, minimum_ra
     """
     layout = "an axis of output units" + (" and fan-in axes" if minimum_rank > 1 else "")
     check_rank(shape, minimum=minimum_rank, layout=layout, name=name)
-    return _axis_index(out_axis, len(shape), shape, name)
-
-
-def fan_in_axes(ndim: int, axis: int) -> tuple[int, ...]:
-    """The axes of a rank-``ndim`` array other than the unit axis ``axis``."""
-    return tuple(a for a in range(ndim) if a != axis)
-
-
-def fan_in(shape: tuple[int, ...], axis: int) -> int:
-    """The number of elements of one output unit: the product of the other axes' sizes."""
-    return math.prod(shape[a] for a in fan_in_axes(len(shape), axis))
-
-
-def unit_norm_axes(shape: tuple[int, ...], out_axis: object, *, name: str) -> tuple[int, ...]:
-    """The axes a unit-wise norm reduces: the fan-in for rank >= 2, every axis below.
-
-    A scalar or a vector (a bias, a gain) is one unit; ``out_axis`` must still
-    be 0 or -1 there.
-    """
-    if len(shape) <= 1:
-        _axis_index(out_axis, 1, shape, name)
-        return tuple(range(len(shape)))
-    return fan_in_axes(len(shape), _axis_index(out_axis, len(shape), shape, name))
+    return axis_index(out_axis, len(shape), shape, name)
 
 
 def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:

@@ -68,7 +68,7 @@ from normref.partition import (
     instance_partition,
     layer_partition,
 )
-from normref.stats import RunningStats, moments, running_update
+from normref.stats import RunningStats, batch_weight, moments, running_update
 
 Precision = Any
 
@@ -83,6 +83,7 @@ def _channel_layer(
     x: Array,
     eps: float,
     eps_mode: str,
+    correction: int,
     axis: int,
     make_partition: Callable[..., Partition],
     **config: int,
@@ -94,7 +95,7 @@ def _channel_layer(
         name,
         make_partition(shape, *config.values(), axis),
         STANDARDIZE,
-        std_params(eps, eps_mode, 0),
+        std_params(eps, eps_mode, correction),
         (normalize_axis(axis, len(shape)),),
         f"x of shape {shape}, {described}",
     )
@@ -121,6 +122,7 @@ def batch_norm(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> Array:
     r"""Batch normalization in training mode (batch statistics).
@@ -141,6 +143,9 @@ def batch_norm(
         The channel axis: 1 for ``(N, C, *S)``, -1 for channels-last.
     eps_mode
         ``"add"`` (default), ``"max"`` or ``"add_std"``: where ``eps`` enters.
+    correction
+        The variance's correction: 0 (biased, :math:`\frac1n`, what every framework
+        normalizes with; the default) or 1 (unbiased, :math:`\frac1{n-1}`).
     precision
         ``"highest"`` (float64, default), ``"native"``, or a convention to model.
 
@@ -149,7 +154,7 @@ def batch_norm(
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
     """
     return normalize(
-        _channel_layer("batch_norm", x, eps, eps_mode, axis, batch_partition),
+        _channel_layer("batch_norm", x, eps, eps_mode, correction, axis, batch_partition),
         x,
         gamma,
         beta,
@@ -166,11 +171,12 @@ def batch_norm_vjp(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``."""
     return normalize_vjp(
-        _channel_layer("batch_norm", x, eps, eps_mode, axis, batch_partition),
+        _channel_layer("batch_norm", x, eps, eps_mode, correction, axis, batch_partition),
         dy,
         x,
         gamma,
@@ -187,6 +193,7 @@ def layer_norm(
     axes: Any = (-1,),
     eps: float = 1e-5,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> Array:
     r"""Layer normalization: statistics over the normalized ``axes``, one group per other index.
@@ -202,11 +209,11 @@ def layer_norm(
         Optional, of shape ``tuple(x.shape[a] for a in sorted(axes))``.
     axes
         The normalized axes (an int or a tuple); default the last axis.
-    eps, eps_mode, precision
+    eps, eps_mode, correction, precision
         As :func:`batch_norm`.
     """
     return normalize(
-        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, 0), axes),
+        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, correction), axes),
         x,
         gamma,
         beta,
@@ -223,11 +230,12 @@ def layer_norm_vjp(
     axes: Any = (-1,),
     eps: float = 1e-5,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`layer_norm`."""
     return normalize_vjp(
-        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, 0), axes),
+        _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, correction), axes),
         dy,
         x,
         gamma,
@@ -244,6 +252,7 @@ def instance_norm(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> Array:
     r"""Instance normalization: statistics per (sample, channel) over the spatial axes.
@@ -253,7 +262,7 @@ def instance_norm(
     Other parameters as :func:`batch_norm`.
     """
     return normalize(
-        _channel_layer("instance_norm", x, eps, eps_mode, axis, instance_partition),
+        _channel_layer("instance_norm", x, eps, eps_mode, correction, axis, instance_partition),
         x,
         gamma,
         beta,
@@ -270,11 +279,12 @@ def instance_norm_vjp(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`instance_norm`."""
     return normalize_vjp(
-        _channel_layer("instance_norm", x, eps, eps_mode, axis, instance_partition),
+        _channel_layer("instance_norm", x, eps, eps_mode, correction, axis, instance_partition),
         dy,
         x,
         gamma,
@@ -292,6 +302,7 @@ def group_norm(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> Array:
     r"""Group normalization: channels split into ``num_groups`` contiguous groups per sample.
@@ -302,7 +313,7 @@ def group_norm(
     ``num_groups`` must divide ``C``. Other parameters as :func:`batch_norm`.
     """
     layer = _channel_layer(
-        "group_norm", x, eps, eps_mode, axis, group_partition, num_groups=num_groups
+        "group_norm", x, eps, eps_mode, correction, axis, group_partition, num_groups=num_groups
     )
     return normalize(layer, x, gamma, beta, precision)
 
@@ -317,11 +328,12 @@ def group_norm_vjp(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`group_norm`."""
     layer = _channel_layer(
-        "group_norm", x, eps, eps_mode, axis, group_partition, num_groups=num_groups
+        "group_norm", x, eps, eps_mode, correction, axis, group_partition, num_groups=num_groups
     )
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
@@ -335,6 +347,7 @@ def ghost_batch_norm(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> Array:
     r"""Ghost batch normalization (Hoffer et al., 2017): batch norm within virtual batches.
@@ -348,6 +361,7 @@ def ghost_batch_norm(
         x,
         eps,
         eps_mode,
+        correction,
         axis,
         ghost_batch_partition,
         virtual_batch_size=virtual_batch_size,
@@ -365,6 +379,7 @@ def ghost_batch_norm_vjp(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
     """VJP of :func:`ghost_batch_norm`."""
@@ -373,6 +388,7 @@ def ghost_batch_norm_vjp(
         x,
         eps,
         eps_mode,
+        correction,
         axis,
         ghost_batch_partition,
         virtual_batch_size=virtual_batch_size,
@@ -517,6 +533,14 @@ def batch_norm_inference_vjp(
     )
 
 
+def _check_running_stats(x: Array, running_mean: Array, running_var: Array, axis: int) -> None:
+    """The running statistics must be arrays of one value per channel, of ``x``'s library."""
+    namespace_of(x=x, running_mean=running_mean, running_var=running_var)
+    channel = (normalize_axis(axis, x.ndim),)
+    check_param(running_mean, x.shape, channel, name="running_mean")
+    check_param(running_var, x.shape, channel, name="running_var")
+
+
 def batch_norm_train(
     x: Array,
     running_mean: Array,
@@ -529,6 +553,7 @@ def batch_norm_train(
     eps: float = 1e-5,
     axis: int = 1,
     eps_mode: str = "add",
+    correction: int = 0,
     num_batches_tracked: int | None = None,
     precision: Precision = "highest",
 ) -> tuple[Array, RunningStats]:
@@ -538,10 +563,20 @@ def batch_norm_train(
     statistics) and the updated running statistics (as
     :func:`normref.stats.running_update` with this batch's mean and biased
     variance, under ``convention``'s momentum meaning and running-variance
-    correction). ``eps`` and ``eps_mode`` are the normalization's; nothing is
-    modified in place.
+    correction). ``eps``, ``eps_mode`` and ``correction`` are the
+    normalization's; nothing is modified in place.
     """
-    y = batch_norm(x, gamma, beta, eps=eps, axis=axis, eps_mode=eps_mode, precision=precision)
+    _check_running_stats(x, running_mean, running_var, axis)
+    y = batch_norm(
+        x,
+        gamma,
+        beta,
+        eps=eps,
+        axis=axis,
+        eps_mode=eps_mode,
+        correction=correction,
+        precision=precision,
+    )
     channel = normalize_axis(axis, x.ndim)
     batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
     stats = running_update(
@@ -556,3 +591,42 @@ def batch_norm_train(
         precision=precision,
     )
     return y, stats
+
+
+def batch_norm_train_vjp(
+    dy: Array,
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    gamma: Array | None = None,
+    beta: Array | None = None,
+    *,
+    momentum: float | None,
+    convention: Convention | str,
+    eps: float = 1e-5,
+    axis: int = 1,
+    eps_mode: str = "add",
+    correction: int = 0,
+    num_batches_tracked: int | None = None,
+    precision: Precision = "highest",
+) -> NormGrads:
+    """VJP of :func:`batch_norm_train`'s output: that of :func:`batch_norm`.
+
+    The running statistics are state, not differentiated: their update depends
+    on ``x`` but is not part of the output a loss is taken of. The arguments
+    are checked as the forward checks them.
+    """
+    namespace_of(dy=dy)
+    _check_running_stats(x, running_mean, running_var, axis)
+    batch_weight(momentum, convention, num_batches_tracked)
+    return batch_norm_vjp(
+        dy,
+        x,
+        gamma,
+        beta,
+        eps=eps,
+        axis=axis,
+        eps_mode=eps_mode,
+        correction=correction,
+        precision=precision,
+    )

@@ -1,11 +1,17 @@
 """The operation registry: every normref operation, listed once.
 
-Each :class:`OpSpec` names an operation's forward and VJP, which arguments
-are arrays and which are differentiable, how to draw valid inputs, how the
-operation groups its input, which identities it satisfies and which invalid
-inputs it must refuse. Tests, benchmarks, documentation tables and the
-conformance suite are driven from :data:`REGISTRY`, so an operation added here
-is tested, benchmarked and documented everywhere.
+Each :class:`OpSpec` records every fact about one operation that a consumer
+needs: its forward and VJP, which arguments are arrays and which are
+differentiable, how to draw valid (and special) inputs, how the operation
+groups its input, its kind of computation, its ``eps`` and the convention
+fields that change it, where it runs, the inputs it is benchmarked on, which
+identities it satisfies and which invalid inputs it must refuse. Tests,
+benchmarks, documentation tables and the conformance suite are driven from
+:data:`REGISTRY`, so an operation added here (with its implementation) is
+tested, benchmarked, documented and checked everywhere. One module per family
+(:mod:`normref.registry.standardization`, ``weights``, ``gradients``,
+``residual``, ``whitening``) lists its entries; :mod:`normref.registry.spec`
+defines the record.
 
 Sampling takes a :class:`numpy.random.Generator` from the caller (random
 numbers are not part of the Array API) and returns NumPy float64 arrays; the
@@ -32,17 +38,38 @@ affine parameters:
     :class:`ValueError` there;
 ``fixed_statistics``
     the statistics are arguments, not taken from ``x``: each sample's output
-    depends on that sample alone.
+    depends on that sample alone;
+``state_held_constant``
+    the VJP holds the state the forward computes (power-iteration vectors)
+    constant, as frameworks do: it is the derivative of ``y`` with that state
+    fixed at its new value, not of the whole forward.
 """
 
-from normref.registry.spec import ErrorCase, OpSpec, Sample
-from normref.registry.standardization import REGISTRY_ENTRIES as _STANDARDIZATION
-from normref.registry.weights import REGISTRY_ENTRIES as _WEIGHTS
-from normref.registry.whitening import REGISTRY_ENTRIES as _WHITENING
+from normref.registry import gradients, residual, standardization, weights, whitening
+from normref.registry.spec import (
+    BenchmarkInput,
+    Capabilities,
+    ErrorCase,
+    Kind,
+    OpSpec,
+    Sample,
+    SpecialInput,
+)
 
 REGISTRY: dict[str, OpSpec] = {
-    spec.name: spec for spec in (*_STANDARDIZATION, *_WEIGHTS, *_WHITENING)
+    spec.name: spec
+    for family in (standardization, weights, gradients, residual, whitening)
+    for spec in family.REGISTRY_ENTRIES
 }
 """Every operation of normref by name, in the order of its families."""
 
-__all__ = ["REGISTRY", "ErrorCase", "OpSpec", "Sample"]
+__all__ = [
+    "REGISTRY",
+    "BenchmarkInput",
+    "Capabilities",
+    "ErrorCase",
+    "Kind",
+    "OpSpec",
+    "Sample",
+    "SpecialInput",
+]

@@ -1,19 +1,22 @@
-"""What the registry records about one operation: :class:`OpSpec`, and its samples.
+"""What the registry records about one operation: :class:`OpSpec`, and its parts.
 
 See :mod:`normref.registry` for the property names and how the records are used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import enum
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from normref.partition import (
-    Partition,
-)
+from normref._lib.checks import normalize_axes, normalize_axis
+from normref.partition import Partition
 
-Rng = Any  # numpy.random.Generator, supplied by the caller
+Rng = Any
+"""A ``numpy.random.Generator``, supplied by the caller (random numbers are not part of the
+Array API)."""
 
 
 class Sample(NamedTuple):
@@ -37,14 +40,177 @@ class ErrorCase(NamedTuple):
     match: str
 
 
+class SpecialInput(NamedTuple):
+    """A named input of one operation beside a typical one: a zero unit of a weight, an AGC
+    unit at its clipping threshold, a covariance with repeated eigenvalues, ...
+
+    ``make(spec, sample, rng)`` derives it from a valid (float64 NumPy) sample.
+    """
+
+    name: str
+    description: str
+    make: Callable[[OpSpec, Sample, Rng], Sample]
+
+
+class BenchmarkInput(NamedTuple):
+    """A realistic input the benchmarks time the operation on.
+
+    ``shape`` is the primary input's; ``description`` says where such an input
+    occurs; ``fixed`` are integer arguments given to the sampler's result
+    (``num_groups``), ``drawn`` keywords the sample is drawn with (``out_axis``);
+    ``quick`` marks the inputs of a quick run; ``compiled`` says whether the
+    compiled (fused) path covers it; ``variant`` names what distinguishes inputs
+    of one operation.
+    """
+
+    shape: tuple[int, ...]
+    description: str
+    fixed: Mapping[str, Any] = {}
+    drawn: Mapping[str, Any] = {}
+    quick: bool = False
+    compiled: bool = False
+    variant: str = ""
+
+
+class Kind(enum.Enum):
+    """The kind of computation of an operation: what it computes from its groups' statistics.
+
+    Operations of one kind round alike, so the conformance suite derives one error
+    model per kind (``conformance.bounds``).
+    """
+
+    CENTERING = "centering"
+    """``x - mean``."""
+    STANDARDIZING = "standardizing"
+    """``(x - mean) / s(var)``, with an affine (batch, layer, group norm; WS on weight units)."""
+    SCALING = "scaling"
+    """``x / s(var)``: divided by the centred standard deviation, not centred."""
+    RMS_SCALING = "rms_scaling"
+    """``x / s(mean(x**2))`` (RMS norm)."""
+    GIVEN_STATISTICS = "given_statistics"
+    """``(x - running_mean) / s(running_var)``: statistics given, not computed."""
+    SCALED_STANDARDIZING = "scaled_standardizing"
+    """Scaled WS: standardized units times ``gamma gain / sqrt(N)``."""
+    WEIGHT_NORMALIZING = "weight_normalizing"
+    """``g v / ||v||`` per unit."""
+    SPECTRAL_NORMALIZING = "spectral_normalizing"
+    """``W / (u^T W v)`` with given vectors."""
+    SPECTRAL_STEP = "spectral_step"
+    """One power-iteration step, then ``W / sigma``."""
+    ADAPTIVE_CLIPPING = "adaptive_clipping"
+    """Adaptive gradient clipping: units rescaled by the ratio of two unit-wise norms."""
+    UNIT_NORM = "unit_norm"
+    """The Euclidean norm of each unit."""
+    GLOBAL_CLIPPING = "global_clipping"
+    """Every gradient scaled by one factor of their global norm."""
+    RESIDUAL = "residual"
+    """``x + alpha f``."""
+    NONLINEARITY = "nonlinearity"
+    """``gamma g(x)`` element by element."""
+    WHITENING = "whitening"
+    """``W(Sigma) (x - mean)`` per group of features, with an affine."""
+    GIVEN_WHITENING = "given_whitening"
+    """``W (x - running_mean)`` with a given whitening matrix."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Where the operation runs beside NumPy, array-api-strict, torch, jax and CuPy.
+
+    Attributes
+    ----------
+    dask
+        It runs on Dask arrays (a whitening that factors a covariance refuses them:
+        Dask cannot factor a stack of matrices).
+    traceable_forward, traceable_vjp
+        The forward (the VJP) can be traced by ``jax.jit`` and runs on torch's
+        ``meta`` device: no argument check or branch reads the values of its
+        arrays. A VJP that refuses repeated eigenvalues reads them; a forward
+        computed element by element on the host reads every value.
+    native_precision
+        ``precision="native"`` computes in the input's dtype (``False``: in float64
+        whatever the precision, where the Array API lacks a function it needs).
+    """
+
+    dask: bool = True
+    traceable_forward: bool = True
+    traceable_vjp: bool = True
+    native_precision: bool = True
+
+
 @dataclass(frozen=True)
 class OpSpec:
-    """One operation of normref (see the module docstring)."""
+    """One operation of normref, with every fact about it that a consumer needs.
+
+    Attributes
+    ----------
+    name
+        The operation's name, as tests, benchmarks, docs and the conformance suite use it.
+    family
+        ``"standardization"``, ``"whitening"``, ``"weights"``, ``"gradients"`` or
+        ``"residual"``.
+    summary
+        One line for the docs' table of operations.
+    kind
+        Its kind of computation (:class:`Kind`).
+    forward
+        The function, called as ``forward(*sample.args.values(), **sample.kwargs)``.
+    vjp
+        Its vector-Jacobian product, called with the cotangent first and then the
+        forward's arguments; ``None`` for an operation without one.
+    arrays
+        Names of its array arguments, in call order; the first is the primary input.
+    differentiable
+        Names of the arguments the VJP returns gradients for, in its fields' order.
+    sample
+        ``sample(rng, shape=None)``: a valid float64 NumPy sample (of the primary
+        input's ``shape`` when given; :class:`ValueError` when no valid arguments fit it).
+    partition
+        ``partition(sample)``: how the operation groups its primary input; ``None``
+        where it has no groups.
+    affine_args
+        Names of its affine parameters (``gamma``, ``beta``, a gain).
+    properties
+        Identities it satisfies (:mod:`normref.registry`).
+    errors
+        Invalid inputs it must refuse.
+    outputs
+        Names of the forward's outputs in the order it returns them, ``"y"`` first.
+    state
+        The outputs that are state carried to the next call (running statistics,
+        power-iteration vectors).
+    eps_field
+        The :class:`~normref.conventions.Convention` field holding its default
+        ``eps`` (``"batch_norm_eps"``), or ``None``.
+    eps_argument
+        Whether implementations of it commonly take ``eps`` as an argument (torch's
+        weight norm and global-norm clipping have none: they use the default).
+    convention_keywords
+        ``(keyword, Convention field)``: the convention's choices it takes as keywords.
+    convention_fields
+        Further Convention fields that change its exact result or the arithmetic
+        of its implementations, for which it has no keyword.
+    method
+        The whitening method it computes, where its name fixes one.
+    typical_shape
+        The shape of a typical primary input (groups of 5 to 20 samples).
+    special_inputs
+        Named inputs beside the typical one (:class:`SpecialInput`).
+    promoting_inputs
+        Inputs besides the affine parameters, held in the parameters' dtype, with
+        which a framework that promotes its output's dtype promotes ``y``.
+    capabilities
+        Where it runs (:class:`Capabilities`).
+    benchmarks
+        The realistic inputs the benchmarks time it on.
+    """
 
     name: str
     family: str
+    summary: str
+    kind: Kind
     forward: Callable[..., Any]
-    vjp: Callable[..., Any]
+    vjp: Callable[..., Any] | None
     arrays: tuple[str, ...]
     differentiable: tuple[str, ...]
     sample: Callable[..., Sample]
@@ -52,11 +218,27 @@ class OpSpec:
     affine_args: tuple[str, ...] = ()
     properties: frozenset[str] = frozenset()
     errors: tuple[ErrorCase, ...] = ()
+    outputs: tuple[str, ...] = ("y",)
+    state: tuple[str, ...] = ()
+    eps_field: str | None = None
+    eps_argument: bool = True
+    convention_keywords: tuple[tuple[str, str], ...] = ()
+    convention_fields: tuple[str, ...] = ()
+    method: str | None = None
+    typical_shape: tuple[int, ...] = (4, 6, 5)
+    special_inputs: tuple[SpecialInput, ...] = ()
+    promoting_inputs: tuple[str, ...] = ()
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    benchmarks: tuple[BenchmarkInput, ...] = ()
 
     @property
     def primary(self) -> str:
         """Name of the main input (the first array argument: ``x``, ``w``, ``grad``, ...)."""
         return self.arrays[0]
+
+    def accepts(self, keyword: str) -> bool:
+        """Whether the forward takes ``keyword``."""
+        return keyword in inspect.signature(self.forward).parameters
 
     def call(self, sample: Sample) -> Any:
         """The forward on ``sample``."""
@@ -64,8 +246,36 @@ class OpSpec:
 
     def call_vjp(self, dy: Any, sample: Sample) -> Any:
         """The VJP on cotangent ``dy`` and ``sample``."""
+        if self.vjp is None:
+            msg = f"{self.name} has no VJP"
+            raise TypeError(msg)
         return self.vjp(dy, *sample.args.values(), **sample.kwargs)
+
+    def output_values(self, result: Any) -> dict[str, Any]:
+        """The forward's ``result`` by output name (:attr:`outputs`): a single array, or the
+        arrays of a (nested) tuple in order (``(y, RunningStats(mean, var))``)."""
+        if len(self.outputs) == 1:
+            return {self.outputs[0]: result}
+        return dict(zip(self.outputs, _flattened(result), strict=True))
 
     def without_affine(self, sample: Sample) -> Sample:
         """``sample`` with the affine parameters set to ``None``."""
         return sample.replace(**dict.fromkeys(self.affine_args))
+
+    def param_axes(self, sample: Sample) -> tuple[int, ...]:
+        """The axes of the primary input that the affine parameters span (from the sample's
+        ``axes``, ``axis`` or ``out_axis``); ``()`` where it has none."""
+        ndim = sample.args[self.primary].ndim
+        if "axes" in sample.kwargs:
+            return normalize_axes(sample.kwargs["axes"], ndim)
+        for keyword in ("axis", "out_axis"):
+            if keyword in sample.kwargs:
+                return (normalize_axis(sample.kwargs[keyword], ndim),)
+        return ()
+
+
+def _flattened(result: Any) -> list[Any]:
+    """The arrays of a (nested) tuple of arrays, in order."""
+    if isinstance(result, tuple):
+        return [leaf for item in result for leaf in _flattened(item)]
+    return [result]

@@ -1,13 +1,9 @@
-"""Registry entries of the standardization family (see :mod:`normref.registry`).
-
-Also the samplers and invalid-input builders that other families share.
-"""
+"""Registry entries of the standardization family (see :mod:`normref.registry`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 from normref import layers, ops
 from normref.partition import (
@@ -20,7 +16,43 @@ from normref.partition import (
     instance_partition,
     layer_partition,
 )
-from normref.registry.spec import ErrorCase, OpSpec, Rng, Sample
+from normref.registry.sampling import (
+    CANONICAL_RANK,
+    CHANNEL_ERRORS,
+    EPS_MODE,
+    SINGLE_SAMPLE,
+    divisors,
+    normal,
+    one_sample_canonical,
+    positive,
+    wrong_param,
+    x_shape,
+)
+from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample
+
+ACTIVATIONS_LARGE = (32, 64, 56, 56)
+"""ResNet-50 stage 1 activations (N, C, H, W) at batch 32."""
+
+ACTIVATIONS_DEEP = (8, 256, 28, 28)
+"""ResNet stage 2 activations (N, C, H, W) at batch 8."""
+
+TOKENS = (16, 128, 1024)
+"""Transformer tokens (batch, sequence, width)."""
+
+GROUP_NORM_GROUPS = 32
+"""The number of groups of Wu & He (2018)."""
+
+
+def _activation_benchmarks(**fixed: int) -> tuple[BenchmarkInput, ...]:
+    return (
+        BenchmarkInput(ACTIVATIONS_LARGE, "ResNet-50 stage 1, batch 32", fixed, compiled=True),
+        BenchmarkInput(
+            ACTIVATIONS_DEEP, "ResNet stage 2, batch 8", fixed, quick=True, compiled=True
+        ),
+    )
+
+
+_TOKEN_BENCHMARKS = (BenchmarkInput(TOKENS, "transformer tokens", quick=True, compiled=True),)
 
 # ---------------------------------------------------------------------------
 # Samplers: small random shapes by default, or a given shape of x.
@@ -31,26 +63,18 @@ def _shape_nchw(rng: Rng, min_spatial: int = 0) -> tuple[int, ...]:
     return (int(rng.integers(2, 5)), int(rng.integers(1, 6)), *spatial)
 
 
-def _normal(rng: Rng, shape: tuple[int, ...]) -> Any:
-    return rng.standard_normal(shape)
-
-
-def _positive(rng: Rng, shape: tuple[int, ...]) -> Any:
-    return 0.5 + rng.random(shape)
-
-
-def _channel_sample(rng: Rng, shape: tuple[int, ...] | None, x_shape: tuple[int, ...]) -> Sample:
-    """x of ``x_shape`` (N, C, *S) with per-channel gamma and beta.
+def _channel_sample(rng: Rng, shape: tuple[int, ...] | None, shape_x: tuple[int, ...]) -> Sample:
+    """x of ``shape_x`` (N, C, *S) with per-channel gamma and beta.
 
     When the caller drew the shape (``shape is None``), half the samples are
     channels-last (``axis=-1``, as flax and keras), as a strided view.
     """
-    c = (x_shape[1],)
-    x = _normal(rng, x_shape)
+    c = (shape_x[1],)
+    x = normal(rng, shape_x)
     axis = 1
-    if shape is None and len(x_shape) > 2 and rng.random() < 0.5:
-        x, axis = x.transpose(0, *range(2, len(x_shape)), 1), -1
-    args = {"x": x, "gamma": 1.0 + 0.5 * _normal(rng, c), "beta": _normal(rng, c)}
+    if shape is None and len(shape_x) > 2 and rng.random() < 0.5:
+        x, axis = x.transpose(0, *range(2, len(shape_x)), 1), -1
+    args = {"x": x, "gamma": 1.0 + 0.5 * normal(rng, c), "beta": normal(rng, c)}
     return Sample(args, {"eps": 1e-5, "axis": axis})
 
 
@@ -59,26 +83,22 @@ def _sample_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample
 
 
 def _sample_instance_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    x_shape = shape if shape is not None else _shape_nchw(rng, min_spatial=1)
-    if shape is None and x_shape[2] == 1:
-        x_shape = (*x_shape[:2], 2, *x_shape[3:])
-    return _channel_sample(rng, shape, x_shape)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    shape_x = shape if shape is not None else _shape_nchw(rng, min_spatial=1)
+    if shape is None and shape_x[2] == 1:
+        shape_x = (*shape_x[:2], 2, *shape_x[3:])
+    return _channel_sample(rng, shape, shape_x)
 
 
 def _sample_group_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    x_shape = shape if shape is not None else _shape_nchw(rng)
-    spatial = x_shape[2:]
+    shape_x = shape if shape is not None else _shape_nchw(rng)
+    spatial = shape_x[2:]
     # keep at least 2 values per group: a group of one channel needs some spatial extent
-    options = [g for g in _divisors(x_shape[1]) if (x_shape[1] // g) * math.prod(spatial) >= 2]
+    options = [g for g in divisors(shape_x[1]) if (shape_x[1] // g) * math.prod(spatial) >= 2]
     if not options:
-        x_shape = (x_shape[0], 2, *spatial)
+        shape_x = (shape_x[0], 2, *spatial)
         options = [1]
     num_groups = int(rng.choice(options))
-    sample = _channel_sample(rng, shape, x_shape)
+    sample = _channel_sample(rng, shape, shape_x)
     args = {
         "x": sample.args["x"],
         "num_groups": num_groups,
@@ -89,13 +109,13 @@ def _sample_group_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample
 
 
 def _sample_ghost_batch_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    x_shape = shape
-    if x_shape is None:
+    shape_x = shape
+    if shape_x is None:
         base = _shape_nchw(rng)
-        x_shape = (2 * base[0], *base[1:])
-    options = [b for b in _divisors(x_shape[0]) if b * math.prod(x_shape[2:]) >= 2]
+        shape_x = (2 * base[0], *base[1:])
+    options = [b for b in divisors(shape_x[0]) if b * math.prod(shape_x[2:]) >= 2]
     size = int(rng.choice(options))
-    sample = _channel_sample(rng, shape, x_shape)
+    sample = _channel_sample(rng, shape, shape_x)
     args = {
         "x": sample.args["x"],
         "virtual_batch_size": size,
@@ -110,12 +130,24 @@ def _sample_batch_norm_inference(rng: Rng, shape: tuple[int, ...] | None = None)
     c = sample.args["gamma"].shape
     args = {
         "x": sample.args["x"],
-        "running_mean": 0.3 * _normal(rng, c),
-        "running_var": _positive(rng, c),
+        "running_mean": 0.3 * normal(rng, c),
+        "running_var": positive(rng, c),
         "gamma": sample.args["gamma"],
         "beta": sample.args["beta"],
     }
     return Sample(args, sample.kwargs)
+
+
+TRAIN_BATCH_WEIGHT = 0.1
+"""The weight of the batch in the running statistics of a typical training step."""
+
+
+def _sample_batch_norm_train(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    """The inference sample's arrays (x, the running statistics, gamma and beta), with
+    normref's own convention and the batch's weight :data:`TRAIN_BATCH_WEIGHT`."""
+    sample = _sample_batch_norm_inference(rng, shape)
+    kwargs = {**sample.kwargs, "momentum": TRAIN_BATCH_WEIGHT, "convention": "normref"}
+    return Sample(sample.args, kwargs)
 
 
 def _trailing_sample(rng: Rng, shape: tuple[int, ...] | None, *, with_beta: bool) -> Sample:
@@ -128,9 +160,9 @@ def _trailing_sample(rng: Rng, shape: tuple[int, ...] | None, *, with_beta: bool
     else:
         axes = (-1,)
     normalized = shape[len(shape) - len(axes) :]
-    args = {"x": _normal(rng, shape), "gamma": 1.0 + 0.5 * _normal(rng, normalized)}
+    args = {"x": normal(rng, shape), "gamma": 1.0 + 0.5 * normal(rng, normalized)}
     if with_beta:
-        args["beta"] = _normal(rng, normalized)
+        args["beta"] = normal(rng, normalized)
     return Sample(args, {"axes": axes, "eps": 1e-5})
 
 
@@ -145,7 +177,7 @@ def _sample_rms_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
 def _sample_canonical(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
     if shape is None:
         shape = (int(rng.integers(1, 4)), int(rng.integers(2, 7)), int(rng.integers(1, 3)))
-    return Sample({"x": _normal(rng, shape)}, {})
+    return Sample({"x": normal(rng, shape)}, {})
 
 
 def _sample_canonical_eps(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
@@ -162,20 +194,16 @@ def _canonical_partition(sample: Sample) -> Partition:
     return Partition(shape, shape, (GROUP, SAMPLE, GROUP))
 
 
-def _x_shape(sample: Sample) -> tuple[int, ...]:
-    return tuple(sample.args["x"].shape)
+def _batch_partition(sample: Sample) -> Partition:
+    return batch_partition(x_shape(sample), sample.kwargs["axis"])
+
+
+def _layer_partition(sample: Sample) -> Partition:
+    return layer_partition(x_shape(sample), sample.kwargs["axes"])
 
 
 # ---------------------------------------------------------------------------
 # Invalid inputs.
-
-
-def _wrong_param(name: str) -> ErrorCase:
-    def modify(sample: Sample) -> Sample:
-        bad = sample.args[name]
-        return sample.replace(**{name: bad[:-1] if bad.shape[-1] > 1 else bad.reshape((1, 1))})
-
-    return ErrorCase(f"{name} of the wrong shape", modify, ValueError, f"{name} must have shape")
 
 
 def _collapse_samples(
@@ -191,35 +219,26 @@ def _collapse_samples(
     return modify
 
 
-_SINGLE_SAMPLE = "which needs at least 2 samples per group"
-
-
-_CHANNEL_ERRORS = (
-    _wrong_param("gamma"),
-    _wrong_param("beta"),
-    ErrorCase(
-        "axis out of range", lambda s: s.replace(axis=9), ValueError, r"axis=9 is out of range"
-    ),
+_ONE_SAMPLE_CANONICAL = ErrorCase(
+    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
-
-_CANONICAL_RANK = ErrorCase(
-    "x not of rank 3",
-    lambda s: s.replace(x=s.args["x"].reshape((-1,))),
+_ONE_VALUE_PER_CHANNEL = ErrorCase(
+    "one value per channel",
+    _collapse_samples(lambda _n, c: (1, c)),
     ValueError,
-    r"canonical shape \(G, M, D\)",
+    SINGLE_SAMPLE,
 )
-
-
-def _one_sample_canonical(sample: Sample) -> Sample:
-    x = sample.args["x"]
-    return sample.replace(x=x[:, :1, :])
-
+_STANDARDIZING = frozenset(
+    {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
+)
 
 REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     # ----------------------------------------------------------- canonical ops
     OpSpec(
         "center",
         "standardization",
+        "subtract each group's mean, on the canonical (G, M, D) layout",
+        Kind.CENTERING,
         ops.center,
         ops.center_vjp,
         ("x",),
@@ -227,11 +246,13 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _sample_canonical,
         _canonical_partition,
         properties=frozenset({"zero_mean", "shift_invariant", "idempotent"}),
-        errors=(_CANONICAL_RANK,),
+        errors=(CANONICAL_RANK,),
     ),
     OpSpec(
         "scale",
         "standardization",
+        "divide each group by its standard deviation, without centring",
+        Kind.SCALING,
         ops.scale,
         ops.scale_vjp,
         ("x",),
@@ -239,14 +260,14 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _sample_canonical_eps,
         _canonical_partition,
         properties=frozenset({"scale_invariant"}),
-        errors=(
-            _CANONICAL_RANK,
-            ErrorCase("a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE),
-        ),
+        errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
+        convention_keywords=EPS_MODE,
     ),
     OpSpec(
         "rms_scale",
         "standardization",
+        "divide each group by its root mean square",
+        Kind.RMS_SCALING,
         ops.rms_scale,
         ops.rms_scale_vjp,
         ("x",),
@@ -254,78 +275,106 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _sample_canonical_eps,
         _canonical_partition,
         properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
-        errors=(_CANONICAL_RANK,),
+        errors=(CANONICAL_RANK,),
+        convention_keywords=EPS_MODE,
     ),
     OpSpec(
         "standardize",
         "standardization",
+        "subtract each group's mean and divide by its standard deviation",
+        Kind.STANDARDIZING,
         ops.standardize,
         ops.standardize_vjp,
         ("x",),
         ("x",),
         _sample_canonical_eps,
         _canonical_partition,
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
-        errors=(
-            _CANONICAL_RANK,
-            ErrorCase("a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE),
-        ),
+        properties=_STANDARDIZING,
+        errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
+        convention_keywords=EPS_MODE,
     ),
     # ----------------------------------------------------------- layers
     OpSpec(
         "batch_norm",
         "standardization",
+        "batch norm in training mode: per-channel batch statistics (Ioffe & Szegedy, 2015)",
+        Kind.STANDARDIZING,
         layers.batch_norm,
         layers.batch_norm_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_batch_norm,
-        lambda s: batch_partition(_x_shape(s), s.kwargs["axis"]),
+        _batch_partition,
         affine_args=("gamma", "beta"),
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
-        errors=(
-            *_CHANNEL_ERRORS,
-            ErrorCase(
-                "one value per channel",
-                _collapse_samples(lambda _n, c: (1, c)),
-                ValueError,
-                _SINGLE_SAMPLE,
-            ),
-        ),
+        properties=_STANDARDIZING,
+        errors=(*CHANNEL_ERRORS, _ONE_VALUE_PER_CHANNEL),
+        eps_field="batch_norm_eps",
+        convention_keywords=EPS_MODE,
+        benchmarks=_activation_benchmarks(),
     ),
     OpSpec(
         "batch_norm_inference",
         "standardization",
+        "batch norm with given running statistics (evaluation mode)",
+        Kind.GIVEN_STATISTICS,
         layers.batch_norm_inference,
         layers.batch_norm_inference_vjp,
         ("x", "running_mean", "running_var", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_batch_norm_inference,
-        lambda s: batch_partition(_x_shape(s), s.kwargs["axis"]),
+        _batch_partition,
         affine_args=("gamma", "beta"),
         properties=frozenset({"fixed_statistics"}),
-        errors=(*_CHANNEL_ERRORS, _wrong_param("running_mean"), _wrong_param("running_var")),
+        errors=(*CHANNEL_ERRORS, wrong_param("running_mean"), wrong_param("running_var")),
+        eps_field="batch_norm_eps",
+        convention_keywords=EPS_MODE,
+    ),
+    OpSpec(
+        "batch_norm_train",
+        "standardization",
+        "one training step of batch norm: the output and the updated running statistics",
+        Kind.STANDARDIZING,
+        layers.batch_norm_train,
+        layers.batch_norm_train_vjp,
+        ("x", "running_mean", "running_var", "gamma", "beta"),
+        ("x", "gamma", "beta"),
+        _sample_batch_norm_train,
+        _batch_partition,
+        affine_args=("gamma", "beta"),
+        properties=_STANDARDIZING,
+        errors=(
+            *CHANNEL_ERRORS,
+            _ONE_VALUE_PER_CHANNEL,
+            wrong_param("running_mean"),
+            wrong_param("running_var"),
+            ErrorCase(
+                "momentum above 1",
+                lambda s: s.replace(momentum=1.5),
+                ValueError,
+                r"momentum must be in \[0, 1\]",
+            ),
+        ),
+        outputs=("y", "running_mean", "running_var"),
+        state=("running_mean", "running_var"),
+        eps_field="batch_norm_eps",
+        convention_keywords=EPS_MODE,
     ),
     OpSpec(
         "layer_norm",
         "standardization",
+        "layer norm: statistics over the normalized axes (Ba et al., 2016)",
+        Kind.STANDARDIZING,
         layers.layer_norm,
         layers.layer_norm_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_layer_norm,
-        lambda s: layer_partition(_x_shape(s), s.kwargs["axes"]),
+        _layer_partition,
         affine_args=("gamma", "beta"),
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
+        properties=_STANDARDIZING,
         errors=(
-            _wrong_param("gamma"),
-            _wrong_param("beta"),
+            wrong_param("gamma"),
+            wrong_param("beta"),
             ErrorCase(
                 "axes naming an axis twice",
                 lambda s: s.replace(axes=(-1, -1), gamma=None, beta=None),
@@ -336,25 +385,28 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "one value per group",
                 lambda s: s.replace(x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None),
                 ValueError,
-                _SINGLE_SAMPLE,
+                SINGLE_SAMPLE,
             ),
         ),
+        eps_field="layer_norm_eps",
+        convention_keywords=EPS_MODE,
+        benchmarks=_TOKEN_BENCHMARKS,
     ),
     OpSpec(
         "instance_norm",
         "standardization",
+        "instance norm: statistics per sample and channel (Ulyanov et al., 2016)",
+        Kind.STANDARDIZING,
         layers.instance_norm,
         layers.instance_norm_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_instance_norm,
-        lambda s: instance_partition(_x_shape(s), s.kwargs["axis"]),
+        lambda s: instance_partition(x_shape(s), s.kwargs["axis"]),
         affine_args=("gamma", "beta"),
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
+        properties=_STANDARDIZING,
         errors=(
-            *_CHANNEL_ERRORS,
+            *CHANNEL_ERRORS,
             ErrorCase(
                 "x of rank 2 (no spatial axis)",
                 _collapse_samples(lambda n, c: (n, c)),
@@ -365,26 +417,29 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "one spatial value",
                 _collapse_samples(lambda n, c: (n, c, 1)),
                 ValueError,
-                _SINGLE_SAMPLE,
+                SINGLE_SAMPLE,
             ),
             ErrorCase("channel axis 0", lambda s: s.replace(axis=0), ValueError, "batch axis 0"),
         ),
+        eps_field="instance_norm_eps",
+        convention_keywords=EPS_MODE,
+        benchmarks=_activation_benchmarks(),
     ),
     OpSpec(
         "group_norm",
         "standardization",
+        "group norm: statistics per sample and group of channels (Wu & He, 2018)",
+        Kind.STANDARDIZING,
         layers.group_norm,
         layers.group_norm_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_group_norm,
-        lambda s: group_partition(_x_shape(s), s.args["num_groups"], s.kwargs["axis"]),
+        lambda s: group_partition(x_shape(s), s.args["num_groups"], s.kwargs["axis"]),
         affine_args=("gamma", "beta"),
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
+        properties=_STANDARDIZING,
         errors=(
-            *_CHANNEL_ERRORS,
+            *CHANNEL_ERRORS,
             ErrorCase(
                 "num_groups not dividing C",
                 lambda s: s.replace(num_groups=s.args["x"].shape[1] + 1),
@@ -398,24 +453,25 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "num_groups must be an integer >= 1",
             ),
         ),
+        eps_field="group_norm_eps",
+        convention_keywords=EPS_MODE,
+        benchmarks=_activation_benchmarks(num_groups=GROUP_NORM_GROUPS),
     ),
     OpSpec(
         "ghost_batch_norm",
         "standardization",
+        "ghost batch norm: batch norm within virtual batches (Hoffer et al., 2017)",
+        Kind.STANDARDIZING,
         layers.ghost_batch_norm,
         layers.ghost_batch_norm_vjp,
         ("x", "gamma", "beta"),
         ("x", "gamma", "beta"),
         _sample_ghost_batch_norm,
-        lambda s: ghost_batch_partition(
-            _x_shape(s), s.args["virtual_batch_size"], s.kwargs["axis"]
-        ),
+        lambda s: ghost_batch_partition(x_shape(s), s.args["virtual_batch_size"], s.kwargs["axis"]),
         affine_args=("gamma", "beta"),
-        properties=frozenset(
-            {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
-        ),
+        properties=_STANDARDIZING,
         errors=(
-            *_CHANNEL_ERRORS,
+            *CHANNEL_ERRORS,
             ErrorCase(
                 "virtual_batch_size not dividing N",
                 lambda s: s.replace(virtual_batch_size=s.args["x"].shape[0] + 1),
@@ -423,18 +479,26 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "must divide the batch size",
             ),
         ),
+        eps_field="batch_norm_eps",
+        convention_keywords=EPS_MODE,
     ),
     OpSpec(
         "rms_norm",
         "standardization",
+        "RMS norm: scaled by the root mean square, no centring (Zhang & Sennrich, 2019)",
+        Kind.RMS_SCALING,
         layers.rms_norm,
         layers.rms_norm_vjp,
         ("x", "gamma"),
         ("x", "gamma"),
         _sample_rms_norm,
-        lambda s: layer_partition(_x_shape(s), s.kwargs["axes"]),
+        _layer_partition,
         affine_args=("gamma",),
         properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
-        errors=(_wrong_param("gamma"),),
+        errors=(wrong_param("gamma"),),
+        eps_field="rms_norm_eps",
+        convention_keywords=EPS_MODE,
+        benchmarks=_TOKEN_BENCHMARKS,
     ),
 )
+"""The operations of this module's family, in the order they are listed."""

@@ -1,17 +1,19 @@
-"""Registry entries of the weights, gradients and residual families (see :mod:`normref.registry`).
+"""Registry entries of the weights family (see :mod:`normref.registry`).
 
 Samplers draw small weights in both layouts (``out_axis`` 0 or -1, rank 2 to 4)
-with at least 2 values per output unit. Each keeps its op away from its kinks
-so that finite differences see a smooth function: adaptive gradient clipping
-gets units whose gradient norm is 0.4-0.625 or 1.6-2.5 times the clipping
-threshold, and spectral norm gets a weight with a dominant singular value and
-``u``, ``v`` near its singular vectors, so that :math:`\\sigma = u^\\top W v`
-is far from 0.
+with at least 2 values per output unit. Spectral norm gets a weight with a
+dominant singular value and ``u``, ``v`` near its singular vectors, so that
+:math:`\\sigma = u^\\top W v` is far from 0 and finite differences see a
+smooth function.
 
 ``spectral_norm`` is registered by its normalized weight alone
 (:func:`normref.weights.spectral_norm_weight`), with ``n_power_iterations=0``:
 ``u`` and ``v`` are then constants of the forward, so its exact derivative is
 the stop-gradient VJP of :func:`normref.weights.spectral_norm_vjp`.
+``spectral_norm_train`` is one training step, one power iteration from the
+given ``u`` and ``v`` (:func:`normref.spectral_norm`): its outputs are the
+normalized weight and the new state ``u``, ``v`` and ``sigma``; its gradient
+treats ``u`` and ``v`` as constants, as torch and flax do.
 """
 
 from __future__ import annotations
@@ -19,50 +21,54 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from normref import gradients, residual, weights
-from normref.partition import Partition, batch_partition
-from normref.registry.spec import ErrorCase, OpSpec, Sample
+import array_api_compat
 
-Rng = Any  # numpy.random.Generator, supplied by the caller
+from normref import weights
+from normref.partition import Partition, unit_partition
+from normref.registry.sampling import (
+    EPS_MODE,
+    replace_arg,
+    unit_index,
+    unit_param,
+    weight_shape,
+    zero_unit,
+    zeros,
+)
+from normref.registry.spec import (
+    BenchmarkInput,
+    ErrorCase,
+    Kind,
+    OpSpec,
+    Rng,
+    Sample,
+    SpecialInput,
+)
 
+CONV_KERNEL = (256, 256, 3, 3)
+"""A 3x3 convolution kernel (out, in, H, W) with 256 channels in and out (ResNet stage 3)."""
 
-def _weight_shape(rng: Rng, shape: tuple[int, ...] | None) -> tuple[tuple[int, ...], int]:
-    """A weight shape and its out_axis (0 or -1), every unit with a fan-in >= 2."""
-    if shape is None:
-        rank = int(rng.integers(2, 5))
-        units, fan_in_sizes = int(rng.integers(2, 5)), [int(rng.integers(2, 4))]
-        fan_in_sizes += [int(s) for s in rng.integers(1, 3, size=rank - 2)]
-        out_axis = int(rng.choice([0, -1]))
-        shape = (units, *fan_in_sizes) if out_axis == 0 else (*fan_in_sizes, units)
-        return shape, out_axis
-    out_axis = int(rng.choice([0, -1]))
-    if math.prod(shape) // shape[out_axis] < 2:
-        out_axis = -1 - out_axis  # the other layout has the larger fan-in
-    return tuple(shape), out_axis
-
-
-def _fan_in_axes(shape: tuple[int, ...], out_axis: int) -> tuple[int, ...]:
-    return tuple(a for a in range(len(shape)) if a != out_axis % len(shape))
-
-
-def _unit_param(rng: Rng, shape: tuple[int, ...], out_axis: int) -> Any:
-    return 1.0 + 0.5 * rng.standard_normal((shape[out_axis],))
+KERNEL_BENCHMARKS = (
+    BenchmarkInput(
+        CONV_KERNEL, "3x3 conv kernel, OIHW", drawn={"out_axis": 0}, quick=True, compiled=True
+    ),
+)
+"""The benchmarks of the operations on a weight's units."""
 
 
 def _sample_weight_standardize(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    shape, out_axis = _weight_shape(rng, shape)
+    shape, out_axis = weight_shape(rng, shape)
     return Sample({"w": rng.standard_normal(shape)}, {"out_axis": out_axis, "eps": 1e-5})
 
 
 def _sample_scaled_weight_standardize(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    shape, out_axis = _weight_shape(rng, shape)
-    args = {"w": rng.standard_normal(shape), "gain": _unit_param(rng, shape, out_axis)}
+    shape, out_axis = weight_shape(rng, shape)
+    args = {"w": rng.standard_normal(shape), "gain": unit_param(rng, shape, out_axis)}
     return Sample(args, {"gamma": 1.7, "out_axis": out_axis, "eps": 1e-4})
 
 
 def _sample_weight_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    shape, out_axis = _weight_shape(rng, shape)
-    args = {"v": rng.standard_normal(shape), "g": _unit_param(rng, shape, out_axis)}
+    shape, out_axis = weight_shape(rng, shape)
+    args = {"v": rng.standard_normal(shape), "g": unit_param(rng, shape, out_axis)}
     return Sample(args, {"out_axis": out_axis})
 
 
@@ -72,7 +78,7 @@ def _unit_vector(rng: Rng, size: int) -> Any:
 
 
 def _sample_spectral_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    shape, out_axis = _weight_shape(rng, shape)
+    shape, out_axis = weight_shape(rng, shape)
     units, fan_in = shape[out_axis], math.prod(shape) // shape[out_axis]
     u, v = _unit_vector(rng, units), _unit_vector(rng, fan_in)
     matrix = 3.0 * u.reshape(-1, 1) * v.reshape(1, -1) + 0.3 * rng.standard_normal((units, fan_in))
@@ -86,60 +92,58 @@ def _sample_spectral_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sam
     return Sample(args, {"n_power_iterations": 0, "out_axis": out_axis, "eps": 1e-12})
 
 
-_AGC_CLIPPING = 0.5
+def _sample_spectral_norm_train(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    return _sample_spectral_norm(rng, shape).replace(n_power_iterations=1)
 
 
-def _sample_adaptive_grad_clip(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    shape, out_axis = _weight_shape(rng, shape)
-    axes = _fan_in_axes(shape, out_axis)
-    param = rng.standard_normal(shape)
-    direction = rng.standard_normal(shape)
-    param_norm = ((param * param).sum(axis=axes, keepdims=True)) ** 0.5  # >> eps = 1e-3
-    direction_norm = ((direction * direction).sum(axis=axes, keepdims=True)) ** 0.5
-    ratio = rng.choice([0.5, 2.0], size=param_norm.shape)
-    ratio = ratio * rng.uniform(0.8, 1.25, size=param_norm.shape)
-    grad = direction / direction_norm * ratio * _AGC_CLIPPING * param_norm
-    kwargs = {"clipping": _AGC_CLIPPING, "eps": 1e-3, "out_axis": out_axis}
-    return Sample({"grad": grad, "param": param}, kwargs)
+def weight_units(primary: str) -> Any:
+    """The partition of a sample's weight ``primary`` into its output units."""
 
-
-def _sample_skip_init_residual(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    if shape is None:
-        spatial = tuple(int(s) for s in rng.integers(1, 4, size=int(rng.integers(0, 3))))
-        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5)), *spatial)
-    per_channel = (shape[1], *(1,) * (len(shape) - 2))
-    alpha_shape = () if rng.random() < 0.5 else per_channel
-    args = {
-        "x": rng.standard_normal(shape),
-        "branch_out": rng.standard_normal(shape),
-        "alpha": rng.normal(0.0, 0.3, size=alpha_shape),  # an ndarray even for shape ()
-    }
-    return Sample(args, {})
-
-
-def _unit_partition(primary: str) -> Any:
     def partition(sample: Sample) -> Partition:
-        shape = tuple(sample.args[primary].shape)
-        return batch_partition(shape, sample.kwargs["out_axis"] % len(shape))
+        return unit_partition(tuple(sample.args[primary].shape), sample.kwargs["out_axis"])
 
     return partition
 
 
 # ---------------------------------------------------------------------------
+# Special inputs.
+
+
+def _variance_at_eps(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
+    """Unit 0 scaled so that ``N var = eps``: the kink of ``max(N var, eps)``."""
+    w = sample.args["w"]
+    xp = array_api_compat.array_namespace(w)
+    w = xp.asarray(w, copy=True)
+    index = unit_index(sample, "w")
+    unit = w[index]
+    size = math.prod(unit.shape)
+    w[index] = unit * math.sqrt(sample.kwargs["eps"] / (size * float(xp.var(unit))))
+    return sample.replace(w=w)
+
+
+_ZERO_WEIGHT = zeros("zero-weight", "a zero weight: sigma is 0", "w")
+
+# ---------------------------------------------------------------------------
 # Invalid inputs.
 
 
-def _replace_arg(name: str, make: Any) -> Any:
-    """A modification of a sample that replaces argument ``name`` by ``make(value)``."""
-    return lambda s: s.replace(**{name: make(s.args[name])})
-
-
-def _wrong_unit_param(name: str) -> ErrorCase:
+def wrong_unit_param(name: str) -> ErrorCase:
+    """``name`` (one value per output unit) cut by one value."""
     return ErrorCase(
         f"{name} not of one value per output unit",
-        _replace_arg(name, lambda p: p[:-1]),
+        replace_arg(name, lambda p: p[:-1]),
         ValueError,
         f"{name} must have shape",
+    )
+
+
+def out_axis_out_of_range(primary: str) -> ErrorCase:
+    """An ``out_axis`` beyond the rank of ``primary``."""
+    return ErrorCase(
+        "out_axis out of range",
+        lambda s: s.replace(out_axis=7),
+        ValueError,
+        rf"out_axis=7 is out of range for {primary} of shape",
     )
 
 
@@ -153,19 +157,10 @@ def _one_fan_in(primary: str) -> ErrorCase:
     return ErrorCase("a fan-in of one value", keep_one, ValueError, "at least 2 samples")
 
 
-def _out_axis_out_of_range(primary: str) -> ErrorCase:
-    return ErrorCase(
-        "out_axis out of range",
-        lambda s: s.replace(out_axis=7),
-        ValueError,
-        rf"out_axis=7 is out of range for {primary} of shape",
-    )
-
-
 def _flattened(primary: str, rank: int) -> ErrorCase:
     return ErrorCase(
         f"{primary} of rank {rank - 1}",
-        _replace_arg(
+        replace_arg(
             primary, lambda w: w.reshape(-1) if rank == 2 else w.reshape(-1)[:1].reshape(())
         ),
         ValueError,
@@ -174,21 +169,46 @@ def _flattened(primary: str, rank: int) -> ErrorCase:
 
 
 _WS_ERRORS = (
-    _out_axis_out_of_range("w"),
+    out_axis_out_of_range("w"),
     _flattened("w", 2),
     _one_fan_in("w"),
+)
+_SPECTRAL_ERRORS = (
+    out_axis_out_of_range("w"),
+    _flattened("w", 1),
+    wrong_unit_param("u"),
+    ErrorCase(
+        "v not of the fan-in's size",
+        replace_arg("v", lambda v: v[:-1]),
+        ValueError,
+        "v must have shape",
+    ),
+    ErrorCase(
+        "an unknown order",
+        lambda s: s.replace(order="w_first"),
+        ValueError,
+        "order must be one of",
+    ),
+    ErrorCase(
+        "negative n_power_iterations",
+        lambda s: s.replace(n_power_iterations=-1),
+        ValueError,
+        "n_power_iterations must be an integer >= 0",
+    ),
 )
 
 REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     OpSpec(
         "weight_standardize",
         "weights",
+        "weight standardization: each output unit standardized over its fan-in (Qiao et al.)",
+        Kind.STANDARDIZING,
         weights.weight_standardize,
         weights.weight_standardize_vjp,
         ("w",),
         ("w",),
         _sample_weight_standardize,
-        _unit_partition("w"),
+        weight_units("w"),
         properties=frozenset(
             {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
         ),
@@ -201,21 +221,25 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "eps_mode must be one of",
             ),
         ),
+        convention_keywords=EPS_MODE,
+        benchmarks=KERNEL_BENCHMARKS,
     ),
     OpSpec(
         "scaled_weight_standardize",
         "weights",
+        "Scaled WS: standardized units times gain * gamma / sqrt(fan-in) (Brock et al., 2021)",
+        Kind.SCALED_STANDARDIZING,
         weights.scaled_weight_standardize,
         weights.scaled_weight_standardize_vjp,
         ("w", "gain"),
         ("w", "gain"),
         _sample_scaled_weight_standardize,
-        _unit_partition("w"),
+        weight_units("w"),
         affine_args=("gain",),
         properties=frozenset({"zero_mean", "shift_invariant", "scale_invariant"}),
         errors=(
             *_WS_ERRORS,
-            _wrong_unit_param("gain"),
+            wrong_unit_param("gain"),
             ErrorCase(
                 "eps_mode of standardization",
                 lambda s: s.replace(eps_mode="add_std"),
@@ -229,22 +253,34 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "gamma must be a finite number",
             ),
         ),
+        convention_keywords=(("eps_mode", "scaled_ws_eps_mode"),),
+        convention_fields=("variance_algorithm",),
+        special_inputs=(
+            SpecialInput(
+                "variance-at-eps",
+                "unit 0 with N var = eps: the kink of max_fan_in",
+                _variance_at_eps,
+            ),
+        ),
+        benchmarks=KERNEL_BENCHMARKS,
     ),
     OpSpec(
         "weight_norm",
         "weights",
+        "weight norm: g v / ||v|| per output unit (Salimans & Kingma, 2016)",
+        Kind.WEIGHT_NORMALIZING,
         weights.weight_norm,
         weights.weight_norm_vjp,
         ("v", "g"),
         ("v", "g"),
         _sample_weight_norm,
-        _unit_partition("v"),
+        weight_units("v"),
         affine_args=("g",),
         properties=frozenset({"scale_invariant"}),
         errors=(
-            _out_axis_out_of_range("v"),
+            out_axis_out_of_range("v"),
             _flattened("v", 1),
-            _wrong_unit_param("g"),
+            wrong_unit_param("g"),
             ErrorCase(
                 "negative eps",
                 lambda s: s.replace(eps=-1e-12),
@@ -252,10 +288,16 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "eps must be a finite number >= 0",
             ),
         ),
+        eps_field="weight_norm_eps",
+        eps_argument=False,
+        convention_fields=("zero_norm",),
+        special_inputs=(zero_unit("v", "zero-unit", "unit 0 all zeros: no direction"),),
     ),
     OpSpec(
         "spectral_norm",
         "weights",
+        "spectral norm with given power-iteration vectors: W / (u^T W v) (Miyato et al., 2018)",
+        Kind.SPECTRAL_NORMALIZING,
         weights.spectral_norm_weight,
         weights.spectral_norm_vjp,
         ("w", "u", "v"),
@@ -263,27 +305,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _sample_spectral_norm,
         properties=frozenset({"scale_invariant"}),
         errors=(
-            _out_axis_out_of_range("w"),
-            _flattened("w", 1),
-            _wrong_unit_param("u"),
-            ErrorCase(
-                "v not of the fan-in's size",
-                _replace_arg("v", lambda v: v[:-1]),
-                ValueError,
-                "v must have shape",
-            ),
-            ErrorCase(
-                "an unknown order",
-                lambda s: s.replace(order="w_first"),
-                ValueError,
-                "order must be one of",
-            ),
-            ErrorCase(
-                "negative n_power_iterations",
-                lambda s: s.replace(n_power_iterations=-1),
-                ValueError,
-                "n_power_iterations must be an integer >= 0",
-            ),
+            *_SPECTRAL_ERRORS,
             ErrorCase(
                 "no v without a v-first iteration",
                 lambda s: s.replace(v=None),
@@ -291,54 +313,31 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "v is needed",
             ),
         ),
+        state=("u", "v"),
+        convention_fields=("zero_norm",),
+        special_inputs=(_ZERO_WEIGHT,),
     ),
     OpSpec(
-        "adaptive_grad_clip",
-        "gradients",
-        gradients.adaptive_grad_clip,
-        gradients.adaptive_grad_clip_vjp,
-        ("grad", "param"),
-        ("grad", "param"),
-        _sample_adaptive_grad_clip,
-        _unit_partition("grad"),
-        errors=(
-            _out_axis_out_of_range("grad"),
-            ErrorCase(
-                "param of another shape",
-                _replace_arg("param", lambda p: p[..., :-1] if p.shape[-1] > 1 else p[:-1]),
-                ValueError,
-                r"param must have shape .* \(the shape of grad\)",
-            ),
-            ErrorCase(
-                "negative clipping",
-                lambda s: s.replace(clipping=-0.01),
-                ValueError,
-                "clipping must be a finite number > 0",
-            ),
+        "spectral_norm_train",
+        "weights",
+        "one training step of spectral norm: a power iteration, then W / sigma",
+        Kind.SPECTRAL_STEP,
+        weights.spectral_norm,
+        weights.spectral_norm_vjp,
+        ("w", "u", "v"),
+        ("w",),
+        _sample_spectral_norm_train,
+        properties=frozenset({"state_held_constant"}),
+        errors=_SPECTRAL_ERRORS,
+        outputs=("y", "u", "v", "sigma"),
+        state=("u", "v", "sigma"),
+        convention_keywords=(
+            ("order", "power_iteration_order"),
+            ("eps_mode", "l2_eps_mode"),
         ),
-    ),
-    OpSpec(
-        "skip_init_residual",
-        "residual",
-        residual.skip_init_residual,
-        residual.skip_init_residual_vjp,
-        ("x", "branch_out", "alpha"),
-        ("x", "branch_out", "alpha"),
-        _sample_skip_init_residual,
-        errors=(
-            ErrorCase(
-                "branch_out of another shape",
-                _replace_arg("branch_out", lambda b: b.reshape(-1)),
-                ValueError,
-                r"branch_out must have shape",
-            ),
-            ErrorCase(
-                "alpha that broadcasts x to a larger shape",
-                lambda s: s.replace(alpha=s.args["x"][None]),
-                ValueError,
-                "alpha must be a scalar",
-            ),
-        ),
+        convention_fields=("zero_norm",),
+        special_inputs=(_ZERO_WEIGHT,),
+        promoting_inputs=("u", "v"),
     ),
 )
-"""The operations of this module's families, in the order they are listed."""
+"""The operations of this module's family, in the order they are listed."""

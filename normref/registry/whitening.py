@@ -16,19 +16,26 @@ import array_api_compat
 
 from normref import layers, ops
 from normref.partition import FEATURE, GROUP, SAMPLE, Partition, whitening_partition
-from normref.registry.spec import ErrorCase, OpSpec, Sample
-from normref.registry.standardization import (
-    _CANONICAL_RANK,
-    _CHANNEL_ERRORS,
-    _SINGLE_SAMPLE,
-    _divisors,
-    _normal,
-    _one_sample_canonical,
-    _wrong_param,
-    _x_shape,
+from normref.registry.sampling import (
+    CANONICAL_RANK,
+    CHANNEL_ERRORS,
+    SINGLE_SAMPLE,
+    divisors,
+    normal,
+    one_sample_canonical,
+    wrong_param,
+    x_shape,
 )
-
-Rng = Any  # numpy.random.Generator, supplied by the caller
+from normref.registry.spec import (
+    BenchmarkInput,
+    Capabilities,
+    ErrorCase,
+    Kind,
+    OpSpec,
+    Rng,
+    Sample,
+    SpecialInput,
+)
 
 
 def _whitening_groups(rng: Rng, shape: tuple[int, ...] | None) -> Any:
@@ -69,7 +76,7 @@ def _whitening_layout(rng: Rng, shape: tuple[int, ...] | None) -> tuple[Any, int
         n = -(-(4 * k + 4) // math.prod(spatial)) + int(rng.integers(0, 3))
         shape = (n, k * int(rng.integers(1, 3)), *spatial)
     c = shape[1]
-    k = max(d for d in _divisors(c) if d <= 3 and math.prod(shape) // c >= d + 1)
+    k = max(d for d in divisors(c) if d <= 3 and math.prod(shape) // c >= d + 1)
     part = whitening_partition(shape, k)
     groups = _whitening_groups(rng, (part.G, part.M, part.D))
     x = part.from_canonical(array_api_compat.array_namespace(groups), groups)
@@ -80,7 +87,7 @@ def _whitening_layout(rng: Rng, shape: tuple[int, ...] | None) -> tuple[Any, int
 
 def _sample_batch_whiten(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
     x, c, k, axis = _whitening_layout(rng, shape)
-    args = {"x": x, "gamma": 1.0 + 0.5 * _normal(rng, (c,)), "beta": _normal(rng, (c,))}
+    args = {"x": x, "gamma": 1.0 + 0.5 * normal(rng, (c,)), "beta": normal(rng, (c,))}
     return Sample(args, {"group_size": k, "eps": 1e-5, "axis": axis})
 
 
@@ -88,16 +95,16 @@ def _sample_batch_whiten_inference(rng: Rng, shape: tuple[int, ...] | None = Non
     x, c, k, axis = _whitening_layout(rng, shape)
     args = {
         "x": x,
-        "running_mean": 0.3 * _normal(rng, (c,)),
-        "running_whitening": _normal(rng, (c // k, k, k)),
-        "gamma": 1.0 + 0.5 * _normal(rng, (c,)),
-        "beta": _normal(rng, (c,)),
+        "running_mean": 0.3 * normal(rng, (c,)),
+        "running_whitening": normal(rng, (c // k, k, k)),
+        "gamma": 1.0 + 0.5 * normal(rng, (c,)),
+        "beta": normal(rng, (c,)),
     }
     return Sample(args, {"group_size": k, "axis": axis})
 
 
 def _whitening_layer_partition(sample: Sample) -> Partition:
-    return whitening_partition(_x_shape(sample), sample.kwargs["group_size"], sample.kwargs["axis"])
+    return whitening_partition(x_shape(sample), sample.kwargs["group_size"], sample.kwargs["axis"])
 
 
 def _one_sample_per_group(sample: Sample) -> Sample:
@@ -107,7 +114,7 @@ def _one_sample_per_group(sample: Sample) -> Sample:
 
 
 _ONE_SAMPLE_CANONICAL = ErrorCase(
-    "a group of one sample", _one_sample_canonical, ValueError, _SINGLE_SAMPLE
+    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
 _BAD_CORRECTION = ErrorCase(
     "correction = 2",
@@ -117,7 +124,7 @@ _BAD_CORRECTION = ErrorCase(
 )
 _WHITENING_PROPERTIES = frozenset({"zero_mean", "shift_invariant", "scale_invariant"})
 _WHITENING_LAYER_ERRORS = (
-    *_CHANNEL_ERRORS,
+    *CHANNEL_ERRORS,
     ErrorCase(
         "group_size not dividing C",
         lambda s: s.replace(group_size=s.args["gamma"].shape[0] + 1),
@@ -139,12 +146,68 @@ _WHITENING_LAYER_ERRORS = (
 )
 
 
+def _canonical_groups(spec: OpSpec, sample: Sample) -> tuple[Partition, Any, Any]:
+    """The partition of the sample's ``x``, its namespace and ``x`` in the canonical layout."""
+    assert spec.partition is not None
+    partition = spec.partition(sample)
+    x = sample.args["x"]
+    xp = array_api_compat.array_namespace(x)
+    return partition, xp, partition.to_canonical(xp, x, copy=True)
+
+
+def _repeated_eigenvalues(spec: OpSpec, sample: Sample, rng: Rng) -> Sample:
+    """Each group's samples ``+-a e_k`` (and zeros): its covariance is ``2 a^2 / M`` times the
+    identity, exactly, in every dtype; every eigenvalue is repeated."""
+    partition, xp, x = _canonical_groups(spec, sample)
+    g, m, d = x.shape
+    groups = xp.zeros_like(x)
+    for k in range(min(d, m // 2)):
+        groups[:, 2 * k, k], groups[:, 2 * k + 1, k] = 1.0, -1.0
+    scale = xp.round(xp.asarray(rng.uniform(1.0, 4.0, size=(g, 1, 1))) * 8) / 8
+    return sample.replace(x=partition.from_canonical(xp, groups * scale))
+
+
+def _near_singular(spec: OpSpec, sample: Sample, rng: Rng) -> Sample:
+    """Feature 1 a copy of feature 0 up to 1e-3 of its scale: the covariance's smallest
+    eigenvalue is about ``1e-6`` of the largest, plus ``eps``."""
+    partition, xp, x = _canonical_groups(spec, sample)
+    if x.shape[2] < 2:
+        return sample
+    noise = xp.asarray(rng.standard_normal(x[..., 0].shape))
+    x[..., 1] = x[..., 0] + 1e-3 * xp.std(x[..., 0]) * noise
+    return sample.replace(x=partition.from_canonical(xp, x))
+
+
+_COVARIANCE_INPUTS = (
+    SpecialInput(
+        "repeated-eigenvalues",
+        "isotropic groups: every eigenvalue of the covariance repeated",
+        _repeated_eigenvalues,
+    ),
+    SpecialInput(
+        "near-singular",
+        "one feature a copy of another up to 1e-3: a nearly singular covariance",
+        _near_singular,
+    ),
+)
+_CANONICAL_SHAPE = (3, 20, 3)
+"""Three groups of 20 samples of 3 features: covariances of separated eigenvalues."""
+_COVARIANCE_FIELDS = ("variance_algorithm",)
+
+
 def _canonical_whitening(
-    name: str, sample: Callable[..., Sample], properties: frozenset[str], *extra: ErrorCase
+    name: str,
+    method: str,
+    summary: str,
+    sample: Callable[..., Sample],
+    properties: frozenset[str],
+    *extra: ErrorCase,
 ) -> OpSpec:
     return OpSpec(
         name,
         "whitening",
+        summary,
+        Kind.WHITENING,
         getattr(ops, name),
         getattr(ops, f"{name}_vjp"),
         ("x",),
@@ -152,7 +215,15 @@ def _canonical_whitening(
         sample,
         _canonical_joint_partition,
         properties=properties,
-        errors=(_CANONICAL_RANK, _ONE_SAMPLE_CANONICAL, _BAD_CORRECTION, *extra),
+        errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL, _BAD_CORRECTION, *extra),
+        convention_fields=_COVARIANCE_FIELDS,
+        method=method,
+        typical_shape=_CANONICAL_SHAPE,
+        special_inputs=_COVARIANCE_INPUTS,
+        capabilities=Capabilities(
+            dask=method == "iter_norm",
+            traceable_vjp="gradient_undefined_at_ties" not in properties,
+        ),
     )
 
 
@@ -161,21 +232,45 @@ def _canonical_joint_partition(sample: Sample) -> Partition:
     return Partition(shape, shape, (GROUP, SAMPLE, FEATURE))
 
 
+WHITENING_ACTIVATIONS = (128, 64, 8, 8)
+"""Activations (N, C, H, W) of a small convolutional network, as in the DBN experiments."""
+
+WHITENING_GROUP_SIZES = (16, 64)
+"""Channels whitened jointly: DBN's usual group size, and all 64 channels in one group."""
+
 REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     _canonical_whitening(
         "decorrelate",
+        "decorrelate",
+        "rotate each group's features onto its covariance's eigenvectors (PCA, unscaled)",
         _sample_whitening,
         frozenset({"zero_mean", "shift_invariant", "gradient_undefined_at_ties"}),
     ),
     _canonical_whitening(
         "pca_whiten",
+        "pca",
+        "PCA whitening: eigenvectors, scaled to unit variance",
         _sample_whitening,
         _WHITENING_PROPERTIES | {"gradient_undefined_at_ties"},
     ),
-    _canonical_whitening("zca_whiten", _sample_whitening, _WHITENING_PROPERTIES),
-    _canonical_whitening("cholesky_whiten", _sample_whitening, _WHITENING_PROPERTIES),
+    _canonical_whitening(
+        "zca_whiten",
+        "zca",
+        "ZCA whitening: the symmetric inverse square root of the covariance",
+        _sample_whitening,
+        _WHITENING_PROPERTIES,
+    ),
+    _canonical_whitening(
+        "cholesky_whiten",
+        "cholesky",
+        "Cholesky whitening: the inverse of the covariance's Cholesky factor",
+        _sample_whitening,
+        _WHITENING_PROPERTIES,
+    ),
     _canonical_whitening(
         "iter_norm_whiten",
+        "iter_norm",
+        "IterNorm: Newton-Schulz iterations towards ZCA (Huang et al., 2019)",
         _sample_iter_norm,
         _WHITENING_PROPERTIES,
         ErrorCase(
@@ -188,6 +283,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
     OpSpec(
         "batch_whiten",
         "whitening",
+        "decorrelated batch norm: groups of channels whitened jointly (Huang et al., 2018)",
+        Kind.WHITENING,
         layers.batch_whiten,
         layers.batch_whiten_vjp,
         ("x", "gamma", "beta"),
@@ -198,7 +295,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=_WHITENING_PROPERTIES,
         errors=(
             *_WHITENING_LAYER_ERRORS,
-            ErrorCase("one sample per group", _one_sample_per_group, ValueError, _SINGLE_SAMPLE),
+            ErrorCase("one sample per group", _one_sample_per_group, ValueError, SINGLE_SAMPLE),
             _BAD_CORRECTION,
             ErrorCase(
                 "an unknown method",
@@ -207,10 +304,25 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 r"method must be one of \('zca', 'pca', 'cholesky', 'iter_norm'\)",
             ),
         ),
+        convention_fields=_COVARIANCE_FIELDS,
+        special_inputs=_COVARIANCE_INPUTS,
+        capabilities=Capabilities(dask=False),
+        benchmarks=tuple(
+            BenchmarkInput(
+                WHITENING_ACTIVATIONS,
+                "DBN layer (ZCA), 64 channels",
+                {"group_size": k},
+                quick=k == WHITENING_GROUP_SIZES[0],
+                variant=f"group_size={k}",
+            )
+            for k in WHITENING_GROUP_SIZES
+        ),
     ),
     OpSpec(
         "batch_whiten_inference",
         "whitening",
+        "batch whitening with a given running mean and whitening matrix",
+        Kind.GIVEN_WHITENING,
         layers.batch_whiten_inference,
         layers.batch_whiten_inference_vjp,
         ("x", "running_mean", "running_whitening", "gamma", "beta"),
@@ -221,7 +333,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=frozenset({"fixed_statistics"}),
         errors=(
             *_WHITENING_LAYER_ERRORS,
-            _wrong_param("running_mean"),
+            wrong_param("running_mean"),
             ErrorCase(
                 "running_whitening of the wrong shape",
                 lambda s: s.replace(running_whitening=s.args["running_whitening"][..., :1]),
@@ -231,3 +343,4 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
     ),
 )
+"""The operations of this module's family, in the order they are listed."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conformance.api import check
-from conformance.backends import Backend, BackendUnavailableError, get_backend
+from conformance.checked.backends import Backend, BackendUnavailableError, get_backend
 from conformance.cli import main
 from tests.conformance import planted, planted_weights
 

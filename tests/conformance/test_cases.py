@@ -7,19 +7,20 @@ import re
 import numpy as np
 import pytest
 
-from conformance.cases import cases_for, find_case
-from conformance.models import NORMREF
-from conformance.ops import CHECKED_OPS, KINDS, get_op
-from conformance.reference import expected, prepare
-from conformance.tolerances import BUDGETS, budget_of
-from normref.registry import REGISTRY
+from conformance.bounds.budgets import BUDGETS, budget_of
+from conformance.bounds.measure import BUILDERS
+from conformance.checked.cases import cases_for, find_case, prepare
+from conformance.checked.models import NORMREF
+from conformance.checked.ops import CHECKED_OPS, get_op
+from conformance.judging.reference import expected
+from normref.registry import REGISTRY, Kind
 
 OPS = list(CHECKED_OPS)
 
 
-def test_every_registry_op_is_checked_with_an_error_model():
-    assert set(REGISTRY) <= set(CHECKED_OPS)
-    assert set(REGISTRY) == set(KINDS)
+def test_every_registry_op_is_checked_and_every_kind_has_an_error_model():
+    assert set(REGISTRY) == set(CHECKED_OPS)
+    assert set(BUILDERS) == set(Kind)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -196,7 +197,7 @@ def test_drawn_cases_do_not_depend_on_the_modules_loaded(tmp_path, monkeypatch):
     of constants (as a user's implementation, or a test session, does) changes none of them."""
     import importlib
 
-    from conformance.cases import drawn_cases
+    from conformance.checked.cases import drawn_cases
 
     def draws():
         return [(c.id, c.seed, c.parameters) for op in OPS for c in drawn_cases(get_op(op))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from conformance.checked.models import FRAMEWORK_MODELS, NORMREF
 from conformance.cli import main
 from conformance.diagnosis import (
     Diagnosis,
@@ -13,7 +14,6 @@ from conformance.diagnosis import (
     diagnose,
     hypotheses,
 )
-from conformance.models import FRAMEWORK_MODELS, NORMREF
 from tests.conformance import planted
 
 TORCH = FRAMEWORK_MODELS["torch"].name
@@ -87,7 +87,8 @@ def test_the_presets_tried_are_those_that_have_the_op():
     assert _presets("layer_norm") == {"normref", "torch", "flax", "keras", "onnx", "timm"}
     assert _presets("batch_norm_train") == {"normref", "torch", "flax", "keras", "onnx"}
     assert _presets("weight_standardize") == {"normref", "timm"}
-    assert _presets("clip_by_global_norm") == {"normref", "torch", "optax"}
+    # timm clips with torch's clip_grad_norm_, so its preset has torch's global-norm eps
+    assert _presets("clip_by_global_norm") == {"normref", "torch", "optax", "timm"}
     assert _presets("gamma_scaled_nonlinearity") == {"normref", "nfnets"}
     assert _presets("adaptive_grad_clip") == {"normref", "optax", "nfnets"}
 

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("flax", reason="flax is not installed (pip install -e '.[jax]')")
 
 from conformance.api import run
-from conformance.results import Status
+from conformance.reports.results import Status
 
 
 def _rows(case: str, dtype: str):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conformance.api import check
-from conformance.cases import cases_for
-from conformance.results import Status
+from conformance.checked.cases import cases_for
+from conformance.reports.results import Status
 from tests.conformance import planted
 
 

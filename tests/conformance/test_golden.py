@@ -140,8 +140,8 @@ def test_the_default_export_covers_every_op_and_dtype(tmp_path):
     """``export-golden --out DIR`` as documented: every op at every dtype, inputs normref refuses
     only once rounded (a mean of 1e4 in float16 and bfloat16 leaves every group of PCA
     whitening and decorrelation constant) as error entries, and nothing but the listed files."""
+    from conformance.checked.ops import CHECKED_OPS
     from conformance.cli import main
-    from conformance.ops import CHECKED_OPS
 
     assert main(["export-golden", "--out", str(tmp_path)]) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
 
 from conformance.api import run
-from conformance.results import Status
+from conformance.reports.results import Status
 from normref.nonlinearities import NFNETS_PUBLISHED_GAMMAS
 
 

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 
 from conformance.api import run
-from conformance.results import Status
+from conformance.reports.results import Status
 
 
 def _rows(framework: str, case: str, dtype: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conformance.api import check
 from conformance.diagnosis import diagnose
-from conformance.results import Status
+from conformance.reports.results import Status
 from tests.conformance import planted
 
 DTYPES = ["float64", "float32"]

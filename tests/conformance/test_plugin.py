@@ -10,9 +10,7 @@ import textwrap
 import array_api_compat.numpy  # noqa: F401
 import pytest
 
-import conformance.plugin
-import conformance.runner  # noqa: F401
-from conformance.cases import cases_for
+from conformance.checked.cases import cases_for
 
 pytest_plugins = ["pytester"]
 

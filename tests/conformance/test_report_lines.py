@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conformance.api import check
-from conformance.ops import get_op
+from conformance.checked.formats import unit_roundoff
+from conformance.checked.ops import get_op
+from conformance.reports.results import CaseResult, RunResult, Status
 from conformance.reports.summary import ORDER, case_line, verdict
-from conformance.results import CaseResult, RunResult, Status
-from conformance.ulp import unit_roundoff
 from normref.registry import REGISTRY
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conformance.api import check, run
 from conformance.reports import to_html, to_markdown
-from conformance.results import SCHEMA_VERSION, RunResult, Status
+from conformance.reports.results import SCHEMA_VERSION, RunResult, Status
 from tests.conformance import planted
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (.[test])")
@@ -40,7 +40,9 @@ def test_every_status_is_present(mixed_run):
 
 
 def test_the_json_document_follows_the_schema(mixed_run):
-    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
+    schema = json.loads(
+        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
+    )
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     jsonschema.Draft202012Validator(schema).validate(document)
     assert document["schema_version"] == SCHEMA_VERSION
@@ -80,7 +82,9 @@ def test_a_document_without_conditioning_measures_still_reads(mixed_run):
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     for row in document["results"]:
         del row["conditioning_measure"]
-    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
+    schema = json.loads(
+        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
+    )
     jsonschema.Draft202012Validator(schema).validate(document)
     again = RunResult.from_json(document)
     assert all(r.conditioning_measure is None for r in again.results)
@@ -107,7 +111,9 @@ def test_a_document_written_by_the_first_version_1_writer_validates_and_reads():
     old = json.loads(path.read_text())
     assert old["schema_version"] == 1
     assert all("evidence" not in row for row in old["results"])
-    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    schema = json.loads(
+        files("conformance.reports").joinpath("schemas/results-v1.json").read_text()
+    )
     jsonschema.Draft202012Validator(schema).validate(old)
     again = RunResult.from_json(old)
     assert [r.status for r in again.results] == [Status(r["status"]) for r in old["results"]]
@@ -118,7 +124,9 @@ def test_a_version_1_document_still_reads(mixed_run):
     """Its reference_ulps is in another unit than the budget: dropped on reading, never shown
     beside a budget; the document is written back as a valid version 2."""
     old = _as_version_1(mixed_run.to_json())
-    schema = json.loads(files("conformance").joinpath("schemas/results-v1.json").read_text())
+    schema = json.loads(
+        files("conformance.reports").joinpath("schemas/results-v1.json").read_text()
+    )
     jsonschema.Draft202012Validator(schema).validate(old)
     again = RunResult.from_json(old)
     outputs = [o for r in again.results for o in r.outputs + r.baseline]
@@ -129,7 +137,9 @@ def test_a_version_1_document_still_reads(mixed_run):
     assert "input |mean|/std up to" in markdown
     assert "7.22e+03" not in markdown
     assert "7215" not in markdown
-    schema = json.loads(files("conformance").joinpath("schemas/results-v2.json").read_text())
+    schema = json.loads(
+        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
+    )
     rewritten = json.loads(json.dumps(again.to_json(), allow_nan=False))
     jsonschema.Draft202012Validator(schema).validate(rewritten)
     assert rewritten["schema_version"] == SCHEMA_VERSION == 2

@@ -7,7 +7,7 @@ from io import StringIO
 from rich.console import Console
 
 from conformance.reports import print_report
-from conformance.results import CaseResult, RunResult, Status
+from conformance.reports.results import CaseResult, RunResult, Status
 
 
 def test_the_terminal_prints_every_data_string_as_it_is():

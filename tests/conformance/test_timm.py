@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
 
 from conformance.api import run
-from conformance.results import Status
+from conformance.reports.results import Status
 
 STAND_IN = Path(__file__).parent / "stub_timm"
 

@@ -15,12 +15,12 @@ import pytest
 
 from conformance.adapters.function import function_binding
 from conformance.api import check
-from conformance.cases import find_case
-from conformance.models import NORMREF
-from conformance.reference import expected, prepare
-from conformance.results import Status
-from conformance.runner import run_bindings
-from conformance.tolerances import budget_ulps
+from conformance.bounds.budgets import budget_ulps
+from conformance.checked.cases import find_case, prepare
+from conformance.checked.models import NORMREF
+from conformance.judging.reference import expected
+from conformance.judging.runner import run_bindings
+from conformance.reports.results import Status
 from normref.registry import REGISTRY
 
 
@@ -62,8 +62,14 @@ def test_a_two_pass_implementation_in_the_input_dtype_is_within_budget_and_uses_
     results = run_bindings(_normref("native"), ["float32", "float64"])
     failing = [(r.case, r.dtype, r.diagnosis) for r in results if r.status is Status.FAIL]
     assert not failing
-    used: dict[str, float] = dict.fromkeys(REGISTRY, 0.0)
+    # an op without arithmetic in the input's dtype (precision="native" computes in float64
+    # there) uses none of its budget: its budgets' tightness is not measured by this run
+    used: dict[str, float] = {
+        name: 0.0 for name, spec in REGISTRY.items() if spec.capabilities.native_precision
+    }
     for row in results:
+        if row.op not in used:
+            continue
         for output in row.outputs:
             share = float(output["used"])
             if not math.isnan(share):  # NaN where both sides are NaN
@@ -89,11 +95,11 @@ def test_fast_variance_is_out_of_the_two_pass_budget_and_within_its_own():
     ("kind", "name", "dtype", "n", "summed", "budget"),
     [
         # 0.5 for the final rounding, then (reductions x u_stats + constant x u_elementwise) / u_out
-        ("standardize", "y", "float32", 5, 0, 0.5 + 5 + 7),
-        ("standardize", "y", "float16", 5, 0, 0.5 + 5 * 2.0**-13 + 7),
-        ("standardize", "dx", "float64", 8, 0, 0.5 + 2 * (3 * 8 + 14)),
-        ("rms", "dgamma", "bfloat16", 4, 20, 0.5 + 20 * 2.0**-16 + 4),
-        ("center", "y", "float32", 10, 0, 0.5 + 10 + 1),
+        ("standardizing", "y", "float32", 5, 0, 0.5 + 5 + 7),
+        ("standardizing", "y", "float16", 5, 0, 0.5 + 5 * 2.0**-13 + 7),
+        ("standardizing", "dx", "float64", 8, 0, 0.5 + 2 * (3 * 8 + 14)),
+        ("rms_scaling", "dgamma", "bfloat16", 4, 20, 0.5 + 20 * 2.0**-16 + 4),
+        ("centering", "y", "float32", 10, 0, 0.5 + 10 + 1),
     ],
 )
 def test_budget_table(kind, name, dtype, n, summed, budget):

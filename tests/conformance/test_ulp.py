@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.ulp import DTYPES, largest, promote, round_to, ulp, unit_roundoff
+from conformance.checked.formats import DTYPES, largest, promote, round_to, ulp, unit_roundoff
 
 
 def _values() -> np.ndarray:

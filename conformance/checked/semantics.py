@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 import normref
-from normref._lib.units import fan_in_axes
+from normref.partition import fan_in_axes
 from normref.registry import Sample
 
 Evaluate = Callable[[Sample, "np.ndarray | None", Any], dict[str, np.ndarray]]
 """``evaluate(sample, dy, model)``: outputs and gradients (``dy`` not ``None``) by name, under
-a :class:`~conformance.models.Model`."""
+a :class:`~conformance.checked.models.Model`."""
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,11 @@ def rank_layout(sample: Sample, primary: str) -> RankLayout:
 
 
 def unit_axes(primary: str) -> Callable[[Evaluate], Evaluate]:
-    """Follow ``model.unit_axes``: every array of ``primary``'s shape goes through the view."""
+    """Follow ``model.convention.unit_axes``: every array of ``primary``'s shape goes through the view."""
 
     def wrap(evaluate: Evaluate) -> Evaluate:
         def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
-            if model.unit_axes == "out_axis":
+            if model.convention.unit_axes == "out_axis":
                 return evaluate(sample, dy, model)
             layout = rank_layout(sample, primary)
             shape = layout.shape
@@ -110,12 +110,12 @@ def unit_axes(primary: str) -> Callable[[Evaluate], Evaluate]:
 
 
 def weight_norm_zero_norm(evaluate: Evaluate) -> Evaluate:
-    """Follow ``model.zero_norm`` for weight norm: with ``"ieee"`` a unit whose squared norm plus
+    """Follow ``model.convention.zero_norm`` for weight norm: with ``"ieee"`` a unit whose squared norm plus
     ``eps`` is 0 gives NaN (``g v / 0``) in its output and both gradients."""
 
     def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
         values = evaluate(sample, dy, model)
-        if model.zero_norm != "ieee":
+        if model.convention.zero_norm != "ieee":
             return values
         v = sample.args["v"]
         axes = fan_in_axes(v.ndim, sample.kwargs["out_axis"] % v.ndim)
@@ -130,12 +130,12 @@ def weight_norm_zero_norm(evaluate: Evaluate) -> Evaluate:
 
 
 def spectral_zero_norm(evaluate: Evaluate) -> Evaluate:
-    """Follow ``model.zero_norm`` for spectral norm: with ``"ieee"`` a zero ``sigma`` divides the
+    """Follow ``model.convention.zero_norm`` for spectral norm: with ``"ieee"`` a zero ``sigma`` divides the
     weight (NaN or infinite) and makes its gradient NaN."""
 
     def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
         values = evaluate(sample, dy, model)
-        if model.zero_norm != "ieee":
+        if model.convention.zero_norm != "ieee":
             return values
         sigma = values.get("sigma")
         if sigma is None:

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from conformance.adapters.arrays import Evaluation
 from conformance.adapters.base import Binding
-from conformance.arrays import Evaluation
-from conformance.backends import NUMPY, Backend
-from conformance.cases import Case
-from conformance.compare import OutputCheck, compare_output
-from conformance.models import ARITHMETIC_FIELDS, NORMREF, Model
-from conformance.reference import Expected, Prepared, expected, prepare
-from conformance.tolerances import arithmetic_of
-from conformance.ulp import promote
+from conformance.bounds.budgets import arithmetic_of
+from conformance.bounds.compare import OutputCheck, compare_output
+from conformance.checked.backends import NUMPY, Backend
+from conformance.checked.cases import Case, Prepared, prepare
+from conformance.checked.formats import promote
+from conformance.checked.models import ARITHMETIC_FIELDS, NORMREF, Model
+from conformance.judging.reference import Expected, expected
 
 
 def semantic(model: Model) -> Model:
@@ -64,7 +64,7 @@ def _prepared(case: Case, dtype: str) -> tuple[CaseKey, Prepared]:
 class Row:
     """One binding on one prepared case: the implementation's outcomes and their checks.
 
-    ``backend`` evaluates the reference (:mod:`conformance.backends`).
+    ``backend`` evaluates the reference (:mod:`conformance.checked.backends`).
     """
 
     binding: Binding
@@ -96,7 +96,7 @@ class Row:
     def expected_dtype(self, name: str, model: Model) -> str:
         """The dtype output ``name`` has under ``model``: a gradient or a running statistic
         the dtype of its input; ``y`` the input's, or promoted with the parameters' (the
-        affine ones, and :attr:`~conformance.ops.CheckedOp.promoting_inputs`)."""
+        affine ones, and :attr:`~conformance.checked.ops.CheckedOp.promoting_inputs`)."""
         dtype, params = self.prepared.dtype, self.binding.param_dtype(self.prepared.dtype)
         op = self.prepared.op
         if name == "y":

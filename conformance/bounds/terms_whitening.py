@@ -6,18 +6,18 @@ of :mod:`normref.partition`), :math:`X_c` the centred samples,
 \lambda_D`, smallest :math:`\lambda`, smallest gap :math:`g` and the whitening
 matrix :math:`W = W(\Sigma)`:
 
-=================  ======  =====================================================================
-kind               output  magnitude of the terms
-=================  ======  =====================================================================
-whiten             y       :math:`|\gamma|\,\big((|x_i| + \overline{|x|}) |W|^\top\big) + |\beta|`
-whiten             dx      :math:`|\bar g| |W| + \overline{|\bar g||W|} + 2 (|x_i| + \overline{|x|}) |S|/(M - c)`
-whiten             dgamma  :math:`\sum |\bar y|` times y's magnitude without the affine
-whiten_inference   y, dx   the same with the given :math:`\hat W` and mean, no :math:`S` term
-=================  ======  =====================================================================
+====================  ======  =====================================================================
+kind                  output  magnitude of the terms
+====================  ======  =====================================================================
+whitening             y       :math:`|\gamma|\,\big((|x_i| + \overline{|x|}) |W|^\top\big) + |\beta|`
+whitening             dx      :math:`|\bar g| |W| + \overline{|\bar g||W|} + 2 (|x_i| + \overline{|x|}) |S|/(M - c)`
+whitening             dgamma  :math:`\sum |\bar y|` times y's magnitude without the affine
+given_whitening       y, dx   the same with the given :math:`\hat W` and mean, no :math:`S` term
+====================  ======  =====================================================================
 
 (:math:`\bar g = \gamma \bar y`, :math:`S` the symmetric part of the
 covariance's cotangent :math:`\bar\Sigma`.) The operation counts of
-:mod:`conformance.tolerances` cover these terms. What they cannot cover is
+:mod:`conformance.bounds.budgets` cover these terms. What they cannot cover is
 :math:`W`'s own error: the implementation decomposes a covariance that
 rounding has perturbed by :math:`E`, first order in the unit roundoff :math:`u`,
 
@@ -27,21 +27,21 @@ rounding has perturbed by :math:`E`, first order in the unit roundoff :math:`u`,
         + (2D + 1)\operatorname{tr}\Sigma\big) + \tfrac{M}{M - c}\|\delta\mu\|^2
 
 (the products and sums of :math:`X_c^\top X_c`; the centring's rounding; the
-decomposition's backward error, :data:`~conformance.tolerances.DECOMPOSITION_ROUNDINGS_PER_FEATURE`;
+decomposition's backward error, :data:`~conformance.bounds.budgets.DECOMPOSITION_ROUNDINGS_PER_FEATURE`;
 the mean's error :math:`\delta\mu_j \le M u \overline{|x_j|}`, which shifts
 :math:`C` by :math:`\delta\mu\,\delta\mu^\top`), and :math:`W(\Sigma + E)`
 differs from :math:`W(\Sigma)` by at most :math:`L_1 \|E\|_F`, its cotangent
 :math:`\bar\Sigma` by :math:`L_2 \|E\|_F \|\bar W\|_F`:
 
-===========  ===========================================================  ===============================================================
+====================  ===========================================================  ===============================================================
 method       :math:`L_1` (Fréchet derivative of :math:`W`)                :math:`L_2` (of the cotangent map)
-===========  ===========================================================  ===============================================================
+====================  ===========================================================  ===============================================================
 decorrelate  :math:`1/g` (eigenvectors)                                   :math:`5/g^2`
 pca          :math:`\tfrac12\lambda^{-3/2} + \lambda^{-1/2}/g`            :math:`\tfrac34\lambda^{-5/2} + 2\lambda^{-3/2}/g + 5\lambda^{-1/2}/g^2`
 zca          :math:`\tfrac12\lambda^{-3/2}` (divided differences)         :math:`\tfrac34\lambda^{-5/2}` (second divided differences)
 cholesky     :math:`\|W\|_2^3 = \lambda^{-3/2}`                            :math:`3\lambda^{-5/2}`
 iter_norm    the Newton–Schulz recursion, step by step (below)
-===========  ===========================================================  ===============================================================
+====================  ===========================================================  ===============================================================
 
 ``docs/conformance-tolerances.md`` derives each. IterNorm's bound is carried
 through its iterations: in the eigenbasis of :math:`N = \Sigma/\operatorname{tr}\Sigma`,
@@ -64,23 +64,15 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from conformance.terms import Conditioning, OpTerms, OutputTerms, parameter_on, parameter_sum
-from conformance.tolerances import DECOMPOSITION_ROUNDINGS_PER_FEATURE, Arithmetic
+from conformance.bounds.budgets import DECOMPOSITION_ROUNDINGS_PER_FEATURE, Arithmetic
+from conformance.bounds.terms import Conditioning, OpTerms, OutputTerms, parameter_on, parameter_sum
 from normref.ops.whitening import DECORRELATION, METHODS, Whitening, group_covariance
 from normref.registry import Sample
 
-CANONICAL_METHODS: dict[str, str] = {
-    "decorrelate": "decorrelate",
-    "pca_whiten": "pca",
-    "zca_whiten": "zca",
-    "cholesky_whiten": "cholesky",
-    "iter_norm_whiten": "iter_norm",
-}
-"""The whitening ops on ``(G, M, D)`` and their methods (``batch_whiten`` takes ``method``)."""
-
 
 def _method(op: Any, sample: Sample) -> str:
-    return CANONICAL_METHODS.get(op.name) or sample.kwargs.get("method", "zca")
+    """The whitening method: the op's own, or the sample's ``method`` (batch whitening's)."""
+    return op.spec.method or sample.kwargs.get("method", "zca")
 
 
 def _whitening(method: str) -> Whitening:
@@ -435,7 +427,9 @@ def whitening_terms(op: Any, sample: Sample, dy: np.ndarray | None, model: Any) 
             )
         if beta is not None:
             outputs["dbeta"] = OutputTerms(np.abs(dy), reduce, layout.summed)
-    return OpTerms("whiten", None, None, outputs, groups.m, found.conditioning, features=groups.d)
+    return OpTerms(
+        "whitening", None, None, outputs, groups.m, found.conditioning, features=groups.d
+    )
 
 
 def whitening_inference_terms(
@@ -457,4 +451,4 @@ def whitening_inference_terms(
             outputs["dgamma"] = OutputTerms(np.abs(dy) * back(y_hat), reduce, layout.summed)
         if beta is not None:
             outputs["dbeta"] = OutputTerms(np.abs(dy), reduce, layout.summed)
-    return OpTerms("whiten_inference", None, None, outputs, 0, features=abs_w.shape[-1])
+    return OpTerms("given_whitening", None, None, outputs, 0, features=abs_w.shape[-1])

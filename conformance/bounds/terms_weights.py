@@ -1,22 +1,22 @@
-r"""The terms of the operations on weights, gradients and residual sums (see :mod:`conformance.terms`).
+r"""The terms of the operations on weights, gradients and residual sums (see :mod:`conformance.bounds.terms`).
 
 For a weight's output units (``out_axis``) of fan-in :math:`N`, :math:`O` units:
 
-==================  ============  ==================================================================
-kind                output        magnitude of the terms
-==================  ============  ==================================================================
-scaled_standardize  y, dw, dgain  standardize's, with the affine :math:`a = \gamma g/\sqrt N`
-weight_norm         y, dv, dg     rms's, with :math:`a = g/\sqrt N` and :math:`\epsilon/N`
-spectral            y             :math:`|W_{ij}|/|\sigma|`
-spectral            dw            :math:`(|\bar y_{ij}| + P |u_i||v_j|)/|\sigma|`, :math:`P = \sum |\bar y||W|/|\sigma|`
-agc                 y             :math:`|G| f`, :math:`f = m/\max(n, m)`
-agc                 dgrad         :math:`f|\bar y| + f S |G|/n^2` (clipped), :math:`|\bar y|` (not)
-agc                 dparam        :math:`\lambda S |W|/(n p)` (clipped, :math:`p \ge \epsilon`), 0
-residual            y             :math:`|x| + |\alpha f|`
-global_clip         each output   :math:`|g_k| c`
-unit_norm           y             :math:`\|x\|_u`
-nonlinearity        y             :math:`\gamma |x|` (gelu, whose sums cancel), :math:`\gamma |g(x)|`
-==================  ============  ==================================================================
+====================  ============  ==================================================================
+kind                  output        magnitude of the terms
+====================  ============  ==================================================================
+scaled_standardizing  y, dw, dgain  standardize's, with the affine :math:`a = \gamma g/\sqrt N`
+weight_normalizing    y, dv, dg     rms's, with :math:`a = g/\sqrt N` and :math:`\epsilon/N`
+spectral_normalizing  y             :math:`|W_{ij}|/|\sigma|`
+spectral_normalizing  dw            :math:`(|\bar y_{ij}| + P |u_i||v_j|)/|\sigma|`, :math:`P = \sum |\bar y||W|/|\sigma|`
+adaptive_clipping     y             :math:`|G| f`, :math:`f = m/\max(n, m)`
+adaptive_clipping     dgrad         :math:`f|\bar y| + f S |G|/n^2` (clipped), :math:`|\bar y|` (not)
+adaptive_clipping     dparam        :math:`\lambda S |W|/(n p)` (clipped, :math:`p \ge \epsilon`), 0
+residual              y             :math:`|x| + |\alpha f|`
+global_clipping       each output   :math:`|g_k| c`
+unit_norm             y             :math:`\|x\|_u`
+nonlinearity          y             :math:`\gamma |x|` (gelu, whose sums cancel), :math:`\gamma |g(x)|`
+====================  ============  ==================================================================
 
 (:math:`n = \|G\|_u`, :math:`p = \|W\|_u`, :math:`m = \lambda\max(p, \epsilon)`,
 :math:`S = \sum_u |\bar y||G|`, :math:`c` the clipping factor.) Three things are
@@ -24,7 +24,7 @@ bounded beyond operation counts, as ``extra`` or as a divisor's relative error:
 :math:`\sigma = u^\top W v` errs relatively by :math:`(O + N) u\, |u|^\top|W||v|/|\sigma|`
 (the conditioning the report states); after a power-iteration step, the new
 ``u``, ``v`` and :math:`\sigma` carry the running bound of
-:func:`conformance.tolerances.power_iteration_error`; and an AGC unit within
+:func:`conformance.bounds.budgets.power_iteration_error`; and an AGC unit within
 rounding of its clipping threshold (or of :math:`\|W\|_u = \epsilon`) may take
 either branch, so the bound adds the difference between the branches, as the
 standardize bound does at the kink of ``eps_mode="max"``.
@@ -40,9 +40,13 @@ from typing import Any
 import numpy as np
 
 import normref
-from conformance import semantics
-from conformance.extra_ops import nonlinearity_gain
-from conformance.terms import (
+from conformance.bounds.budgets import (
+    Arithmetic,
+    carried_error,
+    norm_relative_error,
+    power_iteration_error,
+)
+from conformance.bounds.terms import (
     Conditioning,
     Divisor,
     OpTerms,
@@ -51,14 +55,9 @@ from conformance.terms import (
     parameter_on,
     standard_terms,
 )
-from conformance.tolerances import (
-    Arithmetic,
-    carried_error,
-    norm_relative_error,
-    power_iteration_error,
-)
-from normref._lib.units import fan_in, fan_in_axes, unit_norm_axes
-from normref.nonlinearities import NONLINEARITIES
+from conformance.checked import semantics
+from normref.nonlinearities import NONLINEARITIES, nonlinearity_gain
+from normref.partition import fan_in, fan_in_axes, unit_norm_axes
 from normref.registry import Sample
 
 # ----------------------------------------------------------------------------- standard forms
@@ -77,7 +76,7 @@ def scaled_ws_terms(op: Any, sample: Sample, dy: np.ndarray | None, model: Any) 
     """Scaled WS: standardize on the units, with ``max_fan_in`` as ``max`` with
     :math:`\\epsilon/N` (whose ``max(N var, eps)`` rounds its argument once more)."""
     w, _, n, reduce, axes = _units(op, sample)
-    eps, mode = sample.kwargs["eps"], model.scaled_ws_eps_mode
+    eps, mode = sample.kwargs["eps"], model.convention.scaled_ws_eps_mode
     if mode == "max_fan_in":
         divisor = Divisor("variance", eps / n, "max", 0, argument_roundings=2)
     else:
@@ -87,7 +86,7 @@ def scaled_ws_terms(op: Any, sample: Sample, dy: np.ndarray | None, model: Any) 
     scale = np.full(w.shape, factor) if gain is None else factor * parameter_on(gain, w, axes)
     names = {"dx": "dw"} if gain is None else {"dx": "dw", "dgamma": "dgain"}
     form = StandardForm(w, op.partition(sample), scale, None, divisor, names, reduce, n, factor)
-    return standard_terms("scaled_standardize", form, dy)
+    return standard_terms("scaled_standardizing", form, dy)
 
 
 def weight_norm_terms(op: Any, sample: Sample, dy: np.ndarray | None, _model: Any) -> OpTerms:
@@ -99,7 +98,7 @@ def weight_norm_terms(op: Any, sample: Sample, dy: np.ndarray | None, _model: An
     scale = np.full(v.shape, factor) if g is None else factor * parameter_on(g, v, axes)
     names = {"dx": "dv"} if g is None else {"dx": "dv", "dgamma": "dg"}
     form = StandardForm(v, op.partition(sample), scale, None, divisor, names, reduce, n, factor)
-    return standard_terms("weight_norm", form, dy)
+    return standard_terms("weight_normalizing", form, dy)
 
 
 # ----------------------------------------------------------------------------- spectral norm
@@ -174,7 +173,9 @@ def spectral_terms(_op: Any, sample: Sample, dy: np.ndarray | None, _model: Any)
         sigma, float(np.abs(vec_u) @ np.abs(matrix) @ np.abs(vec_v)), sum(matrix.shape)
     )
     outputs = _spectral_outputs(w, axis, vec_u, vec_v, sigma, dy)
-    return OpTerms("spectral", None, divisor, outputs, matrix.size, divisor.conditioning)
+    return OpTerms(
+        "spectral_normalizing", None, divisor, outputs, matrix.size, divisor.conditioning
+    )
 
 
 def spectral_train_terms(_op: Any, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
@@ -184,8 +185,8 @@ def spectral_train_terms(_op: Any, sample: Sample, dy: np.ndarray | None, model:
     axis = sample.kwargs["out_axis"] % w.ndim
     kwargs = {
         "n_power_iterations": sample.kwargs["n_power_iterations"],
-        "order": model.power_iteration_order,
-        "eps_mode": model.l2_eps_mode,
+        "order": model.convention.power_iteration_order,
+        "eps_mode": model.convention.l2_eps_mode,
         "eps": sample.kwargs["eps"],
         "out_axis": axis,
     }
@@ -225,7 +226,7 @@ def spectral_train_terms(_op: Any, sample: Sample, dy: np.ndarray | None, model:
             return _unmatrix(projection * spread / abs(sigma), w.shape, axis)
 
         outputs["dw"] = OutputTerms(outputs["dw"].magnitude, extra=outer_error)
-    return OpTerms("spectral_train", None, divisor, outputs, matrix.size, divisor.conditioning)
+    return OpTerms("spectral_step", None, divisor, outputs, matrix.size, divisor.conditioning)
 
 
 # ----------------------------------------------------------------------------- unit-wise norms
@@ -234,11 +235,11 @@ def spectral_train_terms(_op: Any, sample: Sample, dy: np.ndarray | None, model:
 def _viewed(
     build: Callable[[Sample, np.ndarray | None], OpTerms], primary: str
 ) -> Callable[[Any, Sample, np.ndarray | None, Any], OpTerms]:
-    """A builder that follows ``model.unit_axes``: under ``"by_rank"`` the terms are measured
-    on the view of :mod:`conformance.semantics` and mapped back."""
+    """A builder that follows ``model.convention.unit_axes``: under ``"by_rank"`` the terms are measured
+    on the view of :mod:`conformance.checked.semantics` and mapped back."""
 
     def terms_of(_op: Any, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
-        if model.unit_axes == "out_axis":
+        if model.convention.unit_axes == "out_axis":
             return build(sample, dy)
         layout = semantics.rank_layout(sample, primary)
         shape = layout.shape
@@ -331,7 +332,7 @@ def _agc(sample: Sample, dy: np.ndarray | None) -> OpTerms:
     closeness = Conditioning(
         float(np.max(known, initial=0.0)), "closeness to the clipping threshold, m / |n - m|"
     )
-    return OpTerms("agc", None, None, outputs, size, closeness)
+    return OpTerms("adaptive_clipping", None, None, outputs, size, closeness)
 
 
 def _unit_norm(sample: Sample, _dy: np.ndarray | None) -> OpTerms:
@@ -384,7 +385,7 @@ def global_clip_terms(_op: Any, sample: Sample, _dy: np.ndarray | None, _model: 
         "y": OutputTerms(np.abs(grad) * factor),
         "clipped_bias_grad": OutputTerms(np.abs(bias) * factor),
     }
-    return OpTerms("global_clip", None, None, outputs, grad.size + bias.size)
+    return OpTerms("global_clipping", None, None, outputs, grad.size + bias.size)
 
 
 _CANCELLING = ("gelu", "gelu_tanh")
@@ -395,7 +396,7 @@ def nonlinearity_terms(_op: Any, sample: Sample, _dy: np.ndarray | None, model: 
     size :math:`|x|`; every other nonlinearity is computed without cancellation."""
     x = np.asarray(sample.args["x"], dtype=np.float64)
     name = sample.kwargs["nonlinearity"]
-    gain = abs(nonlinearity_gain(name, model.nonlinearity_gammas))
+    gain = abs(nonlinearity_gain(name, model.convention.nonlinearity_gammas))
     function = np.vectorize(NONLINEARITIES[name].fn, otypes=[np.float64])
     magnitude = np.abs(x) if name in _CANCELLING else np.abs(function(x))
     return OpTerms(f"nonlinearity:{name}", None, None, {"y": OutputTerms(gain * magnitude)}, 0)

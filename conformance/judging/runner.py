@@ -1,10 +1,10 @@
-"""Running bindings over cases and dtypes: one :class:`~conformance.results.CaseResult` per row.
+"""Running bindings over cases and dtypes: one :class:`~conformance.reports.results.CaseResult` per row.
 
 An exception of the implementation fails its row (with its traceback) and the
 run goes on; :class:`~conformance.adapters.base.FrameworkLacksError` makes it
 "not implemented". On an input normref refuses, the row records whether the
 implementation refuses too or which value it returns. The verdicts are
-:mod:`conformance.verdicts`'.
+:mod:`conformance.judging.verdicts`'.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from conformance.adapters.base import Binding, FrameworkLacksError
-from conformance.backends import NUMPY, Backend
-from conformance.cases import Case, cases_for, find_case
-from conformance.models import NORMREF
-from conformance.ops import get_op
-from conformance.reference import Refusal, reference_or_refusal
-from conformance.results import CaseResult, RunResult, Status
-from conformance.rows import Row, quietly
-from conformance.verdicts import accepted_value, judge
+from conformance.checked.backends import NUMPY, Backend
+from conformance.checked.cases import Case, cases_for, find_case
+from conformance.checked.models import NORMREF
+from conformance.checked.ops import get_op
+from conformance.judging.reference import Refusal, reference_or_refusal
+from conformance.judging.rows import Row, quietly
+from conformance.judging.verdicts import accepted_value, judge
+from conformance.reports.results import CaseResult, RunResult, Status
 
 
 def check_row(binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY) -> CaseResult:

@@ -8,7 +8,7 @@ derivation with examples.
 
 Unit
     An error is reported in ulps of the output dtype at the *scale of the
-    terms* :math:`S` (:mod:`conformance.terms`): ``|actual - exact| / ulp(S)``,
+    terms* :math:`S` (:mod:`conformance.bounds.terms`): ``|actual - exact| / ulp(S)``,
     and an element's budget is its bound in the same unit. An output passes
     when every element is within its bound.
 
@@ -84,9 +84,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from conformance.models import Model
-from conformance.terms import Divisor, GroupStats, OpTerms, OutputTerms
-from conformance.ulp import ulp, unit_roundoff
+from conformance.bounds.terms import Divisor, GroupStats, OpTerms, OutputTerms
+from conformance.checked.formats import ulp, unit_roundoff
+from conformance.checked.models import Model
 
 
 class Budget(NamedTuple):
@@ -110,39 +110,39 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     # division, possibly as rsqrt and a product (2); x_hat = (x - mean) / s, n + 4.5 (mean,
     # subtraction, divisor path), each relative to the magnitude of its terms.
     # y = x - mean: the mean and the subtraction
-    ("center", "y"): Budget(1, 0, 1, 0),
+    ("centering", "y"): Budget(1, 0, 1, 0),
     # dx = dy - mean(dy): the same
-    ("center", "dx"): Budget(1, 0, 1, 0),
+    ("centering", "dx"): Budget(1, 0, 1, 0),
     # y = gamma x_hat + beta: x_hat (n + 4.5), gamma (1), beta (1)
-    ("standardize", "y"): Budget(1, 0, 7, 1),
+    ("standardizing", "y"): Budget(1, 0, 7, 1),
     # dx = (g - mean(g) - f x_hat_i sum_j(g_j x_hat_j) / (n - c)) / s, g = gamma dy (1):
     # each g_j x_hat_j within n + 6.5, their sum adds n - 1, x_hat_i n + 4.5, the division by
     # n - c, the subtraction and the divisor path 4.5 more: 3n + 14; s enters three times
-    ("standardize", "dx"): Budget(3, 0, 14, 3, derivative=True),
+    ("standardizing", "dx"): Budget(3, 0, 14, 3, derivative=True),
     # d gamma = sum of m products dy x_hat: each within n + 5.5, the sum adds m - 1
-    ("standardize", "dgamma"): Budget(1, 1, 5, 1),
+    ("standardizing", "dgamma"): Budget(1, 1, 5, 1),
     # d beta = sum of m values of dy
-    ("standardize", "dbeta"): Budget(0, 1, 0, 0),
+    ("standardizing", "dbeta"): Budget(0, 1, 0, 0),
     # y = x / s(v): the divisor path
-    ("scale", "y"): Budget(0, 0, 4, 1),
+    ("scaling", "y"): Budget(0, 0, 4, 1),
     # dx = dy / s + (x - mean) k, k = -(2 / (n - c)) (s' / s) sum(dy y): the sum n + 4.5, k's
     # factors 4, the centred value n + 1, the product and the addition 2: 2n + 12
-    ("scale", "dx"): Budget(2, 0, 12, 3, derivative=True),
+    ("scaling", "dx"): Budget(2, 0, 12, 3, derivative=True),
     # y = gamma x / s(mean(x^2)): the divisor path and gamma (the mean square's error is in rho)
-    ("rms", "y"): Budget(0, 0, 5, 1),
+    ("rms_scaling", "y"): Budget(0, 0, 5, 1),
     # dx = (g - f x_hat_i sum_j(g_j x_hat_j) / n) / s with x_hat = x / s: each product within
     # 5.5, the sum n - 1, x_hat_i 3.5, the division by n, the subtraction, the divisor path
-    ("rms", "dx"): Budget(1, 0, 15, 3, derivative=True),
+    ("rms_scaling", "dx"): Budget(1, 0, 15, 3, derivative=True),
     # d gamma = sum of m products dy x_hat: each within 4.5, the sum m - 1
-    ("rms", "dgamma"): Budget(0, 1, 4, 1),
+    ("rms_scaling", "dgamma"): Budget(0, 1, 4, 1),
     # y = gamma (x - mean) / s(var) + beta with given statistics: subtraction, divisor path,
     # gamma, beta
-    ("inference", "y"): Budget(0, 0, 7, 0),
+    ("given_statistics", "y"): Budget(0, 0, 7, 0),
     # dx = gamma dy / s
-    ("inference", "dx"): Budget(0, 0, 5, 0),
+    ("given_statistics", "dx"): Budget(0, 0, 5, 0),
     # d gamma = sum of m products dy x_hat, each within 5.5
-    ("inference", "dgamma"): Budget(0, 1, 5, 0),
-    ("inference", "dbeta"): Budget(0, 1, 0, 0),
+    ("given_statistics", "dgamma"): Budget(0, 1, 5, 0),
+    ("given_statistics", "dbeta"): Budget(0, 1, 0, 0),
     # new = (1 - w) old + w mean: the batch mean (n), two products, one addition
     ("state", "running_mean"): Budget(1, 0, 3, 0),
     # new = (1 - w) old + w c_r v: the Bessel factor and its product (2), two products, one
@@ -150,49 +150,49 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("state", "running_var"): Budget(0, 0, 5, 0),
     # ---- Scaled WS: y = a x_hat, a = gamma gain / sqrt(N) (the root, two products: 3)
     # y: x_hat (n + 4.5), a (3), the product
-    ("scaled_standardize", "y"): Budget(1, 0, 9, 1),
+    ("scaled_standardizing", "y"): Budget(1, 0, 9, 1),
     # dw: the standardize backward of a dy, a three roundings more than gamma
-    ("scaled_standardize", "dx"): Budget(3, 0, 17, 3, derivative=True),
+    ("scaled_standardizing", "dx"): Budget(3, 0, 17, 3, derivative=True),
     # dgain = (gamma / sqrt(N)) sum(dy x_hat): the sum as standardize's dgamma, the factor 2
-    ("scaled_standardize", "dgamma"): Budget(1, 1, 7, 1),
+    ("scaled_standardizing", "dgamma"): Budget(1, 1, 7, 1),
     # ---- weight norm: y = a v / s(q + eps/N), a = g / sqrt(N) (the root and the division: 2)
     # y: the rms divisor path and a's product (5), a (2)
-    ("weight_norm", "y"): Budget(0, 0, 7, 1),
+    ("weight_normalizing", "y"): Budget(0, 0, 7, 1),
     # dv: the rms backward (n + 15) of a dy, a two more
-    ("weight_norm", "dx"): Budget(1, 0, 17, 3, derivative=True),
+    ("weight_normalizing", "dx"): Budget(1, 0, 17, 3, derivative=True),
     # dg = (1 / sqrt(N)) sum(dy x_hat): rms's dgamma (m + 4), the factor 2
-    ("weight_norm", "dgamma"): Budget(0, 1, 6, 1),
+    ("weight_normalizing", "dgamma"): Budget(0, 1, 6, 1),
     # ---- spectral norm, n = O N: sigma = u^T W v errs relatively by rho (the divisor)
     # y = W / sigma: the division
-    ("spectral", "y"): Budget(0, 0, 1, 1),
+    ("spectral_normalizing", "y"): Budget(0, 0, 1, 1),
     # dW = (dy - p u v^T) / sigma, p = sum(dy W / sigma): each product dy (W / sigma) within 2,
     # the sum n - 1, the outer product u v^T, p times it, the subtraction, the division: n + 5;
     # sigma enters twice
-    ("spectral", "dw"): Budget(1, 0, 6, 2),
+    ("spectral_normalizing", "dw"): Budget(1, 0, 6, 2),
     # the training step: y and dW as above with sigma' = u'^T W v' (its error, from the power
     # iteration's running error bound, in rho); u', v' and sigma' are bounded by that running
-    # bound alone (conformance.terms_weights)
-    ("spectral_train", "y"): Budget(0, 0, 1, 1),
-    ("spectral_train", "dw"): Budget(1, 0, 6, 2),
-    ("spectral_train", "u"): Budget(0, 0, 0, 0),
-    ("spectral_train", "v"): Budget(0, 0, 0, 0),
-    ("spectral_train", "sigma"): Budget(0, 0, 0, 0),
+    # bound alone (conformance.bounds.terms_weights)
+    ("spectral_step", "y"): Budget(0, 0, 1, 1),
+    ("spectral_step", "dw"): Budget(1, 0, 6, 2),
+    ("spectral_step", "u"): Budget(0, 0, 0, 0),
+    ("spectral_step", "v"): Budget(0, 0, 0, 0),
+    ("spectral_step", "sigma"): Budget(0, 0, 0, 0),
     # ---- AGC, n = N (a unit's fan-in): a norm of N values errs relatively by N/2 + 1 (the sum of
     # squares of positive terms, halved by the root, and the root)
     # y = G m / max(n, m): the two norms (N, and their roots 2), m = clipping * max(p, eps) (1),
     # the division and the product (2)
-    ("agc", "y"): Budget(1, 0, 5, 0),
+    ("adaptive_clipping", "y"): Budget(1, 0, 5, 0),
     # dG = f dy - (f s / n^2) G on a clipped unit: f (N + 4), s = sum(dy G) (N), n^2 (N + 2),
     # two products, times G, the subtraction: 3 N + 10 (the first term, N + 5, is smaller)
-    ("agc", "dgrad"): Budget(3, 0, 10, 0),
+    ("adaptive_clipping", "dgrad"): Budget(3, 0, 10, 0),
     # dW = clipping s / (n p) W: s (N), the norms n and p (N and 2), four products: 2 N + 6
-    ("agc", "dparam"): Budget(2, 0, 6, 0),
+    ("adaptive_clipping", "dparam"): Budget(2, 0, 6, 0),
     # ---- the unit-wise norm: the sum of squares (N, no cancellation), the root
     ("unit_norm", "y"): Budget(1, 0, 1, 0),
     # ---- global-norm clipping, n = L (every value of every gradient): the norm (L), the roots
     # of the leaves' norms and of their norm (3), eps added, the division, the product
-    ("global_clip", "y"): Budget(1, 0, 6, 0),
-    ("global_clip", "clipped_bias_grad"): Budget(1, 0, 6, 0),
+    ("global_clipping", "y"): Budget(1, 0, 6, 0),
+    ("global_clipping", "clipped_bias_grad"): Budget(1, 0, 6, 0),
     # ---- SkipInit, y = x + alpha f: the product and the sum; dx = dy is exact; d f = alpha dy;
     # d alpha = sum(dy f) over the axes alpha is broadcast along (m - 1, the products 1)
     ("residual", "y"): Budget(0, 0, 2, 0),
@@ -201,23 +201,23 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("residual", "dalpha"): Budget(0, 1, 1, 0),
     # ---- whitening, n = M samples of D features per group, y = gamma W (x - mean) + beta; W's own
     # error, amplified by the covariance's conditioning, is bounded separately
-    # (conformance.terms_whitening)
+    # (conformance.bounds.terms_whitening)
     # y: the mean (M), the subtraction (1), the dot product with a row of W (D), gamma, beta
-    ("whiten", "y"): Budget(1, 0, 3, 0, per_feature=1),
+    ("whitening", "y"): Budget(1, 0, 3, 0, per_feature=1),
     # dx = P(g W) + X_c (S + S^T) / (M - c), g = gamma dy: the product g W (D), its mean over the
     # samples (M), the subtraction, gamma; the centred values and the dot with S (D), the
     # symmetric sum, the division, the final addition: M + D + 4
-    ("whiten", "dx"): Budget(1, 0, 4, 0, per_feature=1),
+    ("whitening", "dx"): Budget(1, 0, 4, 0, per_feature=1),
     # dgamma = sum(dy y_hat): y_hat (M + D + 1), the products, the sum m - 1
-    ("whiten", "dgamma"): Budget(1, 1, 2, 0, per_feature=1),
-    ("whiten", "dbeta"): Budget(0, 1, 0, 0),
+    ("whitening", "dgamma"): Budget(1, 1, 2, 0, per_feature=1),
+    ("whitening", "dbeta"): Budget(0, 1, 0, 0),
     # with given statistics: the subtraction, the dot product (D), gamma, beta
-    ("whiten_inference", "y"): Budget(0, 0, 3, 0, per_feature=1),
+    ("given_whitening", "y"): Budget(0, 0, 3, 0, per_feature=1),
     # dx = W^T (gamma dy): gamma, the dot product
-    ("whiten_inference", "dx"): Budget(0, 0, 1, 0, per_feature=1),
+    ("given_whitening", "dx"): Budget(0, 0, 1, 0, per_feature=1),
     # dgamma = sum(dy y_hat): y_hat (D + 1), the products, the sum
-    ("whiten_inference", "dgamma"): Budget(0, 1, 2, 0, per_feature=1),
-    ("whiten_inference", "dbeta"): Budget(0, 1, 0, 0),
+    ("given_whitening", "dgamma"): Budget(0, 1, 2, 0, per_feature=1),
+    ("given_whitening", "dbeta"): Budget(0, 1, 0, 0),
 }
 """Operation counts of every (kind, output), with the reason for each in its comment. The
 gamma-scaled nonlinearities' counts are :data:`NONLINEARITY_ROUNDINGS`."""
@@ -434,7 +434,7 @@ def budget_ulps(
     part of every bound that depends only on the op, its sizes and the dtypes (the docs'
     table). Divisor errors (conditioning, fast variance) come on top, per case.
     """
-    from conformance.models import NORMREF
+    from conformance.checked.models import NORMREF
 
     budget = BUDGETS[(kind, name)]
     reductions = budget.per_sample * n + budget.per_summed * summed + budget.per_feature * features

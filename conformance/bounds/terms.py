@@ -14,37 +14,37 @@ from the rounded inputs. For one group of :math:`n` samples, with
 :math:`\overline{|x|}`), :math:`g = \gamma\,\bar y` and
 :math:`f = 2 s'(v)\, s` (1 for ``eps_mode="add"``):
 
-==============  ======  =====================================================================
-kind            output  magnitude of the terms
-==============  ======  =====================================================================
-standardize     y       :math:`|\gamma| X_i + |\beta|`
-standardize     dx      :math:`\big(|g_i| + \overline{|g|} + f X_i \sum_j |g_j| X_j/(n-c)\big)/s`
-standardize     dgamma  :math:`\sum |\bar y| X` over the parameter's elements
-any             dbeta   :math:`\sum |\bar y|`
-scale           y       :math:`|x_i|/s`
-scale           dx      :math:`\big(|\bar y_i| + f X_i \sum_j |\bar y_j||x_j|/s/(n-c)\big)/s`
-rms             y       :math:`|\gamma x_i|/s` (here :math:`s = s(\overline{x^2})`)
-rms             dx      :math:`\big(|g_i| + f |\hat x_i| \sum_j |g_j \hat x_j|/n\big)/s`
-rms             dgamma  :math:`\sum |\bar y \hat x|`
-center          y       :math:`|x_i| + \overline{|x|}`
-center          dx      :math:`|\bar y_i| + \overline{|\bar y|}`
-inference       y       :math:`|\gamma|(|x| + |\hat\mu|)/s + |\beta|` (given statistics)
-inference       dx      :math:`|g|/s`
-inference       dgamma  :math:`\sum |\bar y| (|x| + |\hat\mu|)/s`
-state           r_mean  :math:`(1-w)|\hat\mu_{old}| + w\,\overline{|x|}`
-state           r_var   :math:`(1-w)|\hat\sigma^2_{old}| + w\,c_r\,\sigma^2_B`
-==============  ======  =====================================================================
+====================  ======  =====================================================================
+kind                  output  magnitude of the terms
+====================  ======  =====================================================================
+standardizing         y       :math:`|\gamma| X_i + |\beta|`
+standardizing         dx      :math:`\big(|g_i| + \overline{|g|} + f X_i \sum_j |g_j| X_j/(n-c)\big)/s`
+standardizing         dgamma  :math:`\sum |\bar y| X` over the parameter's elements
+any                   dbeta   :math:`\sum |\bar y|`
+scaling               y       :math:`|x_i|/s`
+scaling               dx      :math:`\big(|\bar y_i| + f X_i \sum_j |\bar y_j||x_j|/s/(n-c)\big)/s`
+rms_scaling           y       :math:`|\gamma x_i|/s` (here :math:`s = s(\overline{x^2})`)
+rms_scaling           dx      :math:`\big(|g_i| + f |\hat x_i| \sum_j |g_j \hat x_j|/n\big)/s`
+rms_scaling           dgamma  :math:`\sum |\bar y \hat x|`
+centering             y       :math:`|x_i| + \overline{|x|}`
+centering             dx      :math:`|\bar y_i| + \overline{|\bar y|}`
+given_statistics      y       :math:`|\gamma|(|x| + |\hat\mu|)/s + |\beta|` (given statistics)
+given_statistics      dx      :math:`|g|/s`
+given_statistics      dgamma  :math:`\sum |\bar y| (|x| + |\hat\mu|)/s`
+state                 r_mean  :math:`(1-w)|\hat\mu_{old}| + w\,\overline{|x|}`
+state                 r_var   :math:`(1-w)|\hat\sigma^2_{old}| + w\,c_r\,\sigma^2_B`
+====================  ======  =====================================================================
 
 (``dx``, ``dgamma``, ``dbeta`` are gradients; ``r_mean`` and ``r_var`` the
 running ``running_mean`` and ``running_var``; :math:`w` is the weight of the
 batch, :math:`c_r` the running variance's Bessel factor.) An op that is one of
 these kinds in disguise is measured in its :class:`StandardForm`: weight
 standardization on the units of a weight, Scaled WS and weight norm with their
-affine :math:`a` (:mod:`conformance.terms_weights`, which also has the terms of
+affine :math:`a` (:mod:`conformance.bounds.terms_weights`, which also has the terms of
 spectral norm, the clipping ops, SkipInit and the nonlinearities;
-:mod:`conformance.terms_whitening` those of the whitening family). Each output's
+:mod:`conformance.bounds.terms_whitening` those of the whitening family). Each output's
 *role* names its operation counts (the gradient of a weight ``w`` counts as
-``dx``). :mod:`conformance.tolerances` turns magnitudes into error bounds; these
+``dx``). :mod:`conformance.bounds.budgets` turns magnitudes into error bounds; these
 modules only measure.
 """
 
@@ -61,10 +61,10 @@ import numpy as np
 from normref.affine import broadcast_param
 from normref.ops.standardization import divisor, divisor_derivative
 from normref.partition import Partition
-from normref.registry import Sample
+from normref.registry import Kind, Sample
 
 if TYPE_CHECKING:
-    from conformance.ops import CheckedOp
+    from conformance.checked.ops import CheckedOp
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class OutputTerms:
         Coefficient of the batch variance's own error in this output (the
         running variance), or ``None``.
     role
-        The output's name in the operation counts (:data:`conformance.tolerances.BUDGETS`):
+        The output's name in the operation counts (:data:`conformance.bounds.budgets.BUDGETS`):
         ``"dx"`` for the gradient of the primary input whatever its name, ``"dgamma"``
         for the scale parameter's; ``None``: the output's own name.
     extra
@@ -286,15 +286,16 @@ class StandardForm:
 
 
 COMPUTATIONS = {
-    "center": "center",
-    "standardize": "standardize",
-    "scaled_standardize": "standardize",
-    "scale": "scale",
-    "rms": "rms",
-    "weight_norm": "rms",
+    "centering": "centred",
+    "standardizing": "standardized",
+    "scaled_standardizing": "standardized",
+    "scaling": "divided",
+    "rms_scaling": "rms",
+    "weight_normalizing": "rms",
 }
-"""What each kind of :func:`standard_terms` computes: centred (``center``), centred and divided
-(``standardize``), divided by the centred variance (``scale``), or by the mean square (``rms``)."""
+"""What each kind of :func:`standard_terms` computes: centred values (``centred``), centred and
+divided (``standardized``), divided by the centred variance (``divided``), or by the mean
+square (``rms``)."""
 
 
 def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
@@ -308,8 +309,9 @@ def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
     if "beta" in op.affine_args and beta is not None:
         names["dbeta"] = "dbeta"
     divisor = None
-    if COMPUTATIONS.get(op.kind) != "center":
-        rms = COMPUTATIONS.get(op.kind) == "rms"
+    computation = COMPUTATIONS.get(op.kind.value)
+    if computation != "centred":
+        rms = computation == "rms"
         divisor = Divisor(
             "mean_square" if rms else "variance",
             sample.kwargs["eps"],
@@ -332,9 +334,9 @@ def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
 def op_terms(op: CheckedOp, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
     """The terms of a normalization layer's outputs (and gradients, given ``dy``) on a float64
     ``sample`` under ``model``."""
-    if op.kind == "inference":
+    if op.kind is Kind.GIVEN_STATISTICS:
         return _inference_terms(op, sample, dy, model.convention.eps_mode)
-    found = standard_terms(op.kind, layer_form(op, sample, model), dy)
+    found = standard_terms(op.kind.value, layer_form(op, sample, model), dy)
     if not op.running_stats:
         return found
     outputs = {
@@ -356,7 +358,7 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
     mean_abs = stats.broadcast(stats.mean_abs)
     computation = COMPUTATIONS[kind]
     outputs: dict[str, OutputTerms] = {}
-    if computation == "center":
+    if computation == "centred":
         outputs["y"] = OutputTerms(np.abs(x) + mean_abs)
         if dy is not None:
             dy_abs = np.abs(dy)
@@ -372,7 +374,7 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
             centred_x = magnitude_x
         else:
             magnitude_x = _divided(np.abs(x) + mean_abs, s)
-            centred_x = magnitude_x if computation == "standardize" else _divided(np.abs(x), s)
+            centred_x = magnitude_x if computation == "standardized" else _divided(np.abs(x), s)
         a = np.ones_like(x) if form.scale is None else np.abs(form.scale)
         b = 0.0 if form.shift is None else np.abs(form.shift)
         outputs["y"] = OutputTerms(a * centred_x + b)
@@ -380,7 +382,7 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
             n_eff = stats.n - div.correction
             g = a * np.abs(dy)
             path = f * magnitude_x * stats.sum(g * centred_x) / n_eff
-            direct = g + (stats.mean_of(g) if computation == "standardize" else 0.0)
+            direct = g + (stats.mean_of(g) if computation == "standardized" else 0.0)
             outputs[form.names["dx"]] = OutputTerms(_divided(direct + path, s), role="dx")
             if "dgamma" in form.names:
                 outputs[form.names["dgamma"]] = OutputTerms(
@@ -423,7 +425,7 @@ def _inference_terms(
             outputs["dgamma"] = OutputTerms(np.abs(dy) * magnitude_x, reduce, summed)
         if sample.args.get("beta") is not None:
             outputs["dbeta"] = OutputTerms(np.abs(dy), reduce, summed)
-    return OpTerms(op.kind, None, None, outputs)
+    return OpTerms(op.kind.value, None, None, outputs)
 
 
 def _state_terms(

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.terms import OpTerms
-from conformance.tolerances import Arithmetic, element_bounds
-from conformance.ulp import round_to
+from conformance.bounds.budgets import Arithmetic, element_bounds
+from conformance.bounds.terms import OpTerms
+from conformance.checked.formats import round_to
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def compare_output(
     primary: np.ndarray,
     direction: str = "forward",
 ) -> OutputCheck:
-    """Check one output element by element against its bound (:mod:`conformance.tolerances`).
+    """Check one output element by element against its bound (:mod:`conformance.bounds.budgets`).
 
     ``direction`` is the output's: ``"forward"``, ``"state"`` (running statistics,
     power-iteration vectors) or ``"backward"`` (a gradient).

@@ -1,7 +1,7 @@
 """Results: one row per (implementation, case, dtype), a run's summary, and its JSON form.
 
 The JSON form is versioned (:data:`SCHEMA_VERSION`) and described by the JSON
-Schema ``conformance/schemas/results-v2.json``; it records the normref
+Schema ``conformance/reports/schemas/results-v2.json``; it records the normref
 version and everything needed to re-run a row (the case id and seed).
 Documents of version 1 (``results-v1.json``) still read: their outputs'
 ``reference_ulps``, in ulps of the exact values, is not in the unit of the

@@ -4,9 +4,9 @@ A case is checked at one dtype at a time: its float64 inputs (and the output's
 cotangent) are first rounded to that dtype (:class:`Prepared`), so the
 implementation under test and the reference see exactly the same values.
 The reference then evaluates normref in float64 (``precision="highest"``) on
-those values, with the model's semantic choices (:mod:`conformance.models`),
-on the chosen array library (:mod:`conformance.backends`), and measures the
-terms behind every output (:mod:`conformance.terms`).
+those values, with the model's semantic choices (:mod:`conformance.checked.models`),
+on the chosen array library (:mod:`conformance.checked.backends`), and measures the
+terms behind every output (:mod:`conformance.bounds.terms`).
 """
 
 from __future__ import annotations
@@ -17,42 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends import NUMPY, Backend
-from conformance.cases import Case
-from conformance.models import Model
-from conformance.ops import CheckedOp, batch_weight_as, get_op
-from conformance.terms import OpTerms
-from conformance.tolerances import compute_dtype
-from conformance.ulp import round_to, unit_roundoff
+from conformance.bounds.budgets import compute_dtype
+from conformance.bounds.measure import terms_of
+from conformance.bounds.terms import OpTerms
+from conformance.checked.backends import NUMPY, Backend
+from conformance.checked.cases import Prepared
+from conformance.checked.formats import round_to, unit_roundoff
+from conformance.checked.models import Model
+from conformance.checked.ops import batch_weight_as
 from normref.registry import Sample
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A case at one dtype: its arrays rounded to ``dtype`` (as float64) and its cotangent."""
-
-    case: Case
-    dtype: str
-    sample: Sample
-    dy: np.ndarray
-
-    @property
-    def op(self) -> CheckedOp:
-        """The case's op."""
-        return get_op(self.case.op)
-
-
-def prepare(case: Case, dtype: str) -> Prepared:
-    """``case`` with every array rounded to ``dtype``."""
-
-    def rounded(value: Any) -> Any:
-        return round_to(value, dtype) if isinstance(value, np.ndarray) else value
-
-    sample = Sample(
-        {k: rounded(v) for k, v in case.sample.args.items()},
-        {k: rounded(v) for k, v in case.sample.kwargs.items()},
-    )
-    return Prepared(case, dtype, sample, round_to(case.cotangent(), dtype))
 
 
 def resolved_eps(prepared: Prepared, model: Model) -> float | None:
@@ -130,7 +103,7 @@ def expected(
     dy = prepared.dy if backward and op.differentiable else None
     with np.errstate(all="ignore"):
         values = op.evaluate(sample, dy, model, backend)
-        terms = op.terms(op, sample, dy, model)
+        terms = terms_of(op, sample, dy, model)
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     return Expected(arrays, terms, sample.kwargs.get("eps"))
 

@@ -9,8 +9,9 @@ For every op the suite draws
   (1e4) scales, values near float16's largest (6e4) and smallest normal
   (6.1e-5) magnitudes, a NaN, shapes with a size-1 axis, groups of one and
   of two samples, odd values of integer arguments (``num_groups=3``), and the
-  cases of single ops (:mod:`conformance.op_cases`: zero units and weights,
-  the AGC clip boundary, repeated and nearly repeated eigenvalues, ...);
+  special inputs the registry lists for the op
+  (:attr:`normref.registry.OpSpec.special_inputs`: zero units and weights, the
+  AGC clip boundary, repeated and nearly repeated eigenvalues, ...);
 * **drawn cases**: a scale, a shift in units of the scale and a distribution
   drawn from the suite's seed, shape and arguments from the registry's
   sampler. They are drawn with NumPy's generator, a pure function of the op
@@ -40,8 +41,9 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from conformance.op_cases import OP_CASES
-from conformance.ops import CHECKED_OPS, CheckedOp, get_op
+from conformance.checked.formats import round_to
+from conformance.checked.models import NORMREF
+from conformance.checked.ops import CHECKED_OPS, CheckedOp, get_op
 from normref.registry import Sample
 
 ODD_SHAPE = (6, 15, 4)
@@ -172,8 +174,6 @@ def _try_sample(
 
 def _reference_error(op: CheckedOp, sample: Sample, seed: int) -> tuple[str, str] | None:
     """Where and why normref refuses ``sample`` (its forward, or its gradient), or ``None``."""
-    from conformance.models import NORMREF
-
     try:
         op.reference(sample, NORMREF)
     except ValueError as error:
@@ -254,9 +254,9 @@ def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
     _size_one_axes(build)
     _group_sizes(build)
     _odd_arguments(build)
-    for special in OP_CASES.get(op.name, ()):
+    for special in op.spec.special_inputs:
         seed, sample, rng = build.base(special.name)
-        build.add(special.name, special.description, seed, special.make(op, sample, rng))
+        build.add(special.name, special.description, seed, special.make(op.spec, sample, rng))
     return build.cases
 
 
@@ -429,3 +429,34 @@ def find_case(case_id: str, *, suite_seed: int = 0) -> Case:
     known = ", ".join(c.id for c in cases_for(op, suite_seed=suite_seed))
     msg = f"no case {case_id!r}; the cases of {op} are: {known}"
     raise ValueError(msg)
+
+
+# --------------------------------------------------------------------------- a case at one dtype
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A case at one dtype: its arrays rounded to ``dtype`` (as float64) and its cotangent."""
+
+    case: Case
+    dtype: str
+    sample: Sample
+    dy: np.ndarray
+
+    @property
+    def op(self) -> CheckedOp:
+        """The case's op."""
+        return get_op(self.case.op)
+
+
+def prepare(case: Case, dtype: str) -> Prepared:
+    """``case`` with every array rounded to ``dtype``."""
+
+    def rounded(value: Any) -> Any:
+        return round_to(value, dtype) if isinstance(value, np.ndarray) else value
+
+    sample = Sample(
+        {k: rounded(v) for k, v in case.sample.args.items()},
+        {k: rounded(v) for k, v in case.sample.kwargs.items()},
+    )
+    return Prepared(case, dtype, sample, round_to(case.cotangent(), dtype))

@@ -1,6 +1,6 @@
 """Verdicts: whether a row is within budget, differs by convention, or fails, and why.
 
-1. every output within budget of the reference under :data:`~conformance.models.NORMREF`
+1. every output within budget of the reference under :data:`~conformance.checked.models.NORMREF`
    (normref's own definition): **pass**;
 2. otherwise, every output within budget under the convention the framework
    declares: **differs by convention**, explained by the fields of that
@@ -25,18 +25,19 @@ from typing import Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
+from conformance.adapters.arrays import Evaluation, NumpyKind
 from conformance.adapters.base import Binding
-from conformance.arrays import Evaluation, NumpyKind
-from conformance.compare import OutputCheck, compare_output
-from conformance.extra_ops import nonlinearity_gain
-from conformance.models import NORMREF, Model, arithmetic_only, variations
-from conformance.ops import get_op
-from conformance.reference import Prepared, model_sample
-from conformance.results import Status
-from conformance.rows import Row, quietly
-from conformance.tolerances import arithmetic_of
-from conformance.ulp import largest
+from conformance.bounds.budgets import arithmetic_of
+from conformance.bounds.compare import OutputCheck, compare_output
+from conformance.checked.cases import Prepared
+from conformance.checked.formats import largest
+from conformance.checked.models import NORMREF, Model, arithmetic_only, variations
+from conformance.checked.ops import get_op
+from conformance.judging.reference import model_sample
+from conformance.judging.rows import Row, quietly
+from conformance.reports.results import Status
 from normref.affine import broadcast_param
+from normref.nonlinearities import nonlinearity_gain
 
 MODELLED_FIELDS = ("variance_algorithm", "low_precision_compute")
 """Arithmetic fields normref itself can model (``precision=<Convention>``)."""
@@ -141,9 +142,9 @@ def _semantic_evidence(row: Row, model: Model, fields: dict[str, Any]) -> str | 
         return None
     name = row.prepared.sample.kwargs["nonlinearity"]
     exact = nonlinearity_gain(name, "exact")
-    used = nonlinearity_gain(name, model.nonlinearity_gammas)
+    used = nonlinearity_gain(name, model.convention.nonlinearity_gammas)
     return (
-        f"gain of {name}: {used!r} ({model.nonlinearity_gammas}) against the exact {exact!r}, "
+        f"gain of {name}: {used!r} ({model.convention.nonlinearity_gammas}) against the exact {exact!r}, "
         f"relative difference {used / exact - 1:+.3e}"
     )
 
@@ -177,7 +178,7 @@ def _diagnose_failure(
 
 def _nonfinite_at_finite(check: OutputCheck) -> bool:
     """Whether the worst element is a non-finite value where the exact one is finite (the worst
-    element is one of those if there are any: :func:`~conformance.compare.worst_element`)."""
+    element is one of those if there are any: :func:`~conformance.bounds.compare.worst_element`)."""
     if check.actual is None or check.expected is None:
         return False
     return bool(np.isfinite(check.expected) and not np.isfinite(check.actual))
