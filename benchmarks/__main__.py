@@ -32,8 +32,7 @@ from benchmarks.report import (
     write_json,
 )
 from benchmarks.run import Result, measure
-from normref import _fused
-from normref._fused.threads import thread_count
+from normref import compiled
 
 FRAMEWORKS = ("torch", "jax")
 
@@ -140,8 +139,8 @@ def _version(package: str) -> str | None:
 
 def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
     threads: dict[str, Any] = {"numpy": 1, **_blas_threads()}
-    if _fused.available():
-        threads["normref fused"] = thread_count()
+    if compiled.available():
+        threads["normref fused"] = compiled.thread_count()
     if "torch" in frameworks:
         import torch
 
@@ -152,7 +151,7 @@ def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -
         "repeats": repeats,
         "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
-        "fused_path": _fused.available(),
+        "fused_path": compiled.available(),
         "single_core": args.single_core,
         "load_average_1min": {"start": args.load_at_start, "end": os.getloadavg()[0]},
         "threads": threads,

@@ -1,11 +1,12 @@
 """What is benchmarked: registry operations on input shapes taken from real networks.
 
 A :class:`Case` names a registry operation, the shape of its primary input and
-the network layer that shape comes from; its arguments are drawn by the
-operation's own registry sampler at that shape, so a benchmark runs exactly
-what the tests check. A family's cases are listed in :data:`FAMILIES`; an
-operation family that lands in the registry adds its list there (and its
-framework counterparts in :mod:`benchmarks.frameworks`).
+the network layer that shape comes from: each is one of the operation's
+registry benchmark inputs (:attr:`normref.registry.OpSpec.benchmarks`). Its
+arguments are drawn by the operation's own registry sampler at that shape, so
+a benchmark runs exactly what the tests check. An operation added to the
+registry with benchmark inputs is benchmarked (its framework counterparts go
+in :mod:`benchmarks.frameworks`).
 """
 
 from __future__ import annotations
@@ -17,19 +18,6 @@ from typing import Any
 import numpy as np
 
 from normref.registry import REGISTRY, OpSpec, Sample
-
-ACTIVATIONS_LARGE = (32, 64, 56, 56)
-"""ResNet-50 stage 1 activations (N, C, H, W) at batch 32."""
-
-ACTIVATIONS_DEEP = (8, 256, 28, 28)
-"""ResNet stage 2 activations (N, C, H, W) at batch 8."""
-
-TOKENS = (16, 128, 1024)
-"""Transformer tokens (batch, sequence, width)."""
-
-GROUP_NORM_GROUPS = 32
-"""The number of groups of Wu & He (2018)."""
-
 
 MAX_DRAWS = 64
 """Seeds tried for a sample with the arguments a case names in :attr:`Case.drawn`."""
@@ -108,74 +96,28 @@ class Case:
         return f"{self.name} {self.shape}"
 
 
-def _activation_cases(op: str, **fixed: Any) -> tuple[Case, ...]:
-    return (
-        Case(op, ACTIVATIONS_LARGE, "ResNet-50 stage 1, batch 32", fixed, fused=True),
-        Case(op, ACTIVATIONS_DEEP, "ResNet stage 2, batch 8", fixed, quick=True, fused=True),
+def _cases(spec: OpSpec) -> tuple[Case, ...]:
+    return tuple(
+        Case(
+            spec.name,
+            bench.shape,
+            bench.description,
+            dict(bench.fixed),
+            quick=bench.quick,
+            variant=bench.variant,
+            drawn=dict(bench.drawn),
+            fused=bench.compiled,
+        )
+        for bench in spec.benchmarks
     )
 
 
-STANDARDIZATION_CASES: tuple[Case, ...] = (
-    *_activation_cases("batch_norm"),
-    *_activation_cases("group_norm", num_groups=GROUP_NORM_GROUPS),
-    *_activation_cases("instance_norm"),
-    Case("layer_norm", TOKENS, "transformer tokens", quick=True, fused=True),
-    Case("rms_norm", TOKENS, "transformer tokens", quick=True, fused=True),
-)
-
-WHITENING_ACTIVATIONS = (128, 64, 8, 8)
-"""Activations (N, C, H, W) of a small convolutional network, as in the DBN experiments."""
-
-WHITENING_GROUP_SIZES = (16, 64)
-"""Channels whitened jointly: DBN's usual group size, and all 64 channels in one group."""
-
-WHITENING_CASES: tuple[Case, ...] = tuple(
-    Case(
-        "batch_whiten",
-        WHITENING_ACTIVATIONS,
-        "DBN layer (ZCA), 64 channels",
-        {"group_size": k},
-        quick=k == WHITENING_GROUP_SIZES[0],
-        variant=f"group_size={k}",
-    )
-    for k in WHITENING_GROUP_SIZES
-)
-
-CONV_KERNEL = (256, 256, 3, 3)
-"""A 3x3 convolution kernel (out, in, H, W) with 256 channels in and out (ResNet stage 3)."""
-
-_OIHW = {"out_axis": 0}
-
-WEIGHT_CASES: tuple[Case, ...] = (
-    Case(
-        "weight_standardize",
-        CONV_KERNEL,
-        "3x3 conv kernel, OIHW",
-        drawn=_OIHW,
-        fused=True,
-        quick=True,
-    ),
-    Case(
-        "scaled_weight_standardize",
-        CONV_KERNEL,
-        "3x3 conv kernel, OIHW",
-        drawn=_OIHW,
-        fused=True,
-        quick=True,
-    ),
-)
-
-GRADIENT_CASES: tuple[Case, ...] = (
-    Case("adaptive_grad_clip", CONV_KERNEL, "3x3 conv kernel, OIHW", drawn=_OIHW, quick=True),
-)
-
-FAMILIES: dict[str, tuple[Case, ...]] = {
-    "standardization": STANDARDIZATION_CASES,
-    "whitening": WHITENING_CASES,
-    "weights": WEIGHT_CASES,
-    "gradients": GRADIENT_CASES,
-}
-"""The benchmarked cases of each registry family."""
+FAMILIES: dict[str, tuple[Case, ...]] = {}
+"""The benchmarked cases of each registry family, from the registry's benchmark inputs
+(:attr:`normref.registry.OpSpec.benchmarks`)."""
+for _spec in REGISTRY.values():
+    if _spec.benchmarks:
+        FAMILIES[_spec.family] = FAMILIES.get(_spec.family, ()) + _cases(_spec)
 
 DTYPES = ("float32", "float64")
 QUICK_DTYPES = ("float32",)

@@ -27,7 +27,7 @@ from benchmarks.cases import Case
 from benchmarks.frameworks import JAX, TORCH
 from benchmarks.memory import torch_peak, traced_peak, xla_planned
 from benchmarks.timing import interleaved_minimum
-from normref import _fused
+from normref import compiled
 from normref.registry import REGISTRY, OpSpec, Sample
 
 TIME_TARGETS = {"input": 1.5, "float64": 3.0}
@@ -110,11 +110,11 @@ def _normref(
     chosen = sample.replace(precision=precision)
 
     def forward() -> Any:
-        with _fused.enabled(fused):
+        with compiled.enabled(fused):
             return spec.call(chosen)
 
     def backward() -> Any:
-        with _fused.enabled(fused):
+        with compiled.enabled(fused):
             return spec.call_vjp(dy, chosen)
 
     def step() -> None:
@@ -190,7 +190,7 @@ def contenders(
         return case.sample(dtype), cotangent
 
     found = {f"normref {p}": _normref(spec, *data(), p, fused=True) for p in precisions}
-    if case.fused and _fused.available():
+    if case.fused and compiled.available():
         for p in precisions:
             found[f"generic {p}"] = _normref(spec, *data(), p, fused=False)
     if "torch" in frameworks and spec.name in TORCH:

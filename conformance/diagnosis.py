@@ -191,14 +191,18 @@ def presets_with(op: CheckedOp) -> dict[str, Model]:
     run = {preset_name(a.model) for a in adapters}
     binding = {preset_name(a.model) for a in adapters if op.name in a.ops()}
     own = op.own_convention_fields()
-    layer = op.eps_field in EPS_FIELDS
+    layer_eps_field = op.eps_field if op.eps_field in EPS_FIELDS else None
 
     def has_op(name: str, model: Model) -> bool:
         if model == NORMREF or name in binding:
             return True
         if any(model.get(f) != NORMREF.get(f) for f in own):
             return True
-        return name not in run and layer and model.get(op.eps_field) is not None
+        return (
+            name not in run
+            and layer_eps_field is not None
+            and model.get(layer_eps_field) is not None
+        )
 
     return {name: model for name, model in presets().items() if has_op(name, model)}
 

@@ -120,7 +120,9 @@ class ConformanceCollector(pytest.Collector):
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list):
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     if not config.getoption("normref_impl"):
         return
     collector = ConformanceCollector.from_parent(session, name="normref")

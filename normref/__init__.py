@@ -10,7 +10,7 @@ for the named layers, :mod:`normref.ops` for the operations on the canonical
 :mod:`normref.registry` lists every operation once.
 """
 
-from normref import conventions, ops, partition, registry, stats
+from normref import compiled, conventions, ops, partition, registry, stats
 from normref._lib.namespace import Float64UnavailableError
 from normref.conventions import FLAX, KERAS, ONNX, TORCH, Convention
 from normref.gradients import (
@@ -120,6 +120,7 @@ __all__ = [
     "batch_whiten_train",
     "batch_whiten_vjp",
     "clip_by_global_norm",
+    "compiled",
     "conventions",
     "gamma_scaled_nonlinearity",
     "ghost_batch_norm",

@@ -24,7 +24,7 @@ framework, by passing the convention as ``precision=``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 MomentumMeaning = Literal["batch_weight", "old_weight"]
 EpsMode = Literal["add", "max", "add_std"]
@@ -299,10 +299,12 @@ TIMM = replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6, scale
 """timm: torch's layers, with ``LayerNorm`` and ``RmsNorm`` ``eps=1e-6`` and
 ``ScaledStdConv2d``'s ``eps`` inside the square root (``F.batch_norm``)."""
 
-_FLAX_LAYERS = replace(
-    FLAX,
-    **{f.name: f.default for f in fields(Convention) if f.name in WEIGHT_AND_GRADIENT_FIELDS},
-)
+_WEIGHT_AND_GRADIENT_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(Convention) if f.name in WEIGHT_AND_GRADIENT_FIELDS
+}
+"""normref's defaults for the operations on weights and gradients (every field has one)."""
+
+_FLAX_LAYERS = replace(FLAX, **_WEIGHT_AND_GRADIENT_DEFAULTS)
 """Flax's choices for layers, with normref's for the operations on weights and gradients."""
 
 OPTAX = replace(_FLAX_LAYERS, name="optax", unit_axes="by_rank")

@@ -60,8 +60,7 @@ from normref._lib.reductions import sum_of_products
 from normref._lib.tree import check_not_empty, check_same_structure, flatten, named_leaves
 from normref._lib.units import norms
 from normref.partition import unit_norm_axes
-
-Precision = Any
+from normref.types import Precision
 
 
 class AGCGrads(NamedTuple):

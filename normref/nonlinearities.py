@@ -29,7 +29,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from array_api_compat import device
 from scipy import integrate, special
@@ -42,6 +42,7 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref.conventions import NONLINEARITY_GAMMAS
+from normref.types import Precision
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -227,7 +228,7 @@ def gamma_scaled_nonlinearity(
     *,
     nonlinearity: str = "relu",
     gammas: str = "exact",
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> Array:
     r""":math:`\gamma_g\, g(x)`, the variance-preserving activation of normalizer-free networks.
 

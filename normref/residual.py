@@ -48,8 +48,7 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref.stats import moments
-
-Precision = Any
+from normref.types import Precision
 
 
 class SkipInitGrads(NamedTuple):

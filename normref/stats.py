@@ -48,6 +48,7 @@ from normref._lib.namespace import Array, compute_dtype, namespace_of, to_dtype
 from normref.conventions import Convention, get_convention
 from normref.ops.standardization import group_count, mean_and_m2
 from normref.ops.whitening import group_cross
+from normref.types import Precision
 
 
 class Moments(NamedTuple):
@@ -58,7 +59,7 @@ class Moments(NamedTuple):
     accumulators, meant to be merged before they are rounded.
     """
 
-    count: int
+    count: int  # type: ignore[assignment]  # a field named as tuple.count, which it shadows
     mean: Array
     m2: Array
 
@@ -70,7 +71,7 @@ class RunningStats(NamedTuple):
     var: Array
 
 
-def moments(x: Array, axis: int | tuple[int, ...], *, precision: Any = "highest") -> Moments:
+def moments(x: Array, axis: int | tuple[int, ...], *, precision: Precision = "highest") -> Moments:
     r"""Moments of ``x`` reduced over ``axis`` (an int or a tuple of ints).
 
     ``mean`` and ``m2`` have ``x``'s shape without the reduced axes. The mean is
@@ -134,7 +135,7 @@ def running_update(
     momentum: float | None,
     convention: Convention | str,
     num_batches_tracked: int | None = None,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> RunningStats:
     """One update of running batch-norm statistics (see the module docstring).
 
@@ -233,12 +234,12 @@ class Comoments(NamedTuple):
         \delta = \bar x_b - \bar x_a.
     """
 
-    count: int
+    count: int  # type: ignore[assignment]  # a field named as tuple.count, which it shadows
     mean: Array
     cross: Array
 
 
-def comoments(x: Array, *, precision: Any = "highest") -> Comoments:
+def comoments(x: Array, *, precision: Precision = "highest") -> Comoments:
     r"""Comoments of the samples ``x[..., i, :]`` (``M`` samples of ``D`` features).
 
     ``x`` has shape ``(..., M, D)`` (e.g. the canonical ``(G, M, D)``); every
@@ -293,7 +294,7 @@ def covariance(c: Comoments, correction: int = 0) -> Array:
     return variance(Moments(c.count, c.mean, c.cross), correction)
 
 
-def _dask_moments(x: Array, axes: tuple[int, ...], dtype: Any, precision: Any) -> Moments:
+def _dask_moments(x: Array, axes: tuple[int, ...], dtype: Any, precision: Precision) -> Moments:
     """Lazy :class:`Moments` of the Dask array ``x`` over ``axes``: :func:`moments` of each
     chunk, merged up a tree by :func:`merge` (:mod:`normref._lib.dask_tree`)."""
     from normref._lib import dask_tree  # imports dask, an optional dependency
@@ -310,7 +311,7 @@ def _dask_moments(x: Array, axes: tuple[int, ...], dtype: Any, precision: Any) -
     return Moments(count, dask_tree.field(tree, "mean", dtype), dask_tree.field(tree, "m2", dtype))
 
 
-def _dask_comoments(x: Array, dtype: Any, precision: Any) -> Comoments:
+def _dask_comoments(x: Array, dtype: Any, precision: Precision) -> Comoments:
     """Lazy :class:`Comoments` of the Dask array ``x`` of shape ``(..., M, D)``: as
     :func:`_dask_moments`, with the feature axis made one chunk first."""
     from normref._lib import dask_tree  # imports dask, an optional dependency

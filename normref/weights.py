@@ -54,8 +54,7 @@ from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
 from normref.partition import fan_in, fan_in_axes, unit_partition
-
-Precision = Any
+from normref.types import Precision
 
 
 class WeightGrad(NamedTuple):

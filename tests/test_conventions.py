@@ -67,3 +67,40 @@ def test_a_custom_convention_is_accepted_everywhere():
     mine = dataclasses.replace(TORCH, name="mine", running_var_correction=0)
     assert isinstance(mine, Convention)
     assert get_convention(mine) is mine
+
+
+def _default(function, name="eps"):
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
+def test_normrefs_preset_is_what_its_functions_do_by_default():
+    """NORMREF records normref's own defaults: each field equals the default of the argument
+    it stands for (a preset's literal could drift from a function's signature)."""
+    import normref
+
+    defaults = {
+        "batch_norm_eps": _default(normref.batch_norm),
+        "layer_norm_eps": _default(normref.layer_norm),
+        "group_norm_eps": _default(normref.group_norm),
+        "instance_norm_eps": _default(normref.instance_norm),
+        "rms_norm_eps": _default(normref.rms_norm),
+        "eps_mode": _default(normref.batch_norm, "eps_mode"),
+        "weight_norm_eps": _default(normref.weight_norm),
+        "global_norm_eps": _default(normref.clip_by_global_norm),
+        "power_iteration_order": _default(normref.spectral_norm, "order"),
+        "l2_eps_mode": _default(normref.spectral_norm, "eps_mode"),
+        "scaled_ws_eps_mode": _default(normref.scaled_weight_standardize, "eps_mode"),
+        "nonlinearity_gammas": _default(normref.gamma_scaled_nonlinearity, "gammas"),
+    }
+    assert {k: getattr(conventions.NORMREF, k) for k in defaults} == defaults
+    assert conventions.NORMREF.running_var_correction == 0
+    assert conventions.NORMREF.variance_algorithm == "two_pass"
+
+
+def test_a_convention_field_outside_its_choices_is_refused():
+    with pytest.raises(ValueError, match=r"zero_norm must be one of \('guarded', 'ieee'\)"):
+        dataclasses.replace(TORCH, zero_norm="nan")
+    with pytest.raises(ValueError, match="global_norm_eps must be a finite number >= 0"):
+        dataclasses.replace(TORCH, global_norm_eps=-1e-6)

@@ -119,7 +119,9 @@ class TorchKind(ArrayKind):
     def to_numpy(self, array: Native) -> np.ndarray:
         return array.detach().to(self.torch.float64).cpu().numpy()
 
-    def vjp(self, fn, arrays, wrt, dy):
+    def vjp(
+        self, fn: Function, arrays: dict[str, Native], wrt: tuple[str, ...], dy: np.ndarray
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
         torch = self.torch
         leaves = [arrays[name].requires_grad_(True) for name in wrt]
         y, state = fn(arrays)
@@ -152,7 +154,9 @@ class JaxKind(ArrayKind):
     def to_numpy(self, array: Native) -> np.ndarray:
         return np.asarray(array.astype(self.jnp.float64))
 
-    def vjp(self, fn, arrays, wrt, dy):
+    def vjp(
+        self, fn: Function, arrays: dict[str, Native], wrt: tuple[str, ...], dy: np.ndarray
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
         def on(*primals: Native) -> tuple[Native, dict[str, Native]]:
             return fn({**arrays, **dict(zip(wrt, primals, strict=True))})
 

@@ -138,7 +138,7 @@ def _group_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, 
 
 def _holder(shape: tuple[int, ...]) -> Any:
     """A module whose call returns its one parameter, ``kernel``, of ``shape``."""
-    nn = _linen()
+    import flax.linen as nn  # not _linen(): mypy takes a module's class, not a variable's, as a base
 
     class Kernel(nn.Module):
         @nn.compact

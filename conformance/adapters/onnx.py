@@ -208,7 +208,9 @@ def run_reference(model: Any, inputs: dict[str, np.ndarray], _outputs: int) -> l
     """Run ``model`` with ``onnx.reference.ReferenceEvaluator``."""
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(model).run(None, inputs)
+    outputs = ReferenceEvaluator(model).run(None, inputs)
+    assert isinstance(outputs, list)  # run returns a dict only when asked for intermediate=True
+    return outputs
 
 
 LAYOUTS: tuple[tuple[str, str, Callable[[Prepared], Layout], Model], ...] = (

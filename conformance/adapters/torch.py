@@ -84,7 +84,7 @@ def _channels_at_1(call: Call) -> Call:
     return moved
 
 
-def _trailing(call: Call) -> Call:
+def _trailing(call: Callable[[dict[str, Native], Prepared], Native]) -> Call:
     """Permute the normalized axes to the end (in order) for ``call`` and back."""
 
     def moved(arrays: dict[str, Native], prepared: Prepared) -> Any:
@@ -265,7 +265,7 @@ def _nn_rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
 
 def _holding(w: Native) -> Any:
     """A module whose parameter ``weight`` is a copy of ``w`` and whose call returns it."""
-    torch = _torch()
+    import torch  # not _torch(): mypy takes a module's class, not a variable's, as a base
 
     class Weight(torch.nn.Module):
         def __init__(self) -> None:

@@ -388,8 +388,12 @@ def _divisor_factor(terms: OpTerms, budget: Budget, arithmetic: Arithmetic) -> n
     if terms.divisor is None or budget.divisor_factors == 0:
         return 0.0
     if isinstance(terms.divisor, Divisor):
-        rho, rho_f = divisor_errors(terms.stats, terms.divisor, arithmetic)
-        rho, rho_f = terms.stats.broadcast(rho), terms.stats.broadcast(rho_f)
+        stats = terms.stats
+        if stats is None:
+            msg = f"{terms.kind}: a Divisor of the groups' statistics needs them (stats is None)"
+            raise ValueError(msg)
+        rho, rho_f = divisor_errors(stats, terms.divisor, arithmetic)
+        rho, rho_f = stats.broadcast(rho), stats.broadcast(rho_f)
     else:
         rho, rho_f = terms.divisor.relative_errors(arithmetic)
     return budget.divisor_factors * rho + (rho_f if budget.derivative else 0.0)

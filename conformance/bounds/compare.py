@@ -100,8 +100,8 @@ def compare_output(
         return _unusable(name, direction, actual_dtype, expected_dtype, "the output is missing")
     actual = np.asarray(actual, dtype=np.float64)
     if actual.shape != exact.shape:
-        problem = f"shape {actual.shape}, expected {exact.shape}"
-        return _unusable(name, direction, actual_dtype, expected_dtype, problem)
+        shape_problem = f"shape {actual.shape}, expected {exact.shape}"
+        return _unusable(name, direction, actual_dtype, expected_dtype, shape_problem)
     bounds = element_bounds(terms, name, exact, expected_dtype, arithmetic)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         error = np.abs(actual - exact)

@@ -319,9 +319,13 @@ def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
             0 if rms else model.correction,
         )
     summed = x.size // max(1, int(np.prod([x.shape[a] for a in axes], dtype=np.int64)))
+    partition = op.partition(sample)
+    if partition is None:
+        msg = f"{op.name} does not group its input: it has no standard form"
+        raise TypeError(msg)
     return StandardForm(
         x,
-        op.partition(sample),
+        partition,
         None if gamma is None else parameter_on(gamma, x, axes),
         None if beta is None else parameter_on(beta, x, axes),
         divisor,
@@ -339,6 +343,7 @@ def op_terms(op: CheckedOp, sample: Sample, dy: np.ndarray | None, model: Any) -
     found = standard_terms(op.kind.value, layer_form(op, sample, model), dy)
     if not op.running_stats:
         return found
+    assert found.stats is not None  # standard_terms always computes the groups' statistics
     outputs = {
         **found.outputs,
         **_state_terms(
@@ -365,6 +370,9 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
             outputs[form.names["dx"]] = OutputTerms(dy_abs + stats.mean_of(dy_abs), role="dx")
         return OpTerms(kind, stats, None, outputs)
     div = form.divisor
+    if div is None:
+        msg = f"a {kind} op divides its groups: its standard form must have a divisor"
+        raise TypeError(msg)
     v = div.argument(stats)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = stats.broadcast(div.value(v))

@@ -33,15 +33,15 @@ the mean's error :math:`\delta\mu_j \le M u \overline{|x_j|}`, which shifts
 differs from :math:`W(\Sigma)` by at most :math:`L_1 \|E\|_F`, its cotangent
 :math:`\bar\Sigma` by :math:`L_2 \|E\|_F \|\bar W\|_F`:
 
-====================  ===========================================================  ===============================================================
+===========  ===========================================================  ===============================================================
 method       :math:`L_1` (Fréchet derivative of :math:`W`)                :math:`L_2` (of the cotangent map)
-====================  ===========================================================  ===============================================================
+===========  ===========================================================  ===============================================================
 decorrelate  :math:`1/g` (eigenvectors)                                   :math:`5/g^2`
 pca          :math:`\tfrac12\lambda^{-3/2} + \lambda^{-1/2}/g`            :math:`\tfrac34\lambda^{-5/2} + 2\lambda^{-3/2}/g + 5\lambda^{-1/2}/g^2`
 zca          :math:`\tfrac12\lambda^{-3/2}` (divided differences)         :math:`\tfrac34\lambda^{-5/2}` (second divided differences)
 cholesky     :math:`\|W\|_2^3 = \lambda^{-3/2}`                            :math:`3\lambda^{-5/2}`
 iter_norm    the Newton–Schulz recursion, step by step (below)
-====================  ===========================================================  ===============================================================
+===========  ===========================================================  ===============================================================
 
 ``docs/conformance-tolerances.md`` derives each. IterNorm's bound is carried
 through its iterations: in the eigenbasis of :math:`N = \Sigma/\operatorname{tr}\Sigma`,
@@ -76,7 +76,7 @@ def _method(op: Any, sample: Sample) -> str:
 
 
 def _whitening(method: str) -> Whitening:
-    return DECORRELATION if method == "decorrelate" else METHODS[method]
+    return DECORRELATION if method == DECORRELATION.name else METHODS[method]
 
 
 def _frobenius(a: np.ndarray) -> np.ndarray:
@@ -193,7 +193,7 @@ def _eigen_sensitivity(groups: Groups, method: str) -> Sensitivity:
     w_f = _frobenius(groups.w)
     root = lam**-0.5
     # L1, L2 and the rounding of forming W and of the cotangent map, per the module docstring
-    if method == "decorrelate":
+    if method == DECORRELATION.name:
         l1, l2 = inv_gap, 5 * inv_gap**2
         forming = np.zeros_like(lam)
         map_count, map_norm = 4 * d + 4, inv_gap
@@ -219,7 +219,7 @@ def _eigen_sensitivity(groups: Groups, method: str) -> Sensitivity:
         return l2 * groups.sigma_error(a) * b + l1 * db + rounding
 
     largest = groups.eigenvalues[:, -1:, None]
-    if method in ("decorrelate", "pca"):
+    if method in (DECORRELATION.name, "pca"):
         value, what = largest * inv_gap, "largest eigenvalue / smallest gap of the covariance"
     else:
         value, what = largest / lam, "condition number of the covariance + eps"

@@ -12,7 +12,7 @@ For every op the suite draws
   special inputs the registry lists for the op
   (:attr:`normref.registry.OpSpec.special_inputs`: zero units and weights, the
   AGC clip boundary, repeated and nearly repeated eigenvalues, ...);
-* **drawn cases**: a scale, a shift in units of the scale and a distribution
+* **drawn cases**: a magnitude, a shift in units of it and a distribution
   drawn from the suite's seed, shape and arguments from the registry's
   sampler. They are drawn with NumPy's generator, a pure function of the op
   and the seed: hypothesis' draws also depend on the constants of the source
@@ -262,6 +262,9 @@ def edge_cases(op: CheckedOp, suite_seed: int = 0) -> list[Case]:
 
 def _constant_groups(op: CheckedOp, sample: Sample, rng: np.random.Generator) -> np.ndarray:
     partition = op.partition(sample)
+    if partition is None:
+        msg = f"{op.name} does not group its input: it has no constant-groups case"
+        raise TypeError(msg)
     values = rng.standard_normal((partition.G, 1, partition.D))
     spread = np.broadcast_to(values, (partition.G, partition.M, partition.D))
     return np.asarray(partition.from_canonical(xp_numpy, np.ascontiguousarray(spread)))
@@ -309,10 +312,14 @@ def _largest_with_group_size(op: CheckedOp, size: int, seed: int) -> Sample | No
 
 def _group_size(op: CheckedOp, sample: Sample) -> int | None:
     try:
-        return op.partition(sample).M
+        partition = op.partition(sample)
     except ValueError:
         # integer arguments that do not fit the shape (num_groups not dividing C)
         return None
+    if partition is None:
+        msg = f"{op.name} does not group its input: it has no group size"
+        raise TypeError(msg)
+    return partition.M
 
 
 def _int_variants(sample: Sample, values: range | tuple[int, ...]) -> Iterator[Sample]:
@@ -350,10 +357,10 @@ DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.nda
 """Distributions of zero mean and unit variance that drawn inputs are made of."""
 
 
-SCALES = (1e-3, 1e-1, 1.0, 1e1, 1e3)
-"""The scales a drawn input is multiplied by."""
+MAGNITUDES = (1e-3, 1e-1, 1.0, 1e1, 1e3)
+"""The magnitudes (standard deviations) a drawn input is scaled to."""
 SHIFTS = (0.0, 1.0, 10.0, 100.0)
-"""The shifts of a drawn input's mean, in units of its scale."""
+"""The shifts of a drawn input's mean, in units of its magnitude."""
 BATCH_WEIGHTS = (0.01, 0.1, 0.5, 0.9)
 """The weights of the batch in the running statistics of a drawn case."""
 
@@ -366,7 +373,7 @@ def _draws(op: CheckedOp, count: int, suite_seed: int) -> list[dict[str, Any]]:
     for _ in range(count):
         parameters: dict[str, Any] = {
             "seed": int(rng.integers(0, 2**32)),
-            "scale": SCALES[rng.integers(len(SCALES))],
+            "magnitude": MAGNITUDES[rng.integers(len(MAGNITUDES))],
             "shift": SHIFTS[rng.integers(len(SHIFTS))],
             "distribution": sorted(DISTRIBUTIONS)[rng.integers(len(DISTRIBUTIONS))],
         }
@@ -384,12 +391,14 @@ def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -
         sample = op.sample(rng)
         x = sample.args[op.spec.primary]
         z = DISTRIBUTIONS[parameters["distribution"]](rng, x.shape)
-        changes: dict[str, Any] = {op.spec.primary: parameters["scale"] * (parameters["shift"] + z)}
+        changes: dict[str, Any] = {
+            op.spec.primary: parameters["magnitude"] * (parameters["shift"] + z)
+        }
         if op.running_stats:
             changes["momentum"] = parameters["batch_weight"]
         described = ", ".join(
             f"{k}={parameters[k]}"
-            for k in ("scale", "shift", "distribution", "batch_weight")
+            for k in ("magnitude", "shift", "distribution", "batch_weight")
             if k in parameters
         )
         build.add(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -235,6 +235,10 @@ def implementation_keywords(kwargs: dict[str, Any], model: Model) -> dict[str, A
     return found
 
 
+@overload
+def batch_weight_as(model: Model, batch_weight: float) -> float: ...
+@overload
+def batch_weight_as(model: Model, batch_weight: None) -> None: ...
 def batch_weight_as(model: Model, batch_weight: float | None) -> float | None:
     """The momentum an implementation following ``model`` takes for a batch weight."""
     if batch_weight is None:

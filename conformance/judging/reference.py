@@ -45,6 +45,9 @@ def resolved_eps(prepared: Prepared, model: Model) -> float | None:
         return model.fixed_eps
     if given and not prepared.case.default_eps:
         return prepared.sample.kwargs["eps"]
+    if op.eps_field is None:
+        msg = f"{op.name} has no eps field: its case cannot take the model's default eps"
+        raise ValueError(msg)
     value = model.get(op.eps_field)
     if value is None:
         return 2.0 * unit_roundoff(compute_dtype(model, prepared.dtype))

@@ -192,7 +192,8 @@ def _explaining_variations(row: Row, declared: Model, relevant: tuple[str, ...])
     fields, which only move the budget, are not named. Several alternatives are each enough
     alone: "any one of".
     """
-    semantic, arithmetic = [], []
+    semantic: list[str] = []
+    arithmetic: list[str] = []
     for field_name, value, model in variations(declared, relevant):
         try:
             explained = row.passes(model)

@@ -84,7 +84,7 @@ def histogram_svg(run: RunResult, width: int = 640, height: int = 220) -> str:
     ]
     for i, decade in enumerate(decades):
         x = left + i * bar
-        y = bottom
+        y: float = bottom
         for status in Status:
             count = shares[status][decade]
             if not count:
@@ -165,7 +165,7 @@ def to_html(run: RunResult) -> str:
         for dtype in dtypes:
             counts = cells.get(dtype)
             status = cell_status(counts) if counts else None
-            if status is None:
+            if counts is None or status is None:
                 parts.append("<td>·</td>")
                 continue
             parts.append(
@@ -180,7 +180,7 @@ def to_html(run: RunResult) -> str:
     parts += ["<h2>Error distribution</h2>", histogram_svg(run)]
     for section in sections(run):
         parts += _section_html(section, run)
-    counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
-    parts.append(f"<p><b>Total</b>: {_e(counts)} (exit code {run.exit_code}).</p>")
+    totals = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
+    parts.append(f"<p><b>Total</b>: {_e(totals)} (exit code {run.exit_code}).</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

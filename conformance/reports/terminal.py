@@ -110,18 +110,18 @@ def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
             )
             worst = group.worst
             if worst is not None and section.shows_worst:
-                row, output = worst
-                out.print(f"    worst: {escape(case_line(row, output))}", highlight=False)
+                worst_row, output = worst
+                out.print(f"    worst: {escape(case_line(worst_row, output))}", highlight=False)
                 if section.shows_rerun:
-                    out.print(f"    [dim]{escape(reproduce(row, run))}", highlight=False)
+                    out.print(f"    [dim]{escape(reproduce(worst_row, run))}", highlight=False)
             if group.rows[0].traceback:
                 last = group.rows[0].traceback.strip().splitlines()[-1]
                 out.print(f"    [dim]{escape(last)}", highlight=False)
         if len(section.groups) > limit:
             more = len(section.groups) - limit
             out.print(f"  ... and {more} more groups (see the JSON/HTML report)")
-    counts = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
+    totals = ", ".join(f"{n} {Status(k).label}" for k, n in run.counts.items() if n)
     style = "green" if run.ok else "bold red"
-    out.print(f"\n[{style}]{counts or 'no rows'}[/] in {run.seconds:.1f} s")
+    out.print(f"\n[{style}]{totals or 'no rows'}[/] in {run.seconds:.1f} s")
     for line in not_checked(run):
         out.print(f"[bold red]{escape(line)}", highlight=False)

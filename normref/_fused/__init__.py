@@ -67,6 +67,7 @@ from normref._lib.namespace import (
 from normref.ops.base import GroupOp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, variance_term
 from normref.partition import Partition
+from normref.types import Precision
 
 
 class Layer(Protocol):
@@ -164,7 +165,7 @@ def available() -> bool:
 def _layout(
     layer: Layer,
     xp: Namespace,
-    precision: Any,
+    precision: Precision,
     x: Array,
     gamma: Array | None,
     beta: Array | None,
@@ -224,13 +225,19 @@ def _variance(layer: Layer, m2: Array, n: int) -> tuple[Array, int]:
 
 
 def forward(
-    layer: Layer, xp: Namespace, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+    layer: Layer,
+    xp: Namespace,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Precision,
 ) -> Array | None:
     """The layer's output through the kernels, or ``None`` where the generic path must run."""
     layout = _layout(layer, xp, precision, x, gamma, beta)
     if layout is None:
         return None
     kernels = _kernels()
+    assert kernels is not None  # _layout gives a layout only where available()
     dtype = compute_dtype(xp, x.dtype, precision)
     groups, chunks = layout.groups, _chunks(layout)
     x5 = xp.reshape(x, layout.shape)
@@ -265,13 +272,14 @@ def vjp(
     x: Array,
     gamma: Array | None,
     beta: Array | None,
-    precision: Any,
+    precision: Precision,
 ) -> Grads | None:
     """The layer's gradients through the kernels, or ``None`` where the generic path must run."""
     layout = _layout(layer, xp, precision, x, gamma, beta, dy)
     if layout is None:
         return None
     kernels = _kernels()
+    assert kernels is not None  # _layout gives a layout only where available()
     dtype = compute_dtype(xp, x.dtype, precision)
     centred = _CENTRED[layer.op.name]
     size = _param_size(layer, x, gamma is not None or beta is not None)

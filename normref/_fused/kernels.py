@@ -26,6 +26,8 @@ depends on another's, every result is the same whatever the number of threads.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 
 PIECE = 256
@@ -42,7 +44,7 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit_reassoc
-def _piece_sum(piece, shift, squares, zero):
+def _piece_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
     """Sum of ``piece - shift``, or of its squares."""
     total = zero
     if squares:
@@ -56,7 +58,7 @@ def _piece_sum(piece, shift, squares, zero):
 
 
 @_jit_reassoc
-def _piece_vjp_sums(x, dy, gamma, mean, zero):
+def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
     """Sums of ``(x - mean)**2``, of ``dyh`` and of ``dyh * (x - mean)`` over one piece.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
@@ -75,7 +77,7 @@ def _piece_vjp_sums(x, dy, gamma, mean, zero):
 
 
 @_jit_reassoc
-def _piece_dy_sums(x, dy, mean, zero):
+def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
     """Sums of ``(x - mean)**2``, of ``dy`` and of ``dy * (x - mean)`` over one piece.
 
     For parameters constant along the piece, whose caller scales the last two
@@ -95,7 +97,7 @@ def _piece_dy_sums(x, dy, mean, zero):
 
 
 @_jit_reassoc
-def _row_param_sums(x, dy, mean, inv_s, zero):
+def _row_param_sums(x: Any, dy: Any, mean: Any, inv_s: Any, zero: Any) -> tuple[Any, Any]:
     """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it."""
     dy_x_hat = zero
     dy_total = zero
@@ -110,7 +112,9 @@ def _row_param_sums(x, dy, mean, inv_s, zero):
 
 
 @_jit
-def _push(stack, chunk, depth, count, pieces):
+def _push(
+    stack: Any, chunk: int, depth: int, count: int, pieces: tuple[Any, ...]
+) -> tuple[int, int]:
     """Put the piece sums ``pieces`` on the stacks; merge pairs as pairwise summation would."""
     for w in range(len(pieces)):
         stack[chunk, w, depth] = pieces[w]
@@ -126,7 +130,7 @@ def _push(stack, chunk, depth, count, pieces):
 
 
 @_jit
-def _drain(stack, chunk, w, depth, zero):
+def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
     """The total of cascade ``w``: its pending partial sums, smallest first."""
     total = zero
     for d in range(depth - 1, -1, -1):
@@ -135,7 +139,7 @@ def _drain(stack, chunk, w, depth, zero):
 
 
 @_jit
-def _group_sum(x, g0, g2, shift, squares, stack, chunk):
+def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, chunk: int) -> Any:
     """Pairwise sum over group ``(g0, g2)`` of ``x - shift`` or of its squares.
 
     Short rows are gathered into one piece until it holds ``PIECE`` elements.
@@ -162,7 +166,7 @@ def _group_sum(x, g0, g2, shift, squares, stack, chunk):
 
 
 @_jit
-def moments(x, center, mean, m2, stack, first, stop):
+def moments(x: Any, center: bool, mean: Any, m2: Any, stack: Any, first: int, stop: int) -> None:
     """Per group ``g = g0 * G2 + g2``: ``mean`` (0 unless ``center``) and ``m2 = sum (x - mean)**2``.
 
     ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
@@ -182,7 +186,18 @@ def moments(x, center, mean, m2, stack, first, stop):
 
 
 @_jit
-def normalize(x, mean, inv_s, gamma, beta, param_strides, y, chunks, first, stop):
+def normalize(
+    x: Any,
+    mean: Any,
+    inv_s: Any,
+    gamma: Any,
+    beta: Any,
+    param_strides: tuple[int, ...],
+    y: Any,
+    chunks: int,
+    first: int,
+    stop: int,
+) -> None:
     """``y = (x - mean) * inv_s * gamma + beta``, per group.
 
     The caller passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent
@@ -208,7 +223,20 @@ def normalize(x, mean, inv_s, gamma, beta, param_strides, y, chunks, first, stop
 
 
 @_jit
-def vjp_sums(x, dy, gamma, param_strides, center, mean, m2, dyh, dyh_centred, stack, first, stop):
+def vjp_sums(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    center: bool,
+    mean: Any,
+    m2: Any,
+    dyh: Any,
+    dyh_centred: Any,
+    stack: Any,
+    first: int,
+    stop: int,
+) -> None:
     """Per group: ``mean``, ``m2`` and the sums of ``dyh`` and ``dyh * (x - mean)``.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
@@ -260,8 +288,20 @@ def vjp_sums(x, dy, gamma, param_strides, center, mean, m2, dyh, dyh_centred, st
 
 @_jit
 def vjp_apply(
-    x, dy, gamma, param_strides, mean, inv_s, coef, dyh_mean, dx, d_gamma, d_beta, first, stop
-):
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    mean: Any,
+    inv_s: Any,
+    coef: Any,
+    dyh_mean: Any,
+    dx: Any,
+    d_gamma: Any,
+    d_beta: Any,
+    first: int,
+    stop: int,
+) -> None:
     """``dx = (dyh - dyh_mean) * inv_s + (x - mean) * coef``, and the parameters' gradients.
 
     ``dyh = dy * gamma`` (``gamma`` of ones where the layer has none).

@@ -11,11 +11,12 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
+from typing import Literal, TypeGuard, overload
 
 from normref.conventions import EPS_MODES
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[numbers.Real]:
     """A real number of any kind (Python's, or a NumPy scalar such as ``float32``), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -47,9 +48,13 @@ def check_correction(correction: object) -> int:
     if correction not in (0, 1) or isinstance(correction, bool):
         msg = f"correction must be 0 (biased) or 1 (unbiased), got {correction!r}"
         raise ValueError(msg)
-    return int(correction)  # type: ignore[call-overload]
+    return int(correction)
 
 
+@overload
+def check_momentum(momentum: object, *, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_momentum(momentum: object, *, allow_none: bool) -> float | None: ...
 def check_momentum(momentum: object, *, allow_none: bool = False) -> float | None:
     """A momentum in [0, 1]; ``None`` (cumulative average) where ``allow_none``."""
     if momentum is None and allow_none:

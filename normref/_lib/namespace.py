@@ -34,15 +34,12 @@ Precision
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import array_api_compat
 
-if TYPE_CHECKING:
-    from normref.conventions import Convention
-
-Array = Any
-Namespace = Any
+from normref.conventions import Convention, get_convention
+from normref.types import Array, Namespace, Precision
 
 PRECISIONS = ("highest", "native")
 
@@ -95,10 +92,8 @@ def _is_low_precision(xp: Namespace, dtype: Any) -> bool:
     return xp.finfo(dtype).bits < 32
 
 
-def compute_dtype(xp: Namespace, dtype: Any, precision: str | Convention) -> Any:
+def compute_dtype(xp: Namespace, dtype: Any, precision: Precision) -> Any:
     """The dtype in which an operation on ``dtype`` input computes under ``precision``."""
-    from normref.conventions import Convention, get_convention
-
     if isinstance(precision, str) and precision in PRECISIONS:
         if precision == "native":
             return dtype
@@ -129,35 +124,34 @@ def compute_dtype(xp: Namespace, dtype: Any, precision: str | Convention) -> Any
     raise TypeError(msg)
 
 
-def output_dtype(
-    xp: Namespace, precision: str | Convention, x: Array, *params: Array | None
-) -> Any:
+def output_dtype(xp: Namespace, precision: Precision, x: Array, *params: Array | None) -> Any:
     """The dtype of an operation's output for input ``x`` and affine ``params``.
 
     The Array API promotion of all of them, unless ``precision`` models a
     convention whose rule is to return the input's dtype.
     """
-    from normref.conventions import get_convention
-
     modelling = not (isinstance(precision, str) and precision in PRECISIONS)
     if modelling and get_convention(precision).output_dtype == "input":
         return x.dtype
     return result_dtype(xp, x, *params)
 
 
-def variance_algorithm(precision: str | Convention) -> str:
+def variance_algorithm(precision: Precision) -> str:
     """The variance algorithm that ``precision`` asks for (two-pass unless modelling)."""
-    from normref.conventions import get_convention
-
     if isinstance(precision, str) and precision in PRECISIONS:
         return "two_pass"
     return get_convention(precision).variance_algorithm
 
 
-def to_dtype(xp: Namespace, a: Array | None, dtype: Any) -> Array | None:
+_ArrayOrNone = TypeVar("_ArrayOrNone")
+"""An array or ``None``: :func:`to_dtype` gives ``None`` for ``None`` and an array for an array."""
+
+
+def to_dtype(xp: Namespace, a: _ArrayOrNone, dtype: Any) -> _ArrayOrNone:
     """``a`` in ``dtype``, without a copy when it already has it; ``None`` stays ``None``."""
     if a is None:
-        return None
-    if a.dtype == dtype:
         return a
-    return xp.astype(a, dtype)
+    array: Array = a
+    if array.dtype == dtype:
+        return a
+    return xp.astype(array, dtype)

@@ -32,6 +32,7 @@ from normref.affine import (
 )
 from normref.ops.base import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
 from normref.partition import Partition
+from normref.types import Precision
 
 CANONICAL_AXES = (0, 1, 2)
 """Every axis of the canonical ``(G, M, D)`` array, along which its parameters lie."""
@@ -82,7 +83,7 @@ def _checked_namespace(
     return xp
 
 
-def _op_kwargs(layer: Layer, precision: Any) -> dict[str, Any]:
+def _op_kwargs(layer: Layer, precision: Precision) -> dict[str, Any]:
     extra = {"algorithm": variance_algorithm(precision)} if layer.op.needs_variance else {}
     return {**layer.params, **extra}
 
@@ -99,7 +100,7 @@ def _canonical_param(layer: Layer, xp: Any, param: Array | None) -> Array | None
 
 
 def _joint_forward(
-    layer: Layer, xp: Any, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+    layer: Layer, xp: Any, x: Array, gamma: Array | None, beta: Array | None, precision: Precision
 ) -> Array:
     """:func:`normalize` where the operation treats each group's features jointly.
 
@@ -138,7 +139,7 @@ def _joint_vjp(
     x: Array,
     gamma: Array | None,
     beta: Array | None,
-    precision: Any,
+    precision: Precision,
 ) -> NormGrads:
     """:func:`normalize_vjp` where the operation treats each group's features jointly.
 
@@ -146,12 +147,16 @@ def _joint_vjp(
     ``x`` of its own, with ``gamma`` in the canonical layout, and returns the
     sums over samples that the affine's gradients are.
     """
+    affine_vjp = layer.op.affine_vjp
+    if affine_vjp is None:
+        msg = f"operation {layer.op.name!r} treats features jointly but has no affine_vjp"
+        raise TypeError(msg)
     dtype = compute_dtype(xp, x.dtype, precision)
     part, scale = layer.partition, layer.affine_scale
     factor = scaled_gamma(
         xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes), device(x)
     )
-    grads = layer.op.affine_vjp(
+    grads = affine_vjp(
         xp,
         _canonical_operand(layer, xp, dy, dtype),
         _canonical_operand(layer, xp, x, dtype),
@@ -175,7 +180,7 @@ def _joint_vjp(
 
 
 def normalize(
-    layer: Layer, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+    layer: Layer, x: Array, gamma: Array | None, beta: Array | None, precision: Precision
 ) -> Array:
     """Forward pass of ``layer``."""
     xp = _checked_namespace(layer, x, gamma, beta)
@@ -214,7 +219,7 @@ def normalize(
 
 
 def normalize_vjp(
-    layer: Layer, dy: Array, x: Array, gamma: Array | None, beta: Array | None, precision: Any
+    layer: Layer, dy: Array, x: Array, gamma: Array | None, beta: Array | None, precision: Precision
 ) -> NormGrads:
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)

@@ -69,8 +69,7 @@ from normref.partition import (
     layer_partition,
 )
 from normref.stats import RunningStats, batch_weight, moments, running_update
-
-Precision = Any
+from normref.types import Precision
 
 
 def _shape(x: Array) -> tuple[int, ...]:

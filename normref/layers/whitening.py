@@ -49,8 +49,7 @@ from normref.ops.whitening import (
 )
 from normref.partition import Partition, whitening_partition
 from normref.stats import comoments, covariance
-
-Precision = Any
+from normref.types import Precision
 
 
 class RunningWhitening(NamedTuple):
@@ -331,8 +330,15 @@ def batch_whiten_train(
         iterations=iterations,
         precision=precision,
     )
-    update = {"momentum": momentum, "convention": convention, "precision": precision}
     return y, RunningWhitening(
-        running_whitening_update(running_mean, xp.reshape(batch.mean, (-1,)), **update),
-        running_whitening_update(running_whitening, w, **update),
+        running_whitening_update(
+            running_mean,
+            xp.reshape(batch.mean, (-1,)),
+            momentum=momentum,
+            convention=convention,
+            precision=precision,
+        ),
+        running_whitening_update(
+            running_whitening, w, momentum=momentum, convention=convention, precision=precision
+        ),
     )

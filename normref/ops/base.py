@@ -30,6 +30,7 @@ from normref._lib.namespace import (
     to_dtype,
     variance_algorithm,
 )
+from normref.types import Precision
 
 CANONICAL_SAMPLE_AXES = (1,)
 
@@ -103,7 +104,7 @@ def operand(xp: Any, op: GroupOp, a: Array, dtype: Any) -> Array:
     return xp.astype(a, dtype, copy=True) if op.joint_features else to_dtype(xp, a, dtype)
 
 
-def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any]) -> Array:
+def run_canonical(op: GroupOp, x: Array, precision: Precision, params: dict[str, Any]) -> Array:
     """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
     xp = namespace_of(x=x)
     _canonical_shape(x.shape, "x")
@@ -120,7 +121,7 @@ def run_canonical(op: GroupOp, x: Array, precision: Any, params: dict[str, Any])
 
 
 def run_canonical_vjp(
-    op: GroupOp, dy: Array, x: Array, precision: Any, params: dict[str, Any]
+    op: GroupOp, dy: Array, x: Array, precision: Precision, params: dict[str, Any]
 ) -> XGrad:
     """The VJP of ``op`` on a canonical ``(G, M, D)`` array ``x`` with cotangent ``dy``."""
     xp = namespace_of(dy=dy, x=x)
@@ -139,6 +140,6 @@ def run_canonical_vjp(
     return XGrad(x=to_dtype(xp, dx, x.dtype))
 
 
-def _algorithm(op: GroupOp, precision: Any) -> dict[str, str]:
+def _algorithm(op: GroupOp, precision: Precision) -> dict[str, str]:
     """The ``algorithm`` keyword for operations that take a centred variance."""
     return {"algorithm": variance_algorithm(precision)} if op.needs_variance else {}

@@ -56,6 +56,7 @@ from normref._lib.checks import check_correction, check_eps, check_eps_mode
 from normref._lib.namespace import Array, Namespace
 from normref._lib.reductions import sum_of_products
 from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
+from normref.types import Precision
 
 
 def group_count(x: Array, axes: tuple[int, ...]) -> int:
@@ -257,7 +258,7 @@ def rms_params(eps: float, eps_mode: str) -> dict[str, Any]:
     return {"eps": check_eps(eps), "eps_mode": check_eps_mode(eps_mode)}
 
 
-def center(x: Array, *, precision: Any = "highest") -> Array:
+def center(x: Array, *, precision: Precision = "highest") -> Array:
     r"""Subtract the per-group mean: :math:`y = x - \mu`.
 
     Parameters
@@ -275,7 +276,7 @@ def center(x: Array, *, precision: Any = "highest") -> Array:
     return run_canonical(CENTER, x, precision, {})
 
 
-def center_vjp(dy: Array, x: Array, *, precision: Any = "highest") -> XGrad:
+def center_vjp(dy: Array, x: Array, *, precision: Precision = "highest") -> XGrad:
     r"""VJP of :func:`center`: :math:`\bar x = \bar y - \operatorname{mean}(\bar y)`."""
     return run_canonical_vjp(CENTER, dy, x, precision, {})
 
@@ -286,7 +287,7 @@ def standardize(
     eps: float = 1e-5,
     eps_mode: str = "add",
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> Array:
     r"""Per-group standardization: :math:`y = (x - \mu)/s(v)`.
 
@@ -319,7 +320,7 @@ def standardize_vjp(
     eps: float = 1e-5,
     eps_mode: str = "add",
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> XGrad:
     r"""VJP of :func:`standardize`: :math:`\bar x = P(\bar y)/s + (x-\mu)k` (module docstring)."""
     return run_canonical_vjp(STANDARDIZE, dy, x, precision, std_params(eps, eps_mode, correction))
@@ -331,7 +332,7 @@ def scale(
     eps: float = 1e-5,
     eps_mode: str = "add",
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> Array:
     r"""Divide by the per-group standard deviation without centring: :math:`y = x/s(v)`.
 
@@ -347,14 +348,14 @@ def scale_vjp(
     eps: float = 1e-5,
     eps_mode: str = "add",
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> XGrad:
     r"""VJP of :func:`scale`: :math:`\bar x = \bar y/s + (x-\mu)k` (module docstring)."""
     return run_canonical_vjp(SCALE, dy, x, precision, std_params(eps, eps_mode, correction))
 
 
 def rms_scale(
-    x: Array, *, eps: float = 1e-6, eps_mode: str = "add", precision: Any = "highest"
+    x: Array, *, eps: float = 1e-6, eps_mode: str = "add", precision: Precision = "highest"
 ) -> Array:
     r"""Divide by the per-group root mean square: :math:`y = x/s(q)`, :math:`q = \frac1n\sum x^2`.
 
@@ -365,7 +366,12 @@ def rms_scale(
 
 
 def rms_scale_vjp(
-    dy: Array, x: Array, *, eps: float = 1e-6, eps_mode: str = "add", precision: Any = "highest"
+    dy: Array,
+    x: Array,
+    *,
+    eps: float = 1e-6,
+    eps_mode: str = "add",
+    precision: Precision = "highest",
 ) -> XGrad:
     r"""VJP of :func:`rms_scale`: :math:`\bar x = \bar y/s + x k` (module docstring)."""
     return run_canonical_vjp(RMS_SCALE, dy, x, precision, rms_params(eps, eps_mode))

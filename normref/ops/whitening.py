@@ -125,6 +125,7 @@ from normref._lib.namespace import (
 )
 from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
 from normref.ops.standardization import group_count
+from normref.types import Precision
 
 # ---------------------------------------------------------------------------
 # Covariance
@@ -577,7 +578,7 @@ def whitening_params(eps: float, correction: int) -> dict[str, Any]:
 
 
 def decorrelate(
-    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> Array:
     r"""Rotate each group onto the eigenbasis of its covariance: :math:`y = U^\top (x - \mu)`.
 
@@ -608,7 +609,7 @@ def decorrelate(
 
 
 def decorrelate_vjp(
-    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> XGrad:
     r"""VJP of :func:`decorrelate`: :math:`\bar\Sigma = U (K \circ U^\top \bar W^\top) U^\top`.
 
@@ -620,7 +621,7 @@ def decorrelate_vjp(
 
 
 def pca_whiten(
-    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> Array:
     r"""PCA whitening: :math:`y = \Lambda^{-1/2} U^\top (x - \mu)`, :math:`\Sigma = C + \epsilon I = U \Lambda U^\top`.
 
@@ -639,7 +640,7 @@ def pca_whiten(
 
 
 def pca_whiten_vjp(
-    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> XGrad:
     r"""VJP of :func:`pca_whiten` (module docstring).
 
@@ -655,7 +656,7 @@ def pca_whiten_vjp(
 
 
 def zca_whiten(
-    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> Array:
     r"""ZCA (Mahalanobis) whitening: :math:`y = \Sigma^{-1/2} (x - \mu)`, :math:`\Sigma = C + \epsilon I`.
 
@@ -684,7 +685,7 @@ def zca_whiten(
 
 
 def zca_whiten_vjp(
-    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> XGrad:
     r"""VJP of :func:`zca_whiten`, finite and accurate at repeated eigenvalues.
 
@@ -698,7 +699,7 @@ def zca_whiten_vjp(
 
 
 def cholesky_whiten(
-    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> Array:
     r"""Cholesky whitening: :math:`y = L^{-1} (x - \mu)`, :math:`\Sigma = C + \epsilon I = L L^\top`.
 
@@ -715,7 +716,7 @@ def cholesky_whiten(
 
 
 def cholesky_whiten_vjp(
-    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Any = "highest"
+    dy: Array, x: Array, *, eps: float = 1e-5, correction: int = 0, precision: Precision = "highest"
 ) -> XGrad:
     r"""VJP of :func:`cholesky_whiten`: :math:`\bar\Sigma = -W^\top \Phi(\bar W W^\top) W`.
 
@@ -733,7 +734,7 @@ def iter_norm_whiten(
     iterations: int = 5,
     eps: float = 1e-5,
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> Array:
     r"""IterNorm (Huang et al., 2019): Newton–Schulz iterations towards :math:`\Sigma^{-1/2}`.
 
@@ -772,7 +773,7 @@ def iter_norm_whiten_vjp(
     iterations: int = 5,
     eps: float = 1e-5,
     correction: int = 0,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> XGrad:
     """VJP of :func:`iter_norm_whiten`, back through the unrolled iterations (derived by hand)."""
     params = {**whitening_params(eps, correction), **method_params("iter_norm", iterations)}
@@ -785,7 +786,7 @@ def whitening_matrix(
     method: str = "zca",
     eps: float = 1e-5,
     iterations: int = 5,
-    precision: Any = "highest",
+    precision: Precision = "highest",
 ) -> Array:
     r"""The whitening matrix :math:`W` of a stack of covariance matrices (for inference).
 

@@ -31,6 +31,7 @@ from normref.registry.sampling import (
 )
 from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, SpecialInput
 from normref.registry.weights import KERNEL_BENCHMARKS, out_axis_out_of_range, weight_units
+from normref.types import Precision
 
 _AGC_CLIPPING = 0.5
 
@@ -50,7 +51,12 @@ def _sample_adaptive_grad_clip(rng: Rng, shape: tuple[int, ...] | None = None) -
 
 
 def clip_two_gradients(
-    grad: Any, bias_grad: Any, *, max_norm: float, eps: float = 0.0, precision: Any = "highest"
+    grad: Any,
+    bias_grad: Any,
+    *,
+    max_norm: float,
+    eps: float = 0.0,
+    precision: Precision = "highest",
 ) -> tuple[Any, Any]:
     """:func:`normref.clip_by_global_norm` of the two gradients ``(grad, bias_grad)``."""
     namespace_of(grad=grad, bias_grad=bias_grad)
@@ -70,7 +76,7 @@ def _sample_clip_by_global_norm(rng: Rng, shape: tuple[int, ...] | None = None) 
     return Sample({"grad": grad, "bias_grad": bias_grad}, {"max_norm": norm / ratio})
 
 
-def unitwise_norm_broadcast(x: Any, *, out_axis: int = 0, precision: Any = "highest") -> Any:
+def unitwise_norm_broadcast(x: Any, *, out_axis: int = 0, precision: Precision = "highest") -> Any:
     """:func:`normref.unitwise_norm`, broadcast to ``x``'s shape."""
     xp = namespace_of(x=x)
     return xp.broadcast_to(
