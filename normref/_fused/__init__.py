@@ -112,12 +112,8 @@ PARTIAL_SHARE = 8
 MAX_INTERLEAVED_GROUPS = 8
 """Groups interleaved element by element (channels last: no contiguous run of one group's
 samples) are left to the generic path from this many on where it computes in the input's
-dtype. The kernels read one element per row of each group: measured on one core in float32
-``"native"`` (forward + backward), 4 interleaved channels run 1.6x faster fused than
-generic, 16 channels 1.6x slower, 64 channels 4.5x slower. Where the generic path would
-convert to float64 (``"highest"`` on float32) the fused path stays: up to 32 channels it is
-faster, at 64 1.2x to 1.5x slower, and the generic path holds 6x (forward) and 10x (backward)
-the input's memory against the fused path's 1x."""
+dtype: the kernels read one element per row of each group (the measurements behind the
+threshold are in ``docs/performance.md``)."""
 
 _CENTRED = {STANDARDIZE.name: True, RMS_SCALE.name: False}
 """The operations this path runs, and whether each centres its group."""
