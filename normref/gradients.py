@@ -16,30 +16,19 @@ Adaptive gradient clipping (AGC)
     computed as :math:`G \, m / \max(\|G\|_u, m)`, which is finite everywhere
     (:math:`m \ge \lambda\epsilon > 0`): a zero gradient stays 0, a zero weight
     clips to :math:`\lambda\epsilon`, and a unit exactly at the boundary
-    :math:`\|G\|_u = m` is unchanged (factor exactly 1). The NFNets code and
-    optax clip where :math:`\|G\|_u > m` (optax: unless :math:`\|G\|_u < m`)
-    with :math:`G\,m/\max(\|G\|_u, 10^{-6})`; the values agree, including at the
-    boundary.
+    :math:`\|G\|_u = m` is unchanged (factor exactly 1).
 
 Global-norm clipping (Pascanu et al., 2013)
     All gradients scaled by one factor,
     :math:`\min(1, c/(\|g\| + \epsilon))` with :math:`\|g\|` the norm of all
     of them together, computed as :math:`c/\max(\|g\| + \epsilon, c)`: torch's
-    ``clip_grad_norm_`` is ``eps=1e-6`` (``clip_grad.py``: ``max_norm /
-    (total_norm + 1e-6)``, clamped to 1); optax's ``clip_by_global_norm`` is
-    ``eps=0`` (it keeps ``g`` where ``norm < max_norm`` and scales by
-    ``max_norm / norm`` otherwise).
+    ``clip_grad_norm_`` is ``eps=1e-6``, optax's ``clip_by_global_norm``
+    ``eps=0`` (``docs/conventions.md``).
 
 Layouts. ``out_axis`` is the axis of output units (0 for torch ``(out, in)``
 and ``OIHW``, -1 for flax ``(in, out)`` and ``HWIO``). The NFNets code and
-optax infer the unit axes from the rank, for jax layouts: rank 2 and 3 over
-axis 0, rank 4 over axes (0, 1, 2) (optax: rank 5 over (0, 1, 2, 3)). For
-rank 2, 4 and 5 that is ``out_axis=-1`` here; for a rank-3 weight they reduce
-axis 0 only (a multi-head ``(in, heads, out)`` kernel, one unit per
-``(head, out)`` pair), while here a rank-3 weight has one unit per index of
-``out_axis``, over both other axes; optax's docstring says axes (0, 1, 2) for
-rank 3, its code axis 0. They also squeeze first, so a ``(1, C)`` array is a
-vector to them; here rank decides.
+optax infer the units from the rank instead (the convention field
+``unit_axes="by_rank"``); ``docs/conventions.md`` says where the two differ.
 """
 
 from __future__ import annotations
