@@ -1,11 +1,33 @@
-"""The examples run and show what they claim (the signal-propagation laws are tested in
-tests/test_residual.py on the same simulation)."""
+"""The examples run and show what they claim (the linear signal-propagation laws are also
+tested in tests/test_residual.py on the same simulation).
+
+Each paper's example runs in ``--fast`` mode into a temporary directory; its numbers are
+checked against the criteria its issue states, with the expected values derived here.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from examples import check_my_layer_norm, signal_propagation
+
+
+def _require(*modules: str) -> None:
+    for module in modules:
+        pytest.importorskip(
+            module, reason=f"{module} is not installed (pip install -e '.[examples]')"
+        )
+
+
+def _assert_figures(figures: list[Path], directory: Path, names: set[str]) -> None:
+    assert {path.name for path in figures} == {f"{name}.png" for name in names}
+    for path in figures:
+        assert path.parent == directory
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
 def test_the_conformance_example_passes_the_right_function_and_diagnoses_the_slip(capsys):
@@ -25,13 +47,64 @@ def test_the_conformance_example_passes_the_right_function_and_diagnoses_the_sli
     assert "explained by: normref with eps_mode='add_std'" in capsys.readouterr().out
 
 
-def test_the_signal_propagation_example_prints_a_row_per_block(capsys):
-    signal_propagation.main(["--depth", "3"])
-    rows = capsys.readouterr().out.strip().splitlines()
-    assert len(rows) == 1 + 4
-    assert rows[0].split() == ["block", *signal_propagation.KINDS, "1", "+", "l", "alpha^2"]
+def test_signal_propagation_follows_the_laws_and_shows_the_mean_shift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At the last block: linear branches within 2% of 2^l, 1 + l and 1 + l alpha^2 (exact in
+    expectation), ReLU branches within 10% (approximate); the NF-ResNet-50 block inputs
+    within 10% of the recursion beta_0 = 1, beta_{l+1}^2 = 1 + alpha^2 after a transition
+    block and beta_l^2 + alpha^2 otherwise.
+
+    Mean shift: with Scaled WS the rows of the weights sum to zero, so the branch adds no
+    channel mean and the squared channel mean stays at the sampling level of a batch mean,
+    E[x_l^2] / batch. Without WS, gamma * relu(z) has mean gamma / sqrt(2 pi) and the weights
+    turn it into channel means of squared size alpha^2 / (pi - 1) per block (~0.12 here):
+    far above that level.
+    """
+    _require("matplotlib")
+    result = signal_propagation.main(["--fast", "--out", str(tmp_path)])
+    settings = result["settings"]
+    depth, alpha = settings.depth, settings.alpha
+    laws = {"plain": 2.0**depth, "normalized": 1.0 + depth, "normalizer_free": 1 + depth * alpha**2}
+    for kind, law in laws.items():
+        linear, relu = (result["mean_square"][k][-1] for k in (kind, f"relu_{kind}"))
+        assert abs(linear / law - 1) <= 0.02, (kind, linear, law)
+        assert abs(relu / law - 1) <= 0.10, (f"relu_{kind}", relu, law)
+
+    expected, variance = [], 1.0
+    for blocks in (3, 4, 6, 3):
+        for block in range(blocks):
+            expected.append(math.sqrt(variance))
+            variance = 1 + alpha**2 if block == 0 else variance + alpha**2
+    measured = result["nf_resnet50"]["measured"]
+    np.testing.assert_allclose(measured, expected, rtol=0.10)
+
+    with_ws = result["squared_mean"]["relu_normalizer_free"]
+    without_ws = result["squared_mean"]["relu_normalizer_free_no_ws"]
+    sampling_level = result["mean_square"]["relu_normalizer_free"] / settings.batch
+    assert np.all(with_ws <= 2 * sampling_level), with_ws
+    assert np.all(without_ws[1:] >= 0.5 * alpha**2 / (math.pi - 1)), without_ws
+    assert without_ws[-1] >= 10 * with_ws[-1]
+
+    _assert_figures(
+        result["figures"],
+        tmp_path,
+        {
+            "signal_propagation",
+            "signal_propagation_mean_shift",
+            "signal_propagation_nf_resnet50",
+        },
+    )
+    out = capsys.readouterr().out
+    rows = out.split("E[x_l^2] per residual block")[1].strip().splitlines()[1 : depth + 3]
+    assert rows[0].split()[0] == "block"
+    assert [row.split()[0] for row in rows[1:]] == [str(level) for level in range(depth + 1)]
+    assert f"The laws at block {depth}" in out
+    assert "NF-ResNet-50 stages" in out
 
 
-def test_unknown_kind_is_refused():
+def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         signal_propagation.mean_squares("layer_normalized", 0, depth=1)
+    with pytest.raises(ValueError, match="has no law"):
+        signal_propagation.law("relu_normalizer_free_no_ws", 1, 0.5)
