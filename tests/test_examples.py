@@ -108,3 +108,31 @@ def test_unknown_kind_is_refused() -> None:
         signal_propagation.mean_squares("layer_normalized", 0, depth=1)
     with pytest.raises(ValueError, match="has no law"):
         signal_propagation.law("relu_normalizer_free_no_ws", 1, 0.5)
+
+
+def test_training_only_batch_norm_beats_as_many_random_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Frankle et al.: accuracy (a) all parameters >= (b) only gamma and beta > (c) two
+    random weights per channel > chance (10%), (b) and (c) training the same number of
+    parameters (two per hidden channel)."""
+    _require("sklearn", "matplotlib")
+    from examples import bn_only
+
+    result = bn_only.main(["--fast", "--out", str(tmp_path)])
+    accuracy = result["accuracy"]
+    assert accuracy["all"] >= accuracy["bn_only"] > accuracy["random_control"] > 0.10, accuracy
+    channels = 4 * 128  # hidden layers x width
+    assert result["trainable"]["bn_only"] == result["trainable"]["random_control"] == 2 * channels
+    assert result["gamma_near_zero"]["random_control"] == 0.0  # gamma frozen at 1
+    _assert_figures(result["figures"], tmp_path, {"bn_only_gamma_histogram", "bn_only_accuracy"})
+    out = capsys.readouterr().out
+    for label in bn_only.LABELS.values():
+        assert label in out
+
+
+def test_an_unknown_bn_only_run_is_refused() -> None:
+    from examples import bn_only
+
+    with pytest.raises(ValueError, match="run must be one of"):
+        bn_only.trainable_masks("gamma_only", {"bn0.gamma": np.ones(2)}, np.random.default_rng(0))
