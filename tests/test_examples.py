@@ -136,3 +136,37 @@ def test_an_unknown_bn_only_run_is_refused() -> None:
 
     with pytest.raises(ValueError, match="run must be one of"):
         bn_only.trainable_masks("gamma_only", {"bn0.gamma": np.ones(2)}, np.random.default_rng(0))
+
+
+def test_adaptive_gradient_clipping_keeps_a_large_learning_rate_stable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without AGC the loss diverges (is not finite or rises above a thousand times its
+    start) or ends above its start; with AGC it ends below half its start."""
+    _require("sklearn", "matplotlib")
+    from examples import agc
+
+    result = agc.main(["--fast", "--out", str(tmp_path)])
+    for curve in result["no_agc"]:
+        losses = np.asarray(curve.losses)
+        diverged = not np.all(np.isfinite(losses)) or losses.max() > 1e3 * losses[0]
+        assert diverged or losses[-1] > losses[0], losses
+    for curve in result["agc"]:
+        assert np.all(np.isfinite(curve.losses))
+        assert curve.losses[-1] < curve.losses[0] / 2, curve.losses
+    _assert_figures(result["figures"], tmp_path, {"agc_loss"})
+    out = capsys.readouterr().out
+    assert "without clipping" in out
+    assert "AGC, lambda = 0.01" in out
+
+
+def test_the_final_layer_is_left_unclipped() -> None:
+    from examples import agc
+
+    params = {"dense0.w": np.ones((3, 2)), "output.w": np.ones((2, 4)), "output.b": np.zeros(4)}
+    grads = {name: 100 * np.ones_like(value) for name, value in params.items()}
+    clipped = agc.clip_gradients(grads, params)
+    for name in ("output.w", "output.b"):
+        np.testing.assert_array_equal(clipped[name], grads[name])
+    # each unit (column) of dense0.w has norm sqrt(3); its gradient's is clipped to 0.01 of it
+    np.testing.assert_allclose(np.linalg.norm(clipped["dense0.w"], axis=0), 0.01 * math.sqrt(3))
