@@ -170,3 +170,27 @@ def test_the_final_layer_is_left_unclipped() -> None:
         np.testing.assert_array_equal(clipped[name], grads[name])
     # each unit (column) of dense0.w has norm sqrt(3); its gradient's is clipped to 0.01 of it
     np.testing.assert_allclose(np.linalg.norm(clipped["dense0.w"], axis=0), 0.01 * math.sqrt(3))
+
+
+def test_whitening_makes_the_covariance_the_identity_and_pca_swaps_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ZCA, PCA and Cholesky: every whitening W has W (C + eps I) W^T = I, so the output
+    covariance W C W^T has the eigenvalues lambda / (lambda + eps) of the input's lambda: the
+    identity but for eps, which the criterion sets aside (within 1e-6). ZCA keeps each output
+    feature on its axis from batch to batch; PCA's axes swap."""
+    _require("sklearn", "matplotlib")
+    from examples import whitening
+
+    result = whitening.main(["--fast", "--out", str(tmp_path)])
+    smallest = result["input_spectrum"].min()
+    for method in ("zca", "pca", "cholesky"):
+        assert result["max_from_eps_spectrum"][method] <= 1e-6, method
+        assert result["max_from_identity"][method] <= whitening.EPS / smallest + 1e-6, method
+    stability = result["axis_stability"]
+    assert stability["zca"] > 0.9
+    assert stability["pca"] < 0.5 * stability["zca"]
+    _assert_figures(result["figures"], tmp_path, {"whitening_spectrum", "whitening_axis_swapping"})
+    out = capsys.readouterr().out
+    for label in whitening.LABELS.values():
+        assert label in out
