@@ -38,6 +38,11 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     print()
 
 
+def counted(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless ``number`` is 1: "1 seed", "3 seeds"."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def new_figure(columns: int = 1, *, width: float = 6.0, height: float = 4.5) -> Figure:
     """A figure of ``columns`` side-by-side axes (``figure.axes``) on matplotlib's Agg canvas
     (no display, no pyplot state)."""

@@ -112,15 +112,18 @@ def plot_losses(curves: Mapping[str, Sequence[Curve]], out: Path) -> Path:
     (axes,) = figure.axes
     for (run, runs), color in zip(curves.items(), ("tab:red", "tab:blue"), strict=True):
         for index, curve in enumerate(runs):
-            axes.plot(curve.losses, color=color, alpha=0.8, label=RUNS[run] if index == 0 else None)
+            label = RUNS[run] + (", output layer unclipped" if run == "agc" else "")
+            axes.plot(curve.losses, color=color, alpha=0.8, label=label if index == 0 else None)
     start = float(np.mean([curve.start for curve in curves["agc"]]))
     axes.axhline(start, color="black", linestyle=":", label="initial loss")
     axes.axhline(start / 2, color="gray", linestyle="--", label="half the initial loss")
     axes.set_yscale("log")
     axes.set_xlabel("SGD step")
     axes.set_ylabel("training loss (log scale)")
+    seeds = len(curves["agc"])
     axes.set_title(
-        f"Digits MLP with batch norm, batch {BATCH_SIZE}, learning rate {LEARNING_RATE:g}"
+        f"Digits MLP with batch norm: SGD at batch {BATCH_SIZE}, learning rate "
+        f"{LEARNING_RATE:g} ({_output.counted(seeds, 'seed')})"
     )
     axes.legend(loc="upper right")
     return _output.save_figure(figure, out, "agc_loss")

@@ -176,8 +176,8 @@ def plot_gamma_histogram(outcomes: Mapping[str, Outcome], seeds: int, out: Path)
     axes.set_xlabel("batch norm $\\gamma$ after training (all hidden layers)")
     axes.set_ylabel("number of channels")
     axes.set_title(
-        "Training only batch norm: $\\gamma$ histogram "
-        f"(digits, {_training.HIDDEN_LAYERS} x {WIDTH} MLP, {seeds} seed(s))"
+        "$\\gamma$ after training only batch norm\n"
+        f"(digits, {_training.HIDDEN_LAYERS} x {WIDTH} MLP, {_output.counted(seeds, 'seed')})"
     )
     axes.legend(title=f"dotted: $|\\gamma| = {GAMMA_NEAR_ZERO}$")
     return _output.save_figure(figure, out, "bn_only_gamma_histogram")
@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     _output.print_table(
         f"Digits, MLP with {_training.HIDDEN_LAYERS} hidden layers of {WIDTH}, "
-        f"{settings.epochs} epochs, mean of {len(settings.seeds)} seed(s) (chance {CHANCE:.0%})",
+        f"{settings.epochs} epochs, mean of {_output.counted(len(settings.seeds), 'seed')} "
+        f"(chance {CHANCE:.0%})",
         ["run", "trainable", "test accuracy", f"|gamma| < {GAMMA_NEAR_ZERO}", "ReLUs never active"],
         [
             [

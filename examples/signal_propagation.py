@@ -84,7 +84,7 @@ class Settings:
     alpha: float = 0.5
 
 
-FULL = Settings(replicates=256)
+FULL = Settings(replicates=128)
 FAST = Settings(replicates=64, batch=128)
 
 
