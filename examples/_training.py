@@ -221,7 +221,8 @@ def train(
     trainable: Mapping[str, np.ndarray] | None = None,
     transform_grads: GradientTransform | None = None,
 ) -> TrainingRun:
-    """Momentum SGD on the softmax cross-entropy, shuffled mini-batches, cosine-decayed rate.
+    """Momentum SGD on the softmax cross-entropy over shuffled mini-batches (``momentum=0``:
+    plain SGD), the rate decayed to 0 along a cosine unless ``cosine_decay`` is False.
 
     ``trainable`` maps each parameter's name to a 0/1 mask of its shape (default: all
     ones); masked entries keep their initial values. ``transform_grads(grads, params)``
