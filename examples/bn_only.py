@@ -56,7 +56,7 @@ class Settings:
 
 
 FULL = Settings(widths=(32, 64, 128, 256), seeds=(0, 1, 2), epochs=20)
-FAST = Settings(widths=(32, 128), seeds=(0,), epochs=8)
+FAST = Settings(widths=(32, 64, 128), seeds=(0, 1), epochs=8)
 
 
 @dataclass(frozen=True)
