@@ -15,11 +15,13 @@ import pytest
 
 from examples import check_my_layer_norm, signal_propagation
 
+_PACKAGES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+
 
 def _require(*modules: str) -> None:
     for module in modules:
         pytest.importorskip(
-            module, reason=f"{module} is not installed (pip install -e '.[examples]')"
+            module, reason=f"{_PACKAGES[module]} is not installed (pip install -e '.[examples]')"
         )
 
 
