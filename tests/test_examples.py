@@ -25,6 +25,17 @@ def _require(*modules: str) -> None:
         )
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The examples' matrices are small: one BLAS thread computes them as fast as two, and
+    unlike two it does not slow to a crawl where other processes share the cores."""
+    threadpoolctl = pytest.importorskip(
+        "threadpoolctl", reason="threadpoolctl is not installed (pip install -e '.[report]')"
+    )
+    with threadpoolctl.threadpool_limits(1):
+        yield
+
+
 def _assert_figures(figures: list[Path], directory: Path, names: set[str]) -> None:
     assert {path.name for path in figures} == {f"{name}.png" for name in names}
     for path in figures:
