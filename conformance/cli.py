@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ops", help="comma-separated ops (default all)")
     run.add_argument("--case", help="run one case by id, e.g. layer_norm/outlier-1e4")
     run.add_argument("--list", action="store_true", help="list frameworks and ops, then exit")
+    run.add_argument(
+        "--thorough",
+        action="store_true",
+        help="every reduction length (1-3, 7-9, ..., 8191-8193) and realistic size, at every "
+        "dtype (default: lengths 63-65, 1023-1025, 4095-4097 and one realistic size, float32)",
+    )
     for flag in ("--json", "--markdown", "--html"):
         run.add_argument(flag, help=f"write the {flag[2:]} report to this file")
     common(run)
@@ -242,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
                 **settings,
                 case=args.case,
                 seed=args.seed,
+                thorough=args.thorough,
                 progress=progress,
             )
         else:
@@ -251,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
                 **settings,
                 case=args.case,
                 seed=args.seed,
+                thorough=args.thorough,
                 progress=progress,
             )
     print_report(result)
