@@ -140,7 +140,8 @@ def test_every_length_case_has_reductions_of_its_length(name):
             continue
         length = int(case.name.removeprefix("length-"))
         partition = op.partition(case.sample)
-        assert partition is not None and partition.M == length, case.id
+        assert partition is not None, case.id
+        assert length == partition.M, case.id
 
 
 def test_a_default_run_checks_some_lengths_in_float32_and_thorough_every_one():
