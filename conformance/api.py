@@ -61,6 +61,7 @@ def run(
     case: str | None = None,
     seed: int = 0,
     thorough: bool = False,
+    compile: bool = False,
     progress: Progress | None = None,
     backend: str | Backend | None = None,
 ) -> RunResult:
@@ -69,8 +70,10 @@ def run(
     A framework that is not installed is skipped, with the reason, in
     :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
     ``thorough`` checks every reduction length and realistic size at every dtype
-    (:func:`conformance.checked.cases.large_cases`). ``backend`` is the array
-    library the reference runs on (``"numpy"``, the default, ``"cupy"`` or
+    (:func:`conformance.checked.cases.large_cases`). ``compile`` also runs every
+    binding of a framework with a compiler through it (``torch.compile``,
+    ``jax.jit``), as implementations whose names end in ``" (compiled)"``. ``backend`` is
+    the array library the reference runs on (``"numpy"``, the default, ``"cupy"`` or
     ``"torch"``; :mod:`conformance.checked.backends`).
     """
     started = time.perf_counter()
@@ -90,7 +93,8 @@ def run(
             skipped.append({"framework": name, "reason": reason})
             continue
         versions[name] = adapter.versions()
-        bindings += [b for b in adapter.bindings if b.op in ops]
+        compiled = adapter.compiled_bindings() if compile else ()
+        bindings += [b for b in (*adapter.bindings, *compiled) if b.op in ops]
         for op in ops:
             if op not in adapter.ops():
                 lacking += _not_implemented(name, op, dtypes)
@@ -112,6 +116,7 @@ def run(
         case=case,
         seed=seed,
         thorough=thorough,
+        compile=compile,
         backend=reference.name,
     )
     outcome.skipped = skipped

@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         help="every reduction length (1-3, 7-9, ..., 8191-8193) and realistic size, at every "
         "dtype (default: lengths 63-65, 1023-1025, 4095-4097 and one realistic size, float32)",
     )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run each framework layer compiled (torch.compile with dynamic=True, "
+        "jax.jit), as implementations named '... (compiled)'; compile time is not counted",
+    )
     for flag in ("--json", "--markdown", "--html"):
         run.add_argument(flag, help=f"write the {flag[2:]} report to this file")
     common(run)
@@ -231,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     from conformance import api
     from conformance.adapters import get_adapter
     from conformance.reports import not_checked, print_report, progress_bar
+    from conformance.reports.compiled import compiled_differences
 
     if args.list:
         print(list_everything())
@@ -268,9 +275,12 @@ def _run(args: argparse.Namespace) -> int:
                 case=args.case,
                 seed=args.seed,
                 thorough=args.thorough,
+                compile=args.compile,
                 progress=progress,
             )
     print_report(result)
+    for line in compiled_differences(result):
+        print(line)
     _write_reports(result, args)
     for line in not_checked(result):
         print(f"normref-conformance: {line}", file=sys.stderr)
