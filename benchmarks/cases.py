@@ -11,71 +11,56 @@ in :mod:`benchmarks.frameworks`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from normref.registry import REGISTRY, OpSpec, Sample
-
-MAX_DRAWS = 64
-"""Seeds tried for a sample with the arguments a case names in :attr:`Case.drawn`."""
+from normref.registry import REGISTRY, BenchmarkInput, OpSpec, Sample
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked operation on one input shape.
-
-    Attributes
-    ----------
-    op
-        The registry name of the operation.
-    shape
-        Shape of the operation's primary input.
-    source
-        Where the shape comes from.
-    fixed
-        Arguments set instead of drawn (e.g. ``num_groups``).
-    quick
-        Whether ``--quick`` runs this case.
-    variant
-        What tells this case from others of the same operation and shape
-        (e.g. ``"group_size=16"``), shown after the operation's name.
-    drawn
-        Arguments the drawn sample must have, where the sampler draws them
-        along with the data that depends on them (e.g. a weight's
-        ``out_axis``): seeds 0, 1, ... are tried until one gives them.
-    fused
-        Whether normref has a fused NumPy path for the operation, so that its
-        generic path is timed too.
-    """
+    """One benchmarked operation on one of its registry benchmark inputs."""
 
     op: str
-    shape: tuple[int, ...]
-    source: str
-    fixed: Mapping[str, Any] = field(default_factory=dict)
-    quick: bool = False
-    variant: str = ""
-    drawn: Mapping[str, Any] = field(default_factory=dict)
-    fused: bool = False
+    input: BenchmarkInput
 
     @property
     def spec(self) -> OpSpec:
         """The operation's registry entry."""
         return REGISTRY[self.op]
 
-    def _draw(self) -> Sample:
-        for seed in range(MAX_DRAWS):
-            drawn = self.spec.sample(np.random.default_rng(seed), self.shape)
-            if all(drawn.kwargs.get(k, drawn.args.get(k)) == v for k, v in self.drawn.items()):
-                return drawn.replace(**self.fixed)
-        msg = f"{self.label}: no seed below {MAX_DRAWS} draws a sample with {dict(self.drawn)}"
-        raise ValueError(msg)
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the operation's primary input."""
+        return self.input.shape
+
+    @property
+    def source(self) -> str:
+        """Where the shape comes from."""
+        return self.input.description
+
+    @property
+    def quick(self) -> bool:
+        """Whether ``--quick`` runs this case."""
+        return self.input.quick
+
+    @property
+    def variant(self) -> str:
+        """What tells this case from others of the same operation and shape."""
+        return self.input.variant
+
+    @property
+    def fused(self) -> bool:
+        """Whether normref's compiled path runs the operation, so that its generic path is
+        timed too."""
+        return self.input.compiled
 
     def sample(self, dtype: str) -> Sample:
-        """The registry's sample at :attr:`shape`, its arrays as NumPy arrays of ``dtype``."""
-        drawn = self._draw()
+        """The registry's sample at :attr:`shape` (with the input's drawn and fixed
+        arguments), its arrays as NumPy arrays of ``dtype``."""
+        drawn = self.spec.draw(self.input, np.random.default_rng(0))
 
         def convert(value: Any) -> Any:
             return value.astype(dtype) if isinstance(value, np.ndarray) else value
@@ -97,19 +82,7 @@ class Case:
 
 
 def _cases(spec: OpSpec) -> tuple[Case, ...]:
-    return tuple(
-        Case(
-            spec.name,
-            bench.shape,
-            bench.description,
-            dict(bench.fixed),
-            quick=bench.quick,
-            variant=bench.variant,
-            drawn=dict(bench.drawn),
-            fused=bench.compiled,
-        )
-        for bench in spec.benchmarks
-    )
+    return tuple(Case(spec.name, bench) for bench in spec.benchmarks)
 
 
 FAMILIES: dict[str, tuple[Case, ...]] = {}

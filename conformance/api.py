@@ -60,6 +60,8 @@ def run(
     dtypes: Sequence[str] = DEFAULT_DTYPES,
     case: str | None = None,
     seed: int = 0,
+    thorough: bool = False,
+    compile: bool = False,
     progress: Progress | None = None,
     backend: str | Backend | None = None,
 ) -> RunResult:
@@ -67,8 +69,12 @@ def run(
 
     A framework that is not installed is skipped, with the reason, in
     :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
-    ``backend`` is the array library the reference runs on (``"numpy"``, the
-    default, ``"cupy"`` or ``"torch"``; :mod:`conformance.checked.backends`).
+    ``thorough`` checks every reduction length and realistic size at every dtype
+    (:func:`conformance.checked.cases.large_cases`). ``compile`` also runs every
+    binding of a framework with a compiler through it (``torch.compile``,
+    ``jax.jit``), as implementations whose names end in ``" (compiled)"``. ``backend`` is
+    the array library the reference runs on (``"numpy"``, the default, ``"cupy"`` or
+    ``"torch"``; :mod:`conformance.checked.backends`).
     """
     started = time.perf_counter()
     reference = get_backend(backend)
@@ -87,12 +93,19 @@ def run(
             skipped.append({"framework": name, "reason": reason})
             continue
         versions[name] = adapter.versions()
-        bindings += [b for b in adapter.bindings if b.op in ops]
+        compiled = adapter.compiled_bindings() if compile else ()
+        bindings += [b for b in (*adapter.bindings, *compiled) if b.op in ops]
         for op in ops:
             if op not in adapter.ops():
                 lacking += _not_implemented(name, op, dtypes)
     results = run_bindings(
-        bindings, dtypes, case_id=case, seed=seed, progress=progress, backend=reference
+        bindings,
+        dtypes,
+        case_id=case,
+        seed=seed,
+        thorough=thorough,
+        progress=progress,
+        backend=reference,
     )
     outcome = run_result(
         results + lacking,
@@ -102,6 +115,8 @@ def run(
         dtypes=list(dtypes),
         case=case,
         seed=seed,
+        thorough=thorough,
+        compile=compile,
         backend=reference.name,
     )
     outcome.skipped = skipped
@@ -120,6 +135,7 @@ def check(
     dtypes: Sequence[str] | None = None,
     case: str | None = None,
     seed: int = 0,
+    thorough: bool = False,
     progress: Progress | None = None,
     backend: str | Backend | None = None,
 ) -> RunResult:
@@ -147,6 +163,9 @@ def check(
         Default: every dtype the array type has.
     case, seed
         One case id only; the suite's seed.
+    thorough
+        Every reduction length and realistic size at every dtype (a default
+        run checks some of them, in float32).
     backend
         The array library normref's reference runs on: ``"numpy"`` (default),
         ``"cupy"`` (on the GPU) or ``"torch"`` (:mod:`conformance.checked.backends`).
@@ -160,7 +179,13 @@ def check(
     reference = get_backend(backend)
     binding, chosen = function_under_test(fn, op, convention, array_type, vjp, dtypes)
     results = run_bindings(
-        [binding], chosen, case_id=case, seed=seed, progress=progress, backend=reference
+        [binding],
+        chosen,
+        case_id=case,
+        seed=seed,
+        thorough=thorough,
+        progress=progress,
+        backend=reference,
     )
     outcome = run_result(
         results,

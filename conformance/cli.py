@@ -81,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ops", help="comma-separated ops (default all)")
     run.add_argument("--case", help="run one case by id, e.g. layer_norm/outlier-1e4")
     run.add_argument("--list", action="store_true", help="list frameworks and ops, then exit")
+    run.add_argument(
+        "--thorough",
+        action="store_true",
+        help="every reduction length (1-3, 7-9, ..., 8191-8193) and realistic size, at every "
+        "dtype (default: lengths 63-65, 1023-1025, 4095-4097 and one realistic size, float32)",
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run each framework layer compiled (torch.compile with dynamic=True, "
+        "jax.jit), as implementations named '... (compiled)'; compile time is not counted",
+    )
     for flag in ("--json", "--markdown", "--html"):
         run.add_argument(flag, help=f"write the {flag[2:]} report to this file")
     common(run)
@@ -96,7 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     golden.add_argument("--ops", help="comma-separated ops (default all)")
     golden.add_argument("--convention", help="the convention of the reference (default normref)")
     golden.add_argument(
-        "--dtypes", default="float16,bfloat16,float32,float64", help="comma-separated dtypes"
+        "--dtypes",
+        help="comma-separated dtypes (default float16,bfloat16,float32,float64; for "
+        "onnx-backend float32)",
+    )
+    golden.add_argument(
+        "--format",
+        choices=("npz", "onnx-backend"),
+        default="npz",
+        help="npz: NPZ files and a JSON manifest (default); onnx-backend: ONNX backend-test "
+        "directories of the cases an ONNX operator computes",
     )
     golden.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0)")
     backend(golden)
@@ -216,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     from conformance import api
     from conformance.adapters import get_adapter
     from conformance.reports import not_checked, print_report, progress_bar
+    from conformance.reports.compiled import compiled_differences
 
     if args.list:
         print(list_everything())
@@ -242,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
                 **settings,
                 case=args.case,
                 seed=args.seed,
+                thorough=args.thorough,
                 progress=progress,
             )
         else:
@@ -251,9 +274,13 @@ def _run(args: argparse.Namespace) -> int:
                 **settings,
                 case=args.case,
                 seed=args.seed,
+                thorough=args.thorough,
+                compile=args.compile,
                 progress=progress,
             )
     print_report(result)
+    for line in compiled_differences(result):
+        print(line)
     _write_reports(result, args)
     for line in not_checked(result):
         print(f"normref-conformance: {line}", file=sys.stderr)
@@ -292,22 +319,42 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from conformance.checked.formats import DTYPES
     from conformance.checked.models import model_of
     from conformance.golden import export_golden
 
     ops = _names(args.ops)
-    settings = _settings(args, ops=ops)
+    defaults = ("float32",) if args.format == "onnx-backend" else DTYPES
+    settings = _settings(args, ops=ops, default_dtypes=defaults)
     with _arguments():
         model = model_of(args.convention)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         msg = f"--out must name a directory, and {args.out} is a file"
         raise UsageError(msg)
     try:
+        if args.format == "onnx-backend":
+            return _export_onnx_backend(args, ops, model, settings)
         path = export_golden(args.out, ops=ops, convention=model, seed=args.seed, **settings)
     except OSError as error:
         raise UsageError(f"cannot write the golden vectors to {args.out}: {error}") from error
     count = len(json.loads(path.read_text())["vectors"])
     print(f"wrote {count} vectors and {path}")
+    return 0
+
+
+def _export_onnx_backend(
+    args: argparse.Namespace, ops: list[str] | None, model: Any, settings: dict[str, Any]
+) -> int:
+    from conformance.checked.models import NORMREF
+    from conformance.onnx_backend import KIND, export_onnx_backend
+
+    if model != NORMREF:
+        msg = (
+            "--convention does not apply to onnx-backend: each operator's convention is the suite's"
+        )
+        raise UsageError(msg)
+    written = export_onnx_backend(args.out, ops=ops, dtypes=settings["dtypes"], seed=args.seed)
+    print(f"wrote {len(written)} ONNX backend tests under {Path(args.out) / KIND}")
     return 0
 
 

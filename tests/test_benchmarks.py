@@ -15,6 +15,7 @@ from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result
 from benchmarks.timing import interleaved_minimum
 from normref import _fused
+from normref.registry import BenchmarkInput
 
 CASES = [pytest.param(case, id=case.label) for cases in FAMILIES.values() for case in cases]
 
@@ -122,15 +123,17 @@ def test_cases_sample_their_shape_dtype_and_layout(case):
     sample = case.sample("float32")
     x = sample.args[case.spec.primary]
     assert (x.shape, x.dtype) == (case.shape, np.float32)
-    for name, value in {**case.drawn, **case.fixed}.items():
+    for name, value in {**case.input.drawn, **case.input.fixed}.items():
         assert sample.kwargs.get(name, sample.args.get(name)) == value
     assert case.op in TORCH
     assert case.op in JAX
 
 
-def test_a_layout_no_seed_draws_is_refused():
-    case = Case("weight_standardize", (4, 3), "test", drawn={"out_axis": 1})
-    with pytest.raises(ValueError, match=r"no seed below 64 draws a sample with \{'out_axis': 1\}"):
+def test_a_layout_no_draw_has_is_refused():
+    case = Case("weight_standardize", BenchmarkInput((4, 3), "test", drawn={"out_axis": 1}))
+    with pytest.raises(
+        ValueError, match=r"none of 64 draws of shape \(4, 3\) has \{'out_axis': 1\}"
+    ):
         case.sample("float32")
 
 
@@ -141,8 +144,9 @@ SMALL_SIZES = {"num_groups": 4, "group_size": 4}
 def _small(case):
     """The case's sample at a small shape of the same layout (its fixed and drawn arguments)."""
     shape = tuple(min(size, 8) for size in case.shape)
-    fixed = {k: SMALL_SIZES.get(k, v) for k, v in case.fixed.items()}
-    return case.spec, dataclasses.replace(case, shape=shape, fixed=fixed).sample("float64")
+    fixed = {k: SMALL_SIZES.get(k, v) for k, v in case.input.fixed.items()}
+    small = case.input._replace(shape=shape, fixed=fixed)
+    return case.spec, dataclasses.replace(case, input=small).sample("float64")
 
 
 @pytest.mark.parametrize("case", CASES)

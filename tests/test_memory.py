@@ -21,7 +21,7 @@ from benchmarks.run import MEMORY_TARGETS
 from normref import _fused
 from normref._lib import in_place as _in_place
 from normref.affine import affine
-from normref.registry import REGISTRY
+from normref.registry import REGISTRY, BenchmarkInput
 from tests.registry_cases import on_backend
 from tests.support import Backend, assert_close_to_scale
 
@@ -109,18 +109,28 @@ def test_inputs_stay_as_they_were(name, precision, dtype, backend: Backend):
 
 
 MEMORY_CASES = [
-    pytest.param(Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 8}), id="whiten-8"),
-    pytest.param(Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 32}), id="whiten-32"),
     pytest.param(
-        Case("scaled_weight_standardize", (128, 64, 3, 3), "test", drawn={"out_axis": 0}),
+        Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 8})),
+        id="whiten-8",
+    ),
+    pytest.param(
+        Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 32})),
+        id="whiten-32",
+    ),
+    pytest.param(
+        Case(
+            "scaled_weight_standardize",
+            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}),
+        ),
         id="scaled-ws",
     ),
     pytest.param(
-        Case("adaptive_grad_clip", (128, 64, 3, 3), "test", drawn={"out_axis": 0}), id="agc"
+        Case("adaptive_grad_clip", BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0})),
+        id="agc",
     ),
     # few long rows: the parameters' partial sums of the fused path are held to x / 8 each
     pytest.param(
-        Case("layer_norm", (16, 131072), "test", fused=True),
+        Case("layer_norm", BenchmarkInput((16, 131072), "test", compiled=True)),
         id="layer-norm-long-rows",
     ),
 ]
@@ -149,7 +159,7 @@ def test_peak_memory_meets_the_targets(case: Case, precision, kind):
 def test_batch_whitening_needs_no_full_size_array_beyond_its_copies():
     """Native precision: the canonical copy the operation works in and the output (2x the
     input), plus one block of rows and the D x D matrices; the backward likewise."""
-    case = Case("batch_whiten", (64, 32, 8, 8), "test", {"group_size": 8})
+    case = Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 8}))
     sample = case.sample("float32").replace(precision="native")
     x = sample.args["x"]
     assert traced_peak(lambda: normref.batch_whiten(**sample.args, **sample.kwargs)) <= (

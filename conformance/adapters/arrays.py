@@ -9,7 +9,10 @@ when their kind is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,45 @@ Function = Callable[[dict[str, Native]], tuple[Native, dict[str, Native]]]
 
 class ArrayKindUnavailableError(RuntimeError):
     """The framework of an array kind is not installed."""
+
+
+@dataclass
+class SetupClock:
+    """Seconds spent compiling while it was open (not counted in a row's time)."""
+
+    seconds: float = 0.0
+
+
+_COMPILING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "conformance_compiling", default=False
+)
+_SETUP: contextvars.ContextVar[SetupClock | None] = contextvars.ContextVar(
+    "conformance_setup", default=None
+)
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """Within the block, implementations run compiled: ``torch.compile`` (``dynamic=True``,
+    ``fullgraph=True``) for torch tensors, ``jax.jit`` of the forward and the backward
+    together for JAX arrays. Each evaluation compiles first (timed on the open
+    :func:`setup_clock`), then runs again for the values it reports."""
+    token = _COMPILING.set(True)
+    try:
+        yield
+    finally:
+        _COMPILING.reset(token)
+
+
+@contextlib.contextmanager
+def setup_clock() -> Iterator[SetupClock]:
+    """A clock of the compilation done in the block (:func:`compiling`)."""
+    clock = SetupClock()
+    token = _SETUP.set(clock)
+    try:
+        yield clock
+    finally:
+        _SETUP.reset(token)
 
 
 @dataclass(frozen=True)
@@ -57,6 +99,12 @@ class ArrayKind:
         """``fn`` on ``arrays`` and the gradients of its ``y`` along ``dy`` for ``wrt``."""
         raise NotImplementedError
 
+    def compiled(self, fn: Function) -> Function:
+        """``fn`` compiled by this kind's compiler (forward only; the backward of a compiled
+        forward is compiled by the same autograd)."""
+        msg = f"{self.name} arrays have no compiler"
+        raise NotImplementedError(msg)
+
     def evaluate(
         self,
         fn: Function,
@@ -64,14 +112,37 @@ class ArrayKind:
         wrt: tuple[str, ...],
         dy: np.ndarray | None,
     ) -> Evaluation:
-        """Run ``fn`` on ``inputs`` (values and dtypes) and, given ``dy``, its backward."""
+        """Run ``fn`` on ``inputs`` (values and dtypes) and, given ``dy``, its backward; within
+        :func:`compiling`, compiled, after a first run that compiles it."""
+        if _COMPILING.get():
+            started = time.perf_counter()
+            fn = self.compiled(fn)
+            self._outputs(fn, inputs, wrt, dy)
+            clock = _SETUP.get()
+            if clock is not None:
+                clock.seconds += time.perf_counter() - started
+        y, state, grads = self._outputs(fn, inputs, wrt, dy)
+        return self._evaluation({"y": y, **state}, grads, inputs)
+
+    def _outputs(
+        self,
+        fn: Function,
+        inputs: dict[str, tuple[np.ndarray, str]],
+        wrt: tuple[str, ...],
+        dy: np.ndarray | None,
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
         arrays = {name: self.asarray(values, dtype) for name, (values, dtype) in inputs.items()}
         if dy is None:
             y, state = fn(arrays)
-            grads: dict[str, Native | None] = {}
-        else:
-            y, state, grads = self.vjp(fn, arrays, wrt, dy)
-        outputs = {"y": y, **state}
+            return y, state, {}
+        return self.vjp(fn, arrays, wrt, dy)
+
+    def _evaluation(
+        self,
+        outputs: dict[str, Native],
+        grads: dict[str, Native | None],
+        inputs: dict[str, tuple[np.ndarray, str]],
+    ) -> Evaluation:
         values = {k: self.to_numpy(v) for k, v in outputs.items()}
         dtypes = {k: self.dtype_name(v) for k, v in outputs.items()}
         for name, grad in grads.items():
@@ -129,6 +200,13 @@ class TorchKind(ArrayKind):
         grads = torch.autograd.grad(y, leaves, grad_outputs=cotangent, allow_unused=True)
         return y, state, dict(zip(wrt, grads, strict=True))
 
+    def compiled(self, fn: Function) -> Function:
+        """``torch.compile(fn, dynamic=True, fullgraph=True)``, from a fresh cache: a graph
+        break or a failed compile raises instead of running eagerly."""
+        self.torch._dynamo.reset()
+        compiled: Function = self.torch.compile(fn, dynamic=True, fullgraph=True)
+        return compiled
+
 
 class JaxKind(ArrayKind):
     """JAX arrays (64-bit mode enabled, for float64); gradients by ``jax.vjp``."""
@@ -163,6 +241,12 @@ class JaxKind(ArrayKind):
         y, pullback, state = self.jax.vjp(on, *(arrays[n] for n in wrt), has_aux=True)
         grads = pullback(self.jnp.asarray(dy, dtype=y.dtype))
         return y, state, dict(zip(wrt, grads, strict=True))
+
+    def compiled(self, fn: Function) -> Function:
+        """``jax.jit(fn)``; its VJP is then the transpose of the compiled computation, run
+        compiled too."""
+        compiled: Function = self.jax.jit(fn)
+        return compiled
 
 
 ARRAY_KINDS: dict[str, Callable[[], ArrayKind]] = {

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from conformance.adapters.arrays import ArrayKind, Evaluation, Function
+from conformance.adapters.arrays import ArrayKind, Evaluation, Function, compiling
 from conformance.checked.cases import Prepared
 from conformance.checked.formats import DTYPES
 from conformance.checked.models import NORMREF, Model
@@ -91,6 +92,16 @@ class Adapter:
     bindings: tuple[Binding, ...]
     versions: Callable[[], dict[str, str]] = field(default=dict)
     install_hint: str = ""
+    compiler: str = ""
+    """The framework's compiler its bindings run through under ``--compile`` (``"torch.compile"``,
+    ``"jax.jit"``); empty where it has none the suite uses."""
+
+    def compiled_bindings(self) -> tuple[Binding, ...]:
+        """Every binding run through :attr:`compiler`, as an implementation of its own whose
+        label ends in ``" (compiled)"`` (none where the adapter has no compiler)."""
+        if not self.compiler:
+            return ()
+        return tuple(_compiled(b, self.compiler) for b in self.bindings)
 
     def unavailable(self) -> str | None:
         """Why the adapter cannot run here, or ``None`` when it can."""
@@ -104,6 +115,20 @@ class Adapter:
     def ops(self) -> tuple[str, ...]:
         """The ops this adapter implements, in binding order."""
         return tuple(dict.fromkeys(b.op for b in self.bindings))
+
+
+def _compiled(binding: Binding, compiler: str) -> Binding:
+    def run(prepared: Prepared, model: Model, backward: bool) -> Evaluation:
+        with compiling():
+            return binding.run(prepared, model, backward)
+
+    notes = f"through {compiler} (its compile time is not counted)"
+    return dataclasses.replace(
+        binding,
+        label=f"{binding.label} (compiled)",
+        run=run,
+        notes=f"{binding.notes}; {notes}" if binding.notes else notes,
+    )
 
 
 STATE = ("running_mean", "running_var")

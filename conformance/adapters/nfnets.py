@@ -85,4 +85,5 @@ ADAPTER = Adapter(
     ),
     versions=_versions,
     install_hint="pip install -e '.[jax]'",
+    compiler="jax.jit",
 )

@@ -19,6 +19,7 @@ normalizes ``[axis, rank)``); both moves are exact.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -283,3 +284,116 @@ ONNX_REFERENCE = Adapter(
     versions=_onnx_versions,
     install_hint="pip install -e '.[onnx]'",
 )
+
+
+# ----------------------------------------------------------------------------- backend tests
+
+MVN_EPS = 1e-9
+"""MeanVarianceNormalization's ``eps``, fixed in its function body and added to the
+standard deviation."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """An ONNX operator that computes an op: ``node(prepared)`` builds it for a case,
+    ``sample`` turns the op's case into the operator's (its fixed choices), and ``model``
+    is the convention its rows are judged under."""
+
+    op: str
+    label: str
+    node: Callable[[Prepared], Node]
+    model: Model
+    sample: Callable[[Prepared], Prepared] = lambda prepared: prepared
+
+
+def _layout(op: str, label: str) -> Callable[[Prepared], Node]:
+    """The node the onnx adapter builds for ``op`` (its binding labelled ``label``)."""
+    found = next(layout for o, name, layout, _ in LAYOUTS if o == op and name == label)
+    return lambda prepared: found(prepared)[0]
+
+
+def _model(op: str, label: str) -> Model:
+    return next(model for o, name, _, model in LAYOUTS if o == op and name == label)
+
+
+def _at_opset(node: Callable[[Prepared], Node], opset: int) -> Callable[[Prepared], Node]:
+    """``node`` at another opset of the same semantics."""
+
+    def build(prepared: Prepared) -> Node:
+        found = node(prepared)
+        return Node(found.op_type, opset, found.inputs, found.attributes, found.outputs)
+
+    return build
+
+
+def _mvn_sample(prepared: Prepared) -> Prepared:
+    """A batch-norm case as MVN computes it: no affine, its own ``eps`` on the deviation."""
+    sample = prepared.sample.replace(gamma=None, beta=None, eps=MVN_EPS, eps_mode="add_std")
+    return Prepared(prepared.case, prepared.dtype, sample, prepared.dy)
+
+
+def _mvn_node(prepared: Prepared) -> Node:
+    x = np.asarray(prepared.sample.args["x"], dtype=prepared.dtype)
+    axes = [a for a in range(x.ndim) if a != 1]
+    return Node("MeanVarianceNormalization", 13, {"X": x}, {"axes": axes})
+
+
+def _lp_sample(prepared: Prepared) -> Prepared:
+    sample = prepared.sample.replace(g=None)
+    return Prepared(prepared.case, prepared.dtype, sample, prepared.dy)
+
+
+def _lp_node(prepared: Prepared) -> Node:
+    v = np.asarray(prepared.sample.args["v"], dtype=prepared.dtype)
+    return Node("LpNormalization", 1, {"input": v}, {"axis": 1, "p": 2})
+
+
+_BN_STATISTICS = "BatchNormalization-15 (training_mode=1, running statistics)"
+BACKEND_TESTS: tuple[Operator, ...] = (
+    Operator(
+        "batch_norm_train",
+        "BatchNormalization-15",
+        _layout("batch_norm_train", _BN_STATISTICS),
+        _model("batch_norm_train", _BN_STATISTICS),
+    ),
+    Operator(
+        "batch_norm_inference",
+        "BatchNormalization-15",
+        _layout("batch_norm_inference", "BatchNormalization-15"),
+        _model("batch_norm_inference", "BatchNormalization-15"),
+    ),
+    Operator(
+        "instance_norm",
+        "InstanceNormalization-6",
+        _at_opset(_layout("instance_norm", "InstanceNormalization-22"), 6),
+        _model("instance_norm", "InstanceNormalization-22"),
+    ),
+    Operator(
+        "layer_norm",
+        "LayerNormalization-17",
+        _layout("layer_norm", "LayerNormalization-17"),
+        _model("layer_norm", "LayerNormalization-17"),
+    ),
+    Operator(
+        "group_norm",
+        "GroupNormalization-21",
+        _layout("group_norm", "GroupNormalization-21"),
+        _model("group_norm", "GroupNormalization-21"),
+    ),
+    Operator(
+        "batch_norm",
+        "MeanVarianceNormalization-13",
+        _mvn_node,
+        MODEL.replace(eps_mode="add_std", batch_norm_eps=MVN_EPS),
+        _mvn_sample,
+    ),
+    Operator("weight_norm", "LpNormalization-1", _lp_node, MODEL, _lp_sample),
+    Operator(
+        "rms_norm",
+        "RMSNormalization-23",
+        _layout("rms_norm", "RMSNormalization-23"),
+        _model("rms_norm", "RMSNormalization-23"),
+    ),
+)
+"""Every operator whose ONNX backend tests ``export-golden --format onnx-backend`` writes
+(:mod:`conformance.onnx_backend`), with the op whose cases it takes."""

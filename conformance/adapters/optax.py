@@ -132,4 +132,5 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[jax]'",
+    compiler="jax.jit",
 )

@@ -24,15 +24,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from conformance.adapters.arrays import Native
 from conformance.adapters.base import Adapter, Binding, unit_axis
 from conformance.adapters.torch import (
-    _call_module,
-    _channels_at_1,
-    _eps,
-    _normalized_shape,
-    _trailing,
+    Call,
+    Compute,
+    channels,
+    channels_at_1,
+    eps_keyword,
+    has_affine,
+    module_call,
+    normalized_shape,
+    on_dtype,
     torch_run,
+    trailing,
 )
 from conformance.checked.cases import Prepared
 from conformance.checked.models import FRAMEWORK_MODELS
@@ -47,54 +54,62 @@ def _layers() -> Any:
     return timm.layers
 
 
-def _layer_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+def _layer_norm(prepared: Prepared) -> Compute:
     module = _layers().LayerNorm(
-        _normalized_shape(prepared), affine="gamma" in arrays, **_eps(prepared)
+        normalized_shape(prepared), affine=has_affine(prepared), **eps_keyword(prepared)
     )
-    return _call_module(module, arrays, arrays["x"])
+    return module_call(on_dtype(module, prepared))
 
 
-def _rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+def _rms_norm(prepared: Prepared) -> Compute:
     module = _layers().RmsNorm(
-        _normalized_shape(prepared), affine="gamma" in arrays, **_eps(prepared)
+        normalized_shape(prepared), affine=has_affine(prepared), **eps_keyword(prepared)
     )
-    return _call_module(module, arrays, arrays["x"])
+    return module_call(on_dtype(module, prepared))
 
 
-def _group_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    x = arrays["x"]
+def _group_norm(prepared: Prepared) -> Compute:
+    c, _ = channels(prepared)
     module = _layers().GroupNorm(
-        x.shape[1], prepared.sample.args["num_groups"], affine="gamma" in arrays, **_eps(prepared)
+        c, prepared.sample.args["num_groups"], affine=has_affine(prepared), **eps_keyword(prepared)
     )
-    return _call_module(module, arrays, x)
+    return module_call(on_dtype(module, prepared))
 
 
-def _standardized(scaled: bool) -> Any:
+def _standardized(scaled: bool) -> Call:
     """``StdConv2d`` or ``ScaledStdConv2d`` on the case's weight as a ``1 x 1`` kernel."""
 
-    def call(arrays: dict[str, Native], prepared: Prepared) -> Native:
+    def call(prepared: Prepared) -> Compute:
         import torch
-        from torch.func import functional_call
 
-        w, axis = arrays["w"], unit_axis(prepared)
-        moved = torch.movedim(w, axis, 0)
-        units, fan_in = moved.shape[0], moved[0].numel()
-        kernel = moved.reshape(units, fan_in, 1, 1)
+        shape, axis = prepared.sample.args["w"].shape, unit_axis(prepared)
+        units = shape[axis]
+        fan_in = int(np.prod(shape)) // units
         eps = prepared.sample.kwargs["eps"]
         layers = _layers()
         if scaled:
             gamma = prepared.sample.kwargs.get("gamma", 1.0)
             module = layers.ScaledStdConv2d(fan_in, units, 1, padding=0, gamma=gamma, eps=eps)
-            replaced = {"weight": kernel, "bias": torch.zeros(units, dtype=w.dtype)}
-            if arrays.get("gain") is not None:
-                replaced["gain"] = arrays["gain"].reshape(units, 1, 1, 1)
         else:
             module = layers.StdConv2d(fan_in, units, 1, padding=0, eps=eps)
-            replaced = {"weight": kernel}
-        identity = torch.eye(fan_in, dtype=w.dtype).reshape(fan_in, fan_in, 1, 1)
-        out = functional_call(module.to(w.dtype), replaced, (identity,))
-        standardized = out.reshape(fan_in, units).T.reshape(moved.shape)
-        return torch.movedim(standardized, 0, axis)
+        module = on_dtype(module, prepared)
+
+        def compute(arrays: dict[str, Native]) -> Native:
+            from torch.func import functional_call
+
+            w = arrays["w"]
+            moved = torch.movedim(w, axis, 0)
+            replaced = {"weight": moved.reshape(units, fan_in, 1, 1)}
+            if scaled:
+                replaced["bias"] = torch.zeros(units, dtype=w.dtype)
+                if arrays.get("gain") is not None:
+                    replaced["gain"] = arrays["gain"].reshape(units, 1, 1, 1)
+            identity = torch.eye(fan_in, dtype=w.dtype).reshape(fan_in, fan_in, 1, 1)
+            out = functional_call(module, replaced, (identity,))
+            standardized = out.reshape(fan_in, units).T.reshape(moved.shape)
+            return torch.movedim(standardized, 0, axis)
+
+        return compute
 
     return call
 
@@ -108,9 +123,9 @@ BINDINGS = tuple(
             "timm.layers.ScaledStdConv2d (weight)",
             _standardized(scaled=True),
         ),
-        ("layer_norm", "timm.layers.LayerNorm", _trailing(_layer_norm)),
-        ("group_norm", "timm.layers.GroupNorm", _channels_at_1(_group_norm)),
-        ("rms_norm", "timm.layers.RmsNorm", _trailing(_rms_norm)),
+        ("layer_norm", "timm.layers.LayerNorm", trailing(_layer_norm)),
+        ("group_norm", "timm.layers.GroupNorm", channels_at_1(_group_norm)),
+        ("rms_norm", "timm.layers.RmsNorm", trailing(_rms_norm)),
     )
 )
 
@@ -129,6 +144,7 @@ ADAPTER = Adapter(
     requires=("timm", "torch"),
     bindings=BINDINGS,
     versions=_versions,
+    compiler="torch.compile",
     install_hint=(
         "pip install timm, with a torchvision built for the installed torch (same release, "
         "CPU or CUDA build alike: PyPI's torchvision wheels need a CUDA torch)"

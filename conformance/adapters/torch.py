@@ -49,7 +49,11 @@ MODEL = FRAMEWORK_MODELS["torch"]
 U_FIRST = MODEL.replace(power_iteration_order="u_first")
 """``parametrizations.spectral_norm``: ``u <- n(W v)``, then ``v <- n(W^T u)``."""
 
-Call = Callable[[dict[str, Native], Prepared], Native | tuple[Native, dict[str, Native]]]
+Compute = Callable[[dict[str, Native]], Native | tuple[Native, dict[str, Native]]]
+"""The framework's computation on a case's tensors (its output, or the output and state)."""
+Call = Callable[[Prepared], Compute]
+"""A binding's setup for a case (modules built, arguments read) returning its computation:
+the setup stays outside a compiled region, which holds the computation alone."""
 
 
 def _torch() -> Any:
@@ -58,7 +62,7 @@ def _torch() -> Any:
     return torch
 
 
-def _eps(prepared: Prepared) -> dict[str, float]:
+def eps_keyword(prepared: Prepared) -> dict[str, float]:
     """``eps`` as a keyword, or nothing when the case calls with the default."""
     if prepared.case.default_eps:
         return {}
@@ -69,36 +73,48 @@ def _channel_axis(prepared: Prepared) -> int:
     return get_op(prepared.case.op).param_axes(prepared.sample)[0]
 
 
-def _channels_at_1(call: Call) -> Call:
+def channels(prepared: Prepared) -> tuple[int, int]:
+    """The number of channels and the rank of the case's ``x``."""
+    x = prepared.sample.args["x"]
+    return x.shape[_channel_axis(prepared)], x.ndim
+
+
+def channels_at_1(call: Call) -> Call:
     """Move the channel axis to 1 for ``call`` and back."""
 
-    def moved(arrays: dict[str, Native], prepared: Prepared) -> Any:
-        torch = _torch()
-        axis = _channel_axis(prepared)
-        x = torch.movedim(arrays["x"], axis, 1)
-        result = call({**arrays, "x": x}, prepared)
-        if isinstance(result, tuple):
-            return torch.movedim(result[0], 1, axis), result[1]
-        return torch.movedim(result, 1, axis)
+    def bound(prepared: Prepared) -> Compute:
+        torch, axis, compute = _torch(), _channel_axis(prepared), call(prepared)
 
-    return moved
+        def moved(arrays: dict[str, Native]) -> Any:
+            result = compute({**arrays, "x": torch.movedim(arrays["x"], axis, 1)})
+            if isinstance(result, tuple):
+                return torch.movedim(result[0], 1, axis), result[1]
+            return torch.movedim(result, 1, axis)
+
+        return moved
+
+    return bound
 
 
-def _trailing(call: Callable[[dict[str, Native], Prepared], Native]) -> Call:
+def trailing(call: Callable[[Prepared], Callable[[dict[str, Native]], Native]]) -> Call:
     """Permute the normalized axes to the end (in order) for ``call`` and back."""
 
-    def moved(arrays: dict[str, Native], prepared: Prepared) -> Any:
+    def bound(prepared: Prepared) -> Compute:
         axes = get_op(prepared.case.op).param_axes(prepared.sample)
-        x = arrays["x"]
-        order = [a for a in range(x.ndim) if a not in axes] + list(axes)
-        inverse = sorted(range(x.ndim), key=order.__getitem__)
-        y = call({**arrays, "x": x.permute(order)}, prepared)
-        return y.permute(inverse)
+        ndim = prepared.sample.args["x"].ndim
+        order = [a for a in range(ndim) if a not in axes] + list(axes)
+        inverse = sorted(range(ndim), key=order.__getitem__)
+        compute = call(prepared)
 
-    return moved
+        def moved(arrays: dict[str, Native]) -> Any:
+            return compute({**arrays, "x": arrays["x"].permute(order)}).permute(inverse)
+
+        return moved
+
+    return bound
 
 
-def _normalized_shape(prepared: Prepared) -> list[int]:
+def normalized_shape(prepared: Prepared) -> list[int]:
     axes = get_op(prepared.case.op).param_axes(prepared.sample)
     return [prepared.sample.args["x"].shape[a] for a in axes]
 
@@ -112,165 +128,174 @@ def _module(kind: str, ndim: int) -> Any:
     return getattr(_torch().nn, f"{kind}{dims[ndim]}d")
 
 
+def has_affine(prepared: Prepared) -> bool:
+    return prepared.sample.args.get("gamma") is not None
+
+
 def _affine(arrays: dict[str, Native]) -> dict[str, Native]:
     return {k: arrays[v] for k, v in (("weight", "gamma"), ("bias", "beta")) if v in arrays}
 
 
-def _call_module(module: Any, arrays: dict[str, Native], x: Native, **buffers: Native) -> Native:
-    from torch.func import functional_call
+def module_call(module: Any, x_name: str = "x", **buffers: str) -> Compute:
+    """``module`` on the case's ``x`` with its affine (and ``buffers``: module buffer -> case
+    tensor) taken from the case's tensors (``torch.func.functional_call``)."""
 
-    return functional_call(module, {**_affine(arrays), **buffers}, (x,))
+    def compute(arrays: dict[str, Native]) -> Native:
+        from torch.func import functional_call
+
+        tensors = {**_affine(arrays), **{b: arrays[a] for b, a in buffers.items()}}
+        return functional_call(module, tensors, (arrays[x_name],))
+
+    return compute
+
+
+def on_dtype(module: Any, prepared: Prepared) -> Any:
+    """``module`` with its parameters and buffers in the case's dtype."""
+    return module.to(getattr(_torch(), prepared.dtype))
 
 
 # ----------------------------------------------------------------------------- batch norm
 
 
-def _f_batch_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.batch_norm(
-        arrays["x"],
-        None,
-        None,
-        arrays.get("gamma"),
-        arrays.get("beta"),
-        training=True,
-        **_eps(prepared),
+def _f_batch_norm(prepared: Prepared) -> Compute:
+    f, eps = _torch().nn.functional, eps_keyword(prepared)
+    return lambda arrays: f.batch_norm(
+        arrays["x"], None, None, arrays.get("gamma"), arrays.get("beta"), training=True, **eps
     )
 
 
-def _nn_batch_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    x = arrays["x"]
-    module = _module("BatchNorm", x.ndim)(
-        x.shape[1], affine="gamma" in arrays, track_running_stats=False, **_eps(prepared)
+def _nn_batch_norm(prepared: Prepared) -> Compute:
+    c, ndim = channels(prepared)
+    module = _module("BatchNorm", ndim)(
+        c, affine=has_affine(prepared), track_running_stats=False, **eps_keyword(prepared)
     ).train()
-    return _call_module(module, arrays, x)
+    return module_call(on_dtype(module, prepared))
 
 
-def _nn_batch_norm_train(
-    arrays: dict[str, Native], prepared: Prepared
-) -> tuple[Native, dict[str, Native]]:
-    x = arrays["x"]
-    mean, var = arrays["running_mean"].clone(), arrays["running_var"].clone()
-    module = _module("BatchNorm", x.ndim)(
-        x.shape[1],
-        affine="gamma" in arrays,
+def _nn_batch_norm_train(prepared: Prepared) -> Compute:
+    c, ndim = channels(prepared)
+    module = _module("BatchNorm", ndim)(
+        c,
+        affine=has_affine(prepared),
         momentum=prepared.sample.kwargs["momentum"],  # torch: the weight of the new batch
-        **_eps(prepared),
+        **eps_keyword(prepared),
     ).train()
-    y = _call_module(module, arrays, x, running_mean=mean, running_var=var)
-    return y, {"running_mean": mean, "running_var": var}
+    module = on_dtype(module, prepared)
+
+    def compute(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
+        from torch.func import functional_call
+
+        # the module updates its running statistics in place: copies of the case's
+        mean, var = arrays["running_mean"].clone(), arrays["running_var"].clone()
+        tensors = {**_affine(arrays), "running_mean": mean, "running_var": var}
+        y = functional_call(module, tensors, (arrays["x"],))
+        return y, {"running_mean": mean, "running_var": var}
+
+    return compute
 
 
-def _f_batch_norm_eval(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.batch_norm(
+def _f_batch_norm_eval(prepared: Prepared) -> Compute:
+    f, eps = _torch().nn.functional, eps_keyword(prepared)
+    return lambda arrays: f.batch_norm(
         arrays["x"],
         arrays["running_mean"],
         arrays["running_var"],
         arrays.get("gamma"),
         arrays.get("beta"),
         training=False,
-        **_eps(prepared),
+        **eps,
     )
 
 
-def _nn_batch_norm_eval(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    x = arrays["x"]
-    module = _module("BatchNorm", x.ndim)(
-        x.shape[1], affine="gamma" in arrays, **_eps(prepared)
+def _nn_batch_norm_eval(prepared: Prepared) -> Compute:
+    c, ndim = channels(prepared)
+    module = _module("BatchNorm", ndim)(
+        c, affine=has_affine(prepared), **eps_keyword(prepared)
     ).eval()
-    return _call_module(
-        module, arrays, x, running_mean=arrays["running_mean"], running_var=arrays["running_var"]
+    return module_call(
+        on_dtype(module, prepared), running_mean="running_mean", running_var="running_var"
     )
 
 
 # ----------------------------------------------------------------------------- other layers
 
 
-def _f_instance_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.instance_norm(
+def _f_instance_norm(prepared: Prepared) -> Compute:
+    f, eps = _torch().nn.functional, eps_keyword(prepared)
+    return lambda arrays: f.instance_norm(
         arrays["x"],
         weight=arrays.get("gamma"),
         bias=arrays.get("beta"),
         use_input_stats=True,
-        **_eps(prepared),
+        **eps,
     )
 
 
-def _nn_instance_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    x = arrays["x"]
-    module = _module("InstanceNorm", x.ndim)(
-        x.shape[1], affine="gamma" in arrays, **_eps(prepared)
-    ).train()
-    return _call_module(module, arrays, x)
+def _nn_instance_norm(prepared: Prepared) -> Compute:
+    c, ndim = channels(prepared)
+    module = _module("InstanceNorm", ndim)(c, affine=has_affine(prepared), **eps_keyword(prepared))
+    return module_call(on_dtype(module.train(), prepared))
 
 
-def _f_group_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.group_norm(
-        arrays["x"],
-        prepared.sample.args["num_groups"],
-        arrays.get("gamma"),
-        arrays.get("beta"),
-        **_eps(prepared),
+def _f_group_norm(prepared: Prepared) -> Compute:
+    f, eps = _torch().nn.functional, eps_keyword(prepared)
+    groups = prepared.sample.args["num_groups"]
+    return lambda arrays: f.group_norm(
+        arrays["x"], groups, arrays.get("gamma"), arrays.get("beta"), **eps
     )
 
 
-def _nn_group_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    x = arrays["x"]
+def _nn_group_norm(prepared: Prepared) -> Compute:
+    c, _ = channels(prepared)
     module = _torch().nn.GroupNorm(
-        prepared.sample.args["num_groups"], x.shape[1], affine="gamma" in arrays, **_eps(prepared)
+        prepared.sample.args["num_groups"], c, affine=has_affine(prepared), **eps_keyword(prepared)
     )
-    return _call_module(module, arrays, x)
+    return module_call(on_dtype(module, prepared))
 
 
-def _f_layer_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.layer_norm(
-        arrays["x"],
-        _normalized_shape(prepared),
-        arrays.get("gamma"),
-        arrays.get("beta"),
-        **_eps(prepared),
+def _f_layer_norm(prepared: Prepared) -> Compute:
+    f, eps, shape = _torch().nn.functional, eps_keyword(prepared), normalized_shape(prepared)
+    return lambda arrays: f.layer_norm(
+        arrays["x"], shape, arrays.get("gamma"), arrays.get("beta"), **eps
     )
 
 
-def _nn_layer_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+def _nn_layer_norm(prepared: Prepared) -> Compute:
     module = _torch().nn.LayerNorm(
-        _normalized_shape(prepared),
-        elementwise_affine="gamma" in arrays,
-        bias="beta" in arrays,
-        **_eps(prepared),
+        normalized_shape(prepared),
+        elementwise_affine=has_affine(prepared),
+        bias=prepared.sample.args.get("beta") is not None,
+        **eps_keyword(prepared),
     )
-    return _call_module(module, arrays, arrays["x"])
+    return module_call(on_dtype(module, prepared))
 
 
-def _f_rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    f = _torch().nn.functional
-    return f.rms_norm(
-        arrays["x"], _normalized_shape(prepared), arrays.get("gamma"), **_eps(prepared)
-    )
+def _f_rms_norm(prepared: Prepared) -> Compute:
+    f, eps, shape = _torch().nn.functional, eps_keyword(prepared), normalized_shape(prepared)
+    return lambda arrays: f.rms_norm(arrays["x"], shape, arrays.get("gamma"), **eps)
 
 
-def _nn_rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+def _nn_rms_norm(prepared: Prepared) -> Compute:
     module = _torch().nn.RMSNorm(
-        _normalized_shape(prepared), elementwise_affine="gamma" in arrays, **_eps(prepared)
+        normalized_shape(prepared), elementwise_affine=has_affine(prepared), **eps_keyword(prepared)
     )
-    return _call_module(module, arrays, arrays["x"])
+    return module_call(on_dtype(module, prepared))
 
 
 # ----------------------------------------------------------------------------- weights
 
 
-def _holding(w: Native) -> Any:
-    """A module whose parameter ``weight`` is a copy of ``w`` and whose call returns it."""
+def _holding(shape: tuple[int, ...], prepared: Prepared) -> Any:
+    """A module with a parameter ``weight`` of ``shape`` (in the case's dtype) whose call
+    returns it; the case's weight replaces it in each call."""
     import torch  # not _torch(): mypy takes a module's class, not a variable's, as a base
 
     class Weight(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.weight = torch.nn.Parameter(w.detach().clone())
+            self.weight = torch.nn.Parameter(
+                torch.zeros(shape, dtype=getattr(torch, prepared.dtype))
+            )
 
         def forward(self) -> Native:
             return self.weight
@@ -283,28 +308,34 @@ def _per_unit(g: Native, ndim: int, axis: int) -> Native:
     return g.reshape([-1 if a == axis else 1 for a in range(ndim)])
 
 
-def _weight_norm_kernel(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    v, axis = arrays["v"], unit_axis(prepared)
-    g = arrays.get("g")
-    if g is None:  # the unit-norm direction: g = 1 in every unit
-        g = _torch().ones(v.shape[axis], dtype=v.dtype)
-    return _torch()._weight_norm(v, _per_unit(g, v.ndim, axis), axis)
-
-
-def _weight_norm_parametrization(arrays: dict[str, Native], prepared: Prepared) -> Native:
-    from torch.func import functional_call
-
-    v, axis = arrays["v"], unit_axis(prepared)
-    module = _holding(v)
-    _torch().nn.utils.parametrizations.weight_norm(module, dim=axis)
-    g = arrays.get("g")
+def _unit_gain(arrays: dict[str, Native], axis: int) -> Native:
+    """The case's ``g``, or 1 in every unit (the unit-norm direction) where it has none."""
+    v, g = arrays["v"], arrays.get("g")
     if g is None:
         g = _torch().ones(v.shape[axis], dtype=v.dtype)
-    replaced = {
-        "parametrizations.weight.original0": _per_unit(g, v.ndim, axis),
-        "parametrizations.weight.original1": v,
-    }
-    return functional_call(module, replaced, ())
+    return _per_unit(g, v.ndim, axis)
+
+
+def _weight_norm_kernel(prepared: Prepared) -> Compute:
+    axis, torch = unit_axis(prepared), _torch()
+    return lambda arrays: torch._weight_norm(arrays["v"], _unit_gain(arrays, axis), axis)
+
+
+def _weight_norm_parametrization(prepared: Prepared) -> Compute:
+    axis = unit_axis(prepared)
+    module = _holding(prepared.sample.args["v"].shape, prepared)
+    _torch().nn.utils.parametrizations.weight_norm(module, dim=axis)
+
+    def compute(arrays: dict[str, Native]) -> Native:
+        from torch.func import functional_call
+
+        replaced = {
+            "parametrizations.weight.original0": _unit_gain(arrays, axis),
+            "parametrizations.weight.original1": arrays["v"],
+        }
+        return functional_call(module, replaced, ())
+
+    return compute
 
 
 def _spectral(legacy: bool, train: bool) -> Call:
@@ -312,12 +343,9 @@ def _spectral(legacy: bool, train: bool) -> Call:
     parametrization with the case's ``eps``, its power-iteration steps in training mode
     (state read back)."""
 
-    def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
-        from torch.func import functional_call
-
-        w, axis = arrays["w"], unit_axis(prepared)
-        u, v = arrays["u"].clone(), arrays["v"].clone()
-        module = _holding(w)
+    def call(prepared: Prepared) -> Compute:
+        axis = unit_axis(prepared)
+        module = _holding(prepared.sample.args["w"].shape, prepared)
         utils = _torch().nn.utils
         options = {"dim": axis, "eps": prepared.sample.kwargs["eps"]}
         if train:  # evaluation mode runs no step (torch refuses n_power_iterations=0)
@@ -330,21 +358,33 @@ def _spectral(legacy: bool, train: bool) -> Call:
             prefix = "parametrizations.weight"
             names = (f"{prefix}.original", f"{prefix}.0._u", f"{prefix}.0._v")
         module.train(train)
-        y = functional_call(module, dict(zip(names, (w, u, v), strict=True)), ())
-        return y, ({"u": u, "v": v} if train else {})
+
+        def compute(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
+            from torch.func import functional_call
+
+            # a training step writes its new vectors into them: copies of the case's
+            u, v = arrays["u"].clone(), arrays["v"].clone()
+            y = functional_call(module, dict(zip(names, (arrays["w"], u, v), strict=True)), ())
+            return y, ({"u": u, "v": v} if train else {})
+
+        return compute
 
     return call
 
 
-def _clip_grad_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
-    torch = _torch()
-    params = []
-    for name in ("grad", "bias_grad"):
-        param = torch.nn.Parameter(torch.zeros_like(arrays[name]))
-        param.grad = arrays[name].clone()
-        params.append(param)
-    torch.nn.utils.clip_grad_norm_(params, prepared.sample.kwargs["max_norm"])
-    return params[0].grad, {"clipped_bias_grad": params[1].grad}
+def _clip_grad_norm(prepared: Prepared) -> Compute:
+    torch, max_norm = _torch(), prepared.sample.kwargs["max_norm"]
+
+    def compute(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
+        params = []
+        for name in ("grad", "bias_grad"):
+            param = torch.nn.Parameter(torch.zeros_like(arrays[name]))
+            param.grad = arrays[name].clone()
+            params.append(param)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return params[0].grad, {"clipped_bias_grad": params[1].grad}
+
+    return compute
 
 
 # ----------------------------------------------------------------------------- bindings
@@ -362,11 +402,13 @@ def torch_run(call: Call) -> Callable[[Prepared, Model, bool], Evaluation]:
     """A binding's ``run`` for ``call(arrays, prepared)`` on torch tensors."""
 
     def run(prepared: Prepared, _model: Model, backward: bool) -> Evaluation:
-        def fn(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
-            result = call(arrays, prepared)
-            return result if isinstance(result, tuple) else (result, {})
-
         try:
+            compute = call(prepared)
+
+            def fn(arrays: dict[str, Native]) -> tuple[Native, dict[str, Native]]:
+                result = compute(arrays)
+                return result if isinstance(result, tuple) else (result, {})
+
             return evaluate_on(TorchKind(), prepared, fn, backward=backward)
         except Exception as error:
             reason = lacks(error)
@@ -383,27 +425,27 @@ def binding(op: str, label: str, call: Call, **extra: Any) -> Binding:
 
 
 BINDINGS = (
-    binding("batch_norm", "torch.nn.functional.batch_norm", _channels_at_1(_f_batch_norm)),
-    binding("batch_norm", "torch.nn.BatchNormNd", _channels_at_1(_nn_batch_norm)),
+    binding("batch_norm", "torch.nn.functional.batch_norm", channels_at_1(_f_batch_norm)),
+    binding("batch_norm", "torch.nn.BatchNormNd", channels_at_1(_nn_batch_norm)),
     binding(
-        "batch_norm_train", "torch.nn.BatchNormNd (train)", _channels_at_1(_nn_batch_norm_train)
+        "batch_norm_train", "torch.nn.BatchNormNd (train)", channels_at_1(_nn_batch_norm_train)
     ),
     binding(
         "batch_norm_inference",
         "torch.nn.functional.batch_norm (eval)",
-        _channels_at_1(_f_batch_norm_eval),
+        channels_at_1(_f_batch_norm_eval),
     ),
     binding(
-        "batch_norm_inference", "torch.nn.BatchNormNd (eval)", _channels_at_1(_nn_batch_norm_eval)
+        "batch_norm_inference", "torch.nn.BatchNormNd (eval)", channels_at_1(_nn_batch_norm_eval)
     ),
-    binding("layer_norm", "torch.nn.functional.layer_norm", _trailing(_f_layer_norm)),
-    binding("layer_norm", "torch.nn.LayerNorm", _trailing(_nn_layer_norm)),
-    binding("instance_norm", "torch.nn.functional.instance_norm", _channels_at_1(_f_instance_norm)),
-    binding("instance_norm", "torch.nn.InstanceNormNd", _channels_at_1(_nn_instance_norm)),
-    binding("group_norm", "torch.nn.functional.group_norm", _channels_at_1(_f_group_norm)),
-    binding("group_norm", "torch.nn.GroupNorm", _channels_at_1(_nn_group_norm)),
-    binding("rms_norm", "torch.nn.functional.rms_norm", _trailing(_f_rms_norm)),
-    binding("rms_norm", "torch.nn.RMSNorm", _trailing(_nn_rms_norm)),
+    binding("layer_norm", "torch.nn.functional.layer_norm", trailing(_f_layer_norm)),
+    binding("layer_norm", "torch.nn.LayerNorm", trailing(_nn_layer_norm)),
+    binding("instance_norm", "torch.nn.functional.instance_norm", channels_at_1(_f_instance_norm)),
+    binding("instance_norm", "torch.nn.InstanceNormNd", channels_at_1(_nn_instance_norm)),
+    binding("group_norm", "torch.nn.functional.group_norm", channels_at_1(_f_group_norm)),
+    binding("group_norm", "torch.nn.GroupNorm", channels_at_1(_nn_group_norm)),
+    binding("rms_norm", "torch.nn.functional.rms_norm", trailing(_f_rms_norm)),
+    binding("rms_norm", "torch.nn.RMSNorm", trailing(_nn_rms_norm)),
     binding("weight_norm", "torch._weight_norm", _weight_norm_kernel),
     binding(
         "weight_norm", "torch.nn.utils.parametrizations.weight_norm", _weight_norm_parametrization
@@ -448,4 +490,5 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[torch]'",
+    compiler="torch.compile",
 )

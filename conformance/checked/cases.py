@@ -81,6 +81,9 @@ class Case:
     error_in
         Where normref raises on an error-path case: ``"forward"``, or
         ``"backward"`` (its gradient does not exist there).
+    dtypes
+        The dtypes the case is checked at; ``None``: every dtype a run asks for
+        (the large cases of a default run are float32 only).
     """
 
     id: str
@@ -93,6 +96,11 @@ class Case:
     parameters: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_in: str | None = None
+    dtypes: tuple[str, ...] | None = None
+
+    def runs_at(self, dtype: str) -> bool:
+        """Whether the case is checked at ``dtype``."""
+        return self.dtypes is None or dtype in self.dtypes
 
     @property
     def name(self) -> str:
@@ -412,30 +420,88 @@ def drawn_cases(op: CheckedOp, count: int = DRAWN_PER_OP, suite_seed: int = 0) -
     return build.cases
 
 
+# --------------------------------------------------------------------------- large cases
+
+BOUNDARY_LENGTHS: tuple[int, ...] = tuple(
+    n + d for n in (2, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) for d in (-1, 0, 1)
+)
+"""Reduction lengths on both sides of the block sizes vectorized and tiled kernels use: 1-3,
+7-9, 15-17, ..., 8191-8193 (``--thorough``)."""
+
+DEFAULT_LENGTHS: tuple[int, ...] = (63, 64, 65, 1023, 1024, 1025, 4095, 4096, 4097)
+"""The reduction lengths of a default run."""
+
+LARGE_CASE_DTYPES: tuple[str, ...] = ("float32",)
+"""The dtype of a default run's large cases (``--thorough``: every dtype)."""
+
+
+def large_cases(
+    op: CheckedOp, suite_seed: int = 0, *, thorough: bool = False, realistic: bool = True
+) -> list[Case]:
+    """Cases where kernel bugs live: reductions of the boundary lengths, and inputs of
+    realistic size, from the registry's :attr:`~normref.registry.OpSpec.reduction_input` and
+    :attr:`~normref.registry.OpSpec.large_inputs` (a default run: :data:`DEFAULT_LENGTHS` and
+    the first realistic input, float32 only; ``thorough``: every length and input, every
+    dtype; without ``realistic``, the lengths only). A length no valid input of the op has (a
+    fan-in of 1) is left out."""
+    spec, build = op.spec, _Builder(op, suite_seed)
+    dtypes = None if thorough else LARGE_CASE_DTYPES
+    wanted = []
+    if spec.reduction_input is not None:
+        lengths = BOUNDARY_LENGTHS if thorough else DEFAULT_LENGTHS
+        wanted += [(f"length-{n}", spec.reduction_input(n)) for n in lengths]
+    sizes = spec.large_inputs if thorough else spec.large_inputs[:1]
+    wanted += [("large-" + "x".join(map(str, w.shape)), w) for w in sizes if realistic]
+    for name, sized in wanted:
+        seed, rng = build.rng(name)
+        try:
+            sample = spec.draw(sized, rng)
+        except ValueError:
+            continue  # no valid input of this op has reductions of this length
+        build.add(name, sized.description, seed, sample, dtypes=dtypes)
+    return build.cases
+
+
 # --------------------------------------------------------------------------- selection
 
 
-def cases_for(op: str, *, suite_seed: int = 0, drawn: int = DRAWN_PER_OP) -> list[Case]:
-    """Every case of ``op``: edge cases, then drawn ones (the same objects on every call)."""
-    return list(_cases(op, suite_seed, drawn))
+def cases_for(
+    op: str,
+    *,
+    suite_seed: int = 0,
+    drawn: int = DRAWN_PER_OP,
+    thorough: bool = False,
+    realistic: bool = True,
+) -> list[Case]:
+    """Every case of ``op``: edge cases, drawn ones, then the large ones (the same objects on
+    every call; :func:`large_cases` says what ``thorough`` and ``realistic`` choose)."""
+    return list(_cases(op, suite_seed, drawn, thorough, realistic))
 
 
 @functools.cache
-def _cases(op: str, suite_seed: int, drawn: int) -> tuple[Case, ...]:
+def _cases(
+    op: str, suite_seed: int, drawn: int, thorough: bool, realistic: bool
+) -> tuple[Case, ...]:
     checked = get_op(op)
-    return tuple(edge_cases(checked, suite_seed) + drawn_cases(checked, drawn, suite_seed))
+    return tuple(
+        edge_cases(checked, suite_seed)
+        + drawn_cases(checked, drawn, suite_seed)
+        + large_cases(checked, suite_seed, thorough=thorough, realistic=realistic)
+    )
 
 
 def find_case(case_id: str, *, suite_seed: int = 0) -> Case:
-    """The case with id ``case_id`` (``"<op>/<name>"``); :class:`ValueError` if there is none."""
+    """The case with id ``case_id`` (``"<op>/<name>"``, among every case of ``--thorough``);
+    :class:`ValueError` if there is none."""
     op, _, _ = case_id.partition("/")
     if op not in CHECKED_OPS:
         msg = f"case id must start with an op name ({sorted(CHECKED_OPS)}), got {case_id!r}"
         raise ValueError(msg)
-    for case in cases_for(op, suite_seed=suite_seed):
+    every = cases_for(op, suite_seed=suite_seed, thorough=True)
+    for case in every:
         if case.id == case_id:
             return case
-    known = ", ".join(c.id for c in cases_for(op, suite_seed=suite_seed))
+    known = ", ".join(c.id for c in every)
     msg = f"no case {case_id!r}; the cases of {op} are: {known}"
     raise ValueError(msg)
 

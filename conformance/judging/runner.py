@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from conformance.adapters.arrays import setup_clock
 from conformance.adapters.base import Binding, FrameworkLacksError
 from conformance.checked.backends import NUMPY, Backend
 from conformance.checked.cases import Case, cases_for, find_case
@@ -26,7 +27,15 @@ from conformance.reports.results import CaseResult, RunResult, Status
 
 
 def check_row(binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY) -> CaseResult:
-    """The verdict on ``binding`` for ``case`` at ``dtype`` (the reference on ``backend``)."""
+    """The verdict on ``binding`` for ``case`` at ``dtype`` (the reference on ``backend``); its
+    time leaves out what a compiled implementation spends compiling."""
+    with setup_clock() as compiling:
+        result = _check_row(binding, case, dtype, backend)
+    result.seconds -= compiling.seconds
+    return result
+
+
+def _check_row(binding: Binding, case: Case, dtype: str, backend: Backend) -> CaseResult:
     started = time.perf_counter()
     row = Row.of(binding, case, dtype, backend)
     result = CaseResult(
@@ -106,10 +115,13 @@ def _error_path(row: Row, result: CaseResult, refusal: Refusal) -> None:
     result.diagnosis = f"normref raises: {refusal.error}"
 
 
-def select_cases(op: str, *, case_id: str | None = None, seed: int = 0) -> list[Case]:
-    """The cases of ``op``: all of them, or the one named ``case_id``."""
+def select_cases(
+    op: str, *, case_id: str | None = None, seed: int = 0, thorough: bool = False
+) -> list[Case]:
+    """The cases of ``op``: all of them (every length and size ``thorough``), or the one named
+    ``case_id``."""
     if case_id is None:
-        return cases_for(op, suite_seed=seed)
+        return cases_for(op, suite_seed=seed, thorough=thorough)
     case = find_case(case_id, suite_seed=seed)
     return [case] if case.op == op else []
 
@@ -120,16 +132,18 @@ def run_bindings(
     *,
     case_id: str | None = None,
     seed: int = 0,
+    thorough: bool = False,
     progress: Callable[[int, str], None] | None = None,
     backend: Backend = NUMPY,
 ) -> list[CaseResult]:
-    """Every binding on every case of its op at every dtype, the reference on ``backend``
-    (``progress(total, label)`` first with the total, then once per row)."""
+    """Every binding on every case of its op at every dtype the case runs at, the reference on
+    ``backend`` (``progress(total, label)`` first with the total, then once per row)."""
     plan = [
         (binding, case, dtype)
         for binding in bindings
-        for case in select_cases(binding.op, case_id=case_id, seed=seed)
+        for case in select_cases(binding.op, case_id=case_id, seed=seed, thorough=thorough)
         for dtype in dtypes
+        if case.runs_at(dtype)
     ]
     if progress is not None:
         progress(len(plan), "")

@@ -30,7 +30,13 @@ from normref.registry.sampling import (
     zeros,
 )
 from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, SpecialInput
-from normref.registry.weights import KERNEL_BENCHMARKS, out_axis_out_of_range, weight_units
+from normref.registry.weights import (
+    KERNEL_BENCHMARKS,
+    KERNEL_LARGE,
+    out_axis_out_of_range,
+    unit_fan_in,
+    weight_units,
+)
 from normref.types import Precision
 
 _AGC_CLIPPING = 0.5
@@ -174,6 +180,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             zero_unit("grad", "zero-gradient-unit", "unit 0 of the gradient zero"),
         ),
         benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
+        reduction_input=unit_fan_in,
+        large_inputs=KERNEL_LARGE,
     ),
     OpSpec(
         "clip_by_global_norm",
@@ -222,6 +230,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(out_axis_out_of_range("x"),),
         convention_fields=("unit_axes",),
         special_inputs=(zero_unit("x", "zero-unit", "unit 0 all zeros"),),
+        reduction_input=unit_fan_in,
+        large_inputs=KERNEL_LARGE,
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -18,6 +18,9 @@ Rng = Any
 """A ``numpy.random.Generator``, supplied by the caller (random numbers are not part of the
 Array API)."""
 
+MAX_DRAWS = 64
+"""Draws :meth:`OpSpec.draw` tries for a sample with the keywords an input asks for."""
+
 
 class Sample(NamedTuple):
     """Arguments of one call: ``args`` (positional-or-keyword, in order) and ``kwargs``."""
@@ -70,6 +73,20 @@ class BenchmarkInput(NamedTuple):
     quick: bool = False
     compiled: bool = False
     variant: str = ""
+
+
+class SizedInput(NamedTuple):
+    """A primary input of a given shape, for the conformance suite's large cases.
+
+    ``fixed`` are integer arguments set on the sampler's result (``num_groups``),
+    ``drawn`` keywords the sample must be drawn with (``out_axis``), as for
+    :class:`BenchmarkInput`; ``description`` says what it is.
+    """
+
+    shape: tuple[int, ...]
+    description: str
+    fixed: Mapping[str, Any] = {}
+    drawn: Mapping[str, Any] = {}
 
 
 class Kind(enum.Enum):
@@ -203,6 +220,14 @@ class OpSpec:
         Where it runs (:class:`Capabilities`).
     benchmarks
         The realistic inputs the benchmarks time it on.
+    reduction_input
+        ``reduction_input(n)``: a small input whose every reduction (each group's
+        statistics; a unit's fan-in; a whitening group's samples) has ``n`` terms,
+        for the suite's cases at the lengths where vectorized and tiled kernels
+        change their blocking; ``None`` for an op without reductions.
+    large_inputs
+        Inputs of realistic size (a transformer row, a convolution's activations,
+        a convolution kernel), the first the one a default conformance run checks.
     """
 
     name: str
@@ -230,6 +255,8 @@ class OpSpec:
     promoting_inputs: tuple[str, ...] = ()
     capabilities: Capabilities = field(default_factory=Capabilities)
     benchmarks: tuple[BenchmarkInput, ...] = ()
+    reduction_input: Callable[[int], SizedInput] | None = None
+    large_inputs: tuple[SizedInput, ...] = ()
 
     @property
     def primary(self) -> str:
@@ -239,6 +266,19 @@ class OpSpec:
     def accepts(self, keyword: str) -> bool:
         """Whether the forward takes ``keyword``."""
         return keyword in inspect.signature(self.forward).parameters
+
+    def draw(self, wanted: SizedInput | BenchmarkInput, rng: Rng) -> Sample:
+        """A sample of ``wanted``'s shape with its ``drawn`` keywords and ``fixed`` arguments:
+        the first of up to :data:`MAX_DRAWS` draws from ``rng`` that has them."""
+        for _ in range(MAX_DRAWS):
+            drawn = self.sample(rng, wanted.shape)
+            if all(drawn.kwargs.get(k, drawn.args.get(k)) == v for k, v in wanted.drawn.items()):
+                return drawn.replace(**wanted.fixed)
+        msg = (
+            f"{self.name}: none of {MAX_DRAWS} draws of shape {wanted.shape} has "
+            f"{dict(wanted.drawn)}"
+        )
+        raise ValueError(msg)
 
     def call(self, sample: Sample) -> Any:
         """The forward on ``sample``."""

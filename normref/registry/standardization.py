@@ -28,7 +28,7 @@ from normref.registry.sampling import (
     wrong_param,
     x_shape,
 )
-from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample
+from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample, SizedInput
 
 ACTIVATIONS_LARGE = (32, 64, 56, 56)
 """ResNet-50 stage 1 activations (N, C, H, W) at batch 32."""
@@ -53,6 +53,45 @@ def _activation_benchmarks(**fixed: int) -> tuple[BenchmarkInput, ...]:
 
 
 _TOKEN_BENCHMARKS = (BenchmarkInput(TOKENS, "transformer tokens", quick=True, compiled=True),)
+
+# ---------------------------------------------------------------------------
+# Inputs of given reduction lengths and of realistic sizes (the suite's large cases).
+
+
+def _canonical_groups(n: int) -> SizedInput:
+    return SizedInput((2, n, 1), f"2 groups of {n} samples")
+
+
+def _batch_samples(n: int) -> SizedInput:
+    return SizedInput((n, 2), f"{n} samples of 2 channels")
+
+
+def _ghost_samples(n: int) -> SizedInput:
+    return SizedInput(
+        (n, 2), f"{n} samples of 2 channels, one virtual batch", {"virtual_batch_size": n}
+    )
+
+
+def _row_features(n: int) -> SizedInput:
+    return SizedInput((2, n), f"2 rows of {n} features")
+
+
+def _instance_values(n: int) -> SizedInput:
+    return SizedInput((2, 2, n), f"2 samples of 2 channels of {n} values")
+
+
+def _group_values(n: int) -> SizedInput:
+    return SizedInput((2, 2, n), f"2 samples of 2 groups of {n} values", {"num_groups": 2})
+
+
+_CANONICAL_LARGE = (SizedInput((2, 16384, 1), "2 groups of 16,384 samples"),)
+_CONV_ACTIVATIONS = (
+    SizedInput((32, 4, 56, 56), "a convolution's activations: N*H*W = 100,352 per channel"),
+)
+_TRANSFORMER_ROWS = (
+    SizedInput((2, 16384), "transformer rows of 16,384 features"),
+    SizedInput((8, 4096), "transformer rows of 4,096 features"),
+)
 
 # ---------------------------------------------------------------------------
 # Samplers: small random shapes by default, or a given shape of x.
@@ -247,6 +286,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _canonical_partition,
         properties=frozenset({"zero_mean", "shift_invariant", "idempotent"}),
         errors=(CANONICAL_RANK,),
+        reduction_input=_canonical_groups,
+        large_inputs=_CANONICAL_LARGE,
     ),
     OpSpec(
         "scale",
@@ -262,6 +303,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=frozenset({"scale_invariant"}),
         errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
         convention_keywords=EPS_MODE,
+        reduction_input=_canonical_groups,
+        large_inputs=_CANONICAL_LARGE,
     ),
     OpSpec(
         "rms_scale",
@@ -277,6 +320,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
         errors=(CANONICAL_RANK,),
         convention_keywords=EPS_MODE,
+        reduction_input=_canonical_groups,
+        large_inputs=_CANONICAL_LARGE,
     ),
     OpSpec(
         "standardize",
@@ -292,6 +337,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=_STANDARDIZING,
         errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
         convention_keywords=EPS_MODE,
+        reduction_input=_canonical_groups,
+        large_inputs=_CANONICAL_LARGE,
     ),
     # ----------------------------------------------------------- layers
     OpSpec(
@@ -311,6 +358,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(),
+        reduction_input=_batch_samples,
+        large_inputs=_CONV_ACTIVATIONS,
     ),
     OpSpec(
         "batch_norm_inference",
@@ -328,6 +377,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(*CHANNEL_ERRORS, wrong_param("running_mean"), wrong_param("running_var")),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        reduction_input=_batch_samples,
+        large_inputs=_CONV_ACTIVATIONS,
     ),
     OpSpec(
         "batch_norm_train",
@@ -358,6 +409,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         state=("running_mean", "running_var"),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        reduction_input=_batch_samples,
+        large_inputs=_CONV_ACTIVATIONS,
     ),
     OpSpec(
         "layer_norm",
@@ -391,6 +444,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="layer_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_TOKEN_BENCHMARKS,
+        reduction_input=_row_features,
+        large_inputs=_TRANSFORMER_ROWS,
     ),
     OpSpec(
         "instance_norm",
@@ -424,6 +479,10 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="instance_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(),
+        reduction_input=_instance_values,
+        large_inputs=(
+            SizedInput((1, 4, 256, 256), "style-transfer feature maps: 65,536 per instance"),
+        ),
     ),
     OpSpec(
         "group_norm",
@@ -456,6 +515,14 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="group_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(num_groups=GROUP_NORM_GROUPS),
+        reduction_input=_group_values,
+        large_inputs=(
+            SizedInput(
+                (2, 64, 56, 56),
+                "32 groups over 56x56 maps: 6,272 values per group",
+                {"num_groups": GROUP_NORM_GROUPS},
+            ),
+        ),
     ),
     OpSpec(
         "ghost_batch_norm",
@@ -481,6 +548,14 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        reduction_input=_ghost_samples,
+        large_inputs=(
+            SizedInput(
+                (128, 8, 16, 16),
+                "virtual batches of 32: 8,192 values per channel",
+                {"virtual_batch_size": 32},
+            ),
+        ),
     ),
     OpSpec(
         "rms_norm",
@@ -499,6 +574,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="rms_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_TOKEN_BENCHMARKS,
+        reduction_input=_row_features,
+        large_inputs=_TRANSFORMER_ROWS,
     ),
 )
 """The operations of this module's family, in the order they are listed."""

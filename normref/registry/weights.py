@@ -41,6 +41,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    SizedInput,
     SpecialInput,
 )
 
@@ -53,6 +54,18 @@ KERNEL_BENCHMARKS = (
     ),
 )
 """The benchmarks of the operations on a weight's units."""
+
+KERNEL_LARGE = (
+    SizedInput(
+        CONV_KERNEL, "a 3x3 convolution kernel, 256 in and out: fan-in 2,304", drawn={"out_axis": 0}
+    ),
+)
+"""The realistic input of the operations on a weight's units."""
+
+
+def unit_fan_in(n: int) -> SizedInput:
+    """Two output units of ``n`` values each."""
+    return SizedInput((2, n), f"2 units of fan-in {n}", drawn={"out_axis": 0})
 
 
 def _sample_weight_standardize(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
@@ -223,6 +236,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         convention_keywords=EPS_MODE,
         benchmarks=KERNEL_BENCHMARKS,
+        reduction_input=unit_fan_in,
+        large_inputs=KERNEL_LARGE,
     ),
     OpSpec(
         "scaled_weight_standardize",
@@ -263,6 +278,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         benchmarks=KERNEL_BENCHMARKS,
+        reduction_input=unit_fan_in,
+        large_inputs=KERNEL_LARGE,
     ),
     OpSpec(
         "weight_norm",
@@ -292,6 +309,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_argument=False,
         convention_fields=("zero_norm",),
         special_inputs=(zero_unit("v", "zero-unit", "unit 0 all zeros: no direction"),),
+        reduction_input=unit_fan_in,
+        large_inputs=KERNEL_LARGE,
     ),
     OpSpec(
         "spectral_norm",

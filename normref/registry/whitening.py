@@ -34,6 +34,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    SizedInput,
     SpecialInput,
 )
 
@@ -195,6 +196,14 @@ _CANONICAL_SHAPE = (3, 20, 3)
 _COVARIANCE_FIELDS = ("variance_algorithm",)
 
 
+def _group_samples(n: int) -> SizedInput:
+    return SizedInput((1, n, 3), f"a group of {n} samples of 3 features")
+
+
+def _layer_samples(n: int) -> SizedInput:
+    return SizedInput((n, 3), f"{n} samples of a group of 3 channels")
+
+
 def _canonical_whitening(
     name: str,
     method: str,
@@ -220,6 +229,8 @@ def _canonical_whitening(
         method=method,
         typical_shape=_CANONICAL_SHAPE,
         special_inputs=_COVARIANCE_INPUTS,
+        reduction_input=_group_samples,
+        large_inputs=(SizedInput((2, 8192, 4), "2 groups of 8,192 samples of 4 features"),),
         capabilities=Capabilities(
             dask=method == "iter_norm",
             traceable_vjp="gradient_undefined_at_ties" not in properties,
@@ -316,6 +327,10 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 variant=f"group_size={k}",
             )
             for k in WHITENING_GROUP_SIZES
+        ),
+        reduction_input=_layer_samples,
+        large_inputs=(
+            SizedInput((128, 16, 8, 8), "a DBN layer's activations: 8,192 samples per group"),
         ),
     ),
     OpSpec(
