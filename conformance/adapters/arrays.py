@@ -26,10 +26,12 @@ class ArrayKindUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What one call produced, as float64 NumPy arrays with the native dtypes' names."""
+    """What one call produced, as float64 NumPy arrays with the native dtypes' names, and the
+    inputs it wrote into (``modified``: their names)."""
 
     values: dict[str, np.ndarray]
     dtypes: dict[str, str]
+    modified: tuple[str, ...] = ()
 
 
 class ArrayKind:
@@ -40,8 +42,18 @@ class ArrayKind:
     has_autograd = True
 
     def asarray(self, values: np.ndarray, dtype: str) -> Native:
-        """``values`` (exactly representable in ``dtype``) as a native array of ``dtype``."""
+        """``values`` (exactly representable in ``dtype``) as a new native array of ``dtype``
+        (never sharing memory with ``values``: an implementation may write into its input)."""
         raise NotImplementedError
+
+    def modified(self, arrays: dict[str, Native], given: dict[str, np.ndarray]) -> tuple[str, ...]:
+        """The names of ``arrays`` whose values are no longer ``given`` ones (NaN equal to NaN):
+        inputs an implementation wrote into."""
+        return tuple(
+            name
+            for name, array in arrays.items()
+            if not np.array_equal(self.to_numpy(array), given[name], equal_nan=True)
+        )
 
     def to_numpy(self, array: Native) -> np.ndarray:
         """A native array as a float64 NumPy array (exact)."""
@@ -74,6 +86,7 @@ class ArrayKind:
         outputs = {"y": y, **state}
         values = {k: self.to_numpy(v) for k, v in outputs.items()}
         dtypes = {k: self.dtype_name(v) for k, v in outputs.items()}
+        modified = self.modified(arrays, {name: given for name, (given, _) in inputs.items()})
         for name, grad in grads.items():
             if grad is None:  # y does not depend on it: its gradient is zero
                 values[f"d{name}"] = np.zeros(np.shape(inputs[name][0]))
@@ -81,7 +94,7 @@ class ArrayKind:
             else:
                 values[f"d{name}"] = self.to_numpy(grad)
                 dtypes[f"d{name}"] = self.dtype_name(grad)
-        return Evaluation(values, dtypes)
+        return Evaluation(values, dtypes, modified)
 
 
 class NumpyKind(ArrayKind):
@@ -92,7 +105,7 @@ class NumpyKind(ArrayKind):
     has_autograd = False
 
     def asarray(self, values: np.ndarray, dtype: str) -> Native:
-        return np.asarray(values, dtype=dtype)
+        return np.array(values, dtype=dtype)
 
     def to_numpy(self, array: Native) -> np.ndarray:
         return np.asarray(array, dtype=np.float64)
