@@ -86,7 +86,7 @@ def _checked(
     """The rows of ``bindings`` (in a worker where ``timeout`` is given) made a run by
     ``finish(rows, interrupted)``; Ctrl-C raises :class:`RunInterrupted` holding the partial
     run."""
-    with worker_for(timeout) as worker:
+    with worker_for(timeout, recipes) as worker:
         try:
             results = run_bindings(isolate_all(bindings, recipes, worker), dtypes, **options)
         except RunInterrupted as stopped:

@@ -548,7 +548,7 @@ def diagnose(
         convention=model,
         label=binding.label,
     )
-    with worker_for(DEFAULT_TIMEOUT if timeout is None else timeout) as worker:
+    with worker_for(DEFAULT_TIMEOUT if timeout is None else timeout, [recipe]) as worker:
         assert worker is not None
         return diagnose_binding(
             isolated(binding, recipe, worker),

@@ -146,13 +146,11 @@ class ConformanceCollector(pytest.Collector):
                 vjp=load_function(vjp) if vjp else None,
                 convention=model,
             )
-            worker = Worker(DEFAULT_TIMEOUT if timeout is None else timeout) if isolate else None
         except (ValueError, TypeError, ArrayKindUnavailableError) as error:
             # a function that cannot be imported or whose signature does not fit, an unknown
             # op, convention or field, an array type whose library is not installed
             raise pytest.UsageError(str(error)) from error
-        if worker is not None:
-            self.config.add_cleanup(worker.close)
+        if isolate:
             recipe = Recipe(
                 impl=impl,
                 op=op,
@@ -161,6 +159,11 @@ class ConformanceCollector(pytest.Collector):
                 convention=model,
                 label=binding.label,
             )
+            try:
+                worker = Worker(DEFAULT_TIMEOUT if timeout is None else timeout, [recipe])
+            except ValueError as error:  # a timeout that is not a positive number
+                raise pytest.UsageError(str(error)) from error
+            self.config.add_cleanup(worker.close)
             binding = isolated(binding, recipe, worker)
         chosen = option("normref_dtypes")
         try:

@@ -34,6 +34,7 @@ be sent to a fresh interpreter.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import multiprocessing
 import signal
 import traceback
@@ -44,7 +45,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from conformance.adapters import get_adapter
-from conformance.adapters.arrays import Evaluation
+from conformance.adapters.arrays import Evaluation, array_kind
 from conformance.adapters.base import Binding, FrameworkLacksError
 from conformance.adapters.function import function_binding, load_function
 from conformance.checked.cases import Prepared
@@ -84,6 +85,14 @@ class Recipe:
     convention: Model | None = None
     label: str | None = None
 
+    def import_requirements(self) -> None:
+        """Import the libraries the binding's calls will (a framework's, an array type's)."""
+        if self.framework is not None:
+            for module in get_adapter(self.framework).requires:
+                importlib.import_module(module)
+        else:
+            array_kind(self.array_type)
+
     def build(self) -> Binding:
         """The binding this recipe names (in the worker: imports the implementation)."""
         if self.framework is not None:
@@ -101,10 +110,17 @@ class Recipe:
         )
 
 
-def _serve(connection: Connection) -> None:
-    """The worker: build bindings from recipes, call them, send back what happened."""
+def _serve(connection: Connection, preload: tuple[Recipe, ...] = ()) -> None:
+    """The worker: build bindings from recipes (those of ``preload`` first, importing what they
+    need while the parent prepares its cases), call them, send back what happened."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     built: dict[Recipe, Binding] = {}
+    for recipe in preload:
+        try:
+            built[recipe] = recipe.build()
+            recipe.import_requirements()
+        except BaseException:  # noqa: BLE001 - it fails again, and is reported, on its call
+            built.pop(recipe, None)
     while True:
         try:
             recipe, prepared, model, backward = connection.recv()
@@ -143,11 +159,12 @@ def _death(exitcode: int | None) -> str:
 class Worker:
     """One worker process, started on first use and again after a crash or a timeout."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, preload: Sequence[Recipe] = ()) -> None:
         if not timeout > 0:
             msg = f"timeout must be a positive number of seconds, got {timeout!r}"
             raise ValueError(msg)
         self.timeout = float(timeout)
+        self.preload = tuple(dict.fromkeys(preload))
         self._process: Any = None
         self._connection: Connection | None = None
         self._warm: set[Recipe] = set()
@@ -157,7 +174,7 @@ class Worker:
             return self._connection
         self._stop()
         parent, child = _SPAWN.Pipe()
-        self._process = _SPAWN.Process(target=_serve, args=(child,), daemon=True)
+        self._process = _SPAWN.Process(target=_serve, args=(child, self.preload), daemon=True)
         self._process.start()
         child.close()
         self._connection = parent
@@ -174,6 +191,10 @@ class Worker:
         if self._connection is not None:
             self._connection.close()
         self._process, self._connection = None, None
+
+    def start(self) -> None:
+        """Start the worker now (it imports what its preloaded recipes need meanwhile)."""
+        self._start()
 
     def close(self) -> None:
         """Stop the worker."""
@@ -239,14 +260,15 @@ def isolated(binding: Binding, recipe: Recipe, worker: Worker) -> Binding:
 
 
 @contextmanager
-def worker_for(timeout: float | None) -> Iterator[Worker | None]:
-    """A worker with ``timeout`` (``None``: no worker, calls run in this process), stopped on
-    leaving."""
+def worker_for(timeout: float | None, preload: Sequence[Recipe] = ()) -> Iterator[Worker | None]:
+    """A worker with ``timeout`` (``None``: no worker, calls run in this process), started at
+    once to import what ``preload`` needs, and stopped on leaving."""
     if timeout is None:
         yield None
         return
-    worker = Worker(timeout)
+    worker = Worker(timeout, preload)
     try:
+        worker.start()
         yield worker
     finally:
         worker.close()
