@@ -141,7 +141,10 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
     prepared, op = row.prepared, row.prepared.op
     if prepared.dtype not in NumpyKind.dtypes or len(op.outputs) > 1:
         return None
-    modelled = normref_computing(prepared, model.convention, prepared.dtype)["y"]
+    try:
+        modelled = normref_computing(prepared, model.convention, prepared.dtype)["y"]
+    except Exception:  # noqa: BLE001 - normref refusing that arithmetic (float16 eigh): no evidence
+        return None
     reference = row.expected(NORMREF)
     y = reference.values["y"]
     unit = compare_output(

@@ -55,3 +55,17 @@ def returns_statistics(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
 
 def takes_axis(x, gamma=None, beta=None, *, axis=-1, eps=1e-5):
     return layer_norm(x, gamma, beta, axes=(axis,), eps=eps)
+
+
+def torch_batch_norm_train_in_place(
+    x, running_mean, running_var, gamma=None, beta=None, *, momentum, eps=1e-5, axis=1
+):
+    """On torch tensors: ``torch.nn.functional.batch_norm`` in training mode, which updates the
+    running statistics it is given in place, returned as copies."""
+    import torch
+
+    moved = torch.movedim(x, axis, 1)
+    y = torch.nn.functional.batch_norm(
+        moved, running_mean, running_var, gamma, beta, training=True, momentum=momentum, eps=eps
+    )
+    return torch.movedim(y, 1, axis), (running_mean.clone(), running_var.clone())

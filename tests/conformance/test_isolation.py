@@ -85,6 +85,23 @@ def test_writing_into_an_input_fails_the_row(tmp_path):
     assert [r.diagnosis for r in result.failures] == ["modifies its input x"]
 
 
+def test_writing_into_a_torch_tensor_fails_the_row():
+    """torch's functional batch norm updates the running statistics it is given in place: the
+    values are torch's convention, the write is the finding."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+    result = check(
+        hostile.torch_batch_norm_train_in_place,
+        "batch_norm_train",
+        "torch",
+        array_type="torch",
+        dtypes=["float64"],
+        case="batch_norm_train/typical",
+    )
+    (row,) = result.failures
+    assert row.diagnosis == "modifies its inputs running_mean, running_var"
+    assert row.modified_inputs == ["running_mean", "running_var"]
+
+
 def test_the_suites_cases_are_not_changed_by_an_implementation_that_writes_into_them():
     from conformance.checked.cases import find_case
 
