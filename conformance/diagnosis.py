@@ -97,7 +97,7 @@ from conformance.judging.causes import (
     common,
 )
 from conformance.judging.isolation import DEFAULT_TIMEOUT, Recipe, isolated, worker_for
-from conformance.judging.localize import outputs_line
+from conformance.judging.localize import RowFacts, facts_line, outputs_line
 from conformance.judging.reference import Refusal, reference_or_refusal
 from conformance.judging.rows import ImplementationFailedError, ImplementationRaisedError, Row
 from conformance.judging.runner import select_cases
@@ -227,7 +227,11 @@ class Diagnosis:
         rivals = [h for h in self.hypotheses if h is not best]
         if explained < CLOSEST_SHARE * len(failing):
             return None
-        if any(len(h.failing) <= len(best.failing) for h in rivals if h.changed):
+        if any(
+            len(h.failing) <= len(best.failing)
+            for h in rivals
+            if h.changed and h.model != best.model
+        ):
             return None
         return best
 
@@ -489,10 +493,22 @@ def diagnose_binding(
         if cause.key in keys and cause.note
     ]
     found.outputs = _outputs_across(outputs)
+    found.where = facts_line([_facts(row, label in failing) for label, row in rows.items()])
     found.unexplained = {
         label: reasons[label] for label in failing if all(label in h.failing for h in tried)
     }
     return found
+
+
+def _facts(row: Row, failing: bool) -> RowFacts:
+    """A row's dtype, whether it fails under the base, its input's conditioning."""
+    stated = row.expected(NORMREF).terms.stated_conditioning()
+    return RowFacts(
+        row.prepared.dtype,
+        failing,
+        None if stated is None else stated.value,
+        None if stated is None else stated.what,
+    )
 
 
 def _outputs_across(checks: Sequence[OutputCheck]) -> str | None:

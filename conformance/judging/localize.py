@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,25 +106,48 @@ def elements_line(row: Row, model: Model, name: str) -> str | None:
     return min(subsets)[1] if subsets else None
 
 
+@dataclass(frozen=True)
+class RowFacts:
+    """What :func:`rows_line` needs of a row: its dtype, whether it fails, its input's
+    conditioning (``None`` where not stated) and what that measures."""
+
+    dtype: str
+    failing: bool
+    conditioning: float | None
+    measure: str | None = None
+
+
 def rows_line(rows: Sequence[CaseResult]) -> str | None:
     """Across one implementation's rows of one op: the failing rows only at some dtypes, or only
     where the input's conditioning is at least some value (the others within budget)."""
     judged = [r for r in rows if r.status in (Status.PASS, Status.CONVENTION, Status.FAIL)]
-    failing = [r for r in judged if r.status is Status.FAIL]
-    if not failing or len(failing) == len(judged):
+    return facts_line(
+        [
+            RowFacts(r.dtype, r.status is Status.FAIL, r.conditioning, r.conditioning_measure)
+            for r in judged
+        ]
+    )
+
+
+def facts_line(rows: Sequence[RowFacts]) -> str | None:
+    """:func:`rows_line` of rows described by their facts."""
+    failing = [r for r in rows if r.failing]
+    if not failing or len(failing) == len(rows):
         return None
     notes = []
-    dtypes = sorted({r.dtype for r in judged})
+    dtypes = sorted({r.dtype for r in rows})
     bad = sorted({r.dtype for r in failing})
     if len(bad) < len(dtypes):
         good = [d for d in dtypes if d not in bad]
         notes.append(f"only at {', '.join(bad)} (no {', '.join(good)} row fails)")
-    conditioned = [r for r in judged if r.conditioning is not None and np.isfinite(r.conditioning)]
-    if len(conditioned) == len(judged):
-        low = min(float(r.conditioning) for r in failing)  # type: ignore[arg-type]
-        passing = [float(r.conditioning) for r in judged if r.status is not Status.FAIL]  # type: ignore[arg-type]
+    known = [float(r.conditioning) for r in rows if r.conditioning is not None]
+    if len(known) == len(rows) and all(np.isfinite(known)):
+        low = min(float(r.conditioning) for r in failing if r.conditioning is not None)
+        passing = [
+            float(r.conditioning) for r in rows if not r.failing and r.conditioning is not None
+        ]
         if passing and max(passing) < low:
-            measure = failing[0].conditioning_measure or "|mean|/std"
+            measure = failing[0].measure or "|mean|/std"
             notes.append(
                 f"only where the input's {measure} is {low:.3g} or more (no row up to "
                 f"{max(passing):.3g} fails)"

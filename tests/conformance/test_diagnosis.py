@@ -101,7 +101,12 @@ def test_a_declared_convention_without_the_op_is_still_tried():
 
 def _hypothesis(name, changed, overshoot, total=10):
     return Hypothesis(
-        name, NORMREF, changed, failing=list(overshoot), total=total, overshoot=dict(overshoot)
+        name,
+        NORMREF.replace(**changed),
+        changed,
+        failing=list(overshoot),
+        total=total,
+        overshoot=dict(overshoot),
     )
 
 
@@ -109,10 +114,15 @@ BASE_FAILING = {f"row-{i} float16": 3.0 for i in range(5)}
 """Five rows out of budget under the base."""
 
 
+VALUES = {"correction": 1, "eps_mode": "max", "fixed_eps": 1e-3, "group_affine": "per_group"}
+"""A value other than normref's for each field the tests below change."""
+
+
 def _variation(field, explained, overshoot=3.0):
     """A single-field change that explains the first ``explained`` of the base's failing rows."""
     left = {row: overshoot for row in list(BASE_FAILING)[explained:]}
-    return _hypothesis(f"normref with {field}=1", {field: 1}, left)
+    value = VALUES[field]
+    return _hypothesis(f"normref with {field}={value!r}", {field: value}, left)
 
 
 def test_the_closest_explains_most_failing_rows_and_more_than_any_other():
@@ -120,11 +130,22 @@ def test_the_closest_explains_most_failing_rows_and_more_than_any_other():
     or four of five with another change explaining as many, or the base itself: not named."""
     base = _hypothesis("normref (declared)", {}, BASE_FAILING)
     best = _variation("correction", 4)
-    assert Diagnosis("f", "layer_norm", "normref", [base, best, _variation("a", 2)]).closest is best
-    assert Diagnosis("f", "layer_norm", "normref", [base, _variation("a", 3)]).closest is None
-    rival = _variation("b", 4, overshoot=2.0)
+    other = _variation("eps_mode", 2)
+    assert Diagnosis("f", "layer_norm", "normref", [base, best, other]).closest is best
+    assert (
+        Diagnosis("f", "layer_norm", "normref", [base, _variation("eps_mode", 3)]).closest is None
+    )
+    rival = _variation("fixed_eps", 4, overshoot=2.0)
     assert Diagnosis("f", "layer_norm", "normref", [base, best, rival]).closest is None
     assert Diagnosis("f", "layer_norm", "normref", [base]).closest is None
+
+
+def test_a_preset_equal_to_a_change_is_no_rival_of_it():
+    """timm's preset is normref with layer norm's eps 1e-6: the same model, not a second one."""
+    base = _hypothesis("normref (declared)", {}, BASE_FAILING)
+    best = _variation("correction", 4)
+    same = _hypothesis("a preset", {"correction": 1}, {r: 3.0 for r in list(BASE_FAILING)[4:]})
+    assert Diagnosis("f", "layer_norm", "normref", [base, best, same]).closest is best
 
 
 def test_the_verdict_names_the_closest_only_where_it_fits():
