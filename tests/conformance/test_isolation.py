@@ -165,7 +165,7 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path):
         text=True,
         start_new_session=True,
     )
-    time.sleep(8)
+    time.sleep(6)
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
