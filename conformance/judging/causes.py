@@ -7,25 +7,29 @@ inferred from the input alone):
 * a single-field change of the declared convention
   (:func:`conformance.checked.models.variations`): semantic fields change the
   exact values; arithmetic fields only widen the budget, so a row within the
-  wider budget is consistent with that arithmetic. Where the implementation
-  gives non-finite values and normref computing in that arithmetic
-  (:func:`~conformance.judging.reference.normref_computing`) gives them at the
-  same elements (squares that overflow float16), the arithmetic accounts for
-  them, and the row says so;
+  wider budget is consistent with that arithmetic (:func:`arithmetic_accounts`
+  also takes as accounted for an output that normref itself computing in that
+  arithmetic, :func:`~conformance.judging.reference.normref_computing`,
+  reproduces, or one out of budget only in the groups whose squares overflow
+  the arithmetic's dtype and non-finite in some of them; the row's evidence
+  says which);
 * a structural hypothesis (:mod:`conformance.judging.alternatives`: a term of
   the gradient missing, statistics over the wrong axes, ...);
 * computing in a lower precision than the input's (float16 for float32,
-  float32 for float64): within the budget of that arithmetic, and with an error
-  of the same order (within a factor :data:`SAME_ORDER`) as normref's own
-  computing in it, so that a small semantic error is not taken for rounding.
+  float32 for float64), accounted for alike, and with an error of the same
+  order (within a factor :data:`SAME_ORDER`) as normref's own computing in it,
+  so that a small semantic error is not taken for rounding.
 
 Once an implementation's rows are done, :func:`settle` names in each failing
 row only the causes that reproduce *every* failing row of that implementation
 and op that has outputs to judge (not those that raised, timed out or
-crashed): the semantic ones, or only where none does the arithmetic ones. A
-cause that fits one row by coincidence (interleaved groups that one row's
-values happen to match under ``eps_mode='add_std'``) is not named. Where no
-cause holds for all, the row says so.
+crashed) and whose input is finite (a NaN in the input may be propagated
+otherwise, a difference of its own; such a row says whether the cause named
+for the others reproduces it): the semantic ones, or only where none does the
+arithmetic ones. A cause that fits one row by coincidence (interleaved groups
+that one row's values happen to match under ``eps_mode='add_std'``) is not
+named. Where no cause holds for all, the row says so, and where the failing
+rows are across dtypes and conditioning (:func:`~conformance.judging.localize.rows_line`).
 """
 
 from __future__ import annotations
