@@ -9,6 +9,7 @@ From Python::
     conformance.run(["torch"], dtypes=["float32"])          # a framework's adapter
     conformance.run(["optax"], backend="torch")             # the reference on torch tensors
     conformance.diagnose(my_batch_norm, op="batch_norm").verdict
+    conformance.check(my_layer_norm, op="layer_norm", isolate=True, timeout=60)  # in a worker
 
 From the command line: ``normref-conformance run|diagnose|export-golden|report``
 (or ``python -m conformance``). Cases are in :mod:`conformance.checked.cases`, the

@@ -1,17 +1,28 @@
 """``normref-conformance``: run, diagnose, export golden vectors, render reports.
 
+``run`` and ``diagnose`` call implementations in a worker process
+(:mod:`conformance.judging.isolation`): a call longer than ``--timeout``
+seconds (default 60), a crash or an exit fails its row, not the run. Ctrl-C
+stops the run, prints and writes the report of the rows done, and exits 130.
+
 Exit codes: 0 when every row is within budget, differs by convention
-(explained) or is not implemented; 1 when any row fails (``diagnose``: when
-no convention explains the implementation); 2 on a usage error, and when a
-framework asked for is not installed (nothing of it was checked; the
-frameworks that are installed are still run and reported); 3 on an internal
-error of the suite (a bug: its traceback is printed).
+(explained), refuses as normref does, returns a value where normref refuses, or
+is not implemented, and some row was checked; 1 when any row fails
+(``diagnose``: when no convention explains the implementation); 2 on a usage
+error (an unknown name, a function that cannot be imported or whose signature
+cannot take the op's arguments, a file that is not a results document, an
+export into a directory that is not empty), when nothing was checked (every row
+"not implemented": the reasons are printed), and when a framework asked for is
+not installed (nothing of it was checked; the frameworks that are installed
+are still run and reported); 3 on an internal error of the suite (a bug: its
+traceback is printed); 130 when stopped by Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -21,6 +32,7 @@ from typing import Any
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 3
+INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -72,9 +84,23 @@ def _parser() -> argparse.ArgumentParser:
 
     def impl(sub: argparse.ArgumentParser) -> None:
         from conformance.adapters.function import FUNCTION_OPTIONS
+        from conformance.judging.isolation import DEFAULT_TIMEOUT
 
         for name, options in FUNCTION_OPTIONS:
             sub.add_argument(f"--{name}", **options)
+        sub.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT,
+            help=f"seconds one call of an implementation may take (default {DEFAULT_TIMEOUT:g}; "
+            "not counting its imports, and twice that for its first call, which may compile)",
+        )
+        sub.add_argument(
+            "--in-process",
+            action="store_true",
+            help="call implementations in this process, not in a worker (starts faster and lets "
+            "a debugger in; a hang, a crash or an exit then ends the run)",
+        )
 
     run = commands.add_parser("run", help="check frameworks or a function")
     run.add_argument("--framework", action="append", help="framework(s), comma-separated")
@@ -104,7 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", help="write the diagnosis as JSON to this file")
 
     golden = commands.add_parser("export-golden", help="write golden vectors (NPZ + manifest)")
-    golden.add_argument("--out", required=True, help="directory to write into")
+    golden.add_argument("--out", required=True, help="directory to write into (new or empty)")
+    golden.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the contents of --out whole when it is not empty",
+    )
     golden.add_argument("--ops", help="comma-separated ops (default all)")
     golden.add_argument("--convention", help="the convention of the reference (default normref)")
     golden.add_argument(
@@ -152,10 +183,11 @@ def list_everything() -> str:
 
 
 def _function(args: argparse.Namespace) -> dict[str, Any]:
-    """The function under test and its settings, from ``--impl`` and its companions."""
+    """The function under test and its settings, from ``--impl`` and its companions: its module
+    imported, its signature (and its VJP's) checked against the op's arguments."""
     from conformance.adapters.arrays import array_kind
-    from conformance.adapters.function import load_function
-    from conformance.checked.models import model_of
+    from conformance.adapters.function import check_signature, load_function
+    from conformance.checked.models import model_of, with_changes
     from conformance.checked.ops import get_op
 
     if not args.impl:
@@ -165,18 +197,32 @@ def _function(args: argparse.Namespace) -> dict[str, Any]:
         msg = "--impl needs --op (the op it implements)"
         raise UsageError(msg)
     with _arguments():
-        get_op(args.op)
-        model_of(args.convention)
+        op = get_op(args.op)
+        with_changes(model_of(args.convention), args.set)
         array_kind(args.array_type)
         fn = load_function(args.impl)
+        check_signature(fn, op)
         vjp = load_function(args.impl_vjp) if args.impl_vjp else None
+        if vjp is not None:
+            check_signature(vjp, op, vjp=True)
     return {
         "fn": fn,
         "op": args.op,
         "convention": args.convention,
+        "changes": args.set,
         "array_type": args.array_type,
         "vjp": vjp,
     }
+
+
+def _isolation(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's settings: a worker with ``--timeout`` unless ``--in-process``."""
+    if not args.timeout > 0:
+        msg = f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+        raise UsageError(msg)
+    if args.in_process:
+        return {"isolate": False}
+    return {"isolate": True, "timeout": args.timeout}
 
 
 def _settings(
@@ -233,9 +279,20 @@ def _write(path: str, what: str, text: str) -> None:
         raise UsageError(f"cannot write the {what} to {path}: {error}") from error
 
 
+def _function_only(args: argparse.Namespace) -> None:
+    """The options that only a function (``--impl``) takes, refused without one."""
+    given = [
+        option for option, value in (("--impl-vjp", args.impl_vjp), ("--set", args.set)) if value
+    ]
+    if given and not args.impl:
+        msg = f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} --impl (the function)"
+        raise UsageError(msg)
+
+
 def _run(args: argparse.Namespace) -> int:
     from conformance import api
     from conformance.adapters import get_adapter
+    from conformance.judging.runner import RunInterrupted
     from conformance.reports import not_checked, print_report, progress_bar
     from conformance.reports.compiled import compiled_differences
 
@@ -246,6 +303,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.impl and frameworks:
         msg = "give either --framework or --impl, not both"
         raise UsageError(msg)
+    _function_only(args)
+    isolation = _isolation(args)
     if args.impl:
         function = _function(args)
         settings = _settings(args)
@@ -255,29 +314,43 @@ def _run(args: argparse.Namespace) -> int:
             for name in frameworks:
                 get_adapter(name)
         settings = _settings(args, ops=_names(args.ops), default_dtypes=api.DEFAULT_DTYPES)
-    with progress_bar() as progress:
-        if args.impl:
-            result = api.check(
-                function.pop("fn"),
-                function.pop("op"),
-                **function,
-                **settings,
-                case=args.case,
-                seed=args.seed,
-                thorough=args.thorough,
-                progress=progress,
-            )
-        else:
-            result = api.run(
-                frameworks,
-                ops=_names(args.ops),
-                **settings,
-                case=args.case,
-                seed=args.seed,
-                thorough=args.thorough,
-                compile=args.compile,
-                progress=progress,
-            )
+    try:
+        with progress_bar() as progress:
+            if args.impl:
+                result = api.check(
+                    function.pop("fn"),
+                    function.pop("op"),
+                    **function,
+                    **settings,
+                    **isolation,
+                    case=args.case,
+                    seed=args.seed,
+                    thorough=args.thorough,
+                    progress=progress,
+                )
+            else:
+                result = api.run(
+                    frameworks,
+                    ops=_names(args.ops),
+                    **settings,
+                    **isolation,
+                    case=args.case,
+                    seed=args.seed,
+                    thorough=args.thorough,
+                    compile=args.compile,
+                    progress=progress,
+                )
+    except RunInterrupted as stopped:
+        result = stopped.run
+        print_report(result)
+        _write_reports(result, args)
+        done = len(stopped.results)
+        print(
+            f"normref-conformance: interrupted after {done} of {stopped.planned} rows: the "
+            "report holds those",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     print_report(result)
     for line in compiled_differences(result):
         print(line)
@@ -291,20 +364,26 @@ def _diagnose(args: argparse.Namespace) -> int:
     from conformance.diagnosis import NothingToDiagnoseError, diagnose
     from conformance.reports import progress_bar
 
+    _function_only(args)
+    isolation = _isolation(args)
     function = _function(args)
     settings = _settings(args)
-    with progress_bar(what="diagnosing") as progress:
-        try:
+    try:
+        with progress_bar(what="diagnosing") as progress:
             found = diagnose(
                 function.pop("fn"),
                 function.pop("op"),
                 **function,
                 **settings,
+                **isolation,
                 seed=args.seed,
                 progress=progress,
             )
-        except NothingToDiagnoseError as error:
-            raise UsageError(str(error)) from error
+    except NothingToDiagnoseError as error:
+        raise UsageError(str(error)) from error
+    except KeyboardInterrupt:
+        print("normref-conformance: interrupted: no diagnosis", file=sys.stderr)
+        return INTERRUPTED
     for hypothesis in found.hypotheses:
         mark = (
             "explains"
@@ -313,9 +392,11 @@ def _diagnose(args: argparse.Namespace) -> int:
         )
         print(f"  {hypothesis.name:60s} {mark}")
     print(found.verdict)
+    for line in found.evidence:
+        print(f"  {line}")
     if args.json:
         _write(args.json, "diagnosis", json.dumps(found.to_json(), indent=1) + "\n")
-    return 0 if found.explaining else 1
+    return 0 if found.explained else 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -328,13 +409,22 @@ def _export(args: argparse.Namespace) -> int:
     settings = _settings(args, ops=ops, default_dtypes=defaults)
     with _arguments():
         model = model_of(args.convention)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
         msg = f"--out must name a directory, and {args.out} is a file"
+        raise UsageError(msg)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        msg = (
+            f"--out {args.out} is not empty: give a new or empty directory, or --force to "
+            "replace its contents whole"
+        )
         raise UsageError(msg)
     try:
         if args.format == "onnx-backend":
             return _export_onnx_backend(args, ops, model, settings)
-        path = export_golden(args.out, ops=ops, convention=model, seed=args.seed, **settings)
+        path = export_golden(
+            args.out, ops=ops, convention=model, seed=args.seed, force=args.force, **settings
+        )
     except OSError as error:
         raise UsageError(f"cannot write the golden vectors to {args.out}: {error}") from error
     count = len(json.loads(path.read_text())["vectors"])
@@ -353,7 +443,11 @@ def _export_onnx_backend(
             "--convention does not apply to onnx-backend: each operator's convention is the suite's"
         )
         raise UsageError(msg)
-    written = export_onnx_backend(args.out, ops=ops, dtypes=settings["dtypes"], seed=args.seed)
+    out = Path(args.out)
+    if args.force and out.is_dir():  # the contents replaced whole: no stale test beside new ones
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    written = export_onnx_backend(out, ops=ops, dtypes=settings["dtypes"], seed=args.seed)
     print(f"wrote {len(written)} ONNX backend tests under {Path(args.out) / KIND}")
     return 0
 
@@ -364,7 +458,7 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         result = RunResult.read_json(args.results)
-    except (OSError, ValueError) as error:  # JSONDecodeError, another schema: ValueError
+    except (OSError, ValueError) as error:  # JSONDecodeError (with its line), another schema
         raise UsageError(f"cannot read {args.results}: {error}") from error
     print_report(result)
     _write_reports(result, args)

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,13 +140,17 @@ def export_golden(
     convention: Any = None,
     seed: int = 0,
     backend: str | Backend | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the golden vectors of ``ops`` at ``dtypes`` under ``convention`` (the reference on
-    ``backend``); return the manifest's path.
+    ``backend``) into ``out``, a new or empty directory; return the manifest's path.
 
-    Every vector is computed before anything is written, so an error leaves ``out`` as it was;
-    then an earlier manifest is removed, each file is written under a temporary name and renamed,
-    and the manifest comes last: a directory with a manifest holds every file it lists.
+    A directory that is not empty is refused (:class:`FileExistsError`) unless ``force``,
+    which replaces its contents whole: the vectors are written into a new directory beside it,
+    which then takes its place, so that no stale vector stays next to a new manifest. Every
+    vector is computed before anything is written, so an error leaves ``out`` as it was; each
+    file is written under a temporary name and renamed, and the manifest comes last: a
+    directory with a manifest holds every file it lists.
     """
     import normref
 
@@ -178,13 +183,24 @@ def export_golden(
     }
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
     root = Path(out)
-    path = root / "manifest.json"
-    root.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    occupied = root.is_dir() and any(root.iterdir())
+    if occupied and not force:
+        msg = f"{root} is not empty: write into a new or empty directory, or pass force=True"
+        raise FileExistsError(msg)
+    target = root.with_name(f".{root.name}.new") if occupied else root
+    if target != root:
+        shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
     for relative, data in files.items():
-        _replace(root / relative, data)
-    _replace(path, text.encode())
-    return path
+        _replace(target / relative, data)
+    _replace(target / "manifest.json", text.encode())
+    if target != root:
+        old = root.with_name(f".{root.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(root, old)
+        os.replace(target, root)
+        shutil.rmtree(old)
+    return root / "manifest.json"
 
 
 def _replace(path: Path, data: bytes) -> None:

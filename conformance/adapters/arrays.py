@@ -55,6 +55,13 @@ def compiling() -> Iterator[None]:
         _COMPILING.reset(token)
 
 
+def record_setup(seconds: float) -> None:
+    """Add ``seconds`` of compilation to the open :func:`setup_clock`, if any."""
+    clock = _SETUP.get()
+    if clock is not None:
+        clock.seconds += seconds
+
+
 @contextlib.contextmanager
 def setup_clock() -> Iterator[SetupClock]:
     """A clock of the compilation done in the block (:func:`compiling`)."""
@@ -68,10 +75,14 @@ def setup_clock() -> Iterator[SetupClock]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What one call produced, as float64 NumPy arrays with the native dtypes' names."""
+    """What one call produced, as float64 NumPy arrays with the native dtypes' names, and the
+    inputs it wrote into (``modified``: their names)."""
 
     values: dict[str, np.ndarray]
     dtypes: dict[str, str]
+    modified: tuple[str, ...] = ()
+    setup_seconds: float = 0.0
+    """Seconds the call spent compiling (:func:`compiling`), not counted in a row's time."""
 
 
 class ArrayKind:
@@ -82,8 +93,18 @@ class ArrayKind:
     has_autograd = True
 
     def asarray(self, values: np.ndarray, dtype: str) -> Native:
-        """``values`` (exactly representable in ``dtype``) as a native array of ``dtype``."""
+        """``values`` (exactly representable in ``dtype``) as a new native array of ``dtype``
+        (never sharing memory with ``values``: an implementation may write into its input)."""
         raise NotImplementedError
+
+    def modified(self, arrays: dict[str, Native], given: dict[str, np.ndarray]) -> tuple[str, ...]:
+        """The names of ``arrays`` whose values are no longer ``given`` ones (NaN equal to NaN):
+        inputs an implementation wrote into."""
+        return tuple(
+            name
+            for name, array in arrays.items()
+            if not np.array_equal(self.to_numpy(array), given[name], equal_nan=True)
+        )
 
     def to_numpy(self, array: Native) -> np.ndarray:
         """A native array as a float64 NumPy array (exact)."""
@@ -114,37 +135,19 @@ class ArrayKind:
     ) -> Evaluation:
         """Run ``fn`` on ``inputs`` (values and dtypes) and, given ``dy``, its backward; within
         :func:`compiling`, compiled, after a first run that compiles it."""
+        setup = 0.0
         if _COMPILING.get():
             started = time.perf_counter()
             fn = self.compiled(fn)
-            self._outputs(fn, inputs, wrt, dy)
-            clock = _SETUP.get()
-            if clock is not None:
-                clock.seconds += time.perf_counter() - started
-        y, state, grads = self._outputs(fn, inputs, wrt, dy)
-        return self._evaluation({"y": y, **state}, grads, inputs)
-
-    def _outputs(
-        self,
-        fn: Function,
-        inputs: dict[str, tuple[np.ndarray, str]],
-        wrt: tuple[str, ...],
-        dy: np.ndarray | None,
-    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
-        arrays = {name: self.asarray(values, dtype) for name, (values, dtype) in inputs.items()}
-        if dy is None:
-            y, state = fn(arrays)
-            return y, state, {}
-        return self.vjp(fn, arrays, wrt, dy)
-
-    def _evaluation(
-        self,
-        outputs: dict[str, Native],
-        grads: dict[str, Native | None],
-        inputs: dict[str, tuple[np.ndarray, str]],
-    ) -> Evaluation:
+            self._outputs(fn, self._arrays(inputs), wrt, dy)
+            setup = time.perf_counter() - started
+            record_setup(setup)
+        arrays = self._arrays(inputs)
+        y, state, grads = self._outputs(fn, arrays, wrt, dy)
+        outputs = {"y": y, **state}
         values = {k: self.to_numpy(v) for k, v in outputs.items()}
         dtypes = {k: self.dtype_name(v) for k, v in outputs.items()}
+        modified = self.modified(arrays, {name: given for name, (given, _) in inputs.items()})
         for name, grad in grads.items():
             if grad is None:  # y does not depend on it: its gradient is zero
                 values[f"d{name}"] = np.zeros(np.shape(inputs[name][0]))
@@ -152,7 +155,20 @@ class ArrayKind:
             else:
                 values[f"d{name}"] = self.to_numpy(grad)
                 dtypes[f"d{name}"] = self.dtype_name(grad)
-        return Evaluation(values, dtypes)
+        return Evaluation(values, dtypes, modified, setup)
+
+    def _arrays(self, inputs: dict[str, tuple[np.ndarray, str]]) -> dict[str, Native]:
+        """The inputs as arrays of this kind, each a new one."""
+        return {name: self.asarray(values, dtype) for name, (values, dtype) in inputs.items()}
+
+    def _outputs(
+        self, fn: Function, arrays: dict[str, Native], wrt: tuple[str, ...], dy: np.ndarray | None
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
+        """``fn`` on ``arrays``: its output, its state and (given ``dy``) the gradients."""
+        if dy is None:
+            y, state = fn(arrays)
+            return y, state, {}
+        return self.vjp(fn, arrays, wrt, dy)
 
 
 class NumpyKind(ArrayKind):
@@ -163,7 +179,7 @@ class NumpyKind(ArrayKind):
     has_autograd = False
 
     def asarray(self, values: np.ndarray, dtype: str) -> Native:
-        return np.asarray(values, dtype=dtype)
+        return np.array(values, dtype=dtype)
 
     def to_numpy(self, array: Native) -> np.ndarray:
         return np.asarray(array, dtype=np.float64)

@@ -61,6 +61,10 @@ class Binding:
     outputs
         The forward and state outputs the implementation gives (flax's spectral
         norm keeps ``u`` and ``sigma``, not ``v``); ``None``: all of the op's.
+    in_place
+        The inputs the implementation is documented to update in place (an
+        adapter that hands a framework its running statistics to update);
+        writing into any other input fails the row.
     """
 
     op: str
@@ -74,6 +78,7 @@ class Binding:
     model_dependent: bool = False
     notes: str = ""
     outputs: tuple[str, ...] | None = None
+    in_place: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -103,15 +103,9 @@ def compare_output(
         shape_problem = f"shape {actual.shape}, expected {exact.shape}"
         return _unusable(name, direction, actual_dtype, expected_dtype, shape_problem)
     bounds = element_bounds(terms, name, exact, expected_dtype, arithmetic)
+    error, ratio, same = element_errors(actual, exact, bounds.bound, expected_dtype)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        error = np.abs(actual - exact)
-        # the correctly rounded result is always right, even where it overflows to infinity
-        rounded = round_to(exact, expected_dtype)
-        same = (actual == exact) | (actual == rounded) | (np.isnan(actual) & np.isnan(exact))
-        error = np.where(same, 0.0, np.where(np.isnan(error), np.inf, error))
         ulps = error / bounds.unit
-        ratio = np.where(error == 0, 0.0, error / bounds.bound)
-        ratio = np.where(np.isnan(ratio), np.inf, ratio)
         budget = bounds.bound / bounds.unit
         reference = bounds.reference / bounds.unit
     index = worst_element(ratio, exact)
@@ -137,6 +131,23 @@ def compare_output(
         input_value=float(primary[index]) if primary.shape == exact.shape and ratio.size else None,
         problem=problem,
     )
+
+
+def element_errors(
+    actual: np.ndarray, exact: np.ndarray, bound: np.ndarray, expected_dtype: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per element: the error ``|actual - exact|`` (0 where the value is right, ``inf`` where it
+    is NaN and the exact one is not), its ratio to ``bound`` (> 1: out of budget) and whether
+    the value is right: the exact value, the correctly rounded one (even where that overflows
+    to infinity), or NaN where the exact value is NaN."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        error = np.abs(actual - exact)
+        rounded = round_to(exact, expected_dtype)
+        same = (actual == exact) | (actual == rounded) | (np.isnan(actual) & np.isnan(exact))
+        error = np.where(same, 0.0, np.where(np.isnan(error), np.inf, error))
+        ratio = np.where(error == 0, 0.0, error / bound)
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    return error, ratio, same
 
 
 def worst_element(ratio: np.ndarray, exact: np.ndarray) -> tuple[int, ...]:

@@ -34,8 +34,9 @@ they enter the error bound (:mod:`conformance.bounds.budgets`).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,3 +257,39 @@ def variations(base: Model, fields: tuple[str, ...]) -> Iterator[tuple[str, Any,
         for value in field_values(field):
             if value != base.get(field):
                 yield field, value, base.replace(**{field: value})
+
+
+def _field_names() -> tuple[str, ...]:
+    return (
+        *(f.name for f in dataclasses.fields(Convention) if f.name != "name"),
+        *HYPOTHESIS_FIELDS,
+    )
+
+
+def with_changes(model: Model, changes: Sequence[str]) -> Model:
+    """``model`` with each ``"field=value"`` of ``changes`` applied (:meth:`Model.replace`): a
+    convention field or a hypothesis of :class:`Model`, the value a Python literal (a number,
+    a string, ``None``) or else the text as a string. :class:`ValueError` naming the known
+    fields, or the values a field takes, for another."""
+    found: dict[str, Any] = {}
+    for change in changes:
+        name, sep, text = change.partition("=")
+        name = name.strip()
+        if not sep or name not in _field_names():
+            msg = (
+                f"a change must be field=value with a field of the convention, got {change!r}; "
+                f"the fields: {', '.join(_field_names())}"
+            )
+            raise ValueError(msg)
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        if isinstance(value, int) and not isinstance(value, bool) and name not in CHOICES:
+            value = float(value) if "eps" in name else value
+        allowed = CHOICES.get(name)
+        if allowed is not None and value not in allowed:
+            msg = f"{name} takes one of {list(allowed)}, got {value!r} (from {change!r})"
+            raise ValueError(msg)
+        found[name] = value
+    return model.replace(**found) if found else model

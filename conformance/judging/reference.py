@@ -11,6 +11,7 @@ terms behind every output (:mod:`conformance.bounds.terms`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from conformance.bounds.terms import OpTerms
 from conformance.checked.backends import NUMPY, Backend
 from conformance.checked.cases import Prepared
 from conformance.checked.formats import round_to, unit_roundoff
-from conformance.checked.models import Model
+from conformance.checked.models import NORMREF, Model
 from conformance.checked.ops import batch_weight_as
 from normref.registry import Sample
 
@@ -152,3 +153,37 @@ def reference_or_refusal(
             except ValueError:
                 pass
         return Refusal(where, f"at {prepared.dtype}: {error}")
+
+
+def normref_computing(
+    prepared: Prepared,
+    precision: Any,
+    dtype: str,
+    *,
+    backward: bool = False,
+    model: Model = NORMREF,
+) -> dict[str, np.ndarray]:
+    """normref itself computing like an implementation would: its forward (and, with
+    ``backward``, its VJP) on the row's inputs under ``model``'s keywords (its ``eps`` and its
+    convention's), as NumPy arrays of ``dtype``, with ``precision`` (``"native"``, or a
+    convention whose arithmetic it models); float64 arrays by output name. ``ValueError`` where
+    normref refuses that (a dtype NumPy lacks, bfloat16)."""
+    op = prepared.op
+    sample = model_sample(prepared, model)
+
+    def held(value: Any) -> Any:
+        return np.asarray(value, dtype=dtype) if isinstance(value, np.ndarray) else value
+
+    with np.errstate(all="ignore"):  # a value beyond float16's range becomes infinite, as it is
+        args = {k: held(v) for k, v in sample.args.items()}
+    kwargs = {**op.keywords_under(sample, model), "precision": precision}
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = op.spec.output_values(op.spec.forward(*args.values(), **kwargs))
+        if backward and op.differentiable and op.spec.vjp is not None:
+            with np.errstate(all="ignore"):
+                dy = held(prepared.dy)
+            grads = op.spec.call_vjp(dy, Sample(args, kwargs))
+            found = dict(zip(op.differentiable, grads, strict=True))
+            values.update({f"d{k}": g for k, g in found.items() if g is not None})
+    return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}

@@ -9,17 +9,19 @@ output against its bound.
 
 from __future__ import annotations
 
+import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from conformance.adapters.arrays import Evaluation
-from conformance.adapters.base import Binding
-from conformance.bounds.budgets import arithmetic_of
-from conformance.bounds.compare import OutputCheck, compare_output
+from conformance.adapters.base import Binding, FrameworkLacksError
+from conformance.bounds.budgets import Arithmetic, arithmetic_of, element_bounds
+from conformance.bounds.compare import OutputCheck, compare_output, element_errors
+from conformance.bounds.terms import OpTerms
 from conformance.checked.backends import NUMPY, Backend
 from conformance.checked.cases import Case, Prepared, prepare
 from conformance.checked.formats import promote
@@ -73,7 +75,7 @@ class Row:
     backend: Backend = NUMPY
 
     def __post_init__(self) -> None:
-        self._outcomes: dict[Any, Evaluation] = {}
+        self._outcomes: dict[Any, Evaluation | Exception] = {}
 
     @classmethod
     def of(cls, binding: Binding, case: Case, dtype: str, backend: Backend = NUMPY) -> Row:
@@ -87,11 +89,38 @@ class Row:
         return self.binding.backward and bool(self.prepared.op.differentiable)
 
     def outcome(self, model: Model) -> Evaluation:
-        """The implementation's outputs when it follows ``model`` (called once per call)."""
+        """The implementation's outputs when it follows ``model``: called once per distinct
+        call, its exception kept and raised again (a diagnosis tries many models on a row; an
+        implementation that hangs costs one timeout, not one per model)."""
         call = model.convention.momentum_meaning if self.binding.model_dependent else None
         if call not in self._outcomes:
-            self._outcomes[call] = quietly(self.binding.run, self.prepared, model, self.backward)
-        return self._outcomes[call]
+            try:
+                self._outcomes[call] = call_implementation(
+                    self.binding.run, self.prepared, model, self.backward
+                )
+            except (
+                FrameworkLacksError,
+                ImplementationFailedError,
+                ImplementationRaisedError,
+            ) as error:
+                self._outcomes[call] = error
+            except Exception as error:  # noqa: BLE001 - the implementation's, kept and raised below
+                self._outcomes[call] = ImplementationRaisedError.of(error)
+        found = self._outcomes[call]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def modified_inputs(self) -> tuple[str, ...]:
+        """The inputs the implementation wrote into in any of its calls, except those its
+        binding declares it updates in place."""
+        found = {
+            name
+            for outcome in self._outcomes.values()
+            if isinstance(outcome, Evaluation)
+            for name in outcome.modified
+        }
+        return tuple(sorted(found - set(self.binding.in_place)))
 
     def expected_dtype(self, name: str, model: Model) -> str:
         """The dtype output ``name`` has under ``model``: a gradient or a running statistic
@@ -116,33 +145,119 @@ class Row:
             lambda: expected(self.prepared, exact, backward=backward, backend=backend),
         )
 
-    def checks(self, model: Model) -> list[OutputCheck]:
-        """Every output the binding gives against its bound under ``model``."""
+    def checks(
+        self,
+        model: Model,
+        *,
+        exact: dict[str, np.ndarray] | None = None,
+        terms: dict[str, OpTerms] | None = None,
+        arithmetic: Arithmetic | None = None,
+        first: Sequence[str] = (),
+        stop: bool = False,
+    ) -> list[OutputCheck]:
+        """Every output the binding gives against its bound under ``model``.
+
+        A diagnosis tests alternatives with the reference's own terms: ``exact`` replaces some
+        of the reference's values (those of outputs the row has), ``terms`` the terms that
+        measure some outputs (by name: another computation's, an output of another shape),
+        ``arithmetic`` the model's arithmetic. With ``stop`` the checks end at the first output
+        out of budget (the outputs named in ``first`` checked first): enough to say whether
+        the model fits.
+        """
         reference = self.expected(model)
         outcome = self.outcome(model)
-        arithmetic = arithmetic_of(model, self.prepared.dtype)
+        if arithmetic is None:
+            arithmetic = arithmetic_of(model, self.prepared.dtype)
+        values = dict(reference.values)
+        values.update({k: v for k, v in (exact or {}).items() if k in values})
+        measured = terms or {}
         op = self.prepared.op
         primary = self.prepared.sample.args[op.spec.primary]
         given = self.binding.outputs
-        return [
-            compare_output(
+        names = [n for n in values if given is None or n in given or op.direction(n) == "backward"]
+        names.sort(key=lambda n: n not in first)
+        found = []
+        for name in names:
+            check = compare_output(
                 name,
                 outcome.values.get(name),
                 outcome.dtypes.get(name),
-                exact,
-                reference.terms,
+                values[name],
+                measured.get(name, reference.terms),
                 self.expected_dtype(name, model),
                 arithmetic,
                 primary,
                 op.direction(name),
             )
-            for name, exact in reference.values.items()
-            if given is None or name in given or op.direction(name) == "backward"
-        ]
+            found.append(check)
+            if stop and not check.ok:
+                break
+        return found
 
-    def passes(self, model: Model) -> bool:
-        """Whether every output is within budget under ``model``."""
-        return all(c.ok for c in self.checks(model))
+    def ratios(
+        self, model: Model, name: str, *, arithmetic: Arithmetic | None = None
+    ) -> np.ndarray | None:
+        """Per element of output ``name``: its error over its bound under ``model`` (and
+        ``arithmetic``, default the model's; > 1: out of budget); ``None`` where the output is
+        missing or of another shape."""
+        reference = self.expected(model)
+        actual = self.outcome(model).values.get(name)
+        exact = reference.values.get(name)
+        if actual is None or exact is None or np.shape(actual) != np.shape(exact):
+            return None
+        dtype = self.expected_dtype(name, model)
+        bounds = element_bounds(
+            reference.terms,
+            name,
+            exact,
+            dtype,
+            arithmetic or arithmetic_of(model, self.prepared.dtype),
+        )
+        return element_errors(np.asarray(actual, dtype=np.float64), exact, bounds.bound, dtype)[1]
+
+    def passes(self, model: Model, **options: Any) -> bool:
+        """Whether every output is within budget under ``model`` (and the options of
+        :meth:`checks`), checking no further than the first output out of budget."""
+        return all(c.ok for c in self.checks(model, stop=True, **options))
+
+
+class ImplementationRaisedError(Exception):
+    """An exception the implementation raised (not the suite): its type's name, its message and
+    its traceback. The row fails with "raised <type>: <message>"."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str | None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.traceback_text = traceback_text
+
+    @classmethod
+    def of(cls, error: BaseException) -> ImplementationRaisedError:
+        """``error``, raised by the implementation in this process."""
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return cls(type(error).__name__, str(error), text)
+
+
+class ImplementationFailedError(Exception):
+    """The implementation failed in a way that must not end the run: it timed out, crashed, or
+    raised an exception that is not an :class:`Exception` (``SystemExit``). Its row fails with
+    this message as its diagnosis (and ``traceback_text``, where there is one)."""
+
+    def __init__(self, message: str, traceback_text: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback_text = traceback_text
+
+
+def call_implementation(run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)`` quietly (:func:`quietly`), an exit or another exception that is not an
+    :class:`Exception` turned into an :class:`ImplementationFailedError` (Ctrl-C, a
+    ``KeyboardInterrupt``, still stops the run)."""
+    try:
+        return quietly(run, *args)
+    except (Exception, KeyboardInterrupt):
+        raise
+    except BaseException as error:  # noqa: BLE001 - an exit must not end the run
+        text = f"raised {type(error).__name__}: {error}".rstrip(": ")
+        raise ImplementationFailedError(text, traceback.format_exc()) from None
 
 
 def quietly(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

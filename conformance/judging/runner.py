@@ -1,17 +1,23 @@
 """Running bindings over cases and dtypes: one :class:`~conformance.reports.results.CaseResult` per row.
 
 An exception of the implementation fails its row (with its traceback) and the
-run goes on; :class:`~conformance.adapters.base.FrameworkLacksError` makes it
-"not implemented". On an input normref refuses, the row records whether the
-implementation refuses too or which value it returns. The verdicts are
-:mod:`conformance.judging.verdicts`'.
+run goes on (an exception of the suite itself is not blamed on it: it ends the
+run, a bug to report); :class:`~conformance.adapters.base.FrameworkLacksError` makes it
+"not implemented"; a timeout, a crash or an exit
+(:class:`~conformance.judging.rows.ImplementationFailedError`) fails its row too,
+even on an input normref refuses. An implementation that writes into an input
+fails its row ("modifies its input x"). On an input normref refuses, the row
+records whether the implementation refuses too or which value it returns. The
+verdicts are :mod:`conformance.judging.verdicts`'; once every row has run,
+:mod:`conformance.judging.causes` keeps in each failing row's diagnosis only the
+causes that reproduce every failing row of its implementation and op. Ctrl-C
+stops the run with :class:`RunInterrupted`, which holds the rows done.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from conformance.adapters.arrays import setup_clock
@@ -20,9 +26,15 @@ from conformance.checked.backends import NUMPY, Backend
 from conformance.checked.cases import Case, cases_for, find_case
 from conformance.checked.models import NORMREF
 from conformance.checked.ops import get_op
+from conformance.judging.causes import settle
 from conformance.judging.reference import Refusal, reference_or_refusal
-from conformance.judging.rows import Row, quietly
-from conformance.judging.verdicts import accepted_value, judge
+from conformance.judging.rows import (
+    ImplementationFailedError,
+    ImplementationRaisedError,
+    Row,
+    call_implementation,
+)
+from conformance.judging.verdicts import accepted_value, judge, modified_text
 from conformance.reports.results import CaseResult, RunResult, Status
 
 
@@ -71,22 +83,33 @@ def _check_row(binding: Binding, case: Case, dtype: str, backend: Backend) -> Ca
             result.status, result.model = verdict.status, verdict.model
             result.explained_by = verdict.fields
             result.outputs = [c.to_json() for c in verdict.checks]
+            result.modified_inputs = list(verdict.modified)
+            result.causes = verdict.causes
             if verdict.baseline is not None:
                 result.baseline = [c.to_json() for c in verdict.baseline]
             if verdict.status is Status.CONVENTION:
                 result.explanation, result.evidence = verdict.text, verdict.evidence
             elif verdict.status is Status.FAIL:
-                result.diagnosis = verdict.text
+                result.diagnosis, result.evidence = verdict.text, verdict.evidence
     except FrameworkLacksError as error:
         result.status, result.explanation = Status.NOT_IMPLEMENTED, str(error)
         result.outputs = []
-    except Exception as error:  # noqa: BLE001 - an implementation's crash fails its row only
+    except ImplementationFailedError as error:
+        result.status, result.diagnosis = Status.FAIL, str(error)
+        result.traceback = error.traceback_text
+        result.outputs = []
+    except ImplementationRaisedError as error:  # its exception fails its row only
         result.status = Status.FAIL
-        result.diagnosis = f"raised {type(error).__name__}: {error}"
-        result.traceback = traceback.format_exc()
+        result.diagnosis = f"raised {error.type_name}: {error}"
+        result.traceback = error.traceback_text
         result.outputs = []
     result.seconds = time.perf_counter() - started
     return result
+
+
+def raised_type(error: BaseException) -> str:
+    """The name of the exception an implementation raised (in this process, or in a worker)."""
+    return error.type_name if isinstance(error, ImplementationRaisedError) else type(error).__name__
 
 
 def _state_conditioning(row: Row, result: CaseResult) -> None:
@@ -102,13 +125,18 @@ def _state_conditioning(row: Row, result: CaseResult) -> None:
 def _error_path(row: Row, result: CaseResult, refusal: Refusal) -> None:
     backward = refusal.where == "backward" and row.backward
     try:
-        evaluation = quietly(row.binding.run, row.prepared, row.binding.model, backward)
-    except FrameworkLacksError:
+        evaluation = call_implementation(row.binding.run, row.prepared, row.binding.model, backward)
+    except (FrameworkLacksError, ImplementationFailedError):
         raise
     except Exception as raised:  # noqa: BLE001 - refusing is the expected behaviour here
         result.status = Status.REFUSES
         first = str(raised).splitlines()[0][:200] if str(raised) else ""
-        result.explanation = f"raises {type(raised).__name__}: {first}"
+        result.explanation = f"raises {raised_type(raised)}: {first}"
+        return
+    written = tuple(sorted(set(evaluation.modified) - set(row.binding.in_place)))
+    if written:
+        result.status, result.diagnosis = Status.FAIL, modified_text(written)
+        result.modified_inputs = list(written)
         return
     result.status = Status.ACCEPTS
     result.explanation = accepted_value(evaluation, row.prepared, backward)
@@ -126,6 +154,16 @@ def select_cases(
     return [case] if case.op == op else []
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: ``results`` holds the rows done (``run`` then the partial
+    :class:`~conformance.reports.results.RunResult` where the API made one)."""
+
+    def __init__(self, results: list[CaseResult], planned: int) -> None:
+        super().__init__()
+        self.results, self.planned = results, planned
+        self.run: Any = None
+
+
 def run_bindings(
     bindings: Iterable[Binding],
     dtypes: Iterable[str],
@@ -135,23 +173,36 @@ def run_bindings(
     thorough: bool = False,
     progress: Callable[[int, str], None] | None = None,
     backend: Backend = NUMPY,
+    cases: Sequence[Case] | None = None,
 ) -> list[CaseResult]:
-    """Every binding on every case of its op at every dtype the case runs at, the reference on
-    ``backend`` (``progress(total, label)`` first with the total, then once per row)."""
+    """Every binding on every case of its op at every dtype the case runs at (or on ``cases``,
+    those of its op), the reference on ``backend`` (``progress(total, label)`` first with the
+    total, then once per row). The failing rows' causes are then those that hold for all of an
+    implementation's failing rows together (:func:`conformance.judging.causes.settle`); Ctrl-C
+    raises :class:`RunInterrupted` with the rows done, settled alike."""
     plan = [
         (binding, case, dtype)
         for binding in bindings
-        for case in select_cases(binding.op, case_id=case_id, seed=seed, thorough=thorough)
+        for case in (
+            select_cases(binding.op, case_id=case_id, seed=seed, thorough=thorough)
+            if cases is None
+            else [c for c in cases if c.op == binding.op]
+        )
         for dtype in dtypes
         if case.runs_at(dtype)
     ]
     if progress is not None:
         progress(len(plan), "")
-    results = []
-    for binding, case, dtype in plan:
-        results.append(check_row(binding, case, dtype, backend))
-        if progress is not None:
-            progress(0, f"{binding.label} {case.id} {dtype}")
+    results: list[CaseResult] = []
+    try:
+        for binding, case, dtype in plan:
+            results.append(check_row(binding, case, dtype, backend))
+            if progress is not None:
+                progress(0, f"{binding.label} {case.id} {dtype}")
+    except KeyboardInterrupt:
+        settle(results)
+        raise RunInterrupted(results, len(plan)) from None
+    settle(results)
     return results
 
 

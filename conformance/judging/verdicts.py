@@ -8,18 +8,21 @@
    (or by all of its differing fields when none does alone); where an
    arithmetic field explains it, normref modelling that arithmetic on the same
    input is the evidence;
-3. otherwise **fails**; the diagnosis names non-finite outputs where the
-   exact result is finite, values where normref gives NaN or infinity and the
-   implementation another value, squares that overflow, and last the
-   single-field changes of the declared convention under which the row
-   passes: the semantic ones (which change the exact values), and only when
-   none does the arithmetic ones (which only move the budget: "within the
-   wider budget of"); several, each enough alone, as "any one of: a; b".
+3. otherwise **fails**. An implementation that wrote into an input fails
+   whatever its values ("modifies its input x"), unless its binding declares
+   that input updated in place. A failing row's diagnosis says which outputs
+   are out of budget and which within, names non-finite outputs where the
+   exact result is finite and values where normref gives NaN or infinity and
+   the implementation another value; its evidence says where within an output
+   the failure is (:mod:`conformance.judging.localize`). Its candidate causes
+   (:mod:`conformance.judging.causes`) are checked on it here, and named once
+   every row of the implementation has run, where they hold for all of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import array_api_compat.numpy as xp_numpy
@@ -30,11 +33,12 @@ from conformance.adapters.base import Binding
 from conformance.bounds.budgets import arithmetic_of
 from conformance.bounds.compare import OutputCheck, compare_output
 from conformance.checked.cases import Prepared
-from conformance.checked.formats import largest
-from conformance.checked.models import NORMREF, Model, arithmetic_only, variations
+from conformance.checked.models import NORMREF, Model
 from conformance.checked.ops import get_op
-from conformance.judging.reference import model_sample
-from conformance.judging.rows import Row, quietly
+from conformance.judging.causes import Candidates, candidate_causes
+from conformance.judging.localize import elements_line, outputs_line
+from conformance.judging.reference import normref_computing
+from conformance.judging.rows import Row
 from conformance.reports.results import Status
 from normref.affine import broadcast_param
 from normref.nonlinearities import nonlinearity_gain
@@ -61,7 +65,9 @@ class Verdict:
 
     ``baseline`` holds the outputs that are out of budget of normref's own
     definition (how much a convention finding differs from it); ``evidence``
-    what normref modelling an explaining arithmetic gives on the same input.
+    what normref modelling an explaining arithmetic gives on the same input, or
+    for a failing row where within its outputs it fails; ``modified`` the inputs
+    the implementation wrote into; ``causes`` a failing row's candidate causes.
     """
 
     status: Status
@@ -71,11 +77,23 @@ class Verdict:
     text: str | None = None
     baseline: list[OutputCheck] | None = None
     evidence: str | None = None
+    modified: tuple[str, ...] = ()
+    causes: Candidates | None = field(default=None, repr=False)
+
+
+def modified_text(names: Sequence[str]) -> str:
+    """``"modifies its input x"`` (or inputs)."""
+    return f"modifies its input{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
 def judge(row: Row) -> Verdict:
     """The verdict on ``row`` (see the module docstring)."""
     base = row.checks(NORMREF)
+    modified = row.modified_inputs()
+    if modified and all(c.ok for c in base):
+        return Verdict(
+            Status.FAIL, base, NORMREF.name, text=modified_text(modified), modified=modified
+        )
     if all(c.ok for c in base):
         return Verdict(Status.PASS, base, NORMREF.name)
     off_base = [c for c in base if not c.ok]
@@ -84,6 +102,15 @@ def judge(row: Row) -> Verdict:
     checks = base
     if declared != NORMREF:
         checks = row.checks(declared)
+        if modified and all(c.ok for c in checks):
+            return Verdict(
+                Status.FAIL,
+                checks,
+                declared.name,
+                text=modified_text(modified),
+                baseline=off_base,
+                modified=modified,
+            )
         if all(c.ok for c in checks):
             differing = {f: declared.get(f) for f in relevant if declared.get(f) != NORMREF.get(f)}
             alone = {f: v for f, v in differing.items() if row.passes(NORMREF.replace(**{f: v}))}
@@ -101,8 +128,11 @@ def judge(row: Row) -> Verdict:
             return Verdict(
                 Status.CONVENTION, checks, declared.name, fields, text, off_base, evidence
             )
-    text = _diagnose_failure(row, declared, relevant, checks)
-    return Verdict(Status.FAIL, checks, declared.name, None, text, off_base)
+    text, evidence = failure_symptoms(row, declared, checks, modified)
+    causes = candidate_causes(row, declared, relevant)
+    return Verdict(
+        Status.FAIL, checks, declared.name, None, text, off_base, evidence, modified, causes
+    )
 
 
 def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
@@ -111,17 +141,15 @@ def _witness(row: Row, model: Model, base: list[OutputCheck]) -> str | None:
     prepared, op = row.prepared, row.prepared.op
     if prepared.dtype not in NumpyKind.dtypes or len(op.outputs) > 1:
         return None
-    sample = model_sample(prepared, NORMREF)
-    args = [
-        np.asarray(v, dtype=prepared.dtype) if isinstance(v, np.ndarray) else v
-        for v in sample.args.values()
-    ]
-    modelled = quietly(op.spec.forward, *args, **sample.kwargs, precision=model.convention)
+    try:
+        modelled = normref_computing(prepared, model.convention, prepared.dtype)["y"]
+    except Exception:  # noqa: BLE001 - normref refusing that arithmetic (float16 eigh): no evidence
+        return None
     reference = row.expected(NORMREF)
     y = reference.values["y"]
     unit = compare_output(
         "y",
-        np.asarray(modelled),
+        modelled,
         prepared.dtype,
         y,
         reference.terms,
@@ -149,10 +177,12 @@ def _semantic_evidence(row: Row, model: Model, fields: dict[str, Any]) -> str | 
     )
 
 
-def _diagnose_failure(
-    row: Row, declared: Model, relevant: tuple[str, ...], checks: list[OutputCheck]
-) -> str:
-    notes = []
+def failure_symptoms(
+    row: Row, declared: Model, checks: list[OutputCheck], modified: tuple[str, ...]
+) -> tuple[str, str | None]:
+    """A failing row's symptoms (the written inputs, non-finite values, which outputs are out of
+    budget and which within) and where within its outputs it fails."""
+    notes = [modified_text(modified)] if modified else []
     failing = [c for c in checks if not c.ok]
     for check in failing:
         if check.problem:
@@ -164,16 +194,9 @@ def _diagnose_failure(
                 f"{check.name}: {check.nonfinite_mismatches} values where normref gives NaN or "
                 "infinity and the implementation another value"
             )
-    overflow = _overflow_note(row.prepared)
-    if overflow:
-        notes.append(overflow)
-    explanation = _explaining_variations(row, declared, relevant)
-    if explanation:
-        notes.append(explanation)
-    if not notes:
-        names = ", ".join(f"{c.name} ({c.direction})" for c in failing)
-        notes.append(f"out of budget: {names}; no single convention field explains it")
-    return "; ".join(notes)
+    notes.append(outputs_line(checks))
+    where = [elements_line(row, declared, c.name) for c in failing if not c.problem]
+    return "; ".join(notes), "; ".join(w for w in where if w) or None
 
 
 def _nonfinite_at_finite(check: OutputCheck) -> bool:
@@ -182,46 +205,6 @@ def _nonfinite_at_finite(check: OutputCheck) -> bool:
     if check.actual is None or check.expected is None:
         return False
     return bool(np.isfinite(check.expected) and not np.isfinite(check.actual))
-
-
-def _explaining_variations(row: Row, declared: Model, relevant: tuple[str, ...]) -> str | None:
-    """The single-field changes of the declared model under which the row passes, last in a
-    diagnosis (their alternatives are separated as its notes are).
-
-    A semantic field changes the exact values: when one explains the row, the arithmetic
-    fields, which only move the budget, are not named. Several alternatives are each enough
-    alone: "any one of".
-    """
-    semantic: list[str] = []
-    arithmetic: list[str] = []
-    for field_name, value, model in variations(declared, relevant):
-        try:
-            explained = row.passes(model)
-        except Exception:  # noqa: BLE001 - a variation the implementation cannot take explains nothing
-            explained = False
-        if explained:
-            change = f"{field_name}={value!r} instead of the declared {declared.get(field_name)!r}"
-            (arithmetic if arithmetic_only([field_name]) else semantic).append(change)
-    changes = semantic or arithmetic
-    if not changes:
-        return None
-    lead = "explained by" if semantic else "within the wider budget of"
-    if len(changes) == 1:
-        return f"{lead} {changes[0]}"
-    return f"{lead} any one of: {'; '.join(changes)}"
-
-
-def _overflow_note(prepared: Prepared) -> str | None:
-    x = prepared.sample.args[prepared.op.spec.primary]
-    with np.errstate(over="ignore", invalid="ignore"):
-        squares = float(np.nanmax(np.abs(x), initial=0.0)) ** 2
-    if squares > largest(prepared.dtype):
-        return (
-            f"the squares of the inputs (up to {squares:.3g}) exceed {prepared.dtype}'s largest "
-            f"value ({largest(prepared.dtype):.3g}): squares or sums computed in "
-            f"{prepared.dtype} overflow"
-        )
-    return None
 
 
 def accepted_value(evaluation: Evaluation, prepared: Prepared, backward: bool = False) -> str:

@@ -1,13 +1,14 @@
 """Results: one row per (implementation, case, dtype), a run's summary, and its JSON form.
 
 The JSON form is versioned (:data:`SCHEMA_VERSION`) and described by the JSON
-Schema ``conformance/reports/schemas/results-v2.json``; it records the normref
+Schema ``conformance/reports/schemas/results-v3.json``; it records the normref
 version and everything needed to re-run a row (the case id and seed).
-Documents of version 1 (``results-v1.json``) still read: their outputs'
-``reference_ulps``, in ulps of the exact values, is not in the unit of the
-budget and cannot be converted to it, so it is dropped, and
-``reference_bound_ulps`` and ``nonfinite_mismatches`` (not recorded) are
-``None``.
+Version 3 added each row's ``modified_inputs`` and the run's ``interrupted``;
+documents of version 2 read with none and ``False``. Documents of version 1
+(``results-v1.json``) still read: their outputs' ``reference_ulps``, in ulps
+of the exact values, is not in the unit of the budget and cannot be converted
+to it, so it is dropped, and ``reference_bound_ulps`` and
+``nonfinite_mismatches`` (not recorded) are ``None``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "normref-conformance-results"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+INTERRUPTED = 130
+"""The exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 """The versions :meth:`RunResult.from_json` reads (an earlier one upgraded on reading)."""
 
 
@@ -90,10 +93,13 @@ class CaseResult:
     description: str = ""
     traceback: str | None = None
     seconds: float = 0.0
+    modified_inputs: list[str] = field(default_factory=list)
+    causes: Any = field(default=None, repr=False, compare=False)
+    """A failing row's candidate causes while its run settles them (not part of the JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON-ready values."""
-        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "causes"}
         row["status"] = self.status.value
         if self.conditioning is not None and not _finite(self.conditioning):
             row["conditioning"] = str(self.conditioning)
@@ -143,6 +149,7 @@ class RunResult:
     implementations: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
 
     @property
     def counts(self) -> dict[str, int]:
@@ -156,17 +163,32 @@ class RunResult:
         return not self.skipped
 
     @property
+    def checked(self) -> bool:
+        """Some row was checked: not every row is "not implemented" (and there are rows)."""
+        return any(r.status is not Status.NOT_IMPLEMENTED for r in self.results)
+
+    @property
     def ok(self) -> bool:
-        """Every framework asked for was checked, and no row fails."""
-        return self.complete and not self.failures
+        """Every framework asked for was checked, something was, it ran to the end, and no row
+        fails."""
+        return self.complete and self.checked and not self.interrupted and not self.failures
 
     @property
     def exit_code(self) -> int:
-        """2 when a framework asked for was not checked (not installed: the run is not the one
-        asked for, whatever its rows say), else 1 when a row fails, else 0."""
-        if not self.complete:
+        """130 for a run stopped by Ctrl-C; 2 when a framework asked for was not checked (not
+        installed: the run is not the one asked for, whatever its rows say) or nothing was
+        checked (every row "not implemented"); else 1 when a row fails, else 0."""
+        if self.interrupted:
+            return INTERRUPTED
+        if not self.complete or not self.checked:
             return 2
         return 1 if self.failures else 0
+
+    def not_implemented_reasons(self) -> list[str]:
+        """Why rows are "not implemented", each reason once."""
+        return list(
+            dict.fromkeys(r.explanation or "" for r in self.by_status(Status.NOT_IMPLEMENTED))
+        )
 
     def by_status(self, status: Status) -> list[CaseResult]:
         """The rows with ``status``."""
@@ -195,14 +217,19 @@ class RunResult:
             "seconds": self.seconds,
             "implementations": self.implementations,
             "skipped": self.skipped,
+            "interrupted": self.interrupted,
             "summary": {"counts": self.counts, "exit_code": self.exit_code},
             "results": [r.to_json() for r in self.results],
         }
 
     @classmethod
-    def from_json(cls, document: dict[str, Any]) -> RunResult:
+    def from_json(cls, document: Any) -> RunResult:
         """A run back from :meth:`to_json`, or from a document of an earlier version of
-        :data:`READABLE_VERSIONS` (:class:`ValueError` for another schema)."""
+        :data:`READABLE_VERSIONS` (:class:`ValueError` for another schema, or a document of
+        this one whose contents are not a run's)."""
+        if not isinstance(document, dict):
+            msg = f"not a {SCHEMA} document: a JSON {type(document).__name__}, not an object"
+            raise ValueError(msg)  # noqa: TRY004 - every document that is not a run's is a ValueError
         version = document.get("schema_version")
         if document.get("schema") != SCHEMA or version not in READABLE_VERSIONS:
             versions = " or ".join(str(v) for v in READABLE_VERSIONS)
@@ -211,6 +238,14 @@ class RunResult:
                 f"{document.get('schema')!r}, schema_version={document.get('schema_version')!r}"
             )
             raise ValueError(msg)
+        try:
+            return cls._read(document)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            msg = f"not a {SCHEMA} document: its contents do not read ({type(error).__name__}: {error})"
+            raise ValueError(msg) from None
+
+    @classmethod
+    def _read(cls, document: dict[str, Any]) -> RunResult:
         return cls(
             results=[CaseResult.from_json(r) for r in document["results"]],
             settings=document.get("settings", {}),
@@ -218,6 +253,7 @@ class RunResult:
             implementations=document.get("implementations", []),
             skipped=document.get("skipped", []),
             seconds=document.get("seconds", 0.0),
+            interrupted=bool(document.get("interrupted", False)),
         )
 
     def json_text(self) -> str:

@@ -256,21 +256,35 @@ def header(run: RunResult) -> list[tuple[str, str]]:
 
 
 def verdict(run: RunResult) -> str:
-    """The run's outcome in one line: first what was not checked (exit code 2), then how many
-    rows have each status that occurs, most important first."""
+    """The run's outcome in one line: first whether it was interrupted (exit code 130) and what
+    was not checked (exit code 2), then how many rows have each status that occurs, most
+    important first."""
     parts = []
+    if run.interrupted:
+        parts.append("interrupted: the rows done before Ctrl-C (exit code 130)")
     if not run.complete:
         missing = ", ".join(s["framework"] for s in run.skipped)
         what = "nothing checked" if not run.results else "not checked"
         parts.append(f"{what}: {missing} not installed (exit code 2)")
+    elif not run.checked and not run.interrupted:
+        parts.append(
+            "nothing checked (exit code 2)"
+            if run.results
+            else "nothing checked: no row to run (exit code 2)"
+        )
     counts = Counter(r.status for r in run.results)
     parts += [f"{counts[s]} {s.label}" for s in ORDER if counts[s]]
     return "; ".join(parts)
 
 
 def not_checked(run: RunResult) -> list[str]:
-    """One line per framework asked for that was not checked, with why and how to install it."""
-    return [f"{s['framework']} was not checked: {s['reason']}" for s in run.skipped]
+    """One line per framework asked for that was not checked, with why and how to install it;
+    and where nothing was checked, why each row is not implemented."""
+    lines = [f"{s['framework']} was not checked: {s['reason']}" for s in run.skipped]
+    if run.complete and not run.checked and not run.interrupted:
+        reasons = "; ".join(run.not_implemented_reasons()) or "no row matches the selection"
+        lines.append(f"nothing was checked (exit code 2): {reasons}")
+    return lines
 
 
 def reproduce(row: CaseResult, run: RunResult) -> str:
@@ -309,6 +323,8 @@ def reproduce(row: CaseResult, run: RunResult) -> str:
     command = ["normref-conformance", "run", "--impl", str(impl), "--op", row.op]
     if convention is not None:
         command += ["--convention", convention]
+    for change in settings.get("changes") or []:
+        command += ["--set", change]
     if vjp is not None:
         command += ["--impl-vjp", vjp]
     return shlex.join([*command, "--array-type", array_type, *common])

@@ -175,3 +175,166 @@ def layer_norm_jax(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
     y = y if gamma is None else y * gamma
     y = y if beta is None else y + beta
     return y.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- structural bugs
+
+
+def _layer_norm_parts(x, gamma, axes, eps):
+    """x_hat, s, the normalized axes and the others, in float64."""
+    ax = _axes(x, axes)
+    mean, var = _stats(x.astype(np.float64), ax)
+    s = np.sqrt(var + eps)
+    other = tuple(a for a in range(x.ndim) if a not in ax)
+    return (x - mean) / s, s, ax, other
+
+
+def layer_norm_vjp_without_variance_term(dy, x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong: the x-gradient lacks the variance term ``- x_hat mean(g x_hat) / s``."""
+    x_hat, s, ax, other = _layer_norm_parts(x, gamma, axes, eps)
+    g = dy * (1.0 if gamma is None else gamma)
+    dx = (g - g.mean(axis=ax, keepdims=True)) / s
+    d_gamma = None if gamma is None else (dy * x_hat).sum(axis=other).astype(gamma.dtype)
+    d_beta = None if beta is None else dy.sum(axis=other).astype(beta.dtype)
+    return dx.astype(x.dtype), d_gamma, d_beta
+
+
+def layer_norm_vjp_swapped(dy, x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong: dgamma and dbeta returned in each other's place."""
+    x_hat, s, ax, other = _layer_norm_parts(x, gamma, axes, eps)
+    g = dy * (1.0 if gamma is None else gamma)
+    dx = (g - g.mean(axis=ax, keepdims=True) - x_hat * (g * x_hat).mean(axis=ax, keepdims=True)) / s
+    d_gamma = None if gamma is None else (dy * x_hat).sum(axis=other).astype(gamma.dtype)
+    d_beta = None if beta is None else dy.sum(axis=other).astype(beta.dtype)
+    return dx.astype(x.dtype), d_beta, d_gamma
+
+
+def layer_norm_vjp_dgamma_over_the_normalized_axes(
+    dy, x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5
+):
+    """Wrong: dgamma summed over the normalized axes, not over the others (another shape)."""
+    x_hat, s, ax, other = _layer_norm_parts(x, gamma, axes, eps)
+    g = dy * (1.0 if gamma is None else gamma)
+    dx = (g - g.mean(axis=ax, keepdims=True) - x_hat * (g * x_hat).mean(axis=ax, keepdims=True)) / s
+    d_gamma = None if gamma is None else (dy * x_hat).sum(axis=ax).astype(gamma.dtype)
+    d_beta = None if beta is None else dy.sum(axis=other).astype(beta.dtype)
+    return dx.astype(x.dtype), d_gamma, d_beta
+
+
+def batch_norm(x, gamma=None, beta=None, *, eps=1e-5, axis=1):
+    """Right: batch statistics over every axis but the channel axis."""
+    y, _ = _batch_norm_parts(x, gamma, beta, eps, axis)
+    return y
+
+
+def _batch_norm_parts(x, gamma, beta, eps, axis):
+    channel = axis % x.ndim
+    ax = tuple(a for a in range(x.ndim) if a != channel)
+    mean, var = _stats(x.astype(np.float64), ax)
+    s = np.sqrt(var + eps)
+    x_hat = (x - mean) / s
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    y = x_hat if gamma is None else x_hat * gamma.reshape(shape)
+    y = y if beta is None else y + beta.reshape(shape)
+    return y.astype(x.dtype), (x_hat, s, ax, shape)
+
+
+def batch_norm_vjp_without_variance_term(dy, x, gamma=None, beta=None, *, eps=1e-5, axis=1):
+    """Wrong: the x-gradient lacks the variance term."""
+    _, (x_hat, s, ax, shape) = _batch_norm_parts(x, gamma, beta, eps, axis)
+    g = dy * (1.0 if gamma is None else gamma.reshape(shape))
+    dx = (g - g.mean(axis=ax, keepdims=True)) / s
+    d_gamma = None if gamma is None else (dy * x_hat).sum(axis=ax).astype(gamma.dtype)
+    d_beta = None if beta is None else dy.sum(axis=ax).astype(beta.dtype)
+    return dx.astype(x.dtype), d_gamma, d_beta
+
+
+def _channel_affine(y, gamma, beta, channel, ndim):
+    shape = [1] * ndim
+    shape[channel] = -1
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return y if beta is None else y + beta.reshape(shape)
+
+
+def group_norm_interleaved(x, num_groups, gamma=None, beta=None, *, eps=1e-5, axis=1):
+    """Wrong: channel c goes to group c % num_groups, not to the block c // (C / num_groups)."""
+    channel = axis % x.ndim
+    moved = np.moveaxis(x.astype(np.float64), channel, 1)
+    n, c = moved.shape[:2]
+    split = moved.reshape(n, c // num_groups, num_groups, *moved.shape[2:])
+    ax = (1, *range(3, split.ndim))
+    mean, var = _stats(split, ax)
+    y = ((split - mean) / np.sqrt(var + eps)).reshape(moved.shape)
+    y = np.moveaxis(y, 1, channel)
+    return _channel_affine(y, gamma, beta, channel, x.ndim).astype(x.dtype)
+
+
+def rms_norm_subtracting_the_mean(x, gamma=None, *, axes=(-1,), eps=1e-6):
+    """Wrong: subtracts the mean before dividing by the root mean square (a layer norm)."""
+    ax = _axes(x, axes)
+    mean, var = _stats(x.astype(np.float64), ax)
+    y = (x - mean) / np.sqrt(var + eps)
+    return (y if gamma is None else y * gamma).astype(x.dtype)
+
+
+def instance_norm_over_the_batch_too(x, gamma=None, beta=None, *, eps=1e-5, axis=1):
+    """Wrong: statistics per channel over the batch axis and the spatial ones (batch norm's)."""
+    channel = axis % x.ndim
+    ax = tuple(a for a in range(x.ndim) if a != channel)
+    mean, var = _stats(x.astype(np.float64), ax)
+    y = (x - mean) / np.sqrt(var + eps)
+    return _channel_affine(y, gamma, beta, channel, x.ndim).astype(x.dtype)
+
+
+def layer_norm_float32_in_float16(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong for float32: computes in float16 inside and returns float32."""
+    if x.dtype != np.float32:
+        return layer_norm(x, gamma, beta, axes=axes, eps=eps)
+    half = np.float16
+    low = x.astype(half)
+    ax = _axes(x, axes)
+    mean = low.mean(axis=ax, keepdims=True, dtype=half)
+    var = ((low - mean) * (low - mean)).mean(axis=ax, keepdims=True, dtype=half)
+    y = (low - mean) / np.sqrt(var + half(eps))
+    y = y if gamma is None else y * gamma.astype(half)
+    y = y if beta is None else y + beta.astype(half)
+    return y.astype(np.float32)
+
+
+BLOCK = 64
+"""The block of :func:`layer_norm_blocked`."""
+
+
+def layer_norm_blocked(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+    """Wrong past 64 elements: a blocked kernel over the last axis whose loop covers whole blocks
+    of 64 and drops the tail, which it leaves as the input."""
+    if _axes(x, axes) != (x.ndim - 1,):
+        return layer_norm(x, gamma, beta, axes=axes, eps=eps)
+    y = np.array(x, dtype=np.float64)
+    normalized = layer_norm(x.astype(np.float64), gamma, beta, axes=axes, eps=eps)
+    whole = (x.shape[-1] // BLOCK) * BLOCK
+    y[..., :whole] = normalized[..., :whole]
+    if whole == 0:
+        y = normalized
+    return y.astype(x.dtype)
+
+
+def batch_norm_naive_variance(x, gamma=None, beta=None, *, eps=1e-5, axis=1):
+    """A one-pass variance E[x^2] - E[x]^2 in the input's dtype (not clamped)."""
+    channel = axis % x.ndim
+    ax = tuple(a for a in range(x.ndim) if a != channel)
+    mean = x.mean(axis=ax, keepdims=True)
+    var = (x * x).mean(axis=ax, keepdims=True) - mean * mean
+    y = (x - mean) / np.sqrt(var + x.dtype.type(eps))
+    return _channel_affine(y, gamma, beta, channel, x.ndim).astype(x.dtype)
+
+
+def rms_norm_fixed_eps_in_float16(x, gamma=None, *, axes=(-1,), eps=1e-6):
+    """Wrong twice at once, as haiku's RMSNorm differs from normref's: it ignores the eps it is
+    given for 1e-5, and computes float16 input in float16."""
+    ax = _axes(x, axes)
+    wide = np.float16 if x.dtype == np.float16 else np.float64
+    low = x.astype(wide)
+    y = low / np.sqrt((low * low).mean(axis=ax, keepdims=True, dtype=wide) + wide(1e-5))
+    return (y if gamma is None else y * gamma.astype(wide)).astype(x.dtype)

@@ -163,3 +163,40 @@ def zca_whiten_vjp_without_symmetric_part(dy, x, *, eps=1e-5):
     direct = g @ w
     dx = direct - direct.mean(axis=1, keepdims=True) + centred @ (2 * sigma_bar) / m
     return (dx.astype(x.dtype),)
+
+
+def agc_inverted(grad, param, *, clipping=0.01, eps=1e-3, out_axis=0):
+    """Wrong: scales the units below the threshold up to it and leaves those above it."""
+    axes = _fan_in(grad, out_axis)
+    g, p = grad.astype(np.float64), param.astype(np.float64)
+    n, m = _norms(g, axes), clipping * np.maximum(_norms(p, axes), eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where((n < m) & (n > 0), g * m / n, g)
+    return y.astype(grad.dtype)
+
+
+def agc_without_eps_floor(grad, param, *, clipping=0.01, eps=1e-3, out_axis=0):
+    """Wrong: the threshold is ``clipping * ||W||``, without the floor ``max(||W||, eps)``."""
+    axes = _fan_in(grad, out_axis)
+    g, p = grad.astype(np.float64), param.astype(np.float64)
+    n, m = _norms(g, axes), clipping * _norms(p, axes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(n > m, g * m / np.where(n > 0, n, 1.0), g)
+    return y.astype(grad.dtype)
+
+
+def weight_standardize_ignoring_out_axis(w, *, out_axis=0, eps=1e-5):
+    """Wrong: one unit per index of axis 0 whatever ``out_axis`` says."""
+    axes = _fan_in(w, 0)
+    x = w.astype(np.float64)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return ((x - mean) / np.sqrt(var + eps)).astype(w.dtype)
+
+
+def zca_whiten_returning_pca(x, *, eps=1e-5):
+    """Wrong: the PCA-whitened result ``(x - mean) U Lambda^-1/2``, NumPy's eigenvector order
+    and signs, for ZCA's ``(x - mean) U Lambda^-1/2 U^T``."""
+    _, centred, cov = _zca_parts(x)
+    lam, u = np.linalg.eigh(cov)
+    return ((centred @ u) / np.sqrt(lam + eps)[..., None, :]).astype(x.dtype)

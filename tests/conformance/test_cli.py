@@ -288,3 +288,120 @@ def test_an_unknown_convention_names_every_accepted_one(capsys):
     err = capsys.readouterr().err
     for name in ("flax", "keras", "nfnets", "normref", "onnx", "optax", "timm", "torch"):
         assert f"'{name}'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--impl-vjp", GOOD], "--impl-vjp needs --impl"),
+        (["run", "--framework", "torch", "--set", "eps_mode=max"], "--set needs --impl"),
+        (["diagnose", "--impl-vjp", GOOD, "--op", "layer_norm"], "--impl-vjp needs --impl"),
+        ([*ONE_CASE[2:], "--set", "eps_mode=median"], "eps_mode takes one of"),
+        ([*ONE_CASE[2:], "--set", "no_such_field=1"], "a change must be field=value"),
+        ([*ONE_CASE[2:], "--timeout", "0"], "--timeout must be a positive number"),
+    ],
+)
+def test_options_that_cannot_apply_are_usage_errors(argv, message, capsys):
+    if argv[0] not in ("run", "diagnose"):
+        argv = ["run", "--impl", GOOD, "--op", "layer_norm", *argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_signature_that_cannot_take_the_ops_arguments_is_a_usage_error(capsys):
+    """layer_norm takes axes=; a function taking axis= once ran and reported 60 failures."""
+    argv = ["run", "--impl", "tests.conformance.hostile:takes_axis", "--op", "layer_norm"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "got an unexpected keyword argument 'axes'" in err
+    assert "takes_axis(x, gamma=None, beta=None, *, axis=-1, eps=1e-05)" in err
+    assert "the suite calls layer_norm(x, gamma, beta, *, axes, eps) -> y" in err
+
+
+def test_a_module_that_does_not_import_is_a_usage_error_naming_the_file_and_line(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "broken_norms.py").write_text("def layer_norm(x:\n")
+    (tmp_path / "raising_norms.py").write_text("import numpy\nundefined_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module, where in (("broken_norms", "line 1"), ("raising_norms", "line 2")):
+        assert main(["run", "--impl", f"{module}:layer_norm", "--op", "layer_norm"]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / module}.py" in err
+        assert where in err
+        assert "Traceback" not in err
+    assert main(["run", "--impl", "raising_norms:f", "--op", "layer_norm"]) == 2
+    assert "NameError: name 'undefined_name' is not defined" in capsys.readouterr().err
+
+
+def test_a_run_in_which_nothing_was_checked_exits_2(capsys):
+    """NumPy has no bfloat16: every row is "not implemented"; the run says why and exits 2."""
+    argv = ["run", "--impl", GOOD, *ONE_CASE[:2], "--dtypes", "bfloat16", "--in-process"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "nothing checked (exit code 2)" in captured.out
+    assert "nothing was checked (exit code 2): tests.conformance.planted:layer_norm does not " in (
+        captured.err
+    )
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "[]",
+        '{"schema": "normref-golden", "schema_version": 2, "vectors": []}',
+        '{"schema": "normref-conformance-results", "schema_version": 3}',
+        '{"schema": "normref-conformance-results", "schema_version": 3, "results": [{"op": 1}]}',
+        '{"schema": \n',
+    ],
+)
+def test_report_of_a_file_that_is_not_a_results_document_is_a_usage_error(
+    document, tmp_path, capsys
+):
+    path = tmp_path / "not-results.json"
+    path.write_text(document)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {path}" in err
+    assert "Traceback" not in err
+    if document.endswith("\n"):
+        assert "line 2" in err  # where the JSON breaks off
+
+
+def test_export_golden_refuses_a_directory_that_is_not_empty_unless_forced(tmp_path, capsys):
+    """--force replaces the contents whole: nothing stale stays beside the new manifest."""
+    out = tmp_path / "golden"
+    out.mkdir()
+    (out / "stale.npz").write_bytes(b"old")
+    argv = ["export-golden", "--out", str(out), "--ops", "center", "--dtypes", "float64"]
+    assert main(argv) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (out / "stale.npz").exists()
+    assert main([*argv, "--force"]) == 0
+    assert not (out / "stale.npz").exists()
+    assert (out / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["golden"]
+
+
+def test_set_adjusts_the_convention_and_the_rerun_command_keeps_it(capsys, monkeypatch):
+    """A layer norm whose default eps is 1e-6: out of budget on the default-eps case as normref,
+    explained once the preset is adjusted; the re-run command carries --set."""
+    monkeypatch.setenv("COLUMNS", "400")
+    argv = ["run", "--impl", "tests.conformance.planted:layer_norm_default_eps_1e6"]
+    argv += ["--op", "layer_norm", "--dtypes", "float64", "--in-process"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "layer_norm_eps=1e-06 instead of the declared 1e-05" in out
+    assert main([*argv, "--set", "layer_norm_eps=1e-6"]) == 0
+    assert "1 differs by convention" in capsys.readouterr().out
+    broken = ["--set", "layer_norm_eps=1e-6", "--set", "correction=1"]
+    assert main([*argv, *broken]) == 1
+    commands = [
+        line.strip()
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip().startswith("normref-conformance run")
+    ]
+    assert commands
+    assert all("--set layer_norm_eps=1e-6 --set correction=1" in c for c in commands)

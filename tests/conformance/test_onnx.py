@@ -42,6 +42,13 @@ def test_unclamped_fast_variance_gives_nan():
 
 
 def test_the_reference_evaluator_computes_float16_in_float16():
+    """Its squares overflow float16 where they exceed 65504: the float16 arithmetic is named,
+    and the evidence says the row fails only in the groups whose squares overflow it."""
     (row,) = _rows("onnx-reference", "layer_norm/float16-max", "float16")
     assert row.status is Status.FAIL
-    assert "overflow" in row.diagnosis
+    assert row.diagnosis.startswith(
+        "within the wider budget of low_precision_compute='input' instead of the declared"
+    )
+    assert "exceed float16's largest value (6.55e+04): float16 arithmetic overflows" in (
+        row.evidence
+    )

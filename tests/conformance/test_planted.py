@@ -70,15 +70,19 @@ def test_gradient_missing_its_mean_term():
     rows = _failing(result)
     assert {o["name"] for row in rows for o in row.outputs if not o["ok"]} == {"dx"}
     assert all(o["direction"] == "backward" for row in rows for o in row.outputs if not o["ok"])
-    # On a well-conditioned input nothing accounts for a missing term: the widest bound of an
-    # arithmetic, the fast variance's, grows as (|mean|/std)^2 u, 100 u at |mean|/std = 10, while
-    # the missing term, mean(g)/s, is of the order of dx itself.
+    # On a well-conditioned input no arithmetic accounts for a missing term: the widest bound
+    # of an arithmetic, the fast variance's, grows as (|mean|/std)^2 u, 100 u at |mean|/std = 10,
+    # while the missing term, mean(g)/s, is of the order of dx itself. The term is named.
     conditioned = [r for r in rows if r.conditioning is not None and r.conditioning <= 10]
     assert {"layer_norm/typical", "layer_norm/outlier-1e4"} <= {r.case for r in conditioned}
     for row in conditioned:
-        assert row.diagnosis == (
-            "out of budget: dx (backward); no single convention field explains it"
-        ), (row.case, row.dtype)
+        assert row.diagnosis.startswith("explained by dx lacks its mean term -mean(g)/s"), (
+            row.case,
+            row.dtype,
+        )
+        assert row.diagnosis.endswith(
+            "out of budget: dx (backward); within budget: y, dgamma, dbeta"
+        )
     found = diagnose(
         planted.layer_norm,
         "layer_norm",
@@ -90,12 +94,34 @@ def test_gradient_missing_its_mean_term():
 
 
 def test_float16_overflow():
+    """Squares summed in float16 overflow at float16-max: the float16 arithmetic accounts for
+    every failing row (as normref computing in float16 gives them, or out of budget only where
+    the squares overflow float16), and the evidence says so; float32 rows pass."""
     result = check(planted.layer_norm_in_input_dtype, "layer_norm", dtypes=["float16", "float32"])
     overflowing = [r for r in _failing(result) if r.case == "layer_norm/float16-max"]
     assert [r.dtype for r in overflowing] == ["float16"]
-    assert "overflow" in overflowing[0].diagnosis
+    assert overflowing[0].diagnosis.startswith(
+        "within the wider budget of low_precision_compute='input' instead of the declared 'float32'"
+    )
     assert "non-finite" in overflowing[0].diagnosis
+    assert "float16 arithmetic overflows there" in overflowing[0].evidence
     assert not [r for r in result.failures if r.dtype == "float32"]
+
+
+def test_a_broken_gradient_is_never_said_to_overflow():
+    """A float64 implementation with a broken VJP, on inputs whose squares exceed float16's
+    range: nothing is inferred from the input's magnitude; the diagnosis names what reproduces
+    the rows."""
+    result = check(
+        planted.layer_norm,
+        "layer_norm",
+        vjp=planted.layer_norm_vjp_without_mean_term,
+        dtypes=["float16"],
+        case="layer_norm/float16-max",
+    )
+    (row,) = result.failures
+    assert "overflow" not in row.diagnosis + (row.evidence or "")
+    assert "out of budget: dx (backward)" in row.diagnosis
 
 
 def test_the_right_implementation_passes():

@@ -34,6 +34,9 @@ NORMS = textwrap.dedent(
         y = _standardize(x, axes, 1, eps)
         y = y if gamma is None else y * gamma
         return (y if beta is None else y + beta).astype(x.dtype)
+
+    def exits(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+        raise SystemExit(0)
     """
 )
 
@@ -97,3 +100,30 @@ def test_a_dtype_the_array_type_lacks_is_a_usage_error(pytester: pytest.Pytester
         result = _run(pytester, "good", "--normref-dtypes", dtype)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"*unknown dtypes ?'{dtype}'?; known:*"])  # ? for a bracket
+
+
+def test_a_printed_node_id_reruns_that_case_alone(pytester: pytest.Pytester):
+    """The node id as the report prints it, given back to pytest: that case, and nothing else
+    (none of the project's tests either)."""
+    pytester.makepyfile(test_project="def test_of_the_project():\n    assert False\n")
+    result = _run(pytester, "unbiased", "normref::layer_norm/typical[float64]", "-v")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*normref::layer_norm/typical?float64? FAILED*"])
+    result.stdout.no_fnmatch_line("*test_of_the_project*")
+
+
+def test_an_unknown_node_id_is_a_usage_error(pytester: pytest.Pytester):
+    result = _run(pytester, "good", "normref::layer_norm/no-such-case[float64]")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_an_exit_fails_its_test_in_a_worker(pytester: pytest.Pytester):
+    """--normref-isolate calls the function in a worker process, as the command line does."""
+    result = _run(pytester, "exits", "-k", "typical", "--normref-isolate")
+    result.assert_outcomes(failed=1, deselected=len(cases_for("layer_norm")) - 1)
+    result.stdout.fnmatch_lines(["*layer_norm/typical at float64: raised SystemExit: 0*"])
+
+
+def test_a_timeout_needs_a_worker(pytester: pytest.Pytester):
+    result = _run(pytester, "good", "--normref-timeout", "5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

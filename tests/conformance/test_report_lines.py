@@ -114,7 +114,7 @@ def test_an_arithmetic_that_only_widens_the_budget_is_not_called_an_explanation(
     assert result.failures[0].diagnosis == (
         "within the wider budget of any one of: variance_algorithm='fast' instead of the "
         "declared 'two_pass'; variance_algorithm='fast_clamped' instead of the declared "
-        "'two_pass'"
+        "'two_pass'; out of budget: y (forward)"
     )
 
 

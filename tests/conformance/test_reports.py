@@ -39,10 +39,14 @@ def test_every_status_is_present(mixed_run):
     )
 
 
-def test_the_json_document_follows_the_schema(mixed_run):
-    schema = json.loads(
-        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
+def _schema(version: int) -> dict:
+    return json.loads(
+        files("conformance.reports").joinpath(f"schemas/results-v{version}.json").read_text()
     )
+
+
+def test_the_json_document_follows_the_schema(mixed_run):
+    schema = _schema(3)
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     jsonschema.Draft202012Validator(schema).validate(document)
     assert document["schema_version"] == SCHEMA_VERSION
@@ -82,20 +86,40 @@ def test_a_document_without_conditioning_measures_still_reads(mixed_run):
     document = json.loads(json.dumps(mixed_run.to_json(), allow_nan=False))
     for row in document["results"]:
         del row["conditioning_measure"]
-    schema = json.loads(
-        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
-    )
-    jsonschema.Draft202012Validator(schema).validate(document)
+    jsonschema.Draft202012Validator(_schema(3)).validate(document)
     again = RunResult.from_json(document)
     assert all(r.conditioning_measure is None for r in again.results)
     assert "input |mean|/std up to" in to_markdown(again)
+
+
+def _as_version_2(document: dict) -> dict:
+    """``document`` as version 2 wrote it: without the run's ``interrupted`` and the rows'
+    ``modified_inputs``."""
+    old = json.loads(json.dumps(document, allow_nan=False))
+    old["schema_version"] = 2
+    del old["interrupted"]
+    for row in old["results"]:
+        del row["modified_inputs"]
+    return old
+
+
+def test_a_version_2_document_still_reads(mixed_run):
+    """It reads with no input written into and the run not interrupted, and is written back as
+    a valid version 3."""
+    old = _as_version_2(mixed_run.to_json())
+    jsonschema.Draft202012Validator(_schema(2)).validate(old)
+    again = RunResult.from_json(old)
+    assert not again.interrupted
+    assert all(r.modified_inputs == [] for r in again.results)
+    assert again.counts == mixed_run.counts
+    jsonschema.Draft202012Validator(_schema(3)).validate(json.loads(again.json_text()))
 
 
 def _as_version_1(document: dict) -> dict:
     """``document`` as version 1 wrote it: each output's reference_ulps (here a stand-in value:
     version 1's unit, ulps of the exact values, is not computed any more) in place of
     version 2's reference_bound_ulps and nonfinite_mismatches."""
-    old = json.loads(json.dumps(document))
+    old = _as_version_2(document)
     old["schema_version"] = 1
     for row in old["results"]:
         for output in row["outputs"] + row["baseline"]:
@@ -122,7 +146,7 @@ def test_a_document_written_by_the_first_version_1_writer_validates_and_reads():
 
 def test_a_version_1_document_still_reads(mixed_run):
     """Its reference_ulps is in another unit than the budget: dropped on reading, never shown
-    beside a budget; the document is written back as a valid version 2."""
+    beside a budget; the document is written back as a valid version 3."""
     old = _as_version_1(mixed_run.to_json())
     schema = json.loads(
         files("conformance.reports").joinpath("schemas/results-v1.json").read_text()
@@ -137,9 +161,6 @@ def test_a_version_1_document_still_reads(mixed_run):
     assert "input |mean|/std up to" in markdown
     assert "7.22e+03" not in markdown
     assert "7215" not in markdown
-    schema = json.loads(
-        files("conformance.reports").joinpath("schemas/results-v2.json").read_text()
-    )
     rewritten = json.loads(json.dumps(again.to_json(), allow_nan=False))
-    jsonschema.Draft202012Validator(schema).validate(rewritten)
-    assert rewritten["schema_version"] == SCHEMA_VERSION == 2
+    jsonschema.Draft202012Validator(_schema(3)).validate(rewritten)
+    assert rewritten["schema_version"] == SCHEMA_VERSION == 3
