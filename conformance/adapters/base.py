@@ -81,7 +81,9 @@ class Adapter:
 
     ``requires`` lists the modules that must be importable; the framework
     itself is imported only inside the bindings' ``run``, so listing an
-    adapter never imports it.
+    adapter never imports it. ``check``, where given, says why the adapter
+    cannot run although those modules are found (timm's modules that fail to
+    load, an unknown Keras backend); it may import the framework.
     """
 
     name: str
@@ -91,12 +93,14 @@ class Adapter:
     bindings: tuple[Binding, ...]
     versions: Callable[[], dict[str, str]] = field(default=dict)
     install_hint: str = ""
+    check: Callable[[], str | None] | None = None
 
     def unavailable(self) -> str | None:
-        """Why the adapter cannot run here, or ``None`` when it can."""
+        """Why the adapter cannot run here, or ``None`` when it can: a module of
+        ``requires`` not installed, or what ``check`` (run once they are) says."""
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if not missing:
-            return None
+            return None if self.check is None else self.check()
         return f"{', '.join(missing)} not installed" + (
             f" ({self.install_hint})" if self.install_hint else ""
         )
