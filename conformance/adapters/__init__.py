@@ -21,6 +21,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "keras": ("conformance.adapters.keras", "ADAPTER"),
     "haiku": ("conformance.adapters.haiku", "ADAPTER"),
     "equinox": ("conformance.adapters.equinox", "ADAPTER"),
+    "tf-keras": ("conformance.adapters.tf_keras", "ADAPTER"),
 }
 """Every framework the suite checks: its module and the adapter's name in it."""
 

@@ -176,6 +176,8 @@ FRAMEWORK_MODELS: dict[str, Model] = {
     "timm": Model(conventions.TIMM),
     "optax": Model(conventions.OPTAX),
     "nfnets": Model(conventions.NFNETS),
+    # tf-keras (Keras 2) on TensorFlow: Keras 3's choices, float64 kept
+    "tf-keras": Model(conventions.KERAS),
     "haiku": Model(conventions.HAIKU),
     "equinox": Model(conventions.EQUINOX),
 }
