@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -98,7 +99,7 @@ class Adapter:
     def unavailable(self) -> str | None:
         """Why the adapter cannot run here, or ``None`` when it can: a module of
         ``requires`` not installed, or what ``check`` (run once they are) says."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires if not _installed(m)]
         if not missing:
             return None if self.check is None else self.check()
         return f"{', '.join(missing)} not installed" + (
@@ -108,6 +109,12 @@ class Adapter:
     def ops(self) -> tuple[str, ...]:
         """The ops this adapter implements, in binding order."""
         return tuple(dict.fromkeys(b.op for b in self.bindings))
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` is imported or can be (an imported module may have no spec:
+    timm's packages, which the timm adapter registers without executing them)."""
+    return module in sys.modules or importlib.util.find_spec(module) is not None
 
 
 STATE = ("running_mean", "running_var")

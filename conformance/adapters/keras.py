@@ -75,6 +75,12 @@ def _keras() -> Any:
     os.environ.setdefault("KERAS_BACKEND", BACKEND)
     import keras
 
+    if keras.backend.backend() != BACKEND:
+        msg = (
+            f"keras was imported on its {keras.backend.backend()} backend before the adapter "
+            f"could select {BACKEND}: set KERAS_BACKEND before keras is first imported"
+        )
+        raise RuntimeError(msg)
     return keras
 
 
