@@ -62,6 +62,7 @@ def run(
     seed: int = 0,
     progress: Progress | None = None,
     backend: str | Backend | None = None,
+    replicas: int | None = None,
 ) -> RunResult:
     """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
 
@@ -69,6 +70,8 @@ def run(
     :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
     ``backend`` is the array library the reference runs on (``"numpy"``, the
     default, ``"cupy"`` or ``"torch"``; :mod:`conformance.checked.backends`).
+    ``replicas`` adds each framework's batch norm across that many replicas
+    (:mod:`conformance.replicas`).
     """
     started = time.perf_counter()
     reference = get_backend(backend)
@@ -94,6 +97,19 @@ def run(
     results = run_bindings(
         bindings, dtypes, case_id=case, seed=seed, progress=progress, backend=reference
     )
+    if replicas is not None:
+        from conformance.replicas import run_replicas
+
+        more, across, not_run = run_replicas(
+            frameworks,
+            replicas,
+            ops=ops,
+            dtypes=dtypes,
+            case=case,
+            seed=seed,
+            backend=reference.name,
+        )
+        results, bindings, skipped = results + more, bindings + across, skipped + not_run
     outcome = run_result(
         results + lacking,
         bindings,

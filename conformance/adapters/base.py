@@ -85,6 +85,9 @@ class Adapter:
     adapter never imports it. ``check``, where given, says why the adapter
     cannot run although those modules are found (timm's modules that fail to
     load, an unknown Keras backend); it may import the framework.
+    ``replicas(n)``, where given, are the bindings of its batch norm across ``n``
+    replicas (:mod:`conformance.adapters.replicated`); ``replicas_unavailable``
+    says why a framework with a cross-device batch norm has none the suite runs.
     """
 
     name: str
@@ -95,6 +98,8 @@ class Adapter:
     versions: Callable[[], dict[str, str]] = field(default=dict)
     install_hint: str = ""
     check: Callable[[], str | None] | None = None
+    replicas: Callable[[int], tuple[Binding, ...]] | None = None
+    replicas_unavailable: str = ""
 
     def unavailable(self) -> str | None:
         """Why the adapter cannot run here, or ``None`` when it can: a module of

@@ -27,6 +27,7 @@ from typing import Any
 
 from conformance.adapters.arrays import Evaluation, JaxKind, Native
 from conformance.adapters.base import Adapter, Binding, evaluate_on, unit_axis
+from conformance.adapters.replicated import label, sharded
 from conformance.checked.cases import Prepared
 from conformance.checked.models import FRAMEWORK_MODELS, Model
 from conformance.checked.ops import get_op
@@ -124,7 +125,16 @@ def _group_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, 
 
 
 def _batch_norm(train: bool, state: bool) -> Call:
-    def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
+    across = _batch_norm_across(train, state)
+    return lambda arrays, prepared: across(arrays, prepared, None)
+
+
+def _batch_norm_across(train: bool, state: bool) -> Any:
+    """``BatchNorm`` over the mapped examples and, given ``axis_name``, over the replicas."""
+
+    def call(
+        arrays: dict[str, Native], prepared: Prepared, axis_name: str | None
+    ) -> tuple[Native, dict[str, Native]]:
         import jax
         import jax.numpy as jnp
 
@@ -135,7 +145,7 @@ def _batch_norm(train: bool, state: bool) -> Call:
         momentum = 0.99 if batch_weight is None else 1.0 - batch_weight  # the old value's
         module, stats = eqx.nn.make_with_state(eqx.nn.BatchNorm)(
             x.shape[1],
-            axis_name="batch",
+            axis_name="batch" if axis_name is None else (axis_name, "batch"),
             channelwise_affine="gamma" in arrays,
             momentum=momentum,
             mode="batch",
@@ -255,6 +265,26 @@ BINDINGS = (
 )
 
 
+def replica_bindings(replicas: int) -> tuple[Binding, ...]:
+    """``BatchNorm(axis_name=(replicas, batch))`` with its input sharded over ``replicas``
+    devices."""
+    name = "equinox.nn.BatchNorm (mode='batch', axis_name)"
+    return (
+        binding(
+            "batch_norm",
+            label(name, replicas),
+            sharded(_batch_norm_across(True, False), replicas, check_vma=False),
+            BATCH,
+        ),
+        binding(
+            "batch_norm_train",
+            label(f"{name[:-1]}, state)", replicas),
+            sharded(_batch_norm_across(True, True), replicas, check_vma=False),
+            BATCH,
+        ),
+    )
+
+
 def _versions() -> dict[str, str]:
     import equinox
     import jax
@@ -270,4 +300,5 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[equinox]'",
+    replicas=replica_bindings,
 )

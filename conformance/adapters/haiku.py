@@ -27,6 +27,7 @@ from typing import Any
 
 from conformance.adapters.arrays import Evaluation, JaxKind, Native
 from conformance.adapters.base import Adapter, Binding, FrameworkLacksError, evaluate_on, unit_axis
+from conformance.adapters.replicated import label, sharded
 from conformance.checked.cases import Prepared
 from conformance.checked.models import FRAMEWORK_MODELS, Model
 from conformance.checked.ops import get_op
@@ -71,7 +72,16 @@ def _ema(value: Native) -> dict[str, Native]:
 
 
 def _batch_norm(train: bool, state: bool) -> Call:
-    def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
+    across = _batch_norm_across(train, state)
+    return lambda arrays, prepared: across(arrays, prepared, None)
+
+
+def _batch_norm_across(train: bool, state: bool) -> Any:
+    """``BatchNorm`` merging its statistics over ``cross_replica_axis`` (``None``: one device)."""
+
+    def call(
+        arrays: dict[str, Native], prepared: Prepared, axis_name: str | None
+    ) -> tuple[Native, dict[str, Native]]:
         import jax
         import jax.numpy as jnp
 
@@ -89,7 +99,14 @@ def _batch_norm(train: bool, state: bool) -> Call:
         }
 
         def forward(x: Native) -> Native:
-            module = hk.BatchNorm(False, False, decay, axis=reduced, **_eps(prepared))
+            module = hk.BatchNorm(
+                False,
+                False,
+                decay,
+                axis=reduced,
+                cross_replica_axis=axis_name,
+                **_eps(prepared),
+            )
             return module(x, train, scale=given.get("gamma"), offset=given.get("beta"))
 
         stats = {
@@ -229,6 +246,24 @@ BINDINGS = (
 )
 
 
+def replica_bindings(replicas: int) -> tuple[Binding, ...]:
+    """``BatchNorm(cross_replica_axis=...)`` with its input sharded over ``replicas`` devices."""
+    return (
+        binding(
+            "batch_norm",
+            label("haiku.BatchNorm (cross_replica_axis)", replicas),
+            sharded(_batch_norm_across(True, False), replicas),
+            FAST,
+        ),
+        binding(
+            "batch_norm_train",
+            label("haiku.BatchNorm (cross_replica_axis, moving averages)", replicas),
+            sharded(_batch_norm_across(True, True), replicas),
+            FAST,
+        ),
+    )
+
+
 def _versions() -> dict[str, str]:
     import haiku
     import jax
@@ -244,4 +279,5 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[haiku]'",
+    replicas=replica_bindings,
 )

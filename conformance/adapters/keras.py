@@ -278,4 +278,8 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[keras]'",
+    replicas_unavailable=(
+        "BatchNormalization(synchronized=True) runs on TensorFlow under a tf.distribute "
+        "strategy only: the suite does not run it"
+    ),
 )

@@ -448,4 +448,8 @@ ADAPTER = Adapter(
     bindings=BINDINGS,
     versions=_versions,
     install_hint="pip install -e '.[torch]'",
+    replicas_unavailable=(
+        "torch.nn.SyncBatchNorm runs only on CUDA, with 2 or more GPUs (one process per GPU, "
+        "torch.distributed): the suite's replicas are host devices"
+    ),
 )
