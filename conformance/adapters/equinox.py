@@ -175,7 +175,7 @@ def _holder(weight: Native) -> Any:
     """A module whose one array, ``weight``, is what its call returns."""
     eqx = _eqx()
 
-    class Weight(eqx.Module):  # type: ignore[misc, name-defined]
+    class Weight(eqx.Module):  # type: ignore[name-defined]
         weight: Any
 
         def __call__(self, _x: Any) -> Native:

@@ -106,7 +106,7 @@ def _stateless(
     layer.build(tuple(inputs[0].shape))
 
     def value(variable: Any) -> Native:
-        name = names.get(variable.name)
+        name = names.get(variable.name, "")
         return arrays.get(name, variable.value)
 
     trainable = [value(v) for v in layer.trainable_variables]
