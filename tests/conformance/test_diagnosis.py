@@ -82,15 +82,15 @@ def test_a_default_eps_of_1e6():
 def test_the_presets_tried_are_those_that_have_the_op():
     """An adapter's bindings decide for its preset; a weights-and-gradients field of the op set
     otherwise than normref adds the op (the NFNets code's unit-wise norm, which no adapter runs);
-    keras, which no adapter runs, is tried for the layers its convention records a default eps
-    for; normref's definition always."""
-    assert _presets("layer_norm") == {"normref", "torch", "flax", "keras", "onnx", "timm"}
-    assert _presets("batch_norm_train") == {"normref", "torch", "flax", "keras", "onnx"}
+    normref's definition always."""
+    layers = {"normref", "torch", "flax", "keras", "onnx", "haiku", "equinox"}
+    assert _presets("layer_norm") == layers | {"timm"}
+    assert _presets("batch_norm_train") == layers | {"tf-keras"}
     assert _presets("weight_standardize") == {"normref", "timm"}
     # timm clips with torch's clip_grad_norm_, so its preset has torch's global-norm eps
     assert _presets("clip_by_global_norm") == {"normref", "torch", "optax", "timm"}
     assert _presets("gamma_scaled_nonlinearity") == {"normref", "nfnets"}
-    assert _presets("adaptive_grad_clip") == {"normref", "optax", "nfnets"}
+    assert _presets("adaptive_grad_clip") == {"normref", "optax", "nfnets", "timm"}
 
 
 def test_a_declared_convention_without_the_op_is_still_tried():
