@@ -108,6 +108,7 @@ def run(
     backend: str | Backend | None = None,
     isolate: bool = False,
     timeout: float | None = None,
+    replicas: int | None = None,
 ) -> RunResult:
     """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
 
@@ -120,7 +121,9 @@ def run(
     ``backend`` is the array library the reference runs on (``"numpy"``, the
     default, ``"cupy"`` or ``"torch"``; :mod:`conformance.checked.backends`).
     ``isolate`` runs the frameworks in a worker process, each call stopped
-    after ``timeout`` seconds (default 60; module docstring).
+    after ``timeout`` seconds (default 60; module docstring). ``replicas`` adds each
+    framework's batch norm across that many replicas, in a process of their own
+    (:mod:`conformance.replicas`).
     """
     started = time.perf_counter()
     limit = _timeout(isolate, timeout)
@@ -149,11 +152,26 @@ def run(
         for op in ops:
             if op not in adapter.ops():
                 lacking += _not_implemented(name, op, dtypes)
+    across: list[Binding] = []
+    replicated: list[CaseResult] = []
+    if replicas is not None:
+        from conformance.replicas import run_replicas
+
+        replicated, across, not_run = run_replicas(
+            frameworks,
+            replicas,
+            ops=ops,
+            dtypes=dtypes,
+            case=case,
+            seed=seed,
+            backend=reference.name,
+        )
+        skipped += not_run
 
     def finish(results: list[CaseResult], interrupted: bool) -> RunResult:
         outcome = run_result(
-            results + lacking,
-            bindings,
+            results + replicated + lacking,
+            bindings + across,
             frameworks=list(frameworks),
             ops=list(ops),
             dtypes=list(dtypes),
@@ -161,6 +179,7 @@ def run(
             seed=seed,
             thorough=thorough,
             compile=compile,
+            replicas=replicas,
             backend=reference.name,
             isolated=limit is not None,
             timeout=limit,

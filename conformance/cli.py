@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--framework", action="append", help="framework(s), comma-separated")
     run.add_argument("--ops", help="comma-separated ops (default all)")
     run.add_argument("--case", help="run one case by id, e.g. layer_norm/outlier-1e4")
+    run.add_argument(
+        "--replicas",
+        type=int,
+        help="also check batch norm across this many replicas (host devices; flax, haiku, "
+        "equinox), in a process the suite starts",
+    )
     run.add_argument("--list", action="store_true", help="list frameworks and ops, then exit")
     run.add_argument(
         "--thorough",
@@ -313,6 +319,9 @@ def _run(args: argparse.Namespace) -> int:
         with _arguments():
             for name in frameworks:
                 get_adapter(name)
+            if args.replicas is not None and args.replicas < 2:
+                msg = f"--replicas must be 2 or more, got {args.replicas}"
+                raise ValueError(msg)
         settings = _settings(args, ops=_names(args.ops), default_dtypes=api.DEFAULT_DTYPES)
     try:
         with progress_bar() as progress:
@@ -338,6 +347,7 @@ def _run(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     thorough=args.thorough,
                     compile=args.compile,
+                    replicas=args.replicas,
                     progress=progress,
                 )
     except RunInterrupted as stopped:

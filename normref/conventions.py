@@ -5,7 +5,7 @@ what "momentum" weighs, whether the running variance is unbiased, where ``eps``
 enters, how the variance is computed, in which dtype float16 input is reduced.
 normref names each of those choices as a field of :class:`Convention`; the
 presets :data:`TORCH`, :data:`FLAX`, :data:`KERAS`, :data:`ONNX`, :data:`TIMM`,
-:data:`OPTAX` and :data:`NFNETS` record what each framework does (sources in
+:data:`OPTAX`, :data:`NFNETS`, :data:`HAIKU` and :data:`EQUINOX` record what each framework does (sources in
 ``docs/conventions.md``), and :data:`NORMREF` records normref's own defaults.
 Every ``convention=`` argument of normref takes a preset or its lower-case name.
 
@@ -299,6 +299,54 @@ TIMM = replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6, scale
 """timm: torch's layers, with ``LayerNorm`` and ``RmsNorm`` ``eps=1e-6`` and
 ``ScaledStdConv2d``'s ``eps`` inside the square root (``F.batch_norm``)."""
 
+HAIKU = Convention(
+    name="haiku",
+    momentum=0.999,
+    momentum_meaning="old_weight",
+    running_var_correction=0,
+    batch_norm_eps=1e-5,
+    layer_norm_eps=1e-5,
+    group_norm_eps=1e-5,
+    instance_norm_eps=1e-5,
+    rms_norm_eps=1e-5,
+    eps_mode="add",
+    variance_algorithm="two_pass",
+    low_precision_compute="input",
+    output_dtype="input",
+    channel_axis=-1,
+    zero_norm="ieee",
+    l2_eps_mode="add",
+)
+"""dm-haiku 0.0.17: ``eps=1e-5`` everywhere; ``BatchNorm``'s ``decay_rate`` weighs the old
+value (it has no default: 0.999 is its ResNet blocks'); statistics in the input's dtype;
+``SpectralNorm`` normalizes by ``x * rsqrt(sum(x * x) + eps)`` and divides by ``sigma``
+unguarded. ``BatchNorm``'s variance is ``E[x^2] - E[x]^2``, unclamped (``variance_algorithm=
+"fast"`` for that layer); ``LayerNorm``'s and ``GroupNorm``'s is two-pass."""
+
+EQUINOX = Convention(
+    name="equinox",
+    momentum=0.99,
+    momentum_meaning="old_weight",
+    running_var_correction=0,
+    batch_norm_eps=1e-5,
+    layer_norm_eps=1e-5,
+    group_norm_eps=1e-5,
+    instance_norm_eps=1e-5,
+    rms_norm_eps=1e-5,
+    eps_mode="add",
+    variance_algorithm="two_pass",
+    low_precision_compute="float32",
+    output_dtype="input",
+    channel_axis=1,
+    zero_norm="ieee",
+    power_iteration_order="u_first",
+)
+"""Equinox 0.13: ``eps=1e-5`` everywhere, ``momentum=0.99`` weighing the old value, two-pass
+variances clamped at 0, statistics of float16 and bfloat16 in float32 (``BatchNorm``'s in
+the input's dtype), channels first; ``WeightNorm`` has no ``eps``; ``SpectralNorm``
+iterates ``u`` first, normalizing by ``max(norm, eps)``, and divides by ``sigma``
+unguarded."""
+
 _WEIGHT_AND_GRADIENT_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in fields(Convention) if f.name in WEIGHT_AND_GRADIENT_FIELDS
 }
@@ -318,7 +366,7 @@ NFNETS = replace(
 sampled nonlinearity gains."""
 
 PRESETS: dict[str, Convention] = {
-    c.name: c for c in (NORMREF, TORCH, FLAX, KERAS, ONNX, TIMM, OPTAX, NFNETS)
+    c.name: c for c in (NORMREF, TORCH, FLAX, KERAS, ONNX, TIMM, OPTAX, NFNETS, HAIKU, EQUINOX)
 }
 """Every preset by its name."""
 

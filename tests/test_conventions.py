@@ -23,11 +23,15 @@ def test_presets_by_name():
         "timm",
         "optax",
         "nfnets",
+        "haiku",
+        "equinox",
     }
 
 
 def test_unknown_convention():
-    with pytest.raises(ValueError, match=r"convention must be a Convention or one of \['flax'"):
+    with pytest.raises(
+        ValueError, match=r"convention must be a Convention or one of \['equinox', 'flax'"
+    ):
         get_convention("mxnet")
 
 

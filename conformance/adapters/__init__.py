@@ -18,6 +18,10 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("conformance.adapters.onnx", "ONNXRUNTIME"),
     "onnx-reference": ("conformance.adapters.onnx", "ONNX_REFERENCE"),
     "timm": ("conformance.adapters.timm", "ADAPTER"),
+    "keras": ("conformance.adapters.keras", "ADAPTER"),
+    "haiku": ("conformance.adapters.haiku", "ADAPTER"),
+    "equinox": ("conformance.adapters.equinox", "ADAPTER"),
+    "tf-keras": ("conformance.adapters.tf_keras", "ADAPTER"),
 }
 """Every framework the suite checks: its module and the adapter's name in it."""
 

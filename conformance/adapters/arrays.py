@@ -1,8 +1,8 @@
-"""Array kinds: NumPy, torch and JAX arrays, converted exactly and differentiated by autograd.
+"""Array kinds: NumPy, torch, JAX and TensorFlow arrays, converted exactly and differentiated by autograd.
 
 An implementation under test receives arrays of one kind; its backward is
 taken with that framework's own autograd (``torch.autograd.grad``,
-``jax.vjp``). NumPy has no autograd, so a NumPy implementation is checked
+``jax.vjp``, ``tf.GradientTape``). NumPy has no autograd, so a NumPy implementation is checked
 forward only unless a hand-written VJP is given. Frameworks are imported only
 when their kind is used.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -265,10 +266,49 @@ class JaxKind(ArrayKind):
         return compiled
 
 
+class TensorflowKind(ArrayKind):
+    """TensorFlow tensors on the CPU; gradients by ``tf.GradientTape``."""
+
+    name = "tensorflow"
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+
+    def __init__(self) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no banner on every import
+        try:
+            import tensorflow as tf
+        except ImportError as error:
+            msg = "tensorflow is not installed (pip install -e '.[tf-keras]')"
+            raise ArrayKindUnavailableError(msg) from error
+        self.tf = tf
+
+    def asarray(self, values: np.ndarray, dtype: str) -> Native:
+        tf = self.tf
+        return tf.cast(tf.constant(np.asarray(values, dtype=np.float64)), getattr(tf, dtype))
+
+    def to_numpy(self, array: Native) -> np.ndarray:
+        return np.asarray(self.tf.cast(array, self.tf.float64).numpy())
+
+    def dtype_name(self, array: Native) -> str:
+        return str(array.dtype.name)
+
+    def vjp(
+        self, fn: Function, arrays: dict[str, Native], wrt: tuple[str, ...], dy: np.ndarray
+    ) -> tuple[Native, dict[str, Native], dict[str, Native | None]]:
+        tf = self.tf
+        with tf.GradientTape() as tape:
+            for name in wrt:
+                tape.watch(arrays[name])
+            y, state = fn(arrays)
+        cotangent = tf.cast(tf.constant(np.asarray(dy, dtype=np.float64)), y.dtype)
+        grads = tape.gradient(y, [arrays[n] for n in wrt], output_gradients=cotangent)
+        return y, state, dict(zip(wrt, grads, strict=True))
+
+
 ARRAY_KINDS: dict[str, Callable[[], ArrayKind]] = {
     "numpy": NumpyKind,
     "torch": TorchKind,
     "jax": JaxKind,
+    "tensorflow": TensorflowKind,
 }
 """Every array kind, by name (created on first use)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,7 +88,12 @@ class Adapter:
 
     ``requires`` lists the modules that must be importable; the framework
     itself is imported only inside the bindings' ``run``, so listing an
-    adapter never imports it.
+    adapter never imports it. ``check``, where given, says why the adapter
+    cannot run although those modules are found (timm's modules that fail to
+    load, an unknown Keras backend); it may import the framework.
+    ``replicas(n)``, where given, are the bindings of its batch norm across ``n``
+    replicas (:mod:`conformance.adapters.replicated`); ``replicas_unavailable``
+    says why a framework with a cross-device batch norm has none the suite runs.
     """
 
     name: str
@@ -101,6 +107,10 @@ class Adapter:
     """The framework's compiler its bindings run through under ``--compile`` (``"torch.compile"``,
     ``"jax.jit"``); empty where it has none the suite uses."""
 
+    check: Callable[[], str | None] | None = None
+    replicas: Callable[[int], tuple[Binding, ...]] | None = None
+    replicas_unavailable: str = ""
+
     def compiled_bindings(self) -> tuple[Binding, ...]:
         """Every binding run through :attr:`compiler`, as an implementation of its own whose
         label ends in ``" (compiled)"`` (none where the adapter has no compiler)."""
@@ -109,10 +119,11 @@ class Adapter:
         return tuple(_compiled(b, self.compiler) for b in self.bindings)
 
     def unavailable(self) -> str | None:
-        """Why the adapter cannot run here, or ``None`` when it can."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        """Why the adapter cannot run here, or ``None`` when it can: a module of
+        ``requires`` not installed, or what ``check`` (run once they are) says."""
+        missing = [m for m in self.requires if not _installed(m)]
         if not missing:
-            return None
+            return None if self.check is None else self.check()
         return f"{', '.join(missing)} not installed" + (
             f" ({self.install_hint})" if self.install_hint else ""
         )
@@ -134,6 +145,12 @@ def _compiled(binding: Binding, compiler: str) -> Binding:
         run=run,
         notes=f"{binding.notes}; {notes}" if binding.notes else notes,
     )
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` is imported or can be (an imported module may have no spec:
+    timm's packages, which the timm adapter registers without executing them)."""
+    return module in sys.modules or importlib.util.find_spec(module) is not None
 
 
 STATE = ("running_mean", "running_var")

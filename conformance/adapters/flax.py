@@ -31,6 +31,7 @@ from typing import Any
 
 from conformance.adapters.arrays import Evaluation, JaxKind, Native
 from conformance.adapters.base import Adapter, Binding, evaluate_on, unit_axis
+from conformance.adapters.replicated import label, sharded
 from conformance.checked.cases import Prepared
 from conformance.checked.models import FRAMEWORK_MODELS, Model
 from conformance.checked.ops import get_op
@@ -75,7 +76,16 @@ def _axes(prepared: Prepared) -> tuple[int, ...]:
 
 
 def _batch_norm(train: bool, state: bool) -> Call:
-    def call(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict[str, Native]]:
+    across = _batch_norm_across(train, state)
+    return lambda arrays, prepared: across(arrays, prepared, None)
+
+
+def _batch_norm_across(train: bool, state: bool) -> Any:
+    """``BatchNorm`` merging its statistics over ``axis_name`` (``None``: one device)."""
+
+    def call(
+        arrays: dict[str, Native], prepared: Prepared, axis_name: str | None
+    ) -> tuple[Native, dict[str, Native]]:
         import jax.numpy as jnp
 
         x = arrays["x"]
@@ -90,6 +100,7 @@ def _batch_norm(train: bool, state: bool) -> Call:
         module = _linen().BatchNorm(
             use_running_average=not train,
             axis=_axes(prepared)[0],
+            axis_name=axis_name,
             **extra,
             **_common(arrays, prepared),
         )
@@ -227,6 +238,21 @@ BINDINGS = (
 )
 
 
+def replica_bindings(replicas: int) -> tuple[Binding, ...]:
+    """``BatchNorm(axis_name=...)`` with its input sharded over ``replicas`` devices."""
+    name = "flax.linen.BatchNorm (axis_name)"
+    return (
+        binding(
+            "batch_norm", label(name, replicas), sharded(_batch_norm_across(True, False), replicas)
+        ),
+        binding(
+            "batch_norm_train",
+            label(f"{name[:-1]}, mutable batch_stats)", replicas),
+            sharded(_batch_norm_across(True, True), replicas),
+        ),
+    )
+
+
 def _versions() -> dict[str, str]:
     import flax
     import jax
@@ -243,4 +269,5 @@ ADAPTER = Adapter(
     versions=_versions,
     install_hint="pip install -e '.[jax]'",
     compiler="jax.jit",
+    replicas=replica_bindings,
 )

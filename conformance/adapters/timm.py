@@ -1,12 +1,12 @@
-"""timm (pytorch-image-models) normalization layers, through the torch adapter's machinery.
+"""timm (pytorch-image-models) normalization layers and adaptive gradient clipping, through
+the torch adapter's machinery.
 
-Optional: where timm is not installed the adapter is skipped with that reason.
-timm imports torchvision, which must be built for the installed torch (the same
-release, CPU or CUDA build alike); PyPI's torchvision wheels are CUDA builds
-and do not load beside a CPU torch. So far the adapter has been checked only
-against a stand-in of ``StdConv2d`` and ``ScaledStdConv2d`` rewritten from
-timm's source (``tests/conformance/stub_timm``), not against timm itself. timm's layers are torch modules whose defaults
-differ from torch's: ``LayerNorm`` and ``RmsNorm`` default to ``eps=1e-6``
+timm's package ``__init__`` imports torchvision, which must be built for the installed torch
+(PyPI's torchvision wheels are CUDA builds and do not load beside a CPU torch), but the
+modules checked here do not need it: ``timm.layers.std_conv``, ``timm.layers.norm`` and
+``timm.utils.agc`` are loaded without executing any package ``__init__`` (:func:`load`),
+and where that fails the adapter is skipped with the reason. timm's layers are torch
+modules whose defaults differ from torch's: ``LayerNorm`` and ``RmsNorm`` default to ``eps=1e-6``
 (``timm/layers/norm.py``), and ``ScaledStdConv2d`` puts its ``eps`` inside the
 square root (``timm/layers/std_conv.py``: ``F.batch_norm`` of the weight), so the
 declared convention is ``FRAMEWORK_MODELS["timm"]``. ``LayerNorm`` and ``RmsNorm``
@@ -18,10 +18,19 @@ convolution's forward: the case's weight, its units first and its fan-in
 flattened, is a ``1 x 1`` kernel of ``N`` input channels, and the convolution of
 the identity (``N`` one-hot images) returns the standardized weight exactly,
 its gradient flowing back unchanged.
+
+``adaptive_clip_grad`` clips ``.grad`` in place under ``torch.no_grad``: it is checked
+forward only, on a parameter whose ``.grad`` is the case's gradient, its units along axis 0
+(timm's layout: the case's unit axis is moved there and back).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import sys
+import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,10 +57,59 @@ FRAMEWORK = "timm"
 MODEL = FRAMEWORK_MODELS["timm"]
 
 
-def _layers() -> Any:
-    import timm.layers
+PACKAGES = ("timm", "timm.layers", "timm.utils")
+"""timm's packages, whose ``__init__`` (importing torchvision) is not executed."""
 
-    return timm.layers
+MODULES = ("timm.layers.std_conv", "timm.layers.norm", "timm.utils.agc", "timm.version")
+"""The modules the adapter uses, none of which needs torchvision."""
+
+
+def load(name: str) -> Any:
+    """timm's module ``name``, loaded without executing the ``__init__`` of its packages.
+
+    Each package of :data:`PACKAGES` not already imported is registered as an empty module
+    whose ``__path__`` is timm's directory, so that importing ``name`` runs its own file and
+    those it imports (relative imports resolve to timm's files) and no ``__init__``. Where
+    timm itself was imported, its modules are used.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.machinery.PathFinder.find_spec("timm")  # finds it, executes nothing
+    if spec is None or not spec.submodule_search_locations:
+        msg = "timm is not installed"
+        raise ModuleNotFoundError(msg)
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for package in PACKAGES:
+        if package not in sys.modules:
+            module = types.ModuleType(package)
+            module.__path__ = [str(root.joinpath(*package.split(".")[1:]))]
+            module.__package__ = package
+            sys.modules[package] = module
+    return importlib.import_module(name)
+
+
+def _check() -> str | None:
+    """Why timm's modules cannot be loaded here, or ``None``."""
+    try:
+        for name in MODULES:
+            load(name)
+    except Exception as error:  # noqa: BLE001 - any failure to load is the reason to skip
+        return f"timm's modules do not load: {type(error).__name__}: {error}"
+    return None
+
+
+def _layers() -> Any:
+    """The layers of ``timm.layers`` the adapter binds."""
+    return types.SimpleNamespace(
+        **{
+            name: getattr(load(module), name)
+            for module, names in (
+                ("timm.layers.std_conv", ("StdConv2d", "ScaledStdConv2d")),
+                ("timm.layers.norm", ("LayerNorm", "GroupNorm", "RmsNorm")),
+            )
+            for name in names
+        }
+    )
 
 
 def _layer_norm(prepared: Prepared) -> Compute:
@@ -114,39 +172,62 @@ def _standardized(scaled: bool) -> Call:
     return call
 
 
-BINDINGS = tuple(
-    Binding(op, label, FRAMEWORK, torch_run(call), MODEL)
-    for op, label, call in (
-        ("weight_standardize", "timm.layers.StdConv2d (weight)", _standardized(scaled=False)),
-        (
-            "scaled_weight_standardize",
-            "timm.layers.ScaledStdConv2d (weight)",
-            _standardized(scaled=True),
-        ),
-        ("layer_norm", "timm.layers.LayerNorm", trailing(_layer_norm)),
-        ("group_norm", "timm.layers.GroupNorm", channels_at_1(_group_norm)),
-        ("rms_norm", "timm.layers.RmsNorm", trailing(_rms_norm)),
-    )
+def _adaptive_clip_grad(prepared: Prepared) -> Compute:
+    import torch
+
+    axis, kwargs = unit_axis(prepared, "grad"), prepared.sample.kwargs
+    clip = load("timm.utils.agc").adaptive_clip_grad
+
+    def compute(arrays: dict[str, Native]) -> Native:
+        param = torch.nn.Parameter(torch.movedim(arrays["param"], axis, 0).clone())
+        param.grad = torch.movedim(arrays["grad"], axis, 0).clone()
+        clip([param], clip_factor=kwargs["clipping"], eps=kwargs["eps"])
+        return torch.movedim(param.grad, 0, axis)
+
+    return compute
+
+
+BINDINGS = (
+    *(
+        Binding(op, label, FRAMEWORK, torch_run(call), MODEL)
+        for op, label, call in (
+            ("weight_standardize", "timm.layers.StdConv2d (weight)", _standardized(scaled=False)),
+            (
+                "scaled_weight_standardize",
+                "timm.layers.ScaledStdConv2d (weight)",
+                _standardized(scaled=True),
+            ),
+            ("layer_norm", "timm.layers.LayerNorm", trailing(_layer_norm)),
+            ("group_norm", "timm.layers.GroupNorm", channels_at_1(_group_norm)),
+            ("rms_norm", "timm.layers.RmsNorm", trailing(_rms_norm)),
+        )
+    ),
+    Binding(
+        "adaptive_grad_clip",
+        "timm.utils.agc.adaptive_clip_grad",
+        FRAMEWORK,
+        torch_run(_adaptive_clip_grad),
+        MODEL,
+        backward=False,
+        notes="clips .grad in place under no_grad: no backward",
+    ),
 )
 
 
 def _versions() -> dict[str, str]:
-    import timm
     import torch
 
-    return {"timm": timm.__version__, "torch": torch.__version__}
+    return {"timm": load("timm.version").__version__, "torch": torch.__version__}
 
 
 ADAPTER = Adapter(
     name=FRAMEWORK,
-    description="timm.layers normalization modules (torch autograd backward)",
+    description="timm.layers normalization modules and timm.utils.agc (torch autograd backward)",
     model=MODEL,
     requires=("timm", "torch"),
     bindings=BINDINGS,
     versions=_versions,
     compiler="torch.compile",
-    install_hint=(
-        "pip install timm, with a torchvision built for the installed torch (same release, "
-        "CPU or CUDA build alike: PyPI's torchvision wheels need a CUDA torch)"
-    ),
+    install_hint="pip install -e '.[torch]' and pip install --no-deps timm pyyaml",
+    check=_check,
 )

@@ -491,4 +491,8 @@ ADAPTER = Adapter(
     versions=_versions,
     install_hint="pip install -e '.[torch]'",
     compiler="torch.compile",
+    replicas_unavailable=(
+        "torch.nn.SyncBatchNorm runs only on CUDA, with 2 or more GPUs (one process per GPU, "
+        "torch.distributed): the suite's replicas are host devices"
+    ),
 )

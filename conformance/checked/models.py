@@ -170,12 +170,17 @@ NORMREF = Model(conventions.NORMREF)
 FRAMEWORK_MODELS: dict[str, Model] = {
     "torch": Model(conventions.TORCH),
     "flax": Model(conventions.FLAX),
-    "keras": Model(conventions.KERAS),
+    # keras 3 on the jax and torch backends: float64 computed in float32 (its type promotion)
+    "keras": Model(conventions.KERAS, stash_dtype="float32"),
     # onnx: attributes (epsilon, momentum) are float32
     "onnx": Model(conventions.ONNX, scalar_dtype="float32"),
     "timm": Model(conventions.TIMM),
     "optax": Model(conventions.OPTAX),
     "nfnets": Model(conventions.NFNETS),
+    # tf-keras (Keras 2) on TensorFlow: Keras 3's choices, float64 kept
+    "tf-keras": Model(conventions.KERAS),
+    "haiku": Model(conventions.HAIKU),
+    "equinox": Model(conventions.EQUINOX),
 }
 """Every framework's model: its preset (optax and the NFNets code, jax libraries without
 normalization layers of their own, take flax's choices) with the hypotheses it needs. Sources

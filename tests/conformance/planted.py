@@ -338,3 +338,28 @@ def rms_norm_fixed_eps_in_float16(x, gamma=None, *, axes=(-1,), eps=1e-6):
     low = x.astype(wide)
     y = low / np.sqrt((low * low).mean(axis=ax, keepdims=True, dtype=wide) + wide(1e-5))
     return (y if gamma is None else y * gamma.astype(wide)).astype(x.dtype)
+
+
+def with_wrong_eps(binding, factor=10.0):
+    """``binding``'s layer built with ``factor`` times the ``eps`` the case gives: a wrapped
+    layer with a wrong ``eps``, which the suite must report as failing."""
+    import dataclasses
+
+    from conformance.checked.cases import Prepared
+
+    def run(prepared, model, backward):
+        sample = prepared.sample.replace(eps=prepared.sample.kwargs["eps"] * factor)
+        return binding.run(
+            Prepared(prepared.case, prepared.dtype, sample, prepared.dy), model, backward
+        )
+
+    return dataclasses.replace(binding, label=f"{binding.label} (eps x {factor:g})", run=run)
+
+
+def planted_eps_row(adapter, label, case, dtype="float32"):
+    """The row of ``adapter``'s binding ``label``, its eps planted wrong, on ``case``."""
+    from conformance.checked.cases import find_case
+    from conformance.judging.runner import check_row
+
+    binding = next(b for b in adapter.bindings if b.label == label)
+    return check_row(with_wrong_eps(binding), find_case(case), dtype)

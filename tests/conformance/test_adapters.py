@@ -39,7 +39,20 @@ def test_listing_the_adapters_imports_no_framework():
     """An adapter module imports its framework inside its bindings only, so that listing the
     adapters (``--list``) works without any framework installed."""
     modules = sorted({module for module, _ in ADAPTERS.values()})
-    frameworks = ("torch", "jax", "flax", "optax", "onnx", "onnxruntime", "timm")
+    frameworks = (
+        "torch",
+        "jax",
+        "flax",
+        "optax",
+        "onnx",
+        "onnxruntime",
+        "timm",
+        "keras",
+        "haiku",
+        "equinox",
+        "tf_keras",
+        "tensorflow",
+    )
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

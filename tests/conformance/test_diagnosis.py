@@ -82,15 +82,15 @@ def test_a_default_eps_of_1e6():
 def test_the_presets_tried_are_those_that_have_the_op():
     """An adapter's bindings decide for its preset; a weights-and-gradients field of the op set
     otherwise than normref adds the op (the NFNets code's unit-wise norm, which no adapter runs);
-    keras, which no adapter runs, is tried for the layers its convention records a default eps
-    for; normref's definition always."""
-    assert _presets("layer_norm") == {"normref", "torch", "flax", "keras", "onnx", "timm"}
-    assert _presets("batch_norm_train") == {"normref", "torch", "flax", "keras", "onnx"}
+    normref's definition always."""
+    layers = {"normref", "torch", "flax", "keras", "onnx", "haiku", "equinox"}
+    assert _presets("layer_norm") == layers | {"timm"}
+    assert _presets("batch_norm_train") == layers | {"tf-keras"}
     assert _presets("weight_standardize") == {"normref", "timm"}
     # timm clips with torch's clip_grad_norm_, so its preset has torch's global-norm eps
     assert _presets("clip_by_global_norm") == {"normref", "torch", "optax", "timm"}
     assert _presets("gamma_scaled_nonlinearity") == {"normref", "nfnets"}
-    assert _presets("adaptive_grad_clip") == {"normref", "optax", "nfnets"}
+    assert _presets("adaptive_grad_clip") == {"normref", "optax", "nfnets", "timm"}
 
 
 def test_a_declared_convention_without_the_op_is_still_tried():
@@ -176,8 +176,15 @@ def test_squares_that_overflow_float16_are_accounted_for_by_its_arithmetic():
     squares overflow float16: low_precision_compute='input' explains every row, and the evidence
     says how on each of those."""
     found = diagnose(planted.layer_norm_in_input_dtype, "layer_norm", dtypes=["float16"])
-    assert [h.changed for h in found.explaining] == [{"low_precision_compute": "input"}]
-    assert found.verdict.endswith("is explained by: normref with low_precision_compute='input'")
+    # haiku's preset computes float16 statistics in float16 too: it explains for the same reason
+    assert [h.name for h in found.explaining] == [
+        "normref with low_precision_compute='input'",
+        "haiku preset",
+    ]
+    assert all(h.changed == {"low_precision_compute": "input"} for h in found.explaining)
+    assert found.verdict.endswith(
+        "is explained by: normref with low_precision_compute='input', haiku preset"
+    )
     evidence = "\n".join(found.evidence)
     assert "layer_norm/outlier-1e4 float16: y: as normref computing in float16 gives it" in evidence
     assert (
