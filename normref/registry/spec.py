@@ -111,6 +111,21 @@ class Kind(enum.Enum):
     """``W(Sigma) (x - mean)`` per group of features, with an affine."""
     GIVEN_WHITENING = "given_whitening"
     """``W (x - running_mean)`` with a given whitening matrix."""
+    RENORMALIZING = "renormalizing"
+    """Batch renorm: ``gamma (x_hat r + d) + beta``, ``r`` and ``d`` from the batch's and the
+    given statistics, clipped."""
+    SWITCHABLE = "switchable"
+    """``(x - mu) / s(v)`` with ``mu`` and ``v`` softmax-weighted mixtures of the instance, layer
+    and batch statistics."""
+    ADAPTIVE_INSTANCE = "adaptive_instance"
+    """AdaIN: instance-standardized ``x`` scaled and shifted by another input's statistics."""
+    LOCAL_RESPONSE = "local_response"
+    """``x / (k + alpha/n sum x^2)^beta`` over a window of channels: a power of a sum of squares."""
+    CENTRED_WEIGHT_NORMALIZING = "centred_weight_normalizing"
+    """``g (v - mean) / ||v - mean||`` per unit: weight standardization times ``g / sqrt(N)``."""
+    ORTHOGONALIZING = "orthogonalizing"
+    """``W(V_c V_c^T + eps I) V_c`` per group of units: the whitening of the units as samples
+    (OWN's inverse square root, ONI's Newton-Schulz steps)."""
 
 
 @dataclass(frozen=True)
