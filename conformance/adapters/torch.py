@@ -10,6 +10,9 @@ division by a zero norm carried out (NaN); ``parametrizations.spectral_norm``
 iterates ``u`` first. The sources each fact was read from are cited in
 ``docs/conventions.md``.
 
+``local_response_norm`` and ``LocalResponseNorm`` (the window of an even size has its
+extra channel before the centre: ``lrn_window="torch"``).
+
 Weights: ``torch._weight_norm`` (the kernel of both weight-norm APIs) and
 ``parametrizations.weight_norm``, ``parametrizations.spectral_norm`` and the legacy
 ``spectral_norm`` (evaluation mode: the stored ``u`` and ``v``; training mode:
@@ -260,6 +263,24 @@ def _nn_rms_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
     return _call_module(module, arrays, arrays["x"])
 
 
+def _lrn_arguments(prepared: Prepared) -> dict[str, Any]:
+    kwargs = prepared.sample.kwargs
+    return {
+        "size": prepared.sample.args["size"],
+        "alpha": kwargs["alpha"],
+        "beta": kwargs["beta"],
+        "k": kwargs["k"],
+    }
+
+
+def _f_local_response_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+    return _torch().nn.functional.local_response_norm(arrays["x"], **_lrn_arguments(prepared))
+
+
+def _nn_local_response_norm(arrays: dict[str, Native], prepared: Prepared) -> Native:
+    return _torch().nn.LocalResponseNorm(**_lrn_arguments(prepared))(arrays["x"])
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -404,6 +425,14 @@ BINDINGS = (
     binding("group_norm", "torch.nn.GroupNorm", _channels_at_1(_nn_group_norm)),
     binding("rms_norm", "torch.nn.functional.rms_norm", _trailing(_f_rms_norm)),
     binding("rms_norm", "torch.nn.RMSNorm", _trailing(_nn_rms_norm)),
+    binding(
+        "local_response_norm",
+        "torch.nn.functional.local_response_norm",
+        _channels_at_1(_f_local_response_norm),
+    ),
+    binding(
+        "local_response_norm", "torch.nn.LocalResponseNorm", _channels_at_1(_nn_local_response_norm)
+    ),
     binding("weight_norm", "torch._weight_norm", _weight_norm_kernel),
     binding(
         "weight_norm", "torch.nn.utils.parametrizations.weight_norm", _weight_norm_parametrization

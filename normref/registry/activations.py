@@ -143,7 +143,9 @@ def _sample_adaptive_instance_norm(rng: Rng, shape: tuple[int, ...] | None = Non
 
 
 def _sample_local_response_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
-    """Rank 3 or 4 (the frameworks' LRN takes ``(N, C, *S)``), a window of 1 to 5 channels."""
+    """Rank 3 or 4 (the frameworks' LRN takes ``(N, C, *S)``); a window of 1 to 5 channels
+    when the shape is drawn, of 3 for a given shape (onnxruntime takes odd sizes only; the
+    special input ``even-window`` has 4)."""
     if shape is None:
         spatial = tuple(int(s) for s in rng.integers(1, 4, size=int(rng.integers(1, 3))))
         shape = (int(rng.integers(1, 4)), int(rng.integers(2, 8)), *spatial)
@@ -154,8 +156,9 @@ def _sample_local_response_norm(rng: Rng, shape: tuple[int, ...] | None = None) 
     axis = 1
     if drawn and rng.random() < 0.5:
         x, axis = x.transpose(0, *range(2, len(shape)), 1), -1
-    kwargs = {"alpha": 0.5, "beta": 0.75, "k": 1.0, "axis": axis, "window": "torch"}
-    return Sample({"x": x, "size": int(rng.integers(1, 6))}, kwargs)
+    kwargs = {"alpha": 0.5, "beta": 0.75, "k": 1.0, "axis": axis}
+    size = int(rng.integers(1, 6)) if drawn else 3
+    return Sample({"x": x, "size": size}, kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -468,6 +471,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         convention_keywords=(("window", "lrn_window"),),
+        typical_shape=(4, 6, 3, 2),
         special_inputs=(SpecialInput("even-window", "size 4: the windows differ", _even_window),),
         benchmarks=(
             BenchmarkInput(ALEXNET_LRN, "AlexNet LRN 2, batch 8", {"size": 5}, quick=True),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from normref._lib.checks import normalize_axes, normalize_axis
+from normref.affine import channel_param_axes
 from normref.partition import Partition
 
 Rng = Any
@@ -279,13 +280,18 @@ class OpSpec:
 
     def param_axes(self, sample: Sample) -> tuple[int, ...]:
         """The axes of the primary input that the affine parameters span (from the sample's
-        ``axes``, ``axis`` or ``out_axis``); ``()`` where it has none."""
+        ``axes``, ``axis`` or ``out_axis``; with ``axis``, also the batch axis 0 where an affine
+        parameter has rank 2, one per sample and channel); ``()`` where it has none."""
         ndim = sample.args[self.primary].ndim
         if "axes" in sample.kwargs:
             return normalize_axes(sample.kwargs["axes"], ndim)
-        for keyword in ("axis", "out_axis"):
-            if keyword in sample.kwargs:
-                return (normalize_axis(sample.kwargs[keyword], ndim),)
+        if "axis" in sample.kwargs:
+            gamma, beta = sample.args.get("gamma"), sample.args.get("beta")
+            return channel_param_axes(
+                tuple(sample.args[self.primary].shape), sample.kwargs["axis"], gamma, beta
+            )
+        if "out_axis" in sample.kwargs:
+            return (normalize_axis(sample.kwargs["out_axis"], ndim),)
         return ()
 
 

@@ -51,3 +51,21 @@ def test_clip_by_global_norm_has_no_eps():
     for case in ("clip_by_global_norm/typical", "clip_by_global_norm/small-norm"):
         (row,) = _rows(case, "float32").values()
         assert row.status is Status.PASS, row.diagnosis
+
+
+@pytest.mark.parametrize("case", ["HWIO-kernel", "dense-kernel"])
+def test_centralize_centres_along_the_leading_axis_whatever_the_layout(case):
+    """optax's ``centralize`` averages axes 1..ndim-1: for flax's HWIO kernel that centres each
+    kernel row, for its (in, out) kernel each input unit, not the output units."""
+    (row,) = _rows(f"gradient_centralize/{case}").values()
+    assert row.status is Status.CONVENTION
+    assert row.explained_by == {"centralize_axes": "leading"}
+    assert {o["name"] for o in row.outputs} == {"y", "dgrad"}
+
+
+def test_centralize_is_normrefs_for_torch_layouts():
+    sample = {
+        r.case: r for r in run(["optax"], dtypes=["float64"], ops=["gradient_centralize"]).results
+    }
+    leading = [r for r in sample.values() if r.kind != "error"]
+    assert any(r.status is Status.PASS for r in leading)
