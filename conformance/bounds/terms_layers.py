@@ -348,7 +348,9 @@ def _window_sums(a: np.ndarray, axis: int, before: int, after: int) -> np.ndarra
     padded = np.concatenate(
         [np.zeros((before, *moved.shape[1:])), moved, np.zeros((after, *moved.shape[1:]))]
     )
-    total = sum(padded[o : o + moved.shape[0]] for o in range(before + after + 1))
+    total = padded[: moved.shape[0]].copy()
+    for offset in range(1, before + after + 1):
+        total += padded[offset : offset + moved.shape[0]]
     return np.moveaxis(total, 0, axis)
 
 

@@ -51,7 +51,7 @@ class AdaINGrads(NamedTuple):
 
 class _StyleStats(NamedTuple):
     """The style's statistics in the compute dtype: per (sample, channel) of shape ``(N, C)``
-    (``mean``, ``sigma``), and with the style's rank (``centred``, ``sigma_kept``)."""
+    (``mean``, ``sigma``), and with the style's rank (``centred``, ``sigma_kept``), and its number of spatial values ``size``."""
 
     xp: Any
     spatial: tuple[int, ...]
@@ -59,7 +59,7 @@ class _StyleStats(NamedTuple):
     sigma: Array
     centred: Array
     sigma_kept: Array
-    count: int
+    size: int
 
 
 def _style_stats(
@@ -180,6 +180,6 @@ def adaptive_instance_norm_vjp(
     shape[0], shape[channel] = x.shape[0], x.shape[channel]
     d_gamma = xp.reshape(grads.gamma, tuple(shape))
     d_beta = xp.reshape(grads.beta, tuple(shape))
-    d_style = stats.centred * (d_gamma / ((stats.count - correction) * stats.sigma_kept))
-    d_style += d_beta / stats.count
+    d_style = stats.centred * (d_gamma / ((stats.size - correction) * stats.sigma_kept))
+    d_style += d_beta / stats.size
     return AdaINGrads(to_dtype(xp, grads.x, x.dtype), to_dtype(xp, d_style, style.dtype))
