@@ -28,10 +28,11 @@ does, and updates them as :func:`normref.batch_norm_train` does
 before the update. The paper keeps a moving :math:`\sigma` instead of the
 variance (:math:`\sigma \leftarrow \sigma + \alpha(\sigma_B - \sigma)`), and
 tf-keras ``BatchNormalization(renorm=True)`` keeps ``renorm_mean`` and
-``renorm_stddev`` (a standard deviation, with ``eps`` inside) updated with
-their own ``renorm_momentum``, beside the moving mean and variance it uses in
-inference: compare with such an implementation through its state, not its
-update (``docs/conventions.md``).
+``renorm_stddev`` updated with their own ``renorm_momentum``, beside the
+moving mean and variance it uses in inference. A kept standard deviation
+:math:`\sigma` is ``running_var`` :math:`= \sigma^2 - \epsilon` here:
+compare such an implementation through its state translated so, not through
+its update (``docs/literature.md``).
 """
 
 from __future__ import annotations
