@@ -208,12 +208,18 @@ def _run(layout: Callable[[Prepared], Layout], runner: Runner) -> Any:
 
 
 def run_onnxruntime(model: Any, inputs: dict[str, np.ndarray], _outputs: int) -> list[Any]:
-    """Run ``model`` with onnxruntime's CPU provider; a missing kernel is "not implemented"."""
+    """Run ``model`` with onnxruntime's CPU provider; a missing kernel is "not implemented".
+
+    onnxruntime's own log stays quiet below fatal: every error it logs is raised too, and
+    reported with its row.
+    """
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
     try:
         session = onnxruntime.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as error:
         if "NOT_IMPLEMENTED" in str(error):
