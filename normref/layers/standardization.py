@@ -12,11 +12,12 @@ rms_norm           as layer norm                                rms_scale       
 =================  ===========================================  ================  =================
 
 :func:`mean_only_batch_norm` is batch norm's partition with the centring
-operation and ``beta`` alone. The channel layers (batch, instance, group and ghost batch norm) also take
-per-sample ``gamma`` and ``beta`` of shape ``(N, C)`` (conditional
-normalization: the conditional batch norm of de Vries et al., 2017, the
-conditional instance norm of Dumoulin et al., 2017, FiLM of Perez et al.,
-2018), whose gradients have that shape; :func:`normref.affine.channel_param_axes`.
+operation and ``beta`` alone. The channel layers (batch, instance, group and
+ghost batch norm) also take per-sample ``gamma`` and ``beta`` of shape
+``(N, C)`` (conditional normalization: the conditional batch norm of de Vries
+et al., 2017, the conditional instance norm of Dumoulin et al., 2017, FiLM of
+Perez et al., 2018), whose gradients have that shape
+(:func:`normref.affine.channel_param_axes`).
 
 For one group with samples :math:`x_i`, :math:`i = 1..n`, and the affine
 parameters of the element's channel (or normalized position):
@@ -153,7 +154,8 @@ def batch_norm(
     x
         Input with the channel axis at ``axis``; each channel needs at least 2 values.
     gamma, beta
-        Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
+        Optional per-channel scale and shift, shape ``(x.shape[axis],)``; or both per
+        sample and channel, shape ``(x.shape[0], x.shape[axis])`` (conditional batch norm).
     eps
         Finite, > 0.
     axis
@@ -279,7 +281,8 @@ def instance_norm(
     r"""Instance normalization: statistics per (sample, channel) over the spatial axes.
 
     ``x`` has shape ``(N, C, *S)`` (channel axis ``axis``, batch axis 0, at
-    least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``.
+    least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``, or
+    ``(N, C)`` for conditional instance norm (one per sample and channel).
     Other parameters as :func:`batch_norm`.
     """
     return normalize(
@@ -334,8 +337,9 @@ def group_norm(
 
     Statistics per (sample, group) over the group's ``C / num_groups`` channels
     and the spatial axes. ``gamma`` and ``beta`` are per *channel*, shape
-    ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group).
-    ``num_groups`` must divide ``C``. Other parameters as :func:`batch_norm`.
+    ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group), or
+    ``(N, C)``, per sample and channel. ``num_groups`` must divide ``C``. Other
+    parameters as :func:`batch_norm`.
     """
     layer = _channel_layer(
         "group_norm",
