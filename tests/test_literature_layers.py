@@ -223,8 +223,8 @@ def test_switchable_norm_with_one_logit_left_is_that_norm(index, layer):
 
 
 def test_adain_of_its_own_content_is_the_content():
-    """sigma(x) (x - mu(x)) / sigma(x) + mu(x) = x (the issue's "instance norm" is the
-    identity: the style's statistics undo the normalization)."""
+    """sigma(x) (x - mu(x)) / sigma(x) + mu(x) = x: the style's statistics undo the
+    normalization (it is not instance norm)."""
     x = _rng(9).standard_normal((2, 3, 4, 5)) * 3 + 1
     np.testing.assert_allclose(
         normref.adaptive_instance_norm(x, x), x, rtol=0, atol=16 * U64 * np.abs(x).max()
