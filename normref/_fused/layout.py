@@ -21,8 +21,8 @@ They must either be constant along ``S4`` (the inner loop reads one value per
 row) or vary along ``S4`` alone (the inner loop reads a contiguous run); any
 other layout is left to the generic path. Per-sample parameters of shape
 ``(N, C)`` (conditional normalization) vary along the batch's slot too: ``G0``
-and ``G2`` for instance and group norm, ``S1`` and ``G2`` for batch norm with
-the channels first; channels-last batch norm's vary along two sample slots
+and ``G2`` for instance norm (and ``S3``, a group's channels, for group norm),
+``S1`` and ``G2`` for batch norm with the channels first; channels-last batch norm's vary along two sample slots
 around its channels and find no layout (the generic path runs it).
 """
 
