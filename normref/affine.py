@@ -2,7 +2,9 @@ r"""Normalization representation recovery (NRR): the affine :math:`y = \gamma \h
 
 ``gamma`` and ``beta`` span some axes of ``x`` (the *parameter axes*): the
 channel axis for batch, instance, group and ghost batch norm (shape ``(C,)``),
-the normalized axes for layer and RMS norm (their shape). They broadcast over
+or the batch axis 0 and the channel axis for their per-sample parameters
+(shape ``(N, C)``: conditional normalization, :func:`channel_param_axes`); the
+normalized axes for layer and RMS norm (their shape). They broadcast over
 every other axis. The gradients are
 
 .. math::
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from normref._lib.checks import check_shape
+from normref._lib.checks import check_shape, normalize_axis
 from normref._lib.namespace import Array, Namespace, to_dtype
 from normref._lib.reductions import sum_of_products
 
@@ -24,6 +26,30 @@ from normref._lib.reductions import sum_of_products
 def param_shape(x_shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:
     """Shape a parameter spanning ``param_axes`` of ``x`` must have."""
     return tuple(x_shape[a] for a in param_axes)
+
+
+def channel_param_axes(
+    shape: tuple[int, ...], axis: int, gamma: Array | None, beta: Array | None
+) -> tuple[int, ...]:
+    """The axes of ``x`` (of ``shape``) that a channel layer's ``gamma`` and ``beta`` span.
+
+    The channel axis ``axis`` (parameters of shape ``(C,)``); or, where either
+    parameter has rank 2, the batch axis 0 and the channel axis: one ``gamma``
+    and ``beta`` per sample and channel, shape ``(N, C)`` (conditional
+    instance and batch norm, FiLM), both of that shape. Raises
+    :class:`ValueError` for per-sample parameters when the channel axis is the
+    batch axis 0.
+    """
+    channel = normalize_axis(axis, len(shape))
+    if not any(p is not None and getattr(p, "ndim", 1) == 2 for p in (gamma, beta)):
+        return (channel,)
+    if channel == 0:
+        msg = (
+            "gamma and beta of rank 2 are per sample, of shape (N, C) with N on the batch "
+            f"axis 0, which axis={axis} names as the channel axis"
+        )
+        raise ValueError(msg)
+    return (0, channel)
 
 
 def check_param(

@@ -34,6 +34,8 @@ PowerIterationOrder = Literal["v_first", "u_first"]
 L2EpsMode = Literal["max", "add"]
 ScaledWSEpsMode = Literal["max_fan_in", "max", "add"]
 UnitAxes = Literal["out_axis", "by_rank"]
+CentralizeAxes = Literal["out_axis", "leading"]
+LRNWindow = Literal["torch", "onnx"]
 NonlinearityGammas = Literal["exact", "nfnets_published"]
 
 EPS_MODES: tuple[str, ...] = ("add", "max", "add_std")
@@ -47,6 +49,10 @@ L2_EPS_MODES: tuple[str, ...] = ("max", "add")
 SCALED_WS_EPS_MODES: tuple[str, ...] = ("max_fan_in", "max", "add")
 """Where Scaled WS's ``eps`` enters (see :func:`normref.scaled_weight_standardize`)."""
 UNIT_AXES: tuple[str, ...] = ("out_axis", "by_rank")
+CENTRALIZE_AXES: tuple[str, ...] = ("out_axis", "leading")
+"""The units gradient centralization centres (see :func:`normref.gradient_centralize`)."""
+LRN_WINDOWS: tuple[str, ...] = ("torch", "onnx")
+"""Where an even window of local response normalization has its extra channel."""
 NONLINEARITY_GAMMAS: tuple[str, ...] = ("exact", "nfnets_published")
 
 WEIGHT_AND_GRADIENT_FIELDS: tuple[str, ...] = (
@@ -58,6 +64,7 @@ WEIGHT_AND_GRADIENT_FIELDS: tuple[str, ...] = (
     "scaled_ws_eps_mode",
     "unit_axes",
     "nonlinearity_gammas",
+    "centralize_axes",
 )
 """The fields of the operations on weights and gradients (the others are the layers')."""
 
@@ -130,6 +137,16 @@ class Convention:
         The gains of the gamma-scaled nonlinearities: ``"exact"``
         (:func:`normref.nonlinearity_gamma`) or ``"nfnets_published"``
         (:data:`normref.NFNETS_PUBLISHED_GAMMAS`, sampled estimates).
+    lrn_window
+        The window of local response normalization for an even ``size``:
+        ``"torch"`` (one more channel before the centre) or ``"onnx"`` (one more
+        after); see :func:`normref.local_response_norm`.
+    centralize_axes
+        The units gradient centralization centres: ``"out_axis"`` (one per
+        index of ``out_axis``) or ``"leading"`` (``optax.centralize``: axis 0 for
+        rank > 1, whatever the layout, which is the output units of torch's
+        layouts but a kernel row of flax's ``HWIO`` and an input unit of its
+        ``(in, out)``).
     """
 
     name: str
@@ -154,6 +171,8 @@ class Convention:
     scaled_ws_eps_mode: ScaledWSEpsMode = "max_fan_in"
     unit_axes: UnitAxes = "out_axis"
     nonlinearity_gammas: NonlinearityGammas = "exact"
+    lrn_window: LRNWindow = "torch"
+    centralize_axes: CentralizeAxes = "out_axis"
 
     def __post_init__(self) -> None:
         _check_choice("momentum_meaning", self.momentum_meaning, MOMENTUM_MEANINGS)
@@ -168,6 +187,8 @@ class Convention:
         _check_choice("scaled_ws_eps_mode", self.scaled_ws_eps_mode, SCALED_WS_EPS_MODES)
         _check_choice("unit_axes", self.unit_axes, UNIT_AXES)
         _check_choice("nonlinearity_gammas", self.nonlinearity_gammas, NONLINEARITY_GAMMAS)
+        _check_choice("lrn_window", self.lrn_window, LRN_WINDOWS)
+        _check_choice("centralize_axes", self.centralize_axes, CENTRALIZE_AXES)
         for name in ("weight_norm_eps", "global_norm_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
@@ -292,8 +313,10 @@ ONNX = Convention(
     low_precision_compute="float32",
     output_dtype="input",
     channel_axis=1,
+    lrn_window="onnx",
 )
-"""ONNX opset 21-23 (LayerNormalization/GroupNormalization function bodies, stash_type=1)."""
+"""ONNX opset 21-23 (LayerNormalization/GroupNormalization function bodies, stash_type=1);
+``LRN``'s window of an even size has its extra channel after the centre."""
 
 TIMM = replace(TORCH, name="timm", layer_norm_eps=1e-6, rms_norm_eps=1e-6, scaled_ws_eps_mode="add")
 """timm: torch's layers, with ``LayerNorm`` and ``RmsNorm`` ``eps=1e-6`` and
@@ -355,9 +378,10 @@ _WEIGHT_AND_GRADIENT_DEFAULTS: dict[str, Any] = {
 _FLAX_LAYERS = replace(FLAX, **_WEIGHT_AND_GRADIENT_DEFAULTS)
 """Flax's choices for layers, with normref's for the operations on weights and gradients."""
 
-OPTAX = replace(_FLAX_LAYERS, name="optax", unit_axes="by_rank")
+OPTAX = replace(_FLAX_LAYERS, name="optax", unit_axes="by_rank", centralize_axes="leading")
 """optax: jax layouts (flax's layer choices; no weight or spectral norm of its own);
-``unitwise_norm`` infers the units from the rank."""
+``unitwise_norm`` infers the units from the rank, ``centralize`` centres along every axis but
+the leading one."""
 
 NFNETS = replace(
     _FLAX_LAYERS, name="nfnets", unit_axes="by_rank", nonlinearity_gammas="nfnets_published"

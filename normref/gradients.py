@@ -18,6 +18,11 @@ Adaptive gradient clipping (AGC)
     clips to :math:`\lambda\epsilon`, and a unit exactly at the boundary
     :math:`\|G\|_u = m` is unchanged (factor exactly 1).
 
+Gradient centralization (Yong et al., 2020)
+    Each output unit of a gradient of rank >= 2 centred over its fan-in,
+    :math:`G \leftarrow G - \operatorname{mean}_u(G)`; a vector (a bias, a gain) is
+    left as it is.
+
 Global-norm clipping (Pascanu et al., 2013)
     All gradients scaled by one factor,
     :math:`\min(1, c/(\|g\| + \epsilon))` with :math:`\|g\|` the norm of all
@@ -33,6 +38,7 @@ optax infer the units from the rank instead (the convention field
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from normref._lib.checks import check_eps, check_shape
@@ -48,7 +54,9 @@ from normref._lib.namespace import (
 from normref._lib.reductions import sum_of_products
 from normref._lib.tree import check_not_empty, check_same_structure, flatten, named_leaves
 from normref._lib.units import norms
-from normref.partition import unit_norm_axes
+from normref.layers.compose import Layer, normalize, normalize_vjp
+from normref.ops.standardization import CENTER
+from normref.partition import unit_norm_axes, unit_partition
 from normref.types import Precision
 
 
@@ -235,6 +243,7 @@ def adaptive_grad_clip_tree(
     grads: Any,
     params: Any,
     *,
+    exclude: Callable[[tuple[Any, ...]], bool] | None = None,
     clipping: float = 0.01,
     eps: float = 1e-3,
     out_axis: int = 0,
@@ -246,18 +255,109 @@ def adaptive_grad_clip_tree(
     arrays with the same structure (and keys); the result has that structure.
     Each leaf is clipped unit-wise on its own (scalars and vectors as one unit),
     with the same ``clipping``, ``eps`` and ``out_axis``.
+
+    ``exclude`` receives each leaf's path, the tuple of the dict keys and
+    sequence indices leading to it (``("head", "w")``; ``()`` for a lone
+    array), and returns ``True`` to leave that gradient unclipped (a copy, in
+    its dtype): NFNets does not clip its final linear layer, ``exclude=lambda
+    path: path[0] == "head"``.
     """
     flat_grads, flat_params = flatten(grads), flatten(params)
     check_same_structure(flat_grads, flat_params, names=("grads", "params"))
     namespace_of(**named_leaves("grads", flat_grads), **named_leaves("params", flat_params))
+    if exclude is not None and not callable(exclude):
+        msg = f"exclude must be a callable of a leaf's path, or None, got {type(exclude).__name__}"
+        raise TypeError(msg)
+
+    def clipped(path: tuple[Any, ...], g: Array, p: Array) -> Array:
+        if exclude is not None and exclude(path):
+            return namespace_of(grad=g).asarray(g, copy=True)
+        return adaptive_grad_clip(
+            g, p, clipping=clipping, eps=eps, out_axis=out_axis, precision=precision
+        )
+
     return flat_grads.rebuild(
         [
-            adaptive_grad_clip(
-                g, p, clipping=clipping, eps=eps, out_axis=out_axis, precision=precision
+            clipped(path, g, p)
+            for path, g, p in zip(
+                flat_grads.keys, flat_grads.leaves, flat_params.leaves, strict=True
             )
-            for g, p in zip(flat_grads.leaves, flat_params.leaves, strict=True)
         ]
     )
+
+
+class CentralizedGrad(NamedTuple):
+    """Gradient of :func:`gradient_centralize` with respect to ``grad``."""
+
+    grad: Array
+
+
+def _centralizing_layer(grad: Array, out_axis: object) -> Layer | None:
+    """The centring operation on the units of ``grad`` (``None`` for a scalar or a vector,
+    which is left unchanged; ``out_axis`` must still be 0 or -1 there)."""
+    shape = tuple(grad.shape)
+    axes = unit_norm_axes(shape, out_axis, name="grad")
+    if len(shape) <= 1:
+        return None
+    axis = next(a for a in range(len(shape)) if a not in axes)
+    return Layer(
+        "gradient_centralize",
+        unit_partition(shape, axis),
+        CENTER,
+        {},
+        (axis,),
+        f"grad of shape {shape}, out_axis={out_axis}",
+    )
+
+
+def gradient_centralize(
+    grad: Array, *, out_axis: int = 0, precision: Precision = "highest"
+) -> Array:
+    r"""Gradient centralization: each output unit minus its mean over the fan-in (rank >= 2).
+
+    .. math::
+
+        G \leftarrow G - \frac1N \sum_{i \in u} G_i \quad \text{per unit } u
+
+    (the centring operation, :func:`normref.ops.center`, on the units of
+    ``out_axis``); a scalar or a vector is returned unchanged (a copy). Yong
+    et al. centre the gradient of every weight of rank > 1 (convolution and
+    fully connected kernels) over all of a unit's fan-in. Idempotent: a
+    centred gradient is its own centring; each unit's output has mean 0.
+
+    Parameters
+    ----------
+    grad
+        The gradient, any rank.
+    out_axis
+        The axis of output units: 0 (torch ``(out, in)``, ``OIHW``) or -1 (jax
+        ``(in, out)``, ``HWIO``); ``optax.centralize`` always takes the leading
+        axis (``docs/conventions.md``).
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``grad``'s shape and dtype.
+    """
+    xp = namespace_of(grad=grad)
+    layer = _centralizing_layer(grad, out_axis)
+    if layer is None:
+        return xp.asarray(grad, copy=True)
+    return normalize(layer, grad, None, None, precision)
+
+
+def gradient_centralize_vjp(
+    dy: Array, grad: Array, *, out_axis: int = 0, precision: Precision = "highest"
+) -> CentralizedGrad:
+    r"""VJP of :func:`gradient_centralize`: the same centring of ``dy`` (an orthogonal projection
+    is its own adjoint); ``dy`` itself (a copy) for a scalar or a vector."""
+    xp = namespace_of(grad=grad, dy=dy)
+    check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
+    layer = _centralizing_layer(grad, out_axis)
+    if layer is None:
+        return CentralizedGrad(xp.asarray(to_dtype(xp, dy, grad.dtype), copy=True))
+    return CentralizedGrad(normalize_vjp(layer, dy, grad, None, None, precision).x)
 
 
 def _global_norm(grads: Any, precision: Precision) -> tuple[Namespace, Any, Any, Array]:

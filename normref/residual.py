@@ -19,6 +19,12 @@ Normalizer-free residual blocks
     Without the division by :math:`\beta_l` and with a variance-preserving
     branch, each block doubles the variance: :math:`2^l` after :math:`l` blocks.
 
+Fixup (Zhang et al., 2019)
+    No normalization and no learned scale at initialization: the last layer
+    of each residual branch starts at 0 and the others are scaled by
+    :math:`L^{-1/(2m-2)}` (:func:`fixup_scale`), with scalar biases and a
+    scalar multiplier per branch (``docs/weights.md``, beside SkipInit).
+
 Signal propagation
     Per layer, the average over channels of the squared channel mean, the
     average channel variance, and the average channel variance of the
@@ -35,6 +41,7 @@ from typing import Any, NamedTuple
 from normref._lib.checks import (
     check_eps,
     check_finite_number,
+    check_int,
     check_rank,
     check_shape,
     normalize_axis,
@@ -256,6 +263,31 @@ def nf_expected_stds(num_blocks_per_stage: Sequence[int], alpha: float) -> tuple
             stds.append(math.sqrt(variance))
             variance = (1.0 if block == 0 else variance) + alpha * alpha
     return tuple(stds)
+
+
+def fixup_scale(num_branches: int, branch_layers: int) -> float:
+    r"""Fixup's initialization scale :math:`L^{-1/(2m - 2)}` (Zhang et al., 2019).
+
+    A network of :math:`L` residual branches of :math:`m` layers each keeps the
+    variance of its output bounded at initialization when each branch's
+    layers but the last are initialized as usual (He et al.) and then scaled
+    by this factor, and the last layer of each branch is initialized to 0.
+
+    Parameters
+    ----------
+    num_branches
+        :math:`L`, the number of residual branches, an integer >= 1.
+    branch_layers
+        :math:`m`, the layers of each branch, an integer >= 2 (a branch of one
+        layer, initialized to 0, has no layer to scale).
+
+    Returns
+    -------
+    The scale, a float in (0, 1].
+    """
+    branches = check_int(num_branches, name="num_branches", minimum=1)
+    layers = check_int(branch_layers, name="branch_layers", minimum=2)
+    return float(branches ** (-1.0 / (2 * layers - 2)))
 
 
 def _channel_stats(

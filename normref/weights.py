@@ -38,7 +38,10 @@ the affine; ``docs/weights.md`` derives them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_int, check_shape
 from normref._lib.namespace import (
@@ -75,6 +78,11 @@ class WeightNormGrads(NamedTuple):
 
     v: Array
     g: Array | None
+
+
+Guard = Callable[[Namespace, Layer, Array], tuple[Array | None, Array]]
+"""``guard(xp, layer, v) -> (marked, stand_in)``: the units where a layer would divide by 0
+(``None``: none can), and ``v`` with a stand-in there."""
 
 
 class SpectralNormResult(NamedTuple):
@@ -378,15 +386,8 @@ def weight_norm(
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
     """
-    xp = namespace_of(v=v, g=g)
-    layer = _weight_norm_layer(v, out_axis, eps)
-    _check_unit_param(g, layer, name="g", weight="v")
-    dtype = compute_dtype(xp, v.dtype, precision)
-    zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
-    y = normalize(layer, v_c, to_dtype(xp, g, dtype), None, precision)
-    if zero is not None:
-        y = xp.where(zero, 0.0, y)
-    return to_dtype(xp, y, output_dtype(xp, precision, v, g))
+    namespace_of(v=v, g=g)
+    return _guarded(_weight_norm_layer(v, out_axis, eps), _zero_units, v, g, precision)
 
 
 def weight_norm_vjp(
@@ -406,22 +407,143 @@ def weight_norm_vjp(
     (the ``rms_scale`` backward of :mod:`normref.ops.standardization`).
     Both are 0 on a zero unit with ``eps=0``.
     """
-    xp = namespace_of(v=v, g=g, dy=dy)
+    namespace_of(v=v, g=g, dy=dy)
     _check_dy(dy, v, "v")
     layer = _weight_norm_layer(v, out_axis, eps)
+    return _guarded_vjp(layer, _zero_units, dy, v, g, precision)
+
+
+def _guarded(layer: Layer, guard: Guard, v: Array, g: Array | None, precision: Precision) -> Array:
+    """``layer`` on ``v`` with per-unit ``g``, 0 on the units ``guard`` marks (where the layer
+    divides by 0: it runs on ``guard``'s stand-in there)."""
+    xp = namespace_of(v=v, g=g)
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
-    zero, v_c = _zero_units(xp, layer, to_dtype(xp, v, dtype))
+    marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
+    y = normalize(layer, v_c, to_dtype(xp, g, dtype), None, precision)
+    if marked is not None:
+        y = xp.where(marked, 0.0, y)
+    return to_dtype(xp, y, output_dtype(xp, precision, v, g))
+
+
+def _guarded_vjp(
+    layer: Layer, guard: Guard, dy: Array, v: Array, g: Array | None, precision: Precision
+) -> WeightNormGrads:
+    """The VJP of :func:`_guarded`: 0 for ``v`` and ``g`` on the units ``guard`` marks."""
+    xp = namespace_of(v=v, g=g, dy=dy)
+    _check_unit_param(g, layer, name="g", weight="v")
+    dtype = compute_dtype(xp, v.dtype, precision)
+    marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
     d_v, d_g = normalize_vjp(
         layer, to_dtype(xp, dy, dtype), v_c, to_dtype(xp, g, dtype), None, precision
     )[:2]
-    if zero is not None:
-        d_v = xp.where(zero, 0.0, d_v)
+    if marked is not None:
+        d_v = xp.where(marked, 0.0, d_v)
         if d_g is not None:
-            d_g = xp.where(xp.reshape(zero, d_g.shape), 0.0, d_g)
+            d_g = xp.where(xp.reshape(marked, d_g.shape), 0.0, d_g)
     return WeightNormGrads(
         to_dtype(xp, d_v, v.dtype), to_dtype(xp, d_g, None if g is None else g.dtype)
     )
+
+
+# ---------------------------------------------------------------------------
+# Centred weight normalization
+
+
+def _centered_weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer:
+    """Weight standardization's layer (standardize on the units) with ``eps / N`` and the
+    affine's constant ``1 / sqrt(N)``: ``eps = 0`` is allowed, constant units guarded."""
+    eps = check_eps(eps, allow_zero=True)
+    shape = tuple(v.shape)
+    axis = unit_axis(out_axis, shape, name="v", minimum_rank=2)
+    n = fan_in(shape, axis)
+    params = {"eps": eps / n, "eps_mode": "add", "correction": 0}
+    return _unit_layer(
+        "centered_weight_norm", shape, "v", axis, STANDARDIZE, params, 1.0 / math.sqrt(n)
+    )
+
+
+def _constant_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Array]:
+    """Mask of the units whose values are all equal (with ``eps = 0``: their centred norm is 0),
+    and ``v`` with them replaced by a ramp along a fan-in axis (not constant)."""
+    if layer.params["eps"] > 0:
+        return None, v
+    axes = fan_in_axes(v.ndim, layer.param_axes[0])
+    constant = xp.max(v, axis=axes, keepdims=True) == xp.min(v, axis=axes, keepdims=True)
+    varying = next((a for a in axes if v.shape[a] > 1), None)
+    if varying is None:  # one value per unit: the layer refuses it
+        return constant, v
+    shape = tuple(v.shape[a] if a == varying else 1 for a in range(v.ndim))
+    ramp = xp.reshape(xp.arange(v.shape[varying], dtype=v.dtype, device=device(v)), shape)
+    return constant, xp.where(constant, ramp, v)
+
+
+def centered_weight_norm(
+    v: Array,
+    g: Array | None = None,
+    *,
+    eps: float = 0.0,
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> Array:
+    r"""Centred weight normalization (Huang et al., 2017): each unit centred, then weight-normalized.
+
+    .. math::
+
+        v_c = v - \mu, \qquad w = g\, \frac{v_c}{\sqrt{\lVert v_c \rVert^2 + \epsilon}}
+
+    per output unit, :math:`\mu` and the norm over its fan-in of size
+    :math:`N`. Since :math:`\lVert v_c \rVert^2 = N \sigma^2` (biased variance),
+
+    .. math::
+
+        w = \frac{g}{\sqrt N}\, \frac{v - \mu}{\sqrt{\sigma^2 + \epsilon/N}}:
+
+    weight standardization (:func:`weight_standardize`) with :math:`\epsilon/N`,
+    times :math:`g/\sqrt N`. Computed so, its backward is that of weight
+    standardization of :math:`(g/\sqrt N)\,\bar y` (:mod:`normref.ops.standardization`),
+    and :math:`\bar g = \sum_i \bar y_i v_{c,i}/\sqrt{\lVert v_c \rVert^2 + \epsilon}`.
+    The authors' code has no ``eps`` (the default 0); with ``eps=0`` a constant
+    unit has no direction: its output and gradients are 0, as :func:`weight_norm`'s
+    zero unit.
+
+    Parameters
+    ----------
+    v
+        Direction parameter, rank >= 2, each unit with a fan-in of at least 2 values.
+    g
+        Optional magnitude, one per output unit, shape ``(v.shape[out_axis],)``;
+        ``None`` gives unit-norm centred units.
+    eps
+        Finite, >= 0, added to the centred squared norm.
+    out_axis
+        0 for ``OIHW``/``(out, in)``, -1 for ``HWIO``/``(in, out)``.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
+    """
+    namespace_of(v=v, g=g)
+    return _guarded(_centered_weight_norm_layer(v, out_axis, eps), _constant_units, v, g, precision)
+
+
+def centered_weight_norm_vjp(
+    dy: Array,
+    v: Array,
+    g: Array | None = None,
+    *,
+    eps: float = 0.0,
+    out_axis: int = 0,
+    precision: Precision = "highest",
+) -> WeightNormGrads:
+    r"""VJP of :func:`centered_weight_norm` for ``v`` and ``g``: weight standardization's backward
+    of :math:`(g/\sqrt N)\,\bar y`; both 0 on a constant unit with ``eps=0``."""
+    namespace_of(v=v, g=g, dy=dy)
+    _check_dy(dy, v, "v")
+    layer = _centered_weight_norm_layer(v, out_axis, eps)
+    return _guarded_vjp(layer, _constant_units, dy, v, g, precision)
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from normref.conventions import get_convention
+from tests.reference_layers import LAYER_REFERENCES
 from tests.reference_weights import WEIGHT_REFERENCES
 from tests.reference_whitening import WHITENING_FORMULATIONS
 
@@ -211,6 +212,7 @@ STANDARDIZATION_REFERENCES: dict[str, Reference] = {
 
 REFERENCES: dict[str, Reference] = {
     **STANDARDIZATION_REFERENCES,
+    **{name: Reference(*entry) for name, entry in LAYER_REFERENCES.items()},
     **{name: Reference(*entry) for name, entry in WEIGHT_REFERENCES.items()},
     **{name: Reference(*pair) for name, pair in WHITENING_FORMULATIONS.items()},
 }

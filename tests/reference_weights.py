@@ -80,6 +80,92 @@ def weight_norm(v, g=None, *, out_axis, eps=0.0):
     return y
 
 
+def centered_weight_norm(v, g=None, *, out_axis, eps=0.0):
+    """Huang et al. (2017): v - mean over the unit, divided by its norm (a constant unit, whose
+    centred norm is 0 with eps = 0, is 0)."""
+    v, g = _float64(v, g)
+    y = np.empty(v.shape)
+    for unit, members in _units(v, out_axis).items():
+        mean = math.fsum(float(v[i]) for i in members) / len(members)
+        centred = {i: float(v[i]) - mean for i in members}
+        norm = math.sqrt(math.fsum(c * c for c in centred.values()) + eps)
+        scale = 1.0 if g is None else float(g[unit])
+        for i in members:
+            y[i] = 0.0 if norm == 0.0 else scale * centred[i] / norm
+    return y
+
+
+MAX_GRAM_CONDITION = 1e3
+"""The largest condition number of ``V_c V_c^T + eps I`` the orthogonalization references
+accept (the registry's samples are drawn well conditioned; checked, so that :data:`GRAM_RTOL`
+rests on a checked premise)."""
+
+GRAM_RTOL = 16 * 4 * np.finfo(np.float64).eps * MAX_GRAM_CONDITION
+"""Relative tolerance of OWN and ONI: a float64 inverse square root of a matrix of condition
+number k is exact to about ``c D u k`` of its output (see tests/reference_whitening.py), with
+``D <= 4`` units per group."""
+
+
+def _unit_groups(v: np.ndarray, out_axis: int, group_size: int | None) -> list[list[int]]:
+    units = v.shape[out_axis % v.ndim]
+    size = units if group_size is None else group_size
+    return [list(range(start, start + size)) for start in range(0, units, size)]
+
+
+def _orthogonalized(v, out_axis, group_size, eps, transform):
+    """Each group's rows ``V`` (units x fan-in, in the fan-in's row-major order), centred, as
+    ``U f(s) V^T`` from the SVD ``V_c = U diag(s) V^T``: ``transform(s, nu)`` gives the
+    singular values of the result from those of ``V_c`` and the eigenvalues of the Gram matrix
+    plus ``eps``."""
+    (v,) = _float64(v)
+    axis = out_axis % v.ndim
+    rows = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+    out = np.empty(rows.shape)
+    for group in _unit_groups(v, axis, group_size):
+        block = rows[group]
+        means = [math.fsum(row) / row.size for row in block]
+        centred = block - np.array(means)[:, None]
+        u, s, vt = np.linalg.svd(centred, full_matrices=False)
+        gram = s**2 + eps
+        assert gram.max() / gram.min() <= MAX_GRAM_CONDITION, "group too ill-conditioned"
+        out[group] = u @ np.diag(transform(s, gram)) @ vt
+    moved = tuple(v.shape[a] for a in (axis, *(a for a in range(v.ndim) if a != axis)))
+    return np.moveaxis(out.reshape(moved), 0, axis)
+
+
+def orthogonal_weight_norm(v, *, group_size, eps, out_axis):
+    """Huang et al. (2018): W = (V_c V_c^T + eps I)^-1/2 V_c, from the SVD of V_c."""
+    return _orthogonalized(v, out_axis, group_size, eps, lambda s, gram: s / np.sqrt(gram))
+
+
+def oni_weight_norm(v, *, iterations, group_size, eps, out_axis):
+    """The ONI code's Newton-Schulz steps on S / ||S||_F, each a polynomial in S: on its
+    eigenvalues nu = (s^2 + eps) / ||S||_F as the scalar recursion b <- 1.5 b - 0.5 b^3 nu."""
+
+    def transform(s, gram):
+        norm = math.sqrt(math.fsum(gram**2))
+        b = np.ones_like(gram)
+        for _ in range(iterations):
+            b = 1.5 * b - 0.5 * b**3 * (gram / norm)
+        return b * s / math.sqrt(norm)
+
+    return _orthogonalized(v, out_axis, group_size, eps, transform)
+
+
+def gradient_centralize(grad, *, out_axis):
+    """Yong et al. (2020): each unit of a gradient of rank > 1 minus its mean; vectors as they
+    are."""
+    (grad,) = _float64(grad)
+    if grad.ndim <= 1:
+        return grad.copy()
+    y = np.empty(grad.shape)
+    for members in _units(grad, out_axis).values():
+        mean = math.fsum(float(grad[i]) for i in members) / len(members)
+        for i in members:
+            y[i] = grad[i] - mean
+    return y
+
+
 def spectral_norm_weight(w, u, v, *, n_power_iterations, out_axis, eps):
     """w / (u^T W v) with u, v fixed (n_power_iterations = 0), the fan-in flattened in order."""
     assert n_power_iterations == 0, "the registry samples the fixed-u, v forward"
@@ -190,4 +276,8 @@ WEIGHT_REFERENCES: dict[str, tuple[Callable[..., np.ndarray], float]] = {
     "clip_by_global_norm": (clip_by_global_norm, 1e-13),
     "unitwise_norm": (unitwise_norm, 1e-13),
     "gamma_scaled_nonlinearity": (gamma_scaled_nonlinearity, 1e-14),
+    "centered_weight_norm": (centered_weight_norm, 1e-13),
+    "gradient_centralize": (gradient_centralize, 1e-13),
+    "orthogonal_weight_norm": (orthogonal_weight_norm, GRAM_RTOL),
+    "oni_weight_norm": (oni_weight_norm, GRAM_RTOL),
 }

@@ -25,12 +25,15 @@ def op_params(
     ]
 
 
+HELD_CONSTANT = frozenset({"state_held_constant", "corrections_held_constant"})
+"""Properties of ops whose VJP holds something the forward computes constant."""
+
+
 def derivative_params() -> list[Any]:
     """The ops whose VJP is the derivative of their output ``y`` (every op with a VJP but those
-    that hold their state constant, whose VJP is checked by a test of their own)."""
-    return [
-        p for p in op_params(with_vjp=True) if "state_held_constant" not in p.values[0].properties
-    ]
+    that hold their state or corrections constant, whose VJP is checked by a test of their
+    own)."""
+    return [p for p in op_params(with_vjp=True) if not HELD_CONSTANT & p.values[0].properties]
 
 
 def outputs(spec: OpSpec, result: Any) -> dict[str, Any]:

@@ -80,6 +80,9 @@ IN_PLACE_OPS = [
     "scaled_weight_standardize",
     "weight_standardize",
     "adaptive_grad_clip",
+    "orthogonal_weight_norm",
+    "oni_weight_norm",
+    "switchable_norm",
 ]
 
 

@@ -2,7 +2,7 @@
 
 Each case builds a model of one node (BatchNormalization-15,
 LayerNormalization-17, GroupNormalization-21 and -18, InstanceNormalization-22,
-RMSNormalization-23) for its shapes and dtype, and runs it. ONNX has no
+RMSNormalization-23, LRN-13) for its shapes and dtype, and runs it. ONNX has no
 backward: these bindings are checked forward only, and the report says so.
 
 Declared convention: :data:`normref.conventions.ONNX` (momentum 0.9 as the
@@ -10,7 +10,10 @@ weight of the old value, biased running variance, ``eps`` 1e-5, the
 function bodies' ``E[x^2] - E[x]^2`` variance, ``stash_type`` float32).
 GroupNormalization-18 takes one scale and bias per *group*: its binding passes
 each group's first channel's values and declares ``group_affine="per_group"``
-(opset 21 takes them per channel, as normref). Sources: ``docs/conventions.md``.
+(opset 21 takes them per channel, as normref). LRN's window of an even size has its
+extra channel after the centre (``lrn_window="onnx"``); both runtimes take 4-D input
+only, onnxruntime an odd size only (other inputs are "not implemented"). Sources:
+``docs/conventions.md``.
 
 Layouts: the channel axis is moved to 1 and normalized axes to the end (ONNX
 normalizes ``[axis, rank)``); both moves are exact.
@@ -154,6 +157,21 @@ def _instance_normalization(prepared: Prepared) -> Layout:
     return Node("InstanceNormalization", 22, inputs, _eps(prepared)), back
 
 
+def _lrn(prepared: Prepared) -> Layout:
+    x, back = _channel_first(prepared)
+    if x.ndim != 4:
+        msg = "ONNX LRN runs on 4-D input here (onnxruntime and the reference evaluator)"
+        raise FrameworkLacksError(msg)
+    kwargs = prepared.sample.kwargs
+    attributes = {
+        "size": prepared.sample.args["size"],
+        "alpha": float(kwargs["alpha"]),
+        "beta": float(kwargs["beta"]),
+        "bias": float(kwargs["k"]),
+    }
+    return Node("LRN", 13, {"X": x}, attributes), back
+
+
 def _group_normalization(opset: int) -> Callable[[Prepared], Layout]:
     def node(prepared: Prepared) -> Layout:
         x, back = _channel_first(prepared)
@@ -191,16 +209,25 @@ def _run(layout: Callable[[Prepared], Layout], runner: Runner) -> Any:
 
 
 def run_onnxruntime(model: Any, inputs: dict[str, np.ndarray], _outputs: int) -> list[Any]:
-    """Run ``model`` with onnxruntime's CPU provider; a missing kernel is "not implemented"."""
+    """Run ``model`` with onnxruntime's CPU provider; a missing kernel is "not implemented".
+
+    onnxruntime's own log stays quiet below fatal: every error it logs is raised too, and
+    reported with its row.
+    """
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
     try:
         session = onnxruntime.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as error:
         if "NOT_IMPLEMENTED" in str(error):
             raise FrameworkLacksError(str(error).splitlines()[0]) from error
+        if "size_ % 2 == 1" in str(error):
+            msg = "onnxruntime's LRN takes an odd size only"
+            raise FrameworkLacksError(msg) from error
         raise
     return session.run(None, inputs)
 
@@ -233,6 +260,7 @@ LAYOUTS: tuple[tuple[str, str, Callable[[Prepared], Layout], Model], ...] = (
         MODEL.replace(group_affine="per_group"),
     ),
     ("rms_norm", "RMSNormalization-23", _rms_normalization, MODEL),
+    ("local_response_norm", "LRN-13", _lrn, MODEL),
 )
 
 

@@ -1,19 +1,22 @@
-"""optax: ``adaptive_grad_clip``, ``transforms.unitwise_norm`` and ``clip_by_global_norm``; backward
-by ``jax.vjp``.
+"""optax: ``adaptive_grad_clip``, ``transforms.unitwise_norm``, ``centralize`` and
+``clip_by_global_norm``; backward by ``jax.vjp``.
 
 Declared convention: ``FRAMEWORK_MODELS["optax"]``: jax layouts, with the units of
 ``unitwise_norm`` inferred from the rank (``unit_axes="by_rank"``: rank 2 and 3
 reduce axis 0, rank 4 axes 0-2, rank 5 axes 0-3, a squeezed vector is one unit)
-and global-norm clipping without an ``eps``. Sources are cited in
+global-norm clipping without an ``eps``, and ``centralize``'s units along the leading axis
+(``centralize_axes="leading"``: a flax ``HWIO`` kernel is centred per kernel row, an
+``(in, out)`` kernel per input unit, not per output unit). Sources are cited in
 ``docs/conventions.md``.
 
 Layouts: optax takes the unit axis last (``(in, out)``, ``HWIO``), so a case
 whose unit axis is first is moved there and back (exact). A second binding of
 ``adaptive_grad_clip`` passes ``axis`` (the fan-in axes, in the case's layout),
 which optax supports for shapes its rule does not cover: it follows normref's
-units (``unit_axes="out_axis"``). Clipping and the unit-wise norm have no VJP
-in normref, so ``unitwise_norm`` and ``clip_by_global_norm`` are checked forward
-only; ``adaptive_grad_clip`` forward and backward.
+units (``unit_axes="out_axis"``). ``centralize`` is called on the case's gradient as it is
+(its layout is the finding). Clipping and the unit-wise norm have no VJP in normref, so
+``unitwise_norm`` and ``clip_by_global_norm`` are checked forward only;
+``adaptive_grad_clip`` and ``centralize`` forward and backward.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ FRAMEWORK = "optax"
 MODEL = FRAMEWORK_MODELS["optax"]
 EXPLICIT_AXES = MODEL.replace(unit_axes="out_axis")
 """``adaptive_grad_clip(..., axis=...)``: the units are the ones given, normref's."""
+CENTRALIZE = MODEL
+"""``centralize``: its ``_subtract_mean`` averages axes ``1..ndim-1``, so the units are along
+the leading axis whatever the layout (``centralize_axes="leading"``, the preset's)."""
 
 Call = Callable[[dict[str, Native], Prepared], tuple[Native, dict[str, Native]]]
 
@@ -70,6 +76,12 @@ def _unitwise_norm(x: Native, *, prepared: Prepared) -> Native:  # noqa: ARG001 
     return _optax().transforms.unitwise_norm(x)
 
 
+def _centralize(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:  # noqa: ARG001
+    transform = _optax().centralize()
+    updates, _ = transform.update(arrays["grad"], transform.init(arrays["grad"]))
+    return updates, {}
+
+
 def _clip_by_global_norm(arrays: dict[str, Native], prepared: Prepared) -> tuple[Native, dict]:
     transform = _optax().clip_by_global_norm(prepared.sample.kwargs["max_norm"])
     grads = (arrays["grad"], arrays["bias_grad"])
@@ -107,6 +119,13 @@ BINDINGS = (
         FRAMEWORK,
         _run(_last(_unitwise_norm, "x")),
         MODEL,
+    ),
+    Binding(
+        "gradient_centralize",
+        "optax.centralize",
+        FRAMEWORK,
+        _run(_centralize),
+        CENTRALIZE,
     ),
     Binding(
         "clip_by_global_norm",

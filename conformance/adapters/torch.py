@@ -10,6 +10,9 @@ division by a zero norm carried out (NaN); ``parametrizations.spectral_norm``
 iterates ``u`` first. The sources each fact was read from are cited in
 ``docs/conventions.md``.
 
+``local_response_norm`` and ``LocalResponseNorm`` (the window of an even size has its
+extra channel before the centre: ``lrn_window="torch"``).
+
 Weights: ``torch._weight_norm`` (the kernel of both weight-norm APIs) and
 ``parametrizations.weight_norm``, ``parametrizations.spectral_norm`` and the legacy
 ``spectral_norm`` (evaluation mode: the stored ``u`` and ``v``; training mode:
@@ -282,6 +285,26 @@ def _nn_rms_norm(prepared: Prepared) -> Compute:
     return module_call(on_dtype(module, prepared))
 
 
+def _lrn_arguments(prepared: Prepared) -> dict[str, Any]:
+    kwargs = prepared.sample.kwargs
+    return {
+        "size": prepared.sample.args["size"],
+        "alpha": kwargs["alpha"],
+        "beta": kwargs["beta"],
+        "k": kwargs["k"],
+    }
+
+
+def _f_local_response_norm(prepared: Prepared) -> Compute:
+    f, arguments = _torch().nn.functional, _lrn_arguments(prepared)
+    return lambda arrays: f.local_response_norm(arrays["x"], **arguments)
+
+
+def _nn_local_response_norm(prepared: Prepared) -> Compute:
+    module = _torch().nn.LocalResponseNorm(**_lrn_arguments(prepared))
+    return lambda arrays: module(arrays["x"])
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -446,6 +469,14 @@ BINDINGS = (
     binding("group_norm", "torch.nn.GroupNorm", channels_at_1(_nn_group_norm)),
     binding("rms_norm", "torch.nn.functional.rms_norm", trailing(_f_rms_norm)),
     binding("rms_norm", "torch.nn.RMSNorm", trailing(_nn_rms_norm)),
+    binding(
+        "local_response_norm",
+        "torch.nn.functional.local_response_norm",
+        channels_at_1(_f_local_response_norm),
+    ),
+    binding(
+        "local_response_norm", "torch.nn.LocalResponseNorm", channels_at_1(_nn_local_response_norm)
+    ),
     binding("weight_norm", "torch._weight_norm", _weight_norm_kernel),
     binding(
         "weight_norm", "torch.nn.utils.parametrizations.weight_norm", _weight_norm_parametrization

@@ -113,6 +113,10 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("centering", "y"): Budget(1, 0, 1, 0),
     # dx = dy - mean(dy): the same
     ("centering", "dx"): Budget(1, 0, 1, 0),
+    # y = x - mean + beta (mean-only batch norm): the mean, the subtraction, the addition
+    ("centering", "shifted"): Budget(1, 0, 2, 0),
+    # d beta = sum of m values of dy
+    ("centering", "dbeta"): Budget(0, 1, 0, 0),
     # y = gamma x_hat + beta: x_hat (n + 4.5), gamma (1), beta (1)
     ("standardizing", "y"): Budget(1, 0, 7, 1),
     # dx = (g - mean(g) - f x_hat_i sum_j(g_j x_hat_j) / (n - c)) / s, g = gamma dy (1):
@@ -223,11 +227,81 @@ BUDGETS: dict[tuple[str, str], Budget] = {
 gamma-scaled nonlinearities' counts are :data:`NONLINEARITY_ROUNDINGS`."""
 
 LIBRARY_FUNCTION_ROUNDINGS = 4
-"""A library's exp, expm1, log1p, tanh and erf are assumed accurate to 2 ulps (4 unit
+"""A library's exp, expm1, log1p, tanh, erf and pow are assumed accurate to 2 ulps (4 unit
 roundoffs): none of them is correctly rounded, and libraries document errors of 1 to 2 ulps.
 An implementation whose functions are less accurate is out of budget."""
 
 _F = LIBRARY_FUNCTION_ROUNDINGS
+_SOFTMAX = _F + 4
+"""A softmax weight's relative error: exp, its argument ``l - max`` (1), the sum of three (2),
+the division (1)."""
+
+BUDGETS.update(
+    {
+        # ---- batch renorm, n = the channel's values, y = gamma (x_hat r + d) + beta with
+        # r = sigma_B / sigma and d = (mu_B - mu) / sigma from the running statistics (clipping
+        # is 1-Lipschitz: it adds no error). y: x_hat (n + 4.5), sigma (its path 2.5), r's
+        # division (1), gamma r and its product (2), d's mean (the same n), subtraction and
+        # division (2), gamma d, the two additions (3): 2n + 15, counted as n of the sum of
+        # every term's magnitude; sigma_B enters twice (in x_hat and in r)
+        ("renormalizing", "y"): Budget(1, 0, 15, 2),
+        # dx: standardize's backward of gamma r dy (3n + 14), r and gamma r (4.5); sigma_B four
+        # times
+        ("renormalizing", "dx"): Budget(3, 0, 19, 4, derivative=True),
+        # d gamma = r sum(dy x_hat) + d sum(dy): standardize's d gamma (n + 5.5 per term, the sum
+        # m - 1), r (3.5), d (n + 4.5), the two products and the addition (3)
+        ("renormalizing", "dgamma"): Budget(1, 1, 16, 2),
+        ("renormalizing", "dbeta"): Budget(0, 1, 0, 0),
+        # ---- switchable norm, n = the largest group (the batch's or the layer's): mu and v are
+        # mixtures of three means and variances (their errors, n u of their terms, in rho for v),
+        # the weights err relatively by _SOFTMAX each, the mixtures' products and sums 3.
+        # y: mu (n + _SOFTMAX + 3), the subtraction, the divisor path (4.5), gamma, beta
+        ("switchable", "y"): Budget(1, 0, _SOFTMAX + 9, 1),
+        # dx = g/s + sum_k (a_k mean_k(d_mu) + 2 b_k d_var_k (x - m_k)) / n_k: the sums of d_mu
+        # and d_var (n each), x_hat (n + 8.5 with the mixture), m_k (n); g, the divisions, the
+        # products (8), the weights (_SOFTMAX), the seven-term sum (6); s enters three times
+        ("switchable", "dx"): Budget(3, 0, _SOFTMAX + 23, 3),
+        # d gamma = sum(dy x_hat): x_hat (n + _SOFTMAX + 8.5), the products, the sum m - 1
+        ("switchable", "dgamma"): Budget(1, 1, _SOFTMAX + 9, 1),
+        ("switchable", "dbeta"): Budget(0, 1, 0, 0),
+        # d mean_logits = a (a_bar - a^T a_bar), a_bar_k = sum over (n, c) of d_mu m_k: d_mu (its
+        # sum n, g and the division 4.5), m_k (n + 1), the product, the sum over the N C pairs
+        # (m - 1), then a twice (2 _SOFTMAX), three products and two sums (5)
+        ("switchable", "dmean_logits"): Budget(2, 1, 2 * _SOFTMAX + 12, 1),
+        # d var_logits likewise with d_var = -sum(g x_hat) / (2 s^2) (x_hat n + 8.5, the sum n,
+        # the products and the division 5) and v_k (its own error is added as extra); s enters
+        # three times
+        ("switchable", "dvar_logits"): Budget(2, 1, 2 * _SOFTMAX + 20, 3),
+        # ---- AdaIN, n = the larger of the content's and the style's spatial sizes:
+        # y = sigma_s x_hat + mu_s: x_hat (n + 4.5), sigma_s (its path 3.5, its variance's error
+        # in rho), mu_s (n), the product and the addition (2); both divisors' rho
+        ("adaptive_instance", "y"): Budget(1, 0, 10, 1),
+        # dx: standardize's backward of sigma_s dy (3n + 14), sigma_s (3.5)
+        ("adaptive_instance", "dx"): Budget(3, 0, 18, 3, derivative=True),
+        # d style = d_beta / n_s + d_gamma (s - mu_s) / ((n_s - c) sigma_s): d_gamma and d_beta
+        # sums of m values (d_gamma's terms n + 5.5), s - mu_s (n + 1), the divisions and the
+        # products (5.5), the addition; the divisors' rho as extra (their terms are the style's)
+        ("adaptive_instance", "dstyle"): Budget(2, 1, 13, 0),
+        # ---- LRN, n = size: D = k + alpha / n sum x^2 (its relative error (n + 3) u carried by
+        # the power into rho); y = x D^-beta: pow (_F) and the product
+        ("local_response", "y"): Budget(0, 0, _F + 1, 1),
+        # dx = dy D^-beta - (2 alpha beta / n) x sum_window(dy x D^-beta / D): the powers (_F),
+        # the division by D, the products (4), the window's sum (n), the constant (2), the
+        # subtraction
+        ("local_response", "dx"): Budget(1, 0, _F + 8, 1),
+        # ---- centred weight norm: y = a x_hat, a = g / sqrt(N) (the root and the division: 2)
+        # y: x_hat (n + 4.5), a (2), the product
+        ("centred_weight_normalizing", "y"): Budget(1, 0, 8, 1),
+        # dv: the standardize backward of a dy, a two roundings more than gamma
+        ("centred_weight_normalizing", "dx"): Budget(3, 0, 16, 3, derivative=True),
+        # dg = (1 / sqrt(N)) sum(dy x_hat): the sum as standardize's d gamma, the factor 2
+        ("centred_weight_normalizing", "dgamma"): Budget(1, 1, 7, 1),
+        # ---- OWN and ONI: whitening's counts (n = the fan-in M, D = the group's units) with the
+        # constant affine 1/sqrt(N) (the root and the division: 2 more)
+        ("orthogonalizing", "y"): Budget(1, 0, 5, 0, per_feature=1),
+        ("orthogonalizing", "dx"): Budget(1, 0, 6, 0, per_feature=1),
+    }
+)
 NONLINEARITY_ROUNDINGS: dict[str, int] = {
     # gamma g(x), in units of u_e relative to the magnitude of g's terms (|x| for the gelus,
     # whose 1 + erf and 1 + tanh cancel for x < 0; |g(x)| for the others); the product by gamma

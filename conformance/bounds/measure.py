@@ -3,7 +3,8 @@
 Each kind of :class:`normref.registry.Kind` has one builder of its terms
 (:mod:`conformance.bounds.terms` for the layers, :mod:`~conformance.bounds.terms_weights`
 for the operations on weights and gradients, :mod:`~conformance.bounds.terms_whitening`
-for the whitening family); :mod:`conformance.bounds.budgets` holds each kind's
+for the whitening family and the orthogonalizing weights, :mod:`~conformance.bounds.terms_layers`
+for the other layers of the literature); :mod:`conformance.bounds.budgets` holds each kind's
 operation counts.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.bounds import terms_weights, terms_whitening
+from conformance.bounds import terms_layers, terms_weights, terms_whitening
 from conformance.bounds.terms import OpTerms, op_terms
 from conformance.checked.models import Model
 from conformance.checked.ops import CheckedOp
@@ -39,6 +40,12 @@ BUILDERS: dict[Kind, TermBuilder] = {
     Kind.NONLINEARITY: terms_weights.nonlinearity_terms,
     Kind.WHITENING: terms_whitening.whitening_terms,
     Kind.GIVEN_WHITENING: terms_whitening.whitening_inference_terms,
+    Kind.RENORMALIZING: terms_layers.renorm_terms,
+    Kind.SWITCHABLE: terms_layers.switchable_terms,
+    Kind.ADAPTIVE_INSTANCE: terms_layers.adain_terms,
+    Kind.LOCAL_RESPONSE: terms_layers.lrn_terms,
+    Kind.CENTRED_WEIGHT_NORMALIZING: terms_weights.centred_weight_norm_terms,
+    Kind.ORTHOGONALIZING: terms_whitening.orthogonal_terms,
 }
 """The builder of each kind's terms: ``build(op, sample, dy, model)``."""
 

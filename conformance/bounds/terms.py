@@ -26,7 +26,7 @@ scaling               dx      :math:`\big(|\bar y_i| + f X_i \sum_j |\bar y_j||x
 rms_scaling           y       :math:`|\gamma x_i|/s` (here :math:`s = s(\overline{x^2})`)
 rms_scaling           dx      :math:`\big(|g_i| + f |\hat x_i| \sum_j |g_j \hat x_j|/n\big)/s`
 rms_scaling           dgamma  :math:`\sum |\bar y \hat x|`
-centering             y       :math:`|x_i| + \overline{|x|}`
+centering             y       :math:`|x_i| + \overline{|x|} (+ |\beta|)`
 centering             dx      :math:`|\bar y_i| + \overline{|\bar y|}`
 given_statistics      y       :math:`|\gamma|(|x| + |\hat\mu|)/s + |\beta|` (given statistics)
 given_statistics      dx      :math:`|g|/s`
@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
+from conformance.checked import semantics
 from normref.affine import broadcast_param
 from normref.ops.standardization import divisor, divisor_derivative
 from normref.partition import Partition
@@ -287,6 +288,9 @@ class StandardForm:
 
 COMPUTATIONS = {
     "centering": "centred",
+    "renormalizing": "standardized",
+    "adaptive_instance": "standardized",
+    "centred_weight_normalizing": "standardized",
     "standardizing": "standardized",
     "scaled_standardizing": "standardized",
     "scaling": "divided",
@@ -337,7 +341,9 @@ def layer_form(op: CheckedOp, sample: Sample, model: Any) -> StandardForm:
 
 def op_terms(op: CheckedOp, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
     """The terms of a normalization layer's outputs (and gradients, given ``dy``) on a float64
-    ``sample`` under ``model``."""
+    ``sample`` under ``model`` (whose units of gradient centralization it follows)."""
+    if "centralize_axes" in op.spec.convention_fields:
+        sample = semantics.leading_units(sample, model)
     if op.kind is Kind.GIVEN_STATISTICS:
         return _inference_terms(op, sample, dy, model.convention.eps_mode)
     found = standard_terms(op.kind.value, layer_form(op, sample, model), dy)
@@ -346,7 +352,7 @@ def op_terms(op: CheckedOp, sample: Sample, dy: np.ndarray | None, model: Any) -
     assert found.stats is not None  # standard_terms always computes the groups' statistics
     outputs = {
         **found.outputs,
-        **_state_terms(
+        **state_terms(
             sample,
             found.stats,
             sample.kwargs.get("momentum"),
@@ -364,10 +370,17 @@ def standard_terms(kind: str, form: StandardForm, dy: np.ndarray | None) -> OpTe
     computation = COMPUTATIONS[kind]
     outputs: dict[str, OutputTerms] = {}
     if computation == "centred":
-        outputs["y"] = OutputTerms(np.abs(x) + mean_abs)
+        if form.shift is None:
+            outputs["y"] = OutputTerms(np.abs(x) + mean_abs)
+        else:
+            outputs["y"] = OutputTerms(np.abs(x) + mean_abs + np.abs(form.shift), role="shifted")
         if dy is not None:
             dy_abs = np.abs(dy)
             outputs[form.names["dx"]] = OutputTerms(dy_abs + stats.mean_of(dy_abs), role="dx")
+            if "dbeta" in form.names:
+                outputs[form.names["dbeta"]] = OutputTerms(
+                    dy_abs, form.reduce, form.summed, role="dbeta"
+                )
         return OpTerms(kind, stats, None, outputs)
     div = form.divisor
     if div is None:
@@ -436,7 +449,7 @@ def _inference_terms(
     return OpTerms(op.kind.value, None, None, outputs)
 
 
-def _state_terms(
+def state_terms(
     sample: Sample, stats: GroupStats, batch_weight: float | None, running_var_correction: int
 ) -> dict[str, OutputTerms]:
     """Terms of the running statistics (one group per channel: per-group arrays ravel to C)."""

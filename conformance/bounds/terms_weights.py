@@ -18,7 +18,9 @@ unit_norm             y             :math:`\|x\|_u`
 nonlinearity          y             :math:`\gamma |x|` (gelu, whose sums cancel), :math:`\gamma |g(x)|`
 ====================  ============  ==================================================================
 
-(:math:`n = \|G\|_u`, :math:`p = \|W\|_u`, :math:`m = \lambda\max(p, \epsilon)`,
+Centred weight norm (``centred_weight_normalizing``) has standardize's terms with
+:math:`a = g/\sqrt N` and :math:`\epsilon/N`, as Scaled WS has them with its own
+:math:`a`. (:math:`n = \|G\|_u`, :math:`p = \|W\|_u`, :math:`m = \lambda\max(p, \epsilon)`,
 :math:`S = \sum_u |\bar y||G|`, :math:`c` the clipping factor.) Three things are
 bounded beyond operation counts, as ``extra`` or as a divisor's relative error:
 :math:`\sigma = u^\top W v` errs relatively by :math:`(O + N) u\, |u|^\top|W||v|/|\sigma|`
@@ -99,6 +101,21 @@ def weight_norm_terms(op: Any, sample: Sample, dy: np.ndarray | None, _model: An
     names = {"dx": "dv"} if g is None else {"dx": "dv", "dgamma": "dg"}
     form = StandardForm(v, op.partition(sample), scale, None, divisor, names, reduce, n, factor)
     return standard_terms("weight_normalizing", form, dy)
+
+
+def centred_weight_norm_terms(
+    op: Any, sample: Sample, dy: np.ndarray | None, _model: Any
+) -> OpTerms:
+    r"""Centred weight norm: standardize on the units with :math:`\epsilon/N`, times
+    :math:`g/\sqrt N`."""
+    v, _, n, reduce, axes = _units(op, sample)
+    divisor = Divisor("variance", sample.kwargs.get("eps", 0.0) / n, "add", 0)
+    g = sample.args.get("g")
+    factor = 1.0 / math.sqrt(n)
+    scale = np.full(v.shape, factor) if g is None else factor * parameter_on(g, v, axes)
+    names = {"dx": "dv"} if g is None else {"dx": "dv", "dgamma": "dg"}
+    form = StandardForm(v, op.partition(sample), scale, None, divisor, names, reduce, n, factor)
+    return standard_terms("centred_weight_normalizing", form, dy)
 
 
 # ----------------------------------------------------------------------------- spectral norm

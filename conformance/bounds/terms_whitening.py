@@ -56,6 +56,7 @@ state :math:`\lambda_{\max}/g`, the others the condition number
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,14 @@ import numpy as np
 
 from conformance.bounds.budgets import DECOMPOSITION_ROUNDINGS_PER_FEATURE, Arithmetic
 from conformance.bounds.terms import Conditioning, OpTerms, OutputTerms, parameter_on, parameter_sum
-from normref.ops.whitening import DECORRELATION, METHODS, Whitening, group_covariance
+from normref.ops.whitening import (
+    DECORRELATION,
+    FROBENIUS_NEWTON,
+    METHODS,
+    Whitening,
+    group_covariance,
+)
+from normref.partition import fan_in
 from normref.registry import Sample
 
 
@@ -76,7 +84,8 @@ def _method(op: Any, sample: Sample) -> str:
 
 
 def _whitening(method: str) -> Whitening:
-    return DECORRELATION if method == DECORRELATION.name else METHODS[method]
+    others = {w.name: w for w in (DECORRELATION, FROBENIUS_NEWTON)}
+    return others[method] if method in others else METHODS[method]
 
 
 def _frobenius(a: np.ndarray) -> np.ndarray:
@@ -231,13 +240,24 @@ def _worst(values: np.ndarray) -> float:
     return float(np.max(finite)) if finite.size else math.nan
 
 
-def _iter_norm_sensitivity(groups: Groups, iterations: int) -> Sensitivity:
+def _iter_norm_sensitivity(
+    groups: Groups, iterations: int, normalizer: str = "trace"
+) -> Sensitivity:
     """IterNorm: the perturbations of :math:`N = \\Sigma/t` and each step's rounding, carried
     through the Newton–Schulz steps :math:`P_{k+1} = \\tfrac32 P_k - \\tfrac12 P_k^3 N`
     (and back through the unrolled backward), with the norms of :math:`P_k = p_k(N)` from
-    the eigenvalues :math:`\\nu` of :math:`N` (each :math:`p_k(\\nu)` by the scalar recursion)."""
+    the eigenvalues :math:`\\nu` of :math:`N` (each :math:`p_k(\\nu)` by the scalar recursion).
+
+    :math:`t` is the trace (IterNorm) or, with ``normalizer="frobenius"``, the Frobenius
+    norm (ONI): :math:`\\lVert E \\rVert_F` moves it by at most :math:`\\lVert E \\rVert_F`
+    (the trace by :math:`\\sqrt D\\,\\lVert E \\rVert_F`), its own rounding is that of a
+    sum of :math:`D^2` squares and a root (of :math:`D` values), and its cotangent reaches
+    :math:`\\bar\\Sigma` through :math:`N` (through :math:`I`)."""
     d = groups.d
     trace = np.sum(groups.eigenvalues, axis=-1)[:, None, None]
+    frobenius = normalizer == "frobenius"
+    if frobenius:
+        trace = np.sqrt(np.sum(groups.eigenvalues**2, axis=-1))[:, None, None]
     nu = groups.eigenvalues[:, None, :] / trace  # (G, 1, D)
     p = [np.ones_like(nu)]
     for _ in range(iterations):
@@ -273,7 +293,10 @@ def _iter_norm_sensitivity(groups: Groups, iterations: int) -> Sensitivity:
 
     def perturbations(a: Arithmetic) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         u, e_sigma = a.unit_roundoff, groups.sigma_error(a)
-        d_trace = math.sqrt(d) * e_sigma + d * u * trace
+        if frobenius:
+            d_trace = e_sigma + (d * d / 2 + 2) * u * trace
+        else:
+            d_trace = math.sqrt(d) * e_sigma + d * u * trace
         d_n = (e_sigma + n_f * d_trace) / trace + u * n_f
         errors = [np.zeros_like(trace)]
         for k in range(iterations):
@@ -312,11 +335,14 @@ def _iter_norm_sensitivity(groups: Groups, iterations: int) -> Sensitivity:
             / trace**1.5
             + (d_n_bar * n_f + n_bar * d_n + n_bar * n_f * (d_trace / trace + (d + 1) * u)) / trace
         )
-        return (
-            d_n_bar / trace
-            + n_bar * (d_trace / trace**2 + u / trace)
-            + math.sqrt(d) * (d_trace_bar + u * trace_bar)
+        # t's cotangent enters as t_bar I (norm sqrt(D) t_bar) or t_bar N (norm t_bar ||N||_F,
+        # and N's own error)
+        through_t = (
+            n_f * (d_trace_bar + u * trace_bar) + trace_bar * d_n
+            if frobenius
+            else math.sqrt(d) * (d_trace_bar + u * trace_bar)
         )
+        return d_n_bar / trace + n_bar * (d_trace / trace**2 + u / trace) + through_t
 
     amplification = np.prod(np.concatenate(growth[:iterations], axis=-1), axis=-1)
     conditioning = Conditioning(
@@ -329,6 +355,8 @@ def sensitivity(groups: Groups, method: str, params: dict) -> Sensitivity:
     """The :class:`Sensitivity` of ``method`` on ``groups``."""
     if method == "iter_norm":
         return _iter_norm_sensitivity(groups, params["iterations"])
+    if method == FROBENIUS_NEWTON.name:
+        return _iter_norm_sensitivity(groups, params["iterations"], "frobenius")
     return _eigen_sensitivity(groups, method)
 
 
@@ -374,14 +402,40 @@ def _row_norms(a: np.ndarray) -> np.ndarray:
 
 def whitening_terms(op: Any, sample: Sample, dy: np.ndarray | None, model: Any) -> OpTerms:
     """A whitening op on ``(G, M, D)``, or batch whitening with its per-channel affine."""
-    layout = _Layout.of(op, sample)
-    canonical, back = layout.canonical, layout.back
     method = _method(op, sample)
-    params = {"iterations": sample.kwargs.get("iterations", 5)} if method == "iter_norm" else {}
-    correction = model.correction or sample.kwargs.get("correction", 0)
-    groups = groups_of(canonical(layout.x), method, sample.kwargs["eps"], correction, params)
+    return _whitened(
+        _Layout.of(op, sample),
+        method,
+        sample.kwargs["eps"],
+        _params(method, sample),
+        model.correction or sample.kwargs.get("correction", 0),
+        sample.args.get("gamma"),
+        sample.args.get("beta"),
+        dy,
+    )
+
+
+def _params(method: str, sample: Sample) -> dict[str, Any]:
+    """The Newton–Schulz methods' number of steps (the sample's, or IterNorm's default 5)."""
+    if method in ("iter_norm", FROBENIUS_NEWTON.name):
+        return {"iterations": sample.kwargs.get("iterations", 5)}
+    return {}
+
+
+def _whitened(
+    layout: _Layout,
+    method: str,
+    eps: float,
+    params: dict[str, Any],
+    correction: int,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    dy: np.ndarray | None,
+) -> OpTerms:
+    """The terms of ``gamma W (x - mean) + beta`` on ``layout``'s groups (module docstring)."""
+    canonical, back = layout.canonical, layout.back
+    groups = groups_of(canonical(layout.x), method, eps, correction, params)
     found = sensitivity(groups, method, params)
-    gamma, beta = sample.args.get("gamma"), sample.args.get("beta")
     gamma_c, beta_c = layout.parameter(gamma, 1.0), layout.parameter(beta, 0.0)
     abs_w = np.abs(groups.w)
     spread = np.abs(groups.x) + groups.mean_abs
@@ -430,6 +484,30 @@ def whitening_terms(op: Any, sample: Sample, dy: np.ndarray | None, model: Any) 
     return OpTerms(
         "whitening", None, None, outputs, groups.m, found.conditioning, features=groups.d
     )
+
+
+def orthogonal_terms(op: Any, sample: Sample, dy: np.ndarray | None, _model: Any) -> OpTerms:
+    """OWN and ONI: the whitening of a weight's groups of units (samples: the fan-in) with
+    :math:`\\epsilon/N` and the constant affine :math:`1/\\sqrt N`, whose gradient is not an
+    output."""
+    v = np.asarray(sample.args["v"], dtype=np.float64)
+    axis = sample.kwargs["out_axis"] % v.ndim
+    n = fan_in(tuple(v.shape), axis)
+    method = _method(op, sample)
+    found = _whitened(
+        _Layout(v, op.partition(sample), (axis,)),
+        method,
+        sample.kwargs["eps"] / n,
+        _params(method, sample),
+        0,
+        np.full(v.shape[axis], 1.0 / math.sqrt(n)),
+        None,
+        dy,
+    )
+    outputs = {"y": found.outputs["y"]}
+    if dy is not None:
+        outputs["dv"] = dataclasses.replace(found.outputs["dx"], role="dx")
+    return dataclasses.replace(found, kind="orthogonalizing", outputs=outputs)
 
 
 def whitening_inference_terms(

@@ -42,8 +42,10 @@ from typing import Any
 
 from normref import conventions
 from normref.conventions import (
+    CENTRALIZE_AXES,
     EPS_MODES,
     L2_EPS_MODES,
+    LRN_WINDOWS,
     MOMENTUM_MEANINGS,
     NONLINEARITY_GAMMAS,
     POWER_ITERATION_ORDERS,
@@ -231,6 +233,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "scaled_ws_eps_mode": SCALED_WS_EPS_MODES,
     "unit_axes": UNIT_AXES,
     "nonlinearity_gammas": NONLINEARITY_GAMMAS,
+    "lrn_window": LRN_WINDOWS,
+    "centralize_axes": CENTRALIZE_AXES,
 }
 """The values a single-field variation tries, for the fields that are not an ``eps``."""
 

@@ -40,6 +40,7 @@ SEMANTICS: dict[tuple[str, Kind], Callable[[OpSpec], Callable[[Evaluate], Evalua
     ("zero_norm", Kind.SPECTRAL_STEP): lambda _spec: semantics.spectral_zero_norm,
     ("unit_axes", Kind.ADAPTIVE_CLIPPING): lambda spec: semantics.unit_axes(spec.primary),
     ("unit_axes", Kind.UNIT_NORM): lambda spec: semantics.unit_axes(spec.primary),
+    ("centralize_axes", Kind.CENTERING): lambda _spec: semantics.centralize_axes,
 }
 """How a convention field that normref has no keyword for is followed, by the kind of the op
 that declares it (:attr:`normref.registry.OpSpec.convention_fields`); a field absent here

@@ -8,6 +8,9 @@ field of the model:
   optax. Their units are normref's units of the weight permuted and reshaped
   to a matrix (or a vector), which is exact: normref is called on that view and
   its results are reshaped back.
+* :func:`centralize_axes`: ``centralize_axes="leading"``, optax's
+  ``centralize``, whose units are along axis 0 whatever the layout: normref is
+  called with ``out_axis=0``.
 * :func:`weight_norm_zero_norm` and :func:`spectral_zero_norm`:
   ``zero_norm="ieee"``, a division by a zero norm carried out as IEEE
   arithmetic does (torch) instead of normref's guarded result.
@@ -107,6 +110,23 @@ def unit_axes(primary: str) -> Callable[[Evaluate], Evaluate]:
         return run
 
     return wrap
+
+
+def leading_units(sample: Sample, model: Any) -> Sample:
+    """``sample`` as ``model.convention.centralize_axes`` takes it: with ``"leading"`` its units
+    are along axis 0 (``out_axis=0``), whatever the case's layout."""
+    if model.convention.centralize_axes == "leading":
+        return sample.replace(out_axis=0)
+    return sample
+
+
+def centralize_axes(evaluate: Evaluate) -> Evaluate:
+    """Follow ``model.convention.centralize_axes``: under ``"leading"`` the units are axis 0's."""
+
+    def run(sample: Sample, dy: np.ndarray | None, model: Any) -> dict[str, np.ndarray]:
+        return evaluate(leading_units(sample, model), dy, model)
+
+    return run
 
 
 def weight_norm_zero_norm(evaluate: Evaluate) -> Evaluate:

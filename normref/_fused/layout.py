@@ -19,7 +19,11 @@ canonical (G, M, D)    (G, M, D, 1, 1)                  (no parameters)
 The affine parameters' flat index is ``sum(index[slot] * param_strides[slot])``.
 They must either be constant along ``S4`` (the inner loop reads one value per
 row) or vary along ``S4`` alone (the inner loop reads a contiguous run); any
-other layout is left to the generic path.
+other layout is left to the generic path. Per-sample parameters of shape
+``(N, C)`` (conditional normalization) vary along the batch's slot too: ``G0``
+and ``G2`` for instance norm (and ``S3``, a group's channels, for group norm),
+``S1`` and ``G2`` for batch norm with the channels first; channels-last batch norm's vary along two sample slots
+around its channels and find no layout (the generic path runs it).
 """
 
 from __future__ import annotations

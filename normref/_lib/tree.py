@@ -15,36 +15,39 @@ from normref._lib.namespace import Array
 
 
 class Flat(NamedTuple):
-    """The leaves of a tree, their paths (``"['conv'][0]"``; ``""`` for a lone array), and
-    how to rebuild the tree from new leaves in the same order."""
+    """The leaves of a tree, their paths (``"['conv'][0]"``; ``""`` for a lone array), how to
+    rebuild the tree from new leaves in the same order, and each leaf's key path: the dict
+    keys and sequence indices leading to it (``("conv", 0)``; ``()`` for a lone array)."""
 
     paths: list[str]
     leaves: list[Array]
     rebuild: Callable[[list[Array]], Any]
+    keys: list[tuple[Any, ...]]
 
 
 def flatten(tree: Any) -> Flat:
     """The leaves of ``tree`` in order (dicts in their key order)."""
     if isinstance(tree, Mapping):
         keys = list(tree)
-        return _join(
-            [f"[{key!r}]" for key in keys], [flatten(tree[k]) for k in keys], _as_dict(keys)
-        )
+        return _join(keys, [flatten(tree[k]) for k in keys], _as_dict(keys))
     if isinstance(tree, (list, tuple)):
         kind = type(tree) if type(tree) in (list, tuple) else list
-        return _join([f"[{i}]" for i in range(len(tree))], [flatten(t) for t in tree], kind)
-    return Flat([""], [tree], lambda leaves: leaves[0])
+        return _join(list(range(len(tree))), [flatten(t) for t in tree], kind)
+    return Flat([""], [tree], lambda leaves: leaves[0], [()])
 
 
 def _as_dict(keys: list[Any]) -> Callable[[list[Any]], dict[Any, Any]]:
     return lambda children: dict(zip(keys, children, strict=True))
 
 
-def _join(prefixes: list[str], children: list[Flat], build: Callable[[list[Any]], Any]) -> Flat:
+def _join(keys: list[Any], children: list[Flat], build: Callable[[list[Any]], Any]) -> Flat:
     paths = [
-        prefix + path
-        for prefix, child in zip(prefixes, children, strict=True)
+        f"[{key!r}]" + path
+        for key, child in zip(keys, children, strict=True)
         for path in child.paths
+    ]
+    key_paths = [
+        (key, *tail) for key, child in zip(keys, children, strict=True) for tail in child.keys
     ]
     leaves = [leaf for child in children for leaf in child.leaves]
     sizes = [len(child.leaves) for child in children]
@@ -56,7 +59,7 @@ def _join(prefixes: list[str], children: list[Flat], build: Callable[[list[Any]]
             start += size
         return build(parts)
 
-    return Flat(paths, leaves, rebuild)
+    return Flat(paths, leaves, rebuild, key_paths)
 
 
 def named_leaves(name: str, flat: Flat) -> dict[str, Array]:

@@ -11,6 +11,14 @@ ghost_batch_norm   one group per (virtual batch, channel)       standardize     
 rms_norm           as layer norm                                rms_scale         ``x.shape[axes]``
 =================  ===========================================  ================  =================
 
+:func:`mean_only_batch_norm` is batch norm's partition with the centring
+operation and ``beta`` alone. The channel layers (batch, instance, group and
+ghost batch norm) also take per-sample ``gamma`` and ``beta`` of shape
+``(N, C)`` (conditional normalization: the conditional batch norm of de Vries
+et al., 2017, the conditional instance norm of Dumoulin et al., 2017, FiLM of
+Perez et al., 2018), whose gradients have that shape
+(:func:`normref.affine.channel_param_axes`).
+
 For one group with samples :math:`x_i`, :math:`i = 1..n`, and the affine
 parameters of the element's channel (or normalized position):
 
@@ -34,7 +42,7 @@ are in :mod:`normref.ops.standardization` and :mod:`normref.affine`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from normref._lib.checks import check_eps, check_eps_mode, normalize_axes, normalize_axis
 from normref._lib.namespace import (
@@ -47,6 +55,7 @@ from normref._lib.namespace import (
 from normref.affine import (
     affine,
     broadcast_param,
+    channel_param_axes,
     check_param,
 )
 from normref.conventions import Convention
@@ -59,7 +68,14 @@ from normref.layers.compose import (
     normalize_vjp,
 )
 from normref.ops.base import GroupOp
-from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, rms_params, std_params
+from normref.ops.standardization import (
+    CENTER,
+    RMS_SCALE,
+    STANDARDIZE,
+    divisor,
+    rms_params,
+    std_params,
+)
 from normref.partition import (
     Partition,
     batch_partition,
@@ -80,6 +96,7 @@ def _shape(x: Array) -> tuple[int, ...]:
 def _channel_layer(
     name: str,
     x: Array,
+    params: tuple[Array | None, Array | None],
     eps: float,
     eps_mode: str,
     correction: int,
@@ -87,15 +104,17 @@ def _channel_layer(
     make_partition: Callable[..., Partition],
     **config: int,
 ) -> Layer:
-    """A standardizing layer whose gamma and beta are per channel (``axis``)."""
+    """A standardizing layer whose ``params`` (gamma and beta) are per channel (``axis``), or
+    per sample and channel (:func:`normref.affine.channel_param_axes`)."""
     shape = _shape(x)
     described = ", ".join(f"{k}={v}" for k, v in {**config, "axis": axis}.items())
+    partition = make_partition(shape, *config.values(), axis)
     return Layer(
         name,
-        make_partition(shape, *config.values(), axis),
+        partition,
         STANDARDIZE,
         std_params(eps, eps_mode, correction),
-        (normalize_axis(axis, len(shape)),),
+        channel_param_axes(shape, axis, *params),
         f"x of shape {shape}, {described}",
     )
 
@@ -135,7 +154,8 @@ def batch_norm(
     x
         Input with the channel axis at ``axis``; each channel needs at least 2 values.
     gamma, beta
-        Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
+        Optional per-channel scale and shift, shape ``(x.shape[axis],)``; or both per
+        sample and channel, shape ``(x.shape[0], x.shape[axis])`` (conditional batch norm).
     eps
         Finite, > 0.
     axis
@@ -153,7 +173,9 @@ def batch_norm(
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
     """
     return normalize(
-        _channel_layer("batch_norm", x, eps, eps_mode, correction, axis, batch_partition),
+        _channel_layer(
+            "batch_norm", x, (gamma, beta), eps, eps_mode, correction, axis, batch_partition
+        ),
         x,
         gamma,
         beta,
@@ -175,7 +197,9 @@ def batch_norm_vjp(
 ) -> NormGrads:
     """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``."""
     return normalize_vjp(
-        _channel_layer("batch_norm", x, eps, eps_mode, correction, axis, batch_partition),
+        _channel_layer(
+            "batch_norm", x, (gamma, beta), eps, eps_mode, correction, axis, batch_partition
+        ),
         dy,
         x,
         gamma,
@@ -257,11 +281,14 @@ def instance_norm(
     r"""Instance normalization: statistics per (sample, channel) over the spatial axes.
 
     ``x`` has shape ``(N, C, *S)`` (channel axis ``axis``, batch axis 0, at
-    least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``.
+    least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``, or
+    ``(N, C)`` for conditional instance norm (one per sample and channel).
     Other parameters as :func:`batch_norm`.
     """
     return normalize(
-        _channel_layer("instance_norm", x, eps, eps_mode, correction, axis, instance_partition),
+        _channel_layer(
+            "instance_norm", x, (gamma, beta), eps, eps_mode, correction, axis, instance_partition
+        ),
         x,
         gamma,
         beta,
@@ -283,7 +310,9 @@ def instance_norm_vjp(
 ) -> NormGrads:
     """VJP of :func:`instance_norm`."""
     return normalize_vjp(
-        _channel_layer("instance_norm", x, eps, eps_mode, correction, axis, instance_partition),
+        _channel_layer(
+            "instance_norm", x, (gamma, beta), eps, eps_mode, correction, axis, instance_partition
+        ),
         dy,
         x,
         gamma,
@@ -308,11 +337,20 @@ def group_norm(
 
     Statistics per (sample, group) over the group's ``C / num_groups`` channels
     and the spatial axes. ``gamma`` and ``beta`` are per *channel*, shape
-    ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group).
-    ``num_groups`` must divide ``C``. Other parameters as :func:`batch_norm`.
+    ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group), or
+    ``(N, C)``, per sample and channel. ``num_groups`` must divide ``C``. Other
+    parameters as :func:`batch_norm`.
     """
     layer = _channel_layer(
-        "group_norm", x, eps, eps_mode, correction, axis, group_partition, num_groups=num_groups
+        "group_norm",
+        x,
+        (gamma, beta),
+        eps,
+        eps_mode,
+        correction,
+        axis,
+        group_partition,
+        num_groups=num_groups,
     )
     return normalize(layer, x, gamma, beta, precision)
 
@@ -332,7 +370,15 @@ def group_norm_vjp(
 ) -> NormGrads:
     """VJP of :func:`group_norm`."""
     layer = _channel_layer(
-        "group_norm", x, eps, eps_mode, correction, axis, group_partition, num_groups=num_groups
+        "group_norm",
+        x,
+        (gamma, beta),
+        eps,
+        eps_mode,
+        correction,
+        axis,
+        group_partition,
+        num_groups=num_groups,
     )
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
@@ -358,6 +404,7 @@ def ghost_batch_norm(
     layer = _channel_layer(
         "ghost_batch_norm",
         x,
+        (gamma, beta),
         eps,
         eps_mode,
         correction,
@@ -385,6 +432,7 @@ def ghost_batch_norm_vjp(
     layer = _channel_layer(
         "ghost_batch_norm",
         x,
+        (gamma, beta),
         eps,
         eps_mode,
         correction,
@@ -393,6 +441,69 @@ def ghost_batch_norm_vjp(
         virtual_batch_size=virtual_batch_size,
     )
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
+
+
+class MeanOnlyGrads(NamedTuple):
+    """Gradients of :func:`mean_only_batch_norm` with respect to ``x`` and ``beta``."""
+
+    x: Array
+    beta: Array | None
+
+
+def _mean_only_layer(x: Array, axis: int) -> Layer:
+    shape = _shape(x)
+    return Layer(
+        "mean_only_batch_norm",
+        batch_partition(shape, axis),
+        CENTER,
+        {},
+        (normalize_axis(axis, len(shape)),),
+        f"x of shape {shape}, axis={axis}",
+    )
+
+
+def mean_only_batch_norm(
+    x: Array, beta: Array | None = None, *, axis: int = 1, precision: Precision = "highest"
+) -> Array:
+    r"""Mean-only batch normalization (Salimans & Kingma, 2016): each channel centred, no scaling.
+
+    :math:`y = x - \mu_c + \beta` with :math:`\mu_c` the batch mean of channel
+    ``c`` over every axis but ``axis`` (training mode): the centring-only layer
+    of the survey of Huang et al., which Salimans & Kingma pair with weight
+    normalization. It is the centring operation
+    (:func:`normref.ops.center`) on batch norm's partition; a channel of one
+    value is allowed (its output is ``beta``).
+
+    Parameters
+    ----------
+    x
+        Input with the channel axis at ``axis``.
+    beta
+        Optional per-channel shift, shape ``(x.shape[axis],)``.
+    axis
+        The channel axis: 1 for ``(N, C, *S)``, -1 for channels-last.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``x``'s shape, in the promoted dtype of ``x`` and ``beta``.
+    """
+    return normalize(_mean_only_layer(x, axis), x, None, beta, precision)
+
+
+def mean_only_batch_norm_vjp(
+    dy: Array,
+    x: Array,
+    beta: Array | None = None,
+    *,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> MeanOnlyGrads:
+    r"""VJP of :func:`mean_only_batch_norm`: :math:`\bar x = \bar y - \operatorname{mean}_c(\bar y)`,
+    :math:`\bar\beta = \sum \bar y` per channel."""
+    grads = normalize_vjp(_mean_only_layer(x, axis), dy, x, None, beta, precision)
+    return MeanOnlyGrads(grads.x, grads.beta)
 
 
 def rms_norm(
@@ -532,7 +643,7 @@ def batch_norm_inference_vjp(
     )
 
 
-def _check_running_stats(x: Array, running_mean: Array, running_var: Array, axis: int) -> None:
+def check_running_stats(x: Array, running_mean: Array, running_var: Array, axis: int) -> None:
     """The running statistics must be arrays of one value per channel, of ``x``'s library."""
     namespace_of(x=x, running_mean=running_mean, running_var=running_var)
     channel = (normalize_axis(axis, x.ndim),)
@@ -565,7 +676,7 @@ def batch_norm_train(
     correction). ``eps``, ``eps_mode`` and ``correction`` are the
     normalization's; nothing is modified in place.
     """
-    _check_running_stats(x, running_mean, running_var, axis)
+    check_running_stats(x, running_mean, running_var, axis)
     y = batch_norm(
         x,
         gamma,
@@ -576,9 +687,35 @@ def batch_norm_train(
         correction=correction,
         precision=precision,
     )
+    stats = batch_running_update(
+        x,
+        running_mean,
+        running_var,
+        axis=axis,
+        momentum=momentum,
+        convention=convention,
+        num_batches_tracked=num_batches_tracked,
+        precision=precision,
+    )
+    return y, stats
+
+
+def batch_running_update(
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    *,
+    axis: int,
+    momentum: float | None,
+    convention: Convention | str,
+    num_batches_tracked: int | None,
+    precision: Precision,
+) -> RunningStats:
+    """The running statistics after a training step on ``x``: :func:`normref.stats.running_update`
+    with the batch's per-channel mean and biased variance (two-pass, in the compute dtype)."""
     channel = normalize_axis(axis, x.ndim)
     batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
-    stats = running_update(
+    return running_update(
         running_mean,
         running_var,
         batch.mean,
@@ -589,7 +726,6 @@ def batch_norm_train(
         num_batches_tracked=num_batches_tracked,
         precision=precision,
     )
-    return y, stats
 
 
 def batch_norm_train_vjp(
@@ -616,7 +752,7 @@ def batch_norm_train_vjp(
     are checked as the forward checks them.
     """
     namespace_of(dy=dy)
-    _check_running_stats(x, running_mean, running_var, axis)
+    check_running_stats(x, running_mean, running_var, axis)
     batch_weight(momentum, convention, num_batches_tracked)
     return batch_norm_vjp(
         dy,

@@ -367,21 +367,29 @@ def _cholesky_cotangent(xp: Namespace, w_bar: Array, w: Any) -> Array:
     return -(_mT(xp, w) @ _lower_half(xp, w_bar @ _mT(xp, w)) @ w)
 
 
+def _newton_scale(xp: Namespace, sigma: Array, normalizer: str) -> Array:
+    """The scalar ``Σ`` is divided by before the Newton–Schulz steps, per matrix ``(..., 1, 1)``:
+    its trace (IterNorm) or its Frobenius norm (ONI)."""
+    if normalizer == "trace":
+        return xp.linalg.trace(sigma)[..., None, None]
+    return xp.sqrt(xp.sum(sigma * sigma, axis=(-2, -1), keepdims=True))
+
+
 def _iter_norm_matrix(
-    xp: Namespace, cov: Array, eps: float, *, iterations: int
+    xp: Namespace, cov: Array, eps: float, *, iterations: int, normalizer: str = "trace"
 ) -> tuple[Array, Any]:
     sigma = cov + eps * _eye(xp, cov)
-    trace = xp.linalg.trace(sigma)[..., None, None]
+    trace = _newton_scale(xp, sigma, normalizer)
     n = sigma / trace
     ps = [_eye(xp, sigma)]
     for _ in range(iterations):
         p = ps[-1]
         ps.append(1.5 * p - 0.5 * (p @ p @ p) @ n)
-    return ps[-1] / xp.sqrt(trace), (ps, n, trace)
+    return ps[-1] / xp.sqrt(trace), (ps, n, trace, normalizer)
 
 
 def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
-    ps, n, trace = saved
+    ps, n, trace, normalizer = saved
     root = xp.sqrt(trace)
     p_bar = w_bar / root
     trace_bar = -0.5 * xp.sum(w_bar * ps[-1], axis=(-2, -1), keepdims=True) / (trace * root)
@@ -397,9 +405,9 @@ def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
                 + _mT(xp, p) @ p_bar @ _mT(xp, p @ n)
                 + _mT(xp, p2) @ p_bar @ _mT(xp, n)
             )
-    # N = Σ / t, t = tr Σ
+    # N = Σ / t, t = tr Σ (dt/dΣ = I) or ||Σ||_F (dt/dΣ = Σ / t = N)
     trace_bar = trace_bar - xp.sum(n_bar * n, axis=(-2, -1), keepdims=True) / trace
-    return n_bar / trace + trace_bar * _eye(xp, n)
+    return n_bar / trace + trace_bar * (_eye(xp, n) if normalizer == "trace" else n)
 
 
 @dataclass(frozen=True)
@@ -454,6 +462,17 @@ METHODS: dict[str, Whitening] = {
     )
 }
 """The whitening methods of :func:`whitening_matrix` and :func:`normref.batch_whiten`."""
+
+FROBENIUS_NEWTON = Whitening(
+    "frobenius_newton",
+    "Newton–Schulz whitening of the Frobenius-normalized covariance",
+    partial(_iter_norm_matrix, normalizer="frobenius"),
+    _iter_norm_cotangent,
+    decomposes=False,
+)
+r"""IterNorm's Newton–Schulz steps with :math:`\Sigma` divided by its Frobenius norm instead of
+its trace, :math:`W = P_T(\Sigma/\lVert\Sigma\rVert_F)/\sqrt{\lVert\Sigma\rVert_F}`: the
+orthogonalization of ONI (:func:`normref.oni_weight_norm`), as the authors' code computes it."""
 
 
 # ---------------------------------------------------------------------------

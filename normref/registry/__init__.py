@@ -10,7 +10,8 @@ benchmarks, documentation tables and the conformance suite are driven from
 :data:`REGISTRY`, so an operation added here (with its implementation) is
 tested, benchmarked, documented and checked everywhere. One module per family
 (:mod:`normref.registry.standardization`, ``weights``, ``gradients``,
-``residual``, ``whitening``) lists its entries; :mod:`normref.registry.spec`
+``residual``, ``whitening``; :mod:`normref.registry.activations` the
+standardization family's other layers of the literature) lists its entries; :mod:`normref.registry.spec`
 defines the record.
 
 Sampling takes a :class:`numpy.random.Generator` from the caller (random
@@ -42,10 +43,22 @@ affine parameters:
 ``state_held_constant``
     the VJP holds the state the forward computes (power-iteration vectors)
     constant, as frameworks do: it is the derivative of ``y`` with that state
-    fixed at its new value, not of the whole forward.
+    fixed at its new value, not of the whole forward;
+``corrections_held_constant``
+    the VJP holds the corrections the forward computes from the statistics
+    (batch renorm's ``r`` and ``d``) constant, as the paper does: its gradient
+    of ``x`` is the derivative of ``y`` with those fixed, its gradients of the
+    affine parameters the whole derivative.
 """
 
-from normref.registry import gradients, residual, standardization, weights, whitening
+from normref.registry import (
+    activations,
+    gradients,
+    residual,
+    standardization,
+    weights,
+    whitening,
+)
 from normref.registry.spec import (
     BenchmarkInput,
     Capabilities,
@@ -58,7 +71,7 @@ from normref.registry.spec import (
 
 REGISTRY: dict[str, OpSpec] = {
     spec.name: spec
-    for family in (standardization, weights, gradients, residual, whitening)
+    for family in (standardization, activations, weights, gradients, residual, whitening)
     for spec in family.REGISTRY_ENTRIES
 }
 """Every operation of normref by name, in the order of its families."""

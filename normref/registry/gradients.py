@@ -90,6 +90,11 @@ def unitwise_norm_broadcast(x: Any, *, out_axis: int = 0, precision: Precision =
     )
 
 
+def _sample_gradient_centralize(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    shape, out_axis = weight_shape(rng, shape)
+    return Sample({"grad": rng.standard_normal(shape)}, {"out_axis": out_axis})
+
+
 def _sample_unitwise_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
     shape, out_axis = weight_shape(rng, shape)
     return Sample({"x": rng.standard_normal(shape)}, {"out_axis": out_axis})
@@ -132,6 +137,18 @@ def _small_norm(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
     return sample.replace(
         grad=sample.args["grad"] * scale, bias_grad=sample.args["bias_grad"] * scale, max_norm=2e-6
     )
+
+
+def _jax_layout(shape: tuple[int, ...], what: str) -> SpecialInput:
+    """A gradient of ``shape`` with its units last (``out_axis=-1``): a flax kernel, whose
+    leading axis is not its units."""
+
+    def make(_spec: OpSpec, sample: Sample, rng: Rng) -> Sample:
+        xp = array_api_compat.array_namespace(sample.args["grad"])
+        grad = xp.asarray(rng.standard_normal(shape), dtype=sample.args["grad"].dtype)
+        return sample.replace(grad=grad, out_axis=-1)
+
+    return SpecialInput(f"{what}-kernel", f"a flax {what} kernel {shape}, units last", make)
 
 
 def _below_max_norm(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
@@ -182,6 +199,24 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+    ),
+    OpSpec(
+        "gradient_centralize",
+        "gradients",
+        "gradient centralization: each output unit's mean over its fan-in removed "
+        "(Yong et al., 2020)",
+        Kind.CENTERING,
+        gradients.gradient_centralize,
+        gradients.gradient_centralize_vjp,
+        ("grad",),
+        ("grad",),
+        _sample_gradient_centralize,
+        weight_units("grad"),
+        properties=frozenset({"zero_mean", "shift_invariant", "idempotent"}),
+        errors=(out_axis_out_of_range("grad"),),
+        convention_fields=("centralize_axes",),
+        special_inputs=(_jax_layout((5, 3), "dense"), _jax_layout((3, 3, 4, 5), "HWIO")),
+        benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
     ),
     OpSpec(
         "clip_by_global_norm",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from normref._lib.checks import normalize_axes, normalize_axis
+from normref.affine import channel_param_axes
 from normref.partition import Partition
 
 Rng = Any
@@ -128,6 +129,21 @@ class Kind(enum.Enum):
     """``W(Sigma) (x - mean)`` per group of features, with an affine."""
     GIVEN_WHITENING = "given_whitening"
     """``W (x - running_mean)`` with a given whitening matrix."""
+    RENORMALIZING = "renormalizing"
+    """Batch renorm: ``gamma (x_hat r + d) + beta``, ``r`` and ``d`` from the batch's and the
+    given statistics, clipped."""
+    SWITCHABLE = "switchable"
+    """``(x - mu) / s(v)`` with ``mu`` and ``v`` softmax-weighted mixtures of the instance, layer
+    and batch statistics."""
+    ADAPTIVE_INSTANCE = "adaptive_instance"
+    """AdaIN: instance-standardized ``x`` scaled and shifted by another input's statistics."""
+    LOCAL_RESPONSE = "local_response"
+    """``x / (k + alpha/n sum x^2)^beta`` over a window of channels: a power of a sum of squares."""
+    CENTRED_WEIGHT_NORMALIZING = "centred_weight_normalizing"
+    """``g (v - mean) / ||v - mean||`` per unit: weight standardization times ``g / sqrt(N)``."""
+    ORTHOGONALIZING = "orthogonalizing"
+    """``W(V_c V_c^T + eps I) V_c`` per group of units: the whitening of the units as samples
+    (OWN's inverse square root, ONI's Newton-Schulz steps)."""
 
 
 @dataclass(frozen=True)
@@ -304,13 +320,18 @@ class OpSpec:
 
     def param_axes(self, sample: Sample) -> tuple[int, ...]:
         """The axes of the primary input that the affine parameters span (from the sample's
-        ``axes``, ``axis`` or ``out_axis``); ``()`` where it has none."""
+        ``axes``, ``axis`` or ``out_axis``; with ``axis``, also the batch axis 0 where an affine
+        parameter has rank 2, one per sample and channel); ``()`` where it has none."""
         ndim = sample.args[self.primary].ndim
         if "axes" in sample.kwargs:
             return normalize_axes(sample.kwargs["axes"], ndim)
-        for keyword in ("axis", "out_axis"):
-            if keyword in sample.kwargs:
-                return (normalize_axis(sample.kwargs[keyword], ndim),)
+        if "axis" in sample.kwargs:
+            gamma, beta = sample.args.get("gamma"), sample.args.get("beta")
+            return channel_param_axes(
+                tuple(sample.args[self.primary].shape), sample.kwargs["axis"], gamma, beta
+            )
+        if "out_axis" in sample.kwargs:
+            return (normalize_axis(sample.kwargs["out_axis"], ndim),)
         return ()
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import array_api_compat
 
-from normref import weights
-from normref.partition import Partition, unit_partition
+from normref import weights, weights_orthogonal
+from normref.partition import Partition, fan_in, unit_partition, whitening_partition
 from normref.registry.sampling import (
     EPS_MODE,
+    divisors,
     replace_arg,
     unit_index,
     unit_param,
@@ -36,6 +37,7 @@ from normref.registry.sampling import (
 )
 from normref.registry.spec import (
     BenchmarkInput,
+    Capabilities,
     ErrorCase,
     Kind,
     OpSpec,
@@ -83,6 +85,47 @@ def _sample_weight_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sampl
     shape, out_axis = weight_shape(rng, shape)
     args = {"v": rng.standard_normal(shape), "g": unit_param(rng, shape, out_axis)}
     return Sample(args, {"out_axis": out_axis})
+
+
+def _orthogonal_layout(rng: Rng, shape: tuple[int, ...] | None) -> tuple[tuple[int, ...], int, int]:
+    """A weight shape, its out_axis and a group size that divides its units with a nonsingular
+    Gram matrix (``group_size <= fan_in - 1``); drawn shapes have a fan-in of at least twice
+    their units plus 2, so that the groups are well conditioned."""
+    if shape is None:
+        units = int(rng.integers(2, 5))
+        fan_in_sizes = [2 * units + 2 + int(rng.integers(0, 3))]
+        fan_in_sizes += [int(s) for s in rng.integers(1, 3, size=int(rng.integers(0, 2)))]
+        out_axis = int(rng.choice([0, -1]))
+        shape = (units, *fan_in_sizes) if out_axis == 0 else (*fan_in_sizes, units)
+        candidates = [out_axis]
+    else:
+        candidates = [int(rng.choice([0, -1]))]
+        candidates.append(-1 - candidates[0])
+    for out_axis in candidates:
+        units, n = shape[out_axis], fan_in(tuple(shape), out_axis % len(shape))
+        sizes = [d for d in divisors(units) if d <= n - 1]
+        if sizes:
+            return tuple(shape), out_axis, int(rng.choice(sizes))
+    msg = f"no group of units of a weight of shape {shape} has a nonsingular Gram matrix"
+    raise ValueError(msg)
+
+
+def _sample_orthogonal_weight_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    shape, out_axis, group_size = _orthogonal_layout(rng, shape)
+    kwargs = {"group_size": group_size, "eps": 1e-5, "out_axis": out_axis}
+    return Sample({"v": rng.standard_normal(shape)}, kwargs)
+
+
+def _sample_oni_weight_norm(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
+    sample = _sample_orthogonal_weight_norm(rng, shape)
+    return Sample(sample.args, {"iterations": 5, **sample.kwargs})
+
+
+def _orthogonal_partition(sample: Sample) -> Partition:
+    v = sample.args["v"]
+    axis = sample.kwargs["out_axis"] % v.ndim
+    size = sample.kwargs["group_size"] or v.shape[axis]
+    return whitening_partition(tuple(v.shape), size, axis)
 
 
 def _unit_vector(rng: Rng, size: int) -> Any:
@@ -136,6 +179,26 @@ def _variance_at_eps(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
 
 _ZERO_WEIGHT = zeros("zero-weight", "a zero weight: sigma is 0", "w")
 
+
+def _constant_unit(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
+    """Unit 0 of ``v`` all 0.7: its centred norm is 0 (no direction, with ``eps = 0``)."""
+    v = sample.args["v"]
+    xp = array_api_compat.array_namespace(v)
+    v = xp.asarray(v, copy=True)
+    v[unit_index(sample, "v")] = 0.7
+    return sample.replace(v=v)
+
+
+def _all_units(_spec: OpSpec, sample: Sample, _rng: Rng) -> Sample:
+    """Every unit in one group (``group_size=None``), where that group's Gram matrix is
+    nonsingular; the sample as it is otherwise."""
+    v = sample.args["v"]
+    axis = sample.kwargs["out_axis"] % v.ndim
+    if v.shape[axis] > fan_in(tuple(v.shape), axis) - 1:
+        return sample
+    return sample.replace(group_size=None)
+
+
 # ---------------------------------------------------------------------------
 # Invalid inputs.
 
@@ -180,6 +243,22 @@ def _flattened(primary: str, rank: int) -> ErrorCase:
         rf"{primary} must have rank >= {rank}",
     )
 
+
+_ORTHOGONAL_ERRORS = (
+    out_axis_out_of_range("v"),
+    ErrorCase(
+        "group_size not dividing the units",
+        lambda s: s.replace(group_size=s.args["v"].shape[s.kwargs["out_axis"]] + 1),
+        ValueError,
+        "must divide the number of output units",
+    ),
+    ErrorCase(
+        "v of rank 1",
+        replace_arg("v", lambda v: v.reshape(-1)),
+        ValueError,
+        "v must have rank >= 2",
+    ),
+)
 
 _WS_ERRORS = (
     out_axis_out_of_range("w"),
@@ -311,6 +390,98 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         special_inputs=(zero_unit("v", "zero-unit", "unit 0 all zeros: no direction"),),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+    ),
+    OpSpec(
+        "centered_weight_norm",
+        "weights",
+        "centred weight norm: g (v - mean) / ||v - mean|| per output unit (Huang et al., 2017)",
+        Kind.CENTRED_WEIGHT_NORMALIZING,
+        weights.centered_weight_norm,
+        weights.centered_weight_norm_vjp,
+        ("v", "g"),
+        ("v", "g"),
+        _sample_weight_norm,
+        weight_units("v"),
+        affine_args=("g",),
+        properties=frozenset({"zero_mean", "shift_invariant", "scale_invariant", "idempotent"}),
+        errors=(
+            out_axis_out_of_range("v"),
+            _flattened("v", 2),
+            _one_fan_in("v"),
+            wrong_unit_param("g"),
+            ErrorCase(
+                "negative eps",
+                lambda s: s.replace(eps=-1e-12),
+                ValueError,
+                "eps must be a finite number >= 0",
+            ),
+        ),
+        eps_argument=False,
+        special_inputs=(
+            SpecialInput("constant-unit", "unit 0 constant: no direction", _constant_unit),
+        ),
+        benchmarks=KERNEL_BENCHMARKS,
+    ),
+    OpSpec(
+        "orthogonal_weight_norm",
+        "weights",
+        "OWN: groups of units centred and orthonormalized, (Vc Vc^T + eps I)^-1/2 Vc "
+        "(Huang et al., 2018)",
+        Kind.ORTHOGONALIZING,
+        weights_orthogonal.orthogonal_weight_norm,
+        weights_orthogonal.orthogonal_weight_norm_vjp,
+        ("v",),
+        ("v",),
+        _sample_orthogonal_weight_norm,
+        _orthogonal_partition,
+        properties=frozenset({"zero_mean", "shift_invariant", "scale_invariant"}),
+        errors=_ORTHOGONAL_ERRORS,
+        method="zca",
+        special_inputs=(SpecialInput("all-units", "every unit in one group", _all_units),),
+        capabilities=Capabilities(dask=False),
+        benchmarks=(
+            BenchmarkInput(
+                CONV_KERNEL,
+                "3x3 conv kernel, OIHW, groups of 64 units",
+                drawn={"out_axis": 0},
+                fixed={"group_size": 64},
+                quick=True,
+            ),
+        ),
+    ),
+    OpSpec(
+        "oni_weight_norm",
+        "weights",
+        "ONI: OWN by Newton-Schulz steps on the Frobenius-normalized Gram matrix "
+        "(Huang et al., 2020)",
+        Kind.ORTHOGONALIZING,
+        weights_orthogonal.oni_weight_norm,
+        weights_orthogonal.oni_weight_norm_vjp,
+        ("v",),
+        ("v",),
+        _sample_oni_weight_norm,
+        _orthogonal_partition,
+        properties=frozenset({"zero_mean", "shift_invariant", "scale_invariant"}),
+        errors=(
+            *_ORTHOGONAL_ERRORS,
+            ErrorCase(
+                "no iterations",
+                lambda s: s.replace(iterations=0),
+                ValueError,
+                "iterations must be an integer >= 1",
+            ),
+        ),
+        method="frobenius_newton",
+        special_inputs=(SpecialInput("all-units", "every unit in one group", _all_units),),
+        benchmarks=(
+            BenchmarkInput(
+                CONV_KERNEL,
+                "3x3 conv kernel, OIHW, groups of 64 units",
+                drawn={"out_axis": 0},
+                fixed={"group_size": 64},
+                quick=True,
+            ),
+        ),
     ),
     OpSpec(
         "spectral_norm",

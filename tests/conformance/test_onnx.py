@@ -52,3 +52,30 @@ def test_the_reference_evaluator_computes_float16_in_float16():
     assert "exceed float16's largest value (6.55e+04): float16 arithmetic overflows" in (
         row.evidence
     )
+
+
+def test_onnxruntime_lrn_loses_the_window_after_an_outlier():
+    """Past a square of 1e8 the other channels' squares are lost: the window's sum is carried
+    from channel to channel (the square entering added, the leaving one subtracted) and
+    cancels; a NaN likewise reaches channels beyond its window. An even size is refused."""
+    (outlier,) = _rows("onnxruntime", "local_response_norm/outlier-1e4", "float32")
+    assert outlier.status is Status.FAIL
+    (nan,) = _rows("onnxruntime", "local_response_norm/nan", "float32")
+    assert nan.status is Status.FAIL
+    assert "non-finite values where the exact result is finite" in nan.diagnosis
+    (typical,) = _rows("onnxruntime", "local_response_norm/typical", "float32")
+    assert typical.status is Status.PASS
+    (even,) = _rows("onnxruntime", "local_response_norm/even-window", "float32")
+    assert even.status is Status.NOT_IMPLEMENTED
+    assert "odd size" in even.explanation
+
+
+def test_the_reference_evaluator_lrn_loops_over_the_batch_not_the_channels():
+    """``onnx.reference``'s LRN sums the window of channel ``c`` only for ``c`` below the batch
+    size (its loop runs over ``x.shape[0]``): with 6 channels and 4 samples, two channels are
+    not normalized; a single sample and several channels index out of range."""
+    (typical,) = _rows("onnx-reference", "local_response_norm/typical", "float32")
+    assert typical.status is Status.FAIL
+    (one_channel,) = _rows("onnx-reference", "local_response_norm/size-1-axis-1", "float32")
+    assert one_channel.status is Status.FAIL
+    assert "IndexError" in one_channel.diagnosis

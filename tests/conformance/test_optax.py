@@ -51,3 +51,32 @@ def test_clip_by_global_norm_has_no_eps():
     for case in ("clip_by_global_norm/typical", "clip_by_global_norm/small-norm"):
         (row,) = _rows(case, "float32").values()
         assert row.status is Status.PASS, row.diagnosis
+
+
+@pytest.mark.parametrize("case", ["HWIO-kernel", "dense-kernel"])
+def test_centralize_centres_along_the_leading_axis_whatever_the_layout(case):
+    """optax's ``centralize`` averages axes 1..ndim-1: for flax's HWIO kernel that centres each
+    kernel row, for its (in, out) kernel each input unit, not the output units."""
+    (row,) = _rows(f"gradient_centralize/{case}").values()
+    assert row.status is Status.CONVENTION
+    assert row.explained_by == {"centralize_axes": "leading"}
+    assert {o["name"] for o in row.outputs} == {"y", "dgrad"}
+
+
+def test_centralize_is_normrefs_where_the_units_lead():
+    """Every case with its units on axis 0 (torch's layouts) passes, forward and backward;
+    every other case passes or differs by that convention alone."""
+    from conformance.checked.cases import find_case
+
+    rows = run(["optax"], dtypes=["float64"], ops=["gradient_centralize"]).results
+    leading = 0
+    for row in rows:
+        sample = find_case(row.case).sample
+        if sample.kwargs["out_axis"] % sample.args["grad"].ndim == 0:
+            leading += 1
+            assert row.status is Status.PASS, (row.case, row.diagnosis)
+        else:
+            assert row.status is Status.PASS or row.explained_by == {
+                "centralize_axes": "leading"
+            }, (row.case, row.status, row.diagnosis)
+    assert leading

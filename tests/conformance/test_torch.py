@@ -49,7 +49,34 @@ def test_ops_torch_lacks_are_not_implemented(default_run):
     weights = {"weight_standardize", "scaled_weight_standardize", "skip_init_residual"}
     gradients = {"adaptive_grad_clip", "unitwise_norm", "gamma_scaled_nonlinearity"}
     whitening = {name for name, spec in REGISTRY.items() if spec.family == "whitening"}
-    assert lacking == layers | weights | gradients | whitening
+    literature = {
+        "conditional_batch_norm",
+        "conditional_instance_norm",
+        "mean_only_batch_norm",
+        "batch_renorm",
+        "batch_renorm_train",
+        "switchable_norm",
+        "adaptive_instance_norm",
+        "centered_weight_norm",
+        "orthogonal_weight_norm",
+        "oni_weight_norm",
+        "gradient_centralize",
+    }
+    assert lacking == layers | weights | gradients | whitening | literature
+
+
+def test_local_response_norm_passes_with_an_even_window(default_run):
+    """torch's window of an even size has its extra channel before the centre, normref's
+    default; forward and backward within budget."""
+    rows = [r for r in default_run.results if r.op == "local_response_norm"]
+    assert {r.implementation for r in rows} == {
+        "torch.nn.functional.local_response_norm",
+        "torch.nn.LocalResponseNorm",
+    }
+    assert all(r.status is Status.PASS for r in rows), [(r.case, r.diagnosis) for r in rows]
+    even = [r for r in rows if r.case == "local_response_norm/even-window"]
+    assert even
+    assert all({o["name"] for o in r.outputs} == {"y", "dx"} for r in even)
 
 
 def test_inputs_normref_refuses(default_run):

@@ -1,0 +1,185 @@
+r"""Adaptive instance normalization (AdaIN, Huang & Belongie, 2017): instance norm whose affine
+is another input's statistics.
+
+For each sample ``n`` and channel ``c``, with :math:`\mu(t)` and
+:math:`\sigma(t) = \sqrt{\operatorname{var}(t) + \epsilon}` taken over the
+spatial axes of ``t`` alone:
+
+.. math::
+
+    y = \sigma(s)\,\frac{x - \mu(x)}{\sigma(x)} + \mu(s),
+
+``x`` the content and ``s`` the style, whose spatial size may differ from
+``x``'s. This is conditional instance normalization
+(:func:`normref.instance_norm` with per-sample ``gamma`` and ``beta`` of shape
+``(N, C)``) with :math:`\gamma = \sigma(s)` and :math:`\beta = \mu(s)`; the
+gradient flows through the style's statistics:
+
+.. math::
+
+    \bar s = \frac{\bar\beta}{n_s} + \bar\gamma\,\frac{s - \mu(s)}{(n_s - c)\,\sigma(s)},
+    \qquad \bar\gamma = \sum \bar y \hat x, \quad \bar\beta = \sum \bar y
+
+per sample and channel (sums over ``x``'s spatial axes, :math:`n_s` the
+style's spatial size, :math:`c` the variance's correction).
+
+Conventions. The authors' Torch code takes the content's statistics as
+instance norm does (biased variance, ``eps`` inside) and the style's standard
+deviation biased and without ``eps``; the widely used PyTorch port
+(``calc_mean_std``) takes the unbiased variance plus ``eps = 1e-5`` for both,
+which is ``correction=1``. ``docs/conventions.md`` has the sources.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from normref._lib.checks import check_correction, check_eps, check_rank, normalize_axis
+from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref.layers.standardization import instance_norm, instance_norm_vjp
+from normref.ops.base import check_group_size
+from normref.ops.standardization import STANDARDIZE, divisor, mean_and_variance
+from normref.types import Precision
+
+
+class AdaINGrads(NamedTuple):
+    """Gradients of :func:`adaptive_instance_norm` with respect to ``x`` and ``style``."""
+
+    x: Array
+    style: Array
+
+
+class _StyleStats(NamedTuple):
+    """The style's statistics in the compute dtype: per (sample, channel) of shape ``(N, C)``
+    (``mean``, ``sigma``), and with the style's rank (``centred``, ``sigma_kept``), and its number of spatial values ``size``."""
+
+    xp: Any
+    spatial: tuple[int, ...]
+    mean: Array
+    sigma: Array
+    centred: Array
+    sigma_kept: Array
+    size: int
+
+
+def _style_stats(
+    x: Array,
+    style: Array,
+    eps: float,
+    correction: int,
+    axis: int,
+    precision: Precision,
+    **more: Array,
+) -> _StyleStats:
+    xp = namespace_of(**more, x=x, style=style)
+    eps, correction = check_eps(eps), check_correction(correction)
+    check_rank(tuple(x.shape), minimum=3, layout="N, C and at least one spatial axis")
+    channel = normalize_axis(axis, x.ndim)
+    if channel == 0:
+        msg = f"axis={axis} names the batch axis 0; the channel axis must be another axis"
+        raise ValueError(msg)
+    if style.ndim != x.ndim or (style.shape[0], style.shape[channel]) != (
+        x.shape[0],
+        x.shape[channel],
+    ):
+        msg = (
+            f"style must have x's rank {x.ndim}, batch size x.shape[0]={x.shape[0]} and "
+            f"channels x.shape[{channel}]={x.shape[channel]} (its spatial sizes may differ), "
+            f"got shape {tuple(style.shape)}"
+        )
+        raise ValueError(msg)
+    spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
+    count = 1
+    for a in spatial:
+        count *= style.shape[a]
+    check_group_size(count, op=STANDARDIZE, where=f"style of shape {tuple(style.shape)}")
+    dtype = compute_dtype(xp, x.dtype, precision)
+    mean, var, centred = mean_and_variance(
+        xp, to_dtype(xp, style, dtype), spatial, correction=correction, algorithm="two_pass"
+    )
+    sigma = divisor(xp, var, eps=eps, eps_mode="add")
+    return _StyleStats(
+        xp,
+        spatial,
+        xp.squeeze(mean, axis=spatial),
+        xp.squeeze(sigma, axis=spatial),
+        centred,
+        sigma,
+        count,
+    )
+
+
+def adaptive_instance_norm(
+    x: Array,
+    style: Array,
+    *,
+    eps: float = 1e-5,
+    correction: int = 0,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> Array:
+    r"""AdaIN: ``x`` instance-normalized, then scaled and shifted by ``style``'s statistics.
+
+    :math:`y = \sigma(s)(x - \mu(x))/\sigma(x) + \mu(s)` per sample and channel
+    (module docstring).
+
+    Parameters
+    ----------
+    x
+        Content, ``(N, C, *S)`` with the channel axis at ``axis`` (batch axis 0,
+        at least one spatial axis); each instance needs at least 2 values.
+    style
+        Style, ``x``'s rank, batch size and channels; its spatial sizes may
+        differ from ``x``'s (each instance needs at least 2 values).
+    eps
+        Finite, > 0, inside both standard deviations.
+    correction
+        The variances' correction, for both: 0 (biased, default) or 1 (unbiased,
+        the PyTorch port's).
+    axis
+        The channel axis: 1 for ``(N, C, *S)``, -1 for channels-last.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``x``'s shape, in the promoted dtype of ``x`` and ``style``.
+    """
+    stats = _style_stats(x, style, eps, correction, axis, precision)
+    y = instance_norm(
+        x, stats.sigma, stats.mean, eps=eps, axis=axis, correction=correction, precision=precision
+    )
+    return to_dtype(stats.xp, y, output_dtype(stats.xp, precision, x, style))
+
+
+def adaptive_instance_norm_vjp(
+    dy: Array,
+    x: Array,
+    style: Array,
+    *,
+    eps: float = 1e-5,
+    correction: int = 0,
+    axis: int = 1,
+    precision: Precision = "highest",
+) -> AdaINGrads:
+    r"""VJP of :func:`adaptive_instance_norm` for ``x`` and ``style`` (module docstring)."""
+    stats = _style_stats(x, style, eps, correction, axis, precision, dy=dy)
+    xp = stats.xp
+    grads = instance_norm_vjp(
+        dy,
+        x,
+        stats.sigma,
+        stats.mean,
+        eps=eps,
+        axis=axis,
+        correction=correction,
+        precision=precision,
+    )
+    channel = normalize_axis(axis, x.ndim)
+    shape = [1] * x.ndim
+    shape[0], shape[channel] = x.shape[0], x.shape[channel]
+    d_gamma = xp.reshape(grads.gamma, tuple(shape))
+    d_beta = xp.reshape(grads.beta, tuple(shape))
+    d_style = stats.centred * (d_gamma / ((stats.size - correction) * stats.sigma_kept))
+    d_style += d_beta / stats.size
+    return AdaINGrads(to_dtype(xp, grads.x, x.dtype), to_dtype(xp, d_style, style.dtype))

@@ -1,0 +1,176 @@
+r"""Local response normalization (Krizhevsky et al., 2012): each value divided by a power of the
+sum of squares over a window of neighbouring channels.
+
+.. math::
+
+    y_c = x_c \,/\, D_c^{\beta}, \qquad
+    D_c = k + \frac{\alpha}{n} \sum_{j \in W(c)} x_j^2,
+
+along the channel axis ``axis``, ``n`` = ``size``, the sum zero-padded beyond
+the first and last channels. The window of channel ``c`` is
+
+* ``window="torch"`` (``torch.nn.functional.local_response_norm``, the paper):
+  :math:`[c - \lfloor n/2 \rfloor,\ c + \lfloor (n-1)/2 \rfloor]`;
+* ``window="onnx"`` (ONNX ``LRN``):
+  :math:`[c - \lfloor (n-1)/2 \rfloor,\ c + \lceil (n-1)/2 \rceil]`;
+
+the same for odd ``size``; for even ``size`` torch's window has one more
+channel before ``c``, ONNX's one more after. TensorFlow's
+``tf.nn.local_response_normalization(depth_radius=r, bias, alpha, beta)``
+sums over :math:`[c - r, c + r]` with ``alpha`` not divided by the window's
+size: it is ``size = 2 r + 1``, ``alpha = alpha_tf * (2 r + 1)``, ``k = bias``,
+``axis=-1`` here.
+
+Backward (derived by hand): :math:`W^\top(j)`, the channels whose window holds
+``j``, is the window with its two extents swapped, and
+
+.. math::
+
+    \bar x_j = \bar y_j D_j^{-\beta}
+        - \frac{2 \alpha \beta}{n}\, x_j \sum_{c \in W^\top(j)} \bar y_c\, x_c\, D_c^{-\beta - 1}.
+
+Every term of :math:`D` is positive, so it has no cancellation; with
+:math:`k > 0` it is positive everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
+from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref.ops.base import XGrad
+from normref.types import Precision
+
+WINDOWS = ("torch", "onnx")
+"""The conventions for the window of an even ``size``."""
+
+
+def window_extents(size: int, window: str) -> tuple[int, int]:
+    """How many channels before and after ``c`` its window holds."""
+    if window == "torch":
+        return size // 2, (size - 1) // 2
+    return (size - 1) // 2, size // 2
+
+
+def _window_sums(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
+    """``sum(a[c - before : c + after + 1])`` along ``axis`` for every ``c``, zero-padded.
+
+    The padded array's slices are added in order, from the window's first channel to its
+    last (a slice, not an assignment: jax and Dask arrays are not written in place).
+    """
+    channels = a.shape[axis]
+
+    def zeros(count: int) -> Array:
+        shape = tuple(count if i == axis else s for i, s in enumerate(a.shape))
+        return xp.zeros(shape, dtype=a.dtype, device=device(a))
+
+    padded = xp.concat([zeros(before), a, zeros(after)], axis=axis)
+    total = None
+    for offset in range(before + after + 1):
+        index = tuple(
+            slice(offset, offset + channels) if i == axis else slice(None) for i in range(a.ndim)
+        )
+        total = padded[index] if total is None else total + padded[index]
+    return total
+
+
+def _checked(
+    x: Array,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    axis: int,
+    window: str,
+    **more: Array,
+) -> tuple[Any, int, int, float, float, float]:
+    xp = namespace_of(**more, x=x)
+    size = check_positive_int(size, name="size")
+    alpha = check_finite_number(alpha, name="alpha")
+    beta = check_finite_number(beta, name="beta")
+    if alpha < 0 or beta < 0:
+        msg = f"alpha and beta must be finite numbers >= 0, got alpha={alpha!r}, beta={beta!r}"
+        raise ValueError(msg)
+    k = check_eps(k, name="k")
+    if window not in WINDOWS:
+        msg = f"window must be one of {WINDOWS}, got {window!r}"
+        raise ValueError(msg)
+    return xp, size, normalize_axis(axis, x.ndim), alpha, beta, k
+
+
+def _denominator(
+    xp: Any, x: Array, size: int, channel: int, alpha: float, k: float, window: str
+) -> Array:
+    before, after = window_extents(size, window)
+    return k + (alpha / size) * _window_sums(xp, x * x, channel, before, after)
+
+
+def local_response_norm(
+    x: Array,
+    size: int,
+    *,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    axis: int = 1,
+    window: str = "torch",
+    precision: Precision = "highest",
+) -> Array:
+    r"""Local response normalization across channels (module docstring).
+
+    Parameters
+    ----------
+    x
+        Input with the channel axis at ``axis`` (any rank >= 1).
+    size
+        The window's number of channels, an integer >= 1.
+    alpha, beta
+        Finite, >= 0 (torch's and ONNX's defaults 1e-4 and 0.75).
+    k
+        Finite, > 0 (torch's ``k``, ONNX's ``bias``; default 1).
+    axis
+        The channel axis.
+    window
+        ``"torch"`` or ``"onnx"``: where an even window's extra channel lies.
+    precision
+        ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Returns
+    -------
+    Array of ``x``'s shape and dtype.
+    """
+    xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
+    dtype = compute_dtype(xp, x.dtype, precision)
+    xc = to_dtype(xp, x, dtype)
+    y = xc * xp.pow(_denominator(xp, xc, size, channel, alpha, k, window), -beta)
+    return to_dtype(xp, y, output_dtype(xp, precision, x))
+
+
+def local_response_norm_vjp(
+    dy: Array,
+    x: Array,
+    size: int,
+    *,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    axis: int = 1,
+    window: str = "torch",
+    precision: Precision = "highest",
+) -> XGrad:
+    r"""VJP of :func:`local_response_norm` (module docstring)."""
+    xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window, dy=dy)
+    if tuple(dy.shape) != tuple(x.shape):
+        msg = f"dy must have shape {tuple(x.shape)} (the shape of x), got {tuple(dy.shape)}"
+        raise ValueError(msg)
+    dtype = compute_dtype(xp, x.dtype, precision)
+    xc, dy_c = to_dtype(xp, x, dtype), to_dtype(xp, dy, dtype)
+    d = _denominator(xp, xc, size, channel, alpha, k, window)
+    scaled = xp.pow(d, -beta)
+    before, after = window_extents(size, window)
+    through = _window_sums(xp, dy_c * xc * (scaled / d), channel, after, before)
+    dx = dy_c * scaled - (2.0 * alpha * beta / size) * xc * through
+    return XGrad(to_dtype(xp, dx, x.dtype))
