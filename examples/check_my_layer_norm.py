@@ -45,21 +45,24 @@ def layer_norm_eps_on_std(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
 
 
 def main() -> dict[str, object]:
-    """Check both functions; print and return each verdict (and the slip's diagnosis)."""
-    outcome: dict[str, object] = {}
-    for fn in (layer_norm, layer_norm_eps_on_std):
-        result = conformance.check(fn, op="layer_norm", convention="torch")
-        explanations = sorted({row.diagnosis for row in result.failures if row.diagnosis})
-        print(
-            f"{fn.__name__}: {'conforms' if result.ok else 'fails'} "
-            f"({len(result.failures)} failing rows)"
-        )
-        for explanation in explanations:
-            print(f"    {explanation}")
-        outcome[fn.__name__] = result
+    """Check both functions and diagnose the slip; print the diagnosis first, then each
+    function's verdict, and return them."""
+    outcome: dict[str, object] = {
+        fn.__name__: conformance.check(fn, op="layer_norm", convention="torch")
+        for fn in (layer_norm, layer_norm_eps_on_std)
+    }
     diagnosis = conformance.diagnose(layer_norm_eps_on_std, op="layer_norm")
-    print(f"diagnose layer_norm_eps_on_std: {diagnosis.verdict}")
     outcome["diagnosis"] = diagnosis
+    print(diagnosis.verdict)
+    for name in ("layer_norm", "layer_norm_eps_on_std"):
+        result = outcome[name]
+        assert isinstance(result, conformance.RunResult)
+        rows = len(result.results)
+        if result.ok:
+            print(f"  {name}: conforms ({rows} rows within budget or refused as normref)")
+            continue
+        causes = sorted({row.diagnosis for row in result.failures if row.diagnosis})
+        print(f"  {name}: {len(result.failures)} of {rows} rows fail: {'; '.join(causes)}")
     return outcome
 
 

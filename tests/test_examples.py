@@ -57,7 +57,12 @@ def test_the_conformance_example_passes_the_right_function_and_diagnoses_the_sli
         assert row.diagnosis.count("explained by") == 1, row.diagnosis
     explaining = [h.name for h in outcome["diagnosis"].explaining]
     assert explaining == ["normref with eps_mode='add_std'"]
-    assert "explained by: normref with eps_mode='add_std'" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    # the output leads with the one diagnosis, then each function's verdict
+    assert lines[0].endswith("is explained by: normref with eps_mode='add_std'")
+    assert lines[1].startswith("  layer_norm: conforms")
+    assert lines[2].startswith("  layer_norm_eps_on_std: ")
+    assert len(lines) == 3
 
 
 def test_signal_propagation_follows_the_laws_and_shows_the_mean_shift(
