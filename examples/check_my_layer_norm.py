@@ -12,12 +12,20 @@ Run ``python -m examples.check_my_layer_norm``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 import conformance
 
 
-def _layer_norm(x, gamma, beta, axes, divisor):
+def _layer_norm(
+    x: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    axes: tuple[int, ...],
+    divisor: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """(x - mean) / divisor(var) then the affine, with torch's dtype handling.
 
     Like torch, statistics of float16 input are taken in float32 (their squares
@@ -34,12 +42,26 @@ def _layer_norm(x, gamma, beta, axes, divisor):
     return y.astype(x.dtype)
 
 
-def layer_norm(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+def layer_norm(
+    x: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    *,
+    axes: tuple[int, ...] = (-1,),
+    eps: float = 1e-5,
+) -> np.ndarray:
     """Layer norm as torch defines it: (x - mean) / sqrt(var + eps), biased variance."""
     return _layer_norm(x, gamma, beta, axes, lambda var: np.sqrt(var + eps))
 
 
-def layer_norm_eps_on_std(x, gamma=None, beta=None, *, axes=(-1,), eps=1e-5):
+def layer_norm_eps_on_std(
+    x: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    *,
+    axes: tuple[int, ...] = (-1,),
+    eps: float = 1e-5,
+) -> np.ndarray:
     """The slip: (x - mean) / (sqrt(var) + eps)."""
     return _layer_norm(x, gamma, beta, axes, lambda var: np.sqrt(var) + eps)
 
