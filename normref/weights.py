@@ -49,7 +49,8 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
-from normref._lib.units import unit_axis
+from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref._lib.units import norms, unit_axis
 from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_EPS_MODES
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
@@ -334,7 +335,7 @@ def _zero_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Ar
     if layer.params["eps"] > 0:
         return None, v
     axes = fan_in_axes(v.ndim, layer.param_axes[0])
-    zero = xp.sum(v * v, axis=axes, keepdims=True) == 0
+    zero = xp.logical_not(xp.any(v != 0, axis=axes, keepdims=True))
     return zero, xp.where(zero, 1.0, v)
 
 
@@ -429,17 +430,24 @@ def weight_norm_vjp(
 
 
 class _PowerIteration(NamedTuple):
+    """The state after the power iteration, of the ``(units, fan-in)`` matrix of ``w`` times
+    the power of two ``scale``: ``matrix`` and ``sigma`` are scaled, ``u`` and ``v`` are not."""
+
     matrix: Array
     u: Array
     v: Array
     sigma: Array
+    scale: Array
 
 
-def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str) -> Array:
-    squared = xp.sum(x * x)
+def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str, scale: Array) -> Array:
+    r"""The vector ``t = x / scale`` normalized: :math:`t / \max(\|t\|, \epsilon)` or
+    :math:`t / \sqrt{\|t\|^2 + \epsilon}`, computed from ``x`` (the power of two
+    ``scale`` cancels but in ``eps``), with a norm that neither overflows nor underflows."""
+    norm = norms(xp, x, (0,))
     if eps_mode == "max":
-        return x / xp.maximum(xp.sqrt(squared), eps)
-    return x / xp.sqrt(squared + eps)
+        return x / xp.maximum(norm, eps * scale)
+    return x / xp.hypot(norm, math.sqrt(eps) * scale)
 
 
 def _check_spectral_args(
@@ -487,16 +495,20 @@ def _power_iteration(
     eps_mode: str,
     axis: int,
 ) -> _PowerIteration:
-    matrix = _matrix(xp, w, axis)
+    # W times a power of two c, so that its products neither overflow nor underflow: the
+    # normalized vectors and W / sigma are those of W (with eps times c), sigma is c sigma
+    unscaled = _matrix(xp, w, axis)
+    scale = power_of_two_scale(xp, max_magnitude(xp, xp.reshape(unscaled, (-1,)), (0,)))[0]
+    matrix = unscaled * scale
     for _ in range(n_power_iterations):
         if order == "v_first":
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
+            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode, scale)
+            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode, scale)
         else:
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
+            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode, scale)
+            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode, scale)
     sigma = xp.sum(u * xp.matmul(matrix, v))
-    return _PowerIteration(matrix, u, v, sigma)
+    return _PowerIteration(matrix, u, v, sigma, scale)
 
 
 def _spectral_parts(
@@ -538,9 +550,10 @@ def _spectral_parts(
     return xp, dtype, axis, state
 
 
-def _nonzero(xp: Namespace, sigma: Array) -> Array:
-    """``sigma`` where it is not 0, else 1: a zero sigma leaves the weight unscaled."""
-    return xp.where(sigma == 0, 1.0, sigma)
+def _divisor(xp: Namespace, state: _PowerIteration) -> Array:
+    """The scaled ``sigma`` where it is not 0, else the scale: a zero sigma leaves the weight
+    unscaled (the scaled matrix divided by its scale)."""
+    return xp.where(state.sigma == 0, state.scale, state.sigma)
 
 
 def spectral_norm(
@@ -610,16 +623,16 @@ def spectral_norm(
         ``u`` and ``v`` in their dtypes (``v`` in ``w``'s when it was not
         given), and :math:`\sigma` as a 0-d array in ``w``'s dtype.
     """
-    xp, dtype, _, state = _spectral_parts(
+    xp, _, axis, state = _spectral_parts(
         w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision
     )
-    weight = to_dtype(xp, w, dtype) / _nonzero(xp, state.sigma)
+    weight = _unmatrix(xp, state.matrix / _divisor(xp, state), tuple(w.shape), axis)
     out = output_dtype(xp, precision, w)
     return SpectralNormResult(
         weight=to_dtype(xp, weight, out),
-        u=to_dtype(xp, state.u, u.dtype),
-        v=to_dtype(xp, state.v, (w if v is None else v).dtype),
-        sigma=to_dtype(xp, state.sigma, out),
+        u=to_dtype(xp, xp.asarray(state.u, copy=True), u.dtype),
+        v=to_dtype(xp, xp.asarray(state.v, copy=True), (w if v is None else v).dtype),
+        sigma=to_dtype(xp, state.sigma / state.scale, out),
     )
 
 
@@ -666,9 +679,10 @@ def spectral_norm_vjp(
     )
     _check_dy(dy, w, "w")
     dy_m = _matrix(xp, to_dtype(xp, dy, dtype), axis)
-    sigma = _nonzero(xp, state.sigma)
+    sigma = _divisor(xp, state)
     y_m = state.matrix / sigma
     outer = xp.reshape(state.u, (-1, 1)) * xp.reshape(state.v, (1, -1))
     projection = xp.where(state.sigma == 0, 0.0, xp.sum(dy_m * y_m))
-    d_w = (dy_m - projection * outer) / sigma
+    # 1 / sigma of w is scale / sigma of the scaled matrix
+    d_w = ((dy_m - projection * outer) / sigma) * state.scale
     return WeightGrad(to_dtype(xp, _unmatrix(xp, d_w, tuple(w.shape), axis), w.dtype))

@@ -17,6 +17,12 @@ exception: each chunk adds its rows' products to a running sum per parameter
 (as many roundings as the chunk has rows), and the chunks' sums are then
 added by NumPy.
 
+Every statistic is taken of a group's values times a power of two, its
+``scale``, chosen from the group's largest magnitude (or the floor its
+caller gives, the scale of ``eps``) as :mod:`normref._lib.scaling` chooses it
+for the generic path: multiplying by it is exact, and the scaled sums of
+squares neither overflow nor underflow (:func:`moments`).
+
 Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
 the groups into ``chunks`` (the leading dimension of its scratch or partial
 arrays, chosen from the problem size alone). Its caller runs ranges of chunks
@@ -26,6 +32,7 @@ depends on another's, every result is the same whatever the number of threads.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -44,22 +51,24 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit_reassoc
-def _piece_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
-    """Sum of ``piece - shift``, or of its squares."""
+def _piece_sum(piece: Any, scale: Any, shift: Any, squares: bool, zero: Any) -> Any:
+    """Sum of ``piece * scale - shift``, or of its squares."""
     total = zero
     if squares:
         for i in range(piece.shape[0]):
-            d = piece[i] - shift
+            d = piece[i] * scale - shift
             total += d * d
     else:
         for i in range(piece.shape[0]):
-            total += piece[i] - shift
+            total += piece[i] * scale - shift
     return total
 
 
 @_jit_reassoc
-def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``(x - mean)**2``, of ``dyh`` and of ``dyh * (x - mean)`` over one piece.
+def _piece_vjp_sums(
+    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any
+) -> tuple[Any, Any, Any]:
+    """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
     a piece as long as ``x``.
@@ -68,7 +77,7 @@ def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[
     dyh_total = zero
     dyh_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean
+        d = x[i] * scale - mean
         h = dy[i] * gamma[i]
         squares += d * d
         dyh_total += h
@@ -77,8 +86,8 @@ def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[
 
 
 @_jit_reassoc
-def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``(x - mean)**2``, of ``dy`` and of ``dy * (x - mean)`` over one piece.
+def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
+    """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, ``d = x * scale - mean``.
 
     For parameters constant along the piece, whose caller scales the last two
     by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
@@ -88,7 +97,7 @@ def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any
     dy_total = zero
     dy_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean
+        d = x[i] * scale - mean
         h = dy[i] + zero
         squares += d * d
         dy_total += h
@@ -97,15 +106,26 @@ def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any
 
 
 @_jit_reassoc
-def _row_param_sums(x: Any, dy: Any, mean: Any, inv_s: Any, zero: Any) -> tuple[Any, Any]:
+def _row_param_sums(
+    x: Any, dy: Any, scale: Any, mean: Any, inv_s: Any, zero: Any
+) -> tuple[Any, Any]:
     """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it."""
     dy_x_hat = zero
     dy_total = zero
     for i in range(x.shape[0]):
         h = dy[i] + zero
-        dy_x_hat += h * ((x[i] - mean) * inv_s)
+        dy_x_hat += h * ((x[i] * scale - mean) * inv_s)
         dy_total += h
     return dy_x_hat, dy_total
+
+
+@_jit_reassoc
+def _piece_magnitude(piece: Any, largest: Any) -> Any:
+    """``max(largest, max |piece|)`` (a NaN is passed over: it makes the group's sums NaN)."""
+    for i in range(piece.shape[0]):
+        a = abs(piece[i])
+        largest = max(largest, a)
+    return largest
 
 
 # ---------------------------------------------------------------------------- cascade
@@ -139,8 +159,10 @@ def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
 
 
 @_jit
-def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, chunk: int) -> Any:
-    """Pairwise sum over group ``(g0, g2)`` of ``x - shift`` or of its squares.
+def _group_sum(
+    x: Any, g0: int, g2: int, scale: Any, shift: Any, squares: bool, stack: Any, chunk: int
+) -> Any:
+    """Pairwise sum over group ``(g0, g2)`` of ``x * scale - shift`` or of its squares.
 
     Short rows are gathered into one piece until it holds ``PIECE`` elements.
     """
@@ -152,7 +174,7 @@ def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, 
             row = x[g0, s1, g2, s3]
             for start in range(0, row.shape[0], PIECE):
                 part = row[start : start + PIECE]
-                piece += _piece_sum(part, shift, squares, zero)
+                piece += _piece_sum(part, scale, shift, squares, zero)
                 filled += part.shape[0]
                 if filled >= PIECE:
                     depth, count = _push(stack, chunk, depth, count, (piece,))
@@ -162,12 +184,40 @@ def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, 
     return _drain(stack, chunk, 0, depth, zero)
 
 
+@_jit
+def _group_scale(x: Any, g0: int, g2: int, floor: float, exponents: tuple[int, int]) -> float:
+    """The power of two of group ``(g0, g2)``: ``2**-e`` with ``2**e`` the largest power of two
+    not above its largest magnitude (or ``floor``, where that is larger), ``e`` clamped to
+    ``exponents`` (so that the scale is a normal number); 1 for a group of zeros."""
+    largest = floor  # a float64: the magnitudes of float32 elements are exact in it
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            largest = _piece_magnitude(x[g0, s1, g2, s3], largest)
+    if largest == 0:
+        return 1.0
+    lowest, highest = exponents
+    exponent = highest if largest == math.inf else math.frexp(largest)[1] - 1
+    return math.ldexp(1.0, -min(max(exponent, lowest), highest))
+
+
 # ---------------------------------------------------------------------------- kernels
 
 
 @_jit
-def moments(x: Any, center: bool, mean: Any, m2: Any, stack: Any, first: int, stop: int) -> None:
-    """Per group ``g = g0 * G2 + g2``: ``mean`` (0 unless ``center``) and ``m2 = sum (x - mean)**2``.
+def moments(
+    x: Any,
+    center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    scale: Any,
+    mean: Any,
+    m2: Any,
+    stack: Any,
+    first: int,
+    stop: int,
+) -> None:
+    """Per group ``g = g0 * G2 + g2``: its ``scale`` (:func:`_group_scale`), and of its values
+    times it the ``mean`` (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
 
     ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
     """
@@ -178,16 +228,19 @@ def moments(x: Any, center: bool, mean: Any, m2: Any, stack: Any, first: int, st
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
+            c = real(_group_scale(x, g0, g2, floor, exponents))
             mu = real(0)
             if center:
-                mu = _group_sum(x, g0, g2, real(0), False, stack, chunk) / n
+                mu = _group_sum(x, g0, g2, c, real(0), False, stack, chunk) / n
+            scale[g] = c
             mean[g] = mu
-            m2[g] = _group_sum(x, g0, g2, mu, True, stack, chunk)
+            m2[g] = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
 
 
 @_jit
 def normalize(
     x: Any,
+    scale: Any,
     mean: Any,
     inv_s: Any,
     gamma: Any,
@@ -198,7 +251,8 @@ def normalize(
     first: int,
     stop: int,
 ) -> None:
-    """``y = (x - mean) * inv_s * gamma + beta``, per group.
+    """``y = (x * scale - mean) * inv_s * gamma + beta``, per group (``mean`` and ``inv_s`` of
+    the scaled values).
 
     The caller passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent
     parameters: multiplying by 1 and adding -0.0 change no value.
@@ -207,7 +261,7 @@ def normalize(
     p0, p1, p2, p3, p4 = param_strides
     for g in range(first * groups // chunks, stop * groups // chunks):
         g0, g2 = g // x.shape[2], g % x.shape[2]
-        mu, scale = mean[g], inv_s[g]
+        c, mu, factor = scale[g], mean[g], inv_s[g]
         for s1 in range(x.shape[1]):
             for s3 in range(x.shape[3]):
                 p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
@@ -215,11 +269,11 @@ def normalize(
                 if p4 == 0:
                     gm, bt = gamma[p], beta[p]
                     for i in range(row.shape[0]):
-                        out[i] = (row[i] - mu) * scale * gm + bt
+                        out[i] = (row[i] * c - mu) * factor * gm + bt
                 else:
                     gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
                     for i in range(row.shape[0]):
-                        out[i] = (row[i] - mu) * scale * gamma_row[i] + beta_row[i]
+                        out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
 
 
 @_jit
@@ -229,6 +283,9 @@ def vjp_sums(
     gamma: Any,
     param_strides: tuple[int, ...],
     center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    scale: Any,
     mean: Any,
     m2: Any,
     dyh: Any,
@@ -237,7 +294,8 @@ def vjp_sums(
     first: int,
     stop: int,
 ) -> None:
-    """Per group: ``mean``, ``m2`` and the sums of ``dyh`` and ``dyh * (x - mean)``.
+    """Per group: ``scale``, ``mean`` and ``m2`` (as :func:`moments`), and the sums of ``dyh``
+    and of ``dyh * d``, ``d = x * scale - mean``.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
     of ones where the layer has none); ``stack`` is ``(chunks, 3, DEPTH)``
@@ -252,9 +310,10 @@ def vjp_sums(
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
+            c = real(_group_scale(x, g0, g2, floor, exponents))
             mu = zero
             if center:
-                mu = _group_sum(x, g0, g2, zero, False, stack, chunk) / n
+                mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
             depth = count = filled = 0
             pieces = (zero, zero, zero)
             for s1 in range(x.shape[1]):
@@ -266,11 +325,11 @@ def vjp_sums(
                         if p4:
                             gamma_part = gamma[p + start : p + end]
                             sums = _piece_vjp_sums(
-                                row[start:end], dy_row[start:end], gamma_part, mu, zero
+                                row[start:end], dy_row[start:end], gamma_part, c, mu, zero
                             )
                         else:
                             squares, dy_total, dy_centred = _piece_dy_sums(
-                                row[start:end], dy_row[start:end], mu, zero
+                                row[start:end], dy_row[start:end], c, mu, zero
                             )
                             sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
                         pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
@@ -280,6 +339,7 @@ def vjp_sums(
                             pieces, filled = (zero, zero, zero), 0
             if filled:
                 depth, count = _push(stack, chunk, depth, count, pieces)
+            scale[g] = c
             mean[g] = mu
             m2[g] = _drain(stack, chunk, 0, depth, zero)
             dyh[g] = _drain(stack, chunk, 1, depth, zero)
@@ -292,8 +352,10 @@ def vjp_apply(
     dy: Any,
     gamma: Any,
     param_strides: tuple[int, ...],
+    scale: Any,
     mean: Any,
     inv_s: Any,
+    inverse: Any,
     coef: Any,
     dyh_mean: Any,
     dx: Any,
@@ -302,8 +364,10 @@ def vjp_apply(
     first: int,
     stop: int,
 ) -> None:
-    """``dx = (dyh - dyh_mean) * inv_s + (x - mean) * coef``, and the parameters' gradients.
+    """``dx = (dyh - dyh_mean) * inverse + d * coef``, and the parameters' gradients.
 
+    ``d = x * scale - mean`` are the scaled centred values, ``x_hat = d * inv_s``
+    the normalized ones, ``inverse`` is ``1/s`` of the unscaled values and
     ``dyh = dy * gamma`` (``gamma`` of ones where the layer has none).
     ``d_gamma`` and ``d_beta`` are ``(chunks, P)`` partial sums (zeros on
     entry) of ``dy * x_hat`` and ``dy`` per parameter, one row per chunk of
@@ -316,7 +380,14 @@ def vjp_apply(
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            mu, scale, k, centre = mean[g], inv_s[g], coef[g], dyh_mean[g]
+            c, mu, factor, r, k, centre = (
+                scale[g],
+                mean[g],
+                inv_s[g],
+                inverse[g],
+                coef[g],
+                dyh_mean[g],
+            )
             for s1 in range(x.shape[1]):
                 for s3 in range(x.shape[3]):
                     p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
@@ -324,8 +395,8 @@ def vjp_apply(
                     if p4 == 0:
                         gm = gamma[p]
                         for i in range(row.shape[0]):
-                            out[i] = (dy_row[i] * gm - centre) * scale + (row[i] - mu) * k
-                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, mu, scale, zero)
+                            out[i] = (dy_row[i] * gm - centre) * r + (row[i] * c - mu) * k
+                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
                         d_gamma[chunk, p] += dy_x_hat
                         d_beta[chunk, p] += dy_total
                     else:
@@ -335,7 +406,7 @@ def vjp_apply(
                         d_beta_row = d_beta[chunk, p : p + size]
                         for i in range(size):
                             h = dy_row[i] + zero
-                            d = row[i] - mu
-                            d_gamma_row[i] += h * (d * scale)
+                            d = row[i] * c - mu
+                            d_gamma_row[i] += h * (d * factor)
                             d_beta_row[i] += h
-                            out[i] = (h * gamma_row[i] - centre) * scale + d * k
+                            out[i] = (h * gamma_row[i] - centre) * r + d * k

@@ -59,7 +59,14 @@ from normref.layers.compose import (
     normalize_vjp,
 )
 from normref.ops.base import GroupOp
-from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, rms_params, std_params
+from normref.ops.standardization import (
+    RMS_SCALE,
+    STANDARDIZE,
+    divisor,
+    group_count,
+    rms_params,
+    std_params,
+)
 from normref.partition import (
     Partition,
     batch_partition,
@@ -68,7 +75,13 @@ from normref.partition import (
     instance_partition,
     layer_partition,
 )
-from normref.stats import RunningStats, batch_weight, moments, running_update
+from normref.stats import (
+    RunningStats,
+    batch_weight,
+    check_running_count,
+    mean_and_variance,
+    running_update,
+)
 from normref.types import Precision
 
 
@@ -577,13 +590,14 @@ def batch_norm_train(
         precision=precision,
     )
     channel = normalize_axis(axis, x.ndim)
-    batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
+    reduced = tuple(a for a in range(x.ndim) if a != channel)
+    mean, var = mean_and_variance(x, reduced, precision=precision)
     stats = running_update(
         running_mean,
         running_var,
-        batch.mean,
-        batch.m2 / batch.count,
-        batch.count,
+        mean,
+        var,
+        group_count(x, reduced),
         momentum=momentum,
         convention=convention,
         num_batches_tracked=num_batches_tracked,
@@ -618,6 +632,8 @@ def batch_norm_train_vjp(
     namespace_of(dy=dy)
     _check_running_stats(x, running_mean, running_var, axis)
     batch_weight(momentum, convention, num_batches_tracked)
+    channel = normalize_axis(axis, x.ndim)
+    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
     return batch_norm_vjp(
         dy,
         x,

@@ -20,8 +20,9 @@ from normref.registry.spec import ErrorCase, OpSpec, Rng, Sample, SpecialInput
 EPS_MODE = (("eps_mode", "eps_mode"),)
 """The convention keyword of the operations that take the convention's ``eps_mode``."""
 
-SINGLE_SAMPLE = "which needs at least 2 samples per group"
-"""What the refusal of a group of one sample says."""
+SINGLE_SAMPLE = "needs at least 2 samples per group"
+"""What the refusal of a group of one sample with the unbiased variance (``correction=1``)
+says: a lone sample has a biased variance, 0, but no unbiased one."""
 
 
 def normal(rng: Rng, shape: tuple[int, ...]) -> Any:
@@ -78,8 +79,8 @@ CANONICAL_RANK = ErrorCase(
 
 
 def one_sample_canonical(sample: Sample) -> Sample:
-    """The canonical ``x`` cut to one sample per group."""
-    return sample.replace(x=sample.args["x"][:, :1, :])
+    """The canonical ``x`` cut to one sample per group, with the unbiased variance."""
+    return sample.replace(x=sample.args["x"][:, :1, :], correction=1)
 
 
 # ---------------------------------------------------------------------------

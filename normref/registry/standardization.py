@@ -219,12 +219,17 @@ def _collapse_samples(
     return modify
 
 
+def _unbiased(modify: Callable[[Sample], Sample]) -> Callable[[Sample], Sample]:
+    """``modify``, then the unbiased variance (``correction=1``)."""
+    return lambda s: modify(s).replace(correction=1)
+
+
 _ONE_SAMPLE_CANONICAL = ErrorCase(
-    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
+    "a group of one sample, unbiased variance", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
 _ONE_VALUE_PER_CHANNEL = ErrorCase(
-    "one value per channel",
-    _collapse_samples(lambda _n, c: (1, c)),
+    "one value per channel, unbiased variance",
+    _unbiased(_collapse_samples(lambda _n, c: (1, c))),
     ValueError,
     SINGLE_SAMPLE,
 )
@@ -345,6 +350,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(
             *CHANNEL_ERRORS,
             _ONE_VALUE_PER_CHANNEL,
+            ErrorCase(
+                "one value per channel, an unbiased running variance",
+                lambda s: _collapse_samples(lambda _n, c: (1, c))(s).replace(convention="torch"),
+                ValueError,
+                "keeps an unbiased running variance, which needs count >= 2",
+            ),
             wrong_param("running_mean"),
             wrong_param("running_var"),
             ErrorCase(
@@ -382,8 +393,10 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "names an axis twice",
             ),
             ErrorCase(
-                "one value per group",
-                lambda s: s.replace(x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None),
+                "one value per group, unbiased variance",
+                lambda s: s.replace(
+                    x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None, correction=1
+                ),
                 ValueError,
                 SINGLE_SAMPLE,
             ),
@@ -414,8 +427,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 r"rank >= 3",
             ),
             ErrorCase(
-                "one spatial value",
-                _collapse_samples(lambda n, c: (n, c, 1)),
+                "one spatial value, unbiased variance",
+                _unbiased(_collapse_samples(lambda n, c: (n, c, 1))),
                 ValueError,
                 SINGLE_SAMPLE,
             ),

@@ -154,7 +154,12 @@ def _one_fan_in(primary: str) -> ErrorCase:
         index = tuple(slice(None) if a == axis else slice(0, 1) for a in range(w.ndim))
         return s.replace(**{primary: w[index]})
 
-    return ErrorCase("a fan-in of one value", keep_one, ValueError, "at least 2 samples")
+    return ErrorCase(
+        "a fan-in of one value, unbiased variance",
+        lambda s: keep_one(s).replace(correction=1),
+        ValueError,
+        "at least 2 samples",
+    )
 
 
 def _flattened(primary: str, rank: int) -> ErrorCase:
@@ -171,7 +176,6 @@ def _flattened(primary: str, rank: int) -> ErrorCase:
 _WS_ERRORS = (
     out_axis_out_of_range("w"),
     _flattened("w", 2),
-    _one_fan_in("w"),
 )
 _SPECTRAL_ERRORS = (
     out_axis_out_of_range("w"),
@@ -214,6 +218,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         errors=(
             *_WS_ERRORS,
+            _one_fan_in("w"),
             ErrorCase(
                 "an unknown eps_mode",
                 lambda s: s.replace(eps_mode="max_fan_in"),

@@ -108,13 +108,14 @@ def _whitening_layer_partition(sample: Sample) -> Partition:
 
 
 def _one_sample_per_group(sample: Sample) -> Sample:
-    """x of shape (1, C): every group of channels has one sample."""
+    """x of shape (1, C): every group of channels has one sample; the unbiased covariance."""
     c = sample.args["gamma"].shape[0]
-    return sample.replace(x=sample.args["x"].reshape(-1)[:c].reshape((1, c)), axis=1)
+    x = sample.args["x"].reshape(-1)[:c].reshape((1, c))
+    return sample.replace(x=x, axis=1, correction=1)
 
 
 _ONE_SAMPLE_CANONICAL = ErrorCase(
-    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
+    "a group of one sample, unbiased covariance", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
 _BAD_CORRECTION = ErrorCase(
     "correction = 2",
@@ -295,7 +296,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=_WHITENING_PROPERTIES,
         errors=(
             *_WHITENING_LAYER_ERRORS,
-            ErrorCase("one sample per group", _one_sample_per_group, ValueError, SINGLE_SAMPLE),
+            ErrorCase(
+                "one sample per group, unbiased covariance",
+                _one_sample_per_group,
+                ValueError,
+                SINGLE_SAMPLE,
+            ),
             _BAD_CORRECTION,
             ErrorCase(
                 "an unknown method",
