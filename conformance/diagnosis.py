@@ -66,6 +66,7 @@ from conformance.checked.models import (
     variations,
 )
 from conformance.checked.ops import CheckedOp, get_op
+from conformance.judging.reference import Refusal, reference_or_refusal
 from conformance.judging.rows import Row, quietly
 from conformance.judging.runner import check_row, select_cases
 
@@ -240,6 +241,20 @@ def _overshoot(binding: Binding, case: Case, dtype: str, model: Model, backend: 
     return max((float("inf") if c.problem else c.used for c in checks), default=0.0)
 
 
+def _refused(binding: Binding, case: Case, dtype: str, model: Model, backend: Backend) -> bool:
+    """Whether normref under ``model`` refuses the row (an unbiased running variance of one
+    value per channel): an error path, which ``run`` reports and which no hypothesis explains."""
+    row = Row.of(binding, case, dtype, backend)
+    found = reference_or_refusal(
+        row.prepared,
+        model,
+        backward=row.backward,
+        backend=backend,
+        evaluate=lambda: row.expected(model),
+    )
+    return isinstance(found, Refusal)
+
+
 def diagnose_binding(
     binding: Binding,
     dtypes: Sequence[str],
@@ -261,7 +276,12 @@ def diagnose_binding(
         )
         raise NothingToDiagnoseError(msg)
     cases = [c for c in select_cases(binding.op, seed=seed) if c.kind != "error"]
-    rows = {f"{c.id} {d}": (c, d) for c in cases for d in taken}
+    rows = {
+        f"{c.id} {d}": (c, d)
+        for c in cases
+        for d in taken
+        if not _refused(binding, c, d, base, backend)
+    }
     tried = hypotheses(binding.op, base)
     if progress is not None:
         progress(len(tried) * len(rows), "")

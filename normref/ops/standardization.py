@@ -235,7 +235,9 @@ def nonzero_divisor(xp: Namespace, s: Array) -> Array:
 
 
 def _center_forward(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    return x - xp.mean(x, axis=axes, keepdims=True)
+    # the mean of the values times a power of two: their sum does not overflow
+    scale = group_scale(xp, x, axes)
+    return x - xp.mean(x * scale, axis=axes, keepdims=True) / scale
 
 
 def _center_vjp(xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:

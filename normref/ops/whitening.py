@@ -550,6 +550,13 @@ def _output_matrix(method: Whitening, w: Array, scale: Array) -> Array:
     return w if method.degree else w / scale
 
 
+def _folds(xp: Namespace, dtype: Any) -> bool:
+    """Whether a group's power of two is folded into its small matrices (one pass fewer over
+    the samples): not in float16 or bfloat16, where it could take their entries below the
+    normal range that the samples' values are in."""
+    return bool(xp.finfo(dtype).bits >= 32)
+
+
 def _forward(
     method: Whitening,
     xp: Namespace,
@@ -565,8 +572,12 @@ def _forward(
     operation's own)."""
     stats = group_covariance(xp, x, axes, eps=eps, correction=correction, algorithm=algorithm)
     w, _ = method.checked_matrix(xp, stats.cov, stats.shift, **params)
-    w = _output_matrix(method, poisoned(xp, w, stats.finite), stats.scale)
-    return products_over(xp, stats.centred, _mT(xp, w))
+    w = poisoned(xp, w, stats.finite)
+    if _folds(xp, w.dtype) or method.degree:
+        return products_over(xp, stats.centred, _mT(xp, _output_matrix(method, w, stats.scale)))
+    y = products_over(xp, stats.centred, _mT(xp, w))
+    y /= stats.scale  # in place: y is this function's own array
+    return y
 
 
 class AffineGrads(NamedTuple):
@@ -618,15 +629,21 @@ def _affine_vjp(
     products = _mT(xp, dy) @ centred
     w = poisoned(xp, w, stats.finite)
     w_out = _output_matrix(method, w, stats.scale)
-    dy_dot_y = _mT(xp, xp.sum(w_out * products, axis=-1, keepdims=True))
+    dy_dot_y = _mT(xp, xp.sum(w * products, axis=-1, keepdims=True))
+    if not method.degree:
+        dy_dot_y /= stats.scale  # in place: Σ (W/c) ∘ (Ȳᵀ X_c), formed without overflow
     rows = None if gamma is None else _mT(xp, gamma)
     sigma_bar = method.checked_cotangent(xp, products if rows is None else rows * products, saved)
     m = group_count(x, axes)
     through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), stats.finite)
-    if method.degree:  # dx = c (P(dy) W + X_c Σ̄'), with c folded into the small matrices
+    # dx = c (P(dy) W + X_c Σ̄') for a whitening, c folded into the small matrices or not
+    folds = _folds(xp, w.dtype)
+    if method.degree and folds:
         w, through_sigma = w * stats.scale, through_sigma * stats.scale
     dy -= dy_sum / m  # in place: the centred cotangent P(dy)
     dx = products_over(xp, dy, w if rows is None else rows * w, centred, through_sigma)
+    if method.degree and not folds:
+        dx *= stats.scale  # in place: dx is written over dy, this function's own array
     return AffineGrads(dx, dy_dot_y, dy_sum, centred, w_out)
 
 

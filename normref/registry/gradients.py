@@ -29,7 +29,7 @@ from normref.registry.sampling import (
     zero_unit,
     zeros,
 )
-from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, SpecialInput
+from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, ScalingLaw, SpecialInput
 from normref.registry.weights import KERNEL_BENCHMARKS, out_axis_out_of_range, weight_units
 from normref.types import Precision
 
@@ -174,6 +174,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             zero_unit("grad", "zero-gradient-unit", "unit 0 of the gradient zero"),
         ),
         benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
+        scaling=ScalingLaw(
+            inputs={"grad": 1, "param": 1},
+            outputs={"y": 1},
+            gradients={"grad": 0, "param": 0},
+            eps={"": 1},
+        ),
     ),
     OpSpec(
         "clip_by_global_norm",
@@ -207,6 +213,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
             zeros("zero-gradients", "every gradient zero", "grad", "bias_grad"),
         ),
+        scaling=ScalingLaw(
+            inputs={"grad": 1, "bias_grad": 1, "max_norm": 1},
+            outputs={"y": 1, "clipped_bias_grad": 1},
+            eps={"": 1},
+        ),
     ),
     OpSpec(
         "unitwise_norm",
@@ -222,6 +233,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(out_axis_out_of_range("x"),),
         convention_fields=("unit_axes",),
         special_inputs=(zero_unit("x", "zero-unit", "unit 0 all zeros"),),
+        scaling=ScalingLaw(inputs={"x": 1}, outputs={"y": 1}),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -21,14 +21,16 @@ from normref.registry.sampling import (
     CHANNEL_ERRORS,
     EPS_MODE,
     SINGLE_SAMPLE,
+    VARIANCE_EPS,
     divisors,
     normal,
+    normalizing_law,
     one_sample_canonical,
     positive,
     wrong_param,
     x_shape,
 )
-from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample
+from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample, ScalingLaw
 
 ACTIVATIONS_LARGE = (32, 64, 56, 56)
 """ResNet-50 stage 1 activations (N, C, H, W) at batch 32."""
@@ -233,6 +235,14 @@ _ONE_VALUE_PER_CHANNEL = ErrorCase(
     ValueError,
     SINGLE_SAMPLE,
 )
+_GIVEN_STATISTICS_LAW = ScalingLaw(
+    inputs={"x": 1, "running_mean": 1, "running_var": 2},
+    outputs={"y": 0},
+    gradients={"x": -1, "gamma": 0, "beta": 0},
+    eps=VARIANCE_EPS,
+)
+"""Batch norm with given statistics: the statistics scaled with ``x``, as the batch's would."""
+
 _STANDARDIZING = frozenset(
     {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
 )
@@ -252,6 +262,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         _canonical_partition,
         properties=frozenset({"zero_mean", "shift_invariant", "idempotent"}),
         errors=(CANONICAL_RANK,),
+        scaling=ScalingLaw(inputs={"x": 1}, outputs={"y": 1}, gradients={"x": 0}),
     ),
     OpSpec(
         "scale",
@@ -267,6 +278,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=frozenset({"scale_invariant"}),
         errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
         convention_keywords=EPS_MODE,
+        scaling=normalizing_law(),
     ),
     OpSpec(
         "rms_scale",
@@ -282,6 +294,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=frozenset({"unit_rms", "scale_invariant", "idempotent"}),
         errors=(CANONICAL_RANK,),
         convention_keywords=EPS_MODE,
+        scaling=normalizing_law(),
     ),
     OpSpec(
         "standardize",
@@ -297,6 +310,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=_STANDARDIZING,
         errors=(CANONICAL_RANK, _ONE_SAMPLE_CANONICAL),
         convention_keywords=EPS_MODE,
+        scaling=normalizing_law(),
     ),
     # ----------------------------------------------------------- layers
     OpSpec(
@@ -316,6 +330,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "batch_norm_inference",
@@ -333,6 +348,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(*CHANNEL_ERRORS, wrong_param("running_mean"), wrong_param("running_var")),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        scaling=_GIVEN_STATISTICS_LAW,
     ),
     OpSpec(
         "batch_norm_train",
@@ -369,6 +385,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         state=("running_mean", "running_var"),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        scaling=ScalingLaw(
+            inputs=_GIVEN_STATISTICS_LAW.inputs,
+            outputs={"y": 0, "running_mean": 1, "running_var": 2},
+            gradients=_GIVEN_STATISTICS_LAW.gradients,
+            eps=VARIANCE_EPS,
+        ),
     ),
     OpSpec(
         "layer_norm",
@@ -404,6 +426,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="layer_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_TOKEN_BENCHMARKS,
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "instance_norm",
@@ -437,6 +460,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="instance_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "group_norm",
@@ -469,6 +493,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="group_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_activation_benchmarks(num_groups=GROUP_NORM_GROUPS),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "ghost_batch_norm",
@@ -494,6 +519,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "rms_norm",
@@ -512,6 +538,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="rms_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=_TOKEN_BENCHMARKS,
+        scaling=normalizing_law("x", "gamma"),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

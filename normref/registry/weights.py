@@ -27,6 +27,7 @@ from normref import weights
 from normref.partition import Partition, unit_partition
 from normref.registry.sampling import (
     EPS_MODE,
+    normalizing_law,
     replace_arg,
     unit_index,
     unit_param,
@@ -41,6 +42,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    ScalingLaw,
     SpecialInput,
 )
 
@@ -173,6 +175,10 @@ def _flattened(primary: str, rank: int) -> ErrorCase:
     )
 
 
+_L2_EPS = {"": 1, "max": 1, "add": 2}
+"""The power of ``eps`` of spectral norm's vector normalization: compared with a norm
+(``"max"``, the default) or added to its square (``"add"``)."""
+
 _WS_ERRORS = (
     out_axis_out_of_range("w"),
     _flattened("w", 2),
@@ -228,6 +234,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         convention_keywords=EPS_MODE,
         benchmarks=KERNEL_BENCHMARKS,
+        scaling=normalizing_law("w"),
     ),
     OpSpec(
         "scaled_weight_standardize",
@@ -268,6 +275,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         benchmarks=KERNEL_BENCHMARKS,
+        scaling=normalizing_law("w", "gain", eps={"max_fan_in": 2, "max": 2, "add": 2}),
     ),
     OpSpec(
         "weight_norm",
@@ -297,6 +305,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_argument=False,
         convention_fields=("zero_norm",),
         special_inputs=(zero_unit("v", "zero-unit", "unit 0 all zeros: no direction"),),
+        scaling=normalizing_law("v", "g", eps={"": 2}),
     ),
     OpSpec(
         "spectral_norm",
@@ -321,6 +330,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         state=("u", "v"),
         convention_fields=("zero_norm",),
         special_inputs=(_ZERO_WEIGHT,),
+        scaling=normalizing_law("w", eps=_L2_EPS),
     ),
     OpSpec(
         "spectral_norm_train",
@@ -343,6 +353,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_fields=("zero_norm",),
         special_inputs=(_ZERO_WEIGHT,),
         promoting_inputs=("u", "v"),
+        scaling=ScalingLaw(
+            inputs={"w": 1},
+            outputs={"y": 0, "u": 0, "v": 0, "sigma": 1},
+            gradients={"w": -1},
+            eps=_L2_EPS,
+        ),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

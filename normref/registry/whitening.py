@@ -22,6 +22,7 @@ from normref.registry.sampling import (
     SINGLE_SAMPLE,
     divisors,
     normal,
+    normalizing_law,
     one_sample_canonical,
     wrong_param,
     x_shape,
@@ -34,6 +35,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    ScalingLaw,
     SpecialInput,
 )
 
@@ -194,6 +196,12 @@ _COVARIANCE_INPUTS = (
 _CANONICAL_SHAPE = (3, 20, 3)
 """Three groups of 20 samples of 3 features: covariances of separated eigenvalues."""
 _COVARIANCE_FIELDS = ("variance_algorithm",)
+_COVARIANCE_EPS = {"": 2}
+"""``eps`` is added to a covariance."""
+_DECORRELATION_LAW = ScalingLaw(
+    inputs={"x": 1}, outputs={"y": 1}, gradients={"x": 0}, eps=_COVARIANCE_EPS
+)
+"""A rotation: its output scales with its input."""
 
 
 def _canonical_whitening(
@@ -221,6 +229,9 @@ def _canonical_whitening(
         method=method,
         typical_shape=_CANONICAL_SHAPE,
         special_inputs=_COVARIANCE_INPUTS,
+        scaling=_DECORRELATION_LAW
+        if method == "decorrelate"
+        else normalizing_law(eps=_COVARIANCE_EPS),
         capabilities=Capabilities(
             dask=method == "iter_norm",
             traceable_vjp="gradient_undefined_at_ties" not in properties,
@@ -323,6 +334,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             )
             for k in WHITENING_GROUP_SIZES
         ),
+        scaling=normalizing_law("x", "gamma", "beta", eps=_COVARIANCE_EPS),
     ),
     OpSpec(
         "batch_whiten_inference",
@@ -346,6 +358,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 ValueError,
                 "running_whitening must have shape",
             ),
+        ),
+        scaling=ScalingLaw(
+            inputs={"x": 1, "running_mean": 1, "running_whitening": -1},
+            outputs={"y": 0},
+            gradients={"x": -1, "gamma": 0, "beta": 0},
         ),
     ),
 )
