@@ -49,7 +49,7 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
-from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref._lib.scaling import max_magnitude, power_of_two_scale, times_power_of_two
 from normref._lib.units import norms, unit_axis
 from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_EPS_MODES
 from normref.layers.compose import Layer, normalize, normalize_vjp
@@ -429,25 +429,50 @@ def weight_norm_vjp(
 # Spectral normalization
 
 
+class _Scaled(NamedTuple):
+    """A vector or matrix ``m * 2**e``: ``m`` of largest magnitude near 1 (or 0), ``e`` an
+    integer-valued 0-d array, so that the value may lie beyond the dtype's range (the power
+    iteration's vectors where ``eps`` dominates their normalization)."""
+
+    m: Array
+    e: Array
+
+    def value(self, xp: Namespace) -> Array:
+        """``m * 2**e``, where it overflows or underflows as the exact value does."""
+        return times_power_of_two(xp, self.m, self.e)
+
+
+def _scaled(xp: Namespace, a: Array) -> _Scaled:
+    scale = power_of_two_scale(xp, max_magnitude(xp, xp.reshape(a, (-1,)), (0,)))[0]
+    return _Scaled(a * scale, -xp.log2(scale))
+
+
 class _PowerIteration(NamedTuple):
-    """The state after the power iteration, of the ``(units, fan-in)`` matrix of ``w`` times
-    the power of two ``scale``: ``matrix`` and ``sigma`` are scaled, ``u`` and ``v`` are not."""
+    """The state after the power iteration, each part as :class:`_Scaled`: the
+    ``(units, fan-in)`` matrix of ``w``, the new ``u`` and ``v``, and ``sigma``."""
 
-    matrix: Array
-    u: Array
-    v: Array
-    sigma: Array
-    scale: Array
+    matrix: _Scaled
+    u: _Scaled
+    v: _Scaled
+    sigma: _Scaled
 
 
-def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str, scale: Array) -> Array:
-    r"""The vector ``t = x / scale`` normalized: :math:`t / \max(\|t\|, \epsilon)` or
-    :math:`t / \sqrt{\|t\|^2 + \epsilon}`, computed from ``x`` (the power of two
-    ``scale`` cancels but in ``eps``), with a norm that neither overflows nor underflows."""
-    norm = norms(xp, x, (0,))
-    if eps_mode == "max":
-        return x / xp.maximum(norm, eps * scale)
-    return x / xp.hypot(norm, math.sqrt(eps) * scale)
+def _product(xp: Namespace, matrix: Array, vector: _Scaled, exponent: Array) -> _Scaled:
+    """``matrix @ vector`` for the mantissa ``matrix`` of a matrix of exponent ``exponent``."""
+    found = _scaled(xp, xp.matmul(matrix, vector.m))
+    return _Scaled(found.m, found.e + vector.e + exponent)
+
+
+def _l2_normalize(xp: Namespace, t: _Scaled, eps: float, eps_mode: str) -> _Scaled:
+    r""":math:`t / \max(\|t\|, \epsilon)` or :math:`t / \sqrt{\|t\|^2 + \epsilon}`, of the
+    :class:`_Scaled` ``t``: both terms of the divisor taken to the larger of their exponents,
+    so that whichever dominates is of order 1, and the result's exponent the difference."""
+    bound, exponent = math.frexp(eps if eps_mode == "max" else math.sqrt(eps))
+    top = xp.maximum(t.e, xp.full_like(t.e, float(exponent)))
+    a = norms(xp, t.m, (0,)) * 2.0 ** (t.e - top)
+    b = bound * 2.0 ** (float(exponent) - top)
+    d = xp.maximum(a, b) if eps_mode == "max" else xp.hypot(a, b)
+    return _Scaled(t.m / xp.where(d == 0, xp.ones_like(d), d), t.e - top)
 
 
 def _check_spectral_args(
@@ -495,20 +520,22 @@ def _power_iteration(
     eps_mode: str,
     axis: int,
 ) -> _PowerIteration:
-    # W times a power of two c, so that its products neither overflow nor underflow: the
-    # normalized vectors and W / sigma are those of W (with eps times c), sigma is c sigma
-    unscaled = _matrix(xp, w, axis)
-    scale = power_of_two_scale(xp, max_magnitude(xp, xp.reshape(unscaled, (-1,)), (0,)))[0]
-    matrix = unscaled * scale
+    # W, u and v as mantissas and exponents: no product overflows or underflows, and the
+    # vectors, shrunk by eps where it dominates, keep their value beyond the dtype's range
+    matrix = _scaled(xp, _matrix(xp, w, axis))
+    u_s = _scaled(xp, u)
+    v_s = None if v is None else _scaled(xp, v)
     for _ in range(n_power_iterations):
         if order == "v_first":
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode, scale)
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode, scale)
+            v_s = _l2_normalize(xp, _product(xp, matrix.m.T, u_s, matrix.e), eps, eps_mode)
+            u_s = _l2_normalize(xp, _product(xp, matrix.m, v_s, matrix.e), eps, eps_mode)
         else:
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode, scale)
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode, scale)
-    sigma = xp.sum(u * xp.matmul(matrix, v))
-    return _PowerIteration(matrix, u, v, sigma, scale)
+            assert v_s is not None  # _check_spectral_args: u_first needs v
+            u_s = _l2_normalize(xp, _product(xp, matrix.m, v_s, matrix.e), eps, eps_mode)
+            v_s = _l2_normalize(xp, _product(xp, matrix.m.T, u_s, matrix.e), eps, eps_mode)
+    assert v_s is not None  # _check_spectral_args: no iteration needs v
+    sigma = _Scaled(xp.sum(u_s.m * xp.matmul(matrix.m, v_s.m)), u_s.e + matrix.e + v_s.e)
+    return _PowerIteration(matrix, u_s, v_s, sigma)
 
 
 def _spectral_parts(
@@ -550,10 +577,13 @@ def _spectral_parts(
     return xp, dtype, axis, state
 
 
-def _divisor(xp: Namespace, state: _PowerIteration) -> Array:
-    """The scaled ``sigma`` where it is not 0, else the scale: a zero sigma leaves the weight
-    unscaled (the scaled matrix divided by its scale)."""
-    return xp.where(state.sigma == 0, state.scale, state.sigma)
+def _normalized(xp: Namespace, state: _PowerIteration) -> tuple[Array, Array]:
+    """``(W / sigma, e)`` with ``W / sigma`` as the mantissa of the matrix divided by that of
+    sigma and ``e`` the exponent it is times: ``w / sigma``; ``w`` itself where sigma is 0
+    (the weight unscaled)."""
+    zero = state.sigma.m == 0
+    quotient = state.matrix.m / xp.where(zero, xp.ones_like(state.sigma.m), state.sigma.m)
+    return quotient, xp.where(zero, state.matrix.e, state.matrix.e - state.sigma.e)
 
 
 def spectral_norm(
@@ -626,13 +656,14 @@ def spectral_norm(
     xp, _, axis, state = _spectral_parts(
         w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision
     )
-    weight = _unmatrix(xp, state.matrix / _divisor(xp, state), tuple(w.shape), axis)
+    quotient, exponent = _normalized(xp, state)
+    weight = _unmatrix(xp, times_power_of_two(xp, quotient, exponent), tuple(w.shape), axis)
     out = output_dtype(xp, precision, w)
     return SpectralNormResult(
         weight=to_dtype(xp, weight, out),
-        u=to_dtype(xp, xp.asarray(state.u, copy=True), u.dtype),
-        v=to_dtype(xp, xp.asarray(state.v, copy=True), (w if v is None else v).dtype),
-        sigma=to_dtype(xp, state.sigma / state.scale, out),
+        u=to_dtype(xp, state.u.value(xp), u.dtype),
+        v=to_dtype(xp, state.v.value(xp), (w if v is None else v).dtype),
+        sigma=to_dtype(xp, state.sigma.value(xp), out),
     )
 
 
@@ -679,10 +710,13 @@ def spectral_norm_vjp(
     )
     _check_dy(dy, w, "w")
     dy_m = _matrix(xp, to_dtype(xp, dy, dtype), axis)
-    sigma = _divisor(xp, state)
-    y_m = state.matrix / sigma
-    outer = xp.reshape(state.u, (-1, 1)) * xp.reshape(state.v, (1, -1))
-    projection = xp.where(state.sigma == 0, 0.0, xp.sum(dy_m * y_m))
-    # 1 / sigma of w is scale / sigma of the scaled matrix
-    d_w = ((dy_m - projection * outer) / sigma) * state.scale
+    zero = state.sigma.m == 0
+    sigma = xp.where(zero, xp.ones_like(state.sigma.m), state.sigma.m)
+    # <dy, W / sigma> u v^T of the mantissas: the exponents of W / sigma and u v^T cancel
+    y_m = state.matrix.m / sigma
+    outer = xp.reshape(state.u.m, (-1, 1)) * xp.reshape(state.v.m, (1, -1))
+    projection = xp.where(zero, 0.0, xp.sum(dy_m * y_m))
+    d_w = times_power_of_two(
+        xp, (dy_m - projection * outer) / sigma, xp.where(zero, 0.0 * state.sigma.e, -state.sigma.e)
+    )
     return WeightGrad(to_dtype(xp, _unmatrix(xp, d_w, tuple(w.shape), axis), w.dtype))

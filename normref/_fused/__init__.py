@@ -355,7 +355,7 @@ def vjp(
         mean,
         inv_s,
         inverse,
-        (k * inv_s) * inverse,
+        k * inv_s,  # dx = (P(dyh) + y K) / s, with y = d inv_s
         dyh_mean,
         dx5,
         d_gamma,

@@ -364,7 +364,7 @@ def vjp_apply(
     first: int,
     stop: int,
 ) -> None:
-    """``dx = (dyh - dyh_mean) * inverse + d * coef``, and the parameters' gradients.
+    """``dx = ((dyh - dyh_mean) + d * coef) * inverse``, and the parameters' gradients.
 
     ``d = x * scale - mean`` are the scaled centred values, ``x_hat = d * inv_s``
     the normalized ones, ``inverse`` is ``1/s`` of the unscaled values and
@@ -395,7 +395,7 @@ def vjp_apply(
                     if p4 == 0:
                         gm = gamma[p]
                         for i in range(row.shape[0]):
-                            out[i] = (dy_row[i] * gm - centre) * r + (row[i] * c - mu) * k
+                            out[i] = ((dy_row[i] * gm - centre) + (row[i] * c - mu) * k) * r
                         dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
                         d_gamma[chunk, p] += dy_x_hat
                         d_beta[chunk, p] += dy_total
@@ -409,4 +409,4 @@ def vjp_apply(
                             d = row[i] * c - mu
                             d_gamma_row[i] += h * (d * factor)
                             d_beta_row[i] += h
-                            out[i] = (h * gamma_row[i] - centre) * r + d * k
+                            out[i] = ((h * gamma_row[i] - centre) + d * k) * r

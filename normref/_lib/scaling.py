@@ -62,3 +62,14 @@ def group_scale(xp: Namespace, x: Array, axes: tuple[int, ...], *, floor: float 
     if floor > 0.0:
         magnitude = xp.maximum(magnitude, xp.full_like(magnitude, floor))
     return power_of_two_scale(xp, magnitude)
+
+
+def times_power_of_two(xp: Namespace, m: Array, exponent: Array) -> Array:
+    """``m * 2**exponent`` for an integer-valued ``exponent`` array, in two steps: no power of
+    two overflows or underflows where the product does not (``exponent`` may lie beyond the
+    dtype's range, so that ``(m, exponent)`` holds a value that ``m`` alone cannot)."""
+    info = xp.finfo(m.dtype)
+    top = float(math.frexp(float(info.max))[1] - 1)
+    half = xp.clip(xp.floor(exponent / 2), min=-top - 64, max=top)
+    rest = xp.clip(exponent - half, min=-top - 64, max=top)
+    return (m * 2.0**half) * 2.0**rest
