@@ -123,7 +123,7 @@ def _agc_parts(
 
     ``param`` is needed as its norms alone: its scaled copy is dropped at once.
     """
-    xp = namespace_of(grad=grad, param=param, dy=dy)
+    xp = namespace_of(grad=grad, param=param, dy=dy, optional=("dy",))
     check_shape(param.shape, grad.shape, name="param", what="the shape of grad")
     clipping = check_eps(clipping, name="clipping")
     eps = check_eps(eps)

@@ -50,7 +50,7 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref._lib.scaling import max_magnitude, power_of_two_scale, times_power_of_two
-from normref._lib.units import norms, unit_axis
+from normref._lib.units import check_units, norms, unit_axis
 from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_EPS_MODES
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
@@ -286,7 +286,7 @@ def scaled_weight_standardize(
     Each unit has mean 0 and squared norm :math:`(\gamma g)^2` times
     :math:`N\sigma^2 / \max(N\sigma^2, \epsilon)` (``"max_fan_in"``).
     """
-    namespace_of(w=w, gain=gain)
+    namespace_of(w=w, gain=gain, optional=("gain",))
     layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
     return normalize(layer, w, gain, None, precision)
@@ -309,7 +309,7 @@ def scaled_weight_standardize_vjp(
     standardized unit: :math:`\bar g = \frac{\gamma}{\sqrt N} \sum_i \bar y_i \hat x_i`,
     and :math:`\bar w` is the standardize backward of :math:`a \bar y`.
     """
-    namespace_of(w=w, gain=gain, dy=dy)
+    namespace_of(w=w, gain=gain, dy=dy, optional=("gain",))
     _check_dy(dy, w, "w")
     layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
@@ -379,7 +379,7 @@ def weight_norm(
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
     """
-    xp = namespace_of(v=v, g=g)
+    xp = namespace_of(v=v, g=g, optional=("g",))
     layer = _weight_norm_layer(v, out_axis, eps)
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
@@ -407,7 +407,7 @@ def weight_norm_vjp(
     (the ``rms_scale`` backward of :mod:`normref.ops.standardization`).
     Both are 0 on a zero unit with ``eps=0``.
     """
-    xp = namespace_of(v=v, g=g, dy=dy)
+    xp = namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_dy(dy, v, "v")
     layer = _weight_norm_layer(v, out_axis, eps)
     _check_unit_param(g, layer, name="g", weight="v")
@@ -550,9 +550,10 @@ def _spectral_parts(
     precision: Precision,
     dy: Array | None = None,
 ) -> tuple[Namespace, Any, int, _PowerIteration]:
-    xp = namespace_of(w=w, u=u, v=v, dy=dy)
+    xp = namespace_of(w=w, u=u, v=v, dy=dy, optional=("v", "dy"))
     shape = tuple(w.shape)
     axis = unit_axis(out_axis, shape, name="w", minimum_rank=1)
+    check_units(shape, fan_in_axes(len(shape), axis), name="w")
     check_shape(u.shape, (shape[axis],), name="u", what=f"one per output unit, w.shape[{axis}]")
     if v is not None:
         check_shape(

@@ -387,14 +387,37 @@ def test_the_switch_turns_the_fused_path_off(kernel_calls):
     assert kernel_calls == ["normalize"]
 
 
+def _import_with(variable: str, value: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, variable: value}
+    return subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True
+    )
+
+
 def test_the_environment_variable_turns_the_fused_path_off():
     code = "from normref import _fused; print(_fused.DEFAULT_ENABLED)"
-    for value, expected in (("0", "False"), ("1", "True")):
-        env = {**os.environ, "NORMREF_FUSED": value}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert out.stdout.strip() == expected
+    off, on = ("0", "false", "No", " OFF "), ("1", "true", "YES", "on", "")
+    for value, expected in [*((v, "False") for v in off), *((v, "True") for v in on)]:
+        out = _import_with("NORMREF_FUSED", value, code)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected, value
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NORMREF_FUSED", "maybe", "NORMREF_FUSED must be one of 1, true, yes, on or 0"),
+        ("NORMREF_FUSED", "2", "NORMREF_FUSED must be one of"),
+        ("NORMREF_THREADS", "many", "NORMREF_THREADS must be an integer >= 1, got 'many'"),
+        ("NORMREF_THREADS", "0", "NORMREF_THREADS must be an integer >= 1, got '0'"),
+    ],
+)
+def test_a_bad_environment_variable_is_refused_on_import(variable, value, message):
+    """Not first when an input large enough for threads runs: as normref is imported."""
+    out = _import_with(variable, value, "import normref")
+    assert out.returncode != 0
+    assert "ValueError" in out.stderr
+    assert message in out.stderr
 
 
 def test_errors_are_raised_before_either_path(kernel_calls):

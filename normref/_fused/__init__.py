@@ -28,8 +28,8 @@ checked before either path runs, so errors are the same.
 Used when all of these hold, else the generic path runs:
 
 * numba is importable and the fused path is enabled (environment variable
-  ``NORMREF_FUSED`` is not ``0``; :func:`enabled` switches it in code, for
-  the calling thread);
+  ``NORMREF_FUSED`` is not ``0``, ``false``, ``no`` or ``off``; :func:`enabled`
+  switches it in code, for the calling thread);
 * ``precision`` is ``"highest"`` or ``"native"`` (a convention is modelled by
   the generic path);
 * every array is a ``numpy.ndarray`` of one dtype, float32 or float64, in
@@ -128,8 +128,29 @@ threshold are in ``docs/performance.md``)."""
 _CENTRED = {STANDARDIZE.name: True, RMS_SCALE.name: False}
 """The operations this path runs, and whether each centres its group."""
 
-DEFAULT_ENABLED = os.environ.get("NORMREF_FUSED", "1") != "0"
-"""Whether the fused path runs where it applies, unless :func:`enabled` says otherwise."""
+SWITCH_SPELLINGS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+"""The values an on/off environment variable takes (in any case)."""
+
+
+def switch(name: str, *, default: bool) -> bool:
+    """The on/off environment variable ``name`` (:data:`SWITCH_SPELLINGS`; ``default`` where it
+    is unset or empty), or a :class:`ValueError` naming it for any other value."""
+    raw = os.environ.get(name, "")
+    text = raw.strip().lower()
+    if not text:
+        return default
+    if text not in SWITCH_SPELLINGS:
+        msg = f"{name} must be one of 1, true, yes, on or 0, false, no, off (any case), got {raw!r}"
+        raise ValueError(msg)
+    return SWITCH_SPELLINGS[text]
+
+
+DEFAULT_ENABLED = switch("NORMREF_FUSED", default=True)
+"""Whether the fused path runs where it applies, unless :func:`enabled` says otherwise
+(``NORMREF_FUSED``, read when normref is imported)."""
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "normref_fused_enabled", default=DEFAULT_ENABLED

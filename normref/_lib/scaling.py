@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import math
 
+from array_api_compat import device
+
 from normref._lib.namespace import Array, Namespace
 
 
 def max_magnitude(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     """``max |x|`` over ``axes`` (keeping dims), without a full-size ``|x|``: the larger of
-    ``max x`` and ``-min x``. NaN where a NaN is among the values."""
+    ``max x`` and ``-min x``. NaN where a NaN is among the values; 0 over no values."""
+    if any(x.shape[a] == 0 for a in axes):
+        shape = tuple(1 if a in axes or a - x.ndim in axes else n for a, n in enumerate(x.shape))
+        return xp.zeros(shape, dtype=x.dtype, device=device(x))
     return xp.maximum(xp.max(x, axis=axes, keepdims=True), -xp.min(x, axis=axes, keepdims=True))
 
 

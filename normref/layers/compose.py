@@ -76,7 +76,7 @@ class Layer(NamedTuple):
 def _checked_namespace(
     layer: Layer, x: Array, gamma: Array | None, beta: Array | None, **more: Array
 ) -> Any:
-    xp = namespace_of(**more, x=x, gamma=gamma, beta=beta)
+    xp = namespace_of(**more, x=x, gamma=gamma, beta=beta, optional=("gamma", "beta"))
     check_param(gamma, x.shape, layer.param_axes, name="gamma")
     check_param(beta, x.shape, layer.param_axes, name="beta")
     check_group_size(

@@ -469,7 +469,13 @@ def _inference_parts(
     **more: Array,
 ) -> tuple[Any, Any, tuple[int, ...], Array, Array]:
     xp = namespace_of(
-        **more, x=x, running_mean=running_mean, running_var=running_var, gamma=gamma, beta=beta
+        **more,
+        x=x,
+        running_mean=running_mean,
+        running_var=running_var,
+        gamma=gamma,
+        beta=beta,
+        optional=("gamma", "beta"),
     )
     channel = (normalize_axis(axis, x.ndim),)
     for name, value in (

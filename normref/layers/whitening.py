@@ -180,6 +180,7 @@ def _inference_parts(
         running_whitening=running_whitening,
         gamma=gamma,
         beta=beta,
+        optional=("gamma", "beta"),
     )
     part = whitening_partition(tuple(x.shape), group_size, axis)
     channel = (normalize_axis(axis, x.ndim),)
