@@ -147,13 +147,15 @@ class Partition:
         origins = _axis_origins(self.shape, self.split_shape)
         return tuple(sorted({origins[i] for i in self.sample_axes if origins[i] >= 0}))
 
-    def check_samples(self, *, minimum: int, what: str, where: str) -> None:
+    def check_samples(self, *, minimum: int, what: str, where: str, name: str = "x") -> None:
         """Each group must hold at least ``minimum`` samples (``what`` says why), and a group
-        of none has no statistics at all: :class:`ValueError` naming the empty axis."""
+        of none has no statistics at all: :class:`ValueError` naming the empty axis of the
+        input ``name``."""
         if self.M == 0:
             empty = [a for a in self.reduced_axes if self.shape[a] == 0]
             msg = (
-                f"{where}: x has size 0 along axis {empty[0] if len(empty) == 1 else empty}, "
+                f"{where}: {name} has size 0 along axis "
+                f"{empty[0] if len(empty) == 1 else empty}, "
                 "which the statistics are taken over: a group without samples has no statistics"
             )
             raise ValueError(msg)

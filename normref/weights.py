@@ -110,6 +110,7 @@ def _unit_layer(
         (axis,),
         f"{arg} of shape {shape}, out_axis={axis}",
         scale,
+        arg,
     )
 
 
@@ -221,6 +222,7 @@ def _scaled_ws_layer(w: Array, gamma: float, out_axis: object, eps: float, eps_m
     gamma = check_finite_number(gamma, name="gamma")
     shape = tuple(w.shape)
     axis = unit_axis(out_axis, shape, name="w", minimum_rank=2)
+    check_units(shape, fan_in_axes(len(shape), axis), name="w")
     n = fan_in(shape, axis)
     mode, op_eps = ("max", eps / n) if eps_mode == "max_fan_in" else (eps_mode, eps)
     params = std_params(op_eps, mode, 0)
@@ -325,6 +327,7 @@ def _weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer:
     eps = check_eps(eps, allow_zero=True)
     shape = tuple(v.shape)
     axis = unit_axis(out_axis, shape, name="v", minimum_rank=1)
+    check_units(shape, fan_in_axes(len(shape), axis), name="v")
     n = fan_in(shape, axis)
     params = {"eps": eps / n, "eps_mode": "add"}
     return _unit_layer("weight_norm", shape, "v", axis, RMS_SCALE, params, 1.0 / math.sqrt(n))

@@ -46,13 +46,13 @@ def unit_axis(out_axis: object, shape: tuple[int, ...], *, name: str, minimum_ra
 
 
 def check_units(shape: tuple[int, ...], axes: tuple[int, ...], *, name: str) -> None:
-    """Each unit of ``name`` (over ``axes``) must hold values: a unit of none has no norm to
-    compare or normalize by (a :class:`ValueError` naming the axis of size 0)."""
+    """Each unit of ``name`` (over ``axes``) must hold values: a unit of none has no norm or
+    statistics to compare or normalize by (a :class:`ValueError` naming the axis of size 0)."""
     empty = [a for a in axes if shape[a] == 0]
     if empty:
         msg = (
             f"{name} of shape {tuple(shape)} has size 0 along axis {empty[0]}, which each "
-            "unit's norm is taken over: a unit without values has no norm"
+            "unit's norm or statistics are taken over: a unit without values has none"
         )
         raise ValueError(msg)
 

@@ -61,7 +61,8 @@ class Layer(NamedTuple):
 
     ``affine_scale`` is a constant factor of the affine, applied in the compute
     dtype: :math:`y = c\,\gamma \hat x + \beta` (Scaled WS's
-    :math:`\gamma/\sqrt N`); 1 for every named activation layer.
+    :math:`\gamma/\sqrt N`); 1 for every named activation layer. ``argument``
+    names the normalized input in messages (``"w"``, ``"v"`` for weights).
     """
 
     name: str
@@ -71,6 +72,7 @@ class Layer(NamedTuple):
     param_axes: tuple[int, ...]
     where: str
     affine_scale: float = 1.0
+    argument: str = "x"
 
 
 def _checked_namespace(
@@ -80,7 +82,11 @@ def _checked_namespace(
     check_param(gamma, x.shape, layer.param_axes, name="gamma")
     check_param(beta, x.shape, layer.param_axes, name="beta")
     check_group_size(
-        layer.partition, op=layer.op, params=layer.params, where=f"{layer.name}({layer.where})"
+        layer.partition,
+        op=layer.op,
+        params=layer.params,
+        where=f"{layer.name}({layer.where})",
+        name=layer.argument,
     )
     return xp
 

@@ -101,11 +101,12 @@ def sample_rule(op: GroupOp, params: dict[str, Any]) -> tuple[int, str]:
 
 
 def check_group_size(
-    partition: Partition, *, op: GroupOp, params: dict[str, Any], where: str
+    partition: Partition, *, op: GroupOp, params: dict[str, Any], where: str, name: str = "x"
 ) -> None:
-    """The groups of ``partition`` must hold the samples ``op`` needs (:func:`sample_rule`)."""
+    """The groups of ``partition`` of the input ``name`` must hold the samples ``op`` needs
+    (:func:`sample_rule`)."""
     minimum, why = sample_rule(op, params)
-    partition.check_samples(minimum=minimum, what=why, where=where)
+    partition.check_samples(minimum=minimum, what=why, where=where, name=name)
 
 
 def canonical_partition(shape: tuple[int, ...]) -> Partition:
