@@ -25,6 +25,12 @@ Global-norm clipping (Pascanu et al., 2013)
     ``clip_grad_norm_`` is ``eps=1e-6``, optax's ``clip_by_global_norm``
     ``eps=0`` (``docs/conventions.md``).
 
+Scaling. Every norm is taken of the values times a power of two
+(:mod:`normref._lib.scaling`): per unit for AGC and the unit-wise norm, one for
+all the gradients of a global norm, so that no sum of squares overflows or
+underflows where the norm, the clipping factor or the clipped gradient is
+representable.
+
 Layouts. ``out_axis`` is the axis of output units (0 for torch ``(out, in)``
 and ``OIHW``, -1 for flax ``(in, out)`` and ``HWIO``). The NFNets code and
 optax infer the units from the rank instead (the convention field

@@ -33,6 +33,12 @@ each followed by the scalar :math:`1/\sqrt N`. The backward of each is
 therefore the backward of that operation (derived in
 :mod:`normref.ops.standardization`) with the per-unit parameter folded into
 the affine; ``docs/weights.md`` derives them.
+
+Every statistic is taken of each unit times a power of two
+(:mod:`normref._lib.scaling`), and spectral norm's power iteration holds
+:math:`W`, :math:`u` and :math:`v` as mantissas and exponents, so that results
+are exact from the smallest subnormal weight to the largest finite one, also
+where :math:`\epsilon` dominates the normalization of :math:`u` and :math:`v`.
 """
 
 from __future__ import annotations
@@ -166,7 +172,8 @@ def weight_standardize(
     Parameters
     ----------
     w
-        Weight of rank >= 2; each unit needs a fan-in of at least 2 values.
+        Weight of rank >= 2; each unit needs a fan-in of at least one value (two with
+        ``correction=1``).
     out_axis
         The axis of output units: 0 for ``(out, in)`` and ``OIHW`` (torch,
         onnx), -1 for ``(in, out)`` and ``HWIO`` (jax, flax).
@@ -264,7 +271,7 @@ def scaled_weight_standardize(
     Parameters
     ----------
     w
-        Weight of rank >= 2, each unit with a fan-in of at least 2 values.
+        Weight of rank >= 2, each unit with a fan-in of at least one value.
     gain
         Optional learned gain :math:`g`, one per output unit, shape
         ``(w.shape[out_axis],)`` (NFNets: ``(O,)``; timm stores it as
@@ -358,9 +365,10 @@ def weight_norm(
     root). Torch initializes ``g`` to :math:`\|v\|` (the weight is unchanged at
     init), flax to 1; pass whichever you model.
 
-    With ``eps=0`` a unit whose squared norm is 0 (an all-zero unit, or a
-    float64 one below about 1e-154 that underflows) has no direction: its
-    output is 0 and its gradients are 0 (torch gives NaN there).
+    With ``eps=0`` an all-zero unit has no direction: its output is 0 and its
+    gradients are 0 (torch gives NaN there). Norms are taken of each unit times
+    a power of two, so that a unit of any magnitude, subnormal ones included,
+    has its direction.
 
     Parameters
     ----------

@@ -29,6 +29,13 @@ All layers compute batch statistics (training mode) except
 arguments, and returns a NamedTuple with one field per differentiable
 argument (``None`` where that argument was ``None``); the backward formulas
 are in :mod:`normref.ops.standardization` and :mod:`normref.affine`.
+
+Every group's statistics are taken of its values times a power of two, so that
+they are exact at any magnitude (:mod:`normref.ops.standardization`). A group
+of one value has the biased variance 0: its output is ``beta`` and its gradient
+0 (the unbiased variance, ``correction=1``, needs two values). A size 0 along a
+reduced axis (a group without values) raises :class:`ValueError` naming the
+axis; a size 0 along another axis (no groups) gives an empty output.
 """
 
 from __future__ import annotations
@@ -146,7 +153,10 @@ def batch_norm(
     Parameters
     ----------
     x
-        Input with the channel axis at ``axis``; each channel needs at least 2 values.
+        Input with the channel axis at ``axis``; each channel needs at least one value
+        (two with ``correction=1``: a lone value's biased variance is 0, and its output
+        ``beta``). A size 0 along a reduced axis is an error; along the channel axis, the
+        output is empty.
     gamma, beta
         Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
     eps
@@ -216,7 +226,8 @@ def layer_norm(
     Parameters
     ----------
     x
-        Input; the normalized axes together need at least 2 values.
+        Input; the normalized axes together need at least one value (two with
+        ``correction=1``).
     gamma, beta
         Optional, of shape ``tuple(x.shape[a] for a in sorted(axes))``.
     axes

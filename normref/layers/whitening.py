@@ -93,7 +93,8 @@ def batch_whiten(
     ----------
     x
         Input with the channel axis at ``axis`` and rank >= 2; statistics over
-        every other axis (``M = N·prod(S)`` samples, at least 2).
+        every other axis (``M = N·prod(S)`` samples, at least one; two with
+        ``correction=1``).
     gamma, beta
         Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
     group_size

@@ -460,7 +460,10 @@ def standardize(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; statistics over axis 1.
+        Canonical array of shape ``(G, M, D)``, ``M >= 1`` (``M > correction``);
+        statistics over axis 1. A group of one sample has the biased variance 0, its
+        output 0 and its gradient 0. ``M = 0`` is an error; ``G = 0`` or ``D = 0`` gives an
+        empty output.
     eps
         Finite, > 0; enters as ``eps_mode`` says.
     eps_mode
@@ -525,7 +528,7 @@ def rms_scale(
 ) -> Array:
     r"""Divide by the per-group root mean square: :math:`y = x/s(q)`, :math:`q = \frac1n\sum x^2`.
 
-    No centring, so a group of one sample is allowed. Parameters as
+    Parameters as
     :func:`standardize` (no ``correction``).
     """
     return run_canonical(RMS_SCALE, x, precision, rms_params(eps, eps_mode))

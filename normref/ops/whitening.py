@@ -84,6 +84,16 @@ Implementation notes
     :math:`C`'s own eigenvalues allow, :math:`u \lVert C \rVert / \text{gap}`,
     even where :math:`\epsilon` dominates :math:`C`; Cholesky and IterNorm
     add :math:`\epsilon` to the diagonal.
+    Scaling: each group's values are multiplied by a power of two :math:`c`
+    from their largest magnitude (:mod:`normref._lib.scaling`), exactly, before
+    anything is summed, so that the covariance, the whitening matrix and the
+    cotangents neither overflow nor underflow from the smallest subnormal
+    :math:`|x|` to the largest finite one; :math:`\epsilon` enters as
+    :math:`c^2\epsilon`, held as a :class:`Shift` where that would leave the
+    range (:math:`\epsilon` dominating tiny values), and the results are scaled
+    back (:math:`W(c^2\Sigma) = W(\Sigma)/c`). A float16 or bfloat16 covariance
+    (``precision="native"``) is factored in float32, as no library factors those
+    dtypes, and its whitening matrix rounded back.
     The Array API has no triangular solve: :math:`L^{-1}` is computed by a
     written forward substitution (row by row, each row one batched
     vector-matrix product), which is backward stable and exactly lower
@@ -722,7 +732,7 @@ def decorrelate(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; the covariance of
+        Canonical array of shape ``(G, M, D)``, ``M > correction``; the covariance of
         each group is over axis 1.
     eps
         Finite, > 0; added to the diagonal of the covariance. It shifts every
@@ -805,7 +815,7 @@ def zca_whiten(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; ``M <= D`` (a singular
+        Canonical array of shape ``(G, M, D)``, ``M > correction``; ``M <= D`` (a singular
         sample covariance) needs ``eps`` well above the covariance's rounding level.
     eps
         Finite, > 0; added to the diagonal of the covariance.
@@ -893,7 +903,7 @@ def iter_norm_whiten(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``.
+        Canonical array of shape ``(G, M, D)``, ``M > correction``.
     iterations
         Number of Newton–Schulz steps :math:`T \ge 1` (the authors' default 5).
     eps, correction, precision
