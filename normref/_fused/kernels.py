@@ -17,11 +17,16 @@ exception: each chunk adds its rows' products to a running sum per parameter
 (as many roundings as the chunk has rows), and the chunks' sums are then
 added by NumPy.
 
-Every statistic is taken of a group's values times a power of two, its
-``scale``, chosen from the group's largest magnitude (or the floor its
-caller gives, the scale of ``eps``) as :mod:`normref._lib.scaling` chooses it
-for the generic path: multiplying by it is exact, and the scaled sums of
-squares neither overflow nor underflow (:func:`moments`).
+Every statistic is that of a group's values times a power of two, its
+``scale``, chosen from the sum of the group's magnitudes (or the floor its
+caller gives, the scale of ``eps``; :func:`_scale_of`), as
+:mod:`normref._lib.scaling` chooses one for the generic path: multiplying by
+it is exact, and the scaled sums of squares neither overflow nor underflow.
+The first pass over a group sums its magnitudes with its values; where the
+scale is moderate the sums of the unscaled values, times the scale, are those
+of the scaled ones, and the group costs the passes it cost unscaled; elsewhere
+(values beyond about 2**255, or 2**31 in float32, and tiny ones) it is summed
+again, scaled.
 
 Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
 the groups into ``chunks`` (the leading dimension of its scratch or partial
@@ -65,10 +70,43 @@ def _piece_sum(piece: Any, scale: Any, shift: Any, squares: bool, zero: Any) -> 
 
 
 @_jit_reassoc
+def _piece_plain_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
+    """Sum of ``piece - shift``, or of its squares: of the values as they are."""
+    total = zero
+    if squares:
+        for i in range(piece.shape[0]):
+            d = piece[i] - shift
+            total += d * d
+    else:
+        for i in range(piece.shape[0]):
+            total += piece[i] - shift
+    return total
+
+
+@_jit_reassoc
+def _piece_measured_sum(piece: Any, squares: bool, zero: Any) -> tuple[Any, Any]:
+    """Sum of ``piece``, or of its squares, and ``sum |piece|`` in the piece's own dtype (an
+    estimate: an overflow to inf only marks the group for scaling)."""
+    total = zero
+    magnitude = piece.dtype.type(0)
+    if squares:
+        for i in range(piece.shape[0]):
+            value = piece[i] - zero  # in the compute dtype, before it is squared
+            total += value * value
+            magnitude += abs(piece[i])
+    else:
+        for i in range(piece.shape[0]):
+            total += piece[i] - zero
+            magnitude += abs(piece[i])
+    return total, magnitude
+
+
+@_jit_reassoc
 def _piece_vjp_sums(
-    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any
-) -> tuple[Any, Any, Any]:
-    """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``.
+    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any, measure: bool
+) -> tuple[Any, Any, Any, Any]:
+    """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``
+    (``x - mean`` where ``scale`` is ``None``), and with ``measure`` ``sum |x|`` (else 0).
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
     a piece as long as ``x``.
@@ -76,18 +114,30 @@ def _piece_vjp_sums(
     squares = zero
     dyh_total = zero
     dyh_centred = zero
-    for i in range(x.shape[0]):
-        d = x[i] * scale - mean
-        h = dy[i] * gamma[i]
-        squares += d * d
-        dyh_total += h
-        dyh_centred += h * d
-    return squares, dyh_total, dyh_centred
+    magnitude = x.dtype.type(0)
+    if measure:
+        for i in range(x.shape[0]):
+            d = x[i] - mean if scale is None else x[i] * scale - mean
+            h = dy[i] * gamma[i]
+            squares += d * d
+            dyh_total += h
+            dyh_centred += h * d
+            magnitude += abs(x[i])
+    else:
+        for i in range(x.shape[0]):
+            d = x[i] - mean if scale is None else x[i] * scale - mean
+            h = dy[i] * gamma[i]
+            squares += d * d
+            dyh_total += h
+            dyh_centred += h * d
+    return squares, dyh_total, dyh_centred, magnitude
 
 
 @_jit_reassoc
-def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, ``d = x * scale - mean``.
+def _piece_dy_sums(
+    x: Any, dy: Any, scale: Any, mean: Any, zero: Any, measure: bool
+) -> tuple[Any, Any, Any, Any]:
+    """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, as :func:`_piece_vjp_sums`.
 
     For parameters constant along the piece, whose caller scales the last two
     by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
@@ -96,13 +146,23 @@ def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[A
     squares = zero
     dy_total = zero
     dy_centred = zero
-    for i in range(x.shape[0]):
-        d = x[i] * scale - mean
-        h = dy[i] + zero
-        squares += d * d
-        dy_total += h
-        dy_centred += h * d
-    return squares, dy_total, dy_centred
+    magnitude = x.dtype.type(0)
+    if measure:
+        for i in range(x.shape[0]):
+            d = x[i] - mean if scale is None else x[i] * scale - mean
+            h = dy[i] + zero
+            squares += d * d
+            dy_total += h
+            dy_centred += h * d
+            magnitude += abs(x[i])
+    else:
+        for i in range(x.shape[0]):
+            d = x[i] - mean if scale is None else x[i] * scale - mean
+            h = dy[i] + zero
+            squares += d * d
+            dy_total += h
+            dy_centred += h * d
+    return squares, dy_total, dy_centred, magnitude
 
 
 @_jit_reassoc
@@ -117,15 +177,6 @@ def _row_param_sums(
         dy_x_hat += h * ((x[i] * scale - mean) * inv_s)
         dy_total += h
     return dy_x_hat, dy_total
-
-
-@_jit_reassoc
-def _piece_magnitude(piece: Any, largest: Any) -> Any:
-    """``max(largest, max |piece|)`` (a NaN is passed over: it makes the group's sums NaN)."""
-    for i in range(piece.shape[0]):
-        a = abs(piece[i])
-        largest = max(largest, a)
-    return largest
 
 
 # ---------------------------------------------------------------------------- cascade
@@ -162,7 +213,8 @@ def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
 def _group_sum(
     x: Any, g0: int, g2: int, scale: Any, shift: Any, squares: bool, stack: Any, chunk: int
 ) -> Any:
-    """Pairwise sum over group ``(g0, g2)`` of ``x * scale - shift`` or of its squares.
+    """Pairwise sum over group ``(g0, g2)`` of ``x * scale - shift`` or of its squares; of
+    ``x - shift`` or of its squares where ``scale`` is ``None`` (the values as they are).
 
     Short rows are gathered into one piece until it holds ``PIECE`` elements.
     """
@@ -174,7 +226,10 @@ def _group_sum(
             row = x[g0, s1, g2, s3]
             for start in range(0, row.shape[0], PIECE):
                 part = row[start : start + PIECE]
-                piece += _piece_sum(part, scale, shift, squares, zero)
+                if scale is None:
+                    piece += _piece_plain_sum(part, shift, squares, zero)
+                else:
+                    piece += _piece_sum(part, scale, shift, squares, zero)
                 filled += part.shape[0]
                 if filled >= PIECE:
                     depth, count = _push(stack, chunk, depth, count, (piece,))
@@ -185,19 +240,60 @@ def _group_sum(
 
 
 @_jit
-def _group_scale(x: Any, g0: int, g2: int, floor: float, exponents: tuple[int, int]) -> float:
-    """The power of two of group ``(g0, g2)``: ``2**-e`` with ``2**e`` the largest power of two
-    not above its largest magnitude (or ``floor``, where that is larger), ``e`` clamped to
-    ``exponents`` (so that the scale is a normal number); 1 for a group of zeros."""
-    largest = floor  # a float64: the magnitudes of float32 elements are exact in it
+def _group_measure(
+    x: Any, g0: int, g2: int, squares: bool, stack: Any, chunk: int
+) -> tuple[Any, float]:
+    """The first pass over group ``(g0, g2)``: the pairwise sum of its values (or of their
+    squares) as they are, and the sum of their magnitudes ``|x|``."""
+    zero = stack.dtype.type(0)
+    depth = count = filled = 0
+    piece = zero
+    magnitude = 0.0
     for s1 in range(x.shape[1]):
         for s3 in range(x.shape[3]):
-            largest = _piece_magnitude(x[g0, s1, g2, s3], largest)
-    if largest == 0:
-        return 1.0
+            row = x[g0, s1, g2, s3]
+            for start in range(0, row.shape[0], PIECE):
+                part = row[start : start + PIECE]
+                total, size = _piece_measured_sum(part, squares, zero)
+                piece += total
+                magnitude += size
+                filled += part.shape[0]
+                if filled >= PIECE:
+                    depth, count = _push(stack, chunk, depth, count, (piece,))
+                    piece, filled = zero, 0
+    if filled:
+        depth, count = _push(stack, chunk, depth, count, (piece,))
+    return _drain(stack, chunk, 0, depth, zero), magnitude
+
+
+@_jit
+def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> tuple[float, bool]:
+    """The power of two of a group whose magnitudes sum to ``magnitude``, and whether its sums
+    taken unscaled are those of its scaled values, exactly.
+
+    The scale is ``2**-e`` with ``2**e`` the largest power of two not above ``magnitude`` (or
+    ``floor``, where that is larger), ``e`` clamped to ``exponents`` (a normal number); 1 for
+    a group of zeros. The sum of magnitudes bounds every value and their sum of squares and
+    is at most ``n`` times the largest: scaled by it, no value's square overflows, nor
+    underflows where it matters. (The generic path takes the largest magnitude itself: any
+    such power of two gives the same results, exactly, where nothing overflows or
+    underflows.) An overflowing sum, or an infinity, takes the smallest scale.
+
+    Where both ``e`` and the data's own exponent are within a quarter of the exponent range,
+    nothing the kernels form of the unscaled values (means, squares, products) overflows, nor
+    underflows but where it is below the rounding of the group's own sums: the unscaled sums,
+    times the scale or its square, are those of the scaled values, at the cost of no more
+    passes than the unscaled sums themselves (the kernels take them so, and scale otherwise).
+    """
     lowest, highest = exponents
-    exponent = highest if largest == math.inf else math.frexp(largest)[1] - 1
-    return math.ldexp(1.0, -min(max(exponent, lowest), highest))
+    bound = highest // 4
+    larger = max(magnitude, floor)
+    if larger == 0:
+        return 1.0, True
+    exponent = math.frexp(larger)[1] - 1 if larger < math.inf else highest
+    own = math.frexp(magnitude)[1] - 1 if 0 < magnitude < math.inf else highest
+    safe = abs(exponent) <= bound and abs(own) <= bound
+    return math.ldexp(1.0, -min(max(exponent, lowest), highest)), safe
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -216,25 +312,41 @@ def moments(
     first: int,
     stop: int,
 ) -> None:
-    """Per group ``g = g0 * G2 + g2``: its ``scale`` (:func:`_group_scale`), and of its values
+    """Per group ``g = g0 * G2 + g2``: its ``scale`` (:func:`_scale_of`), and of its values
     times it the ``mean`` (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
 
+    The first pass sums the values (or their squares) and their magnitudes together; the
+    group is scaled in further passes only where its unscaled sums would not be exact.
     ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
+    _one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            c = real(_group_scale(x, g0, g2, floor, exponents))
-            mu = real(0)
+            # constant arguments: each call's loop is compiled for its own case
             if center:
-                mu = _group_sum(x, g0, g2, c, real(0), False, stack, chunk) / n
+                total, magnitude = _group_measure(x, g0, g2, False, stack, chunk)
+            else:
+                total, magnitude = _group_measure(x, g0, g2, True, stack, chunk)
+            c_float, safe = _scale_of(magnitude, floor, exponents)
+            c = real(c_float)
+            mu = zero
+            if safe and center:
+                mu = total / n
+                m2[g] = _group_sum(x, g0, g2, None, mu, True, stack, chunk) * c * c
+                mu = mu * c
+            elif safe:
+                m2[g] = total * c * c
+            else:
+                if center:
+                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+                m2[g] = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
             scale[g] = c
             mean[g] = mu
-            m2[g] = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
 
 
 @_jit
@@ -277,6 +389,60 @@ def normalize(
 
 
 @_jit
+def _vjp_group_sums(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    scale: Any,
+    mu: Any,
+    stack: Any,
+    chunk: int,
+    measure: bool,
+) -> tuple[Any, Any, Any, Any]:
+    """Over group ``(g0, g2)``, with ``d = x * scale - mu`` (``x - mu`` where ``scale`` is
+    ``None``): the pairwise sums of ``d**2``, of ``dyh`` and of ``dyh * d``
+    (``dyh = dy * gamma``), and with ``measure`` the sum of the magnitudes ``|x|``."""
+    zero = stack.dtype.type(0)
+    p0, p1, p2, p3, p4 = param_strides
+    depth = count = filled = 0
+    pieces = (zero, zero, zero)
+    magnitude = 0.0
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+            row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
+            for start in range(0, row.shape[0], PIECE):
+                end = min(start + PIECE, row.shape[0])
+                if p4:
+                    gamma_part = gamma[p + start : p + end]
+                    squares, dyh_total, dyh_centred, size = _piece_vjp_sums(
+                        row[start:end], dy_row[start:end], gamma_part, scale, mu, zero, measure
+                    )
+                else:
+                    squares, dy_total, dy_centred, size = _piece_dy_sums(
+                        row[start:end], dy_row[start:end], scale, mu, zero, measure
+                    )
+                    dyh_total, dyh_centred = dy_total * gamma[p], dy_centred * gamma[p]
+                pieces = (pieces[0] + squares, pieces[1] + dyh_total, pieces[2] + dyh_centred)
+                magnitude += size
+                filled += end - start
+                if filled >= PIECE:
+                    depth, count = _push(stack, chunk, depth, count, pieces)
+                    pieces, filled = (zero, zero, zero), 0
+    if filled:
+        depth, count = _push(stack, chunk, depth, count, pieces)
+    return (
+        _drain(stack, chunk, 0, depth, zero),
+        _drain(stack, chunk, 1, depth, zero),
+        _drain(stack, chunk, 2, depth, zero),
+        magnitude,
+    )
+
+
+@_jit
 def vjp_sums(
     x: Any,
     dy: Any,
@@ -299,51 +465,46 @@ def vjp_sums(
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
     of ones where the layer has none); ``stack`` is ``(chunks, 3, DEPTH)``
-    scratch in the compute dtype.
+    scratch in the compute dtype. As in :func:`moments`, the sums are taken of the
+    unscaled values where that is exact, and scaled only where it is not.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
-    zero = real(0)
+    _one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    p0, p1, p2, p3, p4 = param_strides
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            c = real(_group_scale(x, g0, g2, floor, exponents))
-            mu = zero
+            # constant arguments: each call's loops are compiled for its own case
             if center:
-                mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-            depth = count = filled = 0
-            pieces = (zero, zero, zero)
-            for s1 in range(x.shape[1]):
-                for s3 in range(x.shape[3]):
-                    p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
-                    row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
-                    for start in range(0, row.shape[0], PIECE):
-                        end = min(start + PIECE, row.shape[0])
-                        if p4:
-                            gamma_part = gamma[p + start : p + end]
-                            sums = _piece_vjp_sums(
-                                row[start:end], dy_row[start:end], gamma_part, c, mu, zero
-                            )
-                        else:
-                            squares, dy_total, dy_centred = _piece_dy_sums(
-                                row[start:end], dy_row[start:end], c, mu, zero
-                            )
-                            sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
-                        pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
-                        filled += end - start
-                        if filled >= PIECE:
-                            depth, count = _push(stack, chunk, depth, count, pieces)
-                            pieces, filled = (zero, zero, zero), 0
-            if filled:
-                depth, count = _push(stack, chunk, depth, count, pieces)
+                total, magnitude = _group_measure(x, g0, g2, False, stack, chunk)
+                mu = total / n
+                sums = _vjp_group_sums(
+                    x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk, False
+                )
+            else:
+                mu = zero
+                sums = _vjp_group_sums(
+                    x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk, True
+                )
+                magnitude = sums[3]
+            c_float, safe = _scale_of(magnitude, floor, exponents)
+            c = real(c_float)
+            if safe:
+                squares, dyh_total, dyh_d = sums[0] * c * c, sums[1], sums[2] * c
+                mu = mu * c
+            else:
+                if center:
+                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+                squares, dyh_total, dyh_d, _ = _vjp_group_sums(
+                    x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk, False
+                )
             scale[g] = c
             mean[g] = mu
-            m2[g] = _drain(stack, chunk, 0, depth, zero)
-            dyh[g] = _drain(stack, chunk, 1, depth, zero)
-            dyh_centred[g] = _drain(stack, chunk, 2, depth, zero)
+            m2[g] = squares
+            dyh[g] = dyh_total
+            dyh_centred[g] = dyh_d
 
 
 @_jit
