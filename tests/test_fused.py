@@ -293,6 +293,37 @@ def test_more_groups_than_chunks_are_all_computed():
     assert_close_to_scale(np.var(y, axis=1), v / (v + 1e-5), 1.0, rtol=64 * U64, what="variances")
 
 
+# Powers of two across the kernels' boundary between sums of the values as they are and sums
+# of the values scaled (sizes 2**255 and 2**-255 in float64 arithmetic, 2**31 and 2**-31 in
+# float32), and at the ends of the range.
+ROW_SCALES = {
+    "float64": [-900, -600, -256, -255, -254, 0, 254, 255, 256, 600, 1000],
+    "float32": [-100, -40, -32, -31, -30, 0, 30, 31, 32, 40, 100],
+}
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("precision", ["native", "highest"])
+def test_groups_at_every_scale_give_the_same_results_exactly(name, dtype, precision):
+    """Rows ``2**k x`` of one input, each its own group, some summed as they are and some
+    scaled: with ``eps`` negligible, every row's output is the same, bit for bit, and so is
+    every row's ``2**k dx`` (multiplying by a power of two rounds nothing)."""
+    rng = np.random.default_rng(0)
+    k = np.array(ROW_SCALES[dtype])[:, None]
+    base = rng.uniform(0.5, 1.5, (1, 300)) * rng.choice([-1.0, 1.0], (1, 300))
+    x = (base * 2.0**k).astype(dtype)
+    dy = np.broadcast_to(rng.standard_normal((1, 300)), x.shape).astype(dtype)
+    options = {"eps": 5e-324, "eps_mode": "add_std", "precision": precision}  # below every s
+    with _fused.enabled(True):
+        y = getattr(normref, name)(x, **options)
+        dx = getattr(normref, f"{name}_vjp")(dy, x, **options).x * 2.0**k
+    for result in (y, dx):
+        np.testing.assert_array_equal(
+            result, np.broadcast_to(result[k.tolist().index([0])], x.shape)
+        )
+
+
 # ---------------------------------------------------------------------------- where it runs
 
 

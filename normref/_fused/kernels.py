@@ -18,15 +18,20 @@ exception: each chunk adds its rows' products to a running sum per parameter
 added by NumPy.
 
 Every statistic is that of a group's values times a power of two, its
-``scale``, chosen from the sum of the group's magnitudes (or the floor its
-caller gives, the scale of ``eps``; :func:`_scale_of`), as
-:mod:`normref._lib.scaling` chooses one for the generic path: multiplying by
-it is exact, and the scaled sums of squares neither overflow nor underflow.
-The first pass over a group sums its magnitudes with its values; where the
-scale is moderate the sums of the unscaled values, times the scale, are those
-of the scaled ones, and the group costs the passes it cost unscaled; elsewhere
-(values beyond about 2**255, or 2**31 in float32, and tiny ones) it is summed
-again, scaled.
+``scale``: multiplying by it is exact, and the scaled sums of squares neither
+overflow nor underflow. :mod:`normref._lib.scaling` chooses one for the
+generic path from the largest magnitude; the kernels take 1 where that is
+safe, and otherwise one from the sum of the group's magnitudes (or the floor
+their caller gives, the scale of ``eps``; :func:`_scale_of`).
+
+The sums are first taken of the values as they are: where the group's size
+(the larger of its mean and spread) and the magnitude at which ``eps`` matters
+are moderate, they are exact, and the group takes 1 as its scale (any
+power of two gives the same results, exactly, where nothing overflows or
+underflows), at the cost of the passes it cost unscaled; elsewhere (sizes
+beyond about 2**255, or 2**31 in float32, tiny ones, and sums that
+overflowed) the group's magnitudes are summed, and its sums taken again of
+the values times the power of two of that sum (:func:`_plain_is_exact`).
 
 Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
 the groups into ``chunks`` (the leading dimension of its scratch or partial
@@ -49,6 +54,9 @@ DEPTH = 64
 """Depth of a cascade stack: enough for 2**63 pieces."""
 
 _jit = numba.njit(cache=True, nogil=True)
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+"""For the functions of a group's sums: inlined by Numba, their loops are compiled in their
+callers' own (their calls measured about 10% slower)."""
 _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
@@ -84,29 +92,20 @@ def _piece_plain_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
 
 
 @_jit_reassoc
-def _piece_measured_sum(piece: Any, squares: bool, zero: Any) -> tuple[Any, Any]:
-    """Sum of ``piece``, or of its squares, and ``sum |piece|`` in the piece's own dtype (an
-    estimate: an overflow to inf only marks the group for scaling)."""
+def _piece_magnitude(piece: Any, zero: float) -> float:
+    """``sum |piece|`` in float64."""
     total = zero
-    magnitude = piece.dtype.type(0)
-    if squares:
-        for i in range(piece.shape[0]):
-            value = piece[i] - zero  # in the compute dtype, before it is squared
-            total += value * value
-            magnitude += abs(piece[i])
-    else:
-        for i in range(piece.shape[0]):
-            total += piece[i] - zero
-            magnitude += abs(piece[i])
-    return total, magnitude
+    for i in range(piece.shape[0]):
+        total += abs(piece[i])
+    return total
 
 
 @_jit_reassoc
 def _piece_vjp_sums(
-    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any, measure: bool
-) -> tuple[Any, Any, Any, Any]:
+    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any
+) -> tuple[Any, Any, Any]:
     """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``
-    (``x - mean`` where ``scale`` is ``None``), and with ``measure`` ``sum |x|`` (else 0).
+    (``x - mean`` where ``scale`` is ``None``).
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
     a piece as long as ``x``.
@@ -114,29 +113,17 @@ def _piece_vjp_sums(
     squares = zero
     dyh_total = zero
     dyh_centred = zero
-    magnitude = x.dtype.type(0)
-    if measure:
-        for i in range(x.shape[0]):
-            d = x[i] - mean if scale is None else x[i] * scale - mean
-            h = dy[i] * gamma[i]
-            squares += d * d
-            dyh_total += h
-            dyh_centred += h * d
-            magnitude += abs(x[i])
-    else:
-        for i in range(x.shape[0]):
-            d = x[i] - mean if scale is None else x[i] * scale - mean
-            h = dy[i] * gamma[i]
-            squares += d * d
-            dyh_total += h
-            dyh_centred += h * d
-    return squares, dyh_total, dyh_centred, magnitude
+    for i in range(x.shape[0]):
+        d = x[i] - mean if scale is None else x[i] * scale - mean
+        h = dy[i] * gamma[i]
+        squares += d * d
+        dyh_total += h
+        dyh_centred += h * d
+    return squares, dyh_total, dyh_centred
 
 
 @_jit_reassoc
-def _piece_dy_sums(
-    x: Any, dy: Any, scale: Any, mean: Any, zero: Any, measure: bool
-) -> tuple[Any, Any, Any, Any]:
+def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
     """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, as :func:`_piece_vjp_sums`.
 
     For parameters constant along the piece, whose caller scales the last two
@@ -146,32 +133,24 @@ def _piece_dy_sums(
     squares = zero
     dy_total = zero
     dy_centred = zero
-    magnitude = x.dtype.type(0)
-    if measure:
-        for i in range(x.shape[0]):
-            d = x[i] - mean if scale is None else x[i] * scale - mean
-            h = dy[i] + zero
-            squares += d * d
-            dy_total += h
-            dy_centred += h * d
-            magnitude += abs(x[i])
-    else:
-        for i in range(x.shape[0]):
-            d = x[i] - mean if scale is None else x[i] * scale - mean
-            h = dy[i] + zero
-            squares += d * d
-            dy_total += h
-            dy_centred += h * d
-    return squares, dy_total, dy_centred, magnitude
+    for i in range(x.shape[0]):
+        d = x[i] - mean if scale is None else x[i] * scale - mean
+        h = dy[i] + zero
+        squares += d * d
+        dy_total += h
+        dy_centred += h * d
+    return squares, dy_total, dy_centred
 
 
 @_jit_reassoc
 def _row_param_sums(
     x: Any, dy: Any, scale: Any, mean: Any, inv_s: Any, zero: Any
 ) -> tuple[Any, Any]:
-    """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it."""
+    """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it
+    (``x_hat = (x * scale - mean) * inv_s``)."""
     dy_x_hat = zero
     dy_total = zero
+    # one loop: a second, for a scale of 1, slows this one (which LLVM then leaves scalar)
     for i in range(x.shape[0]):
         h = dy[i] + zero
         dy_x_hat += h * ((x[i] * scale - mean) * inv_s)
@@ -209,7 +188,7 @@ def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
     return total
 
 
-@_jit
+@_jit_inline
 def _group_sum(
     x: Any, g0: int, g2: int, scale: Any, shift: Any, squares: bool, stack: Any, chunk: int
 ) -> Any:
@@ -240,60 +219,60 @@ def _group_sum(
 
 
 @_jit
-def _group_measure(
-    x: Any, g0: int, g2: int, squares: bool, stack: Any, chunk: int
-) -> tuple[Any, float]:
-    """The first pass over group ``(g0, g2)``: the pairwise sum of its values (or of their
-    squares) as they are, and the sum of their magnitudes ``|x|``."""
-    zero = stack.dtype.type(0)
-    depth = count = filled = 0
-    piece = zero
-    magnitude = 0.0
+def _group_magnitude(x: Any, g0: int, g2: int) -> float:
+    """The sum of the magnitudes ``|x|`` of group ``(g0, g2)``, in float64."""
+    total = 0.0
     for s1 in range(x.shape[1]):
         for s3 in range(x.shape[3]):
-            row = x[g0, s1, g2, s3]
-            for start in range(0, row.shape[0], PIECE):
-                part = row[start : start + PIECE]
-                total, size = _piece_measured_sum(part, squares, zero)
-                piece += total
-                magnitude += size
-                filled += part.shape[0]
-                if filled >= PIECE:
-                    depth, count = _push(stack, chunk, depth, count, (piece,))
-                    piece, filled = zero, 0
-    if filled:
-        depth, count = _push(stack, chunk, depth, count, (piece,))
-    return _drain(stack, chunk, 0, depth, zero), magnitude
+            total += _piece_magnitude(x[g0, s1, g2, s3], 0.0)
+    return total
 
 
 @_jit
-def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> tuple[float, bool]:
-    """The power of two of a group whose magnitudes sum to ``magnitude``, and whether its sums
-    taken unscaled are those of its scaled values, exactly.
+def _limits(n: float, floor: float, bound: int) -> tuple[float, float]:
+    """The range of ``n * size**2`` in which :func:`_plain_is_exact` takes a group's sums as
+    exact: a group's size (the larger of ``|mu|`` and its spread) within ``2**-bound``
+    and ``2**bound``, where nothing formed of it overflows, nor underflows but below the
+    rounding of its own sums. Empty where ``floor`` (the magnitude at which ``eps``
+    matters) is above ``2**bound``.
 
-    The scale is ``2**-e`` with ``2**e`` the largest power of two not above ``magnitude`` (or
-    ``floor``, where that is larger), ``e`` clamped to ``exponents`` (a normal number); 1 for
-    a group of zeros. The sum of magnitudes bounds every value and their sum of squares and
-    is at most ``n`` times the largest: scaled by it, no value's square overflows, nor
-    underflows where it matters. (The generic path takes the largest magnitude itself: any
-    such power of two gives the same results, exactly, where nothing overflows or
-    underflows.) An overflowing sum, or an infinity, takes the smallest scale.
+    A large ``eps`` does not excuse tiny values: the results divide their deviations,
+    which must keep their relative precision, by its root. (Computed once per kernel:
+    ``frexp`` or ``ldexp`` per group measured 10 to 20% of a small group's time.)
+    """
+    if floor > math.ldexp(1.0, bound):
+        return 1.0, 0.0
+    return n * math.ldexp(1.0, -2 * bound), n * math.ldexp(1.0, 2 * bound + 2)
 
-    Where both ``e`` and the data's own exponent are within a quarter of the exponent range,
-    nothing the kernels form of the unscaled values (means, squares, products) overflows, nor
-    underflows but where it is below the rounding of the group's own sums: the unscaled sums,
-    times the scale or its square, are those of the scaled values, at the cost of no more
-    passes than the unscaled sums themselves (the kernels take them so, and scale otherwise).
+
+@_jit
+def _plain_is_exact(mu: Any, squares: Any, n: float, limits: tuple[float, float]) -> bool:
+    """Whether a group's sums taken of its values as they are (mean ``mu``, sum of squared
+    deviations ``squares``) are exact: ``n * size**2 = max(n * mu**2, squares)`` within
+    ``limits`` (:func:`_limits`); false for an overflow, an infinity or a NaN."""
+    size2n = max(float(mu) * float(mu) * n, float(squares))
+    return limits[0] <= size2n < limits[1]
+
+
+@_jit
+def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> float:
+    """The power of two of a group whose magnitudes sum to ``magnitude``: ``2**-e`` with
+    ``2**e`` the largest power of two not above ``magnitude`` (or ``floor``, where that is
+    larger), ``e`` clamped to ``exponents`` (a normal number); 1 for a group of zeros.
+
+    The sum of magnitudes bounds every value and their sum of squares and is at most ``n``
+    times the largest: scaled by it, no value's square overflows, nor underflows where it
+    matters. (The generic path takes the largest magnitude itself: any such power of two
+    gives the same results, exactly, where nothing overflows or underflows.) An
+    overflowing sum, an infinity or a NaN takes the smallest scale (a NaN makes the group's
+    sums NaN whatever the scale).
     """
     lowest, highest = exponents
-    bound = highest // 4
     larger = max(magnitude, floor)
     if larger == 0:
-        return 1.0, True
+        return 1.0
     exponent = math.frexp(larger)[1] - 1 if larger < math.inf else highest
-    own = math.frexp(magnitude)[1] - 1 if 0 < magnitude < math.inf else highest
-    safe = abs(exponent) <= bound and abs(own) <= bound
-    return math.ldexp(1.0, -min(max(exponent, lowest), highest)), safe
+    return math.ldexp(1.0, -min(max(exponent, lowest), highest))
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -312,41 +291,35 @@ def moments(
     first: int,
     stop: int,
 ) -> None:
-    """Per group ``g = g0 * G2 + g2``: its ``scale`` (:func:`_scale_of`), and of its values
-    times it the ``mean`` (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
+    """Per group ``g = g0 * G2 + g2``: its ``scale``, and of its values times it the ``mean``
+    (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
 
-    The first pass sums the values (or their squares) and their magnitudes together; the
-    group is scaled in further passes only where its unscaled sums would not be exact.
-    ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
+    The sums are taken of the values as they are (scale 1) where they are exact
+    (:func:`_plain_is_exact`), else again of the values times :func:`_scale_of`'s power of
+    two. ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
-    _one, zero = real(1), real(0)
+    one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(float(n), floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            # constant arguments: each call's loop is compiled for its own case
-            if center:
-                total, magnitude = _group_measure(x, g0, g2, False, stack, chunk)
-            else:
-                total, magnitude = _group_measure(x, g0, g2, True, stack, chunk)
-            c_float, safe = _scale_of(magnitude, floor, exponents)
-            c = real(c_float)
             mu = zero
-            if safe and center:
-                mu = total / n
-                m2[g] = _group_sum(x, g0, g2, None, mu, True, stack, chunk) * c * c
-                mu = mu * c
-            elif safe:
-                m2[g] = total * c * c
-            else:
+            if center:
+                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+            squares = _group_sum(x, g0, g2, None, mu, True, stack, chunk)
+            c = one
+            if not _plain_is_exact(mu, squares, float(n), limits):
+                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
                 if center:
                     mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-                m2[g] = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
+                squares = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
             scale[g] = c
             mean[g] = mu
+            m2[g] = squares
 
 
 @_jit
@@ -378,17 +351,26 @@ def normalize(
             for s3 in range(x.shape[3]):
                 p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
                 row, out = x[g0, s1, g2, s3], y[g0, s1, g2, s3]
-                if p4 == 0:
+                # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+                if p4 == 0 and c == 1:
+                    gm, bt = gamma[p], beta[p]
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] - mu) * factor * gm + bt
+                elif p4 == 0:
                     gm, bt = gamma[p], beta[p]
                     for i in range(row.shape[0]):
                         out[i] = (row[i] * c - mu) * factor * gm + bt
                 else:
                     gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
-                    for i in range(row.shape[0]):
-                        out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
+                    if c == 1:
+                        for i in range(row.shape[0]):
+                            out[i] = (row[i] - mu) * factor * gamma_row[i] + beta_row[i]
+                    else:
+                        for i in range(row.shape[0]):
+                            out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
 
 
-@_jit
+@_jit_inline
 def _vjp_group_sums(
     x: Any,
     dy: Any,
@@ -400,16 +382,14 @@ def _vjp_group_sums(
     mu: Any,
     stack: Any,
     chunk: int,
-    measure: bool,
-) -> tuple[Any, Any, Any, Any]:
+) -> tuple[Any, Any, Any]:
     """Over group ``(g0, g2)``, with ``d = x * scale - mu`` (``x - mu`` where ``scale`` is
     ``None``): the pairwise sums of ``d**2``, of ``dyh`` and of ``dyh * d``
-    (``dyh = dy * gamma``), and with ``measure`` the sum of the magnitudes ``|x|``."""
+    (``dyh = dy * gamma``)."""
     zero = stack.dtype.type(0)
     p0, p1, p2, p3, p4 = param_strides
     depth = count = filled = 0
     pieces = (zero, zero, zero)
-    magnitude = 0.0
     for s1 in range(x.shape[1]):
         for s3 in range(x.shape[3]):
             p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
@@ -418,16 +398,15 @@ def _vjp_group_sums(
                 end = min(start + PIECE, row.shape[0])
                 if p4:
                     gamma_part = gamma[p + start : p + end]
-                    squares, dyh_total, dyh_centred, size = _piece_vjp_sums(
-                        row[start:end], dy_row[start:end], gamma_part, scale, mu, zero, measure
+                    squares, dyh_total, dyh_centred = _piece_vjp_sums(
+                        row[start:end], dy_row[start:end], gamma_part, scale, mu, zero
                     )
                 else:
-                    squares, dy_total, dy_centred, size = _piece_dy_sums(
-                        row[start:end], dy_row[start:end], scale, mu, zero, measure
+                    squares, dy_total, dy_centred = _piece_dy_sums(
+                        row[start:end], dy_row[start:end], scale, mu, zero
                     )
                     dyh_total, dyh_centred = dy_total * gamma[p], dy_centred * gamma[p]
                 pieces = (pieces[0] + squares, pieces[1] + dyh_total, pieces[2] + dyh_centred)
-                magnitude += size
                 filled += end - start
                 if filled >= PIECE:
                     depth, count = _push(stack, chunk, depth, count, pieces)
@@ -438,7 +417,6 @@ def _vjp_group_sums(
         _drain(stack, chunk, 0, depth, zero),
         _drain(stack, chunk, 1, depth, zero),
         _drain(stack, chunk, 2, depth, zero),
-        magnitude,
     )
 
 
@@ -471,34 +449,25 @@ def vjp_sums(
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
-    _one, zero = real(1), real(0)
+    one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(float(n), floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            # constant arguments: each call's loops are compiled for its own case
+            mu = zero
             if center:
-                total, magnitude = _group_measure(x, g0, g2, False, stack, chunk)
-                mu = total / n
-                sums = _vjp_group_sums(
-                    x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk, False
-                )
-            else:
-                mu = zero
-                sums = _vjp_group_sums(
-                    x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk, True
-                )
-                magnitude = sums[3]
-            c_float, safe = _scale_of(magnitude, floor, exponents)
-            c = real(c_float)
-            if safe:
-                squares, dyh_total, dyh_d = sums[0] * c * c, sums[1], sums[2] * c
-                mu = mu * c
-            else:
+                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+            squares, dyh_total, dyh_d = _vjp_group_sums(
+                x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+            )
+            c = one
+            if not _plain_is_exact(mu, squares, float(n), limits):
+                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
                 if center:
                     mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-                squares, dyh_total, dyh_d, _ = _vjp_group_sums(
-                    x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk, False
+                squares, dyh_total, dyh_d = _vjp_group_sums(
+                    x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
                 )
             scale[g] = c
             mean[g] = mu
@@ -553,10 +522,16 @@ def vjp_apply(
                 for s3 in range(x.shape[3]):
                     p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
                     row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
-                    if p4 == 0:
+                    # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+                    if p4 == 0 and c == 1:
+                        gm = gamma[p]
+                        for i in range(row.shape[0]):
+                            out[i] = ((dy_row[i] * gm - centre) + (row[i] - mu) * k) * r
+                    elif p4 == 0:
                         gm = gamma[p]
                         for i in range(row.shape[0]):
                             out[i] = ((dy_row[i] * gm - centre) + (row[i] * c - mu) * k) * r
+                    if p4 == 0:
                         dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
                         d_gamma[chunk, p] += dy_x_hat
                         d_beta[chunk, p] += dy_total

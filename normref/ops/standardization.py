@@ -195,8 +195,12 @@ def scaled_divisors(
     unscaled = divisor(xp, xp.zeros_like(v), eps=eps, eps_mode=eps_mode)
     constant = v == 0
     s = xp.where(constant, scale * unscaled, s)
+    # 1 / s(0) only where it is used: for a tiny eps it overflows, and says so
+    ones = xp.ones_like(s)
     return s, xp.where(
-        constant, 1.0 / nonzero_divisor(xp, unscaled), scale / nonzero_divisor(xp, s)
+        constant,
+        1.0 / xp.where(constant, nonzero_divisor(xp, unscaled), ones),
+        scale / nonzero_divisor(xp, s),
     )
 
 
