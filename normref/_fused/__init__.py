@@ -70,6 +70,7 @@ from normref.ops.base import GroupOp
 from normref.ops.standardization import (
     RMS_SCALE,
     STANDARDIZE,
+    divisor,
     eps_magnitude,
     nonzero_divisor,
     scaled_divisors,
@@ -290,7 +291,10 @@ def forward(
         stack,
     )
     v, _ = _variance(layer, m2, layer.partition.M)
-    s, _ = scaled_divisors(xp, v, scale, eps=layer.params["eps"], eps_mode=layer.params["eps_mode"])
+    eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
+    # the divisor of the scaled values alone: a constant group's centred values are 0, and
+    # any divisor but 0 gives it beta (scaled_divisors' care of s(0) is for the backward)
+    s = divisor(xp, v, eps=scaled_eps(eps, eps_mode, scale), eps_mode=eps_mode)
     y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
     size = _param_size(layer, x, gamma is not None or beta is not None)
     run_chunks(
