@@ -396,26 +396,28 @@ def _try(
 
 
 def _diagnosable(
-    binding: Binding, cases: Sequence[Any], dtypes: Sequence[str], backend: Backend
+    binding: Binding, cases: Sequence[Any], dtypes: Sequence[str], base: Model, backend: Backend
 ) -> dict[str, Row]:
     """The rows to diagnose: every case but error paths at every dtype, without the rows whose
-    input normref refuses once rounded to the dtype."""
+    input normref under ``base`` refuses once rounded to the dtype (an unbiased running variance
+    of one value per channel, say): error paths, which ``run`` reports and no hypothesis
+    explains."""
     rows = {}
     for case in cases:
         for dtype in dtypes:
             row = Row.of(binding, case, dtype, backend)
-            if not isinstance(_reference(row, backend), Refusal):
+            if not isinstance(_reference(row, base, backend), Refusal):
                 rows[f"{case.id} {dtype}"] = row
     return rows
 
 
-def _reference(row: Row, backend: Backend) -> Any:
+def _reference(row: Row, model: Model, backend: Backend) -> Any:
     return reference_or_refusal(
         row.prepared,
-        NORMREF,
+        model,
         backward=row.backward,
         backend=backend,
-        evaluate=lambda: row.expected(NORMREF),
+        evaluate=lambda: row.expected(model),
     )
 
 
@@ -456,7 +458,7 @@ def diagnose_binding(
         )
         raise NothingToDiagnoseError(msg)
     cases = [c for c in select_cases(binding.op, seed=seed) if c.kind != "error"]
-    rows = _diagnosable(binding, cases, taken, backend)
+    rows = _diagnosable(binding, cases, taken, base, backend)
     tried = hypotheses(binding.op, base)
     if progress is not None:
         progress(len(tried) * len(rows), "")

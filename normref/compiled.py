@@ -9,13 +9,16 @@ temporaries, large inputs shared out over threads. Every other call runs the
 generic path. The results agree with the generic path's to the rounding of
 sums taken in another order.
 
-Environment variables, read when they are used:
+Environment variables, checked when normref is imported (a value other than
+these raises :class:`ValueError` naming the variable):
 
 ``NORMREF_FUSED``
-    ``0`` turns the compiled path off for the process (default on).
+    ``0``, ``false``, ``no`` or ``off`` (any case) turns the compiled path off
+    for the process; ``1``, ``true``, ``yes``, ``on`` or unset leaves it on.
 ``NORMREF_THREADS``
-    The number of threads a large input runs on (an integer >= 1; default the
-    CPUs this process may run on).
+    The number of threads a large input runs on (an integer >= 1; default, or
+    empty, the CPUs this process may run on). Read again whenever a large input
+    runs.
 """
 
 from __future__ import annotations

@@ -30,6 +30,12 @@ Global-norm clipping (Pascanu et al., 2013)
     ``clip_grad_norm_`` is ``eps=1e-6``, optax's ``clip_by_global_norm``
     ``eps=0`` (``docs/conventions.md``).
 
+Scaling. Every norm is taken of the values times a power of two
+(:mod:`normref._lib.scaling`): per unit for AGC and the unit-wise norm, one for
+all the gradients of a global norm, so that no sum of squares overflows or
+underflows where the norm, the clipping factor or the clipped gradient is
+representable.
+
 Layouts. ``out_axis`` is the axis of output units (0 for torch ``(out, in)``
 and ``OIHW``, -1 for flax ``(in, out)`` and ``HWIO``). The NFNets code and
 optax infer the units from the rank instead (the convention field
@@ -52,8 +58,9 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref._lib.reductions import sum_of_products
-from normref._lib.tree import check_not_empty, check_same_structure, flatten, named_leaves
-from normref._lib.units import norms
+from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref._lib.tree import Flat, check_not_empty, check_same_structure, flatten, named_leaves
+from normref._lib.units import check_units, norms, unit_norms, unit_scale
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import CENTER
 from normref.partition import unit_norm_axes, unit_partition
@@ -88,20 +95,33 @@ def unitwise_norm(x: Array, *, out_axis: int = 0, precision: Precision = "highes
     """
     xp = namespace_of(x=x)
     axes = unit_norm_axes(tuple(x.shape), out_axis, name="x")
+    check_units(tuple(x.shape), axes, name="x")
     dtype = compute_dtype(xp, x.dtype, precision)
     return to_dtype(xp, norms(xp, to_dtype(xp, x, dtype), axes), output_dtype(xp, precision, x))
 
 
 class _AGCParts(NamedTuple):
-    """What both directions of AGC need, in the compute dtype; ``grad`` is converted."""
+    r"""What both directions of AGC need, per unit, in the compute dtype.
+
+    The norms are taken of each unit times its power of two (``grad_scale``,
+    ``param_scale``; :mod:`normref._lib.scaling`): ``grad_norm`` and ``param_norm``
+    are the norms of the scaled units, ``max_norm`` the threshold
+    :math:`\lambda \max(\|W\|, \epsilon)` in the parameter's scale. ``factor`` is
+    :math:`m / \max(\|G\|, m)` and ``clipped`` where :math:`\|G\| > m`, both
+    compared in the scale of the larger of the two units, so that neither side
+    overflows or underflows where the other is representable.
+    """
 
     xp: Namespace
     dtype: Any
     axes: tuple[int, ...]
+    grad_scale: Array
     grad_norm: Array
+    param_scale: Array
     param_norm: Array
     max_norm: Array
-    denominator: Array
+    factor: Array
+    clipped: Array
 
 
 def _agc_parts(
@@ -115,20 +135,37 @@ def _agc_parts(
 ) -> tuple[_AGCParts, Array]:
     """The per-unit quantities of AGC, and ``grad`` in the compute dtype.
 
-    ``param`` is needed as its norms alone: its converted copy is dropped at once.
+    ``param`` is needed as its norms alone: its scaled copy is dropped at once.
     """
-    xp = namespace_of(grad=grad, param=param, dy=dy)
+    xp = namespace_of(grad=grad, param=param, dy=dy, optional=("dy",))
     check_shape(param.shape, grad.shape, name="param", what="the shape of grad")
     clipping = check_eps(clipping, name="clipping")
     eps = check_eps(eps)
     axes = unit_norm_axes(tuple(grad.shape), out_axis, name="grad")
+    check_units(tuple(grad.shape), axes, name="grad")
     dtype = compute_dtype(xp, grad.dtype, precision)
-    param_norm = norms(xp, to_dtype(xp, param, dtype), axes)
+    p = to_dtype(xp, param, dtype)
+    param_scale = unit_scale(xp, p, axes)
+    param_norm = unit_norms(xp, _times(p, param, param_scale), axes)
+    del p
     g = to_dtype(xp, grad, dtype)
-    grad_norm = norms(xp, g, axes)
-    max_norm = clipping * xp.maximum(param_norm, eps)
+    grad_scale = unit_scale(xp, g, axes)
+    grad_norm = unit_norms(xp, g * grad_scale, axes)
+    max_norm = clipping * xp.maximum(param_norm, eps * param_scale)
+    # both in the scale of the larger unit: powers of two, exact, the smaller side may underflow
+    common = xp.minimum(grad_scale, param_scale)
+    n, m = grad_norm * (common / grad_scale), max_norm * (common / param_scale)
     parts = _AGCParts(
-        xp, dtype, axes, grad_norm, param_norm, max_norm, xp.maximum(grad_norm, max_norm)
+        xp,
+        dtype,
+        axes,
+        grad_scale,
+        grad_norm,
+        param_scale,
+        param_norm,
+        max_norm,
+        m / xp.maximum(n, m),
+        n > m,
     )
     return parts, g
 
@@ -187,10 +224,11 @@ def adaptive_grad_clip(
     infinite gradient has an infinite norm and is scaled by 0: its finite
     values become 0 and its infinite ones NaN (as the NFNets code and optax);
     NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
-    are unaffected.
+    are unaffected. The norms are taken of each unit times a power of two, so
+    that they neither overflow nor underflow.
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision)
-    return to_dtype(parts.xp, _times(g, grad, parts.max_norm / parts.denominator), grad.dtype)
+    return to_dtype(parts.xp, _times(g, grad, parts.factor), grad.dtype)
 
 
 def adaptive_grad_clip_vjp(
@@ -217,25 +255,30 @@ def adaptive_grad_clip_vjp(
     :math:`\bar G = \bar y`, :math:`\bar W = 0`. At the kinks (:math:`n = m`,
     :math:`p = \epsilon`) these are one-sided derivatives. A unit whose factor
     :math:`f` is NaN (NaN in its gradient or parameter) gets NaN in both
-    gradients, as non-finite values propagate everywhere in normref.
+    gradients, as non-finite values propagate everywhere in normref. Both
+    terms are products of a unit's scaled values with ratios of scaled sums,
+    which do not change with the units' scale.
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
     xp = parts.xp
     d_grad = xp.astype(dy, parts.dtype, copy=True)  # becomes the gradient of grad
-    factor = parts.max_norm / parts.denominator
-    clipped = parts.grad_norm > parts.max_norm
+    factor, clipped = parts.factor, parts.clipped
+    g = _times(g, grad, parts.grad_scale)  # the scaled units: f s / n^2 G = f s' / n'^2 G'
     s = sum_of_products(xp, d_grad, g, parts.axes) if parts.axes else d_grad * g
-    n = parts.denominator  # equals the gradient's norm on clipped units
+    n = xp.where(clipped, parts.grad_norm, xp.ones_like(parts.grad_norm))
     k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
-    moves_m = clipped & (parts.param_norm >= eps)
-    k_param = xp.where(moves_m, clipping * s / (n * xp.maximum(parts.param_norm, eps)), 0.0)
+    moves_m = clipped & (parts.param_norm >= eps * parts.param_scale)
+    p = xp.where(moves_m, parts.param_norm, xp.ones_like(parts.param_norm))
+    k_param = xp.where(moves_m, clipping * s / (n * p), 0.0)
     k_param = xp.where(xp.isnan(factor), factor, k_param)
     d_grad *= factor
-    d_grad -= _times(g, grad, k_grad)
+    g *= k_grad  # in place: g is this function's own scaled copy
+    d_grad -= g
     del g  # the converted gradient is not needed any more: free it before the next copies
     d_grad = to_dtype(xp, d_grad, grad.dtype)
-    d_param = _times(to_dtype(xp, param, parts.dtype), param, k_param)
+    w = to_dtype(xp, param, parts.dtype)
+    d_param = _times(_times(w, param, parts.param_scale), param, k_param)
     return AGCGrads(grad=d_grad, param=to_dtype(xp, d_param, param.dtype))
 
 
@@ -268,22 +311,23 @@ def adaptive_grad_clip_tree(
     if exclude is not None and not callable(exclude):
         msg = f"exclude must be a callable of a leaf's path, or None, got {type(exclude).__name__}"
         raise TypeError(msg)
-
-    def clipped(path: tuple[Any, ...], g: Array, p: Array) -> Array:
-        if exclude is not None and exclude(path):
-            return namespace_of(grad=g).asarray(g, copy=True)
-        return adaptive_grad_clip(
-            g, p, clipping=clipping, eps=eps, out_axis=out_axis, precision=precision
-        )
-
-    return flat_grads.rebuild(
-        [
-            clipped(path, g, p)
-            for path, g, p in zip(
-                flat_grads.keys, flat_grads.leaves, flat_params.leaves, strict=True
+    clipped = []
+    for keys, path, g, p in zip(
+        flat_grads.keys, flat_grads.paths, flat_grads.leaves, flat_params.leaves, strict=True
+    ):
+        if exclude is not None and exclude(keys):
+            clipped.append(namespace_of(grad=g).asarray(g, copy=True))
+            continue
+        try:
+            clipped.append(
+                adaptive_grad_clip(
+                    g, p, clipping=clipping, eps=eps, out_axis=out_axis, precision=precision
+                )
             )
-        ]
-    )
+        except (TypeError, ValueError) as error:
+            msg = f"the leaf grads{path} (and params{path}): {error}"
+            raise type(error)(msg) from error
+    return flat_grads.rebuild(clipped)
 
 
 class CentralizedGrad(NamedTuple):
@@ -360,23 +404,43 @@ def gradient_centralize_vjp(
     return CentralizedGrad(normalize_vjp(layer, dy, grad, None, None, precision).x)
 
 
-def _global_norm(grads: Any, precision: Precision) -> tuple[Namespace, Any, Any, Array]:
+class _GlobalNorm(NamedTuple):
+    """The leaves of a tree of gradients, and their global norm taken of them times one power
+    of two (``scale``): ``norm`` is that of the scaled leaves."""
+
+    xp: Namespace
+    dtype: Any
+    flat: Flat
+    scale: Array
+    norm: Array
+
+
+def _global_norm(grads: Any, precision: Precision) -> _GlobalNorm:
     flat = flatten(grads)
     check_not_empty(flat, name="grads")
     xp = namespace_of(**named_leaves("grads", flat))
     dtype = compute_dtype(xp, result_dtype(xp, *flat.leaves), precision)
-    squares = [xp.sum(to_dtype(xp, leaf, dtype) ** 2) for leaf in flat.leaves]
-    return xp, dtype, flat, xp.sqrt(xp.sum(xp.stack(squares)))
+    leaves = [xp.reshape(to_dtype(xp, leaf, dtype), (-1,)) for leaf in flat.leaves if leaf.size]
+    if not leaves:
+        msg = f"grads hold no values (leaves of size 0 only: {flat.paths}): no norm to clip by"
+        raise ValueError(msg)
+    magnitudes = xp.stack([max_magnitude(xp, leaf, (0,))[0] for leaf in leaves])
+    scale = power_of_two_scale(xp, xp.max(magnitudes))
+    squares = [xp.vecdot(leaf * scale, leaf * scale) for leaf in leaves]
+    return _GlobalNorm(xp, dtype, flat, scale, xp.sqrt(xp.sum(xp.stack(squares))))
 
 
 def global_norm(grads: Any, *, precision: Precision = "highest") -> Array:
     r"""The Euclidean norm of all arrays of ``grads`` together, :math:`\sqrt{\sum_k \|g_k\|^2}`.
 
     ``grads`` is an array or a (nested) list, tuple or dict of arrays. Returns
-    a 0-d array in the promoted dtype of the leaves.
+    a 0-d array in the promoted dtype of the leaves. The squares are summed of the
+    values times one power of two (:mod:`normref._lib.scaling`): the norm is
+    infinite only where it overflows the dtype.
     """
-    xp, _, flat, norm = _global_norm(grads, precision)
-    return to_dtype(xp, norm, result_dtype(xp, *flat.leaves))
+    found = _global_norm(grads, precision)
+    xp = found.xp
+    return to_dtype(xp, found.norm / found.scale, result_dtype(xp, *found.flat.leaves))
 
 
 def clip_by_global_norm(
@@ -414,8 +478,17 @@ def clip_by_global_norm(
     """
     max_norm = check_eps(max_norm, name="max_norm")
     eps = check_eps(eps, allow_zero=True)
-    xp, dtype, flat, norm = _global_norm(grads, precision)
-    factor = max_norm / xp.maximum(norm + eps, max_norm)
-    return flat.rebuild(
-        [to_dtype(xp, to_dtype(xp, leaf, dtype) * factor, leaf.dtype) for leaf in flat.leaves]
+    found = _global_norm(grads, precision)
+    xp, scale = found.xp, found.scale
+    # c / max(|g| + eps, c) with everything times the power of two of the norm
+    limit = max_norm * scale
+    total = found.norm + eps * scale
+    clipped = total > limit
+    factor = xp.where(clipped, limit / xp.where(clipped, total, xp.ones_like(total)), 1.0)
+    factor = xp.where(xp.isnan(total), total, factor)  # a NaN norm makes every gradient NaN
+    return found.flat.rebuild(
+        [
+            to_dtype(xp, to_dtype(xp, leaf, found.dtype) * factor, leaf.dtype)
+            for leaf in found.flat.leaves
+        ]
     )

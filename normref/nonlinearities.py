@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from array_api_compat import device
 from scipy import integrate, special
@@ -127,6 +128,28 @@ _RELATIVE_TOLERANCE = 55 * sys.float_info.epsilon
 _SUBDIVISIONS = 200
 
 
+def _checked(fn: Callable[[float], Any]) -> Callable[[float], float]:
+    """``fn`` with each value checked: a real, finite number (``fn_or_name``'s rule)."""
+
+    def value(z: float) -> float:
+        result = fn(z)
+        if not isinstance(result, numbers.Real) or isinstance(result, bool):
+            msg = (
+                f"fn_or_name must return a real number for a float argument, it returned "
+                f"{result!r} ({type(result).__name__}) at z={z!r}"
+            )
+            raise TypeError(msg)
+        if not math.isfinite(result):
+            msg = (
+                f"fn_or_name must return finite values, it returned {result!r} at z={z!r}: "
+                "the variance of g(z), z ~ N(0, 1), needs them"
+            )
+            raise ValueError(msg)
+        return float(result)
+
+    return value
+
+
 def _integrate(f: Callable[[float], float], points: Sequence[float]) -> tuple[float, float]:
     """:math:`\\int f \\varphi` over the real line split at ``points``, and quad's error estimate."""
     edges = [-math.inf, *points, math.inf]
@@ -191,8 +214,22 @@ def nonlinearity_gamma(
     if not all(math.isfinite(p) for p in points):
         msg = f"breakpoints must be finite numbers, got {tuple(breakpoints)!r}"
         raise ValueError(msg)
-    mean, mean_error = _integrate(lambda z: float(fn(z)), points)
-    variance, variance_error = _integrate(lambda z: (float(fn(z)) - mean) ** 2, points)
+    g = _checked(fn)
+    mean, mean_error = _integrate(g, points)
+    try:
+        variance, variance_error = _integrate(lambda z: (g(z) - mean) ** 2, points)
+    except OverflowError:
+        msg = (
+            "fn_or_name grows too fast: the squares of its values overflow float64, so its "
+            "variance under N(0, 1) is not a finite number"
+        )
+        raise ValueError(msg) from None
+    if not (math.isfinite(mean) and math.isfinite(variance)):
+        msg = (
+            f"fn_or_name has no finite mean and variance under N(0, 1) (quadrature gave "
+            f"{mean!r} and {variance!r}): gamma = 1/std is not determined"
+        )
+        raise ValueError(msg)
     variance_bound = variance_error + mean_error**2
     if not variance > variance_bound:
         msg = (

@@ -64,6 +64,29 @@ def split_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> list[
     return origins if next(pieces, None) is None else None
 
 
+def _axis_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """For every axis of ``split_shape`` (sizes 0 and 1 included), the axis of ``shape`` it
+    comes from: ``split_shape`` is ``shape`` itself, or ``shape`` with one axis split in two
+    (every partition of this module), or ``shape`` with axes split in place
+    (:func:`split_origins`, which needs no size 0)."""
+    if len(split_shape) == len(shape):
+        return tuple(range(len(shape)))
+    if len(split_shape) == len(shape) + 1:
+        for i in range(len(shape)):
+            if (
+                split_shape[:i] == shape[:i]
+                and split_shape[i + 2 :] == shape[i + 1 :]
+                and split_shape[i] * split_shape[i + 1] == shape[i]
+            ):
+                return (*range(i + 1), *range(i, len(shape)))
+    origins = split_origins(shape, split_shape)
+    if origins is None:
+        msg = f"{split_shape} is not a split of the shape {shape}"
+        raise ValueError(msg)
+    kept = iter(origins)
+    return tuple(next(kept) if size > 1 else -1 for size in split_shape)
+
+
 @dataclass(frozen=True)
 class Partition:
     """A split of ``shape`` into group, sample and feature axes.
@@ -117,6 +140,28 @@ class Partition:
     def D(self) -> int:
         """Number of features normalized jointly (1 for per-feature standardization)."""
         return self._size(FEATURE)
+
+    @property
+    def reduced_axes(self) -> tuple[int, ...]:
+        """Axes of the input (of :attr:`shape`) split into, or kept as, sample axes."""
+        origins = _axis_origins(self.shape, self.split_shape)
+        return tuple(sorted({origins[i] for i in self.sample_axes if origins[i] >= 0}))
+
+    def check_samples(self, *, minimum: int, what: str, where: str, name: str = "x") -> None:
+        """Each group must hold at least ``minimum`` samples (``what`` says why), and a group
+        of none has no statistics at all: :class:`ValueError` naming the empty axis of the
+        input ``name``."""
+        if self.M == 0:
+            empty = [a for a in self.reduced_axes if self.shape[a] == 0]
+            msg = (
+                f"{where}: {name} has size 0 along axis "
+                f"{empty[0] if len(empty) == 1 else empty}, "
+                "which the statistics are taken over: a group without samples has no statistics"
+            )
+            raise ValueError(msg)
+        if minimum > self.M:
+            msg = f"{where} gives groups of M={self.M} sample(s); {what}"
+            raise ValueError(msg)
 
     def split(self, xp: Namespace, x: Array) -> Array:
         """``x`` reshaped to ``split_shape`` (no data moves)."""
@@ -231,17 +276,17 @@ def _split_channels(
     shape: tuple[int, ...],
     channel: int,
     *,
-    block: int,
+    sizes: tuple[int, int],
     labels: tuple[str, str],
     batch_label: str,
 ) -> Partition:
-    """The channel axis split into ``(C // block, block)`` with ``labels``; the other axes
+    """The channel axis split into ``sizes`` (their product C) with ``labels``; the other axes
     labelled ``batch_label`` (axis 0) or samples."""
     split_shape: list[int] = []
     split_labels: list[str] = []
     for i, size in enumerate(shape):
         if i == channel:
-            split_shape += [size // block, block]
+            split_shape += list(sizes)
             split_labels += list(labels)
         else:
             split_shape.append(size)
@@ -262,7 +307,11 @@ def group_partition(shape: tuple[int, ...], num_groups: int, axis: int = 1) -> P
     groups = check_positive_int(num_groups, name="num_groups")
     _check_divides(groups, "num_groups", num_groups, shape[channel], channel)
     return _split_channels(
-        shape, channel, block=shape[channel] // groups, labels=(GROUP, SAMPLE), batch_label=GROUP
+        shape,
+        channel,
+        sizes=(groups, shape[channel] // groups),
+        labels=(GROUP, SAMPLE),
+        batch_label=GROUP,
     )
 
 
@@ -301,7 +350,13 @@ def whitening_partition(shape: tuple[int, ...], group_size: int, axis: int = 1) 
     channel = normalize_axis(axis, len(shape))
     size = check_positive_int(group_size, name="group_size")
     _check_divides(size, "group_size", group_size, shape[channel], channel)
-    return _split_channels(shape, channel, block=size, labels=(GROUP, FEATURE), batch_label=SAMPLE)
+    return _split_channels(
+        shape,
+        channel,
+        sizes=(shape[channel] // size, size),
+        labels=(GROUP, FEATURE),
+        batch_label=SAMPLE,
+    )
 
 
 def unit_partition(shape: tuple[int, ...], out_axis: int = 0) -> Partition:

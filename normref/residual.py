@@ -104,7 +104,7 @@ def _sum_to_shape(xp: Any, t: Array, shape: tuple[int, ...]) -> Array:
 def _skip_init_parts(
     x: Array, branch_out: Array, alpha: Array, precision: Precision, dy: Array | None = None
 ) -> tuple[Any, Any]:
-    xp = namespace_of(x=x, branch_out=branch_out, alpha=alpha, dy=dy)
+    xp = namespace_of(x=x, branch_out=branch_out, alpha=alpha, dy=dy, optional=("dy",))
     check_shape(branch_out.shape, x.shape, name="branch_out", what="the shape of x")
     _check_alpha_shape(tuple(alpha.shape), tuple(x.shape))
     return xp, compute_dtype(xp, result_dtype(xp, x, branch_out, alpha), precision)
@@ -151,7 +151,7 @@ def skip_init_residual_vjp(
     d_y = to_dtype(xp, dy, dtype)
     d_alpha = _sum_to_shape(xp, d_y * to_dtype(xp, branch_out, dtype), tuple(alpha.shape))
     return SkipInitGrads(
-        x=to_dtype(xp, d_y, x.dtype),
+        x=xp.astype(d_y, x.dtype, copy=True),  # a new array: never the caller's dy
         branch_out=to_dtype(xp, to_dtype(xp, alpha, dtype) * d_y, branch_out.dtype),
         alpha=to_dtype(xp, d_alpha, alpha.dtype),
     )

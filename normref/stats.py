@@ -45,6 +45,7 @@ from normref._lib.checks import (
     normalize_axes,
 )
 from normref._lib.namespace import Array, compute_dtype, namespace_of, to_dtype
+from normref._lib.scaling import group_scale
 from normref.conventions import Convention, get_convention
 from normref.ops.standardization import group_count, mean_and_m2
 from normref.ops.whitening import group_cross
@@ -84,20 +85,83 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Precision = "hi
     (``dask.compute(m.mean, m.m2)``).
     """
     xp = namespace_of(x=x)
-    axes = normalize_axes(axis, x.ndim, name="axis")
+    axes = _statistic_axes(x, axis)
     dtype = compute_dtype(xp, x.dtype, precision)
     if array_api_compat.is_dask_namespace(xp):
         return _dask_moments(x, axes, dtype, precision)
-    mean, m2, _ = mean_and_m2(xp, to_dtype(xp, x, dtype), axes, algorithm="two_pass")
-    return Moments(group_count(x, axes), xp.squeeze(mean, axis=axes), xp.squeeze(m2, axis=axes))
+    mean, m2, scale = _scaled_moments(xp, to_dtype(xp, x, dtype), axes)
+    return Moments(
+        group_count(x, axes),
+        xp.squeeze(mean / scale, axis=axes),
+        xp.squeeze((m2 / scale) / scale, axis=axes),
+    )
+
+
+def mean_and_variance(
+    x: Array,
+    axis: int | tuple[int, ...],
+    *,
+    correction: int = 0,
+    precision: Precision = "highest",
+) -> tuple[Array, Array]:
+    r"""Mean and variance :math:`m_2/(n - c)` of ``x`` over ``axis``, as :func:`moments` and
+    :func:`variance` give them, but finite wherever the variance is: :math:`m_2 = n v` may
+    overflow where :math:`v` does not."""
+    xp = namespace_of(x=x)
+    axes = _statistic_axes(x, axis)
+    c = check_correction(correction)
+    n = group_count(x, axes)
+    if n - c < 1:
+        msg = f"a variance with correction={c} needs more than {c} values, got {n}"
+        raise ValueError(msg)
+    mean, m2, scale = _scaled_moments(
+        xp, to_dtype(xp, x, compute_dtype(xp, x.dtype, precision)), axes
+    )
+    variance = ((m2 / (n - c)) / scale) / scale
+    return xp.squeeze(mean / scale, axis=axes), xp.squeeze(variance, axis=axes)
+
+
+def _statistic_axes(x: Array, axis: object) -> tuple[int, ...]:
+    """``axis`` normalized; none of them of size 0 (no statistic exists of no values)."""
+    axes = normalize_axes(axis, x.ndim, name="axis")
+    empty = [a for a in axes if x.shape[a] == 0]
+    if empty:
+        msg = (
+            f"x of shape {tuple(x.shape)} has size 0 along axis {empty[0]}, which axis={axis!r} "
+            "reduces: there is no statistic of no values"
+        )
+        raise ValueError(msg)
+    return axes
+
+
+def _scaled_moments(xp: Any, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
+    """The mean and ``m2`` of ``x`` times the power of two of each statistic (keeping dims), and
+    that power (:mod:`normref._lib.scaling`): they do not overflow or underflow where the
+    unscaled ones would."""
+    scale = group_scale(xp, x, axes)
+    mean, m2, _ = mean_and_m2(xp, x * scale, axes, algorithm="two_pass", overwrite=True)
+    return mean, m2, scale
+
+
+def _check_moments(m: object, name: str) -> Moments:
+    """``m`` must be :class:`Moments` with a count that is an integer >= 0."""
+    if not isinstance(m, Moments):
+        msg = (
+            f"{name} must be Moments (count, mean, m2), as normref.stats.moments returns them, "
+            f"got {type(m).__name__}"
+        )
+        raise TypeError(msg)
+    check_int(m.count, name=f"{name}.count", minimum=0)
+    return m
 
 
 def merge(a: Moments, b: Moments) -> Moments:
     """Exact moments of the union of the data behind ``a`` and ``b`` (Chan et al.)."""
+    a, b = _check_moments(a, "a"), _check_moments(b, "b")
     xp = namespace_of(a_mean=a.mean, a_m2=a.m2, b_mean=b.mean, b_m2=b.m2)
     check_shape(b.mean.shape, a.mean.shape, name="b.mean", what="the shape of a.mean")
     for name, m in (("a", a), ("b", b)):
-        check_int(m.count, name=f"{name}.count", minimum=0)
+        check_shape(m.m2.shape, a.mean.shape, name=f"{name}.m2", what="the shape of a.mean")
     if b.count == 0:
         return a
     if a.count == 0:
@@ -118,6 +182,7 @@ def merge(a: Moments, b: Moments) -> Moments:
 
 def variance(m: Moments, correction: int = 0) -> Array:
     r"""Variance :math:`m_2 / (n - c)` from moments; ``correction`` c is 0 or 1."""
+    m = _check_moments(m, "m")
     c = check_correction(correction)
     if m.count - c < 1:
         msg = f"variance with correction={c} needs count > {c}, got count={m.count}"
@@ -180,14 +245,8 @@ def running_update(
         ("batch_var", batch_var),
     ):
         check_shape(value.shape, shape, name=name, what="the shape of running_mean")
-    n = check_int(count, name="count", minimum=0)
+    n = check_running_count(conv, count)
     w = batch_weight(momentum, conv, num_batches_tracked)
-    if conv.running_var_correction == 1 and n < 2:
-        msg = (
-            f"convention {conv.name!r} keeps an unbiased running variance, which needs "
-            f"count >= 2 values per statistic, got count={count}"
-        )
-        raise ValueError(msg)
     dtype = compute_dtype(xp, running_mean.dtype, precision)
     var_b = to_dtype(xp, batch_var, dtype)
     if conv.running_var_correction == 1:
@@ -197,6 +256,20 @@ def running_update(
     return RunningStats(
         to_dtype(xp, new_mean, running_mean.dtype), to_dtype(xp, new_var, running_var.dtype)
     )
+
+
+def check_running_count(convention: Convention | str, count: object) -> int:
+    """``count``, the values behind each batch statistic, as an integer: at least 2 where
+    ``convention`` keeps an unbiased running variance (a lone value has none)."""
+    conv = get_convention(convention)
+    n = check_int(count, name="count", minimum=0)
+    if conv.running_var_correction == 1 and n < 2:
+        msg = (
+            f"convention {conv.name!r} keeps an unbiased running variance, which needs "
+            f"count >= 2 values per statistic, got count={count}"
+        )
+        raise ValueError(msg)
+    return n
 
 
 def batch_weight(
@@ -255,8 +328,20 @@ def comoments(x: Array, *, precision: Precision = "highest") -> Comoments:
     dtype = compute_dtype(xp, x.dtype, precision)
     if array_api_compat.is_dask_namespace(xp):
         return _dask_comoments(x, dtype, precision)
-    mean, _, cross = group_cross(xp, to_dtype(xp, x, dtype), algorithm="two_pass")
-    return Comoments(x.shape[-2], mean[..., 0, :], cross)
+    m, d = x.shape[-2], x.shape[-1]
+    if m == 0:
+        msg = f"x of shape {tuple(x.shape)} has no samples (axis -2 has size 0): no comoments"
+        raise ValueError(msg)
+    if d == 0:  # statistics of no features
+        return Comoments(
+            m,
+            xp.zeros((*x.shape[:-2], 0), dtype=dtype),
+            xp.zeros((*x.shape[:-2], 0, 0), dtype=dtype),
+        )
+    wide = to_dtype(xp, x, dtype)
+    scale = group_scale(xp, wide, (-2, -1))  # the sums of products of values times it
+    mean, _, cross = group_cross(xp, wide * scale, algorithm="two_pass", overwrite=True)
+    return Comoments(m, (mean / scale)[..., 0, :], (cross / scale) / scale)
 
 
 def merge_comoments(a: Comoments, b: Comoments) -> Comoments:
@@ -264,6 +349,13 @@ def merge_comoments(a: Comoments, b: Comoments) -> Comoments:
 
     Counts and means merge as :func:`merge` merges them (which also checks them).
     """
+    for name, c in (("a", a), ("b", b)):
+        if not isinstance(c, Comoments):
+            msg = (
+                f"{name} must be Comoments (count, mean, cross), as normref.stats.comoments "
+                f"returns them, got {type(c).__name__}"
+            )
+            raise TypeError(msg)
     xp = namespace_of(a_mean=a.mean, a_cross=a.cross, b_mean=b.mean, b_cross=b.cross)
     means = merge(
         Moments(a.count, a.mean, xp.zeros_like(a.mean)),

@@ -33,6 +33,12 @@ each followed by the scalar :math:`1/\sqrt N`. The backward of each is
 therefore the backward of that operation (derived in
 :mod:`normref.ops.standardization`) with the per-unit parameter folded into
 the affine; ``docs/weights.md`` derives them.
+
+Every statistic is taken of each unit times a power of two
+(:mod:`normref._lib.scaling`), and spectral norm's power iteration holds
+:math:`W`, :math:`u` and :math:`v` as mantissas and exponents, so that results
+are exact from the smallest subnormal weight to the largest finite one, also
+where :math:`\epsilon` dominates the normalization of :math:`u` and :math:`v`.
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
-from normref._lib.units import unit_axis
+from normref._lib.scaling import max_magnitude, power_of_two_scale, times_power_of_two
+from normref._lib.units import check_units, norms, unit_axis
 from normref.conventions import L2_EPS_MODES, POWER_ITERATION_ORDERS, SCALED_WS_EPS_MODES
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.standardization import RMS_SCALE, STANDARDIZE, std_params
@@ -117,6 +124,7 @@ def _unit_layer(
         (axis,),
         f"{arg} of shape {shape}, out_axis={axis}",
         scale,
+        arg,
     )
 
 
@@ -172,7 +180,8 @@ def weight_standardize(
     Parameters
     ----------
     w
-        Weight of rank >= 2; each unit needs a fan-in of at least 2 values.
+        Weight of rank >= 2; each unit needs a fan-in of at least one value (two with
+        ``correction=1``).
     out_axis
         The axis of output units: 0 for ``(out, in)`` and ``OIHW`` (torch,
         onnx), -1 for ``(in, out)`` and ``HWIO`` (jax, flax).
@@ -228,6 +237,7 @@ def _scaled_ws_layer(w: Array, gamma: float, out_axis: object, eps: float, eps_m
     gamma = check_finite_number(gamma, name="gamma")
     shape = tuple(w.shape)
     axis = unit_axis(out_axis, shape, name="w", minimum_rank=2)
+    check_units(shape, fan_in_axes(len(shape), axis), name="w")
     n = fan_in(shape, axis)
     mode, op_eps = ("max", eps / n) if eps_mode == "max_fan_in" else (eps_mode, eps)
     params = std_params(op_eps, mode, 0)
@@ -269,7 +279,7 @@ def scaled_weight_standardize(
     Parameters
     ----------
     w
-        Weight of rank >= 2, each unit with a fan-in of at least 2 values.
+        Weight of rank >= 2, each unit with a fan-in of at least one value.
     gain
         Optional learned gain :math:`g`, one per output unit, shape
         ``(w.shape[out_axis],)`` (NFNets: ``(O,)``; timm stores it as
@@ -293,7 +303,7 @@ def scaled_weight_standardize(
     Each unit has mean 0 and squared norm :math:`(\gamma g)^2` times
     :math:`N\sigma^2 / \max(N\sigma^2, \epsilon)` (``"max_fan_in"``).
     """
-    namespace_of(w=w, gain=gain)
+    namespace_of(w=w, gain=gain, optional=("gain",))
     layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
     return normalize(layer, w, gain, None, precision)
@@ -316,7 +326,7 @@ def scaled_weight_standardize_vjp(
     standardized unit: :math:`\bar g = \frac{\gamma}{\sqrt N} \sum_i \bar y_i \hat x_i`,
     and :math:`\bar w` is the standardize backward of :math:`a \bar y`.
     """
-    namespace_of(w=w, gain=gain, dy=dy)
+    namespace_of(w=w, gain=gain, dy=dy, optional=("gain",))
     _check_dy(dy, w, "w")
     layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
     _check_unit_param(gain, layer, name="gain", weight="w")
@@ -332,6 +342,7 @@ def _weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer:
     eps = check_eps(eps, allow_zero=True)
     shape = tuple(v.shape)
     axis = unit_axis(out_axis, shape, name="v", minimum_rank=1)
+    check_units(shape, fan_in_axes(len(shape), axis), name="v")
     n = fan_in(shape, axis)
     params = {"eps": eps / n, "eps_mode": "add"}
     return _unit_layer("weight_norm", shape, "v", axis, RMS_SCALE, params, 1.0 / math.sqrt(n))
@@ -342,7 +353,7 @@ def _zero_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Ar
     if layer.params["eps"] > 0:
         return None, v
     axes = fan_in_axes(v.ndim, layer.param_axes[0])
-    zero = xp.sum(v * v, axis=axes, keepdims=True) == 0
+    zero = xp.logical_not(xp.any(v != 0, axis=axes, keepdims=True))
     return zero, xp.where(zero, 1.0, v)
 
 
@@ -362,9 +373,10 @@ def weight_norm(
     root). Torch initializes ``g`` to :math:`\|v\|` (the weight is unchanged at
     init), flax to 1; pass whichever you model.
 
-    With ``eps=0`` a unit whose squared norm is 0 (an all-zero unit, or a
-    float64 one below about 1e-154 that underflows) has no direction: its
-    output is 0 and its gradients are 0 (torch gives NaN there).
+    With ``eps=0`` an all-zero unit has no direction: its output is 0 and its
+    gradients are 0 (torch gives NaN there). Norms are taken of each unit times
+    a power of two, so that a unit of any magnitude, subnormal ones included,
+    has its direction.
 
     Parameters
     ----------
@@ -386,7 +398,7 @@ def weight_norm(
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
     """
-    namespace_of(v=v, g=g)
+    namespace_of(v=v, g=g, optional=("g",))
     return _guarded(_weight_norm_layer(v, out_axis, eps), _zero_units, v, g, precision)
 
 
@@ -407,7 +419,7 @@ def weight_norm_vjp(
     (the ``rms_scale`` backward of :mod:`normref.ops.standardization`).
     Both are 0 on a zero unit with ``eps=0``.
     """
-    namespace_of(v=v, g=g, dy=dy)
+    namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_dy(dy, v, "v")
     layer = _weight_norm_layer(v, out_axis, eps)
     return _guarded_vjp(layer, _zero_units, dy, v, g, precision)
@@ -416,7 +428,7 @@ def weight_norm_vjp(
 def _guarded(layer: Layer, guard: Guard, v: Array, g: Array | None, precision: Precision) -> Array:
     """``layer`` on ``v`` with per-unit ``g``, 0 on the units ``guard`` marks (where the layer
     divides by 0: it runs on ``guard``'s stand-in there)."""
-    xp = namespace_of(v=v, g=g)
+    xp = namespace_of(v=v, g=g, optional=("g",))
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
@@ -430,7 +442,7 @@ def _guarded_vjp(
     layer: Layer, guard: Guard, dy: Array, v: Array, g: Array | None, precision: Precision
 ) -> WeightNormGrads:
     """The VJP of :func:`_guarded`: 0 for ``v`` and ``g`` on the units ``guard`` marks."""
-    xp = namespace_of(v=v, g=g, dy=dy)
+    xp = namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_unit_param(g, layer, name="g", weight="v")
     dtype = compute_dtype(xp, v.dtype, precision)
     marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
@@ -525,7 +537,7 @@ def centered_weight_norm(
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
     """
-    namespace_of(v=v, g=g)
+    namespace_of(v=v, g=g, optional=("g",))
     return _guarded(_centered_weight_norm_layer(v, out_axis, eps), _constant_units, v, g, precision)
 
 
@@ -540,7 +552,7 @@ def centered_weight_norm_vjp(
 ) -> WeightNormGrads:
     r"""VJP of :func:`centered_weight_norm` for ``v`` and ``g``: weight standardization's backward
     of :math:`(g/\sqrt N)\,\bar y`; both 0 on a constant unit with ``eps=0``."""
-    namespace_of(v=v, g=g, dy=dy)
+    namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_dy(dy, v, "v")
     layer = _centered_weight_norm_layer(v, out_axis, eps)
     return _guarded_vjp(layer, _constant_units, dy, v, g, precision)
@@ -550,18 +562,50 @@ def centered_weight_norm_vjp(
 # Spectral normalization
 
 
+class _Scaled(NamedTuple):
+    """A vector or matrix ``m * 2**e``: ``m`` of largest magnitude near 1 (or 0), ``e`` an
+    integer-valued 0-d array, so that the value may lie beyond the dtype's range (the power
+    iteration's vectors where ``eps`` dominates their normalization)."""
+
+    m: Array
+    e: Array
+
+    def value(self, xp: Namespace) -> Array:
+        """``m * 2**e``, where it overflows or underflows as the exact value does."""
+        return times_power_of_two(xp, self.m, self.e)
+
+
+def _scaled(xp: Namespace, a: Array) -> _Scaled:
+    scale = power_of_two_scale(xp, max_magnitude(xp, xp.reshape(a, (-1,)), (0,)))[0]
+    return _Scaled(a * scale, -xp.log2(scale))
+
+
 class _PowerIteration(NamedTuple):
-    matrix: Array
-    u: Array
-    v: Array
-    sigma: Array
+    """The state after the power iteration, each part as :class:`_Scaled`: the
+    ``(units, fan-in)`` matrix of ``w``, the new ``u`` and ``v``, and ``sigma``."""
+
+    matrix: _Scaled
+    u: _Scaled
+    v: _Scaled
+    sigma: _Scaled
 
 
-def _l2_normalize(xp: Namespace, x: Array, eps: float, eps_mode: str) -> Array:
-    squared = xp.sum(x * x)
-    if eps_mode == "max":
-        return x / xp.maximum(xp.sqrt(squared), eps)
-    return x / xp.sqrt(squared + eps)
+def _product(xp: Namespace, matrix: Array, vector: _Scaled, exponent: Array) -> _Scaled:
+    """``matrix @ vector`` for the mantissa ``matrix`` of a matrix of exponent ``exponent``."""
+    found = _scaled(xp, xp.matmul(matrix, vector.m))
+    return _Scaled(found.m, found.e + vector.e + exponent)
+
+
+def _l2_normalize(xp: Namespace, t: _Scaled, eps: float, eps_mode: str) -> _Scaled:
+    r""":math:`t / \max(\|t\|, \epsilon)` or :math:`t / \sqrt{\|t\|^2 + \epsilon}`, of the
+    :class:`_Scaled` ``t``: both terms of the divisor taken to the larger of their exponents,
+    so that whichever dominates is of order 1, and the result's exponent the difference."""
+    bound, exponent = math.frexp(eps if eps_mode == "max" else math.sqrt(eps))
+    top = xp.maximum(t.e, xp.full_like(t.e, float(exponent)))
+    a = norms(xp, t.m, (0,)) * 2.0 ** (t.e - top)
+    b = bound * 2.0 ** (float(exponent) - top)
+    d = xp.maximum(a, b) if eps_mode == "max" else xp.hypot(a, b)
+    return _Scaled(t.m / xp.where(d == 0, xp.ones_like(d), d), t.e - top)
 
 
 def _check_spectral_args(
@@ -609,16 +653,22 @@ def _power_iteration(
     eps_mode: str,
     axis: int,
 ) -> _PowerIteration:
-    matrix = _matrix(xp, w, axis)
+    # W, u and v as mantissas and exponents: no product overflows or underflows, and the
+    # vectors, shrunk by eps where it dominates, keep their value beyond the dtype's range
+    matrix = _scaled(xp, _matrix(xp, w, axis))
+    u_s = _scaled(xp, u)
+    v_s = None if v is None else _scaled(xp, v)
     for _ in range(n_power_iterations):
         if order == "v_first":
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
+            v_s = _l2_normalize(xp, _product(xp, matrix.m.T, u_s, matrix.e), eps, eps_mode)
+            u_s = _l2_normalize(xp, _product(xp, matrix.m, v_s, matrix.e), eps, eps_mode)
         else:
-            u = _l2_normalize(xp, xp.matmul(matrix, v), eps, eps_mode)
-            v = _l2_normalize(xp, xp.matmul(matrix.T, u), eps, eps_mode)
-    sigma = xp.sum(u * xp.matmul(matrix, v))
-    return _PowerIteration(matrix, u, v, sigma)
+            assert v_s is not None  # _check_spectral_args: u_first needs v
+            u_s = _l2_normalize(xp, _product(xp, matrix.m, v_s, matrix.e), eps, eps_mode)
+            v_s = _l2_normalize(xp, _product(xp, matrix.m.T, u_s, matrix.e), eps, eps_mode)
+    assert v_s is not None  # _check_spectral_args: no iteration needs v
+    sigma = _Scaled(xp.sum(u_s.m * xp.matmul(matrix.m, v_s.m)), u_s.e + matrix.e + v_s.e)
+    return _PowerIteration(matrix, u_s, v_s, sigma)
 
 
 def _spectral_parts(
@@ -633,9 +683,10 @@ def _spectral_parts(
     precision: Precision,
     dy: Array | None = None,
 ) -> tuple[Namespace, Any, int, _PowerIteration]:
-    xp = namespace_of(w=w, u=u, v=v, dy=dy)
+    xp = namespace_of(w=w, u=u, v=v, dy=dy, optional=("v", "dy"))
     shape = tuple(w.shape)
     axis = unit_axis(out_axis, shape, name="w", minimum_rank=1)
+    check_units(shape, fan_in_axes(len(shape), axis), name="w")
     check_shape(u.shape, (shape[axis],), name="u", what=f"one per output unit, w.shape[{axis}]")
     if v is not None:
         check_shape(
@@ -660,9 +711,13 @@ def _spectral_parts(
     return xp, dtype, axis, state
 
 
-def _nonzero(xp: Namespace, sigma: Array) -> Array:
-    """``sigma`` where it is not 0, else 1: a zero sigma leaves the weight unscaled."""
-    return xp.where(sigma == 0, 1.0, sigma)
+def _normalized(xp: Namespace, state: _PowerIteration) -> tuple[Array, Array]:
+    """``(W / sigma, e)`` with ``W / sigma`` as the mantissa of the matrix divided by that of
+    sigma and ``e`` the exponent it is times: ``w / sigma``; ``w`` itself where sigma is 0
+    (the weight unscaled)."""
+    zero = state.sigma.m == 0
+    quotient = state.matrix.m / xp.where(zero, xp.ones_like(state.sigma.m), state.sigma.m)
+    return quotient, xp.where(zero, state.matrix.e, state.matrix.e - state.sigma.e)
 
 
 def spectral_norm(
@@ -732,16 +787,17 @@ def spectral_norm(
         ``u`` and ``v`` in their dtypes (``v`` in ``w``'s when it was not
         given), and :math:`\sigma` as a 0-d array in ``w``'s dtype.
     """
-    xp, dtype, _, state = _spectral_parts(
+    xp, _, axis, state = _spectral_parts(
         w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision
     )
-    weight = to_dtype(xp, w, dtype) / _nonzero(xp, state.sigma)
+    quotient, exponent = _normalized(xp, state)
+    weight = _unmatrix(xp, times_power_of_two(xp, quotient, exponent), tuple(w.shape), axis)
     out = output_dtype(xp, precision, w)
     return SpectralNormResult(
         weight=to_dtype(xp, weight, out),
-        u=to_dtype(xp, state.u, u.dtype),
-        v=to_dtype(xp, state.v, (w if v is None else v).dtype),
-        sigma=to_dtype(xp, state.sigma, out),
+        u=to_dtype(xp, state.u.value(xp), u.dtype),
+        v=to_dtype(xp, state.v.value(xp), (w if v is None else v).dtype),
+        sigma=to_dtype(xp, state.sigma.value(xp), out),
     )
 
 
@@ -788,9 +844,13 @@ def spectral_norm_vjp(
     )
     _check_dy(dy, w, "w")
     dy_m = _matrix(xp, to_dtype(xp, dy, dtype), axis)
-    sigma = _nonzero(xp, state.sigma)
-    y_m = state.matrix / sigma
-    outer = xp.reshape(state.u, (-1, 1)) * xp.reshape(state.v, (1, -1))
-    projection = xp.where(state.sigma == 0, 0.0, xp.sum(dy_m * y_m))
-    d_w = (dy_m - projection * outer) / sigma
+    zero = state.sigma.m == 0
+    sigma = xp.where(zero, xp.ones_like(state.sigma.m), state.sigma.m)
+    # <dy, W / sigma> u v^T of the mantissas: the exponents of W / sigma and u v^T cancel
+    y_m = state.matrix.m / sigma
+    outer = xp.reshape(state.u.m, (-1, 1)) * xp.reshape(state.v.m, (1, -1))
+    projection = xp.where(zero, 0.0, xp.sum(dy_m * y_m))
+    d_w = times_power_of_two(
+        xp, (dy_m - projection * outer) / sigma, xp.where(zero, 0.0 * state.sigma.e, -state.sigma.e)
+    )
     return WeightGrad(to_dtype(xp, _unmatrix(xp, d_w, tuple(w.shape), axis), w.dtype))

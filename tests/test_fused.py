@@ -293,6 +293,37 @@ def test_more_groups_than_chunks_are_all_computed():
     assert_close_to_scale(np.var(y, axis=1), v / (v + 1e-5), 1.0, rtol=64 * U64, what="variances")
 
 
+# Powers of two across the kernels' boundary between sums of the values as they are and sums
+# of the values scaled (sizes 2**255 and 2**-255 in float64 arithmetic, 2**31 and 2**-31 in
+# float32), and at the ends of the range.
+ROW_SCALES = {
+    "float64": [-900, -600, -256, -255, -254, 0, 254, 255, 256, 600, 1000],
+    "float32": [-100, -40, -32, -31, -30, 0, 30, 31, 32, 40, 100],
+}
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("precision", ["native", "highest"])
+def test_groups_at_every_scale_give_the_same_results_exactly(name, dtype, precision):
+    """Rows ``2**k x`` of one input, each its own group, some summed as they are and some
+    scaled: with ``eps`` negligible, every row's output is the same, bit for bit, and so is
+    every row's ``2**k dx`` (multiplying by a power of two rounds nothing)."""
+    rng = np.random.default_rng(0)
+    k = np.array(ROW_SCALES[dtype])[:, None]
+    base = rng.uniform(0.5, 1.5, (1, 300)) * rng.choice([-1.0, 1.0], (1, 300))
+    x = (base * 2.0**k).astype(dtype)
+    dy = np.broadcast_to(rng.standard_normal((1, 300)), x.shape).astype(dtype)
+    options = {"eps": 5e-324, "eps_mode": "add_std", "precision": precision}  # below every s
+    with _fused.enabled(True):
+        y = getattr(normref, name)(x, **options)
+        dx = getattr(normref, f"{name}_vjp")(dy, x, **options).x * 2.0**k
+    for result in (y, dx):
+        np.testing.assert_array_equal(
+            result, np.broadcast_to(result[k.tolist().index([0])], x.shape)
+        )
+
+
 # ---------------------------------------------------------------------------- where it runs
 
 
@@ -387,14 +418,37 @@ def test_the_switch_turns_the_fused_path_off(kernel_calls):
     assert kernel_calls == ["normalize"]
 
 
+def _import_with(variable: str, value: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, variable: value}
+    return subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True
+    )
+
+
 def test_the_environment_variable_turns_the_fused_path_off():
     code = "from normref import _fused; print(_fused.DEFAULT_ENABLED)"
-    for value, expected in (("0", "False"), ("1", "True")):
-        env = {**os.environ, "NORMREF_FUSED": value}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert out.stdout.strip() == expected
+    off, on = ("0", "false", "No", " OFF "), ("1", "true", "YES", "on", "")
+    for value, expected in [*((v, "False") for v in off), *((v, "True") for v in on)]:
+        out = _import_with("NORMREF_FUSED", value, code)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected, value
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NORMREF_FUSED", "maybe", "NORMREF_FUSED must be one of 1, true, yes, on or 0"),
+        ("NORMREF_FUSED", "2", "NORMREF_FUSED must be one of"),
+        ("NORMREF_THREADS", "many", "NORMREF_THREADS must be an integer >= 1, got 'many'"),
+        ("NORMREF_THREADS", "0", "NORMREF_THREADS must be an integer >= 1, got '0'"),
+    ],
+)
+def test_a_bad_environment_variable_is_refused_on_import(variable, value, message):
+    """Not first when an input large enough for threads runs: as normref is imported."""
+    out = _import_with(variable, value, "import normref")
+    assert out.returncode != 0
+    assert "ValueError" in out.stderr
+    assert message in out.stderr
 
 
 def test_errors_are_raised_before_either_path(kernel_calls):

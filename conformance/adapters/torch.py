@@ -418,6 +418,10 @@ def lacks(error: BaseException) -> str | None:
     text = str(error)
     if isinstance(error, (RuntimeError, NotImplementedError)) and "not implemented for" in text:
         return text.splitlines()[0]
+    if isinstance(error, ValueError) and text.startswith("Expected more than 1 "):
+        # torch's batch and instance norm in training refuse one value per channel (or
+        # spatial element), whose biased variance, 0, normalizes to beta
+        return text.splitlines()[0]
     return None
 
 

@@ -73,6 +73,7 @@ from normref.ops.whitening import (
     METHODS,
     Whitening,
     group_covariance,
+    unit_shift,
 )
 from normref.partition import fan_in
 from normref.registry import Sample
@@ -155,14 +156,20 @@ def groups_of(x: np.ndarray, method: str, eps: float, correction: int, params: d
     """The :class:`Groups` of canonical ``x`` (non-finite groups get NaN statistics)."""
     # a group that is not finite has normref's stand-in covariance (so W and its cotangent run)
     # and NaN statistics
-    centred, stand_in, finite = group_covariance(
-        xp_numpy, x, (1,), correction=correction, algorithm="two_pass"
+    stats = group_covariance(
+        xp_numpy, np.array(x, copy=True), (1,), eps=eps, correction=correction, algorithm="two_pass"
     )
+    # normref takes the statistics of the values times a power of two: these are the unscaled
+    finite = stats.finite
+    centred = stats.centred / stats.scale
+    stand_in = np.where(finite, (stats.cov / stats.scale) / stats.scale, stats.cov)
     ok = finite[:, 0, 0]
     eigenvalues = np.full(stand_in.shape[:-1], np.nan)
     if ok.any():
         eigenvalues[ok] = np.linalg.eigvalsh(stand_in[ok]) + eps
-    w, saved = _whitening(method).matrix(xp_numpy, stand_in, eps, **params)
+    w, saved = _whitening(method).matrix(
+        xp_numpy, stand_in, unit_shift(xp_numpy, eps, stand_in), **params
+    )
     return Groups(
         x,
         np.mean(np.abs(x), axis=1, keepdims=True),

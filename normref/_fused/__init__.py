@@ -16,8 +16,9 @@ most an eighth of ``x``'s size each). Large inputs are shared out over threads
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
 as NumPy's, and reuses the generic path's scalar formulas per group
-(:func:`~normref.ops.standardization.divisor`,
-:func:`~normref.ops.standardization.variance_term`); results agree with the
+(:func:`~normref.ops.standardization.scaled_divisors`,
+:func:`~normref.ops.standardization.variance_term`), on each group's values
+times the same power of two (:mod:`normref._lib.scaling`); results agree with the
 generic path to the rounding of their sums, whose orders differ. Under
 ``"highest"`` both round once to the output, so float32 results agree to an
 ulp; under ``"native"`` float32 sums of different orders may differ by tens
@@ -27,8 +28,8 @@ checked before either path runs, so errors are the same.
 Used when all of these hold, else the generic path runs:
 
 * numba is importable and the fused path is enabled (environment variable
-  ``NORMREF_FUSED`` is not ``0``; :func:`enabled` switches it in code, for
-  the calling thread);
+  ``NORMREF_FUSED`` is not ``0``, ``false``, ``no`` or ``off``; :func:`enabled`
+  switches it in code, for the calling thread);
 * ``precision`` is ``"highest"`` or ``"native"`` (a convention is modelled by
   the generic path);
 * every array is a ``numpy.ndarray`` of one dtype, float32 or float64, in
@@ -64,8 +65,18 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
+from normref._lib.scaling import exponent_range
 from normref.ops.base import GroupOp
-from normref.ops.standardization import RMS_SCALE, STANDARDIZE, divisor, variance_term
+from normref.ops.standardization import (
+    RMS_SCALE,
+    STANDARDIZE,
+    divisor,
+    eps_magnitude,
+    nonzero_divisor,
+    scaled_divisors,
+    scaled_eps,
+    variance_term,
+)
 from normref.partition import Partition
 from normref.types import Precision
 
@@ -118,8 +129,29 @@ threshold are in ``docs/performance.md``)."""
 _CENTRED = {STANDARDIZE.name: True, RMS_SCALE.name: False}
 """The operations this path runs, and whether each centres its group."""
 
-DEFAULT_ENABLED = os.environ.get("NORMREF_FUSED", "1") != "0"
-"""Whether the fused path runs where it applies, unless :func:`enabled` says otherwise."""
+SWITCH_SPELLINGS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+"""The values an on/off environment variable takes (in any case)."""
+
+
+def switch(name: str, *, default: bool) -> bool:
+    """The on/off environment variable ``name`` (:data:`SWITCH_SPELLINGS`; ``default`` where it
+    is unset or empty), or a :class:`ValueError` naming it for any other value."""
+    raw = os.environ.get(name, "")
+    text = raw.strip().lower()
+    if not text:
+        return default
+    if text not in SWITCH_SPELLINGS:
+        msg = f"{name} must be one of 1, true, yes, on or 0, false, no, off (any case), got {raw!r}"
+        raise ValueError(msg)
+    return SWITCH_SPELLINGS[text]
+
+
+DEFAULT_ENABLED = switch("NORMREF_FUSED", default=True)
+"""Whether the fused path runs where it applies, unless :func:`enabled` says otherwise
+(``NORMREF_FUSED``, read when normref is imported)."""
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "normref_fused_enabled", default=DEFAULT_ENABLED
@@ -220,6 +252,13 @@ def _variance(layer: Layer, m2: Array, n: int) -> tuple[Array, int]:
     return m2 / count, count
 
 
+def _scaling(layer: Layer, xp: Namespace, dtype: Any) -> tuple[float, tuple[int, int]]:
+    """The floor under each group's magnitude (the scale of ``eps``) and the range of the
+    scales' exponents, as the kernels take them."""
+    floor = eps_magnitude(layer.params["eps"], layer.params["eps_mode"])
+    return floor, exponent_range(xp, dtype)
+
+
 def forward(
     layer: Layer,
     xp: Namespace,
@@ -237,12 +276,25 @@ def forward(
     dtype = compute_dtype(xp, x.dtype, precision)
     groups, chunks = layout.groups, _chunks(layout)
     x5 = xp.reshape(x, layout.shape)
-    mean = xp.zeros((groups,), dtype=dtype)
-    m2 = xp.zeros((groups,), dtype=dtype)
+    scale, mean, m2 = (xp.zeros((groups,), dtype=dtype) for _ in range(3))
     stack = xp.zeros((chunks, 1, kernels.DEPTH), dtype=dtype)
-    run_chunks(kernels.moments, chunks, x.size, x5, _CENTRED[layer.op.name], mean, m2, stack)
+    run_chunks(
+        kernels.moments,
+        chunks,
+        x.size,
+        x5,
+        _CENTRED[layer.op.name],
+        *_scaling(layer, xp, dtype),
+        scale,
+        mean,
+        m2,
+        stack,
+    )
     v, _ = _variance(layer, m2, layer.partition.M)
-    s = divisor(xp, v, eps=layer.params["eps"], eps_mode=layer.params["eps_mode"])
+    eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
+    # the divisor of the scaled values alone: a constant group's centred values are 0, and
+    # any divisor but 0 gives it beta (scaled_divisors' care of s(0) is for the backward)
+    s = divisor(xp, v, eps=scaled_eps(eps, eps_mode, scale), eps_mode=eps_mode)
     y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
     size = _param_size(layer, x, gamma is not None or beta is not None)
     run_chunks(
@@ -250,8 +302,9 @@ def forward(
         chunks,
         x.size,
         x5,
+        scale,
         mean,
-        1.0 / s,
+        1.0 / nonzero_divisor(xp, s),
         _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
@@ -284,16 +337,35 @@ def vjp(
     x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
     flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale
     inputs = (x5, dy5, flat_gamma, layout.param_strides)
-    mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(4))
+    scale, mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(5))
     stack = xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype)
     run_chunks(
-        kernels.vjp_sums, chunks, x.size, *inputs, centred, mean, m2, dyh, dyh_centred, stack
+        kernels.vjp_sums,
+        chunks,
+        x.size,
+        *inputs,
+        centred,
+        *_scaling(layer, xp, dtype),
+        scale,
+        mean,
+        m2,
+        dyh,
+        dyh_centred,
+        stack,
     )
     eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
     v, count = _variance(layer, m2, n)
-    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
-    inv_s = 1.0 / s
-    coef = variance_term(xp, v, s, dyh_centred * inv_s, count=count, eps=eps, eps_mode=eps_mode)
+    s, inverse = scaled_divisors(xp, v, scale, eps=eps, eps_mode=eps_mode)
+    inv_s = 1.0 / nonzero_divisor(xp, s)
+    k = variance_term(
+        xp,
+        v,
+        s,
+        dyh_centred * inv_s,
+        count=count,
+        eps=scaled_eps(eps, eps_mode, scale),
+        eps_mode=eps_mode,
+    )
     dyh_mean = dyh / n if centred else xp.zeros_like(dyh)
     d_gamma = xp.zeros((chunks, size), dtype=dtype)
     d_beta = xp.zeros((chunks, size), dtype=dtype)
@@ -304,9 +376,11 @@ def vjp(
         chunks,
         x.size,
         *inputs,
+        scale,
         mean,
         inv_s,
-        coef,
+        inverse,
+        k * inv_s,  # dx = (P(dyh) + y K) / s, with y = d inv_s
         dyh_mean,
         dx5,
         d_gamma,

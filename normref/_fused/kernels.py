@@ -17,6 +17,22 @@ exception: each chunk adds its rows' products to a running sum per parameter
 (as many roundings as the chunk has rows), and the chunks' sums are then
 added by NumPy.
 
+Every statistic is that of a group's values times a power of two, its
+``scale``: multiplying by it is exact, and the scaled sums of squares neither
+overflow nor underflow. :mod:`normref._lib.scaling` chooses one for the
+generic path from the largest magnitude; the kernels take 1 where that is
+safe, and otherwise one from the sum of the group's magnitudes (or the floor
+their caller gives, the scale of ``eps``; :func:`_scale_of`).
+
+The sums are first taken of the values as they are: where the group's size
+(the larger of its mean and spread) and the magnitude at which ``eps`` matters
+are moderate, they are exact, and the group takes 1 as its scale (any
+power of two gives the same results, exactly, where nothing overflows or
+underflows), at the cost of the passes it cost unscaled; elsewhere (sizes
+beyond about 2**255, or 2**31 in float32, tiny ones, and sums that
+overflowed) the group's magnitudes are summed, and its sums taken again of
+the values times the power of two of that sum (:func:`_plain_is_exact`).
+
 Each kernel computes the chunks ``first <= chunk < stop`` of a fixed split of
 the groups into ``chunks`` (the leading dimension of its scratch or partial
 arrays, chosen from the problem size alone). Its caller runs ranges of chunks
@@ -26,6 +42,7 @@ depends on another's, every result is the same whatever the number of threads.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -37,6 +54,9 @@ DEPTH = 64
 """Depth of a cascade stack: enough for 2**63 pieces."""
 
 _jit = numba.njit(cache=True, nogil=True)
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+"""For the functions of a group's sums: inlined by Numba, their loops are compiled in their
+callers' own (their calls measured about 10% slower)."""
 _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
@@ -44,8 +64,22 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit_reassoc
-def _piece_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
-    """Sum of ``piece - shift``, or of its squares."""
+def _piece_sum(piece: Any, scale: Any, shift: Any, squares: bool, zero: Any) -> Any:
+    """Sum of ``piece * scale - shift``, or of its squares."""
+    total = zero
+    if squares:
+        for i in range(piece.shape[0]):
+            d = piece[i] * scale - shift
+            total += d * d
+    else:
+        for i in range(piece.shape[0]):
+            total += piece[i] * scale - shift
+    return total
+
+
+@_jit_reassoc
+def _piece_plain_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
+    """Sum of ``piece - shift``, or of its squares: of the values as they are."""
     total = zero
     if squares:
         for i in range(piece.shape[0]):
@@ -58,8 +92,20 @@ def _piece_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
 
 
 @_jit_reassoc
-def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``(x - mean)**2``, of ``dyh`` and of ``dyh * (x - mean)`` over one piece.
+def _piece_magnitude(piece: Any, zero: float) -> float:
+    """``sum |piece|`` in float64."""
+    total = zero
+    for i in range(piece.shape[0]):
+        total += abs(piece[i])
+    return total
+
+
+@_jit_reassoc
+def _piece_vjp_sums(
+    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any
+) -> tuple[Any, Any, Any]:
+    """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``
+    (``x - mean`` where ``scale`` is ``None``).
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
     a piece as long as ``x``.
@@ -68,7 +114,7 @@ def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[
     dyh_total = zero
     dyh_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean
+        d = x[i] - mean if scale is None else x[i] * scale - mean
         h = dy[i] * gamma[i]
         squares += d * d
         dyh_total += h
@@ -77,8 +123,8 @@ def _piece_vjp_sums(x: Any, dy: Any, gamma: Any, mean: Any, zero: Any) -> tuple[
 
 
 @_jit_reassoc
-def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``(x - mean)**2``, of ``dy`` and of ``dy * (x - mean)`` over one piece.
+def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
+    """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, as :func:`_piece_vjp_sums`.
 
     For parameters constant along the piece, whose caller scales the last two
     by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
@@ -88,7 +134,7 @@ def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any
     dy_total = zero
     dy_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean
+        d = x[i] - mean if scale is None else x[i] * scale - mean
         h = dy[i] + zero
         squares += d * d
         dy_total += h
@@ -97,13 +143,17 @@ def _piece_dy_sums(x: Any, dy: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any
 
 
 @_jit_reassoc
-def _row_param_sums(x: Any, dy: Any, mean: Any, inv_s: Any, zero: Any) -> tuple[Any, Any]:
-    """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it."""
+def _row_param_sums(
+    x: Any, dy: Any, scale: Any, mean: Any, inv_s: Any, zero: Any
+) -> tuple[Any, Any]:
+    """Over one row: sums of ``dy * x_hat`` and of ``dy``, for parameters constant along it
+    (``x_hat = (x * scale - mean) * inv_s``)."""
     dy_x_hat = zero
     dy_total = zero
+    # one loop: a second, for a scale of 1, slows this one (which LLVM then leaves scalar)
     for i in range(x.shape[0]):
         h = dy[i] + zero
-        dy_x_hat += h * ((x[i] - mean) * inv_s)
+        dy_x_hat += h * ((x[i] * scale - mean) * inv_s)
         dy_total += h
     return dy_x_hat, dy_total
 
@@ -138,9 +188,12 @@ def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
     return total
 
 
-@_jit
-def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, chunk: int) -> Any:
-    """Pairwise sum over group ``(g0, g2)`` of ``x - shift`` or of its squares.
+@_jit_inline
+def _group_sum(
+    x: Any, g0: int, g2: int, scale: Any, shift: Any, squares: bool, stack: Any, chunk: int
+) -> Any:
+    """Pairwise sum over group ``(g0, g2)`` of ``x * scale - shift`` or of its squares; of
+    ``x - shift`` or of its squares where ``scale`` is ``None`` (the values as they are).
 
     Short rows are gathered into one piece until it holds ``PIECE`` elements.
     """
@@ -152,7 +205,10 @@ def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, 
             row = x[g0, s1, g2, s3]
             for start in range(0, row.shape[0], PIECE):
                 part = row[start : start + PIECE]
-                piece += _piece_sum(part, shift, squares, zero)
+                if scale is None:
+                    piece += _piece_plain_sum(part, shift, squares, zero)
+                else:
+                    piece += _piece_sum(part, scale, shift, squares, zero)
                 filled += part.shape[0]
                 if filled >= PIECE:
                     depth, count = _push(stack, chunk, depth, count, (piece,))
@@ -162,32 +218,114 @@ def _group_sum(x: Any, g0: int, g2: int, shift: Any, squares: bool, stack: Any, 
     return _drain(stack, chunk, 0, depth, zero)
 
 
+@_jit
+def _group_magnitude(x: Any, g0: int, g2: int) -> float:
+    """The sum of the magnitudes ``|x|`` of group ``(g0, g2)``, in float64."""
+    total = 0.0
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            total += _piece_magnitude(x[g0, s1, g2, s3], 0.0)
+    return total
+
+
+@_jit
+def _limits(n: float, floor: float, bound: int) -> tuple[float, float]:
+    """The range of ``n * size**2`` in which :func:`_plain_is_exact` takes a group's sums as
+    exact: a group's size (the larger of ``|mu|`` and its spread) within ``2**-bound``
+    and ``2**bound``, where nothing formed of it overflows, nor underflows but below the
+    rounding of its own sums. Empty where ``floor`` (the magnitude at which ``eps``
+    matters) is above ``2**bound``.
+
+    A large ``eps`` does not excuse tiny values: the results divide their deviations,
+    which must keep their relative precision, by its root. (Computed once per kernel:
+    ``frexp`` or ``ldexp`` per group measured 10 to 20% of a small group's time.)
+    """
+    if floor > math.ldexp(1.0, bound):
+        return 1.0, 0.0
+    return n * math.ldexp(1.0, -2 * bound), n * math.ldexp(1.0, 2 * bound + 2)
+
+
+@_jit
+def _plain_is_exact(mu: Any, squares: Any, n: float, limits: tuple[float, float]) -> bool:
+    """Whether a group's sums taken of its values as they are (mean ``mu``, sum of squared
+    deviations ``squares``) are exact: ``n * size**2 = max(n * mu**2, squares)`` within
+    ``limits`` (:func:`_limits`); false for an overflow, an infinity or a NaN."""
+    size2n = max(float(mu) * float(mu) * n, float(squares))
+    return limits[0] <= size2n < limits[1]
+
+
+@_jit
+def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> float:
+    """The power of two of a group whose magnitudes sum to ``magnitude``: ``2**-e`` with
+    ``2**e`` the largest power of two not above ``magnitude`` (or ``floor``, where that is
+    larger), ``e`` clamped to ``exponents`` (a normal number); 1 for a group of zeros.
+
+    The sum of magnitudes bounds every value and their sum of squares and is at most ``n``
+    times the largest: scaled by it, no value's square overflows, nor underflows where it
+    matters. (The generic path takes the largest magnitude itself: any such power of two
+    gives the same results, exactly, where nothing overflows or underflows.) An
+    overflowing sum, an infinity or a NaN takes the smallest scale (a NaN makes the group's
+    sums NaN whatever the scale).
+    """
+    lowest, highest = exponents
+    larger = max(magnitude, floor)
+    if larger == 0:
+        return 1.0
+    exponent = math.frexp(larger)[1] - 1 if larger < math.inf else highest
+    return math.ldexp(1.0, -min(max(exponent, lowest), highest))
+
+
 # ---------------------------------------------------------------------------- kernels
 
 
 @_jit
-def moments(x: Any, center: bool, mean: Any, m2: Any, stack: Any, first: int, stop: int) -> None:
-    """Per group ``g = g0 * G2 + g2``: ``mean`` (0 unless ``center``) and ``m2 = sum (x - mean)**2``.
+def moments(
+    x: Any,
+    center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    scale: Any,
+    mean: Any,
+    m2: Any,
+    stack: Any,
+    first: int,
+    stop: int,
+) -> None:
+    """Per group ``g = g0 * G2 + g2``: its ``scale``, and of its values times it the ``mean``
+    (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
 
-    ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
+    The sums are taken of the values as they are (scale 1) where they are exact
+    (:func:`_plain_is_exact`), else again of the values times :func:`_scale_of`'s power of
+    two. ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
+    one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(float(n), floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            mu = real(0)
+            mu = zero
             if center:
-                mu = _group_sum(x, g0, g2, real(0), False, stack, chunk) / n
+                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+            squares = _group_sum(x, g0, g2, None, mu, True, stack, chunk)
+            c = one
+            if not _plain_is_exact(mu, squares, float(n), limits):
+                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
+                if center:
+                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+                squares = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
+            scale[g] = c
             mean[g] = mu
-            m2[g] = _group_sum(x, g0, g2, mu, True, stack, chunk)
+            m2[g] = squares
 
 
 @_jit
 def normalize(
     x: Any,
+    scale: Any,
     mean: Any,
     inv_s: Any,
     gamma: Any,
@@ -198,7 +336,8 @@ def normalize(
     first: int,
     stop: int,
 ) -> None:
-    """``y = (x - mean) * inv_s * gamma + beta``, per group.
+    """``y = (x * scale - mean) * inv_s * gamma + beta``, per group (``mean`` and ``inv_s`` of
+    the scaled values).
 
     The caller passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent
     parameters: multiplying by 1 and adding -0.0 change no value.
@@ -207,19 +346,78 @@ def normalize(
     p0, p1, p2, p3, p4 = param_strides
     for g in range(first * groups // chunks, stop * groups // chunks):
         g0, g2 = g // x.shape[2], g % x.shape[2]
-        mu, scale = mean[g], inv_s[g]
+        c, mu, factor = scale[g], mean[g], inv_s[g]
         for s1 in range(x.shape[1]):
             for s3 in range(x.shape[3]):
                 p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
                 row, out = x[g0, s1, g2, s3], y[g0, s1, g2, s3]
-                if p4 == 0:
+                # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+                if p4 == 0 and c == 1:
                     gm, bt = gamma[p], beta[p]
                     for i in range(row.shape[0]):
-                        out[i] = (row[i] - mu) * scale * gm + bt
+                        out[i] = (row[i] - mu) * factor * gm + bt
+                elif p4 == 0:
+                    gm, bt = gamma[p], beta[p]
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] * c - mu) * factor * gm + bt
                 else:
                     gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
-                    for i in range(row.shape[0]):
-                        out[i] = (row[i] - mu) * scale * gamma_row[i] + beta_row[i]
+                    if c == 1:
+                        for i in range(row.shape[0]):
+                            out[i] = (row[i] - mu) * factor * gamma_row[i] + beta_row[i]
+                    else:
+                        for i in range(row.shape[0]):
+                            out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
+
+
+@_jit_inline
+def _vjp_group_sums(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    scale: Any,
+    mu: Any,
+    stack: Any,
+    chunk: int,
+) -> tuple[Any, Any, Any]:
+    """Over group ``(g0, g2)``, with ``d = x * scale - mu`` (``x - mu`` where ``scale`` is
+    ``None``): the pairwise sums of ``d**2``, of ``dyh`` and of ``dyh * d``
+    (``dyh = dy * gamma``)."""
+    zero = stack.dtype.type(0)
+    p0, p1, p2, p3, p4 = param_strides
+    depth = count = filled = 0
+    pieces = (zero, zero, zero)
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+            row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
+            for start in range(0, row.shape[0], PIECE):
+                end = min(start + PIECE, row.shape[0])
+                if p4:
+                    gamma_part = gamma[p + start : p + end]
+                    squares, dyh_total, dyh_centred = _piece_vjp_sums(
+                        row[start:end], dy_row[start:end], gamma_part, scale, mu, zero
+                    )
+                else:
+                    squares, dy_total, dy_centred = _piece_dy_sums(
+                        row[start:end], dy_row[start:end], scale, mu, zero
+                    )
+                    dyh_total, dyh_centred = dy_total * gamma[p], dy_centred * gamma[p]
+                pieces = (pieces[0] + squares, pieces[1] + dyh_total, pieces[2] + dyh_centred)
+                filled += end - start
+                if filled >= PIECE:
+                    depth, count = _push(stack, chunk, depth, count, pieces)
+                    pieces, filled = (zero, zero, zero), 0
+    if filled:
+        depth, count = _push(stack, chunk, depth, count, pieces)
+    return (
+        _drain(stack, chunk, 0, depth, zero),
+        _drain(stack, chunk, 1, depth, zero),
+        _drain(stack, chunk, 2, depth, zero),
+    )
 
 
 @_jit
@@ -229,6 +427,9 @@ def vjp_sums(
     gamma: Any,
     param_strides: tuple[int, ...],
     center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    scale: Any,
     mean: Any,
     m2: Any,
     dyh: Any,
@@ -237,53 +438,42 @@ def vjp_sums(
     first: int,
     stop: int,
 ) -> None:
-    """Per group: ``mean``, ``m2`` and the sums of ``dyh`` and ``dyh * (x - mean)``.
+    """Per group: ``scale``, ``mean`` and ``m2`` (as :func:`moments`), and the sums of ``dyh``
+    and of ``dyh * d``, ``d = x * scale - mean``.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
     of ones where the layer has none); ``stack`` is ``(chunks, 3, DEPTH)``
-    scratch in the compute dtype.
+    scratch in the compute dtype. As in :func:`moments`, the sums are taken of the
+    unscaled values where that is exact, and scaled only where it is not.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
     real = mean.dtype.type
-    zero = real(0)
+    one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    p0, p1, p2, p3, p4 = param_strides
+    limits = _limits(float(n), floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
             mu = zero
             if center:
-                mu = _group_sum(x, g0, g2, zero, False, stack, chunk) / n
-            depth = count = filled = 0
-            pieces = (zero, zero, zero)
-            for s1 in range(x.shape[1]):
-                for s3 in range(x.shape[3]):
-                    p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
-                    row, dy_row = x[g0, s1, g2, s3], dy[g0, s1, g2, s3]
-                    for start in range(0, row.shape[0], PIECE):
-                        end = min(start + PIECE, row.shape[0])
-                        if p4:
-                            gamma_part = gamma[p + start : p + end]
-                            sums = _piece_vjp_sums(
-                                row[start:end], dy_row[start:end], gamma_part, mu, zero
-                            )
-                        else:
-                            squares, dy_total, dy_centred = _piece_dy_sums(
-                                row[start:end], dy_row[start:end], mu, zero
-                            )
-                            sums = (squares, dy_total * gamma[p], dy_centred * gamma[p])
-                        pieces = (pieces[0] + sums[0], pieces[1] + sums[1], pieces[2] + sums[2])
-                        filled += end - start
-                        if filled >= PIECE:
-                            depth, count = _push(stack, chunk, depth, count, pieces)
-                            pieces, filled = (zero, zero, zero), 0
-            if filled:
-                depth, count = _push(stack, chunk, depth, count, pieces)
+                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+            squares, dyh_total, dyh_d = _vjp_group_sums(
+                x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+            )
+            c = one
+            if not _plain_is_exact(mu, squares, float(n), limits):
+                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
+                if center:
+                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+                squares, dyh_total, dyh_d = _vjp_group_sums(
+                    x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
+                )
+            scale[g] = c
             mean[g] = mu
-            m2[g] = _drain(stack, chunk, 0, depth, zero)
-            dyh[g] = _drain(stack, chunk, 1, depth, zero)
-            dyh_centred[g] = _drain(stack, chunk, 2, depth, zero)
+            m2[g] = squares
+            dyh[g] = dyh_total
+            dyh_centred[g] = dyh_d
 
 
 @_jit
@@ -292,8 +482,10 @@ def vjp_apply(
     dy: Any,
     gamma: Any,
     param_strides: tuple[int, ...],
+    scale: Any,
     mean: Any,
     inv_s: Any,
+    inverse: Any,
     coef: Any,
     dyh_mean: Any,
     dx: Any,
@@ -302,8 +494,10 @@ def vjp_apply(
     first: int,
     stop: int,
 ) -> None:
-    """``dx = (dyh - dyh_mean) * inv_s + (x - mean) * coef``, and the parameters' gradients.
+    """``dx = ((dyh - dyh_mean) + d * coef) * inverse``, and the parameters' gradients.
 
+    ``d = x * scale - mean`` are the scaled centred values, ``x_hat = d * inv_s``
+    the normalized ones, ``inverse`` is ``1/s`` of the unscaled values and
     ``dyh = dy * gamma`` (``gamma`` of ones where the layer has none).
     ``d_gamma`` and ``d_beta`` are ``(chunks, P)`` partial sums (zeros on
     entry) of ``dy * x_hat`` and ``dy`` per parameter, one row per chunk of
@@ -316,16 +510,29 @@ def vjp_apply(
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            mu, scale, k, centre = mean[g], inv_s[g], coef[g], dyh_mean[g]
+            c, mu, factor, r, k, centre = (
+                scale[g],
+                mean[g],
+                inv_s[g],
+                inverse[g],
+                coef[g],
+                dyh_mean[g],
+            )
             for s1 in range(x.shape[1]):
                 for s3 in range(x.shape[3]):
                     p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
                     row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
-                    if p4 == 0:
+                    # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+                    if p4 == 0 and c == 1:
                         gm = gamma[p]
                         for i in range(row.shape[0]):
-                            out[i] = (dy_row[i] * gm - centre) * scale + (row[i] - mu) * k
-                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, mu, scale, zero)
+                            out[i] = ((dy_row[i] * gm - centre) + (row[i] - mu) * k) * r
+                    elif p4 == 0:
+                        gm = gamma[p]
+                        for i in range(row.shape[0]):
+                            out[i] = ((dy_row[i] * gm - centre) + (row[i] * c - mu) * k) * r
+                    if p4 == 0:
+                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
                         d_gamma[chunk, p] += dy_x_hat
                         d_beta[chunk, p] += dy_total
                     else:
@@ -335,7 +542,7 @@ def vjp_apply(
                         d_beta_row = d_beta[chunk, p : p + size]
                         for i in range(size):
                             h = dy_row[i] + zero
-                            d = row[i] - mu
-                            d_gamma_row[i] += h * (d * scale)
+                            d = row[i] * c - mu
+                            d_gamma_row[i] += h * (d * factor)
                             d_beta_row[i] += h
-                            out[i] = (h * gamma_row[i] - centre) * scale + d * k
+                            out[i] = ((h * gamma_row[i] - centre) + d * k) * r

@@ -4,7 +4,8 @@ The kernels release the GIL and compute any contiguous range of their fixed
 chunks, so ranges run side by side on a pool of threads; the split of the
 work into chunks never depends on how many threads there are, so neither
 does any result. The number of threads is the number of CPUs this process
-may run on, or the environment variable ``NORMREF_THREADS``.
+may run on, or the environment variable ``NORMREF_THREADS`` (checked when
+normref is imported).
 """
 
 from __future__ import annotations
@@ -19,19 +20,32 @@ MIN_PARALLEL_ELEMENTS = 1 << 16
 """Inputs with fewer elements run on the calling thread alone: handing out work would cost more."""
 
 
-def thread_count() -> int:
-    """Threads a large input runs on: ``NORMREF_THREADS`` (an integer >= 1), else the CPUs
-    available (also where the variable is set to an empty string)."""
+def configured_threads() -> int | None:
+    """``NORMREF_THREADS`` as an integer >= 1 (surrounding spaces allowed), or ``None`` where
+    it is unset or empty; a :class:`ValueError` naming it for anything else."""
     configured = os.environ.get("NORMREF_THREADS", "").strip()
-    if configured:
-        try:
-            count = int(configured)
-        except ValueError:
-            count = 0
-        if count < 1:
-            msg = f"NORMREF_THREADS must be an integer >= 1, got {configured!r}"
-            raise ValueError(msg)
-        return count
+    if not configured:
+        return None
+    try:
+        count = int(configured)
+    except ValueError:
+        count = 0
+    if count < 1:
+        msg = f"NORMREF_THREADS must be an integer >= 1, got {configured!r}"
+        raise ValueError(msg)
+    return count
+
+
+configured_threads()  # checked when normref is imported, not first when a large input runs
+
+
+def thread_count() -> int:
+    """Threads a large input runs on: ``NORMREF_THREADS`` (an integer >= 1, read again here
+    so that it may change), else the CPUs available (also where it is set to an empty
+    string)."""
+    configured = configured_threads()
+    if configured is not None:
+        return configured
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

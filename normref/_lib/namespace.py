@@ -34,6 +34,7 @@ Precision
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 import array_api_compat
@@ -48,18 +49,21 @@ class Float64UnavailableError(RuntimeError):
     """The arrays' library cannot compute in float64 as ``precision="highest"`` asks."""
 
 
-def namespace_of(**arrays: Array | None) -> Namespace:
+def namespace_of(*, optional: Collection[str] = (), **arrays: Array | None) -> Namespace:
     """Return the Array API namespace shared by the named arrays.
 
-    ``None`` values are skipped (an absent optional argument). Raises
-    :class:`TypeError` naming the argument when a value is not an array, when two
-    arguments come from different libraries, or when an array's dtype is not
-    real floating.
+    ``None`` is skipped for the names in ``optional`` (an absent optional argument).
+    Raises :class:`TypeError` naming the argument when a value is not an array (``None``
+    for a required one), when two arguments come from different libraries, or when an
+    array's dtype is not real floating.
     """
     found: dict[str, tuple[Array, Namespace]] = {}
     for name, value in arrays.items():
-        if value is None:
+        if value is None and name in optional:
             continue
+        if value is None:
+            msg = f"{name} must be an array, got None: it is required"
+            raise TypeError(msg)
         try:
             found[name] = (value, array_api_compat.array_namespace(value))
         except TypeError:

@@ -13,6 +13,7 @@ import operator
 from normref._lib.checks import check_rank
 from normref._lib.namespace import Array, Namespace
 from normref._lib.reductions import sum_of_products
+from normref._lib.scaling import group_scale, power_of_two_scale
 
 LAYOUTS = "0 for (out, in) matrices and OIHW kernels, -1 for (in, out) matrices and HWIO kernels"
 
@@ -44,8 +45,29 @@ def unit_axis(out_axis: object, shape: tuple[int, ...], *, name: str, minimum_ra
     return axis_index(out_axis, len(shape), shape, name)
 
 
-def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    """Euclidean norms of ``x`` over ``axes``, keeping dims (``|x|`` for no axes).
+def check_units(shape: tuple[int, ...], axes: tuple[int, ...], *, name: str) -> None:
+    """Each unit of ``name`` (over ``axes``) must hold values: a unit of none has no norm or
+    statistics to compare or normalize by (a :class:`ValueError` naming the axis of size 0)."""
+    empty = [a for a in axes if shape[a] == 0]
+    if empty:
+        msg = (
+            f"{name} of shape {tuple(shape)} has size 0 along axis {empty[0]}, which each "
+            "unit's norm or statistics are taken over: a unit without values has none"
+        )
+        raise ValueError(msg)
+
+
+def unit_scale(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    """The power of two of each unit of ``x`` over ``axes`` (keeping dims; of each element for
+    no axes), by which its norm is taken (:mod:`normref._lib.scaling`)."""
+    if not axes:
+        return power_of_two_scale(xp, xp.abs(x))
+    return group_scale(xp, x, axes)
+
+
+def unit_norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    """Euclidean norms of ``x`` over ``axes``, keeping dims (``|x|`` for no axes), as plain sums
+    of squares: of values scaled by :func:`unit_scale`.
 
     The squares are summed as dot products where ``axes`` include the last
     axis (:func:`normref._lib.reductions.sum_of_products`), without a squared copy.
@@ -53,3 +75,10 @@ def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     if not axes:
         return xp.abs(x)
     return xp.sqrt(sum_of_products(xp, x, x, axes))
+
+
+def norms(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    """Euclidean norms of ``x`` over ``axes``, keeping dims: those of ``x`` times each unit's
+    power of two, divided by it, so that they are finite wherever they are representable."""
+    scale = unit_scale(xp, x, axes)
+    return unit_norms(xp, x * scale, axes) / scale

@@ -30,7 +30,7 @@ from normref.affine import (
     param_shape,
     scaled_gamma,
 )
-from normref.ops.base import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size
+from normref.ops.base import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size, empty_like
 from normref.partition import Partition
 from normref.types import Precision
 
@@ -61,7 +61,8 @@ class Layer(NamedTuple):
 
     ``affine_scale`` is a constant factor of the affine, applied in the compute
     dtype: :math:`y = c\,\gamma \hat x + \beta` (Scaled WS's
-    :math:`\gamma/\sqrt N`); 1 for every named activation layer.
+    :math:`\gamma/\sqrt N`); 1 for every named activation layer. ``argument``
+    names the normalized input in messages (``"w"``, ``"v"`` for weights).
     """
 
     name: str
@@ -71,15 +72,22 @@ class Layer(NamedTuple):
     param_axes: tuple[int, ...]
     where: str
     affine_scale: float = 1.0
+    argument: str = "x"
 
 
 def _checked_namespace(
     layer: Layer, x: Array, gamma: Array | None, beta: Array | None, **more: Array
 ) -> Any:
-    xp = namespace_of(**more, x=x, gamma=gamma, beta=beta)
+    xp = namespace_of(**more, x=x, gamma=gamma, beta=beta, optional=("gamma", "beta"))
     check_param(gamma, x.shape, layer.param_axes, name="gamma")
     check_param(beta, x.shape, layer.param_axes, name="beta")
-    check_group_size(layer.partition.M, op=layer.op, where=f"{layer.name}({layer.where})")
+    check_group_size(
+        layer.partition,
+        op=layer.op,
+        params=layer.params,
+        where=f"{layer.name}({layer.where})",
+        name=layer.argument,
+    )
     return xp
 
 
@@ -184,6 +192,9 @@ def normalize(
 ) -> Array:
     """Forward pass of ``layer``."""
     xp = _checked_namespace(layer, x, gamma, beta)
+    if x.size == 0:  # no groups (a size 0 that is not reduced): nothing to normalize
+        compute_dtype(xp, x.dtype, precision)  # checks precision, as every call does
+        return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
     fused = _fused.forward(layer, xp, x, gamma, beta, precision)
     if fused is not None:
         return fused
@@ -224,6 +235,13 @@ def normalize_vjp(
     """Backward pass of ``layer``: gradients for ``x``, ``gamma`` and ``beta``."""
     xp = _checked_namespace(layer, x, gamma, beta, dy=dy)
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    if x.size == 0:  # no groups: every gradient is empty, or a sum over no values
+        compute_dtype(xp, x.dtype, precision)
+        return NormGrads(
+            x=empty_like(xp, tuple(x.shape), x.dtype, x),
+            gamma=None if gamma is None else xp.zeros_like(gamma),
+            beta=None if beta is None else xp.zeros_like(beta),
+        )
     fused = _fused.vjp(layer, xp, dy, x, gamma, beta, precision)
     if fused is not None:
         return NormGrads(*fused)

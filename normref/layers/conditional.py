@@ -38,7 +38,7 @@ from normref._lib.checks import check_correction, check_eps, check_rank, normali
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref.layers.standardization import instance_norm, instance_norm_vjp
 from normref.ops.base import check_group_size
-from normref.ops.standardization import STANDARDIZE, divisor, mean_and_variance
+from normref.ops.standardization import STANDARDIZE, divisor, mean_and_m2
 from normref.types import Precision
 
 
@@ -94,9 +94,8 @@ def _style_stats(
         count *= style.shape[a]
     check_group_size(count, op=STANDARDIZE, where=f"style of shape {tuple(style.shape)}")
     dtype = compute_dtype(xp, x.dtype, precision)
-    mean, var, centred = mean_and_variance(
-        xp, to_dtype(xp, style, dtype), spatial, correction=correction, algorithm="two_pass"
-    )
+    mean, m2, centred = mean_and_m2(xp, to_dtype(xp, style, dtype), spatial, algorithm="two_pass")
+    var = m2 / (count - correction)
     sigma = divisor(xp, var, eps=eps, eps_mode="add")
     return _StyleStats(
         xp,

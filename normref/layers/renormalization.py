@@ -82,7 +82,13 @@ def _corrected_affine(
 ) -> tuple[Any, Array, Array, Array, Array]:
     """``(xp, r, d, gamma', beta')`` in the compute dtype, each of shape ``(C,)``."""
     xp = namespace_of(
-        **more, x=x, running_mean=running_mean, running_var=running_var, gamma=gamma, beta=beta
+        **more,
+        x=x,
+        running_mean=running_mean,
+        running_var=running_var,
+        gamma=gamma,
+        beta=beta,
+        optional=("gamma", "beta"),
     )
     r_limit, d_limit = _check_limits(r_max, d_max)
     eps = check_eps(eps)

@@ -37,6 +37,13 @@ All layers compute batch statistics (training mode) except
 arguments, and returns a NamedTuple with one field per differentiable
 argument (``None`` where that argument was ``None``); the backward formulas
 are in :mod:`normref.ops.standardization` and :mod:`normref.affine`.
+
+Every group's statistics are taken of its values times a power of two, so that
+they are exact at any magnitude (:mod:`normref.ops.standardization`). A group
+of one value has the biased variance 0: its output is ``beta`` and its gradient
+0 (the unbiased variance, ``correction=1``, needs two values). A size 0 along a
+reduced axis (a group without values) raises :class:`ValueError` naming the
+axis; a size 0 along another axis (no groups) gives an empty output.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from normref.ops.standardization import (
     RMS_SCALE,
     STANDARDIZE,
     divisor,
+    group_count,
     rms_params,
     std_params,
 )
@@ -84,7 +92,13 @@ from normref.partition import (
     instance_partition,
     layer_partition,
 )
-from normref.stats import RunningStats, batch_weight, moments, running_update
+from normref.stats import (
+    RunningStats,
+    batch_weight,
+    check_running_count,
+    mean_and_variance,
+    running_update,
+)
 from normref.types import Precision
 
 
@@ -152,7 +166,10 @@ def batch_norm(
     Parameters
     ----------
     x
-        Input with the channel axis at ``axis``; each channel needs at least 2 values.
+        Input with the channel axis at ``axis``; each channel needs at least one value
+        (two with ``correction=1``: a lone value's biased variance is 0, and its output
+        ``beta``). A size 0 along a reduced axis is an error; along the channel axis, the
+        output is empty.
     gamma, beta
         Optional per-channel scale and shift, shape ``(x.shape[axis],)``; or both per
         sample and channel, shape ``(x.shape[0], x.shape[axis])`` (conditional batch norm).
@@ -227,7 +244,8 @@ def layer_norm(
     Parameters
     ----------
     x
-        Input; the normalized axes together need at least 2 values.
+        Input; the normalized axes together need at least one value (two with
+        ``correction=1``).
     gamma, beta
         Optional, of shape ``tuple(x.shape[a] for a in sorted(axes))``.
     axes
@@ -567,7 +585,13 @@ def _inference_parts(
     **more: Array,
 ) -> tuple[Any, Any, tuple[int, ...], Array, Array]:
     xp = namespace_of(
-        **more, x=x, running_mean=running_mean, running_var=running_var, gamma=gamma, beta=beta
+        **more,
+        x=x,
+        running_mean=running_mean,
+        running_var=running_var,
+        gamma=gamma,
+        beta=beta,
+        optional=("gamma", "beta"),
     )
     channel = (normalize_axis(axis, x.ndim),)
     for name, value in (
@@ -714,13 +738,14 @@ def batch_running_update(
     """The running statistics after a training step on ``x``: :func:`normref.stats.running_update`
     with the batch's per-channel mean and biased variance (two-pass, in the compute dtype)."""
     channel = normalize_axis(axis, x.ndim)
-    batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
+    reduced = tuple(a for a in range(x.ndim) if a != channel)
+    mean, var = mean_and_variance(x, reduced, precision=precision)
     return running_update(
         running_mean,
         running_var,
-        batch.mean,
-        batch.m2 / batch.count,
-        batch.count,
+        mean,
+        var,
+        group_count(x, reduced),
         momentum=momentum,
         convention=convention,
         num_batches_tracked=num_batches_tracked,
@@ -754,6 +779,8 @@ def batch_norm_train_vjp(
     namespace_of(dy=dy)
     check_running_stats(x, running_mean, running_var, axis)
     batch_weight(momentum, convention, num_batches_tracked)
+    channel = normalize_axis(axis, x.ndim)
+    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
     return batch_norm_vjp(
         dy,
         x,

@@ -136,7 +136,13 @@ def _prepared(
     **more: Array,
 ) -> tuple[Any, Any, int, Array, _Mixture]:
     xp = namespace_of(
-        **more, x=x, gamma=gamma, beta=beta, mean_logits=mean_logits, var_logits=var_logits
+        **more,
+        x=x,
+        gamma=gamma,
+        beta=beta,
+        mean_logits=mean_logits,
+        var_logits=var_logits,
+        optional=("gamma", "beta"),
     )
     eps = check_eps(eps)
     shape = tuple(x.shape)

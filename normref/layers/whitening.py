@@ -42,13 +42,12 @@ from normref.conventions import Convention, get_convention
 from normref.layers.compose import Layer, NormGrads, affine_backward, normalize, normalize_vjp
 from normref.ops.whitening import (
     WHITENING_OPS,
+    batch_whitening,
     check_method,
     method_params,
-    whitening_matrix,
     whitening_params,
 )
 from normref.partition import Partition, whitening_partition
-from normref.stats import comoments, covariance
 from normref.types import Precision
 
 
@@ -94,7 +93,8 @@ def batch_whiten(
     ----------
     x
         Input with the channel axis at ``axis`` and rank >= 2; statistics over
-        every other axis (``M = N·prod(S)`` samples, at least 2).
+        every other axis (``M = N·prod(S)`` samples, at least one; two with
+        ``correction=1``).
     gamma, beta
         Optional per-channel scale and shift, shape ``(x.shape[axis],)``.
     group_size
@@ -146,6 +146,23 @@ def batch_whiten_vjp(
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
 
 
+def _check_running(
+    part: Partition,
+    x: Array,
+    running_mean: Array,
+    running_whitening: Array,
+    channel: tuple[int, ...],
+) -> None:
+    """A running mean of one value per channel, running matrices of one per group of channels."""
+    check_param(running_mean, x.shape, channel, name="running_mean")
+    check_shape(
+        running_whitening.shape,
+        (part.G, part.D, part.D),
+        name="running_whitening",
+        what="(C / group_size, group_size, group_size)",
+    )
+
+
 def _inference_parts(
     x: Array,
     running_mean: Array,
@@ -164,17 +181,13 @@ def _inference_parts(
         running_whitening=running_whitening,
         gamma=gamma,
         beta=beta,
+        optional=("gamma", "beta"),
     )
     part = whitening_partition(tuple(x.shape), group_size, axis)
     channel = (normalize_axis(axis, x.ndim),)
-    for name, value in (("running_mean", running_mean), ("gamma", gamma), ("beta", beta)):
+    _check_running(part, x, running_mean, running_whitening, channel)
+    for name, value in (("gamma", gamma), ("beta", beta)):
         check_param(value, x.shape, channel, name=name)
-    check_shape(
-        running_whitening.shape,
-        (part.G, part.D, part.D),
-        name="running_whitening",
-        what="(C / group_size, group_size, group_size)",
-    )
     dtype = compute_dtype(xp, x.dtype, precision)
     mean = xp.reshape(to_dtype(xp, running_mean, dtype), (part.G, 1, part.D))
     w = to_dtype(xp, running_whitening, dtype)
@@ -308,6 +321,9 @@ def batch_whiten_train(
     covariances (``correction`` and ``eps`` as there). Nothing is modified in
     place.
     """
+    xp = namespace_of(x=x, running_mean=running_mean, running_whitening=running_whitening)
+    part = whitening_partition(tuple(x.shape), group_size, axis)
+    _check_running(part, x, running_mean, running_whitening, (normalize_axis(axis, x.ndim),))
     y = batch_whiten(
         x,
         gamma,
@@ -320,20 +336,18 @@ def batch_whiten_train(
         axis=axis,
         precision=precision,
     )
-    xp = namespace_of(x=x)
-    part = whitening_partition(tuple(x.shape), group_size, axis)
-    batch = comoments(part.to_canonical(xp, x), precision=precision)
-    w = whitening_matrix(
-        covariance(batch, correction),
+    mean, w = batch_whitening(
+        part.to_canonical(xp, x),
         method=method,
         eps=eps,
+        correction=correction,
         iterations=iterations,
         precision=precision,
     )
     return y, RunningWhitening(
         running_whitening_update(
             running_mean,
-            xp.reshape(batch.mean, (-1,)),
+            xp.reshape(mean, (-1,)),
             momentum=momentum,
             convention=convention,
             precision=precision,

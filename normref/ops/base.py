@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from array_api_compat import device
+
 from normref._lib.checks import check_shape
 from normref._lib.namespace import (
     Array,
@@ -30,6 +32,7 @@ from normref._lib.namespace import (
     to_dtype,
     variance_algorithm,
 )
+from normref.partition import FEATURE, GROUP, SAMPLE, Partition
 from normref.types import Precision
 
 CANONICAL_SAMPLE_AXES = (1,)
@@ -57,8 +60,8 @@ class GroupOp:
         ``vjp(xp, dy, x, axes, **params) -> (dx, y)``: the vector-Jacobian product
         and the forward output (which the affine gradient needs).
     needs_variance
-        Whether the operation takes a variance, so that a group of one sample
-        is an error.
+        Whether the operation takes a (centred) variance, so that a ``correction``
+        needs more samples than it (:func:`sample_rule`).
     joint_features
         Whether the operation acts on the ``D`` features of each group jointly;
         it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``),
@@ -82,14 +85,39 @@ class GroupOp:
     affine_vjp: Callable[..., Any] | None = None
 
 
-def check_group_size(M: int, *, op: GroupOp, where: str) -> None:
-    """A variance needs at least two samples per group."""
-    if op.needs_variance and M < 2:
-        msg = (
-            f"{where} gives groups of M={M} sample; {op.name} takes a variance, "
-            f"which needs at least 2 samples per group"
-        )
-        raise ValueError(msg)
+def sample_rule(op: GroupOp, params: dict[str, Any]) -> tuple[int, str]:
+    """The fewest samples a group of ``op`` with ``params`` needs, and why.
+
+    One: a mean, a mean square or a biased variance (0 for a lone sample) exists for
+    any group with samples; a variance with ``correction`` c needs more than c.
+    """
+    correction = params.get("correction", 0)
+    if not op.needs_variance or correction == 0:
+        return 1, ""
+    return correction + 1, (
+        f"{op.name} with correction={correction} (the unbiased variance) needs at least "
+        f"{correction + 1} samples per group"
+    )
+
+
+def check_group_size(
+    partition: Partition, *, op: GroupOp, params: dict[str, Any], where: str, name: str = "x"
+) -> None:
+    """The groups of ``partition`` of the input ``name`` must hold the samples ``op`` needs
+    (:func:`sample_rule`)."""
+    minimum, why = sample_rule(op, params)
+    partition.check_samples(minimum=minimum, what=why, where=where, name=name)
+
+
+def canonical_partition(shape: tuple[int, ...]) -> Partition:
+    """The partition of a canonical ``(G, M, D)`` array: axis 1 holds the samples."""
+    return Partition(tuple(shape), tuple(shape), (GROUP, SAMPLE, FEATURE))
+
+
+def empty_like(xp: Any, shape: tuple[int, ...], dtype: Any, like: Array) -> Array:
+    """The result of an operation on an input without groups (a size 0 that is not reduced):
+    an array of ``shape`` with no elements, in ``dtype`` on ``like``'s device."""
+    return xp.zeros(shape, dtype=dtype, device=device(like))
 
 
 def _canonical_shape(shape: tuple[int, ...], name: str) -> None:
@@ -108,8 +136,13 @@ def run_canonical(op: GroupOp, x: Array, precision: Precision, params: dict[str,
     """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
     xp = namespace_of(x=x)
     _canonical_shape(x.shape, "x")
-    check_group_size(x.shape[1], op=op, where=f"x of shape {tuple(x.shape)}")
+    check_group_size(
+        canonical_partition(x.shape), op=op, params=params, where=f"x of shape {tuple(x.shape)}"
+    )
     dtype = compute_dtype(xp, x.dtype, precision)
+    out = output_dtype(xp, precision, x)
+    if x.size == 0:
+        return empty_like(xp, tuple(x.shape), out, x)
     y = op.forward(
         xp,
         operand(xp, op, x, dtype),
@@ -117,7 +150,7 @@ def run_canonical(op: GroupOp, x: Array, precision: Precision, params: dict[str,
         **params,
         **_algorithm(op, precision),
     )
-    return to_dtype(xp, y, output_dtype(xp, precision, x))
+    return to_dtype(xp, y, out)
 
 
 def run_canonical_vjp(
@@ -127,8 +160,12 @@ def run_canonical_vjp(
     xp = namespace_of(dy=dy, x=x)
     _canonical_shape(x.shape, "x")
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
-    check_group_size(x.shape[1], op=op, where=f"x of shape {tuple(x.shape)}")
+    check_group_size(
+        canonical_partition(x.shape), op=op, params=params, where=f"x of shape {tuple(x.shape)}"
+    )
     dtype = compute_dtype(xp, x.dtype, precision)
+    if x.size == 0:
+        return XGrad(x=empty_like(xp, tuple(x.shape), x.dtype, x))
     dx, _ = op.vjp(
         xp,
         operand(xp, op, dy, dtype),

@@ -41,20 +41,30 @@ So constant groups give finite outputs and gradients in every mode. A NaN, or
 an infinity in a group whose statistics centre it, makes the whole group's
 output and gradient NaN; under rms_scale an infinity makes its own output NaN
 and its group's finite values 0 (:math:`x/\infty`, the limit), the gradient
-NaN. The statistics are sums of squares, not rescaled first: where they
-overflow (:math:`|x|` beyond about :math:`10^{154}` in float64 arithmetic,
-:math:`1.8 \cdot 10^{19}` in float32 under ``precision="native"``) the
-divisor is infinite and the outputs are 0 or NaN, not the normalized values.
+NaN.
+
+Scaling. The statistics are taken of each group's values times a power of two
+:math:`c` (:mod:`normref._lib.scaling`), chosen from the group's largest
+:math:`|x_i|` or, where that is smaller, from the scale of :math:`\epsilon`
+(:math:`\sqrt\epsilon`, or :math:`\epsilon` for ``"add_std"``), with
+:math:`\epsilon` scaled alike (:math:`c^2\epsilon`, :math:`c\,\epsilon`): the
+scaled group has the normalized values of the unscaled one, exactly, and its
+sums of squares neither overflow nor underflow from the smallest subnormal
+:math:`|x|` to the largest finite one. Where the scaled variance is 0 (a
+constant group) :math:`\epsilon` alone sets the divisor, and it is taken
+unscaled, so it keeps its meaning where :math:`c^2\epsilon` underflows. A
+result is infinite only where its exact value overflows the dtype.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from normref._lib.checks import check_correction, check_eps, check_eps_mode
 from normref._lib.namespace import Array, Namespace
 from normref._lib.reductions import sum_of_products
+from normref._lib.scaling import group_scale
 from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
 from normref.types import Precision
 
@@ -65,70 +75,173 @@ def group_count(x: Array, axes: tuple[int, ...]) -> int:
 
 
 def mean_and_m2(
-    xp: Namespace, x: Array, axes: tuple[int, ...], *, algorithm: str
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, algorithm: str, overwrite: bool = False
 ) -> tuple[Array, Array, Array]:
     """Per-group mean, sum of squared deviations ``m2`` and centred values (means keep dims).
 
     ``algorithm="two_pass"`` is the exact form; ``"fast"`` and ``"fast_clamped"``
-    model frameworks that use ``mean(x**2) - mean(x)**2``.
+    model frameworks that use ``mean(x**2) - mean(x)**2``. With ``overwrite``,
+    ``x`` is the caller's own array and is centred in place (the centred values
+    returned are ``x``). The sums are plain: a caller whose values may be
+    large or tiny passes them scaled (:class:`Scaled`).
     """
     n = group_count(x, axes)
     mean = xp.mean(x, axis=axes, keepdims=True)
-    centred = x - mean
-    if algorithm == "two_pass":
-        m2 = sum_of_products(xp, centred, centred, axes)
-    else:
+    if algorithm != "two_pass":
         m2 = (xp.mean(x * x, axis=axes, keepdims=True) - mean * mean) * n
         if algorithm == "fast_clamped":
             m2 = xp.clip(m2, min=0.0)
+    if overwrite:
+        x -= mean
+        centred = x
+    else:
+        centred = x - mean
+    if algorithm == "two_pass":
+        m2 = sum_of_products(xp, centred, centred, axes)
     return mean, m2, centred
 
 
-def mean_and_variance(
-    xp: Namespace, x: Array, axes: tuple[int, ...], *, correction: int, algorithm: str
-) -> tuple[Array, Array, Array]:
-    """Per-group mean, variance ``m2 / (n - correction)`` and centred values (see
-    :func:`mean_and_m2`)."""
-    mean, m2, centred = mean_and_m2(xp, x, axes, algorithm=algorithm)
-    return mean, m2 / (group_count(x, axes) - correction), centred
-
-
-def divisor(xp: Namespace, v: Array, *, eps: float, eps_mode: str) -> Array:
+def divisor(xp: Namespace, v: Array, *, eps: float | Array, eps_mode: str) -> Array:
     """The scale ``s(v)`` that ``eps_mode`` defines (see the module docstring)."""
     if eps_mode == "add":
         return xp.sqrt(v + eps)
     if eps_mode == "max":
-        return xp.sqrt(xp.clip(v, min=eps))
+        if isinstance(eps, float):
+            return xp.sqrt(xp.clip(v, min=eps))
+        return xp.sqrt(xp.maximum(v, eps))
     return xp.sqrt(v) + eps
 
 
-def divisor_derivative(xp: Namespace, v: Array, s: Array, *, eps: float, eps_mode: str) -> Array:
-    """``ds/dv`` for :func:`divisor` (see the module docstring for the kinks)."""
+def divisor_slope(xp: Namespace, v: Array, s: Array, *, eps: float | Array, eps_mode: str) -> Array:
+    """``s'(v) s``, the divisor's derivative times the divisor: 1/2 for ``"add"``; 1/2 where
+    ``v >= eps`` and 0 below for ``"max"``; ``s / (2 sqrt(v))`` for ``"add_std"``, 0 at
+    ``v = 0`` (see the module docstring for the kinks). A pure number: it does not change
+    when ``v``, ``s`` and ``eps`` are scaled together."""
+    half = xp.full_like(s, 0.5)
     if eps_mode == "add":
-        return 0.5 / s
+        return half
     if eps_mode == "max":
-        return xp.where(v >= eps, 0.5 / s, xp.zeros_like(s))
+        return xp.where(v >= eps, half, xp.zeros_like(s))
     root = xp.sqrt(v)
     positive = root > 0
     return xp.where(
-        positive, 0.5 / xp.where(positive, root, xp.ones_like(root)), xp.zeros_like(root)
+        positive, s / (2.0 * xp.where(positive, root, xp.ones_like(root))), xp.zeros_like(s)
     )
 
 
-def variance_term(
-    xp: Namespace, v: Array, s: Array, dy_dot_y: Array, *, count: int, eps: float, eps_mode: str
+def divisor_derivative(
+    xp: Namespace, v: Array, s: Array, *, eps: float | Array, eps_mode: str
 ) -> Array:
-    r"""The backward's coefficient :math:`k = -\frac{2 s'(v)}{s \cdot count} \sum_i \bar y_i y_i`.
+    """``ds/dv`` for :func:`divisor`: :func:`divisor_slope` over ``s``."""
+    return divisor_slope(xp, v, s, eps=eps, eps_mode=eps_mode) / s
 
-    With :math:`y = (x - \mu)/s` (or :math:`x/s`) this is the module docstring's
-    :math:`k`; ``dy_dot_y`` is :math:`\sum_i \bar y_i y_i` per group and ``count``
-    is :math:`n - c`.
+
+def variance_term(
+    xp: Namespace,
+    v: Array,
+    s: Array,
+    dy_dot_y: Array,
+    *,
+    count: int,
+    eps: float | Array,
+    eps_mode: str,
+) -> Array:
+    r"""The backward's :math:`K = k s^2 = -\frac{2 s'(v) s}{count} \sum_i \bar y_i y_i`.
+
+    With :math:`y = (x - \mu)/s` (or :math:`x/s`) and the module docstring's
+    :math:`k`, :math:`\bar x = (P(\bar y) + y K)/s` (:math:`\bar y + y K` without
+    centring); ``dy_dot_y`` is :math:`\sum_i \bar y_i y_i` per group and ``count``
+    is :math:`n - c`. :math:`K` does not change when the group is scaled.
     """
-    return (-2.0 / count) * divisor_derivative(xp, v, s, eps=eps, eps_mode=eps_mode) / s * dy_dot_y
+    return (-2.0 / count) * divisor_slope(xp, v, s, eps=eps, eps_mode=eps_mode) * dy_dot_y
+
+
+def eps_magnitude(eps: float, eps_mode: str) -> float:
+    """The magnitude of ``x`` at which ``eps`` matters: ``sqrt(eps)`` where it is added to (or
+    compared with) a variance, ``eps`` where it is added to a standard deviation."""
+    return eps if eps_mode == "add_std" else math.sqrt(eps)
+
+
+def scaled_eps(eps: float, eps_mode: str, scale: Array) -> Array:
+    """``eps`` for values times ``scale``: times ``scale**2`` with a variance, ``scale`` with a
+    standard deviation (computed so that no step rounds where the result does not)."""
+    return eps * scale if eps_mode == "add_std" else (eps * scale) * scale
+
+
+class Scaled(NamedTuple):
+    r"""A group's statistics taken of its values times a power of two (the module docstring).
+
+    ``scale`` is :math:`c` per group (keeping dims); ``values`` the scaled values,
+    centred where asked (the caller's own array); ``v`` their variance (or mean
+    square); ``s`` their divisor, with :math:`\epsilon` scaled alike, except
+    where ``v`` is 0, where it is :math:`c\,s(0)` of the unscaled :math:`\epsilon`;
+    ``inverse`` :math:`1/s` of the unscaled values (also where :math:`c\,s(0)`
+    underflows).
+    """
+
+    scale: Array
+    values: Array
+    v: Array
+    s: Array
+    inverse: Array
+
+
+def scaled_divisors(
+    xp: Namespace, v: Array, scale: Array, *, eps: float, eps_mode: str
+) -> tuple[Array, Array]:
+    """``(s, inverse)`` of :class:`Scaled` for the variance ``v`` of values times ``scale``."""
+    s = divisor(xp, v, eps=scaled_eps(eps, eps_mode, scale), eps_mode=eps_mode)
+    # s(0), eps alone: 0 only for weight norm's eps = 0, whose all-zero units it masks
+    unscaled = divisor(xp, xp.zeros_like(v), eps=eps, eps_mode=eps_mode)
+    constant = v == 0
+    s = xp.where(constant, scale * unscaled, s)
+    # 1 / s(0) only where it is used: for a tiny eps it overflows, and says so
+    ones = xp.ones_like(s)
+    return s, xp.where(
+        constant,
+        1.0 / xp.where(constant, nonzero_divisor(xp, unscaled), ones),
+        scale / nonzero_divisor(xp, s),
+    )
+
+
+def scaled_statistics(
+    xp: Namespace,
+    x: Array,
+    axes: tuple[int, ...],
+    *,
+    centre: bool,
+    eps: float,
+    eps_mode: str,
+    correction: int = 0,
+    algorithm: str = "two_pass",
+) -> Scaled:
+    """The statistics of each group of ``x`` over ``axes``, scaled (:class:`Scaled`).
+
+    ``centre``: the centred variance, and the values centred; else the mean square
+    (rms_scale), the values as they are. ``x`` is not modified.
+    """
+    scale = group_scale(xp, x, axes, floor=eps_magnitude(eps, eps_mode))
+    values = x * scale
+    if centre:
+        _, m2, values = mean_and_m2(xp, values, axes, algorithm=algorithm, overwrite=True)
+        v = m2 / (group_count(x, axes) - correction)
+    else:
+        v = sum_of_products(xp, values, values, axes) / group_count(x, axes)
+    s, inverse = scaled_divisors(xp, v, scale, eps=eps, eps_mode=eps_mode)
+    return Scaled(scale, values, v, s, inverse)
+
+
+def nonzero_divisor(xp: Namespace, s: Array) -> Array:
+    """``s`` where it is not 0, else 1: a divisor of centred values that are all 0 (the
+    unscaled eps alone, underflowed to 0 once scaled), whose quotients are 0 anyway. NaN
+    stays NaN."""
+    return xp.where(s == 0, xp.ones_like(s), s)
 
 
 def _center_forward(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    return x - xp.mean(x, axis=axes, keepdims=True)
+    # the mean of the values times a power of two: their sum does not overflow
+    scale = group_scale(xp, x, axes)
+    return x - xp.mean(x * scale, axis=axes, keepdims=True) / scale
 
 
 def _center_vjp(xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
@@ -145,8 +258,18 @@ def _standardize_forward(
     correction: int,
     algorithm: str,
 ) -> Array:
-    _, v, y = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
-    y /= divisor(xp, v, eps=eps, eps_mode=eps_mode)  # in place: y is this function's own array
+    stats = scaled_statistics(
+        xp,
+        x,
+        axes,
+        centre=True,
+        eps=eps,
+        eps_mode=eps_mode,
+        correction=correction,
+        algorithm=algorithm,
+    )
+    y = stats.values
+    y /= nonzero_divisor(xp, stats.s)  # in place: the scaled values are this function's own array
     return y
 
 
@@ -162,16 +285,28 @@ def _standardize_vjp(
     algorithm: str,
 ) -> tuple[Array, Array]:
     n = group_count(x, axes)
-    _, v, y = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
-    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
-    y /= s  # in place: the centred values become y
+    stats = scaled_statistics(
+        xp,
+        x,
+        axes,
+        centre=True,
+        eps=eps,
+        eps_mode=eps_mode,
+        correction=correction,
+        algorithm=algorithm,
+    )
+    y = stats.values
+    y /= nonzero_divisor(xp, stats.s)  # in place: the centred values become y
     dy_dot_y = sum_of_products(xp, dy, y, axes)
-    k = variance_term(xp, v, s, dy_dot_y, count=n - correction, eps=eps, eps_mode=eps_mode)
-    # dx = (dy - mean(dy)) / s + (x - mu) k with x - mu = y s, built in one new array
-    dx = y * (k * s * s)
+    eps_s = scaled_eps(eps, eps_mode, stats.scale)
+    k = variance_term(
+        xp, stats.v, stats.s, dy_dot_y, count=n - correction, eps=eps_s, eps_mode=eps_mode
+    )
+    # dx = (dy - mean(dy) + y K) / s, built in one new array
+    dx = y * k
     dx += dy
     dx -= xp.mean(dy, axis=axes, keepdims=True)
-    dx /= s
+    dx *= stats.inverse
     return dx, y
 
 
@@ -185,8 +320,17 @@ def _scale_forward(
     correction: int,
     algorithm: str,
 ) -> Array:
-    _, v, _ = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
-    return x / divisor(xp, v, eps=eps, eps_mode=eps_mode)
+    stats = scaled_statistics(
+        xp,
+        x,
+        axes,
+        centre=True,
+        eps=eps,
+        eps_mode=eps_mode,
+        correction=correction,
+        algorithm=algorithm,
+    )
+    return (x * stats.scale) / stats.s
 
 
 def _scale_vjp(
@@ -201,40 +345,66 @@ def _scale_vjp(
     algorithm: str,
 ) -> tuple[Array, Array]:
     n = group_count(x, axes)
-    _, v, centred = mean_and_variance(xp, x, axes, correction=correction, algorithm=algorithm)
-    s = divisor(xp, v, eps=eps, eps_mode=eps_mode)
-    y = x / s
-    dy_dot_y = sum_of_products(xp, dy, y, axes)
-    k = variance_term(xp, v, s, dy_dot_y, count=n - correction, eps=eps, eps_mode=eps_mode)
-    # dx = dy / s + (x - mu) k, built in the centred values' array
-    dx = centred
-    dx *= k * s
+    stats = scaled_statistics(
+        xp,
+        x,
+        axes,
+        centre=True,
+        eps=eps,
+        eps_mode=eps_mode,
+        correction=correction,
+        algorithm=algorithm,
+    )
+    y = (x * stats.scale) / stats.s
+    eps_s = scaled_eps(eps, eps_mode, stats.scale)
+    k = variance_term(
+        xp,
+        stats.v,
+        stats.s,
+        sum_of_products(xp, dy, y, axes),
+        count=n - correction,
+        eps=eps_s,
+        eps_mode=eps_mode,
+    )
+    # dx = (dy + (x - mu) / s K) / s, built in the centred values' array
+    dx = stats.values
+    dx /= nonzero_divisor(xp, stats.s)
+    dx *= k
     dx += dy
-    dx /= s
+    dx *= stats.inverse
     return dx, y
 
 
 def _rms_scale_forward(
     xp: Namespace, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
 ) -> Array:
-    q = sum_of_products(xp, x, x, axes) / group_count(x, axes)
-    return x / divisor(xp, q, eps=eps, eps_mode=eps_mode)
+    stats = scaled_statistics(xp, x, axes, centre=False, eps=eps, eps_mode=eps_mode)
+    y = stats.values
+    y /= nonzero_divisor(xp, stats.s)  # in place: the scaled values are this function's own array
+    return y
 
 
 def _rms_scale_vjp(
     xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], *, eps: float, eps_mode: str
 ) -> tuple[Array, Array]:
     n = group_count(x, axes)
-    q = sum_of_products(xp, x, x, axes) / n
-    s = divisor(xp, q, eps=eps, eps_mode=eps_mode)
-    y = x / s
+    stats = scaled_statistics(xp, x, axes, centre=False, eps=eps, eps_mode=eps_mode)
+    y = stats.values
+    y /= nonzero_divisor(xp, stats.s)  # in place: the scaled values become y
+    eps_s = scaled_eps(eps, eps_mode, stats.scale)
     k = variance_term(
-        xp, q, s, sum_of_products(xp, dy, y, axes), count=n, eps=eps, eps_mode=eps_mode
+        xp,
+        stats.v,
+        stats.s,
+        sum_of_products(xp, dy, y, axes),
+        count=n,
+        eps=eps_s,
+        eps_mode=eps_mode,
     )
-    # dx = dy / s + x k with x = y s, built in one new array
-    dx = y * (k * s * s)
+    # dx = (dy + y K) / s, built in one new array
+    dx = y * k
     dx += dy
-    dx /= s
+    dx *= stats.inverse
     return dx, y
 
 
@@ -294,7 +464,10 @@ def standardize(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; statistics over axis 1.
+        Canonical array of shape ``(G, M, D)``, ``M >= 1`` (``M > correction``);
+        statistics over axis 1. A group of one sample has the biased variance 0, its
+        output 0 and its gradient 0. ``M = 0`` is an error; ``G = 0`` or ``D = 0`` gives an
+        empty output.
     eps
         Finite, > 0; enters as ``eps_mode`` says.
     eps_mode
@@ -359,7 +532,7 @@ def rms_scale(
 ) -> Array:
     r"""Divide by the per-group root mean square: :math:`y = x/s(q)`, :math:`q = \frac1n\sum x^2`.
 
-    No centring, so a group of one sample is allowed. Parameters as
+    Parameters as
     :func:`standardize` (no ``correction``).
     """
     return run_canonical(RMS_SCALE, x, precision, rms_params(eps, eps_mode))

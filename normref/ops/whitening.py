@@ -84,6 +84,16 @@ Implementation notes
     :math:`C`'s own eigenvalues allow, :math:`u \lVert C \rVert / \text{gap}`,
     even where :math:`\epsilon` dominates :math:`C`; Cholesky and IterNorm
     add :math:`\epsilon` to the diagonal.
+    Scaling: each group's values are multiplied by a power of two :math:`c`
+    from their largest magnitude (:mod:`normref._lib.scaling`), exactly, before
+    anything is summed, so that the covariance, the whitening matrix and the
+    cotangents neither overflow nor underflow from the smallest subnormal
+    :math:`|x|` to the largest finite one; :math:`\epsilon` enters as
+    :math:`c^2\epsilon`, held as a :class:`Shift` where that would leave the
+    range (:math:`\epsilon` dominating tiny values), and the results are scaled
+    back (:math:`W(c^2\Sigma) = W(\Sigma)/c`). A float16 or bfloat16 covariance
+    (``precision="native"``) is factored in float32, as no library factors those
+    dtypes, and its whitening matrix rounded back.
     The Array API has no triangular solve: :math:`L^{-1}` is computed by a
     written forward substitution (row by row, each row one batched
     vector-matrix product), which is backward stable and exactly lower
@@ -105,6 +115,7 @@ Implementation notes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -123,7 +134,14 @@ from normref._lib.namespace import (
     output_dtype,
     to_dtype,
 )
-from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
+from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref.ops.base import (
+    CANONICAL_SAMPLE_AXES,
+    GroupOp,
+    XGrad,
+    run_canonical,
+    run_canonical_vjp,
+)
 from normref.ops.standardization import group_count
 from normref.types import Precision
 
@@ -201,24 +219,66 @@ def group_cross(
     return mean, centred, cross
 
 
+class Shift(NamedTuple):
+    r"""The regularizer :math:`\epsilon` of a covariance :math:`C` of values scaled by a power of
+    two :math:`c`, which is :math:`c^2 \epsilon`, held so that neither part overflows nor
+    underflows: :math:`c^2 \epsilon = \epsilon_a / \rho^2`.
+
+    ``eps`` is :math:`\epsilon_a = c_a^2 \epsilon` and ``ratio`` is :math:`\rho = c_a / c`
+    (at most 1), with :math:`c_a` the power of two of the larger of the values' magnitude
+    and :math:`\sqrt\epsilon` (:mod:`normref._lib.scaling`): :math:`\Sigma_a = \rho^2 C +
+    \epsilon_a I` is :math:`\Sigma = C + c^2\epsilon I` in the units where whichever of the
+    data and :math:`\epsilon` dominates is of order 1. Both are ``(..., 1, 1)``.
+    """
+
+    eps: Array
+    ratio: Array
+
+
+def unit_shift(xp: Namespace, eps: float, like: Array) -> Shift:
+    """The :class:`Shift` of an unscaled covariance (``c = 1``) of ``like``'s dtype."""
+    one = xp.ones((*like.shape[:-2], 1, 1), dtype=like.dtype, device=device(like))
+    return Shift(one * eps, one)
+
+
+def shift_of(xp: Namespace, eps: float, magnitude: Array, scale: Array) -> Shift:
+    """The :class:`Shift` of ``eps`` for values of largest ``magnitude`` scaled by ``scale``."""
+    floor = power_of_two_scale(xp, xp.maximum(magnitude, xp.full_like(magnitude, math.sqrt(eps))))
+    return Shift((eps * floor) * floor, floor / scale)
+
+
+class ScaledCovariance(NamedTuple):
+    """Each group's values times a power of two (``scale``, ``(G, 1, 1)``): their mean
+    (``(G, 1, D)``), the values centred, their covariance ``cov`` (with a stand-in where it is
+    not finite, ``finite``: :func:`symmetrized`) and the :class:`Shift` of ``eps`` for it."""
+
+    scale: Array
+    mean: Array
+    centred: Array
+    cov: Array
+    finite: Array
+    shift: Shift
+
+
 def group_covariance(
     xp: Namespace,
     x: Array,
     axes: tuple[int, ...],
     *,
+    eps: float,
     correction: int,
     algorithm: str,
-    overwrite: bool = False,
-) -> tuple[Array, Array, Array]:
-    r"""Centred values, covariance :math:`C` and its finiteness for each group of ``(G, M, D)`` ``x``.
-
-    :math:`C = X_c^\top X_c / (M - c)` from :func:`group_cross` (``algorithm``
-    and ``overwrite`` as there), symmetrized, with a stand-in where it is not
-    finite (:func:`symmetrized`).
-    """
-    _, centred, cross = group_cross(xp, x, algorithm=algorithm, overwrite=overwrite)
+) -> ScaledCovariance:
+    r"""The covariance :math:`C = X_c^\top X_c / (M - c)` of each group of ``(G, M, D)`` ``x``
+    (the caller's own array, which it scales and centres in place), of its values times the
+    group's power of two (:mod:`normref._lib.scaling`), from :func:`group_cross`
+    (``algorithm`` as there), symmetrized (:func:`symmetrized`)."""
+    magnitude = max_magnitude(xp, x, (1, 2))
+    scale = power_of_two_scale(xp, magnitude)
+    x *= scale
+    mean, centred, cross = group_cross(xp, x, algorithm=algorithm, overwrite=True)
     cov, finite = symmetrized(xp, cross / (group_count(x, axes) - correction))
-    return centred, cov, finite
+    return ScaledCovariance(scale, mean, centred, cov, finite, shift_of(xp, eps, magnitude, scale))
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +350,14 @@ def _eigen_cotangent(
     return u @ inner @ _mT(xp, u)
 
 
-def _decorrelation_matrix(xp: Namespace, cov: Array, _eps: float) -> tuple[Array, Any]:
+def _inverse_roots(xp: Namespace, lam: Array, shift: Shift) -> Array:
+    r""":math:`(\lambda + c^2\epsilon)^{-1/2}` for eigenvalues ``lam`` of a scaled covariance,
+    as :math:`\rho / \sqrt{\rho^2 \lambda + \epsilon_a}` (:class:`Shift`): no step overflows."""
+    ratio = shift.ratio[..., 0]
+    return ratio / xp.sqrt((lam * ratio) * ratio + shift.eps[..., 0])
+
+
+def _decorrelation_matrix(xp: Namespace, cov: Array, _shift: Shift) -> tuple[Array, Any]:
     # the gaps are C's own: eps shifts every eigenvalue alike, and adding it first would
     # round the gaps to u (λ + eps) instead of u λ
     lam, u = ordered_eigh(xp, cov)
@@ -305,32 +372,32 @@ def _decorrelation_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
 PCA_WHITENING = "PCA whitening"
 
 
-def _pca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+def _pca_matrix(xp: Namespace, cov: Array, shift: Shift) -> tuple[Array, Any]:
     lam, u = ordered_eigh(xp, cov)
-    shifted = lam + eps
-    root = xp.sqrt(shifted)
     # the eigenvector term takes C's own gaps (see _decorrelation_matrix), Λ + eps the rest
-    return _mT(xp, u) / root[..., :, None], (lam, u, shifted, root)
+    inverse_root = _inverse_roots(xp, lam, shift)
+    return _mT(xp, u) * inverse_root[..., :, None], (lam, u, inverse_root)
 
 
 def _pca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
-    lam, u, shifted, root = saved
-    # W = (Λ + eps)^-1/2 Uᵀ: λ̄_k = -½ (λ_k + eps)^-3/2 (W̄ U)_kk, Ū = W̄ᵀ (Λ + eps)^-1/2
-    lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) / (shifted * root)
-    return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) / root[..., None, :], PCA_WHITENING)
+    lam, u, t = saved
+    # W = (Λ + eps)^-1/2 Uᵀ = T Uᵀ: λ̄_k = -½ (λ_k + eps)^-3/2 (W̄ U)_kk, Ū = W̄ᵀ T
+    lam_bar = -0.5 * xp.sum(w_bar * _mT(xp, u), axis=-1) * (t * t * t)
+    return _eigen_cotangent(xp, lam, u, lam_bar, _mT(xp, w_bar) * t[..., None, :], PCA_WHITENING)
 
 
-def _zca_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
+def _zca_matrix(xp: Namespace, cov: Array, shift: Shift) -> tuple[Array, Any]:
     lam, u = xp.linalg.eigh(cov)
-    root = xp.sqrt(lam + eps)
-    return (u / root[..., None, :]) @ _mT(xp, u), (u, root)
+    inverse_root = _inverse_roots(xp, lam, shift)
+    return (u * inverse_root[..., None, :]) @ _mT(xp, u), (u, inverse_root)
 
 
 def _zca_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
-    u, root = saved
-    a, b = root[..., :, None], root[..., None, :]
-    # (a^-1 - b^-1) / (a^2 - b^2) without 0/0; at a = b it is d(λ^-1/2)/dλ = -½ λ^-3/2
-    divided = -1.0 / (a * b * (a + b))
+    u, t = saved
+    a, b = t[..., :, None], t[..., None, :]
+    # with t = (λ + eps)^-1/2: (t_i - t_j) / (λ_i - λ_j) = -(t_i t_j)² / (t_i + t_j), without
+    # 0/0; at t_i = t_j it is d(λ^-1/2)/dλ = -½ t³
+    divided = -(a * b) * ((a * b) / (a + b))
     return u @ (divided * (_mT(xp, u) @ w_bar @ u)) @ _mT(xp, u)
 
 
@@ -357,9 +424,14 @@ def _lower_half(xp: Namespace, a: Array) -> Array:
     return xp.where(diagonal, 0.5 * a, xp.tril(a))
 
 
-def _cholesky_matrix(xp: Namespace, cov: Array, eps: float) -> tuple[Array, Any]:
-    sigma = cov + eps * _eye(xp, cov)
-    w = lower_triangular_inverse(xp, xp.linalg.cholesky(sigma))
+def _shifted(xp: Namespace, cov: Array, shift: Shift) -> Array:
+    """:math:`\\Sigma_a = \rho^2 C + \\epsilon_a I` (:class:`Shift`)."""
+    return (cov * shift.ratio) * shift.ratio + shift.eps * _eye(xp, cov)
+
+
+def _cholesky_matrix(xp: Namespace, cov: Array, shift: Shift) -> tuple[Array, Any]:
+    # W(Σ) = ρ W(ρ² Σ): L^-1 scales as Σ^-1/2
+    w = shift.ratio * lower_triangular_inverse(xp, xp.linalg.cholesky(_shifted(xp, cov, shift)))
     return w, w
 
 
@@ -376,20 +448,23 @@ def _newton_scale(xp: Namespace, sigma: Array, normalizer: str) -> Array:
 
 
 def _iter_norm_matrix(
-    xp: Namespace, cov: Array, eps: float, *, iterations: int, normalizer: str = "trace"
+    xp: Namespace, cov: Array, shift: Shift, *, iterations: int, normalizer: str = "trace"
 ) -> tuple[Array, Any]:
-    sigma = cov + eps * _eye(xp, cov)
+    sigma = _shifted(xp, cov, shift)
     trace = _newton_scale(xp, sigma, normalizer)
     n = sigma / trace
     ps = [_eye(xp, sigma)]
     for _ in range(iterations):
         p = ps[-1]
         ps.append(1.5 * p - 0.5 * (p @ p @ p) @ n)
-    return ps[-1] / xp.sqrt(trace), (ps, n, trace, normalizer)
+    # W(Σ) = ρ W(Σ_a): P_T is the same for both, t(Σ_a) = ρ² t(Σ) (t is homogeneous)
+    return ps[-1] * (shift.ratio / xp.sqrt(trace)), (ps, n, trace, normalizer, shift.ratio)
 
 
 def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
-    ps, n, trace, normalizer = saved
+    ps, n, trace, normalizer, ratio = saved
+    # of Σ_a, from W̄_a = ρ W̄ (W = ρ W_a); that of Σ = Σ_a / ρ² is then ρ² Σ̄_a
+    w_bar = w_bar * ratio
     root = xp.sqrt(trace)
     p_bar = w_bar / root
     trace_bar = -0.5 * xp.sum(w_bar * ps[-1], axis=(-2, -1), keepdims=True) / (trace * root)
@@ -405,9 +480,10 @@ def _iter_norm_cotangent(xp: Namespace, w_bar: Array, saved: Any) -> Array:
                 + _mT(xp, p) @ p_bar @ _mT(xp, p @ n)
                 + _mT(xp, p2) @ p_bar @ _mT(xp, n)
             )
-    # N = Σ / t, t = tr Σ (dt/dΣ = I) or ||Σ||_F (dt/dΣ = Σ / t = N)
+    # N = Σ_a / t, t = tr Σ_a (dt/dΣ_a = I) or ||Σ_a||_F (dt/dΣ_a = Σ_a / t = N)
     trace_bar = trace_bar - xp.sum(n_bar * n, axis=(-2, -1), keepdims=True) / trace
-    return n_bar / trace + trace_bar * (_eye(xp, n) if normalizer == "trace" else n)
+    eye_or_n = _eye(xp, n) if normalizer == "trace" else n
+    return (n_bar / trace + trace_bar * eye_or_n) * (ratio * ratio)
 
 
 @dataclass(frozen=True)
@@ -415,9 +491,11 @@ class Whitening:
     """A whitening matrix ``W(Σ)`` and the cotangent of ``Σ`` it passes back.
 
     ``name`` is the method's (``"zca"``, ...), ``label`` how messages call it;
-    ``matrix(xp, cov, eps, **params) -> (W, saved)`` whitens ``Σ = C + eps I``;
-    ``cotangent(xp, w_bar, saved) -> Σ̄`` (not yet symmetrized); ``decomposes``:
-    whether ``matrix`` factors ``Σ`` (``eigh`` or ``cholesky``).
+    ``matrix(xp, cov, shift, **params) -> (W, saved)`` whitens ``Σ = C + eps I``
+    (``eps`` held as a :class:`Shift`); ``cotangent(xp, w_bar, saved) -> Σ̄`` (not
+    yet symmetrized); ``decomposes``: whether ``matrix`` factors ``Σ`` (``eigh``
+    or ``cholesky``); ``degree``: ``W(c² Σ) = c**-degree W(Σ)`` (1 for a whitening,
+    0 for a rotation).
     """
 
     name: str
@@ -425,12 +503,14 @@ class Whitening:
     matrix: Callable[..., tuple[Array, Any]]
     cotangent: Callable[..., Array]
     decomposes: bool = True
+    degree: int = 1
 
-    def checked_matrix(self, xp: Namespace, cov: Array, eps: float, **params: Any) -> Any:
+    def checked_matrix(self, xp: Namespace, cov: Array, shift: Shift, **params: Any) -> Any:
         """``matrix``, or a :class:`TypeError` where the namespace cannot factor a stack of matrices.
 
         ``dask.array`` cannot: it has no ``eigh``, and its ``cholesky`` takes
-        one matrix.
+        one matrix. A float16 or bfloat16 covariance is factored in float32 (no
+        library factors those dtypes), and ``W`` rounded back.
         """
         if self.decomposes and array_api_compat.is_dask_namespace(xp):
             msg = (
@@ -440,11 +520,26 @@ class Whitening:
                 "computed covariance, or use IterNorm whitening"
             )
             raise TypeError(msg)
-        return self.matrix(xp, cov, eps, **params)
+        wide = factor_dtype(xp, cov.dtype)
+        w, saved = self.matrix(
+            xp, to_dtype(xp, cov, wide), Shift(*(to_dtype(xp, a, wide) for a in shift)), **params
+        )
+        return to_dtype(xp, w, cov.dtype), saved
+
+    def checked_cotangent(self, xp: Namespace, w_bar: Array, saved: Any) -> Array:
+        """``cotangent`` of ``saved`` from :meth:`checked_matrix` (in float32 for a narrower
+        ``w_bar``, rounded back)."""
+        wide = factor_dtype(xp, w_bar.dtype)
+        return to_dtype(xp, self.cotangent(xp, to_dtype(xp, w_bar, wide), saved), w_bar.dtype)
+
+
+def factor_dtype(xp: Namespace, dtype: Any) -> Any:
+    """The dtype a covariance of ``dtype`` is factored in: float32 for float16 and bfloat16."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
 
 
 DECORRELATION = Whitening(
-    "decorrelate", "decorrelation", _decorrelation_matrix, _decorrelation_cotangent
+    "decorrelate", "decorrelation", _decorrelation_matrix, _decorrelation_cotangent, degree=0
 )
 METHODS: dict[str, Whitening] = {
     w.name: w
@@ -479,6 +574,19 @@ orthogonalization of ONI (:func:`normref.oni_weight_norm`), as the authors' code
 # The operations on (G, M, D)
 
 
+def _output_matrix(method: Whitening, w: Array, scale: Array) -> Array:
+    """``W`` of scaled values as the matrix that takes them to the output: ``W`` itself for a
+    whitening (its output does not depend on the scale), ``W / c`` for a rotation."""
+    return w if method.degree else w / scale
+
+
+def _folds(xp: Namespace, dtype: Any) -> bool:
+    """Whether a group's power of two is folded into its small matrices (one pass fewer over
+    the samples): not in float16 or bfloat16, where it could take their entries below the
+    normal range that the samples' values are in."""
+    return bool(xp.finfo(dtype).bits >= 32)
+
+
 def _forward(
     method: Whitening,
     xp: Namespace,
@@ -490,18 +598,22 @@ def _forward(
     algorithm: str,
     **params: Any,
 ) -> Array:
-    r""":math:`Y = X_c W^\top`, centred and multiplied in ``x``'s memory (the operation's own)."""
-    centred, cov, finite = group_covariance(
-        xp, x, axes, correction=correction, algorithm=algorithm, overwrite=True
-    )
-    w, _ = method.checked_matrix(xp, cov, eps, **params)
-    return products_over(xp, centred, _mT(xp, poisoned(xp, w, finite)))
+    r""":math:`Y = X_c W^\top`, scaled, centred and multiplied in ``x``'s memory (the
+    operation's own)."""
+    stats = group_covariance(xp, x, axes, eps=eps, correction=correction, algorithm=algorithm)
+    w, _ = method.checked_matrix(xp, stats.cov, stats.shift, **params)
+    w = poisoned(xp, w, stats.finite)
+    if _folds(xp, w.dtype) or method.degree:
+        return products_over(xp, stats.centred, _mT(xp, _output_matrix(method, w, stats.scale)))
+    y = products_over(xp, stats.centred, _mT(xp, w))
+    y /= stats.scale  # in place: y is this function's own array
+    return y
 
 
 class AffineGrads(NamedTuple):
     """What the backward of a whitening layer computes (every array the operation's own):
-    the gradient ``dx``, the affine's sums over samples (``(G, 1, D)``), and the centred
-    values and the whitening matrix it used."""
+    the gradient ``dx``, the affine's sums over samples (``(G, 1, D)``), and the scaled
+    centred values and the matrix that takes them to the output."""
 
     dx: Array
     dy_dot_y: Array
@@ -534,22 +646,35 @@ def _affine_vjp(
     :math:`D \times D` product: :math:`\sum_i \bar y_{id} y_{id} =
     \sum_e W_{de} (\bar Y^\top X_c)_{de}` and :math:`\sum_i \bar y_{id}`, each
     ``(G, 1, D)``.
+
+    All of it is computed of the values times the group's power of two :math:`c`: with
+    :math:`W(c^2\Sigma) = c^{-d} W(\Sigma)` (``degree`` d), :math:`\bar X` is
+    :math:`c^d` times the expression above in the scaled values, the cotangent of the
+    covariance taken of :math:`\bar Y^\top X_c` of the scaled :math:`X_c` (by linearity).
     """
-    centred, cov, finite = group_covariance(
-        xp, x, axes, correction=correction, algorithm=algorithm, overwrite=True
-    )
-    w, saved = method.checked_matrix(xp, cov, eps, **params)
+    stats = group_covariance(xp, x, axes, eps=eps, correction=correction, algorithm=algorithm)
+    centred = stats.centred
+    w, saved = method.checked_matrix(xp, stats.cov, stats.shift, **params)
     dy_sum = sample_sums(xp, dy)
     products = _mT(xp, dy) @ centred
-    w = poisoned(xp, w, finite)
+    w = poisoned(xp, w, stats.finite)
+    w_out = _output_matrix(method, w, stats.scale)
     dy_dot_y = _mT(xp, xp.sum(w * products, axis=-1, keepdims=True))
+    if not method.degree:
+        dy_dot_y /= stats.scale  # in place: Σ (W/c) ∘ (Ȳᵀ X_c), formed without overflow
     rows = None if gamma is None else _mT(xp, gamma)
-    sigma_bar = method.cotangent(xp, products if rows is None else rows * products, saved)
+    sigma_bar = method.checked_cotangent(xp, products if rows is None else rows * products, saved)
     m = group_count(x, axes)
-    through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), finite)
+    through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), stats.finite)
+    # dx = c (P(dy) W + X_c Σ̄') for a whitening, c folded into the small matrices or not
+    folds = _folds(xp, w.dtype)
+    if method.degree and folds:
+        w, through_sigma = w * stats.scale, through_sigma * stats.scale
     dy -= dy_sum / m  # in place: the centred cotangent P(dy)
     dx = products_over(xp, dy, w if rows is None else rows * w, centred, through_sigma)
-    return AffineGrads(dx, dy_dot_y, dy_sum, centred, w)
+    if method.degree and not folds:
+        dx *= stats.scale  # in place: dx is written over dy, this function's own array
+    return AffineGrads(dx, dy_dot_y, dy_sum, centred, w_out)
 
 
 def _vjp(
@@ -574,6 +699,29 @@ def whitening_op(method: Whitening) -> GroupOp:
 
 DECORRELATE = whitening_op(DECORRELATION)
 WHITENING_OPS: dict[str, GroupOp] = {name: whitening_op(m) for name, m in METHODS.items()}
+
+
+def batch_whitening(
+    x: Array,
+    *,
+    method: str,
+    eps: float,
+    correction: int,
+    iterations: int,
+    precision: Precision,
+) -> tuple[Array, Array]:
+    """The mean ``(G, D)`` and whitening matrix ``(G, D, D)`` of each group of the canonical
+    ``(G, M, D)`` ``x``, in the compute dtype: :func:`whitening_matrix` of the groups'
+    covariances, which are taken scaled (so that neither overflows where the matrix does not)."""
+    xp = namespace_of(x=x)
+    whitening = METHODS[check_method(method)]
+    params = method_params(whitening.name, iterations)
+    own = xp.astype(x, compute_dtype(xp, x.dtype, precision), copy=True)
+    stats = group_covariance(
+        xp, own, CANONICAL_SAMPLE_AXES, eps=eps, correction=correction, algorithm="two_pass"
+    )
+    w, _ = whitening.checked_matrix(xp, stats.cov, stats.shift, **params)
+    return (stats.mean / stats.scale)[..., 0, :], poisoned(xp, w, stats.finite) * stats.scale
 
 
 def check_method(method: object) -> str:
@@ -604,7 +752,7 @@ def decorrelate(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; the covariance of
+        Canonical array of shape ``(G, M, D)``, ``M > correction``; the covariance of
         each group is over axis 1.
     eps
         Finite, > 0; added to the diagonal of the covariance. It shifts every
@@ -687,7 +835,7 @@ def zca_whiten(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``; ``M <= D`` (a singular
+        Canonical array of shape ``(G, M, D)``, ``M > correction``; ``M <= D`` (a singular
         sample covariance) needs ``eps`` well above the covariance's rounding level.
     eps
         Finite, > 0; added to the diagonal of the covariance.
@@ -775,7 +923,7 @@ def iter_norm_whiten(
     Parameters
     ----------
     x
-        Canonical array of shape ``(G, M, D)``, ``M >= 2``.
+        Canonical array of shape ``(G, M, D)``, ``M > correction``.
     iterations
         Number of Newton–Schulz steps :math:`T \ge 1` (the authors' default 5).
     eps, correction, precision
@@ -840,7 +988,14 @@ def whitening_matrix(
         raise ValueError(msg)
     whitening = METHODS[check_method(method)]
     params = method_params(whitening.name, iterations)
-    dtype = compute_dtype(xp, cov.dtype, precision)
-    symmetric, finite = symmetrized(xp, to_dtype(xp, cov, dtype))
-    w, _ = whitening.checked_matrix(xp, symmetric, check_eps(eps), **params)
-    return to_dtype(xp, poisoned(xp, w, finite), output_dtype(xp, precision, cov))
+    eps = check_eps(eps)
+    out = output_dtype(xp, precision, cov)
+    if math.prod(shape) == 0:  # no matrices, or matrices of no features
+        return xp.zeros(shape, dtype=out, device=device(cov))
+    wide = to_dtype(xp, cov, compute_dtype(xp, cov.dtype, precision))
+    # the covariance of values times c is c² C: c from the square root of its magnitude
+    magnitude = xp.sqrt(max_magnitude(xp, wide, (-2, -1)))
+    scale = power_of_two_scale(xp, magnitude)
+    symmetric, finite = symmetrized(xp, (wide * scale) * scale)
+    w, _ = whitening.checked_matrix(xp, symmetric, shift_of(xp, eps, magnitude, scale), **params)
+    return to_dtype(xp, poisoned(xp, w, finite) * scale, out)

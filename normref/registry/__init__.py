@@ -5,7 +5,8 @@ needs: its forward and VJP, which arguments are arrays and which are
 differentiable, how to draw valid (and special) inputs, how the operation
 groups its input, its kind of computation, its ``eps`` and the convention
 fields that change it, where it runs, the inputs it is benchmarked on, which
-identities it satisfies and which invalid inputs it must refuse. Tests,
+identities it satisfies, how its results scale with its input
+(:class:`ScalingLaw`) and which invalid inputs it must refuse. Tests,
 benchmarks, documentation tables and the conformance suite are driven from
 :data:`REGISTRY`, so an operation added here (with its implementation) is
 tested, benchmarked, documented and checked everywhere. One module per family
@@ -66,6 +67,7 @@ from normref.registry.spec import (
     Kind,
     OpSpec,
     Sample,
+    ScalingLaw,
     SpecialInput,
 )
 
@@ -84,5 +86,6 @@ __all__ = [
     "Kind",
     "OpSpec",
     "Sample",
+    "ScalingLaw",
     "SpecialInput",
 ]

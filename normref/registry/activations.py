@@ -22,6 +22,7 @@ from normref.registry.sampling import (
     EPS_MODE,
     SINGLE_SAMPLE,
     normal,
+    normalizing_law,
     wrong_param,
     x_shape,
 )
@@ -32,9 +33,11 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    ScalingLaw,
     SpecialInput,
 )
 from normref.registry.standardization import (
+    _GIVEN_STATISTICS_LAW,
     ACTIVATIONS_DEEP,
     ACTIVATIONS_LARGE,
     TRAIN_BATCH_WEIGHT,
@@ -290,6 +293,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="batch_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=(_activation_benchmark(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8"),),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "conditional_instance_norm",
@@ -312,6 +316,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="instance_norm_eps",
         convention_keywords=EPS_MODE,
         benchmarks=(_activation_benchmark(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8"),),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "mean_only_batch_norm",
@@ -336,6 +341,9 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         benchmarks=(BenchmarkInput(ACTIVATIONS_LARGE, "ResNet-50 stage 1, batch 32", quick=True),),
+        scaling=ScalingLaw(
+            inputs={"x": 1, "beta": 1}, outputs={"y": 1}, gradients={"x": 0, "beta": 0}
+        ),
     ),
     OpSpec(
         "batch_renorm",
@@ -354,6 +362,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         eps_field="batch_norm_eps",
         special_inputs=_RENORM_INPUTS,
         benchmarks=(_activation_benchmark(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8"),),
+        scaling=ScalingLaw(
+            inputs=_GIVEN_STATISTICS_LAW.inputs,
+            outputs={"y": 0},
+            gradients=_GIVEN_STATISTICS_LAW.gradients,
+            eps={"": 2},
+        ),
     ),
     OpSpec(
         "batch_renorm_train",
@@ -381,6 +395,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         state=("running_mean", "running_var"),
         eps_field="batch_norm_eps",
         special_inputs=_RENORM_INPUTS,
+        scaling=ScalingLaw(
+            inputs=_GIVEN_STATISTICS_LAW.inputs,
+            outputs={"y": 0, "running_mean": 1, "running_var": 2},
+            gradients=_GIVEN_STATISTICS_LAW.gradients,
+            eps={"": 2},
+        ),
     ),
     OpSpec(
         "switchable_norm",
@@ -407,6 +427,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         special_inputs=tuple(_one_hot_logits(k) for k in range(3)),
         benchmarks=(BenchmarkInput(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8", quick=True),),
+        scaling=ScalingLaw(
+            inputs={"x": 1},
+            outputs={"y": 0},
+            gradients={"x": -1, "gamma": 0, "beta": 0, "mean_logits": 0, "var_logits": 0},
+            eps={"": 2},
+        ),
     ),
     OpSpec(
         "adaptive_instance_norm",
@@ -440,6 +466,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             SpecialInput("style-is-content", "the content as its own style", _style_is_content),
         ),
         benchmarks=(_activation_benchmark(STYLE_TRANSFER, "style transfer (VGG relu4_1)"),),
+        scaling=ScalingLaw(
+            inputs={"x": 1, "style": 1},
+            outputs={"y": 1},
+            gradients={"x": 0, "style": 0},
+            eps={"": 2},
+        ),
     ),
     OpSpec(
         "local_response_norm",
@@ -477,6 +509,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=(
             BenchmarkInput(ALEXNET_LRN, "AlexNet LRN 2, batch 8", {"size": 5}, quick=True),
         ),
+        scaling=ScalingLaw(inputs={"x": 1, "alpha": -2}, outputs={"y": 1}, gradients={"x": 0}),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -29,7 +29,7 @@ from normref.registry.sampling import (
     zero_unit,
     zeros,
 )
-from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, SpecialInput
+from normref.registry.spec import ErrorCase, Kind, OpSpec, Rng, Sample, ScalingLaw, SpecialInput
 from normref.registry.weights import (
     KERNEL_BENCHMARKS,
     KERNEL_LARGE,
@@ -199,6 +199,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+        scaling=ScalingLaw(
+            inputs={"grad": 1, "param": 1},
+            outputs={"y": 1},
+            gradients={"grad": 0, "param": 0},
+            eps={"": 1},
+        ),
     ),
     OpSpec(
         "gradient_centralize",
@@ -217,6 +223,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_fields=("centralize_axes",),
         special_inputs=(_jax_layout((5, 3), "dense"), _jax_layout((3, 3, 4, 5), "HWIO")),
         benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
+        scaling=ScalingLaw(inputs={"grad": 1}, outputs={"y": 1}, gradients={"grad": 0}),
     ),
     OpSpec(
         "clip_by_global_norm",
@@ -250,6 +257,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
             zeros("zero-gradients", "every gradient zero", "grad", "bias_grad"),
         ),
+        scaling=ScalingLaw(
+            inputs={"grad": 1, "bias_grad": 1, "max_norm": 1},
+            outputs={"y": 1, "clipped_bias_grad": 1},
+            eps={"": 1},
+        ),
     ),
     OpSpec(
         "unitwise_norm",
@@ -267,6 +279,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         special_inputs=(zero_unit("x", "zero-unit", "unit 0 all zeros"),),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+        scaling=ScalingLaw(inputs={"x": 1}, outputs={"y": 1}),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from normref import nonlinearities, residual
 from normref.registry.sampling import replace_arg, zeros
-from normref.registry.spec import Capabilities, ErrorCase, Kind, OpSpec, Rng, Sample, SpecialInput
+from normref.registry.spec import (
+    Capabilities,
+    ErrorCase,
+    Kind,
+    OpSpec,
+    Rng,
+    Sample,
+    ScalingLaw,
+    SpecialInput,
+)
 
 
 def _sample_skip_init_residual(rng: Rng, shape: tuple[int, ...] | None = None) -> Sample:
@@ -62,6 +71,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         special_inputs=(zeros("alpha-zero", "alpha = 0: SkipInit at initialization", "alpha"),),
+        scaling=ScalingLaw(
+            inputs={"x": 1, "branch_out": 1},
+            outputs={"y": 1},
+            gradients={"x": 0, "branch_out": 0, "alpha": 1},
+        ),
     ),
     OpSpec(
         "gamma_scaled_nonlinearity",
@@ -90,6 +104,10 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=(("gammas", "nonlinearity_gammas"),),
         special_inputs=tuple(_nonlinearity(name) for name in nonlinearities.NONLINEARITIES),
         capabilities=Capabilities(traceable_forward=False, native_precision=False),
+        scaling=ScalingLaw(
+            reason="a nonlinearity has no degree in general: relu is positively homogeneous "
+            "(of degree 1), gelu, tanh or sigmoid are not"
+        ),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -15,13 +15,33 @@ from typing import Any
 import array_api_compat
 
 from normref.partition import fan_in_axes
-from normref.registry.spec import ErrorCase, OpSpec, Rng, Sample, SpecialInput
+from normref.registry.spec import ErrorCase, OpSpec, Rng, Sample, ScalingLaw, SpecialInput
 
 EPS_MODE = (("eps_mode", "eps_mode"),)
 """The convention keyword of the operations that take the convention's ``eps_mode``."""
 
-SINGLE_SAMPLE = "which needs at least 2 samples per group"
-"""What the refusal of a group of one sample says."""
+VARIANCE_EPS = {"add": 2, "max": 2, "add_std": 1}
+"""The power of ``eps`` in a scaling law, by ``eps_mode``: compared with a variance (2) or
+added to a standard deviation (1)."""
+
+
+def normalizing_law(
+    primary: str = "x", *parameters: str, eps: dict[str, int] | None = None
+) -> ScalingLaw:
+    """The law of an operation that normalizes ``primary``: ``eps`` scaled alike (by default as
+    a variance), the output unchanged, the gradient of ``primary`` times ``2**-k``, those of
+    the affine ``parameters`` unchanged."""
+    return ScalingLaw(
+        inputs={primary: 1},
+        outputs={"y": 0},
+        gradients={primary: -1, **dict.fromkeys(parameters, 0)},
+        eps=VARIANCE_EPS if eps is None else eps,
+    )
+
+
+SINGLE_SAMPLE = "needs at least 2 samples per group"
+"""What the refusal of a group of one sample with the unbiased variance (``correction=1``)
+says: a lone sample has a biased variance, 0, but no unbiased one."""
 
 
 def normal(rng: Rng, shape: tuple[int, ...]) -> Any:
@@ -78,8 +98,8 @@ CANONICAL_RANK = ErrorCase(
 
 
 def one_sample_canonical(sample: Sample) -> Sample:
-    """The canonical ``x`` cut to one sample per group."""
-    return sample.replace(x=sample.args["x"][:, :1, :])
+    """The canonical ``x`` cut to one sample per group, with the unbiased variance."""
+    return sample.replace(x=sample.args["x"][:, :1, :], correction=1)
 
 
 # ---------------------------------------------------------------------------

@@ -172,6 +172,72 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class ScalingLaw:
+    r"""How an operation's results change when its primary input is multiplied by :math:`2^k`.
+
+    The identity is ``f(law(sample, k)) == law(f(sample), k)``, exact wherever every
+    scaled number is a normal number: each argument named in ``inputs`` (an array or a
+    number, the primary input among them, with power 1) is multiplied by
+    :math:`2^{kp}` with ``p`` its power, and so is each output named in ``outputs``
+    and each gradient named in ``gradients`` (of the VJP with the same cotangent);
+    every other argument is held fixed. ``eps`` is multiplied by
+    :math:`2^{kp}` with ``p = eps[eps_mode]`` for the ``eps_mode`` in effect (the key
+    ``""`` where the operation has no ``eps_mode``): 2 where it is compared with a
+    variance, 1 with a norm or a standard deviation.
+
+    An operation that has no such law (a nonlinearity of no degree) says why in
+    ``reason`` and leaves the rest empty.
+    """
+
+    inputs: Mapping[str, int] = field(default_factory=dict)
+    outputs: Mapping[str, int] = field(default_factory=dict)
+    gradients: Mapping[str, int] = field(default_factory=dict)
+    eps: Mapping[str, int] = field(default_factory=dict)
+    reason: str = ""
+
+    def eps_power(self, spec: OpSpec, sample: Sample) -> int | None:
+        """The power of ``eps`` for ``sample`` (``None`` where it has no ``eps``)."""
+        if "eps" not in sample.kwargs and not spec.accepts("eps"):
+            return None
+        mode = sample.kwargs.get("eps_mode", _default(spec, "eps_mode"))
+        return self.eps[mode if mode in self.eps else ""]
+
+    def powers(self, spec: OpSpec, sample: Sample) -> dict[str, int]:
+        """The power of every argument of ``sample`` the law scales, ``eps`` included."""
+        powers = {name: p for name, p in self.inputs.items() if _given(sample, name)}
+        eps = self.eps_power(spec, sample)
+        if eps is not None and "eps" in sample.kwargs:
+            powers["eps"] = eps
+        return powers
+
+    def scaled(self, spec: OpSpec, sample: Sample, k: int) -> Sample:
+        """``sample`` with every argument the law scales multiplied by its power of :math:`2^k`
+        (in two steps, each a representable power of two)."""
+        changes = {}
+        for name, power in self.powers(spec, sample).items():
+            value = sample.args[name] if name in sample.args else sample.kwargs[name]
+            changes[name] = times_power_of_two(value, k * power)
+        return sample.replace(**changes)
+
+
+def times_power_of_two(value: Any, exponent: int) -> Any:
+    """``value * 2**exponent`` by two representable powers of two (exact where the result is
+    a normal number)."""
+    half = exponent // 2
+    return (value * 2.0**half) * 2.0 ** (exponent - half)
+
+
+def _given(sample: Sample, name: str) -> bool:
+    value = sample.args[name] if name in sample.args else sample.kwargs.get(name)
+    return value is not None
+
+
+def _default(spec: OpSpec, name: str) -> Any:
+    parameter = inspect.signature(spec.forward).parameters.get(name)
+    return "" if parameter is None else parameter.default
+
+
+@dataclass(frozen=True)
 class OpSpec:
     """One operation of normref, with every fact about it that a consumer needs.
 
@@ -244,6 +310,9 @@ class OpSpec:
     large_inputs
         Inputs of realistic size (a transformer row, a convolution's activations,
         a convolution kernel), the first the one a default conformance run checks.
+    scaling
+        How its results scale with its primary input (:class:`ScalingLaw`); every
+        operation declares one.
     """
 
     name: str
@@ -273,6 +342,7 @@ class OpSpec:
     benchmarks: tuple[BenchmarkInput, ...] = ()
     reduction_input: Callable[[int], SizedInput] | None = None
     large_inputs: tuple[SizedInput, ...] = ()
+    scaling: ScalingLaw | None = None
 
     @property
     def primary(self) -> str:

@@ -21,14 +21,25 @@ from normref.registry.sampling import (
     CHANNEL_ERRORS,
     EPS_MODE,
     SINGLE_SAMPLE,
+    VARIANCE_EPS,
     divisors,
     normal,
+    normalizing_law,
     one_sample_canonical,
     positive,
     wrong_param,
     x_shape,
 )
-from normref.registry.spec import BenchmarkInput, ErrorCase, Kind, OpSpec, Rng, Sample, SizedInput
+from normref.registry.spec import (
+    BenchmarkInput,
+    ErrorCase,
+    Kind,
+    OpSpec,
+    Rng,
+    Sample,
+    ScalingLaw,
+    SizedInput,
+)
 
 ACTIVATIONS_LARGE = (32, 64, 56, 56)
 """ResNet-50 stage 1 activations (N, C, H, W) at batch 32."""
@@ -258,15 +269,28 @@ def _collapse_samples(
     return modify
 
 
+def _unbiased(modify: Callable[[Sample], Sample]) -> Callable[[Sample], Sample]:
+    """``modify``, then the unbiased variance (``correction=1``)."""
+    return lambda s: modify(s).replace(correction=1)
+
+
 _ONE_SAMPLE_CANONICAL = ErrorCase(
-    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
+    "a group of one sample, unbiased variance", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
 _ONE_VALUE_PER_CHANNEL = ErrorCase(
-    "one value per channel",
-    _collapse_samples(lambda _n, c: (1, c)),
+    "one value per channel, unbiased variance",
+    _unbiased(_collapse_samples(lambda _n, c: (1, c))),
     ValueError,
     SINGLE_SAMPLE,
 )
+_GIVEN_STATISTICS_LAW = ScalingLaw(
+    inputs={"x": 1, "running_mean": 1, "running_var": 2},
+    outputs={"y": 0},
+    gradients={"x": -1, "gamma": 0, "beta": 0},
+    eps=VARIANCE_EPS,
+)
+"""Batch norm with given statistics: the statistics scaled with ``x``, as the batch's would."""
+
 _STANDARDIZING = frozenset(
     {"zero_mean", "unit_variance", "shift_invariant", "scale_invariant", "idempotent"}
 )
@@ -288,6 +312,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(CANONICAL_RANK,),
         reduction_input=_canonical_groups,
         large_inputs=_CANONICAL_LARGE,
+        scaling=ScalingLaw(inputs={"x": 1}, outputs={"y": 1}, gradients={"x": 0}),
     ),
     OpSpec(
         "scale",
@@ -305,6 +330,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=EPS_MODE,
         reduction_input=_canonical_groups,
         large_inputs=_CANONICAL_LARGE,
+        scaling=normalizing_law(),
     ),
     OpSpec(
         "rms_scale",
@@ -322,6 +348,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=EPS_MODE,
         reduction_input=_canonical_groups,
         large_inputs=_CANONICAL_LARGE,
+        scaling=normalizing_law(),
     ),
     OpSpec(
         "standardize",
@@ -339,6 +366,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=EPS_MODE,
         reduction_input=_canonical_groups,
         large_inputs=_CANONICAL_LARGE,
+        scaling=normalizing_law(),
     ),
     # ----------------------------------------------------------- layers
     OpSpec(
@@ -360,6 +388,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=_activation_benchmarks(),
         reduction_input=_batch_samples,
         large_inputs=_CONV_ACTIVATIONS,
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "batch_norm_inference",
@@ -379,6 +408,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=EPS_MODE,
         reduction_input=_batch_samples,
         large_inputs=_CONV_ACTIVATIONS,
+        scaling=_GIVEN_STATISTICS_LAW,
     ),
     OpSpec(
         "batch_norm_train",
@@ -396,6 +426,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(
             *CHANNEL_ERRORS,
             _ONE_VALUE_PER_CHANNEL,
+            ErrorCase(
+                "one value per channel, an unbiased running variance",
+                lambda s: _collapse_samples(lambda _n, c: (1, c))(s).replace(convention="torch"),
+                ValueError,
+                "keeps an unbiased running variance, which needs count >= 2",
+            ),
             wrong_param("running_mean"),
             wrong_param("running_var"),
             ErrorCase(
@@ -411,6 +447,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_keywords=EPS_MODE,
         reduction_input=_batch_samples,
         large_inputs=_CONV_ACTIVATIONS,
+        scaling=ScalingLaw(
+            inputs=_GIVEN_STATISTICS_LAW.inputs,
+            outputs={"y": 0, "running_mean": 1, "running_var": 2},
+            gradients=_GIVEN_STATISTICS_LAW.gradients,
+            eps=VARIANCE_EPS,
+        ),
     ),
     OpSpec(
         "layer_norm",
@@ -435,8 +477,10 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 "names an axis twice",
             ),
             ErrorCase(
-                "one value per group",
-                lambda s: s.replace(x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None),
+                "one value per group, unbiased variance",
+                lambda s: s.replace(
+                    x=s.args["x"][..., :1], axes=(-1,), gamma=None, beta=None, correction=1
+                ),
                 ValueError,
                 SINGLE_SAMPLE,
             ),
@@ -446,6 +490,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=_TOKEN_BENCHMARKS,
         reduction_input=_row_features,
         large_inputs=_TRANSFORMER_ROWS,
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "instance_norm",
@@ -469,8 +514,8 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 r"rank >= 3",
             ),
             ErrorCase(
-                "one spatial value",
-                _collapse_samples(lambda n, c: (n, c, 1)),
+                "one spatial value, unbiased variance",
+                _unbiased(_collapse_samples(lambda n, c: (n, c, 1))),
                 ValueError,
                 SINGLE_SAMPLE,
             ),
@@ -483,6 +528,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         large_inputs=(
             SizedInput((1, 4, 256, 256), "style-transfer feature maps: 65,536 per instance"),
         ),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "group_norm",
@@ -523,6 +569,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 {"num_groups": GROUP_NORM_GROUPS},
             ),
         ),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "ghost_batch_norm",
@@ -556,6 +603,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 {"virtual_batch_size": 32},
             ),
         ),
+        scaling=normalizing_law("x", "gamma", "beta"),
     ),
     OpSpec(
         "rms_norm",
@@ -576,6 +624,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=_TOKEN_BENCHMARKS,
         reduction_input=_row_features,
         large_inputs=_TRANSFORMER_ROWS,
+        scaling=normalizing_law("x", "gamma"),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

@@ -28,6 +28,7 @@ from normref.partition import Partition, fan_in, unit_partition, whitening_parti
 from normref.registry.sampling import (
     EPS_MODE,
     divisors,
+    normalizing_law,
     replace_arg,
     unit_index,
     unit_param,
@@ -43,6 +44,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    ScalingLaw,
     SizedInput,
     SpecialInput,
 )
@@ -230,7 +232,12 @@ def _one_fan_in(primary: str) -> ErrorCase:
         index = tuple(slice(None) if a == axis else slice(0, 1) for a in range(w.ndim))
         return s.replace(**{primary: w[index]})
 
-    return ErrorCase("a fan-in of one value", keep_one, ValueError, "at least 2 samples")
+    return ErrorCase(
+        "a fan-in of one value, unbiased variance",
+        lambda s: keep_one(s).replace(correction=1),
+        ValueError,
+        "at least 2 samples",
+    )
 
 
 def _flattened(primary: str, rank: int) -> ErrorCase:
@@ -259,11 +266,13 @@ _ORTHOGONAL_ERRORS = (
         "v must have rank >= 2",
     ),
 )
+_L2_EPS = {"": 1, "max": 1, "add": 2}
+"""The power of ``eps`` of spectral norm's vector normalization: compared with a norm
+(``"max"``, the default) or added to its square (``"add"``)."""
 
 _WS_ERRORS = (
     out_axis_out_of_range("w"),
     _flattened("w", 2),
-    _one_fan_in("w"),
 )
 _SPECTRAL_ERRORS = (
     out_axis_out_of_range("w"),
@@ -306,6 +315,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         ),
         errors=(
             *_WS_ERRORS,
+            _one_fan_in("w"),
             ErrorCase(
                 "an unknown eps_mode",
                 lambda s: s.replace(eps_mode="max_fan_in"),
@@ -317,6 +327,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=KERNEL_BENCHMARKS,
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+        scaling=normalizing_law("w"),
     ),
     OpSpec(
         "scaled_weight_standardize",
@@ -359,6 +370,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         benchmarks=KERNEL_BENCHMARKS,
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+        scaling=normalizing_law("w", "gain", eps={"max_fan_in": 2, "max": 2, "add": 2}),
     ),
     OpSpec(
         "weight_norm",
@@ -390,6 +402,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         special_inputs=(zero_unit("v", "zero-unit", "unit 0 all zeros: no direction"),),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
+        scaling=normalizing_law("v", "g", eps={"": 2}),
     ),
     OpSpec(
         "centered_weight_norm",
@@ -421,6 +434,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             SpecialInput("constant-unit", "unit 0 constant: no direction", _constant_unit),
         ),
         benchmarks=KERNEL_BENCHMARKS,
+        scaling=normalizing_law("v", "g", eps={"": 2}),
     ),
     OpSpec(
         "orthogonal_weight_norm",
@@ -448,6 +462,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 quick=True,
             ),
         ),
+        scaling=normalizing_law("v", eps={"": 2}),
     ),
     OpSpec(
         "oni_weight_norm",
@@ -482,6 +497,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 quick=True,
             ),
         ),
+        scaling=normalizing_law("v", eps={"": 2}),
     ),
     OpSpec(
         "spectral_norm",
@@ -506,6 +522,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         state=("u", "v"),
         convention_fields=("zero_norm",),
         special_inputs=(_ZERO_WEIGHT,),
+        scaling=normalizing_law("w", eps=_L2_EPS),
     ),
     OpSpec(
         "spectral_norm_train",
@@ -528,6 +545,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         convention_fields=("zero_norm",),
         special_inputs=(_ZERO_WEIGHT,),
         promoting_inputs=("u", "v"),
+        scaling=ScalingLaw(
+            inputs={"w": 1},
+            outputs={"y": 0, "u": 0, "v": 0, "sigma": 1},
+            gradients={"w": -1},
+            eps=_L2_EPS,
+        ),
     ),
 )
 """The operations of this module's family, in the order they are listed."""

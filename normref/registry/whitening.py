@@ -22,6 +22,7 @@ from normref.registry.sampling import (
     SINGLE_SAMPLE,
     divisors,
     normal,
+    normalizing_law,
     one_sample_canonical,
     wrong_param,
     x_shape,
@@ -34,6 +35,7 @@ from normref.registry.spec import (
     OpSpec,
     Rng,
     Sample,
+    ScalingLaw,
     SizedInput,
     SpecialInput,
 )
@@ -109,13 +111,14 @@ def _whitening_layer_partition(sample: Sample) -> Partition:
 
 
 def _one_sample_per_group(sample: Sample) -> Sample:
-    """x of shape (1, C): every group of channels has one sample."""
+    """x of shape (1, C): every group of channels has one sample; the unbiased covariance."""
     c = sample.args["gamma"].shape[0]
-    return sample.replace(x=sample.args["x"].reshape(-1)[:c].reshape((1, c)), axis=1)
+    x = sample.args["x"].reshape(-1)[:c].reshape((1, c))
+    return sample.replace(x=x, axis=1, correction=1)
 
 
 _ONE_SAMPLE_CANONICAL = ErrorCase(
-    "a group of one sample", one_sample_canonical, ValueError, SINGLE_SAMPLE
+    "a group of one sample, unbiased covariance", one_sample_canonical, ValueError, SINGLE_SAMPLE
 )
 _BAD_CORRECTION = ErrorCase(
     "correction = 2",
@@ -194,6 +197,12 @@ _COVARIANCE_INPUTS = (
 _CANONICAL_SHAPE = (3, 20, 3)
 """Three groups of 20 samples of 3 features: covariances of separated eigenvalues."""
 _COVARIANCE_FIELDS = ("variance_algorithm",)
+_COVARIANCE_EPS = {"": 2}
+"""``eps`` is added to a covariance."""
+_DECORRELATION_LAW = ScalingLaw(
+    inputs={"x": 1}, outputs={"y": 1}, gradients={"x": 0}, eps=_COVARIANCE_EPS
+)
+"""A rotation: its output scales with its input."""
 
 
 def _group_samples(n: int) -> SizedInput:
@@ -231,6 +240,9 @@ def _canonical_whitening(
         special_inputs=_COVARIANCE_INPUTS,
         reduction_input=_group_samples,
         large_inputs=(SizedInput((2, 8192, 4), "2 groups of 8,192 samples of 4 features"),),
+        scaling=_DECORRELATION_LAW
+        if method == "decorrelate"
+        else normalizing_law(eps=_COVARIANCE_EPS),
         capabilities=Capabilities(
             dask=method == "iter_norm",
             traceable_vjp="gradient_undefined_at_ties" not in properties,
@@ -306,7 +318,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         properties=_WHITENING_PROPERTIES,
         errors=(
             *_WHITENING_LAYER_ERRORS,
-            ErrorCase("one sample per group", _one_sample_per_group, ValueError, SINGLE_SAMPLE),
+            ErrorCase(
+                "one sample per group, unbiased covariance",
+                _one_sample_per_group,
+                ValueError,
+                SINGLE_SAMPLE,
+            ),
             _BAD_CORRECTION,
             ErrorCase(
                 "an unknown method",
@@ -332,6 +349,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         large_inputs=(
             SizedInput((128, 16, 8, 8), "a DBN layer's activations: 8,192 samples per group"),
         ),
+        scaling=normalizing_law("x", "gamma", "beta", eps=_COVARIANCE_EPS),
     ),
     OpSpec(
         "batch_whiten_inference",
@@ -355,6 +373,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 ValueError,
                 "running_whitening must have shape",
             ),
+        ),
+        scaling=ScalingLaw(
+            inputs={"x": 1, "running_mean": 1, "running_whitening": -1},
+            outputs={"y": 0},
+            gradients={"x": -1, "gamma": 0, "beta": 0},
         ),
     ),
 )

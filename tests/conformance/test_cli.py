@@ -101,8 +101,9 @@ def test_report_renders_a_saved_run_with_its_exit_code(tmp_path, capsys):
 def test_diagnose_exits_0_when_a_convention_explains_and_1_when_none_does(tmp_path, capsys):
     base = ["diagnose", "--op", "layer_norm", "--dtypes", "float64"]
     path = tmp_path / "diagnosis.json"
-    assert main([*base, "--impl", UNBIASED, "--json", str(path)]) == 0
-    assert "explained by: normref with correction=1" in capsys.readouterr().out
+    eps_outside = "tests.conformance.planted:layer_norm_eps_outside"
+    assert main([*base, "--impl", eps_outside, "--json", str(path)]) == 0
+    assert "explained by: normref with eps_mode='add_std'" in capsys.readouterr().out
     assert json.loads(path.read_text())["hypotheses"]
     assert main([*base, "--impl", "tests.conformance.planted:layer_norm_returns_input"]) == 1
     assert "no convention explains" in capsys.readouterr().out

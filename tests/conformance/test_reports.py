@@ -20,16 +20,25 @@ jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not install
 def mixed_run() -> RunResult:
     """A run with every status: findings, failures, refusals, values, not implemented.
 
-    onnxruntime supplies the findings, refusals and values (its GroupNormalization
-    returns values for one-sample groups and has no ghost batch norm).
+    onnxruntime supplies the findings (it has no ghost batch norm); a torch-like
+    training step of batch norm the value where normref refuses (the unbiased running
+    variance of one value per channel).
     """
     pytest.importorskip(
         "onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')"
     )
     result = run(["onnxruntime"], ops=["group_norm", "ghost_batch_norm"], dtypes=["float32"])
     failing = check(planted.layer_norm_unbiased, "layer_norm", dtypes=["float32"])
-    result.results += failing.results
-    result.implementations += failing.implementations
+    accepting = check(
+        planted.batch_norm_train_torch,
+        "batch_norm_train",
+        "torch",
+        dtypes=["float32"],
+        case="batch_norm_train/one-sample-groups",
+    )
+    for extra in (failing, accepting):
+        result.results += extra.results
+        result.implementations += extra.implementations
     return result
 
 

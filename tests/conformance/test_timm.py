@@ -24,10 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_std_conv2d_is_weight_standardization():
-    """StdConv2d standardizes with the biased variance and eps inside the root: normref's."""
+    """StdConv2d standardizes with the biased variance and eps inside the root: normref's.
+    Through torch's batch norm in training, which refuses a fan-in of one value."""
     result = run(["timm"], ops=["weight_standardize"], dtypes=["float32", "float64"])
     assert result.ok
-    assert {r.status for r in result.results} <= {Status.PASS, Status.REFUSES}
+    assert {r.status for r in result.results} <= {Status.PASS, Status.NOT_IMPLEMENTED}
+    lacking = {r.case for r in result.results if r.status is Status.NOT_IMPLEMENTED}
+    assert lacking <= {"weight_standardize/one-sample-groups"}
     typical = next(r for r in result.results if r.case == "weight_standardize/typical")
     assert {o["name"] for o in typical.outputs} == {"y", "dw"}
     versions = result.environment["frameworks"]["timm"]

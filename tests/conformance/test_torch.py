@@ -44,7 +44,12 @@ def test_rms_norm_default_eps_is_the_machine_epsilon(default_run):
 
 
 def test_ops_torch_lacks_are_not_implemented(default_run):
-    lacking = {r.op for r in default_run.results if r.status is Status.NOT_IMPLEMENTED}
+    ops = {r.op for r in default_run.results}
+    lacking = {
+        op
+        for op in ops
+        if all(r.status is Status.NOT_IMPLEMENTED for r in default_run.results if r.op == op)
+    }
     layers = {"center", "scale", "rms_scale", "standardize", "ghost_batch_norm"}
     weights = {"weight_standardize", "scaled_weight_standardize", "skip_init_residual"}
     gradients = {"adaptive_grad_clip", "unitwise_norm", "gamma_scaled_nonlinearity"}
@@ -79,15 +84,21 @@ def test_local_response_norm_passes_with_an_even_window(default_run):
     assert all({o["name"] for o in r.outputs} == {"y", "dx"} for r in even)
 
 
-def test_inputs_normref_refuses(default_run):
-    """torch raises for one value per channel in training, returns beta for a lone sample in
-    layer norm (its normalized value taken as 0)."""
+def test_groups_of_one_sample(default_run):
+    """A lone sample's biased variance is 0: torch's layer norm returns beta, as normref; its
+    batch norm refuses one value per channel in training (it lacks the input), where normref
+    computes, and so does its training step, whose running variance is unbiased (normref
+    under torch's convention refuses it too)."""
     by_case = {(r.implementation, r.case): r for r in default_run.results if r.dtype == "float32"}
-    batch = by_case[("torch.nn.functional.batch_norm", "batch_norm/one-sample-groups")]
-    assert batch.status is Status.REFUSES
     layer = by_case[("torch.nn.LayerNorm", "layer_norm/one-sample-groups")]
-    assert layer.status is Status.ACCEPTS
-    assert "exactly beta" in layer.explanation
+    assert layer.status is Status.PASS
+    for implementation, case in (
+        ("torch.nn.functional.batch_norm", "batch_norm/one-sample-groups"),
+        ("torch.nn.BatchNormNd (train)", "batch_norm_train/one-sample-groups"),
+    ):
+        row = by_case[(implementation, case)]
+        assert row.status is Status.NOT_IMPLEMENTED
+        assert "Expected more than 1 value per channel" in row.explanation
 
 
 def test_layer_norm_reduces_d_beta_of_bfloat16_in_bfloat16():
