@@ -95,6 +95,7 @@ from conformance.judging.causes import (
     cause_text,
     chosen,
     common,
+    overflows_everywhere,
 )
 from conformance.judging.isolation import DEFAULT_TIMEOUT, Recipe, isolated, worker_for
 from conformance.judging.localize import RowFacts, facts_line, outputs_line
@@ -217,7 +218,8 @@ class Diagnosis:
     def closest(self) -> Hypothesis | None:
         """The hypothesis that leaves the fewest rows out of budget, then the least far out,
         then the one that changes least (the base on an exact tie), where it explains at least
-        :data:`CLOSEST_SHARE` of the base's failing rows and more than any other; else
+        :data:`CLOSEST_SHARE` of the base's failing rows and more than any other (but those
+        that make its changes and more: a field that changes nothing more there); else
         ``None``."""
         best = min(self.hypotheses, key=self._distance, default=None)
         failing = self.failing
@@ -230,7 +232,7 @@ class Diagnosis:
         if any(
             len(h.failing) <= len(best.failing)
             for h in rivals
-            if h.changed and h.model != best.model
+            if h.changed and h.model != best.model and not _extends(h, best)
         ):
             return None
         return best
@@ -360,7 +362,8 @@ def _judged(row: Row, hypothesis: Hypothesis) -> tuple[float, str | None]:
     """The largest share of its budget an output of the row uses under the hypothesis' model
     (> 1: out of budget; ``inf`` where an output is unusable or the implementation raises), and
     for an arithmetic hypothesis what shows it accounts for a row beyond its budget (normref
-    computing so gives the same; squares that overflow: :func:`arithmetic_accounts`; then 0)."""
+    computing so gives the same; squares that overflow: :func:`arithmetic_accounts`; then 0; 0
+    too where every group's squares overflow that arithmetic: no evidence against it)."""
     model = hypothesis.model
     try:
         checks = row.checks(model)
@@ -374,6 +377,11 @@ def _judged(row: Row, hypothesis: Hypothesis) -> tuple[float, str | None]:
         )
         if held:
             return 0.0, note
+        if overflows_everywhere(row, arithmetic_of(model, dtype).dtype):
+            return 0.0, (
+                f"every group's squares exceed {arithmetic_of(model, dtype).dtype}'s largest "
+                "value: that arithmetic is undefined there, no evidence either way"
+            )
     return used, None
 
 
@@ -393,6 +401,11 @@ def _try(
                 hypothesis.notes[label] = note
             if progress is not None:
                 progress(0, f"{hypothesis.name}: {label}")
+
+
+def _extends(h: Hypothesis, other: Hypothesis) -> bool:
+    """Whether ``h`` makes every change ``other`` makes, and more."""
+    return other.changed.items() < h.changed.items()
 
 
 def _diagnosable(

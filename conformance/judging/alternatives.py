@@ -268,11 +268,14 @@ def _reduced_axes(partition: Partition) -> tuple[int, ...] | None:
 
 def _roles(view: LayerView) -> tuple[tuple[str, set[int]], ...]:
     """The axes of x by their role: normalized (reduced by the op), of the channels (or units)
-    the parameters span, and the others; axes of size 1, which group nothing, have none."""
-    sized = {a for a in range(view.x.ndim) if view.x.shape[a] > 1}
-    reduced = set(_reduced_axes(view.partition) or ()) & sized
-    params = (set(view.param_axes) - reduced) & sized
-    others = sized - reduced - params
+    the parameters span, and the others."""
+    partition = view.partition
+    if partition.split_shape == partition.shape:  # whole axes, those of size 1 included
+        reduced = {a for a, label in enumerate(partition.labels) if label == SAMPLE}
+    else:
+        reduced = set(_reduced_axes(partition) or ())
+    params = set(view.param_axes) - reduced
+    others = set(range(view.x.ndim)) - reduced - params
     channel = "channel" if view.names.keys() & {"dgamma", "dbeta"} else "unit"
     return (("normalized", reduced), (channel, params), ("other", others))
 
@@ -300,18 +303,25 @@ def _other_axes(view: LayerView) -> Iterator[Alternative]:
     own = _assignment(view.partition)
     own_axes = _reduced_axes(view.partition)
     described = "its groups" if own_axes is None else f"axes {_axes_text(own_axes)}"
-    seen = [own]
+    # axes of size 1 group nothing: axes that differ by them compute the same, and each such
+    # set is offered under its own key (the key the same mistake has on other inputs)
+    evaluated: list[tuple[Any, Any]] = [(own, None)]
     for count in range(1, view.x.ndim + 1):
         for axes in itertools.combinations(range(view.x.ndim), count):
             partition = layer_partition(view.x.shape, axes)
             grouping = _assignment(partition)
-            if any(np.array_equal(grouping, s) for s in seen):
-                continue
-            seen.append(grouping)
-            try:
-                values, terms = view.evaluate(partition=partition)
-            except ValueError:
-                continue  # a group of one sample, say
+            same = next((e for g, e in evaluated if np.array_equal(grouping, g)), False)
+            if same is None:
+                continue  # the op's own grouping, or one it cannot evaluate
+            if same is False:
+                try:
+                    same = view.evaluate(partition=partition)
+                except ValueError:
+                    same = None  # a group of one sample with the unbiased variance, say
+                evaluated.append((grouping, same))
+                if same is None:
+                    continue
+            values, terms = same
             key, words = _roles_of(axes, view)
             own_words = "its groups" if own_axes is None else _roles_of(own_axes, view)[1]
             yield Alternative(

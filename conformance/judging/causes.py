@@ -11,7 +11,8 @@ inferred from the input alone):
   also takes as accounted for an output that normref itself computing in that
   arithmetic, :func:`~conformance.judging.reference.normref_computing`,
   reproduces, or one out of budget only in the groups whose squares overflow
-  the arithmetic's dtype and non-finite in some of them; the row's evidence
+  the arithmetic's dtype, and non-finite or collapsed to 0 in some of them, or with
+  other groups within budget; the row's evidence
   says which);
 * a structural hypothesis (:mod:`conformance.judging.alternatives`: a term of
   the gradient missing, statistics over the wrong axes, ...);
@@ -25,7 +26,9 @@ row only the causes that reproduce *every* failing row of that implementation
 and op that has outputs to judge (not those that raised, timed out or
 crashed) and whose input is finite (a NaN in the input may be propagated
 otherwise, a difference of its own; such a row says whether the cause named
-for the others reproduces it): the semantic ones, or only where none does the
+for the others reproduces it), except a lower arithmetic on a row whose every
+group's squares overflow it, where it is undefined and its values are no
+evidence either way (the row says so): the semantic ones, or only where none does the
 arithmetic ones. A cause that fits one row by coincidence (interleaved groups
 that one row's values happen to match under ``eps_mode='add_std'``) is not
 named. Where no cause holds for all, the row says so, and where the failing
@@ -48,7 +51,7 @@ from conformance.checked.formats import largest
 from conformance.checked.models import Model, arithmetic_only, variations
 from conformance.judging.alternatives import alternatives
 from conformance.judging.localize import rows_line
-from conformance.judging.reference import normref_computing
+from conformance.judging.reference import Refusal, normref_computing, reference_or_refusal
 from conformance.judging.rows import Row
 from conformance.reports.results import CaseResult, Status
 
@@ -75,12 +78,36 @@ class Cause:
 
 def _fits(row: Row, model: Model, failing: Sequence[str], **options: Any) -> bool:
     """Whether every output is within budget under ``model`` (and ``options``), the ``failing``
-    ones checked first; ``False`` where that cannot be evaluated (the implementation raises
-    under it, normref refuses it)."""
+    ones checked first; or whether ``model`` leaves the row undefined (:func:`_undefined_under`);
+    ``False`` where it cannot be evaluated otherwise (the implementation raises under it)."""
+    if _undefined_under(row, model):
+        return True
     try:
         return row.passes(model, first=failing, **options)
     except Exception:  # noqa: BLE001 - an alternative that cannot be evaluated explains nothing
         return False
+
+
+def _undefined_under(row: Row, model: Model) -> bool:
+    """Whether normref refuses the row's input under ``model`` (its statistics are not defined
+    there: the unbiased variance of a lone sample) while the implementation returns an output
+    that is non-finite throughout: what computing that undefined quantity gives (0/0)."""
+    found = reference_or_refusal(
+        row.prepared,
+        model,
+        backward=row.backward,
+        backend=row.backend,
+        evaluate=lambda: row.expected(model),
+    )
+    if not isinstance(found, Refusal):
+        return False
+    try:
+        values = row.outcome(model).values.values()
+    except Exception:  # noqa: BLE001 - an implementation that raises shows no undefined value
+        return False
+    return any(
+        np.size(v) and not np.isfinite(np.asarray(v, dtype=np.float64)).any() for v in values
+    )
 
 
 def _overflowing(row: Row, dtype: str) -> tuple[np.ndarray, float] | None:
@@ -122,8 +149,11 @@ def arithmetic_accounts(
     far more accurate has made a small semantic error instead); or reproduced, within that
     budget and non-finite at the same elements, by normref computing so (``precision=computing``
     on the inputs as ``dtype``); or out of that budget only in groups whose squares exceed the
-    arithmetic's largest value, where it overflows whatever its algorithm, and non-finite in
-    some of them (an overflow shows; wrong finite values there are no evidence of one)."""
+    arithmetic's largest value, where it overflows whatever its algorithm, and non-finite or 0
+    (divided by an infinite root) in some of them, or with some other group within budget
+    (normref's own computing in it is
+    scaled and does not overflow: it cannot reproduce those groups; wrong finite values where
+    every group overflows are no evidence of one)."""
     try:
         checks = row.checks(model, arithmetic=arithmetic)
         outcome = row.outcome(model)
@@ -174,8 +204,17 @@ def arithmetic_accounts(
             continue
         if overflow is not None and np.shape(actual) == overflow[0].shape:
             bad = row.ratios(model, check.name, arithmetic=arithmetic)
-            broken = ~np.isfinite(actual) & np.isfinite(exact) & overflow[0]
-            if bad is not None and broken.any() and not np.any((bad > 1.0) & ~overflow[0]):
+            # evidence of an overflow: where it overflows, non-finite values or 0 where the exact
+            # value is not (values divided by the infinite root of an overflowed sum), or errors
+            # confined to those groups while others are computed within budget
+            collapsed = ~np.isfinite(actual) | ((actual == 0) & (exact != 0))
+            broken = collapsed & np.isfinite(exact) & overflow[0]
+            confined = np.any(~overflow[0]) and np.any((bad > 1.0) & overflow[0])
+            if (
+                bad is not None
+                and (broken.any() or confined)
+                and not np.any((bad > 1.0) & ~overflow[0])
+            ):
                 notes.append(
                     f"{check.name}: out of budget only in the groups whose squares (up to "
                     f"{overflow[1]:.3g}) exceed {arithmetic.dtype}'s largest value "
@@ -215,10 +254,20 @@ def _same_order(
     return own / SAME_ORDER <= theirs <= own * SAME_ORDER
 
 
+def overflows_everywhere(row: Row, dtype: str) -> bool:
+    """Whether every group's squares exceed ``dtype``'s largest value: arithmetic in it is
+    undefined on the whole row, and what an implementation computes there is no evidence for
+    or against that arithmetic."""
+    overflow = _overflowing(row, dtype)
+    return overflow is not None and bool(overflow[0].all())
+
+
 def _field_causes(
     row: Row, declared: Model, relevant: tuple[str, ...], failing: Sequence[str]
-) -> list[Cause]:
-    found = []
+) -> tuple[list[Cause], list[str]]:
+    """The single-field changes that reproduce the row, and the arithmetic ones it cannot test
+    (:func:`overflows_everywhere`)."""
+    found, untestable = [], []
     for field_name, value, model in variations(declared, relevant):
         semantic = not arithmetic_only([field_name])
         text = f"{field_name}={value!r} instead of the declared {declared.get(field_name)!r}"
@@ -233,7 +282,9 @@ def _field_causes(
         )
         if held:
             found.append(Cause(key, text, semantic, note))
-    return found
+        elif overflows_everywhere(row, arithmetic.dtype):
+            untestable.append(key)
+    return found, untestable
 
 
 def _structural_causes(row: Row, declared: Model, failing: Sequence[str]) -> list[Cause]:
@@ -247,8 +298,12 @@ def _structural_causes(row: Row, declared: Model, failing: Sequence[str]) -> lis
     return found
 
 
-def _precision_causes(row: Row, declared: Model) -> list[Cause]:
+def _precision_causes(row: Row, declared: Model) -> tuple[list[Cause], list[str]]:
+    """The lower precision that accounts for the row, and those that cannot be checked on it
+    (every group's squares overflow that precision: whatever it computes there is no evidence
+    for or against it)."""
     dtype = row.prepared.dtype
+    untestable = []
     for lower in LOWER_PRECISIONS.get(dtype, ()):
         arithmetic = Arithmetic(lower, lower, declared.convention.variance_algorithm)
         computing = dataclasses.replace(declared.convention, low_precision_compute="input")
@@ -257,8 +312,10 @@ def _precision_causes(row: Row, declared: Model) -> list[Cause]:
         )
         if held:
             text = f"computing in {lower}, a lower precision than the {dtype} input's"
-            return [Cause(f"precision:{lower}", text, semantic=False, note=note)]
-    return []
+            return [Cause(f"precision:{lower}", text, semantic=False, note=note)], untestable
+        if overflows_everywhere(row, lower):
+            untestable.append(f"precision:{lower}")
+    return [], untestable
 
 
 @dataclass(frozen=True)
@@ -269,6 +326,7 @@ class Candidates:
 
     causes: list[Cause]
     finite_input: bool
+    untestable: tuple[str, ...] = ()
 
 
 def candidate_causes(
@@ -287,23 +345,24 @@ def candidate_causes(
         failing = [c.name for c in row.checks(declared) if not c.ok]
     except Exception:  # noqa: BLE001 - a row without outputs to judge has no cause to check
         return Candidates([], finite)
-    causes = [
-        *(_field_causes(row, declared, relevant, failing) if fields else []),
-        *_structural_causes(row, declared, failing),
-        *_precision_causes(row, declared),
-    ]
-    return Candidates(causes, finite)
+    by_field, untestable_fields = (
+        _field_causes(row, declared, relevant, failing) if fields else ([], [])
+    )
+    precision, untestable = _precision_causes(row, declared)
+    causes = [*by_field, *_structural_causes(row, declared, failing), *precision]
+    return Candidates(causes, finite, (*untestable_fields, *untestable))
 
 
 def common(candidates: Sequence[Candidates]) -> list[str]:
     """The keys of the causes that every row of finite input holds (every row, where none has a
-    finite input), in the first such row's order."""
+    finite input), in the first such row's order: held there, or untestable there
+    (:attr:`Candidates.untestable`) and held on some other row."""
     held = [c for c in candidates if c.finite_input] or list(candidates)
-    if not held:
-        return []
-    keys = [c.key for c in held[0].causes]
+    keys = [c.key for cs in held for c in cs.causes]
     return [
-        k for k in dict.fromkeys(keys) if all(any(c.key == k for c in cs.causes) for cs in held)
+        k
+        for k in dict.fromkeys(keys)
+        if all(any(c.key == k for c in cs.causes) or k in cs.untestable for cs in held)
     ]
 
 
@@ -341,6 +400,7 @@ def settle(results: list[CaseResult]) -> None:
         keys = common([r.causes for r in judged])
         where = rows_line(rows)
         finite = next((r.causes for r in judged if r.causes.finite_input), None)
+        stated = [c for r in judged for c in r.causes.causes]
         for row in judged:
             candidates: Candidates = row.causes
             named, semantic = chosen(candidates.causes, keys)
@@ -351,6 +411,13 @@ def settle(results: list[CaseResult]) -> None:
                 lead = (
                     "not reproduced on this row, whose input is not finite, by what explains "
                     f"the others: {cause_text(others, others_semantic)}"
+                )
+            elif set(keys) & set(candidates.untestable):
+                others, others_semantic = chosen(stated, keys)
+                lead = (
+                    "not reproduced on this row, whose every group's squares overflow that "
+                    "arithmetic (no evidence either way), by what explains the others: "
+                    f"{cause_text(others, others_semantic)}"
                 )
             else:
                 lead = NO_CAUSE

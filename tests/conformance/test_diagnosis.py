@@ -171,10 +171,11 @@ def test_a_function_that_raises_on_some_cases_has_no_closest_model():
 
 
 def test_squares_that_overflow_float16_are_accounted_for_by_its_arithmetic():
-    """A layer norm summing squares in float16: normref computing in float16 gives what it gives
-    where inputs reach 1e4, and float16-max (6e4) is out of budget only in the groups whose
-    squares overflow float16: low_precision_compute='input' explains every row, and the evidence
-    says how on each of those."""
+    """A layer norm summing squares in float16: where inputs reach 1e4 (an outlier) and at
+    float16-max (6e4) it is out of budget only in the groups whose squares overflow float16; at a
+    scale of 1e4 every group's do, and nothing there tells for or against float16 arithmetic
+    (normref's own, scaled, does not overflow): low_precision_compute='input' explains every row,
+    and the evidence says how on each of those."""
     found = diagnose(planted.layer_norm_in_input_dtype, "layer_norm", dtypes=["float16"])
     # haiku's preset computes float16 statistics in float16 too: it explains for the same reason
     assert [h.name for h in found.explaining] == [
@@ -186,7 +187,14 @@ def test_squares_that_overflow_float16_are_accounted_for_by_its_arithmetic():
         "is explained by: normref with low_precision_compute='input', haiku preset"
     )
     evidence = "\n".join(found.evidence)
-    assert "layer_norm/outlier-1e4 float16: y: as normref computing in float16 gives it" in evidence
+    assert (
+        "layer_norm/outlier-1e4 float16: y: out of budget only in the groups whose squares (up to "
+        "1e+08) exceed float16's largest value (6.55e+04): float16 arithmetic overflows there"
+    ) in evidence
+    assert (
+        "layer_norm/scale-1e4 float16: every group's squares exceed float16's largest value: that "
+        "arithmetic is undefined there, no evidence either way"
+    ) in evidence
     assert (
         "layer_norm/float16-max float16: y: out of budget only in the groups whose squares (up to "
         "3.59e+09) exceed float16's largest value (6.55e+04): float16 arithmetic overflows there"
