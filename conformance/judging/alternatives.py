@@ -310,17 +310,17 @@ def _other_axes(view: LayerView) -> Iterator[Alternative]:
         for axes in itertools.combinations(range(view.x.ndim), count):
             partition = layer_partition(view.x.shape, axes)
             grouping = _assignment(partition)
-            same = next((e for g, e in evaluated if np.array_equal(grouping, g)), False)
-            if same is None:
-                continue  # the op's own grouping, or one it cannot evaluate
-            if same is False:
+            known = [e for g, e in evaluated if np.array_equal(grouping, g)]
+            if known:
+                same = known[0]
+            else:
                 try:
                     same = view.evaluate(partition=partition)
                 except ValueError:
                     same = None  # a group of one sample with the unbiased variance, say
                 evaluated.append((grouping, same))
-                if same is None:
-                    continue
+            if same is None:
+                continue  # the op's own grouping, or one it cannot evaluate
             values, terms = same
             key, words = _roles_of(axes, view)
             own_words = "its groups" if own_axes is None else _roles_of(own_axes, view)[1]

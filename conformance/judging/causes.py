@@ -209,10 +209,9 @@ def arithmetic_accounts(
             # confined to those groups while others are computed within budget
             collapsed = ~np.isfinite(actual) | ((actual == 0) & (exact != 0))
             broken = collapsed & np.isfinite(exact) & overflow[0]
-            confined = np.any(~overflow[0]) and np.any((bad > 1.0) & overflow[0])
             if (
                 bad is not None
-                and (broken.any() or confined)
+                and (broken.any() or (np.any(~overflow[0]) and np.any((bad > 1.0) & overflow[0])))
                 and not np.any((bad > 1.0) & ~overflow[0])
             ):
                 notes.append(
@@ -267,7 +266,8 @@ def _field_causes(
 ) -> tuple[list[Cause], list[str]]:
     """The single-field changes that reproduce the row, and the arithmetic ones it cannot test
     (:func:`overflows_everywhere`)."""
-    found, untestable = [], []
+    found: list[Cause] = []
+    untestable: list[str] = []
     for field_name, value, model in variations(declared, relevant):
         semantic = not arithmetic_only([field_name])
         text = f"{field_name}={value!r} instead of the declared {declared.get(field_name)!r}"
@@ -303,7 +303,7 @@ def _precision_causes(row: Row, declared: Model) -> tuple[list[Cause], list[str]
     (every group's squares overflow that precision: whatever it computes there is no evidence
     for or against it)."""
     dtype = row.prepared.dtype
-    untestable = []
+    untestable: list[str] = []
     for lower in LOWER_PRECISIONS.get(dtype, ()):
         arithmetic = Arithmetic(lower, lower, declared.convention.variance_algorithm)
         computing = dataclasses.replace(declared.convention, low_precision_compute="input")
