@@ -113,7 +113,7 @@ def run(
     """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
 
     A framework that is not installed is skipped, with the reason, in
-    :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
+    ``RunResult.skipped``; an op it lacks gets "not implemented" rows.
     ``thorough`` checks every reduction length and realistic size at every dtype
     (:func:`conformance.checked.cases.large_cases`). ``compile`` also runs every
     binding of a framework with a compiler through it (``torch.compile``,

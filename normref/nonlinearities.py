@@ -156,7 +156,7 @@ def nonlinearity_gamma(
     Parameters
     ----------
     fn_or_name
-        A name of :data:`NONLINEARITIES` (``"relu"``, ``"gelu"``, ``"silu"``,
+        A name of :data:`~normref.nonlinearities.NONLINEARITIES` (``"relu"``, ``"gelu"``, ``"silu"``,
         ...), or any function of one float returning a float (it is called
         with Python floats, e.g. ``math.tanh``, ``numpy.tanh``).
     breakpoints
@@ -232,7 +232,7 @@ def gamma_scaled_nonlinearity(
 ) -> Array:
     r""":math:`\gamma_g\, g(x)`, the variance-preserving activation of normalizer-free networks.
 
-    :math:`g` is the named nonlinearity of :data:`NONLINEARITIES` and :math:`\gamma_g`
+    :math:`g` is the named nonlinearity of :data:`~normref.nonlinearities.NONLINEARITIES` and :math:`\gamma_g`
     its gain (:func:`nonlinearity_gain`: exact, or the NFNets code's published
     estimate). The Array API has no ``erf``, so every element is computed as a
     Python float (float64) by the scalar definition the gain integrates, whatever

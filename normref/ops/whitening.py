@@ -75,7 +75,7 @@ Implementation notes
     given, which are their own (:class:`~normref.ops.base.GroupOp`):
     ``x`` is centred in place and the products :math:`X_c W^\top` and
     :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
-    (:func:`normref._lib.in_place.products_over`), so that a call makes no
+    (``normref._lib.in_place.products_over``), so that a call makes no
     full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
