@@ -12,6 +12,7 @@ the process from what it changes in global state (a library's settings,
 
 from __future__ import annotations
 
+import datetime
 import platform
 import sys
 import time
@@ -36,10 +37,16 @@ DEFAULT_DTYPES: tuple[str, ...] = ("float32", "float64")
 Progress = Callable[[int, str], None]
 
 
-def _environment(frameworks: dict[str, dict[str, str]]) -> dict[str, Any]:
+def _now() -> str:
+    """The date and time, in ISO 8601 (UTC, to the second)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _environment(frameworks: dict[str, dict[str, str]], started: str) -> dict[str, Any]:
     import numpy
 
     return {
+        "started": started,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": numpy.__version__,
@@ -125,7 +132,7 @@ def run(
     framework's batch norm across that many replicas, in a process of their own
     (:mod:`conformance.replicas`).
     """
-    started = time.perf_counter()
+    started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
     reference = get_backend(backend)
     dtypes = check_names(dtypes, DTYPES, "dtypes")
@@ -185,7 +192,7 @@ def run(
             timeout=limit,
         )
         outcome.skipped = skipped
-        outcome.environment = _environment(versions)
+        outcome.environment = _environment(versions, date)
         outcome.interrupted = interrupted
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -273,7 +280,7 @@ def check(
     RunResult
         ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
     """
-    started = time.perf_counter()
+    started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
     reference = get_backend(backend)
     model = with_changes(model_of(convention), changes)
@@ -318,7 +325,7 @@ def check(
             isolated=limit is not None,
             timeout=limit,
         )
-        outcome.environment = _environment({})
+        outcome.environment = _environment({}, date)
         outcome.interrupted = interrupted
         outcome.seconds = time.perf_counter() - started
         return outcome
