@@ -85,6 +85,20 @@ def unitwise_norm(x: Array, *, out_axis: int = 0, precision: Precision = "highes
         ``HWIO``); for rank <= 1 it must still be 0 or -1.
     precision
         ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.unitwise_norm(w)
+    >>> print(np.round(y.ravel(), 4))
+    [5.     2.4495]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     xp = namespace_of(x=x)
     axes = unit_norm_axes(tuple(x.shape), out_axis, name="x")
@@ -188,6 +202,22 @@ def adaptive_grad_clip(
     values become 0 and its infinite ones NaN (as the NFNets code and optax);
     NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
     are unaffected.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grad = np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])
+    >>> y = normref.adaptive_grad_clip(grad, w, clipping=0.1)
+    >>> print(np.round(y, 4))  # the first unit's gradient clipped to 0.1 of its norm
+    [[0.5  0.   0.  ]
+     [0.01 0.   0.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision)
     return to_dtype(parts.xp, _times(g, grad, parts.max_norm / parts.denominator), grad.dtype)
@@ -218,6 +248,26 @@ def adaptive_grad_clip_vjp(
     :math:`p = \epsilon`) these are one-sided derivatives. A unit whose factor
     :math:`f` is NaN (NaN in its gradient or parameter) gets NaN in both
     gradients, as non-finite values propagate everywhere in normref.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grad = np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])
+    >>> y = normref.adaptive_grad_clip(grad, w, clipping=0.1)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.adaptive_grad_clip_vjp(dy, grad, w, clipping=0.1)
+    >>> print(g._fields)
+    ('grad', 'param')
+    >>> print(np.round(g[0], 4))
+    [[ 0.   -0.03 -0.01]
+     [ 0.2   0.6   1.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
@@ -261,6 +311,22 @@ def adaptive_grad_clip_tree(
     array), and returns ``True`` to leave that gradient unclipped (a copy, in
     its dtype): NFNets does not clip its final linear layer, ``exclude=lambda
     path: path[0] == "head"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grads = {'w': np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])}
+    >>> y = normref.adaptive_grad_clip_tree(grads, {'w': w}, clipping=0.1)
+    >>> print(np.round(y['w'], 4))
+    [[0.5  0.   0.  ]
+     [0.01 0.   0.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     flat_grads, flat_params = flatten(grads), flatten(params)
     check_same_structure(flat_grads, flat_params, names=("grads", "params"))
@@ -339,6 +405,22 @@ def gradient_centralize(
     Returns
     -------
     Array of ``grad``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.gradient_centralize(w)
+    >>> print(np.round(y, 4))  # each unit's mean removed
+    [[ 0.6667  1.6667 -2.3333]
+     [ 0.3333 -1.6667  1.3333]]
+
+    References
+    ----------
+    - Yong, H., Huang, J., Hua, X. and Zhang, L. (2020). Gradient centralization: a new
+      optimization technique for deep neural networks. ECCV.
+      https://arxiv.org/abs/2004.01461
     """
     xp = namespace_of(grad=grad)
     layer = _centralizing_layer(grad, out_axis)
@@ -351,7 +433,28 @@ def gradient_centralize_vjp(
     dy: Array, grad: Array, *, out_axis: int = 0, precision: Precision = "highest"
 ) -> CentralizedGrad:
     r"""VJP of :func:`gradient_centralize`: the same centring of ``dy`` (an orthogonal projection
-    is its own adjoint); ``dy`` itself (a copy) for a scalar or a vector."""
+    is its own adjoint); ``dy`` itself (a copy) for a scalar or a vector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.gradient_centralize(w)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.gradient_centralize_vjp(dy, w)
+    >>> print(g._fields)
+    ('grad',)
+    >>> print(np.round(g[0], 4))
+    [[-0.4  0.   0.4]
+     [-0.4  0.   0.4]]
+
+    References
+    ----------
+    - Yong, H., Huang, J., Hua, X. and Zhang, L. (2020). Gradient centralization: a new
+      optimization technique for deep neural networks. ECCV.
+      https://arxiv.org/abs/2004.01461
+    """
     xp = namespace_of(grad=grad, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
     layer = _centralizing_layer(grad, out_axis)
@@ -374,6 +477,20 @@ def global_norm(grads: Any, *, precision: Precision = "highest") -> Array:
 
     ``grads`` is an array or a (nested) list, tuple or dict of arrays. Returns
     a 0-d array in the promoted dtype of the leaves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> grads = [np.array([3.0]), np.array([[4.0, 0.0]])]
+    >>> y = normref.global_norm(grads)
+    >>> print(float(y))
+    5.0
+
+    References
+    ----------
+    - Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training
+      recurrent neural networks. ICML. https://arxiv.org/abs/1211.5063
     """
     xp, _, flat, norm = _global_norm(grads, precision)
     return to_dtype(xp, norm, result_dtype(xp, *flat.leaves))
@@ -411,6 +528,20 @@ def clip_by_global_norm(
     Returns
     -------
     ``grads``' structure with every array scaled, each in its own dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> grads = [np.array([3.0]), np.array([[4.0, 0.0]])]
+    >>> y = normref.clip_by_global_norm(grads, 1.0)
+    >>> print([np.round(g, 4) for g in y])
+    [array([0.6]), array([[0.8, 0. ]])]
+
+    References
+    ----------
+    - Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training
+      recurrent neural networks. ICML. https://arxiv.org/abs/1211.5063
     """
     max_norm = check_eps(max_norm, name="max_norm")
     eps = check_eps(eps, allow_zero=True)
