@@ -131,6 +131,15 @@ def run(
     after ``timeout`` seconds (default 60; module docstring). ``replicas`` adds each
     framework's batch norm across that many replicas, in a process of their own
     (:mod:`conformance.replicas`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> result = conformance.run(['torch'], ops=['rms_norm'], dtypes=['float64'])  # needs torch
+    >>> print(result.ok, sorted({row.implementation for row in result.results}))
+    True ['torch.nn.RMSNorm', 'torch.nn.functional.rms_norm']
     """
     started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
@@ -279,6 +288,15 @@ def check(
     -------
     RunResult
         ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> result = conformance.check(normref.layer_norm, 'layer_norm', dtypes=['float64'])
+    >>> print(result.ok, result.counts['pass'], result.counts['fail'])
+    True 20 0
     """
     started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
