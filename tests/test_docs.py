@@ -143,6 +143,47 @@ def test_every_public_name_is_documented_under_the_name_users_import(built):
     assert not private - {"normref.layers.standardization"}, "documented under a private path"
 
 
+def _public_functions() -> dict[str, object]:
+    """normref's and conformance's public functions, by the name users import them by."""
+    import conformance
+    import normref
+    from normref import compiled, conventions, nonlinearities, ops, partition, stats
+
+    found = {
+        f"{module.__name__}.{name}": value
+        for module in (normref, ops, conformance)
+        for name in module.__all__
+        if inspect.isfunction(value := getattr(module, name))
+    }
+    for module in (stats, partition, compiled, conventions, nonlinearities):
+        found |= {
+            f"{module.__name__}.{name}": value
+            for name, value in vars(module).items()
+            if inspect.isfunction(value)
+            and value.__module__ == module.__name__
+            and not name.startswith("_")
+        }
+    return found
+
+
+def test_every_public_function_has_examples_and_every_operation_its_paper():
+    """The Examples run as doctests (``--doctest-modules`` in pyproject.toml); an operation's
+    forward and VJP cite the paper that introduced it."""
+    from normref.registry import REGISTRY
+
+    functions = _public_functions()
+    assert len(functions) > 100
+    without = [name for name, f in functions.items() if "\n    Examples\n    ----" not in f.__doc__]
+    assert not without, without
+    operations = {f for spec in REGISTRY.values() for f in (spec.forward, spec.vjp)}
+    uncited = [
+        name
+        for name, f in functions.items()
+        if f in operations and "\n    References\n    ----" not in f.__doc__
+    ]
+    assert not uncited, uncited
+
+
 def _generator():
     """docs/_ext/normref_docs.py, the build's generator of figures and tables."""
     spec = importlib.util.spec_from_file_location("normref_docs", DOCS / "_ext" / "normref_docs.py")
