@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             "--single-core is steadier",
             file=sys.stderr,
         )
+    if not compiled.available():
+        print(
+            "the compiled path is off: numba is not installed (pip install -e '.[fast]'); the "
+            "operations it speeds up run the generic path, and their rows that miss the "
+            "targets say 'compiled path off'",
+            file=sys.stderr,
+        )
     cases = _cases(args.quick, args.ops)
     frameworks = _available(args.frameworks)
     repeats = args.repeats or (3 if args.quick else 7)

@@ -38,6 +38,16 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def targets_text(result: Result) -> str:
+    """Whether the row meets the targets: ``met``, ``MISSED`` (with ``compiled path off`` where
+    the operation's compiled path did not run because numba is not installed) or ``-``."""
+    if result.meets_targets is None:
+        return "-"
+    if result.meets_targets:
+        return "met"
+    return "MISSED, compiled path off" if result.compiled_path == "off" else "MISSED"
+
+
 def _cells(result: Result) -> list[str]:
     return [
         result.name,
@@ -51,7 +61,7 @@ def _cells(result: Result) -> list[str]:
         _times(result.ratio("jax")),
         _times(result.ratio("torch", mine="generic")),
         *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
-        {True: "met", False: "MISSED", None: "-"}[result.meets_targets],
+        targets_text(result),
     ]
 
 
@@ -181,42 +191,78 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
     path.write_text(json.dumps({"meta": meta, "targets": targets, "results": rows}, indent=1))
 
 
+def read_json(path: Path) -> tuple[list[Result], dict[str, Any]]:
+    """The results and the metadata of a file written by :func:`write_json`."""
+    document = json.loads(path.read_text())
+    fields = Result.__dataclass_fields__
+    results = [
+        Result(**{**{k: v for k, v in row.items() if k in fields}, "shape": tuple(row["shape"])})
+        for row in document["results"]
+    ]
+    return results, document["meta"]
+
+
 RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50)
 
 
+FRAMEWORKS = ("torch", "jax")
+"""The frameworks normref's time is compared with, one panel each where they ran."""
+
+
 def plot(path: Path, results: Sequence[Result]) -> None:
-    """Bars of normref's time relative to torch and to jax, per row, with the time targets."""
+    """Horizontal bars of normref's time relative to each framework that ran (a panel each,
+    side by side), one bar per row, with the time targets; normref's own times where no
+    framework ran. The title says what ran, and where the compiled path was off."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.name} {r.shape}\n{r.dtype} {r.precision}" for r in results]
-    figure, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(results)), 8), sharex=True)
-    for ax, other in zip(axes, ("torch", "jax"), strict=True):
-        values = [r.ratio(other) or 0.0 for r in results]
-        if not any(values):
-            ax.set_visible(False)
-            continue
-        colours = ["tab:blue" if r.precision == "native" else "tab:orange" for r in results]
-        ax.bar(range(len(results)), values, color=colours)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(RATIO_TICKS))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_ylabel(f"normref time / {other} time")
-        ax.axhline(1.0, color="black", linewidth=0.8)
+    ran = [f for f in FRAMEWORKS if any(r.ratio(f) is not None for r in results)]
+    labels = [f"{r.name} {r.shape} {r.dtype} {r.precision}" for r in results]
+    panels = len(ran) or 1
+    figure, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(3.0 + 3.5 * panels, 1.6 + 0.17 * len(results)),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    colours = ["tab:blue" if r.precision == "native" else "tab:orange" for r in results]
+    rows = range(len(results))
+    for ax, other in zip(axes[0], ran or [None], strict=True):
+        if other is None:
+            values = [1e3 * r.seconds["normref"] for r in results]
+            ax.set_xlabel("normref time (ms)")
+        else:
+            values = [r.ratio(other) or 0.0 for r in results]
+            ax.set_xlabel(f"normref time / {other} time")
+        ax.barh(rows, values, color=colours)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if other is not None:
+            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(RATIO_TICKS))
+            ax.axvline(1.0, color="black", linewidth=0.8)
         if other == "torch":
             for kind, style in (("input", "--"), ("float64", ":")):
-                ax.axhline(TIME_TARGETS[kind], color="tab:red", linestyle=style, linewidth=0.8)
-        ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].set_title(
-        "normref forward + backward relative to torch and jax\n"
-        "(CPU; blue: native, orange: highest; red lines: the time targets)",
-        fontsize=10,
+                ax.axvline(TIME_TARGETS[kind], color="tab:red", linestyle=style, linewidth=0.8)
+        ax.grid(axis="x", which="both", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0, 0].set_yticks(rows, labels, fontsize=7)
+    axes[0, 0].set_ylim(len(results) - 0.5, -0.5)
+    what = (
+        f"normref forward + backward relative to {' and '.join(ran)}"
+        if ran
+        else "normref forward + backward time (no framework to compare with ran)"
     )
-    axes[1].set_xticks(range(len(results)), labels, rotation=90, fontsize=7)
-    figure.tight_layout()
+    notes = ["CPU", "blue: native, orange: highest"]
+    if "torch" in ran:
+        notes.append("red lines: the time targets")
+    if any(r.compiled_path == "off" for r in results):
+        notes.append("compiled path off: numba is not installed")
+    figure.suptitle(f"{what}\n({'; '.join(notes)})", fontsize=10)
     figure.savefig(path, dpi=120)
     plt.close(figure)

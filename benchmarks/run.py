@@ -56,7 +56,9 @@ class Result:
     ``"torch"`` and ``"jax"`` (``None`` where a contender is absent or not
     measurable); memory is the peak of a forward or backward call as a
     multiple of the input's size (see :mod:`benchmarks.memory`). ``variant``
-    is the case's (:attr:`benchmarks.cases.Case.variant`).
+    is the case's (:attr:`benchmarks.cases.Case.variant`). ``compiled_path`` says
+    whether normref's compiled path ran the row: ``"on"``, ``"off"`` (the operation
+    has one, but numba is not installed) or ``"none"`` (the operation has none).
     """
 
     op: str
@@ -67,6 +69,7 @@ class Result:
     seconds: dict[str, float | None]
     memory: dict[str, float | None]
     variant: str = ""
+    compiled_path: str = "none"
 
     @property
     def name(self) -> str:
@@ -200,6 +203,14 @@ def contenders(
     return found
 
 
+def compiled_path_of(case: Case) -> str:
+    """``"on"`` where normref's compiled path runs ``case``, ``"off"`` where it would but numba
+    is not installed, ``"none"`` where the operation has no compiled path."""
+    if not case.fused:
+        return "none"
+    return "on" if compiled.available() else "off"
+
+
 def measure(
     case: Case,
     dtype: str,
@@ -239,6 +250,7 @@ def measure(
                 **framework_memory,
             },
             case.variant,
+            compiled_path_of(case),
         )
         for p in precisions
     ]

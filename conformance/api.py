@@ -12,6 +12,7 @@ the process from what it changes in global state (a library's settings,
 
 from __future__ import annotations
 
+import datetime
 import platform
 import sys
 import time
@@ -36,10 +37,16 @@ DEFAULT_DTYPES: tuple[str, ...] = ("float32", "float64")
 Progress = Callable[[int, str], None]
 
 
-def _environment(frameworks: dict[str, dict[str, str]]) -> dict[str, Any]:
+def _now() -> str:
+    """The date and time, in ISO 8601 (UTC, to the second)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _environment(frameworks: dict[str, dict[str, str]], started: str) -> dict[str, Any]:
     import numpy
 
     return {
+        "started": started,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": numpy.__version__,
@@ -113,7 +120,7 @@ def run(
     """Check every op of ``ops`` (default all) that each framework has, at ``dtypes``.
 
     A framework that is not installed is skipped, with the reason, in
-    :attr:`RunResult.skipped`; an op it lacks gets "not implemented" rows.
+    ``RunResult.skipped``; an op it lacks gets "not implemented" rows.
     ``thorough`` checks every reduction length and realistic size at every dtype
     (:func:`conformance.checked.cases.large_cases`). ``compile`` also runs every
     binding of a framework with a compiler through it (``torch.compile``,
@@ -124,8 +131,17 @@ def run(
     after ``timeout`` seconds (default 60; module docstring). ``replicas`` adds each
     framework's batch norm across that many replicas, in a process of their own
     (:mod:`conformance.replicas`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> result = conformance.run(['torch'], ops=['rms_norm'], dtypes=['float64'])  # needs torch
+    >>> print(result.ok, sorted({row.implementation for row in result.results}))
+    True ['torch.nn.RMSNorm', 'torch.nn.functional.rms_norm']
     """
-    started = time.perf_counter()
+    started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
     reference = get_backend(backend)
     dtypes = check_names(dtypes, DTYPES, "dtypes")
@@ -185,7 +201,7 @@ def run(
             timeout=limit,
         )
         outcome.skipped = skipped
-        outcome.environment = _environment(versions)
+        outcome.environment = _environment(versions, date)
         outcome.interrupted = interrupted
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -272,8 +288,17 @@ def check(
     -------
     RunResult
         ``.ok``, ``.failures``, ``.findings``, ``.results`` and ``.to_json()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> result = conformance.check(normref.layer_norm, 'layer_norm', dtypes=['float64'])
+    >>> print(result.ok, result.counts['pass'], result.counts['fail'])
+    True 22 0
     """
-    started = time.perf_counter()
+    started, date = time.perf_counter(), _now()
     limit = _timeout(isolate, timeout)
     reference = get_backend(backend)
     model = with_changes(model_of(convention), changes)
@@ -318,7 +343,7 @@ def check(
             isolated=limit is not None,
             timeout=limit,
         )
-        outcome.environment = _environment({})
+        outcome.environment = _environment({}, date)
         outcome.interrupted = interrupted
         outcome.seconds = time.perf_counter() - started
         return outcome

@@ -556,7 +556,19 @@ def diagnose(
     """Which convention, if any, explains ``fn`` (normref's signature for ``op``); the reference
     runs on ``backend`` (:mod:`conformance.checked.backends`). ``isolate`` calls ``fn`` in a
     worker process, each call stopped after ``timeout`` seconds (default 60;
-    :mod:`conformance.api`); ``changes`` are ``field=value`` changes to ``convention``."""
+    :mod:`conformance.api`); ``changes`` are ``field=value`` changes to ``convention``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> def layer_norm_eps3(x, gamma=None, beta=None, **options):
+    ...     return normref.layer_norm(x, gamma, beta, **(options | {'eps': 1e-3}))
+    >>> diagnosis = conformance.diagnose(layer_norm_eps3, 'layer_norm', dtypes=['float64'])
+    >>> print(diagnosis.verdict.split(': ', 1)[1])
+    normref with fixed_eps=0.001
+    """
     reference = get_backend(backend)
     model = with_changes(model_of(convention), changes)
     binding, chosen_dtypes = function_under_test(fn, op, model, array_type, vjp, dtypes)

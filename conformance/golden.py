@@ -151,6 +151,18 @@ def export_golden(
     vector is computed before anything is written, so an error leaves ``out`` as it was; each
     file is written under a temporary name and renamed, and the manifest comes last: a
     directory with a manifest holds every file it lists.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import os, tempfile
+    >>> import conformance
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     out = os.path.join(folder, 'golden')
+    ...     manifest = conformance.export_golden(out, ops=['rms_norm'], dtypes=['float32'])
+    ...     print(manifest.name, sorted(os.listdir(out)))
+    manifest.json ['manifest.json', 'rms_norm']
     """
     import normref
 

@@ -33,7 +33,15 @@ __all__ = ["available", "enabled", "thread_count"]
 
 
 def available() -> bool:
-    """Whether the compiled path can run here (numba is importable)."""
+    """Whether the compiled path can run here (numba is importable).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(type(normref.compiled.available()).__name__)
+    bool
+    """
     return _fused.available()
 
 
@@ -43,11 +51,29 @@ def enabled(flag: bool) -> Iterator[None]:
 
     The setting belongs to the calling thread (and context): blocks in other
     threads neither see nor undo it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.arange(24.0).reshape(2, 3, 4)
+    >>> with normref.compiled.enabled(False):
+    ...     y = normref.batch_norm(x)  # the Array API path, never the numba kernels
+    >>> print(np.round(y[0, 0], 4))
+    [-1.2288 -1.065  -0.9012 -0.7373]
     """
     with _fused.enabled(flag):
         yield
 
 
 def thread_count() -> int:
-    """The number of threads a large input runs on (``NORMREF_THREADS``, else the CPUs)."""
+    """The number of threads a large input runs on (``NORMREF_THREADS``, else the CPUs).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.compiled.thread_count() >= 1)
+    True
+    """
     return _thread_count()

@@ -396,7 +396,16 @@ PRESETS: dict[str, Convention] = {
 
 
 def get_convention(convention: Convention | str) -> Convention:
-    """Return ``convention`` itself, or the preset with that lower-case name."""
+    """Return ``convention`` itself, or the preset with that lower-case name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> c = normref.conventions.get_convention('torch')
+    >>> print(c.name, c.running_var_correction)
+    torch 1
+    """
     if isinstance(convention, Convention):
         return convention
     if isinstance(convention, str) and convention in PRESETS:

@@ -92,6 +92,20 @@ def unitwise_norm(x: Array, *, out_axis: int = 0, precision: Precision = "highes
         ``HWIO``); for rank <= 1 it must still be 0 or -1.
     precision
         ``"highest"`` (float64, rounded once), ``"native"`` or a convention.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.unitwise_norm(w)
+    >>> print(np.round(y.ravel(), 4))
+    [5.     2.4495]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     xp = namespace_of(x=x)
     axes = unit_norm_axes(tuple(x.shape), out_axis, name="x")
@@ -226,6 +240,22 @@ def adaptive_grad_clip(
     NaN in a unit of ``grad`` or ``param`` makes that unit NaN. Other units
     are unaffected. The norms are taken of each unit times a power of two, so
     that they neither overflow nor underflow.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grad = np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])
+    >>> y = normref.adaptive_grad_clip(grad, w, clipping=0.1)
+    >>> print(np.round(y, 4))  # the first unit's gradient clipped to 0.1 of its norm
+    [[0.5  0.   0.  ]
+     [0.01 0.   0.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision)
     return to_dtype(parts.xp, _times(g, grad, parts.factor), grad.dtype)
@@ -258,6 +288,26 @@ def adaptive_grad_clip_vjp(
     gradients, as non-finite values propagate everywhere in normref. Both
     terms are products of a unit's scaled values with ratios of scaled sums,
     which do not change with the units' scale.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grad = np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])
+    >>> y = normref.adaptive_grad_clip(grad, w, clipping=0.1)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.adaptive_grad_clip_vjp(dy, grad, w, clipping=0.1)
+    >>> print(g._fields)
+    ('grad', 'param')
+    >>> print(np.round(g[0], 4))
+    [[ 0.   -0.03 -0.01]
+     [ 0.2   0.6   1.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
@@ -304,6 +354,22 @@ def adaptive_grad_clip_tree(
     array), and returns ``True`` to leave that gradient unclipped (a copy, in
     its dtype): NFNets does not clip its final linear layer, ``exclude=lambda
     path: path[0] == "head"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> grads = {'w': np.array([[10.0, 0.0, 0.0], [0.01, 0.0, 0.0]])}
+    >>> y = normref.adaptive_grad_clip_tree(grads, {'w': w}, clipping=0.1)
+    >>> print(np.round(y['w'], 4))
+    [[0.5  0.   0.  ]
+     [0.01 0.   0.  ]]
+
+    References
+    ----------
+    - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
+      image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
     flat_grads, flat_params = flatten(grads), flatten(params)
     check_same_structure(flat_grads, flat_params, names=("grads", "params"))
@@ -383,6 +449,22 @@ def gradient_centralize(
     Returns
     -------
     Array of ``grad``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.gradient_centralize(w)
+    >>> print(np.round(y, 4))  # each unit's mean removed
+    [[ 0.6667  1.6667 -2.3333]
+     [ 0.3333 -1.6667  1.3333]]
+
+    References
+    ----------
+    - Yong, H., Huang, J., Hua, X. and Zhang, L. (2020). Gradient centralization: a new
+      optimization technique for deep neural networks. ECCV.
+      https://arxiv.org/abs/2004.01461
     """
     xp = namespace_of(grad=grad)
     layer = _centralizing_layer(grad, out_axis)
@@ -395,7 +477,28 @@ def gradient_centralize_vjp(
     dy: Array, grad: Array, *, out_axis: int = 0, precision: Precision = "highest"
 ) -> CentralizedGrad:
     r"""VJP of :func:`gradient_centralize`: the same centring of ``dy`` (an orthogonal projection
-    is its own adjoint); ``dy`` itself (a copy) for a scalar or a vector."""
+    is its own adjoint); ``dy`` itself (a copy) for a scalar or a vector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.gradient_centralize(w)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.gradient_centralize_vjp(dy, w)
+    >>> print(g._fields)
+    ('grad',)
+    >>> print(np.round(g[0], 4))
+    [[-0.4  0.   0.4]
+     [-0.4  0.   0.4]]
+
+    References
+    ----------
+    - Yong, H., Huang, J., Hua, X. and Zhang, L. (2020). Gradient centralization: a new
+      optimization technique for deep neural networks. ECCV.
+      https://arxiv.org/abs/2004.01461
+    """
     xp = namespace_of(grad=grad, dy=dy)
     check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
     layer = _centralizing_layer(grad, out_axis)
@@ -437,6 +540,20 @@ def global_norm(grads: Any, *, precision: Precision = "highest") -> Array:
     a 0-d array in the promoted dtype of the leaves. The squares are summed of the
     values times one power of two (:mod:`normref._lib.scaling`): the norm is
     infinite only where it overflows the dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> grads = [np.array([3.0]), np.array([[4.0, 0.0]])]
+    >>> y = normref.global_norm(grads)
+    >>> print(float(y))
+    5.0
+
+    References
+    ----------
+    - Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training
+      recurrent neural networks. ICML. https://arxiv.org/abs/1211.5063
     """
     found = _global_norm(grads, precision)
     xp = found.xp
@@ -475,6 +592,20 @@ def clip_by_global_norm(
     Returns
     -------
     ``grads``' structure with every array scaled, each in its own dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> grads = [np.array([3.0]), np.array([[4.0, 0.0]])]
+    >>> y = normref.clip_by_global_norm(grads, 1.0)
+    >>> print([np.round(g, 4) for g in y])
+    [array([0.6]), array([[0.8, 0. ]])]
+
+    References
+    ----------
+    - Pascanu, R., Mikolov, T. and Bengio, Y. (2013). On the difficulty of training
+      recurrent neural networks. ICML. https://arxiv.org/abs/1211.5063
     """
     max_norm = check_eps(max_norm, name="max_norm")
     eps = check_eps(eps, allow_zero=True)

@@ -179,7 +179,7 @@ def nonlinearity_gamma(
     Parameters
     ----------
     fn_or_name
-        A name of :data:`NONLINEARITIES` (``"relu"``, ``"gelu"``, ``"silu"``,
+        A name of :data:`~normref.nonlinearities.NONLINEARITIES` (``"relu"``, ``"gelu"``, ``"silu"``,
         ...), or any function of one float returning a float (it is called
         with Python floats, e.g. ``math.tanh``, ``numpy.tanh``).
     breakpoints
@@ -199,6 +199,19 @@ def nonlinearity_gamma(
     -----
     ``gamma("relu")`` is :math:`\sqrt{2/(1 - 1/\pi)} \approx 1.7128585504496627`
     (the mean of relu(z) is :math:`1/\sqrt{2\pi}`, its mean square 1/2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> y = normref.nonlinearity_gamma('relu')
+    >>> print(round(y, 4))
+    1.7129
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     if isinstance(fn_or_name, str):
         if fn_or_name not in NONLINEARITIES:
@@ -245,7 +258,21 @@ def nonlinearity_gamma(
 
 def nonlinearity_gain(name: str, gammas: str = "exact") -> float:
     """The gain of nonlinearity ``name``: :func:`nonlinearity_gamma` (``gammas="exact"``) or the
-    NFNets code's published estimate (``"nfnets_published"``, :data:`NFNETS_PUBLISHED_GAMMAS`)."""
+    NFNets code's published estimate (``"nfnets_published"``, :data:`NFNETS_PUBLISHED_GAMMAS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> y = normref.nonlinearity_gain('relu')
+    >>> print(round(y, 4))
+    1.7129
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
+    """
     if gammas not in NONLINEARITY_GAMMAS:
         msg = f"gammas must be one of {NONLINEARITY_GAMMAS}, got {gammas!r}"
         raise ValueError(msg)
@@ -269,12 +296,26 @@ def gamma_scaled_nonlinearity(
 ) -> Array:
     r""":math:`\gamma_g\, g(x)`, the variance-preserving activation of normalizer-free networks.
 
-    :math:`g` is the named nonlinearity of :data:`NONLINEARITIES` and :math:`\gamma_g`
+    :math:`g` is the named nonlinearity of :data:`~normref.nonlinearities.NONLINEARITIES` and :math:`\gamma_g`
     its gain (:func:`nonlinearity_gain`: exact, or the NFNets code's published
     estimate). The Array API has no ``erf``, so every element is computed as a
     Python float (float64) by the scalar definition the gain integrates, whatever
     ``precision`` (which is checked as every op checks it), and rounded once to
     ``x``'s dtype on ``x``'s device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([-1.0, 0.5, 2.0])
+    >>> y = normref.gamma_scaled_nonlinearity(x, nonlinearity='relu')
+    >>> print(np.round(y, 4))
+    [0.     0.8564 3.4257]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     xp = namespace_of(x=x)
     compute_dtype(xp, x.dtype, precision)

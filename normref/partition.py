@@ -48,6 +48,13 @@ def split_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> list[
     """For each axis of ``split_shape`` of size > 1, the axis of ``shape`` it was split from.
 
     ``None`` if ``split_shape`` is not ``shape`` with some axes split in place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.partition.split_origins((8, 4), (2, 4)))
+    None
     """
     origins: list[int] = []
     pieces = iter(size for size in split_shape if size > 1)
@@ -249,7 +256,16 @@ def _channel_axis_not_batch(axis: object, ndim: int) -> int:
 
 
 def batch_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
-    """Batch norm: one group per channel (``axis``), samples over all other axes."""
+    """Batch norm: one group per channel (``axis``), samples over all other axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.batch_partition((8, 3, 5, 5))
+    >>> print(p.split_shape, p.labels)
+    (8, 3, 5, 5) ('sample', 'group', 'sample', 'sample')
+    """
     check_rank(shape, minimum=1, layout="the channel axis and any others")
     channel = normalize_axis(axis, len(shape))
     labels = tuple(GROUP if i == channel else SAMPLE for i in range(len(shape)))
@@ -257,7 +273,16 @@ def batch_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
 
 
 def layer_partition(shape: tuple[int, ...], axes: object = (-1,)) -> Partition:
-    """Layer norm: statistics over ``axes``, one group per index of the other axes."""
+    """Layer norm: statistics over ``axes``, one group per index of the other axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.layer_partition((8, 3, 5, 5), axes=(-2, -1))
+    >>> print(p.split_shape, p.labels)
+    (8, 3, 5, 5) ('group', 'group', 'sample', 'sample')
+    """
     check_rank(shape, minimum=1, layout="at least the normalized axes")
     reduced = normalize_axes(axes, len(shape))
     labels = tuple(SAMPLE if i in reduced else GROUP for i in range(len(shape)))
@@ -265,7 +290,16 @@ def layer_partition(shape: tuple[int, ...], axes: object = (-1,)) -> Partition:
 
 
 def instance_partition(shape: tuple[int, ...], axis: int = 1) -> Partition:
-    """Instance norm: one group per (sample, channel), statistics over the spatial axes."""
+    """Instance norm: one group per (sample, channel), statistics over the spatial axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.instance_partition((8, 3, 5, 5))
+    >>> print(p.split_shape, p.labels)
+    (8, 3, 5, 5) ('group', 'group', 'sample', 'sample')
+    """
     check_rank(shape, minimum=3, layout="N, C and at least one spatial axis")
     channel = _channel_axis_not_batch(axis, len(shape))
     labels = tuple(GROUP if i in (0, channel) else SAMPLE for i in range(len(shape)))
@@ -301,7 +335,16 @@ def _check_divides(value: int, name: str, given: object, channels: int, channel:
 
 
 def group_partition(shape: tuple[int, ...], num_groups: int, axis: int = 1) -> Partition:
-    """Group norm: channels split into ``num_groups`` contiguous groups per sample."""
+    """Group norm: channels split into ``num_groups`` contiguous groups per sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.group_partition((8, 6, 5, 5), 3)
+    >>> print(p.split_shape, p.labels)
+    (8, 3, 2, 5, 5) ('group', 'group', 'sample', 'sample', 'sample')
+    """
     check_rank(shape, minimum=2, layout="N, C and any spatial axes")
     channel = _channel_axis_not_batch(axis, len(shape))
     groups = check_positive_int(num_groups, name="num_groups")
@@ -318,7 +361,16 @@ def group_partition(shape: tuple[int, ...], num_groups: int, axis: int = 1) -> P
 def ghost_batch_partition(
     shape: tuple[int, ...], virtual_batch_size: int, axis: int = 1
 ) -> Partition:
-    """Ghost batch norm: the batch split into virtual batches, each batch-normalized alone."""
+    """Ghost batch norm: the batch split into virtual batches, each batch-normalized alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.ghost_batch_partition((8, 3, 5, 5), 4)
+    >>> print(p.split_shape, p.labels)
+    (2, 4, 3, 5, 5) ('group', 'sample', 'group', 'sample', 'sample')
+    """
     check_rank(shape, minimum=2, layout="N, C and any spatial axes")
     channel = _channel_axis_not_batch(axis, len(shape))
     size = check_positive_int(virtual_batch_size, name="virtual_batch_size")
@@ -345,6 +397,14 @@ def whitening_partition(shape: tuple[int, ...], group_size: int, axis: int = 1) 
     jointly (channel ``c`` is feature ``c % group_size`` of group
     ``c // group_size``). Every other axis (the batch and spatial axes) indexes
     samples, so ``M = N·prod(S)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.whitening_partition((8, 6, 5, 5), 3)
+    >>> print(p.split_shape, p.labels)
+    (8, 2, 3, 5, 5) ('sample', 'group', 'feature', 'sample', 'sample')
     """
     check_rank(shape, minimum=2, layout="N, C and any spatial axes")
     channel = normalize_axis(axis, len(shape))
@@ -364,18 +424,42 @@ def unit_partition(shape: tuple[int, ...], out_axis: int = 0) -> Partition:
 
     The partition of batch norm with the channel axis at ``out_axis``: weight
     standardization, Scaled WS and weight norm normalize each unit over its fan-in.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> p = normref.partition.unit_partition((16, 3, 3, 3))
+    >>> print(p.split_shape, p.labels)
+    (16, 3, 3, 3) ('group', 'sample', 'sample', 'sample')
     """
     check_rank(shape, minimum=1, layout="an axis of output units and any fan-in axes")
     return batch_partition(shape, axis_index(out_axis, len(shape), shape, "w"))
 
 
 def fan_in_axes(ndim: int, axis: int) -> tuple[int, ...]:
-    """The axes of a rank-``ndim`` array other than its (non-negative) unit axis ``axis``."""
+    """The axes of a rank-``ndim`` array other than its (non-negative) unit axis ``axis``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.partition.fan_in_axes(4, 0), normref.partition.fan_in_axes(4, -1))
+    (1, 2, 3) (0, 1, 2, 3)
+    """
     return tuple(a for a in range(ndim) if a != axis)
 
 
 def fan_in(shape: tuple[int, ...], axis: int) -> int:
-    """The number of elements of one output unit: the product of the other axes' sizes."""
+    """The number of elements of one output unit: the product of the other axes' sizes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.partition.fan_in((16, 3, 3, 3), 0))
+    27
+    """
     return math.prod(shape[a] for a in fan_in_axes(len(shape), axis))
 
 
@@ -384,6 +468,13 @@ def unit_norm_axes(shape: tuple[int, ...], out_axis: object, *, name: str) -> tu
 
     A scalar or a vector (a bias, a gain) is one unit; ``out_axis`` must still
     be 0 or -1 there.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.partition.unit_norm_axes((16, 3, 3, 3), 0, name='out_axis'))
+    (1, 2, 3)
     """
     if len(shape) <= 1:
         axis_index(out_axis, 1, shape, name)

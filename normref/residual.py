@@ -131,6 +131,20 @@ def skip_init_residual(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of the three inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x, branch = np.array([1.0, 2.0]), np.array([10.0, 20.0])
+    >>> y = normref.skip_init_residual(x, branch, np.array(0.5))
+    >>> print(y)
+    [ 6. 12.]
+
+    References
+    ----------
+    - De, S. and Smith, S. L. (2020). Batch normalization biases residual blocks towards the
+      identity function in deep networks. NeurIPS. https://arxiv.org/abs/2002.10444
     """
     xp, dtype = _skip_init_parts(x, branch_out, alpha, precision)
     y = to_dtype(xp, x, dtype) + to_dtype(xp, alpha, dtype) * to_dtype(xp, branch_out, dtype)
@@ -145,6 +159,24 @@ def skip_init_residual_vjp(
     :math:`\bar x = \bar y`, :math:`\bar f = \alpha \bar y`, and
     :math:`\bar\alpha = \sum \bar y \, f` over the axes ``alpha`` is broadcast
     along (all of them for a scalar ``alpha``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x, branch = np.array([1.0, 2.0]), np.array([10.0, 20.0])
+    >>> y = normref.skip_init_residual(x, branch, np.array(0.5))
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.skip_init_residual_vjp(dy, x, branch, np.array(0.5))
+    >>> print(g._fields)
+    ('x', 'branch_out', 'alpha')
+    >>> print(np.round(g[0], 4))
+    [-1.  1.]
+
+    References
+    ----------
+    - De, S. and Smith, S. L. (2020). Batch normalization biases residual blocks towards the
+      identity function in deep networks. NeurIPS. https://arxiv.org/abs/2002.10444
     """
     xp, dtype = _skip_init_parts(x, branch_out, alpha, precision, dy=dy)
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
@@ -200,6 +232,20 @@ def nf_residual(
     Returns
     -------
     Array of ``x``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([1.0, -2.0, 3.0])
+    >>> y = normref.nf_residual(x, lambda h: 2.0 * h, alpha=0.2, beta=2.0)
+    >>> print(np.round(y, 4))  # x + alpha * branch(x / beta)
+    [ 1.2 -2.4  3.6]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     xp = namespace_of(x=x)
     alpha = check_finite_number(alpha, name="alpha")
@@ -246,6 +292,19 @@ def nf_expected_stds(num_blocks_per_stage: Sequence[int], alpha: float) -> tuple
     Returns
     -------
     One float per block, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> y = normref.nf_expected_stds([2, 1], alpha=0.2)
+    >>> print(np.round(y, 4))
+    [1.     1.0198 1.0392]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     alpha = check_eps(alpha, name="alpha", allow_zero=True)
     if isinstance(num_blocks_per_stage, (str, bytes)) or not isinstance(
@@ -284,6 +343,19 @@ def fixup_scale(num_branches: int, branch_layers: int) -> float:
     Returns
     -------
     The scale, a float in (0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> y = normref.fixup_scale(num_branches=16, branch_layers=2)
+    >>> print(round(y, 4))
+    0.25
+
+    References
+    ----------
+    - Zhang, H., Dauphin, Y. N. and Ma, T. (2019). Fixup initialization: residual learning
+      without normalization. ICLR. https://arxiv.org/abs/1901.09321
     """
     branches = check_int(num_branches, name="num_branches", minimum=1)
     layers = check_int(branch_layers, name="branch_layers", minimum=2)
@@ -336,6 +408,20 @@ def signal_propagation(
     SignalPropagation
         Arrays of shape ``(len(activations),)``, in the promoted dtype of the
         inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> acts = [np.ones((4, 2, 3)), 2.0 * np.ones((4, 2, 3))]
+    >>> y = normref.signal_propagation(acts)
+    >>> print(y._fields, np.round(y[0], 4))
+    ('squared_mean', 'variance', 'branch_variance') [1. 4.]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     layers = list(activations)
     if not layers:

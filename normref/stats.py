@@ -83,6 +83,20 @@ def moments(x: Array, axis: int | tuple[int, ...], *, precision: Precision = "hi
     merged exactly up a tree (:mod:`normref._lib.dask_tree`); ``mean`` and ``m2`` are
     Dask arrays of one graph, to be computed together
     (``dask.compute(m.mean, m.m2)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]])
+    >>> m = normref.stats.moments(x, axis=1)
+    >>> print(m.count, np.round(m.mean, 4), np.round(normref.stats.variance(m), 4))
+    3 [2.3333 0.6667] [1.5556 2.8889]
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
     """
     xp = namespace_of(x=x)
     axes = _statistic_axes(x, axis)
@@ -156,7 +170,25 @@ def _check_moments(m: object, name: str) -> Moments:
 
 
 def merge(a: Moments, b: Moments) -> Moments:
-    """Exact moments of the union of the data behind ``a`` and ``b`` (Chan et al.)."""
+    """Exact moments of the union of the data behind ``a`` and ``b`` (Chan et al.).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([1.0, 2.0, 4.0, 7.0])
+    >>> a, b = normref.stats.moments(x[:2], 0), normref.stats.moments(x[2:], 0)
+    >>> m = normref.stats.merge(a, b)
+    >>> print(m.count, float(m.mean), float(normref.stats.variance(m)))
+    4 3.5 5.25
+    >>> print(float(np.var(x)))
+    5.25
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
+    """
     a, b = _check_moments(a, "a"), _check_moments(b, "b")
     xp = namespace_of(a_mean=a.mean, a_m2=a.m2, b_mean=b.mean, b_m2=b.m2)
     check_shape(b.mean.shape, a.mean.shape, name="b.mean", what="the shape of a.mean")
@@ -181,7 +213,21 @@ def merge(a: Moments, b: Moments) -> Moments:
 
 
 def variance(m: Moments, correction: int = 0) -> Array:
-    r"""Variance :math:`m_2 / (n - c)` from moments; ``correction`` c is 0 or 1."""
+    r"""Variance :math:`m_2 / (n - c)` from moments; ``correction`` c is 0 or 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> m = normref.stats.moments(np.array([1.0, 2.0, 4.0, 7.0]), 0)
+    >>> print(float(normref.stats.variance(m)), float(normref.stats.variance(m, correction=1)))
+    5.25 7.0
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
+    """
     m = _check_moments(m, "m")
     c = check_correction(correction)
     if m.count - c < 1:
@@ -230,6 +276,19 @@ def running_update(
     -------
     RunningStats
         New ``(mean, var)`` in the dtypes of ``running_mean`` and ``running_var``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> mean, var = normref.stats.running_update(np.zeros(2), np.ones(2), np.array([1.0, 2.0]), np.array([4.0, 4.0]), 5, momentum=0.1, convention='torch')
+    >>> print(np.round(mean, 4), np.round(var, 4))  # var: 0.9 * 1 + 0.1 * 4 * 5 / 4
+    [0.1 0.2] [1.4 1.4]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     conv = get_convention(convention)
     xp = namespace_of(
@@ -279,6 +338,18 @@ def batch_weight(
 
     ``momentum`` in ``convention``'s meaning; ``None`` is the cumulative average,
     :math:`1/\text{num\\_batches\\_tracked}`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> print(normref.stats.batch_weight(0.1, 'torch'), normref.stats.batch_weight(0.9, 'flax'))
+    0.1 0.09999999999999998
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     conv = get_convention(convention)
     m = check_momentum(momentum, allow_none=True)
@@ -322,6 +393,23 @@ def comoments(x: Array, *, precision: Precision = "highest") -> Comoments:
 
     On a Dask array it is one pass instead, lazy, as :func:`moments` is:
     ``mean`` and ``cross`` are Dask arrays of one graph (:mod:`normref._lib.dask_tree`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]])
+    >>> c = normref.stats.comoments(x)
+    >>> print(c.count, np.round(c.mean, 4))
+    4 [1.5 2. ]
+    >>> print(np.round(normref.stats.covariance(c), 4))
+    [[1.25 1.75]
+     [1.75 3.5 ]]
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
     """
     xp = namespace_of(x=x)
     check_rank(tuple(x.shape), minimum=2, layout="samples and features, (..., M, D)")
@@ -348,6 +436,24 @@ def merge_comoments(a: Comoments, b: Comoments) -> Comoments:
     """Exact comoments of the union of the data behind ``a`` and ``b`` (Chan et al.).
 
     Counts and means merge as :func:`merge` merges them (which also checks them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]])
+    >>> c = normref.stats.merge_comoments(normref.stats.comoments(x[:2]), normref.stats.comoments(x[2:]))
+    >>> print(np.round(normref.stats.covariance(c), 4))
+    [[1.25 1.75]
+     [1.75 3.5 ]]
+    >>> print(np.round(np.cov(x.T, bias=True), 4))
+    [[1.25 1.75]
+     [1.75 3.5 ]]
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
     """
     for name, c in (("a", a), ("b", b)):
         if not isinstance(c, Comoments):
@@ -382,6 +488,20 @@ def covariance(c: Comoments, correction: int = 0) -> Array:
     r"""Covariance matrices :math:`C / (n - c)` from comoments; ``correction`` c is 0 or 1.
 
     The matrix form of :func:`variance` (whose diagonal it is), computed by it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]])
+    >>> print(np.round(normref.stats.covariance(normref.stats.comoments(x), correction=1), 4))
+    [[1.6667 2.3333]
+     [2.3333 4.6667]]
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
     """
     return variance(Moments(c.count, c.mean, c.cross), correction)
 

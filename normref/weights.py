@@ -197,6 +197,22 @@ def weight_standardize(
     Returns
     -------
     Array of ``w``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.weight_standardize(w)
+    >>> print(np.round(y, 4))
+    [[ 0.3922  0.9806 -1.3728]
+     [ 0.2673 -1.3363  1.069 ]]
+
+    References
+    ----------
+    - Qiao, S., Wang, H., Liu, C., Shen, W. and Yuille, A. (2019). Micro-batch training with
+      batch-channel normalization and weight standardization.
+      https://arxiv.org/abs/1903.10520
     """
     namespace_of(w=w)
     return normalize(_ws_layer(w, out_axis, eps, eps_mode, correction), w, None, None, precision)
@@ -218,6 +234,26 @@ def weight_standardize_vjp(
     projection over the fan-in and
     :math:`k = -\frac{2 s'(v)}{s^2 (N - c)} \sum_i \bar y_i (w_i - \mu)`
     (see :mod:`normref.ops.standardization`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.weight_standardize(w)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.weight_standardize_vjp(dy, w)
+    >>> print(g._fields)
+    ('w',)
+    >>> print(np.round(g[0], 4))
+    [[-0.181   0.1358  0.0453]
+     [-0.3436  0.1145  0.2291]]
+
+    References
+    ----------
+    - Qiao, S., Wang, H., Liu, C., Shen, W. and Yuille, A. (2019). Micro-batch training with
+      batch-channel normalization and weight standardization.
+      https://arxiv.org/abs/1903.10520
     """
     namespace_of(w=w, dy=dy)
     _check_dy(dy, w, "w")
@@ -302,6 +338,21 @@ def scaled_weight_standardize(
     Array of ``w``'s shape, in the promoted dtype of ``w`` and ``gain``.
     Each unit has mean 0 and squared norm :math:`(\gamma g)^2` times
     :math:`N\sigma^2 / \max(N\sigma^2, \epsilon)` (``"max_fan_in"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.scaled_weight_standardize(w, gamma=1.0)
+    >>> print(np.round(y, 4))
+    [[ 0.2265  0.5661 -0.7926]
+     [ 0.1543 -0.7715  0.6172]]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     namespace_of(w=w, gain=gain, optional=("gain",))
     layer = _scaled_ws_layer(w, gamma, out_axis, eps, eps_mode)
@@ -325,6 +376,25 @@ def scaled_weight_standardize_vjp(
     With :math:`a = \gamma g/\sqrt N` per unit and :math:`\hat x` the
     standardized unit: :math:`\bar g = \frac{\gamma}{\sqrt N} \sum_i \bar y_i \hat x_i`,
     and :math:`\bar w` is the standardize backward of :math:`a \bar y`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.scaled_weight_standardize(w, gamma=1.0)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.scaled_weight_standardize_vjp(dy, w, gamma=1.0)
+    >>> print(g._fields)
+    ('w', 'gain')
+    >>> print(np.round(g[0], 4))
+    [[-0.1045  0.0784  0.0261]
+     [-0.1984  0.0661  0.1323]]
+
+    References
+    ----------
+    - Brock, A., De, S. and Smith, S. L. (2021). Characterizing signal propagation to close
+      the performance gap in unnormalized ResNets. ICLR. https://arxiv.org/abs/2101.08692
     """
     namespace_of(w=w, gain=gain, dy=dy, optional=("gain",))
     _check_dy(dy, w, "w")
@@ -397,6 +467,23 @@ def weight_norm(
     Returns
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> g = np.array([2.0, 1.0])
+    >>> y = normref.weight_norm(w, g)
+    >>> print(np.round(y, 4))
+    [[ 1.2     1.6     0.    ]
+     [ 0.4082 -0.4082  0.8165]]
+
+    References
+    ----------
+    - Salimans, T. and Kingma, D. P. (2016). Weight normalization: a simple
+      reparameterization to accelerate training of deep neural networks. NeurIPS.
+      https://arxiv.org/abs/1602.07868
     """
     namespace_of(v=v, g=g, optional=("g",))
     return _guarded(_weight_norm_layer(v, out_axis, eps), _zero_units, v, g, precision)
@@ -418,6 +505,27 @@ def weight_norm_vjp(
     :math:`\bar v = g r \, \bar y - g r^3 \, v \sum_i \bar y_i v_i`
     (the ``rms_scale`` backward of :mod:`normref.ops.standardization`).
     Both are 0 on a zero unit with ``eps=0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> g = np.array([2.0, 1.0])
+    >>> y = normref.weight_norm(w, g)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.weight_norm_vjp(dy, w, g)
+    >>> print(g._fields)
+    ('v', 'g')
+    >>> print(np.round(g[0], 4))
+    [[-0.1408  0.1056 -0.08  ]
+     [-0.0272  0.3538  0.1905]]
+
+    References
+    ----------
+    - Salimans, T. and Kingma, D. P. (2016). Weight normalization: a simple
+      reparameterization to accelerate training of deep neural networks. NeurIPS.
+      https://arxiv.org/abs/1602.07868
     """
     namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_dy(dy, v, "v")
@@ -536,6 +644,21 @@ def centered_weight_norm(
     Returns
     -------
     Array of ``v``'s shape, in the promoted dtype of ``v`` and ``g``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.centered_weight_norm(w)
+    >>> print(np.round(y, 4))
+    [[ 0.2265  0.5661 -0.7926]
+     [ 0.1543 -0.7715  0.6172]]
+
+    References
+    ----------
+    - Huang, L., Liu, X., Liu, Y., Lang, B. and Tao, D. (2017). Centered weight
+      normalization in accelerating training of deep neural networks. ICCV.
     """
     namespace_of(v=v, g=g, optional=("g",))
     return _guarded(_centered_weight_norm_layer(v, out_axis, eps), _constant_units, v, g, precision)
@@ -551,7 +674,27 @@ def centered_weight_norm_vjp(
     precision: Precision = "highest",
 ) -> WeightNormGrads:
     r"""VJP of :func:`centered_weight_norm` for ``v`` and ``g``: weight standardization's backward
-    of :math:`(g/\sqrt N)\,\bar y`; both 0 on a constant unit with ``eps=0``."""
+    of :math:`(g/\sqrt N)\,\bar y`; both 0 on a constant unit with ``eps=0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.centered_weight_norm(w)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.centered_weight_norm_vjp(dy, w)
+    >>> print(g._fields)
+    ('v', 'g')
+    >>> print(np.round(g[0], 4))
+    [[-0.1045  0.0784  0.0261]
+     [-0.1984  0.0661  0.1323]]
+
+    References
+    ----------
+    - Huang, L., Liu, X., Liu, Y., Lang, B. and Tao, D. (2017). Centered weight
+      normalization in accelerating training of deep neural networks. ICCV.
+    """
     namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_dy(dy, v, "v")
     layer = _centered_weight_norm_layer(v, out_axis, eps)
@@ -786,6 +929,21 @@ def spectral_norm(
         ``(weight, u, v, sigma)``: :math:`w/\sigma` in ``w``'s dtype, the new
         ``u`` and ``v`` in their dtypes (``v`` in ``w``'s when it was not
         given), and :math:`\sigma` as a 0-d array in ``w``'s dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> u = np.array([1.0, 0.0])
+    >>> y = normref.spectral_norm(w, u, n_power_iterations=20)
+    >>> print(round(float(y.sigma), 4), round(float(np.linalg.svd(w)[1][0]), 4))  # the largest singular value
+    5.0052 5.0052
+
+    References
+    ----------
+    - Miyato, T., Kataoka, T., Koyama, M. and Yoshida, Y. (2018). Spectral normalization for
+      generative adversarial networks. ICLR. https://arxiv.org/abs/1802.05957
     """
     xp, _, axis, state = _spectral_parts(
         w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision
@@ -807,6 +965,21 @@ def spectral_norm_weight(w: Array, u: Array, v: Array | None = None, **options: 
     ``options`` are :func:`spectral_norm`'s keyword arguments. This is the
     function whose gradient :func:`spectral_norm_vjp` is when
     ``n_power_iterations=0`` (``u``, ``v`` then enter only as constants).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> u = np.array([1.0, 0.0])
+    >>> y = normref.spectral_norm_weight(w, u, n_power_iterations=20)
+    >>> print(round(float(np.linalg.norm(y, 2)), 4))
+    1.0
+
+    References
+    ----------
+    - Miyato, T., Kataoka, T., Koyama, M. and Yoshida, Y. (2018). Spectral normalization for
+      generative adversarial networks. ICLR. https://arxiv.org/abs/1802.05957
     """
     return spectral_norm(w, u, v, **options).weight
 
@@ -838,6 +1011,26 @@ def spectral_norm_vjp(
     This is the exact derivative of :math:`w/\sigma` only for
     ``n_power_iterations=0``; otherwise it omits the dependence of ``u``, ``v``
     on ``w`` by design. Where :math:`\sigma = 0`, :math:`\bar W = \bar y`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> u = np.array([1.0, 0.0])
+    >>> y = normref.spectral_norm(w, u, n_power_iterations=20)
+    >>> dy = np.linspace(-1.0, 1.0, y[0].size).reshape(y[0].shape)
+    >>> g = normref.spectral_norm_vjp(dy, w, u, n_power_iterations=20)
+    >>> print(g._fields)
+    ('w',)
+    >>> print(np.round(g[0], 4))
+    [[-0.1107  0.0026 -0.0431]
+     [ 0.0353  0.1134  0.2   ]]
+
+    References
+    ----------
+    - Miyato, T., Kataoka, T., Koyama, M. and Yoshida, Y. (2018). Spectral normalization for
+      generative adversarial networks. ICLR. https://arxiv.org/abs/1802.05957
     """
     xp, dtype, axis, state = _spectral_parts(
         w, u, v, n_power_iterations, order, eps, eps_mode, out_axis, precision, dy=dy

@@ -144,6 +144,22 @@ def orthogonal_weight_norm(
     Returns
     -------
     Array of ``v``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.orthogonal_weight_norm(w)
+    >>> print(np.round(y @ y.T, 4))  # orthonormal rows
+    [[ 1. -0.]
+     [-0.  1.]]
+
+    References
+    ----------
+    - Huang, L., Liu, X., Lang, B., Yu, A. W., Wang, Y. and Li, B. (2018). Orthogonal weight
+      normalization: solution to optimization over multiple dependent Stiefel manifolds in
+      deep neural networks. AAAI. https://arxiv.org/abs/1709.06079
     """
     namespace_of(v=v)
     return normalize(_own_layer(v, group_size, eps, out_axis), v, None, None, precision)
@@ -159,7 +175,28 @@ def orthogonal_weight_norm_vjp(
     precision: Precision = "highest",
 ) -> OrthogonalGrad:
     """VJP of :func:`orthogonal_weight_norm`: ZCA whitening's backward, exact at repeated
-    eigenvalues (:mod:`normref.ops.whitening`)."""
+    eigenvalues (:mod:`normref.ops.whitening`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.orthogonal_weight_norm(w)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.orthogonal_weight_norm_vjp(dy, w)
+    >>> print(g._fields)
+    ('v',)
+    >>> print(np.round(g[0], 4))
+    [[ 0.0506 -0.0651  0.0145]
+     [-0.046  -0.0209  0.0668]]
+
+    References
+    ----------
+    - Huang, L., Liu, X., Lang, B., Yu, A. W., Wang, Y. and Li, B. (2018). Orthogonal weight
+      normalization: solution to optimization over multiple dependent Stiefel manifolds in
+      deep neural networks. AAAI. https://arxiv.org/abs/1709.06079
+    """
     namespace_of(v=v, dy=dy)
     layer = _own_layer(v, group_size, eps, out_axis)
     return OrthogonalGrad(normalize_vjp(layer, dy, v, None, None, precision).x)
@@ -199,6 +236,22 @@ def oni_weight_norm(
     Returns
     -------
     Array of ``v``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.oni_weight_norm(w, iterations=7)
+    >>> print(np.round(y @ y.T, 4))  # nearly orthonormal rows
+    [[ 1. -0.]
+     [-0.  1.]]
+
+    References
+    ----------
+    - Huang, L., Liu, L., Zhu, F., Wan, D., Yuan, Z., Li, B. and Shao, L. (2020).
+      Controllable orthogonalization in training DNNs. CVPR.
+      https://arxiv.org/abs/2004.00917
     """
     namespace_of(v=v)
     return normalize(_oni_layer(v, iterations, group_size, eps, out_axis), v, None, None, precision)
@@ -214,7 +267,28 @@ def oni_weight_norm_vjp(
     out_axis: int = 0,
     precision: Precision = "highest",
 ) -> OrthogonalGrad:
-    """VJP of :func:`oni_weight_norm`: back through the unrolled Newton–Schulz steps."""
+    """VJP of :func:`oni_weight_norm`: back through the unrolled Newton–Schulz steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> w = np.array([[3.0, 4.0, 0.0], [1.0, -1.0, 2.0]])  # (out, in)
+    >>> y = normref.oni_weight_norm(w, iterations=7)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.oni_weight_norm_vjp(dy, w, iterations=7)
+    >>> print(g._fields)
+    ('v',)
+    >>> print(np.round(g[0], 4))
+    [[ 0.0506 -0.0651  0.0145]
+     [-0.046  -0.0208  0.0668]]
+
+    References
+    ----------
+    - Huang, L., Liu, L., Zhu, F., Wan, D., Yuan, Z., Li, B. and Shao, L. (2020).
+      Controllable orthogonalization in training DNNs. CVPR.
+      https://arxiv.org/abs/2004.00917
+    """
     namespace_of(v=v, dy=dy)
     layer = _oni_layer(v, iterations, group_size, eps, out_axis)
     return OrthogonalGrad(normalize_vjp(layer, dy, v, None, None, precision).x)

@@ -44,7 +44,7 @@ class Binding:
     framework
         The adapter's name.
     run
-        Calls the implementation on a prepared case (see :data:`Run`).
+        Calls the implementation on a prepared case (see ``Run``).
     model
         The convention the framework declares (its preset).
     backward

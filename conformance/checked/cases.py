@@ -474,7 +474,17 @@ def cases_for(
     realistic: bool = True,
 ) -> list[Case]:
     """Every case of ``op``: edge cases, drawn ones, then the large ones (the same objects on
-    every call; :func:`large_cases` says what ``thorough`` and ``realistic`` choose)."""
+    every call; :func:`large_cases` says what ``thorough`` and ``realistic`` choose).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> cases = conformance.cases_for('layer_norm')
+    >>> print(cases[0].id, len(cases) > 10)
+    layer_norm/typical True
+    """
     return list(_cases(op, suite_seed, drawn, thorough, realistic))
 
 
@@ -492,7 +502,17 @@ def _cases(
 
 def find_case(case_id: str, *, suite_seed: int = 0) -> Case:
     """The case with id ``case_id`` (``"<op>/<name>"``, among every case of ``--thorough``);
-    :class:`ValueError` if there is none."""
+    :class:`ValueError` if there is none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> case = conformance.find_case('layer_norm/typical')
+    >>> print(case.id, case.op)
+    layer_norm/typical layer_norm
+    """
     op, _, _ = case_id.partition("/")
     if op not in CHECKED_OPS:
         msg = f"case id must start with an op name ({sorted(CHECKED_OPS)}), got {case_id!r}"

@@ -58,6 +58,14 @@ def ulp(values: np.ndarray | float, dtype: str) -> np.ndarray:
 
     For ``2**e <= |v| < 2**(e+1)`` this is ``2**(e - p + 1)``; zero and
     non-finite values get the smallest spacing, ``2**(emin - p + 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> import conformance
+    >>> print(conformance.ulp(1.0, 'float32'), conformance.ulp(np.array([1.0, 1024.0]), 'float16'))
+    1.1920928955078125e-07 [9.765625e-04 1.000000e+00]
     """
     p, emin, _ = _format(dtype)
     magnitude = np.abs(np.asarray(values, dtype=np.float64))

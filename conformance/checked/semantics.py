@@ -63,7 +63,7 @@ class RankLayout:
         return cls(tuple(shape), order, view)
 
     def to_view(self, array: np.ndarray) -> np.ndarray:
-        """``array`` (of :attr:`shape`) as the view."""
+        """``array`` (of ``shape``) as the view."""
         return np.transpose(array, self.order).reshape(self.view)
 
     def from_view(self, array: np.ndarray) -> np.ndarray:

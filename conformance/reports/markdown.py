@@ -5,14 +5,17 @@ from __future__ import annotations
 from conformance.reports.results import RunResult, Status
 from conformance.reports.summary import (
     SYMBOLS,
+    banner,
     case_line,
     cell_text,
     dtypes_of,
     header,
     matrix,
     not_checked,
+    not_implemented,
     reproduce,
     sections,
+    title,
 )
 
 
@@ -22,7 +25,13 @@ def _escape(text: str) -> str:
 
 def to_markdown(run: RunResult, *, limit: int = 50) -> str:
     """The run as a Markdown document."""
-    lines = ["# normref conformance report", ""]
+    outcome = banner(run)
+    lines = [
+        f"# {_escape(title(run))}",
+        "",
+        f"**{outcome.headline}.** {_escape(outcome.detail)}",
+        "",
+    ]
     lines += [f"- **{k}**: {_escape(v)}" for k, v in header(run)]
     lines += [f"- **{_escape(line)}**" for line in not_checked(run)]
     dtypes = dtypes_of(run)
@@ -33,14 +42,13 @@ def to_markdown(run: RunResult, *, limit: int = 50) -> str:
         values = [cell_text(cells[d]) if d in cells else "·" for d in dtypes]
         lines.append(f"| {_escape(implementation)} | {op} | " + " | ".join(values) + " |")
     lines += ["", ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status), ""]
+    lines += [f"Not implemented: {_escape(line)}." for line in not_implemented(run)]
+    lines += [""] if not_implemented(run) else []
 
     for section in sections(run):
         lines += [f"## {section.title}", ""]
         for group in section.groups[:limit]:
-            lines.append(
-                f"- **{_escape(group.implementation)}** `{group.op}` ({group.extent}): "
-                f"{_escape(group.text)}"
-            )
+            lines.append(f"- **{_escape(group.who)}** ({group.extent}): {_escape(group.text)}")
             worst = group.worst
             if worst is not None and section.shows_worst:
                 row, output = worst

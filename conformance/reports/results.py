@@ -25,6 +25,7 @@ SCHEMA = "normref-conformance-results"
 INTERRUPTED = 130
 """The exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 SCHEMA_VERSION = 3
+"""The version of the results document this code writes."""
 READABLE_VERSIONS = (1, 2, 3)
 """The versions :meth:`RunResult.from_json` reads (an earlier one upgraded on reading)."""
 

@@ -48,12 +48,21 @@ def dtypes_of(run: RunResult) -> list[str]:
     return listed + sorted({r.dtype for r in run.results} - set(listed))
 
 
-def matrix(run: RunResult) -> dict[tuple[str, str], dict[str, Counter]]:
-    """(implementation, op) -> dtype -> statuses' counts."""
+def _cells(run: RunResult) -> dict[tuple[str, str], dict[str, Counter]]:
     table: dict[tuple[str, str], dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for r in run.results:
         table[(r.implementation, r.op)][r.dtype][r.status] += 1
     return table
+
+
+def matrix(run: RunResult) -> dict[tuple[str, str], dict[str, Counter]]:
+    """(implementation, op) -> dtype -> statuses' counts, for the pairs with a row that is not
+    "not implemented" (the others are :func:`not_implemented`'s lines)."""
+    return {
+        key: cells
+        for key, cells in _cells(run).items()
+        if any(set(c) != {Status.NOT_IMPLEMENTED} for c in cells.values())
+    }
 
 
 def ulps(value: Any) -> float:
@@ -71,13 +80,29 @@ def format_ulps(value: Any) -> str:
 
 @dataclass
 class Group:
-    """Rows with the same implementation and the same explanation (or diagnosis)."""
+    """Rows of one framework with the same explanation (or diagnosis): one finding, however many
+    of the framework's implementations (``torch.nn.functional.layer_norm``,
+    ``torch.nn.LayerNorm``) share it."""
 
-    implementation: str
     framework: str
-    op: str
     text: str
     rows: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def implementations(self) -> list[str]:
+        """The implementations that share it, in the order of their rows."""
+        return list(dict.fromkeys(r.implementation for r in self.rows))
+
+    @property
+    def ops(self) -> list[str]:
+        """The ops of its rows, in order."""
+        return list(dict.fromkeys(r.op for r in self.rows))
+
+    @property
+    def who(self) -> str:
+        """Its implementations, and ops, in one line: ``torch.nn.functional.layer_norm,
+        torch.nn.LayerNorm: layer_norm``."""
+        return f"{', '.join(self.implementations)}: {', '.join(self.ops)}"
 
     @property
     def dtypes(self) -> list[str]:
@@ -87,7 +112,8 @@ class Group:
     @property
     def extent(self) -> str:
         """How many rows, at which dtypes."""
-        return f"{len(self.rows)} rows, {', '.join(self.dtypes)}"
+        rows = "1 row" if len(self.rows) == 1 else f"{len(self.rows)} rows"
+        return f"{rows}, {', '.join(self.dtypes)}"
 
     @property
     def worst(self) -> tuple[CaseResult, dict[str, Any]] | None:
@@ -103,13 +129,13 @@ class Group:
 
 
 def grouped(rows: list[CaseResult], text: Callable[[CaseResult], str]) -> list[Group]:
-    """``rows`` grouped by implementation, op and ``text(row)``."""
-    groups: dict[tuple[str, str, str], Group] = {}
+    """``rows`` grouped by framework and ``text(row)``."""
+    groups: dict[tuple[str, str], Group] = {}
     for row in rows:
         value = text(row)
-        key = (row.implementation, row.op, value)
+        key = (row.framework, value)
         if key not in groups:
-            groups[key] = Group(row.implementation, row.framework, row.op, value)
+            groups[key] = Group(row.framework, value)
         groups[key].rows.append(row)
     return list(groups.values())
 
@@ -139,11 +165,12 @@ class Section:
 
 
 def sections(run: RunResult) -> list[Section]:
-    """The findings, the failures and the values returned on refused inputs, where present."""
+    """The failures, then the values returned on refused inputs, then the findings (rows that
+    differ by convention), where present: what needs fixing first."""
     found = [
-        Section(Status.CONVENTION, "Differs by convention", findings(run)),
         Section(Status.FAIL, "Fails", failures(run)),
         Section(Status.ACCEPTS, "Returns a value where normref refuses", error_paths(run)),
+        Section(Status.CONVENTION, "Differs by convention", findings(run)),
     ]
     return [s for s in found if s.groups]
 
@@ -163,6 +190,64 @@ def error_paths(run: RunResult) -> list[Group]:
     return grouped(
         run.by_status(Status.ACCEPTS), lambda r: f"{r.case}: {r.description}: {r.explanation}"
     )
+
+
+@dataclass(frozen=True)
+class Banner:
+    """The run's outcome in a few words, for the top of a report: ``kind`` is ``"fails"``,
+    ``"incomplete"`` (interrupted, or not everything asked for was checked), ``"conventions"``
+    (no row fails; some differ by convention or return a value where normref refuses) or
+    ``"passes"``."""
+
+    kind: str
+    headline: str
+    detail: str
+
+
+def banner(run: RunResult) -> Banner:
+    """The verdict at the top of a report."""
+    counts = Counter(r.status for r in run.results)
+    checked = sum(n for s, n in counts.items() if s is not Status.NOT_IMPLEMENTED)
+    if counts[Status.FAIL]:
+        implementations = len({r.implementation for r in run.failures})
+        unfinished = (
+            " The run is not complete (see below)." if run.interrupted or not run.complete else ""
+        )
+        return Banner(
+            "fails",
+            "Fails",
+            f"{counts[Status.FAIL]} of {checked} checked rows fail, in {implementations} "
+            f"implementation{'s' if implementations > 1 else ''}: see Fails below.{unfinished}",
+        )
+    if run.interrupted or not run.complete or not run.checked:
+        return Banner("incomplete", "Not complete", verdict(run))
+    noted = [f"{counts[s]} {s.label}" for s in (Status.ACCEPTS, Status.CONVENTION) if counts[s]]
+    if noted:
+        return Banner(
+            "conventions",
+            "Passes, with differences by convention",
+            f"No row fails; {' and '.join(noted)}: each explained below.",
+        )
+    return Banner("passes", "Passes", f"All {checked} checked rows are within budget.")
+
+
+def title(run: RunResult) -> str:
+    """What the report is about: the frameworks checked, or the function."""
+    frameworks = run.settings.get("frameworks") or []
+    named = ", ".join(frameworks) or str(run.settings.get("implementation") or "")
+    if not named:
+        named = ", ".join(dict.fromkeys(r.framework for r in run.results)) or "nothing"
+    return f"normref conformance report: {named}"
+
+
+def not_implemented(run: RunResult) -> list[str]:
+    """One line per framework: the ops it has no implementation of (their rows are left out
+    of the matrix)."""
+    missing: dict[str, list[str]] = {}
+    for (implementation, op), cells in _cells(run).items():
+        if all(set(c) == {Status.NOT_IMPLEMENTED} for c in cells.values()):
+            missing.setdefault(implementation, []).append(op)
+    return [f"{who} has no {', '.join(ops)}" for who, ops in missing.items()]
 
 
 def output_line(output: dict[str, Any]) -> str:
@@ -233,6 +318,7 @@ def header(run: RunResult) -> list[tuple[str, str]]:
     )
     settings = run.settings
     facts = [
+        ("started", env.get("started") or "not recorded (a document of an earlier version)"),
         ("normref", normref.__version__),
         ("frameworks", versions or ", ".join(settings.get("frameworks", [])) or "-"),
         ("implementation", settings.get("implementation", "")),

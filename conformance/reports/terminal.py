@@ -9,6 +9,7 @@ from typing import Any
 from conformance.reports.results import RunResult, Status
 from conformance.reports.summary import (
     SYMBOLS,
+    banner,
     case_line,
     cell_status,
     cell_text,
@@ -16,9 +17,19 @@ from conformance.reports.summary import (
     header,
     matrix,
     not_checked,
+    not_implemented,
     reproduce,
     sections,
+    title,
 )
+
+BANNER_STYLES = {
+    "fails": "bold white on red",
+    "incomplete": "bold black on yellow",
+    "conventions": "bold black on yellow",
+    "passes": "bold white on green",
+}
+"""The verdict banner's style per :class:`~conformance.reports.summary.Banner` kind."""
 
 STYLES = {
     Status.PASS: "green",
@@ -73,6 +84,12 @@ def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
     from rich.table import Table
 
     out = out or console()
+    outcome = banner(run)
+    out.print(
+        f"[{BANNER_STYLES[outcome.kind]}] {escape(outcome.headline)} [/] {escape(outcome.detail)}",
+        highlight=False,
+    )
+    out.print(f"[dim]{escape(title(run))}", highlight=False)
     facts = Table.grid(padding=(0, 2))
     for key, value in header(run):
         facts.add_row(f"[bold]{escape(key)}", escape(value))
@@ -98,14 +115,15 @@ def print_report(run: RunResult, out: Any = None, *, limit: int = 15) -> None:
         out.print(table)
         legend = ", ".join(f"{SYMBOLS[s]} {s.label}" for s in Status)
         out.print(f"[dim]{legend}")
+    for line in not_implemented(run):
+        out.print(f"[dim]not implemented: {escape(line)}", highlight=False)
 
     for section in sections(run):
         style = STYLES[section.status]
         out.print(f"\n[{style}]{section.title}[/] ({section.rows} rows)")
         for group in section.groups[:limit]:
             out.print(
-                f"  [bold]{escape(group.implementation)}[/] {escape(group.op)} "
-                f"({escape(group.extent)}): {escape(group.text)}",
+                f"  [bold]{escape(group.who)}[/] ({escape(group.extent)}): {escape(group.text)}",
                 highlight=False,
             )
             worst = group.worst

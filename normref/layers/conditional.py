@@ -143,6 +143,22 @@ def adaptive_instance_norm(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x`` and ``style``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> style = np.array([[[0.0, 2.0, 1.0], [1.0, 1.0, 4.0]], [[5.0, 5.0, 2.0], [0.0, 4.0, 2.0]]])
+    >>> y = normref.adaptive_instance_norm(x, style)
+    >>> print(np.round(y[0], 4))
+    [[0.1271 0.7818 2.0911]
+     [2.2294 3.6059 0.1647]]
+
+    References
+    ----------
+    - Huang, X. and Belongie, S. (2017). Arbitrary style transfer in real-time with adaptive
+      instance normalization. ICCV. https://arxiv.org/abs/1703.06868
     """
     stats = _style_stats(x, style, eps, correction, axis, precision)
     y = instance_norm(
@@ -161,7 +177,31 @@ def adaptive_instance_norm_vjp(
     axis: int = 1,
     precision: Precision = "highest",
 ) -> AdaINGrads:
-    r"""VJP of :func:`adaptive_instance_norm` for ``x`` and ``style`` (module docstring)."""
+    r"""VJP of :func:`adaptive_instance_norm` for ``x`` and ``style`` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> style = np.array([[[0.0, 2.0, 1.0], [1.0, 1.0, 4.0]], [[5.0, 5.0, 2.0], [0.0, 4.0, 2.0]]])
+    >>> y = normref.adaptive_instance_norm(x, style)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.adaptive_instance_norm_vjp(dy, x, style)
+    >>> print(g._fields)
+    ('x', 'style')
+    >>> print(np.round(g[0], 4))
+    [[[-0.017   0.0255 -0.0085]
+      [-0.1153  0.0692  0.0461]]
+    <BLANKLINE>
+     [[-0.1767  0.1178  0.0589]
+      [-0.0114  0.019  -0.0076]]]
+
+    References
+    ----------
+    - Huang, X. and Belongie, S. (2017). Arbitrary style transfer in real-time with adaptive
+      instance normalization. ICCV. https://arxiv.org/abs/1703.06868
+    """
     stats = _style_stats(x, style, eps, correction, axis, precision, dy=dy)
     xp = stats.xp
     grads = instance_norm_vjp(

@@ -141,6 +141,21 @@ def local_response_norm(
     Returns
     -------
     Array of ``x``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.local_response_norm(x, 2, alpha=1.0, beta=0.5)
+    >>> print(np.round(y[0], 4))
+    [[0.8165 1.1547 1.3333]
+     [1.2247 1.27   0.    ]]
+
+    References
+    ----------
+    - Krizhevsky, A., Sutskever, I. and Hinton, G. E. (2012). ImageNet classification with
+      deep convolutional neural networks. NeurIPS.
     """
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
     dtype = compute_dtype(xp, x.dtype, precision)
@@ -161,7 +176,30 @@ def local_response_norm_vjp(
     window: str = "torch",
     precision: Precision = "highest",
 ) -> XGrad:
-    r"""VJP of :func:`local_response_norm` (module docstring)."""
+    r"""VJP of :func:`local_response_norm` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.local_response_norm(x, 2, alpha=1.0, beta=0.5)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.local_response_norm_vjp(dy, x, 2, alpha=1.0, beta=0.5)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0.4979 -0.1351 -0.0236]
+      [-0.0464 -0.0134 -0.0303]]
+    <BLANKLINE>
+     [[ 0.0909  0.2043  0.0389]
+      [ 0.1225  0.0419  0.0208]]]
+
+    References
+    ----------
+    - Krizhevsky, A., Sutskever, I. and Hinton, G. E. (2012). ImageNet classification with
+      deep convolutional neural networks. NeurIPS.
+    """
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window, dy=dy)
     if tuple(dy.shape) != tuple(x.shape):
         msg = f"dy must have shape {tuple(x.shape)} (the shape of x), got {tuple(dy.shape)}"

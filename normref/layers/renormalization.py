@@ -149,6 +149,22 @@ def batch_renorm(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.array([2.0, 3.0]), np.array([4.0, 1.0])
+    >>> y = normref.batch_renorm(x, mean, var, r_max=3.0, d_max=5.0)
+    >>> print(np.round(y[:, 0], 4))
+    [[-0.5  0.   1. ]
+     [-1.  -1.5  0. ]]
+
+    References
+    ----------
+    - Ioffe, S. (2017). Batch renormalization: towards reducing minibatch dependence in
+      batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
     """
     xp, _, _, scale, shift = _corrected_affine(
         x, running_mean, running_var, gamma, beta, r_max, d_max, eps, axis, precision
@@ -176,6 +192,29 @@ def batch_renorm_vjp(
     :math:`\bar x` is batch norm's backward of :math:`\gamma r \bar y`;
     :math:`\bar\gamma = r \sum \bar y \hat x + d \sum \bar y`,
     :math:`\bar\beta = \sum \bar y`. The running statistics get no gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.array([2.0, 3.0]), np.array([4.0, 1.0])
+    >>> y = normref.batch_renorm(x, mean, var, r_max=3.0, d_max=5.0)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.batch_renorm_vjp(dy, x, mean, var, r_max=3.0, d_max=5.0)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.3893 -0.2213  0.0237]
+      [-0.6749 -0.7026  0.0031]]
+    <BLANKLINE>
+     [[ 0.0791  0.0929  0.415 ]
+      [ 0.5208  0.4931  0.3606]]]
+
+    References
+    ----------
+    - Ioffe, S. (2017). Batch renormalization: towards reducing minibatch dependence in
+      batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
     """
     xp, r, d, scale, shift = _corrected_affine(
         x, running_mean, running_var, gamma, beta, r_max, d_max, eps, axis, precision, dy=dy
@@ -211,6 +250,21 @@ def batch_renorm_train(
     batch's mean and biased variance, as :func:`normref.batch_norm_train`
     updates them (``momentum`` in ``convention``'s meaning, its running-variance
     correction). Nothing is modified in place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.zeros(2), np.ones(2)
+    >>> y = normref.batch_renorm_train(x, mean, var, r_max=3.0, d_max=5.0, momentum=0.1, convention='torch')
+    >>> print(np.round(y[1].mean, 4), np.round(y[1].var, 4))  # the running statistics
+    [0.1333 0.35  ] [1.2067 1.49  ]
+
+    References
+    ----------
+    - Ioffe, S. (2017). Batch renormalization: towards reducing minibatch dependence in
+      batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
     """
     y = batch_renorm(
         x,
@@ -256,7 +310,31 @@ def batch_renorm_train_vjp(
 ) -> NormGrads:
     """VJP of :func:`batch_renorm_train`'s output: that of :func:`batch_renorm` (the running
     statistics are state, not differentiated). The arguments are checked as the forward
-    checks them."""
+    checks them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.zeros(2), np.ones(2)
+    >>> y = normref.batch_renorm_train(x, mean, var, r_max=3.0, d_max=5.0, momentum=0.1, convention='torch')
+    >>> dy = np.linspace(-1.0, 1.0, y[0].size).reshape(y[0].shape)
+    >>> g = normref.batch_renorm_train_vjp(dy, x, mean, var, r_max=3.0, d_max=5.0, momentum=0.1, convention='torch')
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.7787 -0.4427  0.0474]
+      [-0.6749 -0.7026  0.0031]]
+    <BLANKLINE>
+     [[ 0.1581  0.1858  0.83  ]
+      [ 0.5208  0.4931  0.3606]]]
+
+    References
+    ----------
+    - Ioffe, S. (2017). Batch renormalization: towards reducing minibatch dependence in
+      batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
+    """
     batch_weight(momentum, convention, num_batches_tracked)
     return batch_renorm_vjp(
         dy,

@@ -188,6 +188,21 @@ def batch_norm(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.batch_norm(x)
+    >>> print(np.round(y[:, 0], 4))
+    [[-0.2085  0.417   1.6681]
+     [-0.8341 -1.4596  0.417 ]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return normalize(
         _channel_layer(
@@ -212,7 +227,30 @@ def batch_norm_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
-    """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``."""
+    """VJP of :func:`batch_norm`: gradients for ``x``, ``gamma``, ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.batch_norm(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.batch_norm_vjp(dy, x)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.4871 -0.2769  0.0297]
+      [-0.3044 -0.3169  0.0014]]
+    <BLANKLINE>
+     [[ 0.0989  0.1162  0.5192]
+      [ 0.2349  0.2224  0.1626]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+    """
     return normalize_vjp(
         _channel_layer(
             "batch_norm", x, (gamma, beta), eps, eps_mode, correction, axis, batch_partition
@@ -252,6 +290,21 @@ def layer_norm(
         The normalized axes (an int or a tuple); default the last axis.
     eps, eps_mode, correction, precision
         As :func:`batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.layer_norm(x)
+    >>> print(np.round(y[0], 4))
+    [[-1.069  -0.2673  1.3363]
+     [ 0.1622  1.1355 -1.2978]]
+
+    References
+    ----------
+    - Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization.
+      https://arxiv.org/abs/1607.06450
     """
     return normalize(
         _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, correction), axes),
@@ -274,7 +327,30 @@ def layer_norm_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
-    """VJP of :func:`layer_norm`."""
+    """VJP of :func:`layer_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.layer_norm(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.layer_norm_vjp(dy, x)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.0208  0.0312 -0.0104]
+      [-0.0815  0.0489  0.0326]]
+    <BLANKLINE>
+     [[-0.125   0.0833  0.0417]
+      [-0.007   0.0116 -0.0047]]]
+
+    References
+    ----------
+    - Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). Layer normalization.
+      https://arxiv.org/abs/1607.06450
+    """
     return normalize_vjp(
         _axes_layer("layer_norm", x, STANDARDIZE, std_params(eps, eps_mode, correction), axes),
         dy,
@@ -302,6 +378,21 @@ def instance_norm(
     least one spatial axis); ``gamma`` and ``beta`` have shape ``(C,)``, or
     ``(N, C)`` for conditional instance norm (one per sample and channel).
     Other parameters as :func:`batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.instance_norm(x)
+    >>> print(np.round(y[0], 4))
+    [[-1.069  -0.2673  1.3363]
+     [ 0.1622  1.1355 -1.2978]]
+
+    References
+    ----------
+    - Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing
+      ingredient for fast stylization. https://arxiv.org/abs/1607.08022
     """
     return normalize(
         _channel_layer(
@@ -326,7 +417,30 @@ def instance_norm_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
-    """VJP of :func:`instance_norm`."""
+    """VJP of :func:`instance_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.instance_norm(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.instance_norm_vjp(dy, x)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.0208  0.0312 -0.0104]
+      [-0.0815  0.0489  0.0326]]
+    <BLANKLINE>
+     [[-0.125   0.0833  0.0417]
+      [-0.007   0.0116 -0.0047]]]
+
+    References
+    ----------
+    - Ulyanov, D., Vedaldi, A. and Lempitsky, V. (2016). Instance normalization: the missing
+      ingredient for fast stylization. https://arxiv.org/abs/1607.08022
+    """
     return normalize_vjp(
         _channel_layer(
             "instance_norm", x, (gamma, beta), eps, eps_mode, correction, axis, instance_partition
@@ -358,6 +472,20 @@ def group_norm(
     ``(C,)`` (as torch and onnx opset 21; onnx opset 18 had one per group), or
     ``(N, C)``, per sample and channel. ``num_groups`` must divide ``C``. Other
     parameters as :func:`batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.group_norm(x, 1)
+    >>> print(np.round(y[0], 4))
+    [[-0.8783 -0.2928  0.8783]
+     [ 0.2928  1.4638 -1.4638]]
+
+    References
+    ----------
+    - Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
     """
     layer = _channel_layer(
         "group_norm",
@@ -386,7 +514,29 @@ def group_norm_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
-    """VJP of :func:`group_norm`."""
+    """VJP of :func:`group_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.group_norm(x, 1)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.group_norm_vjp(dy, x, 1)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.2525 -0.1551 -0.0669]
+      [ 0.0487  0.1369  0.289 ]]
+    <BLANKLINE>
+     [[-0.0754  0.0358 -0.0207]
+      [ 0.0486  0.0341 -0.0223]]]
+
+    References
+    ----------
+    - Wu, Y. and He, K. (2018). Group normalization. ECCV. https://arxiv.org/abs/1803.08494
+    """
     layer = _channel_layer(
         "group_norm",
         x,
@@ -418,6 +568,22 @@ def ghost_batch_norm(
     The batch axis 0 is split into consecutive virtual batches of
     ``virtual_batch_size`` samples (which must divide ``N``); each is
     batch-normalized on its own. Other parameters as :func:`batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.ghost_batch_norm(x, 1)
+    >>> print(np.round(y[:, 0], 4))
+    [[-1.069  -0.2673  1.3363]
+     [-0.2673 -1.069   1.3363]]
+
+    References
+    ----------
+    - Hoffer, E., Hubara, I. and Soudry, D. (2017). Train longer, generalize better: closing
+      the generalization gap in large batch training of neural networks. NeurIPS.
+      https://arxiv.org/abs/1705.08741
     """
     layer = _channel_layer(
         "ghost_batch_norm",
@@ -446,7 +612,31 @@ def ghost_batch_norm_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> NormGrads:
-    """VJP of :func:`ghost_batch_norm`."""
+    """VJP of :func:`ghost_batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.ghost_batch_norm(x, 1)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ghost_batch_norm_vjp(dy, x, 1)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.0208  0.0312 -0.0104]
+      [-0.0815  0.0489  0.0326]]
+    <BLANKLINE>
+     [[-0.125   0.0833  0.0417]
+      [-0.007   0.0116 -0.0047]]]
+
+    References
+    ----------
+    - Hoffer, E., Hubara, I. and Soudry, D. (2017). Train longer, generalize better: closing
+      the generalization gap in large batch training of neural networks. NeurIPS.
+      https://arxiv.org/abs/1705.08741
+    """
     layer = _channel_layer(
         "ghost_batch_norm",
         x,
@@ -506,6 +696,22 @@ def mean_only_batch_norm(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x`` and ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.mean_only_batch_norm(x)
+    >>> print(y[:, 0])
+    [[-0.33333333  0.66666667  2.66666667]
+     [-1.33333333 -2.33333333  0.66666667]]
+
+    References
+    ----------
+    - Salimans, T. and Kingma, D. P. (2016). Weight normalization: a simple
+      reparameterization to accelerate training of deep neural networks. NeurIPS.
+      https://arxiv.org/abs/1602.07868
     """
     return normalize(_mean_only_layer(x, axis), x, None, beta, precision)
 
@@ -519,7 +725,31 @@ def mean_only_batch_norm_vjp(
     precision: Precision = "highest",
 ) -> MeanOnlyGrads:
     r"""VJP of :func:`mean_only_batch_norm`: :math:`\bar x = \bar y - \operatorname{mean}_c(\bar y)`,
-    :math:`\bar\beta = \sum \bar y` per channel."""
+    :math:`\bar\beta = \sum \bar y` per channel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.mean_only_batch_norm(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.mean_only_batch_norm_vjp(dy, x)
+    >>> print(g._fields)
+    ('x', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.7273 -0.5455 -0.3636]
+      [-0.7273 -0.5455 -0.3636]]
+    <BLANKLINE>
+     [[ 0.3636  0.5455  0.7273]
+      [ 0.3636  0.5455  0.7273]]]
+
+    References
+    ----------
+    - Salimans, T. and Kingma, D. P. (2016). Weight normalization: a simple
+      reparameterization to accelerate training of deep neural networks. NeurIPS.
+      https://arxiv.org/abs/1602.07868
+    """
     grads = normalize_vjp(_mean_only_layer(x, axis), dy, x, None, beta, precision)
     return MeanOnlyGrads(grads.x, grads.beta)
 
@@ -540,6 +770,21 @@ def rms_norm(
     ``eps=None`` means the machine epsilon of the compute dtype: pass it
     explicitly (``1.1920929e-07`` for float32). Other parameters as
     :func:`layer_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.rms_norm(x)
+    >>> print(np.round(y[0], 4))
+    [[0.378  0.7559 1.5119]
+     [0.8911 1.4852 0.    ]]
+
+    References
+    ----------
+    - Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+      https://arxiv.org/abs/1910.07467
     """
     return normalize(
         _axes_layer("rms_norm", x, RMS_SCALE, rms_params(eps, eps_mode), axes),
@@ -560,7 +805,30 @@ def rms_norm_vjp(
     eps_mode: str = "add",
     precision: Precision = "highest",
 ) -> ScaleNormGrads:
-    """VJP of :func:`rms_norm`: gradients for ``x`` and ``gamma``."""
+    """VJP of :func:`rms_norm`: gradients for ``x`` and ``gamma``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.rms_norm(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.rms_norm_vjp(dy, x)
+    >>> print(g._fields)
+    ('x', 'gamma')
+    >>> print(np.round(g[0], 4))
+    [[[-0.2847 -0.1227  0.1325]
+      [-0.0635  0.0381 -0.027 ]]
+    <BLANKLINE>
+     [[ 0.0704  0.3098  0.1549]
+      [ 0.0629  0.031  -0.0357]]]
+
+    References
+    ----------
+    - Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+      https://arxiv.org/abs/1910.07467
+    """
     grads = normalize_vjp(
         _axes_layer("rms_norm", x, RMS_SCALE, rms_params(eps, eps_mode), axes),
         dy,
@@ -633,6 +901,22 @@ def batch_norm_inference(
     argument is negative (``"add"``: :math:`\hat\sigma^2 + \epsilon < 0`;
     ``"add_std"``: :math:`\hat\sigma^2 < 0`) and :math:`\sqrt\epsilon` under
     ``"max"``. Other parameters as :func:`batch_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.array([2.0, 3.0]), np.array([4.0, 1.0])
+    >>> y = normref.batch_norm_inference(x, mean, var)
+    >>> print(np.round(y[0], 4))
+    [[-0.5  0.   1. ]
+     [ 0.   2.  -3. ]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     xp, dtype, channel, x_hat, _ = _inference_parts(
         x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision
@@ -658,6 +942,29 @@ def batch_norm_inference_vjp(
 
     :math:`\bar x = \gamma \bar y / s`, :math:`\bar\gamma = \sum \bar y \hat x`,
     :math:`\bar\beta = \sum \bar y`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.array([2.0, 3.0]), np.array([4.0, 1.0])
+    >>> y = normref.batch_norm_inference(x, mean, var)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.batch_norm_inference_vjp(dy, x, mean, var)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.5    -0.4091 -0.3182]
+      [-0.4545 -0.2727 -0.0909]]
+    <BLANKLINE>
+     [[ 0.0455  0.1364  0.2273]
+      [ 0.6364  0.8182  1.    ]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     xp, dtype, channel, x_hat, s = _inference_parts(
         x, running_mean, running_var, gamma, beta, eps, eps_mode, axis, precision, dy=dy
@@ -699,6 +1006,21 @@ def batch_norm_train(
     variance, under ``convention``'s momentum meaning and running-variance
     correction). ``eps``, ``eps_mode`` and ``correction`` are the
     normalization's; nothing is modified in place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.zeros(2), np.ones(2)
+    >>> y = normref.batch_norm_train(x, mean, var, momentum=0.1, convention='torch')
+    >>> print(np.round(y[1].mean, 4), np.round(y[1].var, 4))  # the running statistics
+    [0.1333 0.35  ] [1.2067 1.49  ]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     check_running_stats(x, running_mean, running_var, axis)
     y = batch_norm(
@@ -775,6 +1097,29 @@ def batch_norm_train_vjp(
     The running statistics are state, not differentiated: their update depends
     on ``x`` but is not part of the output a loss is taken of. The arguments
     are checked as the forward checks them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, var = np.zeros(2), np.ones(2)
+    >>> y = normref.batch_norm_train(x, mean, var, momentum=0.1, convention='torch')
+    >>> dy = np.linspace(-1.0, 1.0, y[0].size).reshape(y[0].shape)
+    >>> g = normref.batch_norm_train_vjp(dy, x, mean, var, momentum=0.1, convention='torch')
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.4871 -0.2769  0.0297]
+      [-0.3044 -0.3169  0.0014]]
+    <BLANKLINE>
+     [[ 0.0989  0.1162  0.5192]
+      [ 0.2349  0.2224  0.1626]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     namespace_of(dy=dy)
     check_running_stats(x, running_mean, running_var, axis)

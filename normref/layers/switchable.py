@@ -205,6 +205,23 @@ def switchable_norm(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> logits = np.zeros(3)  # equal weights of instance, layer and batch statistics
+    >>> y = normref.switchable_norm(x, None, None, logits, logits)
+    >>> print(np.round(y[0], 4))
+    [[-0.6897 -0.0363  1.2704]
+     [ 0.0554  1.0531 -1.4411]]
+
+    References
+    ----------
+    - Luo, P., Ren, J., Peng, Z., Zhang, R. and Li, J. (2019). Differentiable
+      learning-to-normalize via switchable normalization. ICLR.
+      https://arxiv.org/abs/1806.10779
     """
     xp, dtype, channel, xc, found = _prepared(
         x, gamma, beta, mean_logits, var_logits, eps, axis, precision
@@ -234,7 +251,32 @@ def switchable_norm_vjp(
     precision: Precision = "highest",
 ) -> SwitchableGrads:
     r"""VJP of :func:`switchable_norm` for ``x``, ``gamma``, ``beta`` and both logits (module
-    docstring)."""
+    docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> logits = np.zeros(3)  # equal weights of instance, layer and batch statistics
+    >>> y = normref.switchable_norm(x, None, None, logits, logits)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.switchable_norm_vjp(dy, x, None, None, logits, logits)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta', 'mean_logits', 'var_logits')
+    >>> print(np.round(g[0], 4))
+    [[[-0.3125 -0.1792 -0.0313]
+      [-0.096  -0.01    0.0926]]
+    <BLANKLINE>
+     [[-0.0019  0.0911  0.192 ]
+      [ 0.1277  0.1024  0.0251]]]
+
+    References
+    ----------
+    - Luo, P., Ren, J., Peng, Z., Zhang, R. and Li, J. (2019). Differentiable
+      learning-to-normalize via switchable normalization. ICLR.
+      https://arxiv.org/abs/1806.10779
+    """
     xp, dtype, channel, xc, found = _prepared(
         x, gamma, beta, mean_logits, var_logits, eps, axis, precision, dy=dy
     )

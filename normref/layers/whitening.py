@@ -118,6 +118,21 @@ def batch_whiten(
     Returns
     -------
     Array of ``x``'s shape, in the promoted dtype of ``x``, ``gamma`` and ``beta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.batch_whiten(x, group_size=2)
+    >>> print(np.round(y[:, 0], 4))
+    [[-0.2454  0.5227  1.4844]
+     [-0.9496 -1.4624  0.6503]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
     return normalize(layer, x, gamma, beta, precision)
@@ -141,6 +156,28 @@ def batch_whiten_vjp(
 
     With ``method="pca"`` it raises :class:`ValueError` where a group's
     covariance has repeated eigenvalues (the gradient does not exist there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> y = normref.batch_whiten(x, group_size=2)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.batch_whiten_vjp(dy, x, group_size=2)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.5412 -0.3292  0.024 ]
+      [-0.3531 -0.366  -0.0294]]
+    <BLANKLINE>
+     [[ 0.1367  0.1553  0.5544]
+      [ 0.2751  0.2749  0.1985]]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     layer = _whitening_layer(x, group_size, method, eps, correction, iterations, axis)
     return normalize_vjp(layer, dy, x, gamma, beta, precision)
@@ -223,6 +260,22 @@ def batch_whiten_inference(
         group_size)`` (e.g. from :func:`normref.ops.whitening_matrix`).
     gamma, beta, group_size, axis, precision
         As :func:`batch_whiten`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, whitening = np.array([2.0, 3.0]), np.eye(2)[None] / 2.0
+    >>> y = normref.batch_whiten_inference(x, mean, whitening, group_size=2)
+    >>> print(np.round(y[0], 4))
+    [[-0.5  0.   1. ]
+     [ 0.   1.  -1.5]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     xp, dtype, channel, _, _, x_hat = _inference_parts(
         x, running_mean, running_whitening, gamma, beta, group_size, axis, precision
@@ -247,6 +300,29 @@ def batch_whiten_inference_vjp(
 
     :math:`\bar x_{n,s} = \hat W_g^\top (\gamma \odot \bar y_{n,s})`,
     :math:`\bar\gamma = \sum \bar y \odot \hat x`, :math:`\bar\beta = \sum \bar y`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, whitening = np.array([2.0, 3.0]), np.eye(2)[None] / 2.0
+    >>> y = normref.batch_whiten_inference(x, mean, whitening, group_size=2)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.batch_whiten_inference_vjp(dy, x, mean, whitening, group_size=2)
+    >>> print(g._fields)
+    ('x', 'gamma', 'beta')
+    >>> print(np.round(g[0], 4))
+    [[[-0.5    -0.4091 -0.3182]
+      [-0.2273 -0.1364 -0.0455]]
+    <BLANKLINE>
+     [[ 0.0455  0.1364  0.2273]
+      [ 0.3182  0.4091  0.5   ]]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     xp, dtype, channel, part, w, x_hat = _inference_parts(
         x, running_mean, running_whitening, gamma, beta, group_size, axis, precision, dy=dy
@@ -286,6 +362,21 @@ def running_whitening_update(
     Returns
     -------
     The updated value, in ``old``'s dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> old, new = np.eye(2), 3.0 * np.eye(2)
+    >>> y = normref.running_whitening_update(old, new, momentum=0.1, convention='torch')
+    >>> print(np.round(y, 4))
+    [[1.2 0. ]
+     [0.  1.2]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     conv = get_convention(convention)
     xp = namespace_of(old=old, new=new)
@@ -320,6 +411,21 @@ def batch_whiten_train(
     batch's per-channel mean and the whitening matrices of its group
     covariances (``correction`` and ``eps`` as there). Nothing is modified in
     place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [3.0, 5.0, 0.0]], [[0.0, -1.0, 2.0], [2.0, 4.0, 7.0]]])  # (N, C, L)
+    >>> mean, whitening = np.zeros(2), np.eye(2)[None]
+    >>> y = normref.batch_whiten_train(x, mean, whitening, group_size=2, momentum=0.1, convention='torch')
+    >>> print(np.round(y[1].mean, 4))  # the running mean
+    [0.1333 0.35  ]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     xp = namespace_of(x=x, running_mean=running_mean, running_whitening=running_whitening)
     part = whitening_partition(tuple(x.shape), group_size, axis)

@@ -442,12 +442,47 @@ def center(x: Array, *, precision: Precision = "highest") -> Array:
     Returns
     -------
     Array of ``x``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.center(x)
+    >>> print(np.round(y, 4))
+    [[[ 0.5  1.5  0.5]
+      [-0.5 -1.5 -0.5]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return run_canonical(CENTER, x, precision, {})
 
 
 def center_vjp(dy: Array, x: Array, *, precision: Precision = "highest") -> XGrad:
-    r"""VJP of :func:`center`: :math:`\bar x = \bar y - \operatorname{mean}(\bar y)`."""
+    r"""VJP of :func:`center`: :math:`\bar x = \bar y - \operatorname{mean}(\bar y)`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.center(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.center_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0.6 -0.6 -0.6]
+      [ 0.6  0.6  0.6]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+    """
     return run_canonical_vjp(CENTER, dy, x, precision, {})
 
 
@@ -482,6 +517,21 @@ def standardize(
     -------
     Array of ``x``'s shape and dtype; each group has mean 0 and variance
     :math:`v/s^2` (1 up to the effect of ``eps``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.standardize(x)
+    >>> print(np.round(y, 4))
+    [[[ 1.  1.  1.]
+      [-1. -1. -1.]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return run_canonical(STANDARDIZE, x, precision, std_params(eps, eps_mode, correction))
 
@@ -495,7 +545,27 @@ def standardize_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> XGrad:
-    r"""VJP of :func:`standardize`: :math:`\bar x = P(\bar y)/s + (x-\mu)k` (module docstring)."""
+    r"""VJP of :func:`standardize`: :math:`\bar x = P(\bar y)/s + (x-\mu)k` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.standardize(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.standardize_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0. -0. -0.]
+      [ 0.  0.  0.]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+    """
     return run_canonical_vjp(STANDARDIZE, dy, x, precision, std_params(eps, eps_mode, correction))
 
 
@@ -510,6 +580,21 @@ def scale(
     r"""Divide by the per-group standard deviation without centring: :math:`y = x/s(v)`.
 
     Parameters are those of :func:`standardize`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.scale(x)
+    >>> print(np.round(y, 4))
+    [[[ 2.      1.3333  7.9998]
+      [ 0.     -0.6667  5.9999]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return run_canonical(SCALE, x, precision, std_params(eps, eps_mode, correction))
 
@@ -523,7 +608,27 @@ def scale_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> XGrad:
-    r"""VJP of :func:`scale`: :math:`\bar x = \bar y/s + (x-\mu)k` (module docstring)."""
+    r"""VJP of :func:`scale`: :math:`\bar x = \bar y/s + (x-\mu)k` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.scale(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.scale_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-1.0000e-04 -0.0000e+00 -4.7997e+00]
+      [-1.5999e+00  0.0000e+00  6.3997e+00]]]
+
+    References
+    ----------
+    - Ioffe, S. and Szegedy, C. (2015). Batch normalization: accelerating deep network
+      training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
+    """
     return run_canonical_vjp(SCALE, dy, x, precision, std_params(eps, eps_mode, correction))
 
 
@@ -534,6 +639,21 @@ def rms_scale(
 
     Parameters as
     :func:`standardize` (no ``correction``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.rms_scale(x)
+    >>> print(np.round(y, 4))
+    [[[ 1.4142  1.2649  1.1314]
+      [ 0.     -0.6325  0.8485]]]
+
+    References
+    ----------
+    - Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+      https://arxiv.org/abs/1910.07467
     """
     return run_canonical(RMS_SCALE, x, precision, rms_params(eps, eps_mode))
 
@@ -546,5 +666,25 @@ def rms_scale_vjp(
     eps_mode: str = "add",
     precision: Precision = "highest",
 ) -> XGrad:
-    r"""VJP of :func:`rms_scale`: :math:`\bar x = \bar y/s + x k` (module docstring)."""
+    r"""VJP of :func:`rms_scale`: :math:`\bar x = \bar y/s + x k` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]]])  # one group of 2 samples x 3 features
+    >>> y = normref.ops.rms_scale(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.rms_scale_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0.      0.0759 -0.1561]
+      [ 0.2828  0.1518  0.2082]]]
+
+    References
+    ----------
+    - Zhang, B. and Sennrich, R. (2019). Root mean square layer normalization. NeurIPS.
+      https://arxiv.org/abs/1910.07467
+    """
     return run_canonical_vjp(RMS_SCALE, dy, x, precision, rms_params(eps, eps_mode))

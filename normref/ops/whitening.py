@@ -75,7 +75,7 @@ Implementation notes
     given, which are their own (:class:`~normref.ops.base.GroupOp`):
     ``x`` is centred in place and the products :math:`X_c W^\top` and
     :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
-    (:func:`normref._lib.in_place.products_over`), so that a call makes no
+    (``normref._lib.in_place.products_over``), so that a call makes no
     full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
@@ -771,6 +771,23 @@ def decorrelate(
     output's covariance is the diagonal :math:`\Lambda - \epsilon I`. Where
     eigenvalues repeat, the features of that eigenspace are not unique (see
     the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.decorrelate(x)
+    >>> print(np.round(y, 4))
+    [[[-0.2396 -0.4389]
+      [-0.6381  0.918 ]
+      [-2.4742 -0.3582]
+      [ 3.3519 -0.121 ]]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     return run_canonical(DECORRELATE, x, precision, whitening_params(eps, correction))
 
@@ -783,6 +800,27 @@ def decorrelate_vjp(
     Raises :class:`ValueError` where two eigenvalues of a group's covariance
     repeat (to within :math:`4 D u \lambda_{\max}`): the gradient does not exist there.
     The check reads the eigenvalues, so this VJP cannot be traced by ``jax.jit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.decorrelate(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.decorrelate_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-1.0962 -0.2986]
+      [-0.3686 -0.2906]
+      [ 0.7602 -0.0246]
+      [ 0.7045  0.6138]]]
+
+    References
+    ----------
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     return run_canonical_vjp(DECORRELATE, dy, x, precision, whitening_params(eps, correction))
 
@@ -802,6 +840,21 @@ def pca_whiten(
     covariance is :math:`I - \epsilon \Lambda^{-1}`. Where eigenvalues repeat
     (always for ``M < D``: the zero eigenvalues of the sample covariance) the
     features of that eigenspace are not unique; only their span is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.pca_whiten(x)
+    >>> print(np.round(y[0].T @ y[0] / 4, 4))
+    [[1. 0.]
+     [0. 1.]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
     """
     return run_canonical(WHITENING_OPS["pca"], x, precision, whitening_params(eps, correction))
 
@@ -816,6 +869,27 @@ def pca_whiten_vjp(
     gradient does not exist there. Just above that gap it is returned, exactly
     (to rounding); it grows like the inverse of the gap. The check reads the
     eigenvalues, so this VJP cannot be traced by ``jax.jit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.pca_whiten(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.pca_whiten_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-1.5084  0.5221]
+      [-0.3557 -0.2091]
+      [ 1.2307 -0.2099]
+      [ 0.6334 -0.1031]]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
     """
     return run_canonical_vjp(
         WHITENING_OPS["pca"], dy, x, precision, whitening_params(eps, correction)
@@ -847,6 +921,23 @@ def zca_whiten(
     Returns
     -------
     Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon \Sigma^{-1}`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.zca_whiten(x)
+    >>> print(np.round(y[0].T @ y[0] / 4, 4))  # identity covariance
+    [[1. 0.]
+     [0. 1.]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     return run_canonical(WHITENING_OPS["zca"], x, precision, whitening_params(eps, correction))
 
@@ -859,6 +950,29 @@ def zca_whiten_vjp(
     :math:`\bar\Sigma = U (F \circ U^\top \bar W U) U^\top`,
     :math:`F_{ij} = -1/(\sqrt{\lambda_i}\sqrt{\lambda_j}(\sqrt{\lambda_i} + \sqrt{\lambda_j}))`,
     the divided difference of :math:`\lambda^{-1/2}` written without cancellation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.zca_whiten(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.zca_whiten_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0.7971 -0.1307]
+      [-0.1889 -0.116 ]
+      [ 0.5353  0.2066]
+      [ 0.4507  0.0401]]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
+    - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
+      CVPR. https://arxiv.org/abs/1804.08450
     """
     return run_canonical_vjp(
         WHITENING_OPS["zca"], dy, x, precision, whitening_params(eps, correction)
@@ -878,6 +992,21 @@ def cholesky_whiten(
     Returns
     -------
     Array of ``x``'s shape and dtype, with covariance :math:`I - \epsilon L^{-1} L^{-\top}`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.cholesky_whiten(x)
+    >>> print(np.round(y[0].T @ y[0] / 4, 4))
+    [[1. 0.]
+     [0. 1.]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
     """
     return run_canonical(WHITENING_OPS["cholesky"], x, precision, whitening_params(eps, correction))
 
@@ -889,6 +1018,27 @@ def cholesky_whiten_vjp(
 
     :math:`\Phi` takes the lower triangle and halves the diagonal; smooth at
     repeated eigenvalues.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.cholesky_whiten(x)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.cholesky_whiten_vjp(dy, x)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[ 0.3505 -0.8365]
+      [ 0.1887 -0.1195]
+      [-0.2966  0.5975]
+      [-0.2426  0.3585]]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
     """
     return run_canonical_vjp(
         WHITENING_OPS["cholesky"], dy, x, precision, whitening_params(eps, correction)
@@ -928,6 +1078,22 @@ def iter_norm_whiten(
         Number of Newton–Schulz steps :math:`T \ge 1` (the authors' default 5).
     eps, correction, precision
         As :func:`zca_whiten`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.iter_norm_whiten(x, iterations=8)
+    >>> print(np.round(y[0].T @ y[0] / 4, 3))  # close to the identity
+    [[1. 0.]
+     [0. 1.]]
+
+    References
+    ----------
+    - Huang, L., Zhou, Y., Zhu, F., Liu, L. and Shao, L. (2019). Iterative normalization:
+      beyond standardization towards efficient whitening. CVPR.
+      https://arxiv.org/abs/1904.03441
     """
     params = {**whitening_params(eps, correction), **method_params("iter_norm", iterations)}
     return run_canonical(WHITENING_OPS["iter_norm"], x, precision, params)
@@ -942,7 +1108,30 @@ def iter_norm_whiten_vjp(
     correction: int = 0,
     precision: Precision = "highest",
 ) -> XGrad:
-    """VJP of :func:`iter_norm_whiten`, back through the unrolled iterations (derived by hand)."""
+    """VJP of :func:`iter_norm_whiten`, back through the unrolled iterations (derived by hand).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0], [3.0, 5.0]]])  # one group of 4 samples x 2
+    >>> y = normref.ops.iter_norm_whiten(x, iterations=8)
+    >>> dy = np.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+    >>> g = normref.ops.iter_norm_whiten_vjp(dy, x, iterations=8)
+    >>> print(g._fields)
+    ('x',)
+    >>> print(np.round(g[0], 4))
+    [[[-0.7971 -0.1307]
+      [-0.1889 -0.116 ]
+      [ 0.5353  0.2066]
+      [ 0.4507  0.0401]]]
+
+    References
+    ----------
+    - Huang, L., Zhou, Y., Zhu, F., Liu, L. and Shao, L. (2019). Iterative normalization:
+      beyond standardization towards efficient whitening. CVPR.
+      https://arxiv.org/abs/1904.03441
+    """
     params = {**whitening_params(eps, correction), **method_params("iter_norm", iterations)}
     return run_canonical_vjp(WHITENING_OPS["iter_norm"], dy, x, precision, params)
 
@@ -979,6 +1168,24 @@ def whitening_matrix(
     Returns
     -------
     Array of ``cov``'s shape and dtype; NaN for a matrix that is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> cov = np.array([[[4.0, 0.0], [0.0, 9.0]]])
+    >>> y = normref.ops.whitening_matrix(cov)
+    >>> print(np.round(y[0], 4))
+    [[0.5    0.    ]
+     [0.     0.3333]]
+
+    References
+    ----------
+    - Kessy, A., Lewin, A. and Strimmer, K. (2018). Optimal whitening and decorrelation. The
+      American Statistician 72(4). https://arxiv.org/abs/1512.00809
+    - Huang, L., Zhou, Y., Zhu, F., Liu, L. and Shao, L. (2019). Iterative normalization:
+      beyond standardization towards efficient whitening. CVPR.
+      https://arxiv.org/abs/1904.03441
     """
     xp = namespace_of(cov=cov)
     shape = tuple(cov.shape)

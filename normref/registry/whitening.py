@@ -1,7 +1,7 @@
 """Registry entries of the whitening family (see :mod:`normref.registry`).
 
 Samplers draw groups whose covariances are well conditioned with separated
-eigenvalues (:func:`_whitening_groups`), so that PCA's gradient exists and
+eigenvalues (``_whitening_groups``), so that PCA's gradient exists and
 every reference's tolerance holds; the layers' samples arrange such groups in
 an ``(N, C, *S)`` input through :func:`normref.partition.whitening_partition`.
 """

@@ -36,7 +36,7 @@ def test_the_terminal_prints_every_data_string_as_it_is():
     text = out.getvalue()
     for shown in (
         f"implementation  impl {markup}",
-        f"impl {markup} layer_norm",
+        f"impl {markup}: layer_norm",
         f"raised ValueError: {markup}",
         f"    ValueError: {markup}",
         "pip install -e '.[jax]'",
