@@ -468,6 +468,7 @@ def _centered_weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer
     eps = check_eps(eps, allow_zero=True)
     shape = tuple(v.shape)
     axis = unit_axis(out_axis, shape, name="v", minimum_rank=2)
+    check_units(shape, fan_in_axes(len(shape), axis), name="v")
     n = fan_in(shape, axis)
     params = {"eps": eps / n, "eps_mode": "add", "correction": 0}
     return _unit_layer(
