@@ -523,7 +523,8 @@ def centered_weight_norm(
     Parameters
     ----------
     v
-        Direction parameter, rank >= 2, each unit with a fan-in of at least 2 values.
+        Direction parameter, rank >= 2, each unit with a fan-in of at least one value (a
+        unit of one value is centred to 0: with ``eps=0`` a constant unit, as above).
     g
         Optional magnitude, one per output unit, shape ``(v.shape[out_axis],)``;
         ``None`` gives unit-norm centred units.
