@@ -169,7 +169,7 @@ def _scaled(
     moderate = (xp.abs(big) <= top) & (abs(k_exp) <= top)
     exponent = xp.where(moderate, xp.zeros_like(big), xp.maximum(big, float(k_exp)))
     mantissas = times_power_of_two(xp, sums, big - exponent) + times_power_of_two(
-        xp, xp.full_like(sums, k_mantissa), k_exp - exponent
+        xp, xp.full_like(exponent, k_mantissa), k_exp - exponent
     )
     high, low = _split(beta)
     whole = xp.floor(high * exponent)
