@@ -430,7 +430,8 @@ def gradient_centralize(
         G \leftarrow G - \frac1N \sum_{i \in u} G_i \quad \text{per unit } u
 
     (the centring operation, :func:`normref.ops.center`, on the units of
-    ``out_axis``); a scalar or a vector is returned unchanged (a copy). Yong
+    ``out_axis``, whose mean is summed as the unit's values times a power of
+    two: no overflow where the mean is finite); a scalar or a vector is returned unchanged (a copy). Yong
     et al. centre the gradient of every weight of rank > 1 (convolution and
     fully connected kernels) over all of a unit's fan-in. Idempotent: a
     centred gradient is its own centring; each unit's output has mean 0.

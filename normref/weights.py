@@ -576,6 +576,7 @@ def _centered_weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer
     eps = check_eps(eps, allow_zero=True)
     shape = tuple(v.shape)
     axis = unit_axis(out_axis, shape, name="v", minimum_rank=2)
+    check_units(shape, fan_in_axes(len(shape), axis), name="v")
     n = fan_in(shape, axis)
     params = {"eps": eps / n, "eps_mode": "add", "correction": 0}
     return _unit_layer(
@@ -630,7 +631,8 @@ def centered_weight_norm(
     Parameters
     ----------
     v
-        Direction parameter, rank >= 2, each unit with a fan-in of at least 2 values.
+        Direction parameter, rank >= 2, each unit with a fan-in of at least one value (a
+        unit of one value is centred to 0: with ``eps=0`` a constant unit, as above).
     g
         Optional magnitude, one per output unit, shape ``(v.shape[out_axis],)``;
         ``None`` gives unit-norm centred units.

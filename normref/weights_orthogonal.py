@@ -36,6 +36,12 @@ with the unit axis as the channel axis), with the constant
 :mod:`normref.ops.whitening`: ZCA's divided differences, exact at repeated
 eigenvalues, and the unrolled Newton–Schulz steps.
 
+Scaling. The whitening operations take their covariance of each group's
+values times a power of two (:mod:`normref.ops.whitening`), with
+:math:`\epsilon/N` scaled alike: :math:`W` is exact from the smallest
+subnormal weight to the largest finite one, and unchanged, exactly, when
+:math:`V` is multiplied by :math:`2^k` and :math:`\epsilon` by :math:`4^k`.
+
 Conventions. The ONI code's ``norm_groups`` is a *number* of groups, not a
 size: ``norm_groups=g`` is ``group_size = units / g`` here. The paper's
 Algorithm 1 normalizes :math:`V = V_c/\lVert V_c \rVert_F` first (so
@@ -51,11 +57,11 @@ from typing import Any, NamedTuple
 
 from normref._lib.checks import check_eps, check_positive_int
 from normref._lib.namespace import Array, namespace_of
-from normref._lib.units import unit_axis
+from normref._lib.units import check_units, unit_axis
 from normref.layers.compose import Layer, normalize, normalize_vjp
 from normref.ops.base import GroupOp
 from normref.ops.whitening import FROBENIUS_NEWTON, WHITENING_OPS, whitening_op
-from normref.partition import fan_in, whitening_partition
+from normref.partition import fan_in, fan_in_axes, whitening_partition
 from normref.types import Precision
 
 ONI_WHITENING = whitening_op(FROBENIUS_NEWTON)
@@ -89,6 +95,7 @@ def _orthogonal_layer(
             f"v.shape[{axis}]={units}"
         )
         raise ValueError(msg)
+    check_units(shape, fan_in_axes(len(shape), axis), name="v")
     n = fan_in(shape, axis)
     return Layer(
         name,

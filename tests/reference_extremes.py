@@ -264,6 +264,168 @@ def _param(spec: OpSpec, sample: Sample, p: np.ndarray, ndim: int) -> np.ndarray
     return p.reshape(shape)
 
 
+def _centred_weight_norm(spec: OpSpec, sample: Sample, v: np.ndarray) -> np.ndarray:
+    """``(v - mean) / sqrt(||v - mean||^2 + eps)`` per unit; 0 for a constant unit (eps 0)."""
+    eps = mpmath.mpf(_argument(spec, sample, "eps"))
+
+    def transform(values: list[Any]) -> list[Any]:
+        mean = mpmath.fsum(values) / len(values)
+        centred = [a - mean for a in values]
+        r = mpmath.sqrt(mpmath.fsum(c * c for c in centred) + eps)
+        return [c / r if r else mpmath.mpf(0) for c in centred]
+
+    return _grouped(spec, sample, v, transform)
+
+
+def _orthogonalized(spec: OpSpec, sample: Sample, v: np.ndarray) -> np.ndarray:
+    """OWN's ``(Vc Vc^T + eps I)^(-1/2) Vc``, or ONI's Newton-Schulz steps on
+    ``S / ||S||_F`` then ``B_T Vc / sqrt(||S||_F)``, per group of consecutive units (rows
+    of the weight as a matrix of units by fan-in)."""
+    get = lambda name: _argument(spec, sample, name)
+    out_axis, eps = get("out_axis"), mpmath.mpf(get("eps"))
+    m = _matrix(v, out_axis)
+    units, fan = m.shape
+    size = get("group_size") or units
+    out = np.empty(m.shape, dtype=object)
+    for first in range(0, units, size):
+        rows = [list(m[first + i]) for i in range(size)]
+        centred = mpmath.matrix([[a - mpmath.fsum(row) / fan for a in row] for row in rows])
+        gram = centred * centred.T + eps * mpmath.eye(size)
+        if spec.accepts("iterations"):
+            frobenius = mpmath.sqrt(
+                mpmath.fsum(gram[i, j] ** 2 for i in range(size) for j in range(size))
+            )
+            normalized, b = gram / frobenius, mpmath.eye(size)
+            for _ in range(get("iterations")):
+                b = 1.5 * b - 0.5 * (b * b * b) * normalized
+            w = b * centred / mpmath.sqrt(frobenius)
+        else:
+            lam, u = mpmath.eigsy(gram)
+            root = u * mpmath.diag([1 / mpmath.sqrt(lam[i]) for i in range(size)]) * u.T
+            w = root * centred
+        for i in range(size):
+            out[first + i] = [w[i, j] for j in range(fan)]
+    return _unmatrix(out, v.shape, out_axis)
+
+
+def _channel_rows(x: np.ndarray, channel: int) -> np.ndarray:
+    """``x`` as one row per index of the ``channel`` axis."""
+    return np.moveaxis(x, channel, 0).reshape(x.shape[channel], -1)
+
+
+def _mean_and_variance(values: list[Any], correction: int = 0) -> tuple[Any, Any]:
+    n = len(values)
+    mean = mpmath.fsum(values) / n
+    return mean, mpmath.fsum((a - mean) ** 2 for a in values) / (n - correction)
+
+
+def _renormalized(x: np.ndarray, get: Callable[[str], Any], held: tuple[Any, Any]) -> np.ndarray:
+    """Batch renorm without its affine: ``(x - mu_B) / sigma_B * r + d`` per channel, with
+    ``r`` and ``d`` clipped, or held at the given ``r`` and ``d`` (arrays per channel)."""
+    channel = get("axis") % x.ndim
+    eps = mpmath.mpf(get("eps"))
+    r_max, d_max = mpmath.mpf(get("r_max")), mpmath.mpf(get("d_max"))
+    running_mean, running_var = get("running_mean"), get("running_var")
+    out = np.empty(x.shape, dtype=object)
+    moved = np.moveaxis(out, channel, 0)
+    for c, row in enumerate(_channel_rows(x, channel)):
+        mean, var = _mean_and_variance(list(row))
+        sigma_b, sigma = mpmath.sqrt(var + eps), mpmath.sqrt(running_var[c] + eps)
+        r = min(max(sigma_b / sigma, 1 / r_max), r_max) if held[0] is None else held[0][c]
+        d = (
+            min(max((mean - running_mean[c]) / sigma, -d_max), d_max)
+            if held[1] is None
+            else held[1][c]
+        )
+        values = [(a - mean) / sigma_b * r + d for a in row]
+        moved[c] = np.array(values, dtype=object).reshape(moved.shape[1:])
+    return out
+
+
+def renormalization_corrections(
+    spec: OpSpec, sample: Sample, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Batch renorm's ``r`` and ``d`` per channel at ``arrays``, as ``{"r": ..., "d": ...}``,
+    to hold constant in its differences (its VJP holds them constant)."""
+    get = lambda name: arrays[name] if name in arrays else _argument(spec, sample, name)
+    x = get("x")
+    channel = get("axis") % x.ndim
+    eps = mpmath.mpf(get("eps"))
+    r_max, d_max = mpmath.mpf(get("r_max")), mpmath.mpf(get("d_max"))
+    rs, ds = [], []
+    for c, row in enumerate(_channel_rows(x, channel)):
+        mean, var = _mean_and_variance(list(row))
+        sigma = mpmath.sqrt(get("running_var")[c] + eps)
+        rs.append(min(max(mpmath.sqrt(var + eps) / sigma, 1 / r_max), r_max))
+        ds.append(min(max((mean - get("running_mean")[c]) / sigma, -d_max), d_max))
+    return {"r": np.array(rs, dtype=object), "d": np.array(ds, dtype=object)}
+
+
+def _softmax(logits: np.ndarray) -> list[Any]:
+    exps = [mpmath.exp(a) for a in logits]
+    total = mpmath.fsum(exps)
+    return [e / total for e in exps]
+
+
+def _switchable(spec: OpSpec, sample: Sample, x: np.ndarray, get: Callable) -> np.ndarray:
+    """``(x - mu) / sqrt(v + eps)`` with ``mu``, ``v`` the softmax mixtures of the biased
+    instance, layer and batch statistics of each element."""
+    channel = get("axis") % x.ndim
+    eps = mpmath.mpf(get("eps"))
+    a, b = _softmax(get("mean_logits")), _softmax(get("var_logits"))
+    keys = (lambda i: (i[0], i[channel]), lambda i: i[0], lambda i: i[channel])
+    stats = []
+    for key in keys:
+        groups: dict[Any, list[Any]] = {}
+        for index in np.ndindex(*x.shape):
+            groups.setdefault(key(index), []).append(x[index])
+        stats.append({k: _mean_and_variance(v) for k, v in groups.items()})
+    out = np.empty(x.shape, dtype=object)
+    for index in np.ndindex(*x.shape):
+        parts = [s[key(index)] for s, key in zip(stats, keys, strict=True)]
+        mean = mpmath.fsum(w * p[0] for w, p in zip(a, parts, strict=True))
+        var = mpmath.fsum(w * p[1] for w, p in zip(b, parts, strict=True))
+        out[index] = (x[index] - mean) / mpmath.sqrt(var + eps)
+    return out
+
+
+def _adaptive_instance(x: np.ndarray, get: Callable) -> np.ndarray:
+    """``sqrt(var(s) + eps) (x - mean(x)) / sqrt(var(x) + eps) + mean(s)`` per instance, each
+    input's statistics over its own spatial axes, with the variances' ``correction``."""
+    style, channel = get("style"), get("axis") % x.ndim
+    eps, correction = mpmath.mpf(get("eps")), get("correction")
+    out = np.empty(x.shape, dtype=object)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[channel]):
+            index = [slice(None)] * x.ndim
+            index[0], index[channel] = n, c
+            block = x[tuple(index)]
+            mean_x, var_x = _mean_and_variance(list(np.ravel(block)), correction)
+            mean_s, var_s = _mean_and_variance(list(np.ravel(style[tuple(index)])), correction)
+            factor = mpmath.sqrt(var_s + eps) / mpmath.sqrt(var_x + eps)
+            out[tuple(index)] = np.array(
+                [factor * (a - mean_x) + mean_s for a in np.ravel(block)], dtype=object
+            ).reshape(block.shape)
+    return out
+
+
+def _local_response(x: np.ndarray, get: Callable) -> np.ndarray:
+    """``x / (k + alpha / n sum x_j^2)^beta`` over each channel's window (zero-padded)."""
+    channel, size = get("axis") % x.ndim, get("size")
+    alpha, beta, k = mpmath.mpf(get("alpha")), mpmath.mpf(get("beta")), mpmath.mpf(get("k"))
+    before = size // 2 if get("window") == "torch" else (size - 1) // 2
+    after = size - 1 - before
+    out = np.empty(x.shape, dtype=object)
+    for index in np.ndindex(*x.shape):
+        c = index[channel]
+        window = [
+            x[tuple(j if a == channel else i for a, i in enumerate(index))]
+            for j in range(max(c - before, 0), min(c + after, x.shape[channel] - 1) + 1)
+        ]
+        out[index] = x[index] / (k + alpha / size * mpmath.fsum(w * w for w in window)) ** beta
+    return out
+
+
 def outputs(spec: OpSpec, sample: Sample, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The exact outputs of ``spec`` on ``sample`` whose array arguments are replaced by the
     mpmath ``arrays`` (the sample without its affine parameters)."""
@@ -301,6 +463,21 @@ def outputs(spec: OpSpec, sample: Sample, arrays: dict[str, np.ndarray]) -> dict
         return {"y": x + get("alpha") * get("branch_out")}
     if kind is Kind.WHITENING:
         return {"y": _whitening(spec, sample, x)}
+    if kind is Kind.CENTRED_WEIGHT_NORMALIZING:
+        return {"y": _centred_weight_norm(spec, sample, x)}
+    if kind is Kind.ORTHOGONALIZING:
+        return {"y": _orthogonalized(spec, sample, x)}
+    if kind is Kind.RENORMALIZING:
+        found = {"y": _renormalized(x, get, (arrays.get("r"), arrays.get("d")))}
+        if spec.state:  # the training step: the running statistics too
+            found.update(_running(spec, sample, get))
+        return found
+    if kind is Kind.SWITCHABLE:
+        return {"y": _switchable(spec, sample, x, get)}
+    if kind is Kind.ADAPTIVE_INSTANCE:
+        return {"y": _adaptive_instance(x, get)}
+    if kind is Kind.LOCAL_RESPONSE:
+        return {"y": _local_response(x, get)}
     if kind is Kind.GIVEN_WHITENING:
         return {
             "y": _given_whitening(spec, sample, x, get("running_mean"), get("running_whitening"))
@@ -344,6 +521,8 @@ def gradients(
         state = outputs(spec, sample, arrays)
         arrays = {**arrays, "u": state["u"], "v": state["v"]}
         sample = sample.replace(n_power_iterations=0)
+    if "corrections_held_constant" in spec.properties:
+        arrays = {**arrays, **renormalization_corrections(spec, sample, arrays)}
     weights = np.ravel(_mp(dy))
     found = {}
     for name in spec.differentiable:

@@ -50,9 +50,12 @@ def _arrays(spec: OpSpec, sample: Sample) -> dict[str, np.ndarray]:
 
 
 def _optional(spec: OpSpec) -> set[str]:
-    """The array arguments whose default is ``None`` (absent parameters)."""
+    """The array arguments whose default is ``None`` (absent parameters), and the affine
+    parameters, which every operation takes as ``None`` (:meth:`OpSpec.without_affine`;
+    switchable norm's have no default, its logits following them)."""
     parameters = inspect.signature(spec.forward).parameters
-    return {n for n in spec.arrays if n in parameters and parameters[n].default is None}
+    defaults = {n for n in spec.arrays if n in parameters and parameters[n].default is None}
+    return defaults | set(spec.affine_args)
 
 
 def _dy(spec: OpSpec, sample: Sample, seed: int = 1) -> np.ndarray:
@@ -329,13 +332,18 @@ def test_jax_without_64_bit_mode_refuses_highest():
 
 def _with_size(spec: OpSpec, sample: Sample, axis: int, size: int) -> Sample | None:
     """``sample`` cut to ``size`` along ``axis`` of its primary input, with every array of
-    its shape (AGC's parameter) and, along a parameter axis, every parameter (gamma, the
-    running statistics); ``None`` where the cut leaves no valid arguments."""
+    its shape (AGC's parameter), along an axis that indexes groups every array of its rank
+    that matches it there (AdaIN's style, whose spatial sizes are its own) and, along a
+    parameter axis, every parameter (gamma, the running statistics); ``None`` where the cut
+    leaves no valid arguments."""
     shape = np.shape(sample.args[spec.primary])
     params = spec.param_axes(sample)
+    reduced = spec.partition(sample).reduced_axes
     cuts = {}
     for name, value in _arrays(spec, sample).items():
-        if value.shape == shape:
+        if value.shape == shape or (
+            value.ndim == len(shape) and axis not in reduced and value.shape[axis] == shape[axis]
+        ):
             at = axis
         elif axis in params and value.shape == tuple(shape[a] for a in params):
             at = params.index(axis)

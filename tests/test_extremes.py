@@ -63,6 +63,7 @@ def _at(spec: OpSpec, sample: Sample, scale: str) -> Sample:
     """``sample`` with the arguments of power 1 in the law (arrays and numbers) at ``scale``."""
     names = [n for n, p in spec.scaling.inputs.items() if p == 1]
     values = {n: sample.args[n] if n in sample.args else sample.kwargs[n] for n in names}
+    values = {n: v for n, v in values.items() if v is not None}  # affine parameters left out
     largest = max(float(np.max(np.abs(v))) for v in values.values())
     return sample.replace(
         **{n: _extreme(np.asarray(v, dtype=np.float64), scale, largest) for n, v in values.items()}

@@ -69,6 +69,22 @@ def group_scale(xp: Namespace, x: Array, axes: tuple[int, ...], *, floor: float 
     return power_of_two_scale(xp, magnitude)
 
 
+def finite_group_scale(
+    xp: Namespace, x: Array, axes: tuple[int, ...], *, floor: float = 0.0
+) -> Array:
+    """:func:`group_scale` of the finite values of ``x`` alone: a NaN or an infinity stays
+    itself once scaled, and reaches only the sums that hold it, where one power of two serves
+    sums over parts of the group (a window, or several kinds of groups)."""
+    return group_scale(xp, xp.where(xp.isfinite(x), x, xp.zeros_like(x)), axes, floor=floor)
+
+
+def scaled_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    """The mean of ``x`` over ``axes`` (keeping dims), summed as the values times each group's
+    power of two (:func:`group_scale`): finite wherever the mean is."""
+    scale = group_scale(xp, x, axes)
+    return xp.mean(x * scale, axis=axes, keepdims=True) / scale
+
+
 def times_power_of_two(xp: Namespace, m: Array, exponent: Array) -> Array:
     """``m * 2**exponent`` for an integer-valued ``exponent`` array, in two steps: no power of
     two overflows or underflows where the product does not (``exponent`` may lie beyond the

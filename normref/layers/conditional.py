@@ -23,6 +23,14 @@ gradient flows through the style's statistics:
 per sample and channel (sums over ``x``'s spatial axes, :math:`n_s` the
 style's spatial size, :math:`c` the variance's correction).
 
+Scaling. The style's statistics are taken of each of its instances times a
+power of two (:func:`normref.ops.standardization.scaled_statistics`, with
+:math:`\epsilon` scaled alike), and the content's by
+:func:`normref.instance_norm`: :math:`\sigma(s)`, :math:`\mu(s)` and the
+style's gradient are exact wherever they are representable, whatever the
+magnitude of the style; multiplying ``x`` and ``style`` by :math:`2^k` and
+``eps`` by :math:`4^k` multiplies ``y`` by :math:`2^k`.
+
 Conventions. The authors' Torch code takes the content's statistics as
 instance norm does (biased variance, ``eps`` inside) and the style's standard
 deviation biased and without ``eps``; the widely used PyTorch port
@@ -36,9 +44,16 @@ from typing import Any, NamedTuple
 
 from normref._lib.checks import check_correction, check_eps, check_rank, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref._lib.scaling import scaled_mean
 from normref.layers.standardization import instance_norm, instance_norm_vjp
 from normref.ops.base import check_group_size
-from normref.ops.standardization import STANDARDIZE, divisor, mean_and_m2
+from normref.ops.standardization import (
+    STANDARDIZE,
+    group_count,
+    nonzero_divisor,
+    scaled_statistics,
+)
+from normref.partition import instance_partition
 from normref.types import Precision
 
 
@@ -50,15 +65,15 @@ class AdaINGrads(NamedTuple):
 
 
 class _StyleStats(NamedTuple):
-    """The style's statistics in the compute dtype: per (sample, channel) of shape ``(N, C)``
-    (``mean``, ``sigma``), and with the style's rank (``centred``, ``sigma_kept``), and its number of spatial values ``size``."""
+    r"""The style's statistics in the compute dtype: per (sample, channel) of shape ``(N, C)``
+    (``mean``, ``sigma``); the style standardized, :math:`(s - \mu(s))/\sigma(s)` of the
+    style's shape; and its number of spatial values ``size``."""
 
     xp: Any
     spatial: tuple[int, ...]
     mean: Array
     sigma: Array
-    centred: Array
-    sigma_kept: Array
+    standardized: Array
     size: int
 
 
@@ -88,23 +103,38 @@ def _style_stats(
             f"got shape {tuple(style.shape)}"
         )
         raise ValueError(msg)
+    where = f"adaptive_instance_norm(x of shape {tuple(x.shape)}, axis={axis})"
+    params = {"correction": correction}
+    check_group_size(
+        instance_partition(tuple(x.shape), channel), op=STANDARDIZE, params=params, where=where
+    )
+    check_group_size(
+        instance_partition(tuple(style.shape), channel),
+        op=STANDARDIZE,
+        params=params,
+        where=where,
+        name="style",
+    )
     spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
-    count = 1
-    for a in spatial:
-        count *= style.shape[a]
-    check_group_size(count, op=STANDARDIZE, where=f"style of shape {tuple(style.shape)}")
     dtype = compute_dtype(xp, x.dtype, precision)
-    mean, m2, centred = mean_and_m2(xp, to_dtype(xp, style, dtype), spatial, algorithm="two_pass")
-    var = m2 / (count - correction)
-    sigma = divisor(xp, var, eps=eps, eps_mode="add")
+    found = scaled_statistics(
+        xp,
+        to_dtype(xp, style, dtype),
+        spatial,
+        centre=True,
+        eps=eps,
+        eps_mode="add",
+        correction=correction,
+    )
+    # sigma(s) = 1 / inverse; the centred values over sigma(s) are the scaled ones over s
+    sigma = 1.0 / found.inverse
     return _StyleStats(
         xp,
         spatial,
-        xp.squeeze(mean, axis=spatial),
+        xp.squeeze(scaled_mean(xp, to_dtype(xp, style, dtype), spatial), axis=spatial),
         xp.squeeze(sigma, axis=spatial),
-        centred,
-        sigma,
-        count,
+        found.values / nonzero_divisor(xp, found.s),
+        group_count(style, spatial),
     )
 
 
@@ -126,10 +156,13 @@ def adaptive_instance_norm(
     ----------
     x
         Content, ``(N, C, *S)`` with the channel axis at ``axis`` (batch axis 0,
-        at least one spatial axis); each instance needs at least 2 values.
+        at least one spatial axis); each instance needs at least one value (two with
+        ``correction=1``). An instance of one value has the biased variance 0: its
+        output is :math:`\mu(s)`. No samples or no channels give an empty output.
     style
         Style, ``x``'s rank, batch size and channels; its spatial sizes may
-        differ from ``x``'s (each instance needs at least 2 values).
+        differ from ``x``'s (each instance needs at least one value, two with
+        ``correction=1``).
     eps
         Finite, > 0, inside both standard deviations.
     correction
@@ -219,6 +252,6 @@ def adaptive_instance_norm_vjp(
     shape[0], shape[channel] = x.shape[0], x.shape[channel]
     d_gamma = xp.reshape(grads.gamma, tuple(shape))
     d_beta = xp.reshape(grads.beta, tuple(shape))
-    d_style = stats.centred * (d_gamma / ((stats.size - correction) * stats.sigma_kept))
+    d_style = stats.standardized * (d_gamma / (stats.size - correction))
     d_style += d_beta / stats.size
     return AdaINGrads(to_dtype(xp, grads.x, x.dtype), to_dtype(xp, d_style, style.dtype))

@@ -31,16 +31,34 @@ Backward (derived by hand): :math:`W^\top(j)`, the channels whose window holds
 
 Every term of :math:`D` is positive, so it has no cancellation; with
 :math:`k > 0` it is positive everywhere.
+
+Scaling. The sums of squares are taken of the values times a power of two
+:math:`2^{-e}` per position (the channels at one index of the other axes,
+which every window of that position sums; :mod:`normref._lib.scaling`; from
+their largest finite magnitude, so that a NaN or an infinity reaches only the
+windows that hold it), and
+:math:`\alpha = m_\alpha 2^{a}`, so that :math:`\frac{\alpha}{n}\sum x^2
+= T\,2^{E}` with :math:`T = \frac{m_\alpha}{n}\sum (2^{-e}x)^2` and
+:math:`E = a + 2e`. Where :math:`E` or :math:`k` lies far from the dtype's
+limits, :math:`D` is formed as it is; elsewhere it is held as
+:math:`D = u\,2^F`, :math:`F = \max(E, \log_2 k)`, and
+:math:`D^{-\beta} = u^{-\beta}\,2^{-\beta F}` with :math:`\beta F` split
+into an integer and a fraction (exactly): no denominator overflows or
+underflows where the output is representable, and multiplying ``x`` by
+:math:`2^k` and ``alpha`` by :math:`4^{-k}` multiplies ``y`` by :math:`2^k`
+and leaves the gradient unchanged, exactly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref._lib.scaling import finite_group_scale, times_power_of_two
 from normref.ops.base import XGrad
 from normref.types import Precision
 
@@ -101,11 +119,70 @@ def _checked(
     return xp, size, normalize_axis(axis, x.ndim), alpha, beta, k
 
 
-def _denominator(
-    xp: Any, x: Array, size: int, channel: int, alpha: float, k: float, window: str
-) -> Array:
+class _Scaled(NamedTuple):
+    r"""A call's denominators and values held scaled, in the compute dtype (module docstring).
+
+    ``values`` is :math:`X = 2^{-e} x` with ``e`` (``shift``) per position (the channels at
+    one index of the other axes); :math:`D = u\,2^F` with ``u`` (``mantissas``) per element
+    and ``F`` (``exponent``) per position; :math:`\beta F = q + r` with an integer ``q``
+    (``whole``) and ``fraction`` :math:`2^{-r}`, so that
+    :math:`D^{-\beta} = u^{-\beta}\,2^{-r}\,2^{-q}`; :math:`\alpha = m_\alpha 2^a`
+    (``alpha_mantissa``) and ``alpha_exponent`` :math:`E = a + 2e`, so that
+    :math:`\alpha x_i x_j = m_\alpha X_i X_j 2^E`.
+    """
+
+    values: Array
+    shift: Array
+    mantissas: Array
+    exponent: Array
+    whole: Array
+    fraction: Array
+    alpha_mantissa: float
+    alpha_exponent: Array
+
+
+def _split(value: float) -> tuple[float, float]:
+    """``value`` as ``high + low``, ``high`` of 26 significant bits: ``high * n`` is exact for
+    integers ``n`` of up to 27 bits, ``low`` carries the rest."""
+    if value == 0.0 or not math.isfinite(value):
+        return value, 0.0
+    exponent = math.frexp(value)[1]
+    high = math.ldexp(round(math.ldexp(value, 26 - exponent)), exponent - 26)
+    return high, value - high
+
+
+def _scaled(
+    xp: Any, x: Array, size: int, channel: int, alpha: float, beta: float, k: float, window: str
+) -> _Scaled:
+    """The denominators of ``x`` in the scaled form of :class:`_Scaled`."""
+    scale = finite_group_scale(xp, x, (channel,))
+    values = x * scale
+    shift = -xp.round(xp.log2(scale))
+    alpha_mantissa, alpha_exp = math.frexp(alpha)
+    k_mantissa, k_exp = math.frexp(k)
     before, after = window_extents(size, window)
-    return k + (alpha / size) * _window_sums(xp, x * x, channel, before, after)
+    sums = (alpha_mantissa / size) * _window_sums(xp, values * values, channel, before, after)
+    # alpha sum(x^2) / n = sums 2^E: E is the same for every channel of a position
+    big = alpha_exp + 2.0 * shift
+    # D itself where both its terms are far from overflow and underflow, else D / 2^F
+    top = float(math.frexp(float(xp.finfo(x.dtype).max))[1] // 2 - 2)
+    moderate = (xp.abs(big) <= top) & (abs(k_exp) <= top)
+    exponent = xp.where(moderate, xp.zeros_like(big), xp.maximum(big, float(k_exp)))
+    mantissas = times_power_of_two(xp, sums, big - exponent) + times_power_of_two(
+        xp, xp.full_like(exponent, k_mantissa), k_exp - exponent
+    )
+    high, low = _split(beta)
+    whole = xp.floor(high * exponent)
+    return _Scaled(
+        values,
+        shift,
+        mantissas,
+        exponent,
+        whole,
+        2.0 ** (-((high * exponent - whole) + low * exponent)),
+        alpha_mantissa,
+        big,
+    )
 
 
 def local_response_norm(
@@ -159,8 +236,10 @@ def local_response_norm(
     """
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
     dtype = compute_dtype(xp, x.dtype, precision)
-    xc = to_dtype(xp, x, dtype)
-    y = xc * xp.pow(_denominator(xp, xc, size, channel, alpha, k, window), -beta)
+    found = _scaled(xp, to_dtype(xp, x, dtype), size, channel, alpha, beta, k, window)
+    # y = X u^-beta 2^-r 2^(e - q)
+    y = found.values * xp.pow(found.mantissas, -beta) * found.fraction
+    y = times_power_of_two(xp, y, found.shift - found.whole)
     return to_dtype(xp, y, output_dtype(xp, precision, x))
 
 
@@ -205,10 +284,15 @@ def local_response_norm_vjp(
         msg = f"dy must have shape {tuple(x.shape)} (the shape of x), got {tuple(dy.shape)}"
         raise ValueError(msg)
     dtype = compute_dtype(xp, x.dtype, precision)
-    xc, dy_c = to_dtype(xp, x, dtype), to_dtype(xp, dy, dtype)
-    d = _denominator(xp, xc, size, channel, alpha, k, window)
-    scaled = xp.pow(d, -beta)
+    found = _scaled(xp, to_dtype(xp, x, dtype), size, channel, alpha, beta, k, window)
+    dy_c = to_dtype(xp, dy, dtype)
+    powered = xp.pow(found.mantissas, -beta)  # u^-beta
     before, after = window_extents(size, window)
-    through = _window_sums(xp, dy_c * xc * (scaled / d), channel, after, before)
-    dx = dy_c * scaled - (2.0 * alpha * beta / size) * xc * through
+    through = _window_sums(
+        xp, dy_c * found.values * (powered / found.mantissas), channel, after, before
+    )
+    # alpha x_j x_c D^(-beta-1) = m X_j X_c u^(-beta-1) 2^(E - F) 2^-r 2^-q
+    through = times_power_of_two(xp, through, found.alpha_exponent - found.exponent)
+    dx = dy_c * powered - (2.0 * found.alpha_mantissa * beta / size) * found.values * through
+    dx = times_power_of_two(xp, dx * found.fraction, -found.whole)
     return XGrad(to_dtype(xp, dx, x.dtype))

@@ -22,6 +22,20 @@ So the layer is :func:`normref.batch_norm` with the affine
 :math:`\gamma' = \gamma r`, :math:`\beta' = \gamma d + \beta` (computed in the
 compute dtype), and nothing else.
 
+Scaling. The batch's statistics are taken of each channel's values times a
+power of two (:func:`normref.ops.standardization.scaled_statistics`, with
+:math:`\epsilon` scaled alike), and :math:`r` is formed from
+:math:`1/\sigma_B` and :math:`\sigma`, so that neither
+:math:`\sigma_B^2` nor :math:`\sum (x - \mu_B)^2` overflows or underflows where
+:math:`r` and :math:`d` are representable; :math:`r` and :math:`d` are ratios of
+quantities that scale alike, unchanged when :math:`x`, :math:`\mu` are
+multiplied by :math:`2^k` and :math:`\sigma^2`, :math:`\epsilon` by
+:math:`4^k`. A ratio that overflows or underflows is clipped, as its exact
+value is. A channel of one value has :math:`\sigma_B^2 = 0`
+(:math:`\sigma_B = \sqrt\epsilon`): it computes, as batch norm does; a
+training step refuses it only where the convention keeps an unbiased running
+variance.
+
 State. normref keeps the running mean and variance, as torch's batch norm
 does, and updates them as :func:`normref.batch_norm_train` does
 (:func:`batch_renorm_train`); :math:`r` and :math:`d` use the statistics from
@@ -41,6 +55,7 @@ from typing import Any
 
 from normref._lib.checks import check_eps, check_finite_number, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
+from normref._lib.scaling import scaled_mean
 from normref.affine import check_param
 from normref.conventions import Convention
 from normref.layers.compose import NormGrads
@@ -50,8 +65,10 @@ from normref.layers.standardization import (
     batch_running_update,
     check_running_stats,
 )
-from normref.ops.standardization import divisor
-from normref.stats import RunningStats, batch_weight, moments
+from normref.ops.base import check_group_size
+from normref.ops.standardization import STANDARDIZE, divisor, group_count, scaled_statistics
+from normref.partition import batch_partition
+from normref.stats import RunningStats, batch_weight, check_running_count
 from normref.types import Precision
 
 
@@ -96,12 +113,20 @@ def _corrected_affine(
     channel = normalize_axis(axis, x.ndim)
     check_param(gamma, x.shape, (channel,), name="gamma")
     check_param(beta, x.shape, (channel,), name="beta")
+    reduced = tuple(a for a in range(x.ndim) if a != channel)
+    check_group_size(
+        batch_partition(tuple(x.shape), channel),
+        op=STANDARDIZE,
+        params={},
+        where=f"x of shape {tuple(x.shape)}, axis={axis}",
+    )
     dtype = compute_dtype(xp, x.dtype, precision)
-    batch = moments(x, tuple(a for a in range(x.ndim) if a != channel), precision=precision)
-    batch_mean, batch_var = to_dtype(xp, batch.mean, dtype), to_dtype(xp, batch.m2, dtype)
-    batch_var = batch_var / batch.count
+    xc = to_dtype(xp, x, dtype)
+    # the batch's statistics of x times a power of two per channel: 1 / sigma_B and mu_B
+    batch = scaled_statistics(xp, xc, reduced, centre=True, eps=eps, eps_mode="add")
+    batch_mean = xp.reshape(scaled_mean(xp, xc, reduced), (-1,))
     sigma = divisor(xp, to_dtype(xp, running_var, dtype), eps=eps, eps_mode="add")
-    r = xp.clip(divisor(xp, batch_var, eps=eps, eps_mode="add") / sigma, 1.0 / r_limit, r_limit)
+    r = xp.clip(1.0 / (xp.reshape(batch.inverse, (-1,)) * sigma), 1.0 / r_limit, r_limit)
     d = xp.clip((batch_mean - to_dtype(xp, running_mean, dtype)) / sigma, -d_limit, d_limit)
     if gamma is None:
         scale, shift = r, d
@@ -131,7 +156,7 @@ def batch_renorm(
     Parameters
     ----------
     x
-        Input with the channel axis at ``axis``; each channel needs at least 2 values.
+        Input with the channel axis at ``axis``; each channel needs at least 1 value.
     running_mean, running_var
         The running statistics :math:`\mu`, :math:`\sigma^2`, shape ``(C,)``.
     gamma, beta
@@ -336,6 +361,9 @@ def batch_renorm_train_vjp(
       batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
     """
     batch_weight(momentum, convention, num_batches_tracked)
+    check_running_stats(x, running_mean, running_var, axis)
+    channel = normalize_axis(axis, x.ndim)
+    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
     return batch_renorm_vjp(
         dy,
         x,

@@ -679,8 +679,9 @@ def mean_only_batch_norm(
     ``c`` over every axis but ``axis`` (training mode): the centring-only layer
     of the survey of Huang et al., which Salimans & Kingma pair with weight
     normalization. It is the centring operation
-    (:func:`normref.ops.center`) on batch norm's partition; a channel of one
-    value is allowed (its output is ``beta``).
+    (:func:`normref.ops.center`) on batch norm's partition, whose mean is
+    summed as the values times a power of two (no overflow where the mean is
+    finite); a channel of one value is allowed (its output is ``beta``).
 
     Parameters
     ----------

@@ -34,6 +34,19 @@ elements it is shared by (:math:`\bar\mu_1 = a_1 \sum_c \bar\mu`,
     \bar\ell^\mu = a \odot (\bar a - a^\top \bar a), \qquad
     \bar\ell^\sigma = b \odot (\bar b - b^\top \bar b).
 
+Scaling. The statistics are taken of ``x`` times one power of two :math:`c`
+for the whole input (:mod:`normref._lib.scaling`, from its largest
+finite magnitude, so that a NaN or an infinity reaches only the statistics
+that hold it, or from :math:`\sqrt\epsilon` where that is larger), with
+:math:`\epsilon` scaled alike (:math:`c^2\epsilon`): the mixture adds
+statistics of different groups, which must share one scale. So no sum of
+squares overflows or underflows where the output is representable, and
+multiplying ``x`` by :math:`2^k` and ``eps`` by :math:`4^k` leaves ``y``
+unchanged, exactly. An instance whose values are all below about
+:math:`2^{-500}` times the input's largest magnitude (float64) loses its own
+statistics' relative accuracy to underflow; the mixed variance is then
+dominated by the others' terms unless their weights are as small.
+
 Conventions. The authors' code (``SwitchNorm2d``) takes the instance variance
 unbiased (``torch.var``) and builds the layer and batch variances from it as
 :math:`\operatorname{mean}(v_0 + \mu_0^2) - \mu_k^2`, which is neither the
@@ -45,6 +58,7 @@ averages; this is the training-mode layer.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from normref._lib.checks import check_eps, check_rank, check_shape, normalize_axis
@@ -56,9 +70,18 @@ from normref._lib.namespace import (
     to_dtype,
     variance_algorithm,
 )
+from normref._lib.scaling import finite_group_scale
 from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
-from normref.ops.base import check_group_size
-from normref.ops.standardization import STANDARDIZE, divisor, group_count, mean_and_m2
+from normref.ops.base import check_group_size, empty_like
+from normref.ops.standardization import (
+    STANDARDIZE,
+    eps_magnitude,
+    group_count,
+    mean_and_m2,
+    nonzero_divisor,
+    scaled_divisors,
+)
+from normref.partition import instance_partition
 from normref.types import Precision
 
 MIXED = ("instance", "layer", "batch")
@@ -76,8 +99,9 @@ class SwitchableGrads(NamedTuple):
 
 
 class _Mixture(NamedTuple):
-    """The statistics of one call in the compute dtype: per kind, its reduced axes, mean,
-    variance and count; the mixture's weights; ``mu`` and ``s`` per (sample, channel)."""
+    """The statistics of one call in the compute dtype, of ``x`` times the power of two
+    ``scale`` (``x``: the scaled values): per kind, its reduced axes, mean, variance and
+    count; the mixture's weights; ``mu`` and the divisor ``s`` per (sample, channel)."""
 
     axes: tuple[tuple[int, ...], ...]
     means: tuple[Array, ...]
@@ -87,6 +111,8 @@ class _Mixture(NamedTuple):
     b: Array
     mu: Array
     s: Array
+    scale: Array
+    x: Array
 
 
 def _softmax(xp: Any, logits: Array) -> Array:
@@ -112,16 +138,22 @@ def _mixture(
 ) -> _Mixture:
     spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
     axes = (spatial, tuple(range(1, x.ndim)), tuple(a for a in range(x.ndim) if a != channel))
+    # one power of two for the whole input, of its finite values: the mixture adds statistics
+    # of different groups, and a NaN or inf reaches only those that hold it
+    scale = finite_group_scale(xp, x, tuple(range(x.ndim)), floor=eps_magnitude(eps, "add"))
+    xs = x * scale
     means, variances = [], []
     for reduced in axes:
-        mean, m2, _ = mean_and_m2(xp, x, reduced, algorithm=algorithm)
+        mean, m2, _ = mean_and_m2(xp, xs, reduced, algorithm=algorithm)
         means.append(mean)
         variances.append(m2 / group_count(x, reduced))
     a, b = _softmax(xp, mean_logits), _softmax(xp, var_logits)
     mu = _weighted(a, tuple(means))
-    s = divisor(xp, _weighted(b, tuple(variances)), eps=eps, eps_mode="add")
+    s, _ = scaled_divisors(xp, _weighted(b, tuple(variances)), scale, eps=eps, eps_mode="add")
     counts = tuple(group_count(x, reduced) for reduced in axes)
-    return _Mixture(axes, tuple(means), tuple(variances), counts, a, b, mu, s)
+    return _Mixture(
+        axes, tuple(means), tuple(variances), counts, a, b, mu, nonzero_divisor(xp, s), scale, xs
+    )
 
 
 def _prepared(
@@ -134,7 +166,7 @@ def _prepared(
     axis: int,
     precision: Precision,
     **more: Array,
-) -> tuple[Any, Any, int, Array, _Mixture]:
+) -> tuple[Any, Any, int, _Mixture | None]:
     xp = namespace_of(
         **more,
         x=x,
@@ -155,12 +187,16 @@ def _prepared(
         check_shape(logits.shape, (3,), name=name, what="one logit each for " + ", ".join(MIXED))
     check_param(gamma, shape, (channel,), name="gamma")
     check_param(beta, shape, (channel,), name="beta")
-    spatial = group_count(x, tuple(a for a in range(x.ndim) if a not in (0, channel)))
     check_group_size(
-        spatial, op=STANDARDIZE, where=f"switchable_norm(x of shape {shape}, axis={axis})"
+        instance_partition(shape, channel),
+        op=STANDARDIZE,
+        params={},
+        where=f"switchable_norm(x of shape {shape}, axis={axis})",
     )
     dtype = compute_dtype(xp, x.dtype, precision)
     xc = to_dtype(xp, x, dtype)
+    if math.prod(shape) == 0:  # no samples or no channels: nothing to normalize
+        return xp, dtype, channel, None
     found = _mixture(
         xp,
         xc,
@@ -170,7 +206,7 @@ def _prepared(
         eps,
         variance_algorithm(precision),
     )
-    return xp, dtype, channel, xc, found
+    return xp, dtype, channel, found
 
 
 def switchable_norm(
@@ -190,7 +226,8 @@ def switchable_norm(
     ----------
     x
         ``(N, C, *S)`` with the channel axis at ``axis`` (batch axis 0, at least
-        one spatial axis of 2 or more values in all).
+        one spatial axis). An instance of one value has the instance variance 0; no
+        spatial values is an error, no samples or no channels give an empty output.
     gamma, beta
         Per-channel scale and shift, shape ``(C,)``, or ``None``.
     mean_logits, var_logits
@@ -223,10 +260,12 @@ def switchable_norm(
       learning-to-normalize via switchable normalization. ICLR.
       https://arxiv.org/abs/1806.10779
     """
-    xp, dtype, channel, xc, found = _prepared(
+    xp, dtype, channel, found = _prepared(
         x, gamma, beta, mean_logits, var_logits, eps, axis, precision
     )
-    x_hat = (xc - found.mu) / found.s
+    if found is None:
+        return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
+    x_hat = (found.x - found.mu) / found.s
     y = affine(
         xp,
         x_hat,
@@ -277,13 +316,17 @@ def switchable_norm_vjp(
       learning-to-normalize via switchable normalization. ICLR.
       https://arxiv.org/abs/1806.10779
     """
-    xp, dtype, channel, xc, found = _prepared(
+    xp, dtype, channel, found = _prepared(
         x, gamma, beta, mean_logits, var_logits, eps, axis, precision, dy=dy
     )
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
+    if found is None:
+        return _no_gradients(xp, x, gamma, beta, mean_logits, var_logits)
     dy_c = to_dtype(xp, dy, dtype)
     instance = found.axes[0]
-    x_hat = (xc - found.mu) / found.s
+    # in the scaled values' terms: d_mu, d_var and dx / scale of the unscaled ones' (the
+    # weights' gradients are unchanged)
+    x_hat = (found.x - found.mu) / found.s
     g = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), (channel,))
     d_mu = -xp.sum(g, axis=instance, keepdims=True) / found.s
     d_var = -0.5 * xp.sum(g * x_hat, axis=instance, keepdims=True) / (found.s * found.s)
@@ -295,9 +338,10 @@ def switchable_norm_vjp(
         d_mean_k = found.a[k] * (xp.sum(d_mu, axis=shared, keepdims=True) if shared else d_mu)
         d_var_k = found.b[k] * (xp.sum(d_var, axis=shared, keepdims=True) if shared else d_var)
         n = found.counts[k]
-        dx += d_mean_k / n + (2.0 / n) * d_var_k * (xc - found.means[k])
+        dx += d_mean_k / n + (2.0 / n) * d_var_k * (found.x - found.means[k])
         d_a.append(xp.sum(d_mu * found.means[k]))
         d_b.append(xp.sum(d_var * found.variances[k]))
+    dx *= found.scale
     d_gamma, d_beta = affine_vjp_params(
         xp, dy_c, x_hat, (channel,), has_gamma=gamma is not None, has_beta=beta is not None
     )
@@ -307,6 +351,28 @@ def switchable_norm_vjp(
         beta=None if beta is None else to_dtype(xp, d_beta, beta.dtype),
         mean_logits=to_dtype(xp, _softmax_vjp(xp, found.a, d_a), mean_logits.dtype),
         var_logits=to_dtype(xp, _softmax_vjp(xp, found.b, d_b), var_logits.dtype),
+    )
+
+
+def _no_gradients(
+    xp: Any,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    mean_logits: Array,
+    var_logits: Array,
+) -> SwitchableGrads:
+    """The gradients where ``x`` has no values: empty for ``x``, 0 for the parameters."""
+
+    def zeros(a: Array | None) -> Array | None:
+        return None if a is None else xp.zeros_like(a)
+
+    return SwitchableGrads(
+        xp.zeros_like(x),
+        zeros(gamma),
+        zeros(beta),
+        xp.zeros_like(mean_logits),
+        xp.zeros_like(var_logits),
     )
 
 

@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 from normref._lib.checks import check_correction, check_eps, check_eps_mode
 from normref._lib.namespace import Array, Namespace
 from normref._lib.reductions import sum_of_products
-from normref._lib.scaling import group_scale
+from normref._lib.scaling import group_scale, scaled_mean
 from normref.ops.base import GroupOp, XGrad, run_canonical, run_canonical_vjp
 from normref.types import Precision
 
@@ -239,9 +239,7 @@ def nonzero_divisor(xp: Namespace, s: Array) -> Array:
 
 
 def _center_forward(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
-    # the mean of the values times a power of two: their sum does not overflow
-    scale = group_scale(xp, x, axes)
-    return x - xp.mean(x * scale, axis=axes, keepdims=True) / scale
+    return x - scaled_mean(xp, x, axes)
 
 
 def _center_vjp(xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:

@@ -187,12 +187,6 @@ def _one_value_per_channel(sample: Sample) -> Sample:
     return sample.replace(x=x.reshape(-1)[:c].reshape((1, c)), axis=1)
 
 
-def _one_spatial_value(sample: Sample) -> Sample:
-    x = sample.args["x"]
-    n, c = x.shape[0], x.shape[sample.kwargs["axis"]]
-    return sample.replace(x=x.reshape(-1)[: n * c].reshape((n, c, 1)), axis=1)
-
-
 def _one_style_value(sample: Sample) -> Sample:
     """AdaIN's style cut to one spatial value per instance (the rank kept)."""
     style, axis = sample.args["style"], sample.kwargs["axis"] % sample.args["style"].ndim
@@ -204,7 +198,6 @@ _RENORM_ERRORS = (
     *CHANNEL_ERRORS,
     wrong_param("running_mean"),
     wrong_param("running_var"),
-    ErrorCase("one value per channel", _one_value_per_channel, ValueError, SINGLE_SAMPLE),
     ErrorCase(
         "r_max below 1",
         lambda s: s.replace(r_max=0.5),
@@ -385,6 +378,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(
             *_RENORM_ERRORS,
             ErrorCase(
+                "one value per channel, an unbiased running variance",
+                lambda s: _one_value_per_channel(s).replace(convention="torch"),
+                ValueError,
+                "keeps an unbiased running variance, which needs count >= 2",
+            ),
+            ErrorCase(
                 "momentum above 1",
                 lambda s: s.replace(momentum=1.5),
                 ValueError,
@@ -423,7 +422,6 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 ValueError,
                 r"mean_logits must have shape \(3,\)",
             ),
-            ErrorCase("one spatial value", _one_spatial_value, ValueError, SINGLE_SAMPLE),
         ),
         special_inputs=tuple(_one_hot_logits(k) for k in range(3)),
         benchmarks=(BenchmarkInput(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8", quick=True),),
@@ -453,7 +451,12 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 ValueError,
                 "style must have x's rank",
             ),
-            ErrorCase("a style of one spatial value", _one_style_value, ValueError, SINGLE_SAMPLE),
+            ErrorCase(
+                "a style of one spatial value, unbiased variance",
+                lambda s: _one_style_value(s).replace(correction=1),
+                ValueError,
+                SINGLE_SAMPLE,
+            ),
             ErrorCase(
                 "correction = 2",
                 lambda s: s.replace(correction=2),

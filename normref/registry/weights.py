@@ -420,7 +420,6 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(
             out_axis_out_of_range("v"),
             _flattened("v", 2),
-            _one_fan_in("v"),
             wrong_unit_param("g"),
             ErrorCase(
                 "negative eps",
