@@ -31,7 +31,7 @@ Global-norm clipping (Pascanu et al., 2013)
     ``eps=0`` (``docs/conventions.md``).
 
 Scaling. Every norm is taken of the values times a power of two
-(:mod:`normref._lib.scaling`): per unit for AGC and the unit-wise norm, one for
+(``normref._lib.scaling``): per unit for AGC and the unit-wise norm, one for
 all the gradients of a global norm, so that no sum of squares overflows or
 underflows where the norm, the clipping factor or the clipped gradient is
 representable.
@@ -118,7 +118,7 @@ class _AGCParts(NamedTuple):
     r"""What both directions of AGC need, per unit, in the compute dtype.
 
     The norms are taken of each unit times its power of two (``grad_scale``,
-    ``param_scale``; :mod:`normref._lib.scaling`): ``grad_norm`` and ``param_norm``
+    ``param_scale``; ``normref._lib.scaling``): ``grad_norm`` and ``param_norm``
     are the norms of the scaled units, ``max_norm`` the threshold
     :math:`\lambda \max(\|W\|, \epsilon)` in the parameter's scale. ``factor`` is
     :math:`m / \max(\|G\|, m)` and ``clipped`` where :math:`\|G\| > m`, both
@@ -539,7 +539,7 @@ def global_norm(grads: Any, *, precision: Precision = "highest") -> Array:
 
     ``grads`` is an array or a (nested) list, tuple or dict of arrays. Returns
     a 0-d array in the promoted dtype of the leaves. The squares are summed of the
-    values times one power of two (:mod:`normref._lib.scaling`): the norm is
+    values times one power of two (``normref._lib.scaling``): the norm is
     infinite only where it overflows the dtype.
 
     Examples

@@ -150,7 +150,7 @@ def _statistic_axes(x: Array, axis: object) -> tuple[int, ...]:
 
 def _scaled_moments(xp: Any, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
     """The mean and ``m2`` of ``x`` times the power of two of each statistic (keeping dims), and
-    that power (:mod:`normref._lib.scaling`): they do not overflow or underflow where the
+    that power (``normref._lib.scaling``): they do not overflow or underflow where the
     unscaled ones would."""
     scale = group_scale(xp, x, axes)
     mean, m2, _ = mean_and_m2(xp, x * scale, axes, algorithm="two_pass", overwrite=True)

@@ -35,7 +35,7 @@ therefore the backward of that operation (derived in
 the affine; ``docs/weights.md`` derives them.
 
 Every statistic is taken of each unit times a power of two
-(:mod:`normref._lib.scaling`), and spectral norm's power iteration holds
+(``normref._lib.scaling``), and spectral norm's power iteration holds
 :math:`W`, :math:`u` and :math:`v` as mantissas and exponents, so that results
 are exact from the smallest subnormal weight to the largest finite one, also
 where :math:`\epsilon` dominates the normalization of :math:`u` and :math:`v`.

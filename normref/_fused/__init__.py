@@ -18,7 +18,7 @@ It computes the same quantities as the generic path, in the same dtype
 as NumPy's, and reuses the generic path's scalar formulas per group
 (:func:`~normref.ops.standardization.scaled_divisors`,
 :func:`~normref.ops.standardization.variance_term`), on each group's values
-times the same power of two (:mod:`normref._lib.scaling`); results agree with the
+times the same power of two (``normref._lib.scaling``); results agree with the
 generic path to the rounding of their sums, whose orders differ. Under
 ``"highest"`` both round once to the output, so float32 results agree to an
 ulp; under ``"native"`` float32 sums of different orders may differ by tens

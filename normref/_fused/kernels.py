@@ -19,7 +19,7 @@ added by NumPy.
 
 Every statistic is that of a group's values times a power of two, its
 ``scale``: multiplying by it is exact, and the scaled sums of squares neither
-overflow nor underflow. :mod:`normref._lib.scaling` chooses one for the
+overflow nor underflow. ``normref._lib.scaling`` chooses one for the
 generic path from the largest magnitude; the kernels take 1 where that is
 safe, and otherwise one from the sum of the group's magnitudes (or the floor
 their caller gives, the scale of ``eps``; :func:`_scale_of`).

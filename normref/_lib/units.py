@@ -59,7 +59,7 @@ def check_units(shape: tuple[int, ...], axes: tuple[int, ...], *, name: str) -> 
 
 def unit_scale(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     """The power of two of each unit of ``x`` over ``axes`` (keeping dims; of each element for
-    no axes), by which its norm is taken (:mod:`normref._lib.scaling`)."""
+    no axes), by which its norm is taken (``normref._lib.scaling``)."""
     if not axes:
         return power_of_two_scale(xp, xp.abs(x))
     return group_scale(xp, x, axes)

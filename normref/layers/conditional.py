@@ -24,7 +24,7 @@ per sample and channel (sums over ``x``'s spatial axes, :math:`n_s` the
 style's spatial size, :math:`c` the variance's correction).
 
 Scaling. The style's statistics are taken of each of its instances times a
-power of two (:func:`normref.ops.standardization.scaled_statistics`, with
+power of two (``normref.ops.standardization.scaled_statistics``, with
 :math:`\epsilon` scaled alike), and the content's by
 :func:`normref.instance_norm`: :math:`\sigma(s)`, :math:`\mu(s)` and the
 style's gradient are exact wherever they are representable, whatever the

@@ -34,7 +34,7 @@ Every term of :math:`D` is positive, so it has no cancellation; with
 
 Scaling. The sums of squares are taken of the values times a power of two
 :math:`2^{-e}` per position (the channels at one index of the other axes,
-which every window of that position sums; :mod:`normref._lib.scaling`; from
+which every window of that position sums; ``normref._lib.scaling``; from
 their largest finite magnitude, so that a NaN or an infinity reaches only the
 windows that hold it), and
 :math:`\alpha = m_\alpha 2^{a}`, so that :math:`\frac{\alpha}{n}\sum x^2

@@ -35,7 +35,7 @@ elements it is shared by (:math:`\bar\mu_1 = a_1 \sum_c \bar\mu`,
     \bar\ell^\sigma = b \odot (\bar b - b^\top \bar b).
 
 Scaling. The statistics are taken of ``x`` times one power of two :math:`c`
-for the whole input (:mod:`normref._lib.scaling`, from its largest
+for the whole input (``normref._lib.scaling``, from its largest
 finite magnitude, so that a NaN or an infinity reaches only the statistics
 that hold it, or from :math:`\sqrt\epsilon` where that is larger), with
 :math:`\epsilon` scaled alike (:math:`c^2\epsilon`): the mixture adds

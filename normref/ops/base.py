@@ -61,7 +61,7 @@ class GroupOp:
         and the forward output (which the affine gradient needs).
     needs_variance
         Whether the operation takes a (centred) variance, so that a ``correction``
-        needs more samples than it (:func:`sample_rule`).
+        needs more samples than it (``sample_rule``).
     joint_features
         Whether the operation acts on the ``D`` features of each group jointly;
         it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``),

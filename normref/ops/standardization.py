@@ -44,7 +44,7 @@ and its group's finite values 0 (:math:`x/\infty`, the limit), the gradient
 NaN.
 
 Scaling. The statistics are taken of each group's values times a power of two
-:math:`c` (:mod:`normref._lib.scaling`), chosen from the group's largest
+:math:`c` (``normref._lib.scaling``), chosen from the group's largest
 :math:`|x_i|` or, where that is smaller, from the scale of :math:`\epsilon`
 (:math:`\sqrt\epsilon`, or :math:`\epsilon` for ``"add_std"``), with
 :math:`\epsilon` scaled alike (:math:`c^2\epsilon`, :math:`c\,\epsilon`): the

@@ -85,11 +85,11 @@ Implementation notes
     even where :math:`\epsilon` dominates :math:`C`; Cholesky and IterNorm
     add :math:`\epsilon` to the diagonal.
     Scaling: each group's values are multiplied by a power of two :math:`c`
-    from their largest magnitude (:mod:`normref._lib.scaling`), exactly, before
+    from their largest magnitude (``normref._lib.scaling``), exactly, before
     anything is summed, so that the covariance, the whitening matrix and the
     cotangents neither overflow nor underflow from the smallest subnormal
     :math:`|x|` to the largest finite one; :math:`\epsilon` enters as
-    :math:`c^2\epsilon`, held as a :class:`Shift` where that would leave the
+    :math:`c^2\epsilon`, held as a ``Shift`` where that would leave the
     range (:math:`\epsilon` dominating tiny values), and the results are scaled
     back (:math:`W(c^2\Sigma) = W(\Sigma)/c`). A float16 or bfloat16 covariance
     (``precision="native"``) is factored in float32, as no library factors those
@@ -226,7 +226,7 @@ class Shift(NamedTuple):
 
     ``eps`` is :math:`\epsilon_a = c_a^2 \epsilon` and ``ratio`` is :math:`\rho = c_a / c`
     (at most 1), with :math:`c_a` the power of two of the larger of the values' magnitude
-    and :math:`\sqrt\epsilon` (:mod:`normref._lib.scaling`): :math:`\Sigma_a = \rho^2 C +
+    and :math:`\sqrt\epsilon` (``normref._lib.scaling``): :math:`\Sigma_a = \rho^2 C +
     \epsilon_a I` is :math:`\Sigma = C + c^2\epsilon I` in the units where whichever of the
     data and :math:`\epsilon` dominates is of order 1. Both are ``(..., 1, 1)``.
     """
@@ -271,7 +271,7 @@ def group_covariance(
 ) -> ScaledCovariance:
     r"""The covariance :math:`C = X_c^\top X_c / (M - c)` of each group of ``(G, M, D)`` ``x``
     (the caller's own array, which it scales and centres in place), of its values times the
-    group's power of two (:mod:`normref._lib.scaling`), from :func:`group_cross`
+    group's power of two (``normref._lib.scaling``), from :func:`group_cross`
     (``algorithm`` as there), symmetrized (:func:`symmetrized`)."""
     magnitude = max_magnitude(xp, x, (1, 2))
     scale = power_of_two_scale(xp, magnitude)
