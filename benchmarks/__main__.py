@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "benchmarks.md").write_text(markdown(results))
     (args.out / "summary.md").write_text(summary_markdown(results))
     (args.out / "families.md").write_text(families_markdown(results))
-    plot(args.out / "benchmarks.png", results)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed: no benchmarks.png", file=sys.stderr)
+    else:
+        plot(args.out / "benchmarks.png", results)
     verdicts = [r.meets_targets for r in results if r.meets_targets is not None]
     print(TARGETS_TEXT)
     print(

@@ -5,11 +5,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.cases import FAMILIES, Case
+from benchmarks.devices import NO_GPU_EXIT, missing_gpu
 from benchmarks.frameworks import JAX, TORCH
 from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result, median_run, minimum_bytes
@@ -275,3 +282,53 @@ def test_jax_counterparts_compute_what_normref_does(case):
     y, pullback = jax.vjp(JAX[case.op](sample), *arrays)
     grads = [np.asarray(g) for g in pullback(jax.numpy.asarray(dy))]
     _assert_same_function(spec, sample, dy, np.asarray(y), grads, "jax")
+
+
+# ---------------------------------------------------------------------------
+# Devices: --device cpu runs the code --device cuda runs; without a GPU, cuda exits 2
+
+
+NO_GPU = missing_gpu()
+
+
+def test_device_cpu_runs_the_device_code_and_writes_every_table(tmp_path, capsys):
+    """One small case through the device code on the CPU: rows with times, ratios against
+    torch, temporaries, the copy-bandwidth share, and the tables."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+    argv = ["--device", "cpu", "--quick", "--ops", "rms_norm", "--repeats", "1"]
+    assert benchmarks_main([*argv, "--frameworks", "torch", "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert document["meta"]["device"] == "cpu"
+    assert document["meta"]["copy_bandwidth_gb_per_s"] > 0
+    rows = document["results"]
+    assert [r["precision"] for r in rows] == ["native", "highest"]
+    for r in rows:
+        assert r["device"] == "cpu"
+        assert r["vs_torch"] > 0
+        assert r["memory"]["normref"] is not None
+        assert r["copy_share"] > 0
+    for name in ("benchmarks.md", "summary.md", "families.md"):
+        assert (tmp_path / name).read_text().count("rms_norm") >= 1
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="a GPU is present: the run would go ahead")
+def test_without_a_gpu_device_cuda_exits_2_saying_why(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        benchmarks_main(["--device", "cuda", "--quick", "--out", str(tmp_path)])
+    assert stopped.value.code == NO_GPU_EXIT == 2
+    assert "no GPU to run on" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(NO_GPU is None, reason="a GPU is present: the script would run its stages")
+def test_without_a_gpu_the_gpu_check_exits_2_at_once(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GPU_CHECK_OUT": str(tmp_path), "PYTHON": sys.executable},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "gpu_check: no GPU to run on" in done.stderr
