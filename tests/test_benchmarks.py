@@ -332,3 +332,17 @@ def test_without_a_gpu_the_gpu_check_exits_2_at_once(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "gpu_check: no GPU to run on" in done.stderr
+
+
+def test_the_distributed_benchmark_reports_rates_per_worker(capsys):
+    """Two small chunks, one round: a row per contender, NumPy's ratio 1, and a verdict."""
+    pytest.importorskip("dask.distributed", reason="dask is not installed (pip install '.[dask]')")
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed ('.[report]')")
+    from benchmarks import distributed
+
+    assert distributed.main(["--chunks", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "contender" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["numpy", "1 worker", "2 workers"]
+    assert rows[0].split("|")[4].strip() == "1.00"
+    assert "target: at least 0.5x" in out
