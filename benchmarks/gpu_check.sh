@@ -19,11 +19,13 @@ python=${PYTHON:-python3}
 
 if [ "${1:-}" = "--prepare" ]; then
     wheels=${2:?usage: benchmarks/gpu_check.sh --prepare WHEELS}
-    # pure-Python packages, and jsonschema's one compiled dependency (rpds-py) for CPython 3.12
-    exec "$python" -m pip download --dest "$wheels" --only-binary=:all: \
+    # pure-Python packages and jsonschema's one compiled dependency (rpds-py) for CPython 3.12,
+    # without their other dependencies (numpy above all), which the machine has
+    exec "$python" -m pip download --dest "$wheels" --only-binary=:all: --no-deps \
         --python-version 3.12 --implementation cp --abi cp312 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-        array-api-compat array-api-strict mpmath jsonschema
+        array-api-compat array-api-strict mpmath jsonschema attrs jsonschema-specifications \
+        referencing rpds-py typing-extensions
 fi
 
 wheels=${1:-.gpu-wheels}
