@@ -131,6 +131,23 @@ MEMORY_CASES = [
         Case("adaptive_grad_clip", BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0})),
         id="agc",
     ),
+    pytest.param(
+        Case("batch_norm", BenchmarkInput((16, 32, 12, 12), "test", compiled=True)), id="batch-norm"
+    ),
+    pytest.param(
+        # large enough that the kernels' fixed scratch (cascade stacks of 64 chunks) is small
+        Case(
+            "group_norm", BenchmarkInput((8, 64, 28, 28), "test", {"num_groups": 8}, compiled=True)
+        ),
+        id="group-norm",
+    ),
+    pytest.param(
+        Case(
+            "weight_standardize",
+            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
+        ),
+        id="ws",
+    ),
     # few long rows: the parameters' partial sums of the fused path are held to x / 8 each
     pytest.param(
         Case("layer_norm", BenchmarkInput((16, 131072), "test", compiled=True)),
