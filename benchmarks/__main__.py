@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small shapes, float32, 3 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     parser.add_argument("--ops", help="comma-separated registry names (default: every case)")
+    parser.add_argument(
+        "--dtypes", help="comma-separated: float32, float64 (default both; quick float32)"
+    )
     parser.add_argument("--repeats", type=int, help="interleaved rounds (default 7; quick 3)")
     parser.add_argument(
         "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: torch, jax"
@@ -116,6 +119,15 @@ def _cases(quick: bool, ops: str | None) -> list[Case]:
             msg = f"--ops names no benchmarked case: {sorted(unknown)}"
             raise SystemExit(msg)
         chosen = [c for c in chosen if c.op in names]
+    return chosen
+
+
+def _dtypes(text: str) -> tuple[str, ...]:
+    chosen = tuple(text.split(","))
+    unknown = set(chosen) - set(DTYPES)
+    if unknown:
+        msg = f"--dtypes: unknown dtypes {sorted(unknown)}; choose from {DTYPES}"
+        raise SystemExit(msg)
     return chosen
 
 
@@ -203,29 +215,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
     repeats = args.repeats or (3 if args.quick else 7)
-    dtypes = QUICK_DTYPES if args.quick else DTYPES
+    dtypes = _dtypes(args.dtypes) if args.dtypes else QUICK_DTYPES if args.quick else DTYPES
     plan = [(case, dtype) for case in cases for dtype in dtypes]
     started = time.perf_counter()
     bandwidth = copy_bandwidth()
     runs: list[list[Result]] = []
+    failed: set[tuple[str, str]] = set()
     print(header(), flush=True)
     for run in range(args.runs):
         results: list[Result] = []
         for done, (case, dtype) in enumerate(plan):
             progress = f"[run {run + 1}/{args.runs}, {done + 1}/{len(plan)}]"
             print(f"{progress} {case.label} {dtype} ...", file=sys.stderr, flush=True)
-            for result in measure(
-                case,
-                dtype,
-                PRECISIONS,
-                frameworks=frameworks,
-                repeats=repeats,
-                device=chosen_device,
-                bandwidth=bandwidth if chosen_device.name == "cpu" else None,
-            ):
+            try:
+                measured = measure(
+                    case,
+                    dtype,
+                    PRECISIONS,
+                    frameworks=frameworks,
+                    repeats=repeats,
+                    device=chosen_device,
+                    bandwidth=bandwidth if chosen_device.name == "cpu" else None,
+                )
+            except Exception as error:  # noqa: BLE001 - one broken case must not end the run
+                print(f"{progress} {case.label} {dtype} failed: {error!r}", file=sys.stderr)
+                failed.add((case.label, dtype))
+                continue
+            for result in measured:
                 results.append(result)
                 print(row(result), flush=True)
         runs.append(results)
+    if failed:  # rows of a case that failed in any run are left out of every run
+        keep = {(f"{r.name} {r.shape}", r.dtype) for r in runs[0]} - failed
+        runs = [[r for r in run if (f"{r.name} {r.shape}", r.dtype) in keep] for run in runs]
     results = median_run(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -242,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(args.out / "benchmarks.png", results)
     verdicts = [r.meets_targets for r in results if r.meets_targets is not None]
     print(TARGETS_TEXT)
+    for label, dtype in sorted(failed):
+        print(f"{label} {dtype}: failed (see the messages above), left out")
     print(
         f"{sum(verdicts)} of {len(verdicts)} rows with targets meet them; "
         f"{meta['seconds']:.0f} s; "
