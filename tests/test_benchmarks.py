@@ -346,3 +346,27 @@ def test_the_distributed_benchmark_reports_rates_per_worker(capsys):
     assert [row.split("|")[1].strip() for row in rows] == ["numpy", "1 worker", "2 workers"]
     assert rows[0].split("|")[4].strip() == "1.00"
     assert "target: at least 0.5x" in out
+
+
+def test_a_failing_case_is_reported_and_left_out(tmp_path, capsys, monkeypatch):
+    """A case whose operation raises is named with its error; the other rows are written."""
+    import benchmarks.__main__ as cli
+
+    def measure(case, dtype, precisions, **options):
+        if case.op == "layer_norm":
+            raise TypeError("broken")
+        return [_result(dtype, p, 1.0, 0.1) for p in precisions]
+
+    monkeypatch.setattr(cli, "measure", measure)
+    monkeypatch.setattr(cli, "copy_bandwidth", lambda: 1e9)
+    monkeypatch.setattr(cli, "plot", lambda path, results: None)
+    argv = ["--quick", "--ops", "layer_norm,rms_norm", "--dtypes", "float64", "--runs", "2"]
+    assert cli.main([*argv, "--frameworks", "torch", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "layer_norm (16, 128, 1024) float64 failed: TypeError('broken')" in captured.err
+    assert "layer_norm (16, 128, 1024) float64: failed" in captured.out
+    rows = json.loads((tmp_path / "benchmarks.json").read_text())["results"]
+    assert [(r["dtype"], r["precision"]) for r in rows] == [
+        ("float64", "native"),
+        ("float64", "highest"),
+    ]
