@@ -35,7 +35,7 @@ from benchmarks.report import (
     summary_markdown,
     write_json,
 )
-from benchmarks.run import Result, copy_bandwidth, measure, median_run
+from benchmarks.run import Result, measure, median_run
 from normref import compiled
 
 FRAMEWORKS = ("torch", "jax")
@@ -166,9 +166,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _meta(
-    args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int, bandwidth: float
-) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -> dict[str, Any]:
     threads: dict[str, Any] = {"numpy": 1, **_blas_threads()}
     if compiled.available():
         threads["normref fused"] = compiled.thread_count()
@@ -186,7 +184,6 @@ def _meta(
         "single_core": args.single_core,
         "device": args.device,
         "runs": args.runs,
-        "copy_bandwidth_gb_per_s": bandwidth / 1e9,
         "load_average_1min": {"start": args.load_at_start, "end": os.getloadavg()[0]},
         "threads": threads,
         "python": platform.python_version(),
@@ -218,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = _dtypes(args.dtypes) if args.dtypes else QUICK_DTYPES if args.quick else DTYPES
     plan = [(case, dtype) for case in cases for dtype in dtypes]
     started = time.perf_counter()
-    bandwidth = copy_bandwidth()
     runs: list[list[Result]] = []
     failed: set[tuple[str, str]] = set()
     print(header(), flush=True)
@@ -235,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
                     frameworks=frameworks,
                     repeats=repeats,
                     device=chosen_device,
-                    bandwidth=bandwidth if chosen_device.name == "cpu" else None,
                 )
             except Exception as error:  # noqa: BLE001 - one broken case must not end the run
                 print(f"{progress} {case.label} {dtype} failed: {error!r}", file=sys.stderr)
@@ -251,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     results = median_run(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
-        **_meta(args, frameworks, repeats, bandwidth),
+        **_meta(args, frameworks, repeats),
         "seconds": time.perf_counter() - started,
     }
     write_json(args.out / "benchmarks.json", results, meta)

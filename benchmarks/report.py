@@ -79,8 +79,8 @@ def row(result: Result) -> str:
 
 def markdown(results: Iterable[Result]) -> str:
     """The table in Markdown (times in ms, ratios and memory multiples as plain numbers;
-    memory is one call's temporaries, ``of copy bw`` the share of a copy's bandwidth the row
-    reaches moving the bytes it must)."""
+    memory is one call's temporaries, ``of copy bw`` the bytes the row must move per second
+    of its time over those of a copy of its input, timed alongside)."""
     names = [name for name, _ in COLUMNS]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in results]

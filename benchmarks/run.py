@@ -19,7 +19,6 @@ jax is left out there, and memory is not measured.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +59,10 @@ STREAMING_FAMILIES = ("standardization",)
 """Families whose rows report how close they come to the memory bandwidth
 (:attr:`Result.copy_share`): each must read its inputs and write its outputs at least."""
 
+COPY = "copy"
+"""The contender that copies an array of the primary input's size into another (NumPy,
+one thread), timed in the same rounds: the bytes per second the memory moves at that size."""
+
 
 def time_targets(op: str, kind: str) -> float:
     """The time target relative to torch for ``op`` computing in ``kind``."""
@@ -97,8 +100,9 @@ class Result:
     device: str = "cpu"
     copy_share: float | None = None
     """Bytes the step must move at least (its inputs read, its outputs written, forward
-    and backward) per second of normref's time, as a share of a measured copy's bytes per
-    second; ``None`` outside :data:`STREAMING_FAMILIES` or where not measured."""
+    and backward, :func:`minimum_bytes`) per second of normref's time, as a share of the bytes
+    per second (read and written) of copying the primary input, timed in the same rounds
+    (:data:`COPY`); ``None`` outside :data:`STREAMING_FAMILIES` or where not measured."""
 
     @property
     def name(self) -> str:
@@ -247,7 +251,8 @@ def contenders(
     device: Device = CPU,
 ) -> dict[str, Contender]:
     """normref in each of ``precisions`` (on ``device``) and each framework of ``frameworks``
-    with a counterpart (jax on the CPU only)."""
+    with a counterpart (jax on the CPU only); for :data:`STREAMING_FAMILIES` on the CPU, a
+    copy of an array of the primary input's size (:data:`COPY`)."""
     spec = case.spec
 
     def data() -> tuple[Sample, np.ndarray]:
@@ -280,6 +285,10 @@ def contenders(
         found["torch"] = _torch(spec, *data(), device)
     if "jax" in frameworks and spec.name in JAX and device.name == "cpu":
         found["jax"] = _jax(spec, *data())
+    if spec.family in STREAMING_FAMILIES and device.name == "cpu":
+        source = data()[1]
+        target = np.empty_like(source)
+        found[COPY] = Contender(lambda: np.copyto(target, source), lambda: None)
     return found
 
 
@@ -295,19 +304,6 @@ def minimum_bytes(case: Case, dtype: str) -> int:
     return (inputs + primary) + (primary + inputs + differentiable)
 
 
-def copy_bandwidth(nbytes: int = 1 << 26, repeats: int = 9) -> float:
-    """Bytes per second of NumPy copying an array of ``nbytes`` into another (read + write),
-    the best of ``repeats``: the memory bandwidth one thread reaches."""
-    source = np.ones(nbytes // 8)
-    target = np.empty_like(source)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - start)
-    return 2 * source.nbytes / best
-
-
 def measure(
     case: Case,
     dtype: str,
@@ -316,16 +312,14 @@ def measure(
     frameworks: tuple[str, ...] = ("torch", "jax"),
     repeats: int,
     device: Device = CPU,
-    bandwidth: float | None = None,
 ) -> list[Result]:
-    """One :class:`Result` per precision mode for ``case`` in ``dtype``; ``bandwidth`` (bytes
-    per second of a copy) gives the rows of :data:`STREAMING_FAMILIES` their
-    :attr:`Result.copy_share`."""
+    """One :class:`Result` per precision mode for ``case`` in ``dtype``."""
     found = contenders(case, dtype, precisions, frameworks, device)
     seconds = interleaved_minimum({k: c.step for k, c in found.items()}, repeats=repeats)
     input_bytes = np.dtype(dtype).itemsize * int(np.prod(case.shape))
-    streaming = bandwidth is not None and case.spec.family in STREAMING_FAMILIES
+    streaming = COPY in seconds
     moved = minimum_bytes(case, dtype) if streaming else 0
+    copy_rate = 2 * input_bytes / seconds[COPY] if streaming else 0.0
 
     def multiple(name: str) -> float | None:
         if name not in found:
@@ -334,7 +328,7 @@ def measure(
         return None if temporaries is None else temporaries / input_bytes
 
     def share(elapsed: float) -> float | None:
-        return moved / elapsed / bandwidth if streaming and bandwidth else None
+        return moved / elapsed / copy_rate if streaming else None
 
     framework_memory = {name: multiple(name) for name in ("torch", "jax")}
     return [
