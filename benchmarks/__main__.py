@@ -1,10 +1,13 @@
-"""``python -m benchmarks``: normref against torch and jax on the CPU, as ratios.
+"""``python -m benchmarks``: normref against torch and jax, as ratios, on the CPU or a GPU.
 
 Prints the table row by row as cases finish (progress on stderr), then
 writes ``benchmarks.json``, ``benchmarks.md``, ``summary.md`` (the main
 columns), ``families.md`` (a line per family) and ``benchmarks.png`` to
 ``--out``. ``--quick`` runs the smaller shapes in float32 with fewer rounds
-(under a minute); the full run takes a few minutes.
+(under a minute); the full run takes a few minutes. ``--runs 3`` repeats the
+whole run and reports each row from the run of its median ratio.
+``--device cuda`` times normref on CuPy against torch on CUDA (exit status 2
+without a usable GPU); ``--device cpu`` runs the same code on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import DTYPES, FAMILIES, PRECISIONS, QUICK_DTYPES, Case
+from benchmarks.devices import DEVICES, device
 from benchmarks.report import (
     TARGETS_TEXT,
     families_markdown,
@@ -31,7 +35,7 @@ from benchmarks.report import (
     summary_markdown,
     write_json,
 )
-from benchmarks.run import Result, measure
+from benchmarks.run import Result, measure, median_run
 from normref import compiled
 
 FRAMEWORKS = ("torch", "jax")
@@ -42,9 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small shapes, float32, 3 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     parser.add_argument("--ops", help="comma-separated registry names (default: every case)")
+    parser.add_argument(
+        "--dtypes", help="comma-separated: float32, float64 (default both; quick float32)"
+    )
     parser.add_argument("--repeats", type=int, help="interleaved rounds (default 7; quick 3)")
     parser.add_argument(
         "--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: torch, jax"
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: normref on CuPy against torch on CUDA (exit 2 without a GPU); "
+        "cpu (default): NumPy, torch and jax on the CPU",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="whole runs of every row; each row is reported from the run of its median ratio",
     )
     parser.add_argument(
         "--single-core",
@@ -102,6 +122,15 @@ def _cases(quick: bool, ops: str | None) -> list[Case]:
     return chosen
 
 
+def _dtypes(text: str) -> tuple[str, ...]:
+    chosen = tuple(text.split(","))
+    unknown = set(chosen) - set(DTYPES)
+    if unknown:
+        msg = f"--dtypes: unknown dtypes {sorted(unknown)}; choose from {DTYPES}"
+        raise SystemExit(msg)
+    return chosen
+
+
 def _available(frameworks: str) -> tuple[str, ...]:
     found = []
     for name in frameworks.split(","):
@@ -153,6 +182,8 @@ def _meta(args: argparse.Namespace, frameworks: tuple[str, ...], repeats: int) -
         "cpu_count": os.cpu_count(),
         "fused_path": compiled.available(),
         "single_core": args.single_core,
+        "device": args.device,
+        "runs": args.runs,
         "load_average_1min": {"start": args.load_at_start, "end": os.getloadavg()[0]},
         "threads": threads,
         "python": platform.python_version(),
@@ -181,27 +212,62 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     cases = _cases(args.quick, args.ops)
+    chosen_device = device(args.device)
     frameworks = _available(args.frameworks)
+    if chosen_device.name == "cuda":
+        frameworks = tuple(f for f in frameworks if f != "jax")
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
     repeats = args.repeats or (3 if args.quick else 7)
-    dtypes = QUICK_DTYPES if args.quick else DTYPES
+    dtypes = _dtypes(args.dtypes) if args.dtypes else QUICK_DTYPES if args.quick else DTYPES
     plan = [(case, dtype) for case in cases for dtype in dtypes]
     started = time.perf_counter()
-    results: list[Result] = []
+    runs: list[list[Result]] = []
+    failed: set[tuple[str, str]] = set()
     print(header(), flush=True)
-    for done, (case, dtype) in enumerate(plan):
-        print(f"[{done + 1}/{len(plan)}] {case.label} {dtype} ...", file=sys.stderr, flush=True)
-        for result in measure(case, dtype, PRECISIONS, frameworks=frameworks, repeats=repeats):
-            results.append(result)
-            print(row(result), flush=True)
+    for run in range(args.runs):
+        results: list[Result] = []
+        for done, (case, dtype) in enumerate(plan):
+            progress = f"[run {run + 1}/{args.runs}, {done + 1}/{len(plan)}]"
+            print(f"{progress} {case.label} {dtype} ...", file=sys.stderr, flush=True)
+            try:
+                measured = measure(
+                    case,
+                    dtype,
+                    PRECISIONS,
+                    frameworks=frameworks,
+                    repeats=repeats,
+                    device=chosen_device,
+                )
+            except Exception as error:  # noqa: BLE001 - one broken case must not end the run
+                print(f"{progress} {case.label} {dtype} failed: {error!r}", file=sys.stderr)
+                failed.add((case.label, dtype))
+                continue
+            for result in measured:
+                results.append(result)
+                print(row(result), flush=True)
+        runs.append(results)
+    if failed:  # rows of a case that failed in any run are left out of every run
+        keep = {(f"{r.name} {r.shape}", r.dtype) for r in runs[0]} - failed
+        runs = [[r for r in run if (f"{r.name} {r.shape}", r.dtype) in keep] for run in runs]
+    results = median_run(runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {**_meta(args, frameworks, repeats), "seconds": time.perf_counter() - started}
+    meta = {
+        **_meta(args, frameworks, repeats),
+        "seconds": time.perf_counter() - started,
+    }
     write_json(args.out / "benchmarks.json", results, meta)
     (args.out / "benchmarks.md").write_text(markdown(results))
     (args.out / "summary.md").write_text(summary_markdown(results))
     (args.out / "families.md").write_text(families_markdown(results))
-    plot(args.out / "benchmarks.png", results)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed: no benchmarks.png", file=sys.stderr)
+    else:
+        plot(args.out / "benchmarks.png", results)
     verdicts = [r.meets_targets for r in results if r.meets_targets is not None]
     print(TARGETS_TEXT)
+    for label, dtype in sorted(failed):
+        print(f"{label} {dtype}: failed (see the messages above), left out")
     print(
         f"{sum(verdicts)} of {len(verdicts)} rows with targets meet them; "
         f"{meta['seconds']:.0f} s; "

@@ -8,7 +8,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import MEMORY_TARGETS, TIME_TARGETS, Result, compute_kind
+from benchmarks.run import (
+    CUDA_TIME_TARGET,
+    FAMILY_TIME_TARGETS,
+    JAX_TIME_TARGET,
+    MEMORY_TARGETS,
+    TIME_TARGETS,
+    Result,
+    compute_kind,
+)
 from normref.registry import REGISTRY
 
 COLUMNS = (
@@ -26,6 +34,7 @@ COLUMNS = (
     ("mem generic", 12),
     ("mem torch", 10),
     ("mem jax", 8),
+    ("of copy bw", 10),
     ("targets", 7),
 )
 
@@ -61,6 +70,7 @@ def _cells(result: Result) -> list[str]:
         _times(result.ratio("jax")),
         _times(result.ratio("torch", mine="generic")),
         *(_times(result.memory[k]) for k in ("normref", "generic", "torch", "jax")),
+        _times(result.copy_share),
         targets_text(result),
     ]
 
@@ -78,7 +88,9 @@ def row(result: Result) -> str:
 
 
 def markdown(results: Iterable[Result]) -> str:
-    """The table in Markdown (times in ms, ratios and memory multiples as plain numbers)."""
+    """The table in Markdown (times in ms, ratios and memory multiples as plain numbers;
+    memory is one call's temporaries, ``of copy bw`` the bytes the row must move per second
+    of its time over those of a copy of its input, timed alongside)."""
     names = [name for name, _ in COLUMNS]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in results]
@@ -93,6 +105,7 @@ SUMMARY_COLUMNS = (
     "x torch",
     "x jax",
     "mem normref",
+    "of copy bw",
     "targets",
 )
 
@@ -133,7 +146,7 @@ def families_markdown(results: Sequence[Result]) -> str:
     """One line per registry family: ranges of normref's time ratios and float32 memory, targets.
 
     Each range runs over the family's rows (shapes, variants and both dtypes for
-    the ratios); memory is one call's peak as a multiple of a float32 input.
+    the ratios); memory is one call's temporaries as a multiple of a float32 input.
     """
     lines = ["| " + " | ".join(FAMILY_COLUMNS) + " |", "|" + "---|" * len(FAMILY_COLUMNS)]
     families = dict.fromkeys(REGISTRY[r.op].family for r in results)
@@ -163,14 +176,20 @@ def families_markdown(results: Sequence[Result]) -> str:
 
 
 TARGETS_TEXT = (
-    "targets: time at most {t_in}x torch and peak memory at most {m_in}x the input where normref "
-    "computes in the input dtype (precision='native', or float64 input); {t_64}x and {m_64}x "
-    "where it computes a narrower input in float64 (precision='highest')"
+    "targets: time at most {t_in}x torch (and {t_jax}x jax) and temporaries (peak minus "
+    "outputs) at most {m_in}x the input where normref computes in the input dtype "
+    "(precision='native', or float64 input); {t_64}x torch and {m_64}x where it computes a "
+    "narrower input in float64 (precision='highest'); whitening {w_in}x and {w_64}x torch; "
+    "on CUDA {t_cuda}x torch"
 ).format(
     t_in=TIME_TARGETS["input"],
+    t_jax=JAX_TIME_TARGET,
     m_in=MEMORY_TARGETS["input"],
     t_64=TIME_TARGETS["float64"],
     m_64=MEMORY_TARGETS["float64"],
+    w_in=FAMILY_TIME_TARGETS["whitening"]["input"],
+    w_64=FAMILY_TIME_TARGETS["whitening"]["float64"],
+    t_cuda=CUDA_TIME_TARGET,
 )
 
 
@@ -187,7 +206,13 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
         }
         for r in results
     ]
-    targets = {"time_vs_torch": TIME_TARGETS, "memory_multiple": MEMORY_TARGETS}
+    targets = {
+        "time_vs_torch": TIME_TARGETS,
+        "time_vs_torch_by_family": FAMILY_TIME_TARGETS,
+        "time_vs_jax_in_input_dtype": JAX_TIME_TARGET,
+        "time_vs_torch_cuda": CUDA_TIME_TARGET,
+        "temporaries_multiple": MEMORY_TARGETS,
+    }
     path.write_text(json.dumps({"meta": meta, "targets": targets, "results": rows}, indent=1))
 
 
@@ -258,7 +283,7 @@ def plot(path: Path, results: Sequence[Result]) -> None:
         if ran
         else "normref forward + backward time (no framework to compare with ran)"
     )
-    notes = ["CPU", "blue: native, orange: highest"]
+    notes = [results[0].device.upper() if results else "CPU", "blue: native, orange: highest"]
     if "torch" in ran:
         notes.append("red lines: the time targets")
     if any(r.compiled_path == "off" for r in results):

@@ -21,6 +21,7 @@ traceback is printed); 130 when stopped by Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -124,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run each framework layer compiled (torch.compile with dynamic=True, "
         "jax.jit), as implementations named '... (compiled)'; compile time is not counted",
+    )
+    run.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the torch adapter runs its layers: cuda checks torch's CUDA (and cuDNN) "
+        "kernels against the reference (computed on the host, or with --backend cupy on the "
+        "GPU); exits 2 without a GPU (default cpu)",
     )
     for flag in ("--json", "--markdown", "--html"):
         run.add_argument(flag, help=f"write the {flag[2:]} report to this file")
@@ -295,6 +304,24 @@ def _function_only(args: argparse.Namespace) -> None:
         raise UsageError(msg)
 
 
+def _device(args: argparse.Namespace, frameworks: list[str]) -> Any:
+    """The torch adapter's device for the run (a context manager); a usage error (exit 2)
+    where ``--device cuda`` names a run it cannot apply to or no GPU is usable, with the
+    reason."""
+    if args.device == "cpu":
+        return contextlib.nullcontext()
+    from conformance.adapters.torch import cuda_missing, on_device
+
+    if args.impl or frameworks != ["torch"]:
+        msg = "--device cuda runs the torch adapter: give --framework torch alone"
+        raise UsageError(msg)
+    reason = cuda_missing()
+    if reason is not None:
+        msg = f"--device cuda: no GPU to run on: {reason}"
+        raise UsageError(msg)
+    return on_device("cuda")
+
+
 def _run(args: argparse.Namespace) -> int:
     from conformance import api
     from conformance.adapters import get_adapter
@@ -323,6 +350,7 @@ def _run(args: argparse.Namespace) -> int:
                 msg = f"--replicas must be 2 or more, got {args.replicas}"
                 raise ValueError(msg)
         settings = _settings(args, ops=_names(args.ops), default_dtypes=api.DEFAULT_DTYPES)
+    device = _device(args, frameworks)
     try:
         with progress_bar() as progress:
             if args.impl:
@@ -338,18 +366,19 @@ def _run(args: argparse.Namespace) -> int:
                     progress=progress,
                 )
             else:
-                result = api.run(
-                    frameworks,
-                    ops=_names(args.ops),
-                    **settings,
-                    **isolation,
-                    case=args.case,
-                    seed=args.seed,
-                    thorough=args.thorough,
-                    compile=args.compile,
-                    replicas=args.replicas,
-                    progress=progress,
-                )
+                with device:
+                    result = api.run(
+                        frameworks,
+                        ops=_names(args.ops),
+                        **settings,
+                        **isolation,
+                        case=args.case,
+                        seed=args.seed,
+                        thorough=args.thorough,
+                        compile=args.compile,
+                        replicas=args.replicas,
+                        progress=progress,
+                    )
     except RunInterrupted as stopped:
         result = stopped.run
         print_report(result)

@@ -16,7 +16,7 @@ import pytest
 
 import normref
 from benchmarks.cases import Case
-from benchmarks.memory import traced_peak
+from benchmarks.memory import output_bytes, traced, traced_peak, traced_temporaries
 from benchmarks.run import MEMORY_TARGETS
 from normref import _fused
 from normref._lib import in_place as _in_place
@@ -131,6 +131,23 @@ MEMORY_CASES = [
         Case("adaptive_grad_clip", BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0})),
         id="agc",
     ),
+    pytest.param(
+        Case("batch_norm", BenchmarkInput((16, 32, 12, 12), "test", compiled=True)), id="batch-norm"
+    ),
+    pytest.param(
+        # large enough that the kernels' fixed scratch (cascade stacks of 64 chunks) is small
+        Case(
+            "group_norm", BenchmarkInput((8, 64, 28, 28), "test", {"num_groups": 8}, compiled=True)
+        ),
+        id="group-norm",
+    ),
+    pytest.param(
+        Case(
+            "weight_standardize",
+            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
+        ),
+        id="ws",
+    ),
     # few long rows: the parameters' partial sums of the fused path are held to x / 8 each
     pytest.param(
         Case("layer_norm", BenchmarkInput((16, 131072), "test", compiled=True)),
@@ -139,13 +156,26 @@ MEMORY_CASES = [
 ]
 
 
+MISSED_MEMORY_TARGETS = {
+    ("batch_whiten", "native"): "the canonical copy of x the operation works in is 1x the input",
+    ("batch_whiten", "highest"): "the float64 canonical copy of a float32 x is 2x the input",
+    ("adaptive_grad_clip", "highest"): "float64 copies of the gradient and the weight: 3.25x",
+}
+"""Rows that miss the temporaries' targets today (strict: a row that meets its target fails
+here until it is removed), with the reason; ``docs/performance.md`` has the figures."""
+
+
 @pytest.mark.parametrize("case", MEMORY_CASES)
 @pytest.mark.parametrize(("precision", "kind"), [("native", "input"), ("highest", "float64")])
-def test_peak_memory_meets_the_targets(case: Case, precision, kind):
-    """Forward and backward each hold at most 3x the input's size computing in float32 and 6x
-    computing it in float64 (outputs included), the benchmarks' targets."""
+def test_peak_memory_meets_the_targets(case: Case, precision, kind, request):
+    """Forward and backward each hold temporaries (their peak minus their outputs) of at most
+    0.5x the input's size computing in float32 and 2x computing it in float64, the
+    benchmarks' targets."""
     if (case.op == "scaled_weight_standardize" or case.fused) and not _fused.available():
         pytest.skip(f"{case.op} meets the memory targets on its fused path, which needs numba")
+    missed = MISSED_MEMORY_TARGETS.get((case.op, precision))
+    if missed is not None:
+        request.applymarker(pytest.mark.xfail(reason=missed, strict=True))
     spec = case.spec
     sample = case.sample("float32").replace(precision=precision)
     x = sample.args[spec.primary]
@@ -155,8 +185,27 @@ def test_peak_memory_meets_the_targets(case: Case, precision, kind):
         ("backward", lambda: spec.call_vjp(dy, sample)),
     ):
         call()  # untraced: a first call may compile the fused kernels, whose memory is not the op's
-        multiple = traced_peak(call) / x.nbytes
+        multiple = traced_temporaries(call) / x.nbytes
         assert multiple <= MEMORY_TARGETS[kind], f"{case.op} {what}: {multiple:.2f}x the input"
+
+
+def test_temporaries_are_the_peak_less_the_outputs():
+    """A call holding a scratch array of 3 MB while it makes two outputs of 1 MB each: a peak
+    of 5 MB (tracemalloc counts every NumPy buffer) of which 3 MB are temporaries."""
+    mb = 1 << 20
+
+    def call() -> tuple[np.ndarray, np.ndarray]:
+        first = np.ones(mb // 8)
+        scratch = np.ones(3 * mb // 8)
+        second = first + scratch[: mb // 8]
+        del scratch
+        return first, second
+
+    peak, outputs = traced(call)
+    assert outputs == 2 * mb
+    assert 5 * mb <= peak < 5 * mb + 64 * 1024
+    assert 3 * mb <= traced_temporaries(call) < 3 * mb + 64 * 1024
+    assert output_bytes((np.ones(3), None, [np.ones(2, np.float32)])) == 3 * 8 + 2 * 4
 
 
 def test_batch_whitening_needs_no_full_size_array_beyond_its_copies():

@@ -187,22 +187,29 @@ class NumpyKind(ArrayKind):
 
 
 class TorchKind(ArrayKind):
-    """torch tensors on the CPU; gradients by ``torch.autograd.grad``."""
+    """torch tensors on ``device`` (the CPU unless told); gradients by ``torch.autograd.grad``.
+
+    On ``"cuda"`` the case's values are rounded to the dtype on the host and moved, and
+    results come back to the host in float64: torch's CUDA kernels (cuDNN's among them)
+    are judged against the same reference as its CPU ones.
+    """
 
     name = "torch"
     dtypes = ("float16", "bfloat16", "float32", "float64")
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         try:
             import torch
         except ImportError as error:
             msg = "torch is not installed (pip install -e '.[torch]')"
             raise ArrayKindUnavailableError(msg) from error
         self.torch = torch
+        self.device = device
 
     def asarray(self, values: np.ndarray, dtype: str) -> Native:
         torch = self.torch
-        return torch.from_numpy(np.array(values, dtype=np.float64)).to(getattr(torch, dtype))
+        host = torch.from_numpy(np.array(values, dtype=np.float64)).to(getattr(torch, dtype))
+        return host if self.device == "cpu" else host.to(self.device)
 
     def to_numpy(self, array: Native) -> np.ndarray:
         return array.detach().to(self.torch.float64).cpu().numpy()
@@ -213,7 +220,7 @@ class TorchKind(ArrayKind):
         torch = self.torch
         leaves = [arrays[name].requires_grad_(True) for name in wrt]
         y, state = fn(arrays)
-        cotangent = torch.from_numpy(np.array(dy, dtype=np.float64)).to(y.dtype)
+        cotangent = torch.from_numpy(np.array(dy, dtype=np.float64)).to(y.dtype).to(y.device)
         grads = torch.autograd.grad(y, leaves, grad_outputs=cotangent, allow_unused=True)
         return y, state, dict(zip(wrt, grads, strict=True))
 

@@ -32,7 +32,9 @@ statistics' update is read back from the tensors the module updated in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from conformance.adapters.arrays import Evaluation, Native, TorchKind
@@ -63,6 +65,52 @@ def _torch() -> Any:
     import torch
 
     return torch
+
+
+DEVICES = ("cpu", "cuda")
+"""Where the torch adapter runs its layers (``run --device``)."""
+
+DEVICE_VARIABLE = "NORMREF_CONFORMANCE_TORCH_DEVICE"
+"""The environment variable naming the device (unset: the CPU): the suite's worker
+processes, started fresh (``spawn``), inherit it."""
+
+
+def device() -> str:
+    """The device the torch adapter computes on (:data:`DEVICE_VARIABLE`)."""
+    chosen = os.environ.get(DEVICE_VARIABLE, "cpu")
+    if chosen not in DEVICES:
+        msg = f"{DEVICE_VARIABLE} must be one of {DEVICES}, got {chosen!r}"
+        raise ValueError(msg)
+    return chosen
+
+
+def cuda_missing() -> str | None:
+    """Why torch cannot run on a CUDA GPU here, or ``None`` where it can."""
+    try:
+        torch = _torch()
+    except ImportError:
+        return "torch is not installed (pip install -e '.[torch]')"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} finds no CUDA device"
+    return None
+
+
+@contextlib.contextmanager
+def on_device(chosen: str) -> Iterator[None]:
+    """Within the block, the torch adapter computes on ``chosen`` (``"cpu"`` or ``"cuda"``), in
+    this process and in the workers it starts."""
+    if chosen not in DEVICES:
+        msg = f"device must be one of {DEVICES}, got {chosen!r}"
+        raise ValueError(msg)
+    before = os.environ.get(DEVICE_VARIABLE)
+    os.environ[DEVICE_VARIABLE] = chosen
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[DEVICE_VARIABLE]
+        else:
+            os.environ[DEVICE_VARIABLE] = before
 
 
 def eps_keyword(prepared: Prepared) -> dict[str, float]:
@@ -436,7 +484,7 @@ def torch_run(call: Call) -> Callable[[Prepared, Model, bool], Evaluation]:
                 result = compute(arrays)
                 return result if isinstance(result, tuple) else (result, {})
 
-            return evaluate_on(TorchKind(), prepared, fn, backward=backward)
+            return evaluate_on(TorchKind(device()), prepared, fn, backward=backward)
         except Exception as error:
             reason = lacks(error)
             if reason is None:

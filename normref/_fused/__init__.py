@@ -51,10 +51,12 @@ import os
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import array_api_compat
 
+from normref._fused import cuda
+from normref._fused.factors import Layer, forward_factor, vjp_factors
 from normref._fused.layout import GROUP_INNER, INNER, Layout, fit
 from normref._fused.threads import run_chunks
 from normref._lib.namespace import (
@@ -66,43 +68,8 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref._lib.scaling import exponent_range
-from normref.ops.base import GroupOp
-from normref.ops.standardization import (
-    RMS_SCALE,
-    STANDARDIZE,
-    divisor,
-    eps_magnitude,
-    nonzero_divisor,
-    scaled_divisors,
-    scaled_eps,
-    variance_term,
-)
-from normref.partition import Partition
+from normref.ops.standardization import RMS_SCALE, STANDARDIZE, eps_magnitude
 from normref.types import Precision
-
-
-class Layer(Protocol):
-    """What this path reads of a layer (:class:`normref.layers.compose.Layer`)."""
-
-    @property
-    def partition(self) -> Partition:
-        """Which elements share statistics."""
-
-    @property
-    def op(self) -> GroupOp:
-        """The operation on each group."""
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The operation's parameters (``eps``, ``eps_mode``, ``correction``)."""
-
-    @property
-    def param_axes(self) -> tuple[int, ...]:
-        """The axes of ``x`` the affine parameters span."""
-
-    @property
-    def affine_scale(self) -> float:
-        """A constant factor of ``gamma``."""
 
 
 class Grads(NamedTuple):
@@ -190,6 +157,11 @@ def available() -> bool:
     return _kernels() is not None
 
 
+def on_gpu(xp: Namespace) -> bool:
+    """Whether ``xp`` is CuPy's namespace: the CUDA kernels (:mod:`normref._fused.cuda`) run."""
+    return bool(array_api_compat.is_cupy_namespace(xp))
+
+
 def _layout(
     layer: Layer,
     xp: Namespace,
@@ -202,18 +174,21 @@ def _layout(
     """The kernels' layout for this call, or ``None`` where the generic path must run."""
     if not (_enabled.get() and isinstance(precision, str) and precision in PRECISIONS):
         return None
-    if layer.op.name not in _CENTRED or not array_api_compat.is_numpy_namespace(xp):
+    gpu = on_gpu(xp)
+    if layer.op.name not in _CENTRED or not (gpu or array_api_compat.is_numpy_namespace(xp)):
         return None
     arrays = [a for a in (x, gamma, beta, dy) if a is not None]
     if x.dtype not in (xp.float32, xp.float64) or any(
-        type(a) is not xp.ndarray or a.dtype != x.dtype for a in arrays
+        type(a) is not type(x) or a.dtype != x.dtype for a in arrays
     ):
         return None
     if not (x.flags.c_contiguous and (dy is None or dy.flags.c_contiguous)):
         return None
     with_params = gamma is not None or beta is not None
     layout = fit(layer.partition, layer.param_axes if with_params else ())
-    if layout is None or not available():
+    if layout is None or gpu:
+        return layout
+    if not (type(x) is xp.ndarray and available()):
         return None
     interleaved = layout.shape[INNER] == 1 and layout.shape[GROUP_INNER] >= MAX_INTERLEAVED_GROUPS
     if interleaved and compute_dtype(xp, x.dtype, precision) == x.dtype:
@@ -246,12 +221,6 @@ def _chunks(layout: Layout, param_size: int = 1) -> int:
     return min(layout.groups, MAX_CHUNKS, by_memory)
 
 
-def _variance(layer: Layer, m2: Array, n: int) -> tuple[Array, int]:
-    """The variance (or mean square) from the sum of squares, and the count it divides by."""
-    count = n - layer.params.get("correction", 0)
-    return m2 / count, count
-
-
 def _scaling(layer: Layer, xp: Namespace, dtype: Any) -> tuple[float, tuple[int, int]]:
     """The floor under each group's magnitude (the scale of ``eps``) and the range of the
     scales' exponents, as the kernels take them."""
@@ -271,9 +240,21 @@ def forward(
     layout = _layout(layer, xp, precision, x, gamma, beta)
     if layout is None:
         return None
-    kernels = _kernels()
-    assert kernels is not None  # _layout gives a layout only where available()
     dtype = compute_dtype(xp, x.dtype, precision)
+    if on_gpu(xp):
+        return cuda.forward(
+            layer,
+            xp,
+            x,
+            gamma,
+            beta,
+            layout=layout,
+            dtype=dtype,
+            out_dtype=output_dtype(xp, precision, x, gamma, beta),
+            centred=_CENTRED[layer.op.name],
+        )
+    kernels = _kernels()
+    assert kernels is not None  # _layout gives a NumPy layout only where available()
     groups, chunks = layout.groups, _chunks(layout)
     x5 = xp.reshape(x, layout.shape)
     scale, mean, m2 = (xp.zeros((groups,), dtype=dtype) for _ in range(3))
@@ -290,11 +271,7 @@ def forward(
         m2,
         stack,
     )
-    v, _ = _variance(layer, m2, layer.partition.M)
-    eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
-    # the divisor of the scaled values alone: a constant group's centred values are 0, and
-    # any divisor but 0 gives it beta (scaled_divisors' care of s(0) is for the backward)
-    s = divisor(xp, v, eps=scaled_eps(eps, eps_mode, scale), eps_mode=eps_mode)
+    inv_s = forward_factor(layer, xp, scale, m2, layer.partition.M)
     y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
     size = _param_size(layer, x, gamma is not None or beta is not None)
     run_chunks(
@@ -304,7 +281,7 @@ def forward(
         x5,
         scale,
         mean,
-        1.0 / nonzero_divisor(xp, s),
+        inv_s,
         _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
@@ -327,10 +304,14 @@ def vjp(
     layout = _layout(layer, xp, precision, x, gamma, beta, dy)
     if layout is None:
         return None
-    kernels = _kernels()
-    assert kernels is not None  # _layout gives a layout only where available()
     dtype = compute_dtype(xp, x.dtype, precision)
     centred = _CENTRED[layer.op.name]
+    if on_gpu(xp):
+        return Grads(
+            *cuda.vjp(layer, xp, dy, x, gamma, beta, layout=layout, dtype=dtype, centred=centred)
+        )
+    kernels = _kernels()
+    assert kernels is not None  # _layout gives a NumPy layout only where available()
     size = _param_size(layer, x, gamma is not None or beta is not None)
     groups, chunks = layout.groups, _chunks(layout, size)
     n = layer.partition.M
@@ -353,20 +334,7 @@ def vjp(
         dyh_centred,
         stack,
     )
-    eps, eps_mode = layer.params["eps"], layer.params["eps_mode"]
-    v, count = _variance(layer, m2, n)
-    s, inverse = scaled_divisors(xp, v, scale, eps=eps, eps_mode=eps_mode)
-    inv_s = 1.0 / nonzero_divisor(xp, s)
-    k = variance_term(
-        xp,
-        v,
-        s,
-        dyh_centred * inv_s,
-        count=count,
-        eps=scaled_eps(eps, eps_mode, scale),
-        eps_mode=eps_mode,
-    )
-    dyh_mean = dyh / n if centred else xp.zeros_like(dyh)
+    factors = vjp_factors(layer, xp, scale, m2, dyh, dyh_centred, n, centred=centred)
     d_gamma = xp.zeros((chunks, size), dtype=dtype)
     d_beta = xp.zeros((chunks, size), dtype=dtype)
     dx = xp.empty(x.shape, dtype=x.dtype)
@@ -378,10 +346,7 @@ def vjp(
         *inputs,
         scale,
         mean,
-        inv_s,
-        inverse,
-        k * inv_s,  # dx = (P(dyh) + y K) / s, with y = d inv_s
-        dyh_mean,
+        *factors,
         dx5,
         d_gamma,
         d_beta,
