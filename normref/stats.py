@@ -120,7 +120,25 @@ def mean_and_variance(
 ) -> tuple[Array, Array]:
     r"""Mean and variance :math:`m_2/(n - c)` of ``x`` over ``axis``, as :func:`moments` and
     :func:`variance` give them, but finite wherever the variance is: :math:`m_2 = n v` may
-    overflow where :math:`v` does not."""
+    overflow where :math:`v` does not.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normref
+    >>> x = np.array([1.0, 2.0, 4.0, 7.0])
+    >>> mean, var = normref.stats.mean_and_variance(x, 0)
+    >>> print(float(mean), float(var), float(np.var(x)))
+    3.5 5.25 5.25
+    >>> mean, var = normref.stats.mean_and_variance(x * 4e153, 0)  # 4 var exceeds float64's range
+    >>> print(bool(np.isfinite(var)), bool(np.isclose(var / 4e153 / 4e153, 5.25, rtol=1e-15)))
+    True True
+
+    References
+    ----------
+    - Chan, T. F., Golub, G. H. and LeVeque, R. J. (1983). Algorithms for computing the
+      sample variance: analysis and recommendations. The American Statistician 37(3).
+    """
     xp = namespace_of(x=x)
     axes = _statistic_axes(x, axis)
     c = check_correction(correction)
@@ -319,7 +337,18 @@ def running_update(
 
 def check_running_count(convention: Convention | str, count: object) -> int:
     """``count``, the values behind each batch statistic, as an integer: at least 2 where
-    ``convention`` keeps an unbiased running variance (a lone value has none)."""
+    ``convention`` keeps an unbiased running variance (a lone value has none).
+
+    Examples
+    --------
+    >>> import normref
+    >>> normref.stats.check_running_count("torch", 8)
+    8
+    >>> normref.stats.check_running_count("torch", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: convention 'torch' keeps an unbiased running variance, which needs count >= 2 values per statistic, got count=1
+    """
     conv = get_convention(convention)
     n = check_int(count, name="count", minimum=0)
     if conv.running_var_correction == 1 and n < 2:
