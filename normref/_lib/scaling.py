@@ -75,7 +75,8 @@ def finite_group_scale(
     """:func:`group_scale` of the finite values of ``x`` alone: a NaN or an infinity stays
     itself once scaled, and reaches only the sums that hold it, where one power of two serves
     sums over parts of the group (a window, or several kinds of groups)."""
-    return group_scale(xp, xp.where(xp.isfinite(x), x, xp.zeros_like(x)), axes, floor=floor)
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    return group_scale(xp, xp.where(xp.isfinite(x), x, zero), axes, floor=floor)
 
 
 def scaled_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
@@ -85,12 +86,20 @@ def scaled_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
     return xp.mean(x * scale, axis=axes, keepdims=True) / scale
 
 
+def power_of_two_factors(xp: Namespace, exponent: Array, dtype: object) -> tuple[Array, Array]:
+    """Two powers of two (arrays of ``exponent``'s shape) whose product is ``2**exponent`` for
+    an integer-valued ``exponent`` array: multiplying a value of ``dtype`` by one, then the
+    other, overflows or underflows only where the product does (:func:`times_power_of_two`)."""
+    info = xp.finfo(dtype)
+    top = float(math.frexp(float(info.max))[1] - 1)
+    half = xp.clip(xp.floor(exponent / 2), min=-top - 64, max=top)
+    rest = xp.clip(exponent - half, min=-top - 64, max=top)
+    return 2.0**half, 2.0**rest
+
+
 def times_power_of_two(xp: Namespace, m: Array, exponent: Array) -> Array:
     """``m * 2**exponent`` for an integer-valued ``exponent`` array, in two steps: no power of
     two overflows or underflows where the product does not (``exponent`` may lie beyond the
     dtype's range, so that ``(m, exponent)`` holds a value that ``m`` alone cannot)."""
-    info = xp.finfo(m.dtype)
-    top = float(math.frexp(float(info.max))[1] - 1)
-    half = xp.clip(xp.floor(exponent / 2), min=-top - 64, max=top)
-    rest = xp.clip(exponent - half, min=-top - 64, max=top)
-    return (m * 2.0**half) * 2.0**rest
+    first, second = power_of_two_factors(xp, exponent, m.dtype)
+    return (m * first) * second

@@ -58,7 +58,7 @@ from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref._lib.scaling import finite_group_scale, times_power_of_two
+from normref._lib.scaling import finite_group_scale, power_of_two_factors, times_power_of_two
 from normref.ops.base import XGrad
 from normref.types import Precision
 
@@ -73,8 +73,11 @@ def window_extents(size: int, window: str) -> tuple[int, int]:
     return (size - 1) // 2, size // 2
 
 
-def _window_sums(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
-    """``sum(a[c - before : c + after + 1])`` along ``axis`` for every ``c``, zero-padded.
+def _window_sums(
+    xp: Any, a: Array, axis: int, before: int, after: int, *, squares: bool = False
+) -> Array:
+    """``sum(a[c - before : c + after + 1])`` along ``axis`` for every ``c``, zero-padded (of
+    ``a * a`` where ``squares``): an array of its own, which the caller may update in place.
 
     The padded array's slices are added in order, from the window's first channel to its
     last (a slice, not an assignment: jax and Dask arrays are not written in place).
@@ -85,13 +88,20 @@ def _window_sums(xp: Any, a: Array, axis: int, before: int, after: int) -> Array
         shape = tuple(count if i == axis else s for i, s in enumerate(a.shape))
         return xp.zeros(shape, dtype=a.dtype, device=device(a))
 
-    padded = xp.concat([zeros(before), a, zeros(after)], axis=axis)
-    total = None
-    for offset in range(before + after + 1):
+    def channels_from(offset: int) -> Array:
         index = tuple(
             slice(offset, offset + channels) if i == axis else slice(None) for i in range(a.ndim)
         )
-        total = padded[index] if total is None else total + padded[index]
+        return padded[index]
+
+    padded = xp.concat([zeros(before), a, zeros(after)], axis=axis)
+    if squares:
+        padded *= padded  # in place: the padded copy is this function's own array
+    if before + after == 0:
+        return padded
+    total = channels_from(0) + channels_from(1)
+    for offset in range(2, before + after + 1):
+        total += channels_from(offset)
     return total
 
 
@@ -161,22 +171,24 @@ def _scaled(
     alpha_mantissa, alpha_exp = math.frexp(alpha)
     k_mantissa, k_exp = math.frexp(k)
     before, after = window_extents(size, window)
-    sums = (alpha_mantissa / size) * _window_sums(xp, values * values, channel, before, after)
+    sums = _window_sums(xp, values, channel, before, after, squares=True)
+    sums *= alpha_mantissa / size
     # alpha sum(x^2) / n = sums 2^E: E is the same for every channel of a position
     big = alpha_exp + 2.0 * shift
     # D itself where both its terms are far from overflow and underflow, else D / 2^F
     top = float(math.frexp(float(xp.finfo(x.dtype).max))[1] // 2 - 2)
     moderate = (xp.abs(big) <= top) & (abs(k_exp) <= top)
     exponent = xp.where(moderate, xp.zeros_like(big), xp.maximum(big, float(k_exp)))
-    mantissas = times_power_of_two(xp, sums, big - exponent) + times_power_of_two(
-        xp, xp.full_like(exponent, k_mantissa), k_exp - exponent
-    )
+    # in place: the window sums are this function's own array
+    for factor in power_of_two_factors(xp, big - exponent, sums.dtype):
+        sums *= factor
+    sums += times_power_of_two(xp, xp.full_like(exponent, k_mantissa), k_exp - exponent)
     high, low = _split(beta)
     whole = xp.floor(high * exponent)
     return _Scaled(
         values,
         shift,
-        mantissas,
+        sums,
         exponent,
         whole,
         2.0 ** (-((high * exponent - whole) + low * exponent)),
@@ -237,9 +249,10 @@ def local_response_norm(
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
     dtype = compute_dtype(xp, x.dtype, precision)
     found = _scaled(xp, to_dtype(xp, x, dtype), size, channel, alpha, beta, k, window)
-    # y = X u^-beta 2^-r 2^(e - q)
-    y = found.values * xp.pow(found.mantissas, -beta) * found.fraction
-    y = times_power_of_two(xp, y, found.shift - found.whole)
+    # y = X u^-beta 2^-r 2^(e - q), in place: u^-beta is this function's own array
+    y = xp.pow(found.mantissas, -beta)
+    y *= found.values
+    y = _times_factors(xp, y, found.fraction, found.shift - found.whole)
     return to_dtype(xp, y, output_dtype(xp, precision, x))
 
 
@@ -288,11 +301,27 @@ def local_response_norm_vjp(
     dy_c = to_dtype(xp, dy, dtype)
     powered = xp.pow(found.mantissas, -beta)  # u^-beta
     before, after = window_extents(size, window)
-    through = _window_sums(
-        xp, dy_c * found.values * (powered / found.mantissas), channel, after, before
-    )
+    # in place from here: powered, values and the window sums are this function's own arrays
+    each = dy_c * found.values
+    each *= powered / found.mantissas
+    through = _window_sums(xp, each, channel, after, before)
     # alpha x_j x_c D^(-beta-1) = m X_j X_c u^(-beta-1) 2^(E - F) 2^-r 2^-q
-    through = times_power_of_two(xp, through, found.alpha_exponent - found.exponent)
-    dx = dy_c * powered - (2.0 * found.alpha_mantissa * beta / size) * found.values * through
-    dx = times_power_of_two(xp, dx * found.fraction, -found.whole)
+    for factor in power_of_two_factors(xp, found.alpha_exponent - found.exponent, through.dtype):
+        through *= factor
+    dx = powered
+    dx *= dy_c
+    values = found.values
+    values *= 2.0 * found.alpha_mantissa * beta / size
+    values *= through
+    dx -= values
+    dx = _times_factors(xp, dx, found.fraction, -found.whole)
     return XGrad(to_dtype(xp, dx, x.dtype))
+
+
+def _times_factors(xp: Any, a: Array, fraction: Array, exponent: Array) -> Array:
+    """``a * fraction * 2**exponent`` (:func:`power_of_two_factors`), in place where the
+    library writes arrays in place: ``a`` is the caller's own array."""
+    a *= fraction
+    for factor in power_of_two_factors(xp, exponent, a.dtype):
+        a *= factor
+    return a
