@@ -372,15 +372,14 @@ def _judged(row: Row, hypothesis: Hypothesis) -> tuple[float, str | None]:
     used = max((float("inf") if c.problem else c.used for c in checks), default=0.0)
     if used > 1.0 and set(hypothesis.changed) & set(ARITHMETIC_FIELDS):
         dtype = row.prepared.dtype
-        held, note = arithmetic_accounts(
-            row, model, arithmetic_of(model, dtype), model.convention, dtype
-        )
+        arithmetic = arithmetic_of(model, dtype)
+        held, note = arithmetic_accounts(row, model, arithmetic, model.convention, dtype)
         if held:
             return 0.0, note
-        if overflows_everywhere(row, arithmetic_of(model, dtype).dtype):
+        if overflows_everywhere(row, arithmetic.dtype):
             return 0.0, (
-                f"every group's squares exceed {arithmetic_of(model, dtype).dtype}'s largest "
-                "value: that arithmetic is undefined there, no evidence either way"
+                f"every group's squares exceed {arithmetic.dtype}'s largest value: that "
+                "arithmetic is undefined there, no evidence either way"
             )
     return used, None
 

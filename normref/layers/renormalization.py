@@ -64,11 +64,12 @@ from normref.layers.standardization import (
     batch_norm_vjp,
     batch_running_update,
     check_running_stats,
+    check_training_step,
 )
 from normref.ops.base import check_group_size
-from normref.ops.standardization import STANDARDIZE, divisor, group_count, scaled_statistics
+from normref.ops.standardization import STANDARDIZE, divisor, scaled_statistics
 from normref.partition import batch_partition
-from normref.stats import RunningStats, batch_weight, check_running_count
+from normref.stats import RunningStats
 from normref.types import Precision
 
 
@@ -360,10 +361,15 @@ def batch_renorm_train_vjp(
     - Ioffe, S. (2017). Batch renormalization: towards reducing minibatch dependence in
       batch-normalized models. NeurIPS. https://arxiv.org/abs/1702.03275
     """
-    batch_weight(momentum, convention, num_batches_tracked)
-    check_running_stats(x, running_mean, running_var, axis)
-    channel = normalize_axis(axis, x.ndim)
-    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
+    check_training_step(
+        x,
+        running_mean,
+        running_var,
+        axis=axis,
+        momentum=momentum,
+        convention=convention,
+        num_batches_tracked=num_batches_tracked,
+    )
     return batch_renorm_vjp(
         dy,
         x,

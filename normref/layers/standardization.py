@@ -983,6 +983,25 @@ def check_running_stats(x: Array, running_mean: Array, running_var: Array, axis:
     check_param(running_var, x.shape, channel, name="running_var")
 
 
+def check_training_step(
+    x: Array,
+    running_mean: Array,
+    running_var: Array,
+    *,
+    axis: int,
+    momentum: float | None,
+    convention: Convention | str,
+    num_batches_tracked: int | None,
+) -> None:
+    """What a training step's running update refuses, checked where only the VJP of its output
+    is taken: the running statistics, the momentum, and the values per channel the
+    convention's running variance needs (:func:`normref.stats.check_running_count`)."""
+    check_running_stats(x, running_mean, running_var, axis)
+    batch_weight(momentum, convention, num_batches_tracked)
+    channel = normalize_axis(axis, x.ndim)
+    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
+
+
 def batch_norm_train(
     x: Array,
     running_mean: Array,
@@ -1123,10 +1142,15 @@ def batch_norm_train_vjp(
       training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     namespace_of(dy=dy)
-    check_running_stats(x, running_mean, running_var, axis)
-    batch_weight(momentum, convention, num_batches_tracked)
-    channel = normalize_axis(axis, x.ndim)
-    check_running_count(convention, group_count(x, tuple(a for a in range(x.ndim) if a != channel)))
+    check_training_step(
+        x,
+        running_mean,
+        running_var,
+        axis=axis,
+        momentum=momentum,
+        convention=convention,
+        num_batches_tracked=num_batches_tracked,
+    )
     return batch_norm_vjp(
         dy,
         x,
