@@ -198,6 +198,63 @@ def test_native_float32_fused_is_as_accurate_as_generic(name, make):
         )
 
 
+# The centring (mean-only batch norm, gradient centralization): groups longer than a piece
+# (batch norm's channels), units of a weight's fan-in, and more units than MAX_CHUNKS.
+CENTRING_CASES = [
+    pytest.param(
+        "mean_only_batch_norm", _registry_sample("mean_only_batch_norm", (4, 3, 20, 20)), id="mobn"
+    ),
+    pytest.param(
+        "gradient_centralize",
+        _registry_sample("gradient_centralize", (3 * MAX_CHUNKS + 1, 5, 3, 3), out_axis=0),
+        id="gradient_centralize",
+    ),
+]
+
+
+CENTRING_PRECISIONS = [
+    pytest.param("float64", "highest", FLOAT64_RTOL, None, id="float64"),
+    pytest.param("float32", "highest", FLOAT64_RTOL, "float32", id="float32-highest"),
+    pytest.param("float32", "native", NATIVE_FLOAT32_RTOL, None, id="float32-native"),
+]
+
+
+def compare_centring_paths(name, make, dtype, precision, rtol, ulps_of):
+    """``y = x - mean + beta`` and ``dx = dy - mean(dy)``, ``d_beta = sum dy``, on both paths.
+
+    Each result is within ``rtol`` of the sizes of its terms: ``max |x| + max |beta|`` for
+    ``y``, ``max |dy|`` for ``dx``, ``sum |dy|`` for ``beta``'s gradient (float64: the two
+    paths' sums in other orders; float32 in ``"highest"``: both round those once, so an ulp
+    more; float32 in ``"native"``: each path's float32 sums, as for the layers above).
+    """
+    spec = REGISTRY[name]
+    sample = _as(make(0), dtype, precision=precision)
+    primary = spec.differentiable[0]
+    x = sample.args[primary]
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    beta = sample.args.get("beta")
+    beta_max = 0.0 if beta is None else float(np.max(np.abs(beta)))
+    scales = {
+        "y": float(np.max(np.abs(x))) + beta_max,
+        primary: float(np.max(np.abs(dy))),
+        "beta": float(np.sum(np.abs(dy), dtype=np.float64)),
+    }
+    _compare(
+        spec,
+        *_both_paths(spec, sample, dy),
+        scales,
+        rtol=rtol,
+        ulps_of=ulps_of,
+        what=f"{name} {dtype} {precision}",
+    )
+
+
+@pytest.mark.parametrize(("name", "make"), CENTRING_CASES)
+@pytest.mark.parametrize(("dtype", "precision", "rtol", "ulps_of"), CENTRING_PRECISIONS)
+def test_the_centring_fused_matches_generic(name, make, dtype, precision, rtol, ulps_of):
+    compare_centring_paths(name, make, dtype, precision, rtol, ulps_of)
+
+
 def _scaled_ws_scales(sample: Sample, dy: np.ndarray) -> dict[str, float]:
     """Float64 sizes of Scaled WS's terms, as :func:`_term_scales` for a layer.
 
@@ -244,6 +301,57 @@ def test_scaled_ws_fused_matches_generic(with_gain, dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("eps_mode", EPS_MODES)
+@pytest.mark.parametrize(
+    ("op", "correction"), [("standardize", 0), ("standardize", 1), ("rms_scale", 0)]
+)
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+def test_the_kernels_factors_are_the_array_formulas_bit_for_bit(
+    dtype, eps_mode, op, correction, eps
+):
+    """The kernels form each group's factors one group at a time
+    (``kernels.forward_factor``, ``kernels.vjp_factors``); the CUDA path and the generic
+    path's own formulas form them on arrays (``_fused.factors``). Both give the same bits,
+    in the compute dtype, for sums of squares of 0, tiny, ordinary, huge, infinite and NaN,
+    powers of two across the range, and both signs of the cotangent sums."""
+    from normref._fused import factors
+
+    real = np.dtype(dtype).type
+    squares = np.array([0.0, 1e-30, 0.5, 3.0, 7.25, 1e20, np.inf, np.nan], dtype=dtype)
+    scales = np.array([1.0, 2.0**-40, 2.0**30, 0.5], dtype=dtype)
+    squares, scales = (a.ravel() for a in np.meshgrid(squares, scales))
+    rng = np.random.default_rng(7)
+    dyh = rng.standard_normal(squares.shape).astype(dtype)
+    dyh_centred = rng.standard_normal(squares.shape).astype(dtype)
+    n = 12
+    params = {"eps": eps, "eps_mode": eps_mode}
+    if op == "standardize":
+        params["correction"] = correction
+    layer = type("Layer", (), {"params": params, "op": type("Op", (), {"name": op})})()
+    centred = op == "standardize"
+    mode = EPS_MODES.index(eps_mode)
+    count = float(n - correction)
+    with np.errstate(all="ignore"):  # infinite and NaN sums make inf / inf
+        expected_forward = factors.forward_factor(layer, np, scales, squares, n)
+        expected_vjp = factors.vjp_factors(
+            layer, np, scales, squares, dyh, dyh_centred, n, centred=centred
+        )
+        forward = [
+            kernels.forward_factor(q, c, count, eps, mode, True, real(1))
+            for q, c in zip(squares, scales, strict=True)
+        ]
+        vjp = [
+            kernels.vjp_factors(q, c, h, hd, count, eps, mode, centred, real(n), real(1))
+            for q, c, h, hd in zip(squares, scales, dyh, dyh_centred, strict=True)
+        ]
+    np.testing.assert_array_equal(np.array(forward, dtype=dtype), expected_forward)
+    for name, column in zip(expected_vjp._fields, zip(*vjp, strict=True), strict=True):
+        np.testing.assert_array_equal(
+            np.array(column, dtype=dtype), getattr(expected_vjp, name), err_msg=name
+        )
+
+
 def test_pairwise_sums_keep_a_long_group_accurate():
     """One group of 2**20 float32 values near 1 with std 1e-3.
 
@@ -278,6 +386,32 @@ def test_fused_gradients_satisfy_the_adjoint_identity(name, make):
     # as in tests/test_gradients.py: float64 rounding of the terms plus the FD error bound
     bound = 1e-9 * math.fsum(np.abs(terms)) + math.fsum(np.ravel(jv_error * np.abs(u)))
     assert abs(gap) <= bound, f"{name}: <Jv,u> - <v,J^T u> = {gap:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm", "batch_norm"])
+def test_a_nan_stays_in_its_group_as_on_the_generic_path(name):
+    """A NaN makes its group's outputs and ``dx`` NaN, and the gradients of ``gamma`` NaN where
+    they sum over it; ``beta``'s gradient (a sum of ``dy`` alone) and every other group stay
+    finite: the same elements as the generic path's, and the same values to float64 rounding."""
+    spec = REGISTRY[name]
+    shapes = {"layer_norm": (6, 40), "group_norm": (3, 8, 5, 5), "batch_norm": (4, 3, 5, 5)}
+    sample = _as(_registry_sample(name, shapes[name])(0), "float64")
+    x = sample.args["x"].copy()
+    x.flat[7] = np.nan
+    sample = sample.replace(x=x)
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    (y_f, grads_f), (y_g, grads_g) = _both_paths(spec, sample, dy)
+    for a, b, label in [(y_f, y_g, "y"), *zip(grads_f, grads_g, grads_f._fields, strict=True)]:
+        if a is None:
+            continue
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=label)
+        finite = ~np.isnan(b)
+        if not finite.any():  # layer norm: the NaN row adds to every parameter's gradient
+            continue
+        assert_close_to_scale(
+            a[finite], b[finite], 1.0 + np.max(np.abs(b[finite])), rtol=1e-12, what=label
+        )
+    assert np.all(np.isfinite(grads_f.beta))
 
 
 def test_more_groups_than_chunks_are_all_computed():
@@ -360,6 +494,19 @@ def test_numpy_layers_take_the_fused_path(kernel_calls, precision, dtype):
 
 
 @pytest.mark.parametrize("precision", ["highest", "native"])
+def test_the_centring_takes_the_fused_path(kernel_calls, precision):
+    """Mean-only batch norm and gradient centralization: the forward's kernels, forward and
+    backward (the centring's VJP is the centring of ``dy``)."""
+    x, _, dy = _bn_inputs()
+    beta = np.zeros(3, dtype=np.float32)
+    normref.mean_only_batch_norm(x, beta, precision=precision)
+    normref.mean_only_batch_norm_vjp(dy, x, beta, precision=precision)
+    normref.gradient_centralize(x, precision=precision)
+    normref.gradient_centralize_vjp(dy, x, precision=precision)
+    assert kernel_calls == ["normalize"] * 4
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
 def test_scaled_ws_of_a_float32_weight_takes_the_fused_path(kernel_calls, precision):
     """Its constant factor is applied by the kernels, not to a float64 copy of the weight."""
     w = np.random.default_rng(7).standard_normal((8, 4, 3, 3)).astype(np.float32)
@@ -382,7 +529,8 @@ def test_a_modelled_convention_takes_the_generic_path(kernel_calls):
         pytest.param(lambda: _bn_inputs("float16"), id="float16"),
         pytest.param(lambda: _bn_inputs(order="F"), id="non-contiguous x and dy"),
         pytest.param(
-            lambda: (_bn_inputs()[0], np.ones(3), _bn_inputs()[2]), id="float64 gamma, float32 x"
+            lambda: (_bn_inputs()[0], np.ones(3, np.float16), _bn_inputs()[2]),
+            id="float16 gamma, float32 x",
         ),
     ],
 )
@@ -393,6 +541,36 @@ def test_other_numpy_inputs_take_the_generic_path(kernel_calls, inputs):
     assert kernel_calls == []
     assert y.dtype == np.result_type(x, gamma)
     assert grads.gamma.dtype == gamma.dtype
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
+def test_parameters_of_the_other_float_dtype_take_the_fused_path(kernel_calls, precision):
+    """float64 parameters with float32 ``x`` (AdaIN's style statistics): the kernels read
+    them in the compute dtype, as the generic path does; the output has the promoted dtype
+    and each gradient its argument's, and every result is the generic path's (to float64
+    rounding in ``"highest"``, to float32's error bound in ``"native"``)."""
+    x, _, dy = _bn_inputs()
+    rng = np.random.default_rng(8)
+    gamma, beta = 1.0 + rng.standard_normal(3), rng.standard_normal(3)
+    results = []
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            results.append(
+                (
+                    normref.batch_norm(x, gamma, beta, precision=precision),
+                    normref.batch_norm_vjp(dy, x, gamma, beta, precision=precision),
+                )
+            )
+    assert kernel_calls == ["normalize", "vjp_apply"]
+    (y_f, g_f), (y_g, g_g) = results
+    assert y_f.dtype == y_g.dtype == np.float64
+    assert (g_f.x.dtype, g_f.gamma.dtype, g_f.beta.dtype) == (np.float32, np.float64, np.float64)
+    rtol = FLOAT64_RTOL if precision == "highest" else NATIVE_FLOAT32_RTOL
+    scale = float(np.max(np.abs(y_g))) + float(np.sum(np.abs(dy)))
+    for a, b, name in [(y_f, y_g, "y"), *zip(g_f, g_g, g_f._fields, strict=True)]:
+        # dx is float32: its two roundings of nearby float64 values differ by an ulp
+        bound = rtol * scale + (ulp(b, "float32") if b.dtype == np.float32 else 0.0)
+        assert_within(np.asarray(a), np.asarray(b), bound, what=name)
 
 
 def test_a_non_contiguous_cotangent_takes_the_generic_path(kernel_calls):

@@ -23,12 +23,15 @@ from normref.registry import REGISTRY
 from tests.support import BACKEND_FACTORIES
 from tests.test_fused import (
     CASES,
+    CENTRING_CASES,
+    CENTRING_PRECISIONS,
     FLOAT64_RTOL,
     NATIVE_FLOAT32_RTOL,
     _as,
     _both_paths,
     _compare,
     _term_scales,
+    compare_centring_paths,
 )
 
 EMULATED_CASES = CASES
@@ -162,6 +165,17 @@ def test_native_float32_kernels_are_as_accurate_as_generic(name, make, emulated_
         ulps_of=None,
         what=f"{name} native float32",
     )
+
+
+@pytest.mark.parametrize(("name", "make"), CENTRING_CASES)
+@pytest.mark.parametrize(("dtype", "precision", "rtol", "ulps_of"), CENTRING_PRECISIONS)
+def test_the_centring_kernels_match_generic(
+    name, make, dtype, precision, rtol, ulps_of, emulated_gpu
+):
+    """Mean-only batch norm and gradient centralization: the forward's kernels, forward and
+    backward (the centring's VJP is the centring of ``dy``)."""
+    compare_centring_paths(name, make, dtype, precision, rtol, ulps_of)
+    assert emulated_gpu, "the CUDA kernels did not run"
 
 
 def test_huge_values_are_scaled_as_the_generic_path_scales_them(emulated_gpu):

@@ -4,21 +4,27 @@ The generic path (:mod:`normref.layers.compose` with the operations of
 :mod:`normref.ops.standardization`) is written once for every Array API
 library; on NumPy it makes several passes over the data, a full-size
 temporary for most steps and, in ``precision="highest"``, a float64 copy of
-every input. For a standardizing or RMS layer on NumPy arrays, this path
-instead computes each group's sums in compiled loops
-(:mod:`normref._fused.kernels`) that read float32 elements straight into
-float64 accumulators, the group's second pass coming from cache, and writes
-each result in one more pass: the only full-size arrays it makes are its
-results (and the parameters' partial sums, a row per chunk of groups, at
-most an eighth of ``x``'s size each). Large inputs are shared out over threads
-(:mod:`normref._fused.threads`).
+every input. For a standardizing, RMS or centring layer on NumPy arrays
+(:data:`~normref._fused.factors.FUSED_OPS`: batch, layer, instance, group,
+ghost batch and RMS norm, weight standardization, mean-only batch norm,
+gradient centralization), this path instead computes each group's sums in
+compiled loops (:mod:`normref._fused.kernels`) that read float32 elements
+straight into float64 accumulators, the group's second pass coming from
+cache: the forward writes each group's output at once, while its values are
+still in cache; the backward writes each group's factors, then the gradients
+in one more pass. The only full-size arrays it makes are its results (and the
+parameters' partial sums, a row per chunk of groups, at most an eighth of
+``x``'s size each). Large inputs are shared out over threads
+(:mod:`normref._fused.threads`). The centring's backward is the centring of
+``dy``: the forward's kernel.
 
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
-as NumPy's, and reuses the generic path's scalar formulas per group
-(:func:`~normref.ops.standardization.scaled_divisors`,
-:func:`~normref.ops.standardization.variance_term`), on each group's values
-times the same power of two (``normref._lib.scaling``); results agree with the
+as NumPy's, and forms each group's factors with the generic path's scalar
+formulas (:func:`~normref.ops.standardization.scaled_divisors`,
+:func:`~normref.ops.standardization.variance_term`) written for one group in
+the kernels, which a test holds to the array formulas bit for bit, on each
+group's values times the same power of two (``normref._lib.scaling``); results agree with the
 generic path to the rounding of their sums, whose orders differ. Under
 ``"highest"`` both round once to the output, so float32 results agree to an
 ulp; under ``"native"`` float32 sums of different orders may differ by tens
@@ -32,8 +38,10 @@ Used when all of these hold, else the generic path runs:
   switches it in code, for the calling thread);
 * ``precision`` is ``"highest"`` or ``"native"`` (a convention is modelled by
   the generic path);
-* every array is a ``numpy.ndarray`` of one dtype, float32 or float64, in
-  native byte order, and ``x`` (and ``dy``) are C-contiguous;
+* every array is a ``numpy.ndarray`` of float32 or float64 in native byte
+  order, ``x`` and ``dy`` of one dtype and C-contiguous (the parameters, which
+  the kernels read in the compute dtype, may have the other: AdaIN's statistics
+  of the style, computed in float64 under ``"highest"``);
 * the layer's partition and parameters fit the kernels' layout
   (:mod:`normref._fused.layout`), and, computing in the input's dtype, its
   groups are not interleaved element by element (:data:`MAX_INTERLEAVED_GROUPS`:
@@ -56,7 +64,7 @@ from typing import Any, NamedTuple
 import array_api_compat
 
 from normref._fused import cuda
-from normref._fused.factors import Layer, forward_factor, vjp_factors
+from normref._fused.factors import FUSED_OPS, Layer, scaling_floor
 from normref._fused.layout import GROUP_INNER, INNER, Layout, fit
 from normref._fused.threads import run_chunks
 from normref._lib.namespace import (
@@ -68,7 +76,7 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref._lib.scaling import exponent_range
-from normref.ops.standardization import RMS_SCALE, STANDARDIZE, eps_magnitude
+from normref.conventions import EPS_MODES
 from normref.types import Precision
 
 
@@ -92,9 +100,6 @@ MAX_INTERLEAVED_GROUPS = 8
 samples) are left to the generic path from this many on where it computes in the input's
 dtype: the kernels read one element per row of each group (the measurements behind the
 threshold are in ``docs/performance.md``)."""
-
-_CENTRED = {STANDARDIZE.name: True, RMS_SCALE.name: False}
-"""The operations this path runs, and whether each centres its group."""
 
 SWITCH_SPELLINGS = {
     **dict.fromkeys(("1", "true", "yes", "on"), True),
@@ -175,11 +180,14 @@ def _layout(
     if not (_enabled.get() and isinstance(precision, str) and precision in PRECISIONS):
         return None
     gpu = on_gpu(xp)
-    if layer.op.name not in _CENTRED or not (gpu or array_api_compat.is_numpy_namespace(xp)):
+    if layer.op.name not in FUSED_OPS or not (gpu or array_api_compat.is_numpy_namespace(xp)):
         return None
-    arrays = [a for a in (x, gamma, beta, dy) if a is not None]
-    if x.dtype not in (xp.float32, xp.float64) or any(
-        type(a) is not type(x) or a.dtype != x.dtype for a in arrays
+    floats = (xp.float32, xp.float64)
+    params = [a for a in (gamma, beta) if a is not None]
+    if (
+        x.dtype not in floats
+        or (dy is not None and (type(dy) is not type(x) or dy.dtype != x.dtype))
+        or any(type(a) is not type(x) or a.dtype not in floats for a in params)
     ):
         return None
     if not (x.flags.c_contiguous and (dy is None or dy.flags.c_contiguous)):
@@ -224,8 +232,17 @@ def _chunks(layout: Layout, param_size: int = 1) -> int:
 def _scaling(layer: Layer, xp: Namespace, dtype: Any) -> tuple[float, tuple[int, int]]:
     """The floor under each group's magnitude (the scale of ``eps``) and the range of the
     scales' exponents, as the kernels take them."""
-    floor = eps_magnitude(layer.params["eps"], layer.params["eps_mode"])
-    return floor, exponent_range(xp, dtype)
+    return scaling_floor(layer), exponent_range(xp, dtype)
+
+
+def _divisor_args(layer: Layer) -> tuple[float, float, int]:
+    """``n - correction``, ``eps`` and the index of ``eps_mode`` in
+    :data:`~normref.conventions.EPS_MODES`, as the forward kernel takes them (``eps`` 0 for
+    the centring, which has none)."""
+    count = layer.partition.M - layer.params.get("correction", 0)
+    if "eps" not in layer.params:
+        return float(count), 0.0, 0
+    return float(count), float(layer.params["eps"]), EPS_MODES.index(layer.params["eps_mode"])
 
 
 def forward(
@@ -251,42 +268,28 @@ def forward(
             layout=layout,
             dtype=dtype,
             out_dtype=output_dtype(xp, precision, x, gamma, beta),
-            centred=_CENTRED[layer.op.name],
+            centred=FUSED_OPS[layer.op.name].centred,
         )
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
-    groups, chunks = layout.groups, _chunks(layout)
-    x5 = xp.reshape(x, layout.shape)
-    scale, mean, m2 = (xp.zeros((groups,), dtype=dtype) for _ in range(3))
-    stack = xp.zeros((chunks, 1, kernels.DEPTH), dtype=dtype)
-    run_chunks(
-        kernels.moments,
-        chunks,
-        x.size,
-        x5,
-        _CENTRED[layer.op.name],
-        *_scaling(layer, xp, dtype),
-        scale,
-        mean,
-        m2,
-        stack,
-    )
-    inv_s = forward_factor(layer, xp, scale, m2, layer.partition.M)
+    chunks = _chunks(layout)
+    fused_op = FUSED_OPS[layer.op.name]
     y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
     size = _param_size(layer, x, gamma is not None or beta is not None)
     run_chunks(
         kernels.normalize,
         chunks,
         x.size,
-        x5,
-        scale,
-        mean,
-        inv_s,
+        xp.reshape(x, layout.shape),
+        fused_op.centred,
+        fused_op.divides,
+        *_scaling(layer, xp, dtype),
+        *_divisor_args(layer),
         _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
         xp.reshape(y, layout.shape),
-        chunks,
+        xp.zeros((chunks, 1, kernels.DEPTH), dtype=dtype),
     )
     return y
 
@@ -305,7 +308,9 @@ def vjp(
     if layout is None:
         return None
     dtype = compute_dtype(xp, x.dtype, precision)
-    centred = _CENTRED[layer.op.name]
+    if not FUSED_OPS[layer.op.name].divides:
+        return _centring_vjp(layer, xp, dy, x, gamma, beta, precision, dtype)
+    centred = FUSED_OPS[layer.op.name].centred
     if on_gpu(xp):
         return Grads(
             *cuda.vjp(layer, xp, dy, x, gamma, beta, layout=layout, dtype=dtype, centred=centred)
@@ -313,13 +318,14 @@ def vjp(
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
     size = _param_size(layer, x, gamma is not None or beta is not None)
-    groups, chunks = layout.groups, _chunks(layout, size)
-    n = layer.partition.M
-    x5, dy5 = xp.reshape(x, layout.shape), xp.reshape(dy, layout.shape)
-    flat_gamma = _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale
-    inputs = (x5, dy5, flat_gamma, layout.param_strides)
-    scale, mean, m2, dyh, dyh_centred = (xp.zeros((groups,), dtype=dtype) for _ in range(5))
-    stack = xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype)
+    chunks = _chunks(layout, size)
+    inputs = (
+        xp.reshape(x, layout.shape),
+        xp.reshape(dy, layout.shape),
+        _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
+        layout.param_strides,
+    )
+    factors = xp.empty((6, layout.groups), dtype=dtype)
     run_chunks(
         kernels.vjp_sums,
         chunks,
@@ -327,27 +333,20 @@ def vjp(
         *inputs,
         centred,
         *_scaling(layer, xp, dtype),
-        scale,
-        mean,
-        m2,
-        dyh,
-        dyh_centred,
-        stack,
+        *_divisor_args(layer),
+        factors,
+        xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype),
     )
-    factors = vjp_factors(layer, xp, scale, m2, dyh, dyh_centred, n, centred=centred)
     d_gamma = xp.zeros((chunks, size), dtype=dtype)
     d_beta = xp.zeros((chunks, size), dtype=dtype)
     dx = xp.empty(x.shape, dtype=x.dtype)
-    dx5 = xp.reshape(dx, layout.shape)
     run_chunks(
         kernels.vjp_apply,
         chunks,
         x.size,
         *inputs,
-        scale,
-        mean,
-        *factors,
-        dx5,
+        factors,
+        xp.reshape(dx, layout.shape),
         d_gamma,
         d_beta,
     )
@@ -356,6 +355,32 @@ def vjp(
         gamma=_param_grad(xp, d_gamma, gamma, layer.affine_scale),
         beta=_param_grad(xp, d_beta, beta),
     )
+
+
+def _centring_vjp(
+    layer: Layer,
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Precision,
+    dtype: Any,
+) -> Grads | None:
+    """The centring's gradients: ``dx`` is ``dy`` centred (the centring is linear and its own
+    adjoint, so the forward's kernels compute it) and ``beta``'s the sum of ``dy`` over the
+    axes it does not span; ``None`` with a ``gamma``, whose gradient the generic path takes."""
+    if gamma is not None:
+        return None
+    dx = forward(layer, xp, dy, None, None, precision)
+    if dx is None:
+        return None
+    d_beta = None
+    if beta is not None:
+        outer = tuple(a for a in range(x.ndim) if a not in layer.param_axes)
+        total = xp.sum(dy, axis=outer, dtype=dtype)
+        d_beta = to_dtype(xp, xp.reshape(total, beta.shape), beta.dtype)
+    return Grads(x=dx, gamma=None, beta=d_beta)
 
 
 def _param_grad(

@@ -27,11 +27,10 @@ import functools
 import math
 from typing import Any, NamedTuple
 
-from normref._fused.factors import Layer, forward_factor, vjp_factors
+from normref._fused.factors import Layer, forward_factor, scaling_floor, vjp_factors
 from normref._fused.layout import Layout
 from normref._lib.namespace import Array, Namespace, to_dtype
 from normref._lib.scaling import group_scale
-from normref.ops.standardization import eps_magnitude
 
 SAMPLE_SLOTS = (1, 3, 4)
 """The slots of the layout a group's samples run along."""
@@ -147,8 +146,7 @@ def _statistics(
     """Per group (keeping the sample slots as 1): the power of two, the mean of the scaled
     values (0 unless ``centred``) and their sum of squared deviations; and the kernels."""
     k = kernels()
-    floor = eps_magnitude(layer.params["eps"], layer.params["eps_mode"])
-    scale = to_dtype(xp, group_scale(xp, x5, SAMPLE_SLOTS, floor=floor), dtype)
+    scale = to_dtype(xp, group_scale(xp, x5, SAMPLE_SLOTS, floor=scaling_floor(layer)), dtype)
     zero = xp.zeros_like(scale)
     n = math.prod(x5.shape[s] for s in SAMPLE_SLOTS)
     mean = k.sum_scaled(x5, scale, zero, axis=SAMPLE_SLOTS, keepdims=True) / n if centred else zero

@@ -1,4 +1,10 @@
-"""Numba kernels of the fused path: per-group sums, and the elementwise passes that use them.
+"""Numba kernels of the fused path: per-group sums and factors, and the passes that use them.
+
+The forward (:func:`normalize`) takes each group's sums and factor and writes its
+output at once, while the group's values are in cache; the backward writes each
+group's factors (:func:`vjp_sums`), then the gradients (:func:`vjp_apply`). The
+factors are the array formulas of :mod:`normref._fused.factors` written for one group
+(:func:`forward_factor`, :func:`vjp_factors`), with the same roundings.
 
 Every kernel takes ``x`` (and ``dy``, ``y``, ``dx``) in the five-slot layout of
 :mod:`normref._fused.layout` and writes into arrays its caller allocated, so
@@ -278,96 +284,160 @@ def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> flo
 # ---------------------------------------------------------------------------- kernels
 
 
-@_jit
-def moments(
+@_jit_inline
+def _group_moments(
     x: Any,
+    g0: int,
+    g2: int,
     center: bool,
     floor: float,
     exponents: tuple[int, int],
-    scale: Any,
-    mean: Any,
-    m2: Any,
+    limits: tuple[float, float],
     stack: Any,
-    first: int,
-    stop: int,
-) -> None:
-    """Per group ``g = g0 * G2 + g2``: its ``scale``, and of its values times it the ``mean``
-    (0 unless ``center``) and ``m2 = sum (x * scale - mean)**2``.
+    chunk: int,
+) -> tuple[Any, Any, Any]:
+    """Of group ``(g0, g2)``: its power of two ``c``, and of its values times it the mean
+    (0 unless ``center``) and the sum of squared deviations.
 
-    The sums are taken of the values as they are (scale 1) where they are exact
+    The sums are taken of the values as they are (``c = 1``) where they are exact
     (:func:`_plain_is_exact`), else again of the values times :func:`_scale_of`'s power of
-    two. ``stack`` is ``(chunks, 1, DEPTH)`` scratch in the compute dtype.
+    two.
     """
-    groups = x.shape[0] * x.shape[2]
-    chunks = stack.shape[0]
-    real = mean.dtype.type
+    real = stack.dtype.type
     one, zero = real(1), real(0)
     n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    limits = _limits(float(n), floor, exponents[1] // 4)
-    for chunk in range(first, stop):
-        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
-            g0, g2 = g // x.shape[2], g % x.shape[2]
-            mu = zero
-            if center:
-                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
-            squares = _group_sum(x, g0, g2, None, mu, True, stack, chunk)
-            c = one
-            if not _plain_is_exact(mu, squares, float(n), limits):
-                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
-                if center:
-                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-                squares = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
-            scale[g] = c
-            mean[g] = mu
-            m2[g] = squares
+    mu = zero
+    if center:
+        mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+    squares = _group_sum(x, g0, g2, None, mu, True, stack, chunk)
+    c = one
+    if not _plain_is_exact(mu, squares, float(n), limits):
+        c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
+        if center:
+            mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+        squares = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
+    return c, mu, squares
+
+
+@_jit
+def forward_factor(
+    squares: Any, c: Any, count: float, eps: float, eps_mode: int, divides: bool, one: Any
+) -> Any:
+    """``1 / s`` of a group's values times ``c``, from their sum of squares ``squares`` over
+    ``count``: :func:`normref._fused.factors.forward_factor` for one group, in the dtype of
+    ``one`` (the compute dtype; 1), with the same roundings.
+
+    ``s = divisor(v, eps')`` of the variance ``v = squares / count`` and ``eps`` scaled with
+    the values (``eps c**2``, ``eps c`` for ``"add_std"``); a divisor of 0 counts as 1. For
+    the centring (``divides`` false) ``1 / c``: its centred values back at their own size.
+    ``count`` and ``eps`` are float64 numbers, taken into the compute dtype as the array
+    formulas take them; ``eps_mode`` is an index into :data:`normref.conventions.EPS_MODES`.
+    """
+    if not divides:
+        return one / c
+    s = _divisors(squares / type(one)(count), c, eps, eps_mode, one)[0]
+    return one / (one if s == 0 else s)
+
+
+@_jit
+def _divisors(v: Any, c: Any, eps: float, eps_mode: int, one: Any) -> tuple[Any, Any, Any]:
+    """``s(v)`` of the variance ``v`` of values times ``c`` with ``eps`` scaled alike, that
+    scaled ``eps``, and ``s(0)`` of the unscaled ``eps``
+    (:func:`~normref.ops.standardization.divisor`, :func:`~normref.ops.standardization.scaled_eps`).
+    """
+    real_eps = type(one)(eps)
+    zero = one - one
+    if eps_mode == 2:  # "add_std": eps added to the standard deviation
+        scaled = real_eps * c
+        return math.sqrt(v) + scaled, scaled, math.sqrt(zero) + real_eps
+    scaled = (real_eps * c) * c
+    if eps_mode == 0:
+        return math.sqrt(v + scaled), scaled, math.sqrt(zero + real_eps)
+    # "max": the larger of v and eps, NaN where v is NaN (as maximum and clip; which argument
+    # max returns for a NaN depends on their order)
+    larger = scaled if v < scaled else v  # noqa: FURB136
+    return math.sqrt(larger), scaled, math.sqrt(max(zero, real_eps))
+
+
+@_jit_inline
+def _normalize_group(
+    x: Any,
+    g0: int,
+    g2: int,
+    c: Any,
+    mu: Any,
+    factor: Any,
+    gamma: Any,
+    beta: Any,
+    param_strides: tuple[int, ...],
+    y: Any,
+) -> None:
+    """``y = (x * c - mu) * factor * gamma + beta`` over group ``(g0, g2)``."""
+    p0, p1, p2, p3, p4 = param_strides
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+            row, out = x[g0, s1, g2, s3], y[g0, s1, g2, s3]
+            # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+            if p4 == 0 and c == 1:
+                gm, bt = gamma[p], beta[p]
+                for i in range(row.shape[0]):
+                    out[i] = (row[i] - mu) * factor * gm + bt
+            elif p4 == 0:
+                gm, bt = gamma[p], beta[p]
+                for i in range(row.shape[0]):
+                    out[i] = (row[i] * c - mu) * factor * gm + bt
+            else:
+                gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
+                if c == 1:
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] - mu) * factor * gamma_row[i] + beta_row[i]
+                else:
+                    for i in range(row.shape[0]):
+                        out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
 
 
 @_jit
 def normalize(
     x: Any,
-    scale: Any,
-    mean: Any,
-    inv_s: Any,
+    center: bool,
+    divides: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    count: float,
+    eps: float,
+    eps_mode: int,
     gamma: Any,
     beta: Any,
     param_strides: tuple[int, ...],
     y: Any,
-    chunks: int,
+    stack: Any,
     first: int,
     stop: int,
 ) -> None:
-    """``y = (x * scale - mean) * inv_s * gamma + beta``, per group (``mean`` and ``inv_s`` of
-    the scaled values).
+    """``y = (x * c - mean) / s * gamma + beta`` per group, in one pass over each group.
 
-    The caller passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent
-    parameters: multiplying by 1 and adding -0.0 change no value.
+    Each group's statistics (:func:`_group_moments`: its power of two ``c`` and of its
+    values times it the mean and the sum of squares) and its factor ``1 / s``
+    (:func:`forward_factor`, of ``count = n - correction`` and ``eps``) are computed
+    where its values are still in cache, and its output written at once. The caller
+    passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent parameters: multiplying
+    by 1 and adding -0.0 change no value. ``stack`` is ``(chunks, 1, DEPTH)`` scratch in
+    the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
-    p0, p1, p2, p3, p4 = param_strides
-    for g in range(first * groups // chunks, stop * groups // chunks):
-        g0, g2 = g // x.shape[2], g % x.shape[2]
-        c, mu, factor = scale[g], mean[g], inv_s[g]
-        for s1 in range(x.shape[1]):
-            for s3 in range(x.shape[3]):
-                p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
-                row, out = x[g0, s1, g2, s3], y[g0, s1, g2, s3]
-                # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
-                if p4 == 0 and c == 1:
-                    gm, bt = gamma[p], beta[p]
-                    for i in range(row.shape[0]):
-                        out[i] = (row[i] - mu) * factor * gm + bt
-                elif p4 == 0:
-                    gm, bt = gamma[p], beta[p]
-                    for i in range(row.shape[0]):
-                        out[i] = (row[i] * c - mu) * factor * gm + bt
-                else:
-                    gamma_row, beta_row = gamma[p : p + row.shape[0]], beta[p : p + row.shape[0]]
-                    if c == 1:
-                        for i in range(row.shape[0]):
-                            out[i] = (row[i] - mu) * factor * gamma_row[i] + beta_row[i]
-                    else:
-                        for i in range(row.shape[0]):
-                            out[i] = (row[i] * c - mu) * factor * gamma_row[i] + beta_row[i]
+    chunks = stack.shape[0]
+    real = stack.dtype.type
+    n = float(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(n, floor, exponents[1] // 4)
+    for chunk in range(first, stop):
+        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
+            g0, g2 = g // x.shape[2], g % x.shape[2]
+            c, mu, squares = _group_moments(
+                x, g0, g2, center, floor, exponents, limits, stack, chunk
+            )
+            factor = forward_factor(squares, c, count, eps, eps_mode, divides, real(1))
+            _normalize_group(x, g0, g2, c, mu, factor, gamma, beta, param_strides, y)
 
 
 @_jit_inline
@@ -421,6 +491,144 @@ def _vjp_group_sums(
 
 
 @_jit
+def vjp_factors(
+    squares: Any,
+    c: Any,
+    dyh: Any,
+    dyh_centred: Any,
+    count: float,
+    eps: float,
+    eps_mode: int,
+    centred: bool,
+    n: Any,
+    one: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """The factors of ``dx = ((dyh - dyh_mean) + d * coef) * inverse`` for one group:
+    :func:`normref._fused.factors.vjp_factors`, in the dtype of ``one`` (the compute dtype;
+    1), with the same roundings.
+
+    From the group's sums of its ``n`` values times ``c`` (``squares`` of ``d**2``, ``dyh``
+    and ``dyh_centred`` of ``dyh`` and ``dyh * d``) over ``count = n - correction``:
+    ``inv_s`` (``1/s`` of the scaled values), ``inverse`` (``1/s`` of the unscaled ones),
+    ``coef`` (the variance term over ``s``) and ``dyh_mean`` (0 unless ``centred``), as
+    :func:`~normref.ops.standardization.scaled_divisors` and
+    :func:`~normref.ops.standardization.variance_term` form them: a constant group's divisor
+    is ``c s(0)`` of the unscaled ``eps``, and a divisor of 0 counts as 1. ``count`` and
+    ``eps`` are float64 numbers, as for :func:`forward_factor`.
+    """
+    real = type(one)
+    zero = one - one
+    v = squares / real(count)
+    s, scaled, unscaled = _divisors(v, c, eps, eps_mode, one)
+    if v == 0:
+        s = c * unscaled
+        inverse = one / (one if unscaled == 0 else unscaled)
+    else:
+        inverse = c / (one if s == 0 else s)
+    inv_s = one / (one if s == 0 else s)
+    # divisor_slope: s'(v) s
+    if eps_mode == 0:
+        slope = real(0.5)
+    elif eps_mode == 1:
+        slope = real(0.5) if v >= scaled else zero
+    else:
+        root = math.sqrt(v)
+        slope = s / (real(2.0) * root) if root > 0 else zero
+    k = (real(-2.0 / count) * slope) * (dyh_centred * inv_s)
+    dyh_mean = dyh / n if centred else zero
+    return inv_s, inverse, k * inv_s, dyh_mean
+
+
+@_jit_inline
+def _group_vjp_moments(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    limits: tuple[float, float],
+    stack: Any,
+    chunk: int,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """Of group ``(g0, g2)``: ``c``, the mean and the sum of squares as
+    :func:`_group_moments`, and the sums of ``dyh`` and of ``dyh * d``,
+    ``d = x * c - mean`` (``dyh = dy * gamma``)."""
+    real = stack.dtype.type
+    one, zero = real(1), real(0)
+    n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    mu = zero
+    if center:
+        mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
+    squares, dyh, dyh_d = _vjp_group_sums(
+        x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+    )
+    c = one
+    if not _plain_is_exact(mu, squares, float(n), limits):
+        c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
+        if center:
+            mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
+        squares, dyh, dyh_d = _vjp_group_sums(
+            x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
+        )
+    return c, mu, squares, dyh, dyh_d
+
+
+@_jit_inline
+def _vjp_apply_group(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    factors: tuple[Any, Any, Any, Any, Any, Any],
+    dx: Any,
+    d_gamma: Any,
+    d_beta: Any,
+    chunk: int,
+) -> None:
+    """Over group ``(g0, g2)``: ``dx = ((dyh - centre) + d * k) * r`` with
+    ``d = x * c - mu``, and its terms of the parameters' gradients (``dy * d * factor`` and
+    ``dy``) added to row ``chunk`` of ``d_gamma`` and ``d_beta``; ``factors`` is
+    ``(c, mu, factor, r, k, centre)``."""
+    c, mu, factor, r, k, centre = factors
+    zero = d_gamma.dtype.type(0)
+    p0, p1, p2, p3, p4 = param_strides
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+            row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
+            # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
+            if p4 == 0 and c == 1:
+                gm = gamma[p]
+                for i in range(row.shape[0]):
+                    out[i] = ((dy_row[i] * gm - centre) + (row[i] - mu) * k) * r
+            elif p4 == 0:
+                gm = gamma[p]
+                for i in range(row.shape[0]):
+                    out[i] = ((dy_row[i] * gm - centre) + (row[i] * c - mu) * k) * r
+            if p4 == 0:
+                dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
+                d_gamma[chunk, p] += dy_x_hat
+                d_beta[chunk, p] += dy_total
+            else:
+                size = row.shape[0]
+                gamma_row = gamma[p : p + size]
+                d_gamma_row = d_gamma[chunk, p : p + size]
+                d_beta_row = d_beta[chunk, p : p + size]
+                for i in range(size):
+                    h = dy_row[i] + zero
+                    d = row[i] * c - mu
+                    d_gamma_row[i] += h * (d * factor)
+                    d_beta_row[i] += h
+                    out[i] = ((h * gamma_row[i] - centre) + d * k) * r
+
+
+@_jit
 def vjp_sums(
     x: Any,
     dy: Any,
@@ -429,51 +637,40 @@ def vjp_sums(
     center: bool,
     floor: float,
     exponents: tuple[int, int],
-    scale: Any,
-    mean: Any,
-    m2: Any,
-    dyh: Any,
-    dyh_centred: Any,
+    count: float,
+    eps: float,
+    eps_mode: int,
+    factors: Any,
     stack: Any,
     first: int,
     stop: int,
 ) -> None:
-    """Per group: ``scale``, ``mean`` and ``m2`` (as :func:`moments`), and the sums of ``dyh``
-    and of ``dyh * d``, ``d = x * scale - mean``.
+    """Per group ``g``: its sums (:func:`_group_vjp_moments`) and the factors of its gradient
+    (:func:`vjp_factors`), in ``factors[:, g]``: ``c``, the mean, ``inv_s``, ``inverse``,
+    ``coef`` and ``dyh_mean``, for :func:`vjp_apply`.
 
-    ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma``
-    of ones where the layer has none); ``stack`` is ``(chunks, 3, DEPTH)``
-    scratch in the compute dtype. As in :func:`moments`, the sums are taken of the
-    unscaled values where that is exact, and scaled only where it is not.
+    ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma`` of ones where
+    the layer has none); ``stack`` is ``(chunks, 3, DEPTH)`` scratch in the compute dtype.
+    (The gradients are written by a second kernel, not at once: a group's factors are a chain
+    of divisions and roots that the next group's sums overlap here, and that would hold up
+    each group's output.)
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
-    real = mean.dtype.type
-    one, zero = real(1), real(0)
-    n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    limits = _limits(float(n), floor, exponents[1] // 4)
+    real = stack.dtype.type
+    n = float(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(n, floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            mu = zero
-            if center:
-                mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
-            squares, dyh_total, dyh_d = _vjp_group_sums(
-                x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+            c, mu, squares, dyh, dyh_d = _group_vjp_moments(
+                x, dy, gamma, param_strides, g0, g2, center, floor, exponents, limits, stack, chunk
             )
-            c = one
-            if not _plain_is_exact(mu, squares, float(n), limits):
-                c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
-                if center:
-                    mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-                squares, dyh_total, dyh_d = _vjp_group_sums(
-                    x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
-                )
-            scale[g] = c
-            mean[g] = mu
-            m2[g] = squares
-            dyh[g] = dyh_total
-            dyh_centred[g] = dyh_d
+            inv_s, inverse, coef, centre = vjp_factors(
+                squares, c, dyh, dyh_d, count, eps, eps_mode, center, real(n), real(1)
+            )
+            factors[0, g], factors[1, g], factors[2, g] = c, mu, inv_s
+            factors[3, g], factors[4, g], factors[5, g] = inverse, coef, centre
 
 
 @_jit
@@ -482,67 +679,33 @@ def vjp_apply(
     dy: Any,
     gamma: Any,
     param_strides: tuple[int, ...],
-    scale: Any,
-    mean: Any,
-    inv_s: Any,
-    inverse: Any,
-    coef: Any,
-    dyh_mean: Any,
+    factors: Any,
     dx: Any,
     d_gamma: Any,
     d_beta: Any,
     first: int,
     stop: int,
 ) -> None:
-    """``dx = ((dyh - dyh_mean) + d * coef) * inverse``, and the parameters' gradients.
+    """``dx = ((dyh - dyh_mean) + d * coef) * inverse``, and the parameters' gradients, of the
+    factors :func:`vjp_sums` wrote.
 
-    ``d = x * scale - mean`` are the scaled centred values, ``x_hat = d * inv_s``
-    the normalized ones, ``inverse`` is ``1/s`` of the unscaled values and
-    ``dyh = dy * gamma`` (``gamma`` of ones where the layer has none).
-    ``d_gamma`` and ``d_beta`` are ``(chunks, P)`` partial sums (zeros on
-    entry) of ``dy * x_hat`` and ``dy`` per parameter, one row per chunk of
-    groups; their caller adds the rows.
+    ``d = x * c - mean`` are the scaled centred values. ``d_gamma`` and ``d_beta`` are
+    ``(chunks, P)`` partial sums (zeros on entry) of ``dy * x_hat`` and ``dy`` per parameter,
+    one row per chunk of groups; their caller adds the rows.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = d_gamma.shape[0]
-    zero = mean.dtype.type(0)
-    p0, p1, p2, p3, p4 = param_strides
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            c, mu, factor, r, k, centre = (
-                scale[g],
-                mean[g],
-                inv_s[g],
-                inverse[g],
-                coef[g],
-                dyh_mean[g],
+            group_factors = (
+                factors[0, g],
+                factors[1, g],
+                factors[2, g],
+                factors[3, g],
+                factors[4, g],
+                factors[5, g],
             )
-            for s1 in range(x.shape[1]):
-                for s3 in range(x.shape[3]):
-                    p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
-                    row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
-                    # a scale of 1 (a group the unscaled sums took exactly) multiplies nothing
-                    if p4 == 0 and c == 1:
-                        gm = gamma[p]
-                        for i in range(row.shape[0]):
-                            out[i] = ((dy_row[i] * gm - centre) + (row[i] - mu) * k) * r
-                    elif p4 == 0:
-                        gm = gamma[p]
-                        for i in range(row.shape[0]):
-                            out[i] = ((dy_row[i] * gm - centre) + (row[i] * c - mu) * k) * r
-                    if p4 == 0:
-                        dy_x_hat, dy_total = _row_param_sums(row, dy_row, c, mu, factor, zero)
-                        d_gamma[chunk, p] += dy_x_hat
-                        d_beta[chunk, p] += dy_total
-                    else:
-                        size = row.shape[0]
-                        gamma_row = gamma[p : p + size]
-                        d_gamma_row = d_gamma[chunk, p : p + size]
-                        d_beta_row = d_beta[chunk, p : p + size]
-                        for i in range(size):
-                            h = dy_row[i] + zero
-                            d = row[i] * c - mu
-                            d_gamma_row[i] += h * (d * factor)
-                            d_beta_row[i] += h
-                            out[i] = ((h * gamma_row[i] - centre) + d * k) * r
+            _vjp_apply_group(
+                x, dy, gamma, param_strides, g0, g2, group_factors, dx, d_gamma, d_beta, chunk
+            )

@@ -49,6 +49,7 @@ from normref.layers.standardization import instance_norm, instance_norm_vjp
 from normref.ops.base import check_group_size
 from normref.ops.standardization import (
     STANDARDIZE,
+    Scaled,
     group_count,
     nonzero_divisor,
     scaled_statistics,
@@ -66,14 +67,16 @@ class AdaINGrads(NamedTuple):
 
 class _StyleStats(NamedTuple):
     r"""The style's statistics in the compute dtype: per (sample, channel) of shape ``(N, C)``
-    (``mean``, ``sigma``); the style standardized, :math:`(s - \mu(s))/\sigma(s)` of the
-    style's shape; and its number of spatial values ``size``."""
+    (``mean``, ``sigma``); its statistics taken of its values times a power of two
+    (``scaled``: their centred values over their divisor are the style standardized,
+    :math:`(s - \mu(s))/\sigma(s)`, which the backward forms); and its number of spatial
+    values ``size``."""
 
     xp: Any
     spatial: tuple[int, ...]
     mean: Array
     sigma: Array
-    standardized: Array
+    scaled: Scaled
     size: int
 
 
@@ -116,10 +119,10 @@ def _style_stats(
         name="style",
     )
     spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
-    dtype = compute_dtype(xp, x.dtype, precision)
+    wide = to_dtype(xp, style, compute_dtype(xp, x.dtype, precision))
     found = scaled_statistics(
         xp,
-        to_dtype(xp, style, dtype),
+        wide,
         spatial,
         centre=True,
         eps=eps,
@@ -131,9 +134,9 @@ def _style_stats(
     return _StyleStats(
         xp,
         spatial,
-        xp.squeeze(scaled_mean(xp, to_dtype(xp, style, dtype), spatial), axis=spatial),
+        xp.squeeze(scaled_mean(xp, wide, spatial), axis=spatial),
         xp.squeeze(sigma, axis=spatial),
-        found.values / nonzero_divisor(xp, found.s),
+        found,
         group_count(style, spatial),
     )
 
@@ -252,6 +255,7 @@ def adaptive_instance_norm_vjp(
     shape[0], shape[channel] = x.shape[0], x.shape[channel]
     d_gamma = xp.reshape(grads.gamma, tuple(shape))
     d_beta = xp.reshape(grads.beta, tuple(shape))
-    d_style = stats.standardized * (d_gamma / (stats.size - correction))
+    standardized = stats.scaled.values / nonzero_divisor(xp, stats.scaled.s)
+    d_style = standardized * (d_gamma / (stats.size - correction))
     d_style += d_beta / stats.size
     return AdaINGrads(to_dtype(xp, grads.x, x.dtype), to_dtype(xp, d_style, style.dtype))

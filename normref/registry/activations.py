@@ -333,7 +333,11 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
                 r"axis=9 is out of range",
             ),
         ),
-        benchmarks=(BenchmarkInput(ACTIVATIONS_LARGE, "ResNet-50 stage 1, batch 32", quick=True),),
+        benchmarks=(
+            BenchmarkInput(
+                ACTIVATIONS_LARGE, "ResNet-50 stage 1, batch 32", quick=True, compiled=True
+            ),
+        ),
         scaling=ScalingLaw(
             inputs={"x": 1, "beta": 1}, outputs={"y": 1}, gradients={"x": 0, "beta": 0}
         ),

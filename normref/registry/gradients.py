@@ -222,7 +222,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
         errors=(out_axis_out_of_range("grad"),),
         convention_fields=("centralize_axes",),
         special_inputs=(_jax_layout((5, 3), "dense"), _jax_layout((3, 3, 4, 5), "HWIO")),
-        benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
+        benchmarks=(KERNEL_BENCHMARKS[0],),
         scaling=ScalingLaw(inputs={"grad": 1}, outputs={"y": 1}, gradients={"grad": 0}),
     ),
     OpSpec(
