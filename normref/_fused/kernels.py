@@ -285,8 +285,34 @@ def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> flo
 
 
 @_jit_inline
-def _group_moments(
+def _group_squares(
     x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    c: Any,
+    mu: Any,
+    stack: Any,
+    chunk: int,
+) -> tuple[Any, Any, Any]:
+    """Over group ``(g0, g2)``, with ``d = x * c - mu`` (``x - mu`` where ``c`` is ``None``):
+    the sum of ``d**2`` and, with a cotangent ``dy``, the sums of ``dyh`` and of ``dyh * d``
+    in the same pass (:func:`_vjp_group_sums`); 0 for those without (``dy`` ``None``: Numba
+    compiles one branch for each)."""
+    if dy is None:
+        zero = stack.dtype.type(0)
+        return _group_sum(x, g0, g2, c, mu, True, stack, chunk), zero, zero
+    return _vjp_group_sums(x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk)
+
+
+@_jit_inline
+def _group_statistics(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
     g0: int,
     g2: int,
     center: bool,
@@ -295,9 +321,11 @@ def _group_moments(
     limits: tuple[float, float],
     stack: Any,
     chunk: int,
-) -> tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any, Any, Any]:
     """Of group ``(g0, g2)``: its power of two ``c``, and of its values times it the mean
-    (0 unless ``center``) and the sum of squared deviations.
+    (0 unless ``center``), the sum of squared deviations ``d**2`` and, with a cotangent
+    ``dy`` (``None`` forward), the sums of ``dyh`` and of ``dyh * d``, ``d = x * c - mean``
+    (``dyh = dy * gamma``; :func:`_group_squares`).
 
     The sums are taken of the values as they are (``c = 1``) where they are exact
     (:func:`_plain_is_exact`), else again of the values times :func:`_scale_of`'s power of
@@ -309,14 +337,18 @@ def _group_moments(
     mu = zero
     if center:
         mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
-    squares = _group_sum(x, g0, g2, None, mu, True, stack, chunk)
+    squares, dyh, dyh_d = _group_squares(
+        x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+    )
     c = one
     if not _plain_is_exact(mu, squares, float(n), limits):
         c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
         if center:
             mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-        squares = _group_sum(x, g0, g2, c, mu, True, stack, chunk)
-    return c, mu, squares
+        squares, dyh, dyh_d = _group_squares(
+            x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
+        )
+    return c, mu, squares, dyh, dyh_d
 
 
 @_jit
@@ -417,7 +449,7 @@ def normalize(
 ) -> None:
     """``y = (x * c - mean) / s * gamma + beta`` per group, in one pass over each group.
 
-    Each group's statistics (:func:`_group_moments`: its power of two ``c`` and of its
+    Each group's statistics (:func:`_group_statistics`: its power of two ``c`` and of its
     values times it the mean and the sum of squares) and its factor ``1 / s``
     (:func:`forward_factor`, of ``count = n - correction`` and ``eps``) are computed
     where its values are still in cache, and its output written at once. The caller
@@ -433,8 +465,19 @@ def normalize(
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            c, mu, squares = _group_moments(
-                x, g0, g2, center, floor, exponents, limits, stack, chunk
+            c, mu, squares, _, _ = _group_statistics(
+                x,
+                None,
+                gamma,
+                param_strides,
+                g0,
+                g2,
+                center,
+                floor,
+                exponents,
+                limits,
+                stack,
+                chunk,
             )
             factor = forward_factor(squares, c, count, eps, eps_mode, divides, real(1))
             _normalize_group(x, g0, g2, c, mu, factor, gamma, beta, param_strides, y)
@@ -540,44 +583,6 @@ def vjp_factors(
 
 
 @_jit_inline
-def _group_vjp_moments(
-    x: Any,
-    dy: Any,
-    gamma: Any,
-    param_strides: tuple[int, ...],
-    g0: int,
-    g2: int,
-    center: bool,
-    floor: float,
-    exponents: tuple[int, int],
-    limits: tuple[float, float],
-    stack: Any,
-    chunk: int,
-) -> tuple[Any, Any, Any, Any, Any]:
-    """Of group ``(g0, g2)``: ``c``, the mean and the sum of squares as
-    :func:`_group_moments`, and the sums of ``dyh`` and of ``dyh * d``,
-    ``d = x * c - mean`` (``dyh = dy * gamma``)."""
-    real = stack.dtype.type
-    one, zero = real(1), real(0)
-    n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    mu = zero
-    if center:
-        mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
-    squares, dyh, dyh_d = _vjp_group_sums(
-        x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
-    )
-    c = one
-    if not _plain_is_exact(mu, squares, float(n), limits):
-        c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
-        if center:
-            mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-        squares, dyh, dyh_d = _vjp_group_sums(
-            x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
-        )
-    return c, mu, squares, dyh, dyh_d
-
-
-@_jit_inline
 def _vjp_apply_group(
     x: Any,
     dy: Any,
@@ -645,7 +650,7 @@ def vjp_sums(
     first: int,
     stop: int,
 ) -> None:
-    """Per group ``g``: its sums (:func:`_group_vjp_moments`) and the factors of its gradient
+    """Per group ``g``: its sums (:func:`_group_statistics`) and the factors of its gradient
     (:func:`vjp_factors`), in ``factors[:, g]``: ``c``, the mean, ``inv_s``, ``inverse``,
     ``coef`` and ``dyh_mean``, for :func:`vjp_apply`.
 
@@ -663,7 +668,7 @@ def vjp_sums(
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            c, mu, squares, dyh, dyh_d = _group_vjp_moments(
+            c, mu, squares, dyh, dyh_d = _group_statistics(
                 x, dy, gamma, param_strides, g0, g2, center, floor, exponents, limits, stack, chunk
             )
             inv_s, inverse, coef, centre = vjp_factors(
