@@ -414,6 +414,87 @@ def test_a_nan_stays_in_its_group_as_on_the_generic_path(name):
     assert np.all(np.isfinite(grads_f.beta))
 
 
+def _shifted_groups(kind: str, groups: int = 24, n: int = 1024) -> np.ndarray:
+    """float32 rows (each a layer-norm group) whose first ``kernels.SHIFT_SAMPLES`` values,
+    the kernels' shift, sit where ``kind`` says relative to the row's mean: near it (one pass
+    about it; the mean 1000 standard deviations from 0, so that sums about 0 would cancel),
+    about half a standard deviation away (either side of the one-pass bound), or far (tens of
+    standard deviations: the second pass must run)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((groups, n))
+    first = kernels.SHIFT_SAMPLES
+    if kind == "near":
+        x += 1000.0
+    elif kind == "half a deviation":
+        x[:, :first] += np.linspace(0.3, 0.7, groups)[:, None] * n / (n - first)
+    elif kind == "far":
+        x[:, :first] += 40.0
+    return x.astype(np.float32)
+
+
+def _layer_norm_float64(x: np.ndarray, dy: np.ndarray, eps: float = 1e-5):
+    """Layer norm over the last axis and its ``dx`` in float64, from the textbook formulas
+    ``x_hat = (x - mean) / s`` and ``dx = (dy - mean(dy) - x_hat mean(dy x_hat)) / s``."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    s = np.sqrt((centred**2).mean(axis=-1, keepdims=True) + eps)
+    x_hat = centred / s
+    dx = (dy - dy.mean(axis=-1, keepdims=True) - x_hat * (dy * x_hat).mean(-1, keepdims=True)) / s
+    return x_hat, dx
+
+
+@pytest.mark.parametrize("kind", ["near", "half a deviation", "far"])
+def test_one_pass_statistics_are_as_accurate_as_two_passes(kind):
+    """The kernels' sums about a shift (one pass where the shift is within half a standard
+    deviation of the mean, else a second pass about the mean): in float32 arithmetic the
+    fused path errs against the float64 result by at most twice what the generic path's two
+    passes err, plus an ulp of the result; in float64 arithmetic both round to float32
+    within an ulp of it. (With the second pass switched off, the "far" rows' outputs err four
+    times more than this bound allows.)"""
+    x = _shifted_groups(kind)
+    dy = np.random.default_rng(12).standard_normal(x.shape).astype(np.float32)
+    y_exact, dx_exact = _layer_norm_float64(x, dy)
+    errors = {}
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            y = normref.layer_norm(x, precision="native")
+            dx = normref.layer_norm_vjp(dy, x, precision="native").x
+            errors[fused] = (np.abs(y - y_exact), np.abs(dx - dx_exact))
+            y_high = normref.layer_norm(x, precision="highest")
+            dx_high = normref.layer_norm_vjp(dy, x, precision="highest").x
+        what = f"{kind}, {'fused' if fused else 'generic'}, highest"
+        assert_within(y_high, y_exact, ulp(y_exact, "float32"), what=f"{what}: y")
+        assert_within(dx_high, dx_exact, ulp(dx_exact, "float32"), what=f"{what}: dx")
+    for name, fused_error, generic_error, exact in zip(
+        ("y", "dx"), errors[True], errors[False], (y_exact, dx_exact), strict=True
+    ):
+        bound = 2 * np.max(generic_error) + ulp(np.max(np.abs(exact)), "float32")
+        assert np.max(fused_error) <= bound, (
+            f"{kind} native {name}: {np.max(fused_error)} > {bound}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups"), [((5, 3, 7, 2), 3), ((5, 40, 3, 3), 4)], ids=["small groups", "short rows"]
+)
+def test_the_shift_is_taken_across_rows_and_of_small_groups(shape, groups):
+    """Groups of fewer values than ``kernels.SHIFT_SAMPLES`` (the shift is their mean) and of
+    rows shorter than it (group norm's samples: the shift gathers several rows): the fused
+    path's float64 results are the generic path's."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape) + 50.0 * rng.standard_normal((shape[0], shape[1], 1, 1))
+    dy = rng.standard_normal(shape)
+    gamma, beta = 1.0 + rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    results = []
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            y = normref.group_norm(x, groups, gamma, beta)
+            results.append((y, *normref.group_norm_vjp(dy, x, groups, gamma, beta)))
+    scale = 1.0 + np.max(np.abs(results[1][0])) + np.sum(np.abs(dy))
+    for a, b, name in zip(*results, ("y", "dx", "dgamma", "dbeta"), strict=True):
+        assert_close_to_scale(a, b, scale, rtol=FLOAT64_RTOL, what=f"{shape} {name}")
+
+
 def test_more_groups_than_chunks_are_all_computed():
     """Every one of 3 * MAX_CHUNKS + 1 groups is normalized: mean 0, variance v / (v + eps)."""
     rng = np.random.default_rng(5)
@@ -465,7 +546,7 @@ def test_groups_at_every_scale_give_the_same_results_exactly(name, dtype, precis
 def kernel_calls(monkeypatch) -> list[str]:
     """Names of the output kernels called during the test."""
     calls: list[str] = []
-    for name in ("normalize", "vjp_apply"):
+    for name in ("normalize", "gradients", "statistics"):
         original = getattr(kernels, name)
 
         def spy(*args, _original=original, _name=name):
@@ -490,7 +571,7 @@ def test_numpy_layers_take_the_fused_path(kernel_calls, precision, dtype):
     normref.batch_norm(x, gamma, gamma, precision=precision)
     normref.batch_norm_vjp(dy, x, gamma, gamma, precision=precision)
     normref.rms_norm(x, gamma[:1].repeat(5), axes=-1, precision=precision)
-    assert kernel_calls == ["normalize", "vjp_apply", "normalize"]
+    assert kernel_calls == ["normalize", "gradients", "normalize"]
 
 
 @pytest.mark.parametrize("precision", ["highest", "native"])
@@ -513,7 +594,36 @@ def test_scaled_ws_of_a_float32_weight_takes_the_fused_path(kernel_calls, precis
     gain = np.ones(8, dtype=np.float32)
     normref.scaled_weight_standardize(w, gain, precision=precision)
     normref.scaled_weight_standardize_vjp(w, w, precision=precision)
-    assert kernel_calls == ["normalize", "vjp_apply"]
+    assert kernel_calls == ["normalize", "gradients"]
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_renorm_takes_its_batch_statistics_from_the_kernels(kernel_calls, precision, dtype):
+    """Batch renormalization's mean and 1 / sigma_B per channel come from the statistics
+    kernel (no float64 copy of ``x``), then batch norm's kernels run with the corrected
+    affine; every result is the generic path's, to float64 rounding (one float32 ulp of
+    the output in "highest") or to float32's error bound in "native"."""
+    x, _, dy = _bn_inputs(dtype)
+    x = x * 3.0 + 2.0
+    rng = np.random.default_rng(9)
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+    gamma, beta = (1.0 + rng.standard_normal(3)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    options = {"r_max": 1.5, "d_max": 0.5, "precision": precision}
+    results = []
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            y = normref.batch_renorm(x, mean, var, gamma, beta, **options)
+            grads = normref.batch_renorm_vjp(dy, x, mean, var, gamma, beta, **options)
+            results.append((y, *grads))
+    assert kernel_calls == ["statistics", "normalize", "statistics", "gradients"]
+    float64_arithmetic = precision == "highest" or dtype == "float64"
+    rtol = FLOAT64_RTOL if float64_arithmetic else NATIVE_FLOAT32_RTOL
+    scale = 1.0 + float(np.max(np.abs(results[1][0]))) + float(np.sum(np.abs(dy)))
+    for a, b, name in zip(*results, ("y", "dx", "dgamma", "dbeta"), strict=True):
+        assert a.dtype == b.dtype == np.dtype(dtype), name
+        bound = rtol * scale + (ulp(b, "float32") if dtype == "float32" else 0.0)
+        assert_within(a, b, bound, what=f"batch renorm {dtype} {precision}: {name}")
 
 
 def test_a_modelled_convention_takes_the_generic_path(kernel_calls):
@@ -561,7 +671,7 @@ def test_parameters_of_the_other_float_dtype_take_the_fused_path(kernel_calls, p
                     normref.batch_norm_vjp(dy, x, gamma, beta, precision=precision),
                 )
             )
-    assert kernel_calls == ["normalize", "vjp_apply"]
+    assert kernel_calls == ["normalize", "gradients"]
     (y_f, g_f), (y_g, g_g) = results
     assert y_f.dtype == y_g.dtype == np.float64
     assert (g_f.x.dtype, g_f.gamma.dtype, g_f.beta.dtype) == (np.float32, np.float64, np.float64)

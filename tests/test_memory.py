@@ -135,6 +135,11 @@ MEMORY_CASES = [
         Case("batch_norm", BenchmarkInput((16, 32, 12, 12), "test", compiled=True)), id="batch-norm"
     ),
     pytest.param(
+        # its batch statistics from the kernels, then batch norm's kernels
+        Case("batch_renorm", BenchmarkInput((16, 32, 12, 12), "test", compiled=True)),
+        id="batch-renorm",
+    ),
+    pytest.param(
         # large enough that the kernels' fixed scratch (cascade stacks of 64 chunks) is small
         Case(
             "group_norm", BenchmarkInput((8, 64, 28, 28), "test", {"num_groups": 8}, compiled=True)

@@ -9,10 +9,11 @@ every input. For a standardizing, RMS or centring layer on NumPy arrays
 ghost batch and RMS norm, weight standardization, mean-only batch norm,
 gradient centralization), this path instead computes each group's sums in
 compiled loops (:mod:`normref._fused.kernels`) that read float32 elements
-straight into float64 accumulators, the group's second pass coming from
-cache: the forward writes each group's output at once, while its values are
-still in cache; the backward writes each group's factors, then the gradients
-in one more pass. The only full-size arrays it makes are its results (and the
+straight into float64 accumulators, in one pass over the group where sums about
+a shift near its mean are as accurate as two passes: the forward writes each
+group's output at once, while its values are still in cache; the backward takes
+a block of groups' sums and factors (:data:`BLOCK_ELEMENTS`), then their
+gradients, the block still in cache. The only full-size arrays it makes are its results (and the
 parameters' partial sums, a row per chunk of groups, at most an eighth of
 ``x``'s size each). Large inputs are shared out over threads
 (:mod:`normref._fused.threads`). The centring's backward is the centring of
@@ -20,7 +21,9 @@ parameters' partial sums, a row per chunk of groups, at most an eighth of
 
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
-as NumPy's, and forms each group's factors with the generic path's scalar
+as NumPy's (a group's squared deviations about a shift within half a standard
+deviation of its mean, less the shift's share, which cancels at most a quarter of
+the result: the accuracy of sums about the mean, to a few roundings), and forms each group's factors with the generic path's scalar
 formulas (:func:`~normref.ops.standardization.scaled_divisors`,
 :func:`~normref.ops.standardization.variance_term`) written for one group in
 the kernels, which a test holds to the array formulas bit for bit, on each
@@ -72,12 +75,18 @@ from normref._lib.namespace import (
     Array,
     Namespace,
     compute_dtype,
-    output_dtype,
     to_dtype,
 )
 from normref._lib.scaling import exponent_range
 from normref.conventions import EPS_MODES
 from normref.types import Precision
+
+
+class Statistics(NamedTuple):
+    """Each group's mean and ``1 / s`` (the reciprocal of its divisor)."""
+
+    mean: Array
+    inverse: Array
 
 
 class Grads(NamedTuple):
@@ -94,6 +103,11 @@ MAX_CHUNKS = 64
 PARTIAL_SHARE = 8
 """The parameters' partial sums (a row per chunk) hold at most ``1 / PARTIAL_SHARE`` of
 ``x``'s elements each: few long rows (layer norm over a large shape) take fewer chunks."""
+
+BLOCK_ELEMENTS = 1 << 16
+"""The backward takes the sums of the groups of about this many elements (at least one group),
+then their gradients: the block's ``x`` and ``dy`` (256 KiB each in float32) are still in
+cache for the second pass (the measurements behind the size are in ``docs/performance.md``)."""
 
 MAX_INTERLEAVED_GROUPS = 8
 """Groups interleaved element by element (channels last: no contiguous run of one group's
@@ -252,8 +266,10 @@ def forward(
     gamma: Array | None,
     beta: Array | None,
     precision: Precision,
+    out_dtype: Any,
 ) -> Array | None:
-    """The layer's output through the kernels, or ``None`` where the generic path must run."""
+    """The layer's output in ``out_dtype`` through the kernels, or ``None`` where the generic
+    path must run."""
     layout = _layout(layer, xp, precision, x, gamma, beta)
     if layout is None:
         return None
@@ -267,14 +283,14 @@ def forward(
             beta,
             layout=layout,
             dtype=dtype,
-            out_dtype=output_dtype(xp, precision, x, gamma, beta),
+            out_dtype=out_dtype,
             centred=FUSED_OPS[layer.op.name].centred,
         )
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
     chunks = _chunks(layout)
     fused_op = FUSED_OPS[layer.op.name]
-    y = xp.empty(x.shape, dtype=output_dtype(xp, precision, x, gamma, beta))
+    y = xp.empty(x.shape, dtype=out_dtype)
     size = _param_size(layer, x, gamma is not None or beta is not None)
     run_chunks(
         kernels.normalize,
@@ -289,9 +305,35 @@ def forward(
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
         xp.reshape(y, layout.shape),
-        xp.zeros((chunks, 1, kernels.DEPTH), dtype=dtype),
+        xp.zeros((chunks, 2, kernels.DEPTH), dtype=dtype),
     )
     return y
+
+
+def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> Statistics | None:
+    """Each group's mean and ``1 / s`` through the kernels (:func:`kernels.statistics`), in
+    the compute dtype, one value per group in the order of the partition's group axes; or
+    ``None`` where the generic path must run (also on a GPU)."""
+    layout = _layout(layer, xp, precision, x, None, None)
+    if layout is None or on_gpu(xp):
+        return None
+    kernels = _kernels()
+    assert kernels is not None  # _layout gives a NumPy layout only where available()
+    dtype = compute_dtype(xp, x.dtype, precision)
+    chunks = _chunks(layout)
+    out = xp.empty((2, layout.groups), dtype=dtype)
+    run_chunks(
+        kernels.statistics,
+        chunks,
+        x.size,
+        xp.reshape(x, layout.shape),
+        FUSED_OPS[layer.op.name].centred,
+        *_scaling(layer, xp, dtype),
+        *_divisor_args(layer),
+        out,
+        xp.zeros((chunks, 2, kernels.DEPTH), dtype=dtype),
+    )
+    return Statistics(mean=out[0, :], inverse=out[1, :])
 
 
 def vjp(
@@ -325,27 +367,20 @@ def vjp(
         _flat_param(xp, gamma, 1.0, size, dtype) * layer.affine_scale,
         layout.param_strides,
     )
-    factors = xp.empty((6, layout.groups), dtype=dtype)
+    d_gamma = xp.zeros((chunks, size), dtype=dtype)
+    d_beta = xp.zeros((chunks, size), dtype=dtype)
+    dx = xp.empty(x.shape, dtype=x.dtype)
     run_chunks(
-        kernels.vjp_sums,
+        kernels.gradients,
         chunks,
         x.size,
         *inputs,
         centred,
         *_scaling(layer, xp, dtype),
         *_divisor_args(layer),
-        factors,
-        xp.zeros((chunks, 3, kernels.DEPTH), dtype=dtype),
-    )
-    d_gamma = xp.zeros((chunks, size), dtype=dtype)
-    d_beta = xp.zeros((chunks, size), dtype=dtype)
-    dx = xp.empty(x.shape, dtype=x.dtype)
-    run_chunks(
-        kernels.vjp_apply,
-        chunks,
-        x.size,
-        *inputs,
-        factors,
+        max(1, BLOCK_ELEMENTS // layout.group_size),
+        xp.empty((6, layout.groups), dtype=dtype),
+        xp.zeros((chunks, 4, kernels.DEPTH), dtype=dtype),
         xp.reshape(dx, layout.shape),
         d_gamma,
         d_beta,
@@ -372,7 +407,7 @@ def _centring_vjp(
     axes it does not span; ``None`` with a ``gamma``, whose gradient the generic path takes."""
     if gamma is not None:
         return None
-    dx = forward(layer, xp, dy, None, None, precision)
+    dx = forward(layer, xp, dy, None, None, precision, dy.dtype)
     if dx is None:
         return None
     d_beta = None

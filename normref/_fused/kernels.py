@@ -1,16 +1,23 @@
 """Numba kernels of the fused path: per-group sums and factors, and the passes that use them.
 
 The forward (:func:`normalize`) takes each group's sums and factor and writes its
-output at once, while the group's values are in cache; the backward writes each
-group's factors (:func:`vjp_sums`), then the gradients (:func:`vjp_apply`). The
-factors are the array formulas of :mod:`normref._fused.factors` written for one group
-(:func:`forward_factor`, :func:`vjp_factors`), with the same roundings.
+output at once, while the group's values are in cache; the backward
+(:func:`gradients`) takes the sums and factors of a block of groups, then writes
+their gradients while the block is in cache. The factors are the array formulas of
+:mod:`normref._fused.factors` written for one group (:func:`forward_factor`,
+:func:`vjp_factors`), with the same roundings.
 
 Every kernel takes ``x`` (and ``dy``, ``y``, ``dx``) in the five-slot layout of
 :mod:`normref._fused.layout` and writes into arrays its caller allocated, so
 that all memory is visible to the caller and no kernel allocates. Arithmetic
 happens in the dtype of the statistics arrays (the compute dtype): an element
 of a float32 input is widened exactly to float64 when they are float64.
+
+A group's mean and sum of squared deviations come from one pass where that is
+as accurate as two: sums about a shift near the mean, corrected by the shift's
+distance from the mean where that distance is at most half a standard deviation
+(:func:`_centred_sums`); elsewhere a second pass, from cache, takes the squared
+deviations about the mean.
 
 Sums are pairwise, as NumPy's are: contiguous pieces of about :data:`PIECE`
 elements are each summed by a vectorized loop (the only place where
@@ -59,6 +66,14 @@ PIECE = 256
 DEPTH = 64
 """Depth of a cascade stack: enough for 2**63 pieces."""
 
+SHIFT_SAMPLES = 64
+"""Values whose mean is a group's shift (:func:`_shift_of`): for independent values it lies
+within an eighth of a standard deviation of the group's mean, most often."""
+
+SHIFT_CANCELLATION = 0.25
+"""The most ``n delta**2`` may be of the sum of squared deviations for the one-pass sums about
+a shift (:func:`_group_statistics`): the shift within half a standard deviation of the mean."""
+
 _jit = numba.njit(cache=True, nogil=True)
 _jit_inline = numba.njit(cache=True, nogil=True, inline="always")
 """For the functions of a group's sums: inlined by Numba, their loops are compiled in their
@@ -70,31 +85,16 @@ _jit_reassoc = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 @_jit_reassoc
-def _piece_sum(piece: Any, scale: Any, shift: Any, squares: bool, zero: Any) -> Any:
-    """Sum of ``piece * scale - shift``, or of its squares."""
+def _piece_sums(piece: Any, scale: Any, shift: Any, zero: Any) -> tuple[Any, Any]:
+    """Sums of ``d = piece * scale - shift`` and of ``d**2`` (``d = piece - shift`` where
+    ``scale`` is ``None``: the values as they are)."""
     total = zero
-    if squares:
-        for i in range(piece.shape[0]):
-            d = piece[i] * scale - shift
-            total += d * d
-    else:
-        for i in range(piece.shape[0]):
-            total += piece[i] * scale - shift
-    return total
-
-
-@_jit_reassoc
-def _piece_plain_sum(piece: Any, shift: Any, squares: bool, zero: Any) -> Any:
-    """Sum of ``piece - shift``, or of its squares: of the values as they are."""
-    total = zero
-    if squares:
-        for i in range(piece.shape[0]):
-            d = piece[i] - shift
-            total += d * d
-    else:
-        for i in range(piece.shape[0]):
-            total += piece[i] - shift
-    return total
+    squares = zero
+    for i in range(piece.shape[0]):
+        d = piece[i] - shift if scale is None else piece[i] * scale - shift
+        total += d
+        squares += d * d
+    return total, squares
 
 
 @_jit_reassoc
@@ -108,44 +108,49 @@ def _piece_magnitude(piece: Any, zero: float) -> float:
 
 @_jit_reassoc
 def _piece_vjp_sums(
-    x: Any, dy: Any, gamma: Any, scale: Any, mean: Any, zero: Any
-) -> tuple[Any, Any, Any]:
-    """Sums of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece, ``d = x * scale - mean``
-    (``x - mean`` where ``scale`` is ``None``).
+    x: Any, dy: Any, gamma: Any, scale: Any, shift: Any, zero: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Sums of ``d``, of ``d**2``, of ``dyh`` and of ``dyh * d`` over one piece,
+    ``d = x * scale - shift`` (``x - shift`` where ``scale`` is ``None``).
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values; ``gamma`` is
     a piece as long as ``x``.
     """
+    total = zero
     squares = zero
     dyh_total = zero
     dyh_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean if scale is None else x[i] * scale - mean
+        d = x[i] - shift if scale is None else x[i] * scale - shift
         h = dy[i] * gamma[i]
+        total += d
         squares += d * d
         dyh_total += h
         dyh_centred += h * d
-    return squares, dyh_total, dyh_centred
+    return total, squares, dyh_total, dyh_centred
 
 
 @_jit_reassoc
-def _piece_dy_sums(x: Any, dy: Any, scale: Any, mean: Any, zero: Any) -> tuple[Any, Any, Any]:
-    """Sums of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, as :func:`_piece_vjp_sums`.
+def _piece_dy_sums(x: Any, dy: Any, scale: Any, shift: Any, zero: Any) -> tuple[Any, Any, Any, Any]:
+    """Sums of ``d``, of ``d**2``, of ``dy`` and of ``dy * d`` over one piece, as
+    :func:`_piece_vjp_sums`.
 
     For parameters constant along the piece, whose caller scales the last two
     by ``gamma`` once: the loop of :func:`_piece_vjp_sums` with ``gamma[i]``
     read through a stride known only at run time would not vectorize.
     """
+    total = zero
     squares = zero
     dy_total = zero
     dy_centred = zero
     for i in range(x.shape[0]):
-        d = x[i] - mean if scale is None else x[i] * scale - mean
+        d = x[i] - shift if scale is None else x[i] * scale - shift
         h = dy[i] + zero
+        total += d
         squares += d * d
         dy_total += h
         dy_centred += h * d
-    return squares, dy_total, dy_centred
+    return total, squares, dy_total, dy_centred
 
 
 @_jit_reassoc
@@ -195,33 +200,55 @@ def _drain(stack: Any, chunk: int, w: int, depth: int, zero: Any) -> Any:
 
 
 @_jit_inline
-def _group_sum(
-    x: Any, g0: int, g2: int, scale: Any, shift: Any, squares: bool, stack: Any, chunk: int
-) -> Any:
-    """Pairwise sum over group ``(g0, g2)`` of ``x * scale - shift`` or of its squares; of
-    ``x - shift`` or of its squares where ``scale`` is ``None`` (the values as they are).
+def _group_value_sums(
+    x: Any, g0: int, g2: int, scale: Any, shift: Any, stack: Any, chunk: int
+) -> tuple[Any, Any]:
+    """Pairwise sums over group ``(g0, g2)`` of ``d = x * scale - shift`` and of ``d**2``
+    (``d = x - shift`` where ``scale`` is ``None``: the values as they are).
 
     Short rows are gathered into one piece until it holds ``PIECE`` elements.
     """
     zero = stack.dtype.type(0)
     depth = count = filled = 0
-    piece = zero
+    pieces = (zero, zero)
     for s1 in range(x.shape[1]):
         for s3 in range(x.shape[3]):
             row = x[g0, s1, g2, s3]
             for start in range(0, row.shape[0], PIECE):
                 part = row[start : start + PIECE]
-                if scale is None:
-                    piece += _piece_plain_sum(part, shift, squares, zero)
-                else:
-                    piece += _piece_sum(part, scale, shift, squares, zero)
+                total, squares = _piece_sums(part, scale, shift, zero)
+                pieces = (pieces[0] + total, pieces[1] + squares)
                 filled += part.shape[0]
                 if filled >= PIECE:
-                    depth, count = _push(stack, chunk, depth, count, (piece,))
-                    piece, filled = zero, 0
+                    depth, count = _push(stack, chunk, depth, count, pieces)
+                    pieces, filled = (zero, zero), 0
     if filled:
-        depth, count = _push(stack, chunk, depth, count, (piece,))
-    return _drain(stack, chunk, 0, depth, zero)
+        depth, count = _push(stack, chunk, depth, count, pieces)
+    return _drain(stack, chunk, 0, depth, zero), _drain(stack, chunk, 1, depth, zero)
+
+
+@_jit
+def _shift_of(x: Any, g0: int, g2: int, scale: Any, zero: Any) -> Any:
+    """The mean of the first :data:`SHIFT_SAMPLES` values of group ``(g0, g2)`` (of all of
+    them in a smaller group) times ``scale`` (as they are where it is ``None``), in the dtype
+    of ``zero``: a value near the group's mean, for :func:`_centred_sums`; 0 where that mean
+    is not finite."""
+    total = zero
+    taken = 0
+    for s1 in range(x.shape[1]):
+        for s3 in range(x.shape[3]):
+            row = x[g0, s1, g2, s3]
+            take = min(row.shape[0], SHIFT_SAMPLES - taken)
+            total += _piece_sums(row[:take], scale, zero, zero)[0]
+            taken += take
+            if taken == SHIFT_SAMPLES:
+                break
+        if taken == SHIFT_SAMPLES:
+            break
+    shift = total / type(zero)(taken)
+    # an infinity or a NaN among the samples: no shift, so that the mean is the sum's
+    # (an infinity's sign), as the generic path's
+    return shift if math.isfinite(shift) else zero
 
 
 @_jit
@@ -285,26 +312,72 @@ def _scale_of(magnitude: float, floor: float, exponents: tuple[int, int]) -> flo
 
 
 @_jit_inline
-def _group_squares(
+def _group_sums(
     x: Any,
     dy: Any,
     gamma: Any,
     param_strides: tuple[int, ...],
     g0: int,
     g2: int,
-    c: Any,
-    mu: Any,
+    scale: Any,
+    shift: Any,
     stack: Any,
     chunk: int,
-) -> tuple[Any, Any, Any]:
-    """Over group ``(g0, g2)``, with ``d = x * c - mu`` (``x - mu`` where ``c`` is ``None``):
-    the sum of ``d**2`` and, with a cotangent ``dy``, the sums of ``dyh`` and of ``dyh * d``
-    in the same pass (:func:`_vjp_group_sums`); 0 for those without (``dy`` ``None``: Numba
-    compiles one branch for each)."""
+) -> tuple[Any, Any, Any, Any]:
+    """Over group ``(g0, g2)``, with ``d = x * scale - shift`` (``x - shift`` where ``scale``
+    is ``None``): the sums of ``d`` and of ``d**2`` and, with a cotangent ``dy``, the sums of
+    ``dyh`` and of ``dyh * d`` in the same pass (:func:`_vjp_group_sums`); 0 for those
+    without (``dy`` ``None``: Numba compiles one branch for each)."""
     if dy is None:
         zero = stack.dtype.type(0)
-        return _group_sum(x, g0, g2, c, mu, True, stack, chunk), zero, zero
-    return _vjp_group_sums(x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk)
+        total, squares = _group_value_sums(x, g0, g2, scale, shift, stack, chunk)
+        return total, squares, zero, zero
+    return _vjp_group_sums(x, dy, gamma, param_strides, g0, g2, scale, shift, stack, chunk)
+
+
+@_jit_inline
+def _centred_sums(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    g2: int,
+    center: bool,
+    scale: Any,
+    stack: Any,
+    chunk: int,
+) -> tuple[Any, Any, Any, Any]:
+    """Of the values ``x * scale`` of group ``(g0, g2)`` (``x`` where ``scale`` is ``None``):
+    their mean (0 unless ``center``), the sum of their squared deviations ``d**2`` and, with
+    a cotangent ``dy``, the sums of ``dyh`` and of ``dyh * d``.
+
+    One pass takes them where it can: the sums of ``e = x - a`` and ``e**2`` (and of ``dyh``
+    and ``dyh * e``) about a shift ``a`` near the mean (:func:`_shift_of`), whence
+    ``mean = a + delta`` (``delta = sum(e) / n``), ``sum(d**2) = sum(e**2) - delta sum(e)``
+    and ``sum(dyh d) = sum(dyh e) - delta sum(dyh)``. Their cancellation is at most that of
+    ``n delta**2`` against ``sum(d**2)``: where the shift lies within half a standard
+    deviation of the mean (:data:`SHIFT_CANCELLATION`), the subtracted term is at most a
+    quarter of the result, which so keeps the accuracy of sums about the mean; elsewhere (and
+    for a NaN) a second pass takes them about the mean, from cache.
+    """
+    real = stack.dtype.type
+    zero = real(0)
+    n = real(x.shape[1] * x.shape[3] * x.shape[4])
+    shift = _shift_of(x, g0, g2, scale, zero) if center else zero
+    total, squares, dyh, dyh_d = _group_sums(
+        x, dy, gamma, param_strides, g0, g2, scale, shift, stack, chunk
+    )
+    if not center:
+        return zero, squares, dyh, dyh_d
+    delta = total / n
+    mu = shift + delta
+    if n * delta * delta <= real(SHIFT_CANCELLATION) * (squares - delta * total):
+        return mu, squares - delta * total, dyh, dyh_d - delta * dyh
+    _, squares, dyh, dyh_d = _group_sums(
+        x, dy, gamma, param_strides, g0, g2, scale, mu, stack, chunk
+    )
+    return mu, squares, dyh, dyh_d
 
 
 @_jit_inline
@@ -325,28 +398,21 @@ def _group_statistics(
     """Of group ``(g0, g2)``: its power of two ``c``, and of its values times it the mean
     (0 unless ``center``), the sum of squared deviations ``d**2`` and, with a cotangent
     ``dy`` (``None`` forward), the sums of ``dyh`` and of ``dyh * d``, ``d = x * c - mean``
-    (``dyh = dy * gamma``; :func:`_group_squares`).
+    (``dyh = dy * gamma``; :func:`_centred_sums`).
 
     The sums are taken of the values as they are (``c = 1``) where they are exact
     (:func:`_plain_is_exact`), else again of the values times :func:`_scale_of`'s power of
-    two.
+    two: the same arithmetic on values a power of two apart, so the same results scaled.
     """
-    real = stack.dtype.type
-    one, zero = real(1), real(0)
-    n = real(x.shape[1] * x.shape[3] * x.shape[4])
-    mu = zero
-    if center:
-        mu = _group_sum(x, g0, g2, None, zero, False, stack, chunk) / n
-    squares, dyh, dyh_d = _group_squares(
-        x, dy, gamma, param_strides, g0, g2, None, mu, stack, chunk
+    c = stack.dtype.type(1)
+    mu, squares, dyh, dyh_d = _centred_sums(
+        x, dy, gamma, param_strides, g0, g2, center, None, stack, chunk
     )
-    c = one
-    if not _plain_is_exact(mu, squares, float(n), limits):
-        c = real(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
-        if center:
-            mu = _group_sum(x, g0, g2, c, zero, False, stack, chunk) / n
-        squares, dyh, dyh_d = _group_squares(
-            x, dy, gamma, param_strides, g0, g2, c, mu, stack, chunk
+    n = float(x.shape[1] * x.shape[3] * x.shape[4])
+    if not _plain_is_exact(mu, squares, n, limits):
+        c = stack.dtype.type(_scale_of(_group_magnitude(x, g0, g2), floor, exponents))
+        mu, squares, dyh, dyh_d = _centred_sums(
+            x, dy, gamma, param_strides, g0, g2, center, c, stack, chunk
         )
     return c, mu, squares, dyh, dyh_d
 
@@ -454,7 +520,7 @@ def normalize(
     (:func:`forward_factor`, of ``count = n - correction`` and ``eps``) are computed
     where its values are still in cache, and its output written at once. The caller
     passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent parameters: multiplying
-    by 1 and adding -0.0 change no value. ``stack`` is ``(chunks, 1, DEPTH)`` scratch in
+    by 1 and adding -0.0 change no value. ``stack`` is ``(chunks, 2, DEPTH)`` scratch in
     the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
@@ -492,17 +558,17 @@ def _vjp_group_sums(
     g0: int,
     g2: int,
     scale: Any,
-    mu: Any,
+    shift: Any,
     stack: Any,
     chunk: int,
-) -> tuple[Any, Any, Any]:
-    """Over group ``(g0, g2)``, with ``d = x * scale - mu`` (``x - mu`` where ``scale`` is
-    ``None``): the pairwise sums of ``d**2``, of ``dyh`` and of ``dyh * d``
+) -> tuple[Any, Any, Any, Any]:
+    """Over group ``(g0, g2)``, with ``d = x * scale - shift`` (``x - shift`` where ``scale``
+    is ``None``): the pairwise sums of ``d``, of ``d**2``, of ``dyh`` and of ``dyh * d``
     (``dyh = dy * gamma``)."""
     zero = stack.dtype.type(0)
     p0, p1, p2, p3, p4 = param_strides
     depth = count = filled = 0
-    pieces = (zero, zero, zero)
+    pieces = (zero, zero, zero, zero)
     for s1 in range(x.shape[1]):
         for s3 in range(x.shape[3]):
             p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
@@ -511,25 +577,31 @@ def _vjp_group_sums(
                 end = min(start + PIECE, row.shape[0])
                 if p4:
                     gamma_part = gamma[p + start : p + end]
-                    squares, dyh_total, dyh_centred = _piece_vjp_sums(
-                        row[start:end], dy_row[start:end], gamma_part, scale, mu, zero
+                    total, squares, dyh_total, dyh_centred = _piece_vjp_sums(
+                        row[start:end], dy_row[start:end], gamma_part, scale, shift, zero
                     )
                 else:
-                    squares, dy_total, dy_centred = _piece_dy_sums(
-                        row[start:end], dy_row[start:end], scale, mu, zero
+                    total, squares, dy_total, dy_centred = _piece_dy_sums(
+                        row[start:end], dy_row[start:end], scale, shift, zero
                     )
                     dyh_total, dyh_centred = dy_total * gamma[p], dy_centred * gamma[p]
-                pieces = (pieces[0] + squares, pieces[1] + dyh_total, pieces[2] + dyh_centred)
+                pieces = (
+                    pieces[0] + total,
+                    pieces[1] + squares,
+                    pieces[2] + dyh_total,
+                    pieces[3] + dyh_centred,
+                )
                 filled += end - start
                 if filled >= PIECE:
                     depth, count = _push(stack, chunk, depth, count, pieces)
-                    pieces, filled = (zero, zero, zero), 0
+                    pieces, filled = (zero, zero, zero, zero), 0
     if filled:
         depth, count = _push(stack, chunk, depth, count, pieces)
     return (
         _drain(stack, chunk, 0, depth, zero),
         _drain(stack, chunk, 1, depth, zero),
         _drain(stack, chunk, 2, depth, zero),
+        _drain(stack, chunk, 3, depth, zero),
     )
 
 
@@ -634,7 +706,7 @@ def _vjp_apply_group(
 
 
 @_jit
-def vjp_sums(
+def gradients(
     x: Any,
     dy: Any,
     gamma: Any,
@@ -645,20 +717,31 @@ def vjp_sums(
     count: float,
     eps: float,
     eps_mode: int,
+    block: int,
     factors: Any,
     stack: Any,
+    dx: Any,
+    d_gamma: Any,
+    d_beta: Any,
     first: int,
     stop: int,
 ) -> None:
-    """Per group ``g``: its sums (:func:`_group_statistics`) and the factors of its gradient
-    (:func:`vjp_factors`), in ``factors[:, g]``: ``c``, the mean, ``inv_s``, ``inverse``,
-    ``coef`` and ``dyh_mean``, for :func:`vjp_apply`.
+    """``dx = ((dyh - dyh_mean) + d * coef) * inverse`` and the parameters' gradients, a
+    block of ``block`` groups at a time.
+
+    For each group of a block: its sums (:func:`_group_statistics`) and the factors of its
+    gradient (:func:`vjp_factors`), in ``factors[:, g]``: ``c``, the mean, ``inv_s``,
+    ``inverse``, ``coef`` and ``dyh_mean``; then for each group of the block its gradients
+    (:func:`_vjp_apply_group`), ``d = x * c - mean`` being the scaled centred values. The
+    caller sizes the blocks so that their ``x`` and ``dy`` stay in cache between the two
+    passes, which read them from memory once; a group's factors, a chain of divisions and
+    roots, overlap the next group's sums instead of holding up the group's own output.
 
     ``dyh = dy * gamma`` is the cotangent of the normalized values (``gamma`` of ones where
-    the layer has none); ``stack`` is ``(chunks, 3, DEPTH)`` scratch in the compute dtype.
-    (The gradients are written by a second kernel, not at once: a group's factors are a chain
-    of divisions and roots that the next group's sums overlap here, and that would hold up
-    each group's output.)
+    the layer has none); ``stack`` is ``(chunks, 4, DEPTH)`` scratch in the compute dtype.
+    ``d_gamma`` and ``d_beta`` are ``(chunks, P)`` partial sums (zeros on entry) of
+    ``dy * x_hat`` and ``dy`` per parameter, one row per chunk of groups; their caller adds
+    the rows.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
@@ -666,51 +749,89 @@ def vjp_sums(
     n = float(x.shape[1] * x.shape[3] * x.shape[4])
     limits = _limits(n, floor, exponents[1] // 4)
     for chunk in range(first, stop):
-        for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
-            g0, g2 = g // x.shape[2], g % x.shape[2]
-            c, mu, squares, dyh, dyh_d = _group_statistics(
-                x, dy, gamma, param_strides, g0, g2, center, floor, exponents, limits, stack, chunk
-            )
-            inv_s, inverse, coef, centre = vjp_factors(
-                squares, c, dyh, dyh_d, count, eps, eps_mode, center, real(n), real(1)
-            )
-            factors[0, g], factors[1, g], factors[2, g] = c, mu, inv_s
-            factors[3, g], factors[4, g], factors[5, g] = inverse, coef, centre
+        chunk_stop = (chunk + 1) * groups // chunks
+        for start in range(chunk * groups // chunks, chunk_stop, block):
+            end = min(start + block, chunk_stop)
+            for g in range(start, end):
+                g0, g2 = g // x.shape[2], g % x.shape[2]
+                c, mu, squares, dyh, dyh_d = _group_statistics(
+                    x,
+                    dy,
+                    gamma,
+                    param_strides,
+                    g0,
+                    g2,
+                    center,
+                    floor,
+                    exponents,
+                    limits,
+                    stack,
+                    chunk,
+                )
+                inv_s, inverse, coef, centre = vjp_factors(
+                    squares, c, dyh, dyh_d, count, eps, eps_mode, center, real(n), real(1)
+                )
+                factors[0, g], factors[1, g], factors[2, g] = c, mu, inv_s
+                factors[3, g], factors[4, g], factors[5, g] = inverse, coef, centre
+            for g in range(start, end):
+                group_factors = (
+                    factors[0, g],
+                    factors[1, g],
+                    factors[2, g],
+                    factors[3, g],
+                    factors[4, g],
+                    factors[5, g],
+                )
+                _vjp_apply_group(
+                    x,
+                    dy,
+                    gamma,
+                    param_strides,
+                    g // x.shape[2],
+                    g % x.shape[2],
+                    group_factors,
+                    dx,
+                    d_gamma,
+                    d_beta,
+                    chunk,
+                )
 
 
 @_jit
-def vjp_apply(
+def statistics(
     x: Any,
-    dy: Any,
-    gamma: Any,
-    param_strides: tuple[int, ...],
-    factors: Any,
-    dx: Any,
-    d_gamma: Any,
-    d_beta: Any,
+    center: bool,
+    floor: float,
+    exponents: tuple[int, int],
+    count: float,
+    eps: float,
+    eps_mode: int,
+    out: Any,
+    stack: Any,
     first: int,
     stop: int,
 ) -> None:
-    """``dx = ((dyh - dyh_mean) + d * coef) * inverse``, and the parameters' gradients, of the
-    factors :func:`vjp_sums` wrote.
-
-    ``d = x * c - mean`` are the scaled centred values. ``d_gamma`` and ``d_beta`` are
-    ``(chunks, P)`` partial sums (zeros on entry) of ``dy * x_hat`` and ``dy`` per parameter,
-    one row per chunk of groups; their caller adds the rows.
+    """Per group ``g``: the mean of its values and ``1 / s`` of them in ``out[0, g]`` and
+    ``out[1, g]``, the statistics :func:`normalize` takes (:func:`_group_statistics`; ``s``
+    the divisor of the variance over ``count = n - correction`` with ``eps``, the
+    ``inverse`` of :func:`vjp_factors`), for a caller that forms its own affine from them
+    (batch renormalization). ``stack`` is ``(chunks, 2, DEPTH)`` scratch in the compute
+    dtype.
     """
     groups = x.shape[0] * x.shape[2]
-    chunks = d_gamma.shape[0]
+    chunks = stack.shape[0]
+    real = stack.dtype.type
+    one, zero = real(1), real(0)
+    n = float(x.shape[1] * x.shape[3] * x.shape[4])
+    limits = _limits(n, floor, exponents[1] // 4)
     for chunk in range(first, stop):
         for g in range(chunk * groups // chunks, (chunk + 1) * groups // chunks):
             g0, g2 = g // x.shape[2], g % x.shape[2]
-            group_factors = (
-                factors[0, g],
-                factors[1, g],
-                factors[2, g],
-                factors[3, g],
-                factors[4, g],
-                factors[5, g],
+            c, mu, squares, _, _ = _group_statistics(
+                x, None, x, (0, 0, 0, 0, 0), g0, g2, center, floor, exponents, limits, stack, chunk
             )
-            _vjp_apply_group(
-                x, dy, gamma, param_strides, g0, g2, group_factors, dx, d_gamma, d_beta, chunk
-            )
+            inverse = vjp_factors(
+                squares, c, zero, zero, count, eps, eps_mode, center, real(n), one
+            )[1]
+            out[0, g] = mu / c
+            out[1, g] = inverse

@@ -53,6 +53,11 @@ class Layout(NamedTuple):
         """Number of groups: the pairs ``(g0, g2)``."""
         return self.shape[0] * self.shape[GROUP_INNER]
 
+    @property
+    def group_size(self) -> int:
+        """Elements of one group: the samples ``(s1, s3, s4)``."""
+        return self.shape[1] * self.shape[3] * self.shape[INNER]
+
 
 class _Run(NamedTuple):
     label: str

@@ -108,7 +108,13 @@ def _canonical_param(layer: Layer, xp: Any, param: Array | None) -> Array | None
 
 
 def _joint_forward(
-    layer: Layer, xp: Any, x: Array, gamma: Array | None, beta: Array | None, precision: Precision
+    layer: Layer,
+    xp: Any,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Precision,
+    out_dtype: Any,
 ) -> Array:
     """:func:`normalize` where the operation treats each group's features jointly.
 
@@ -135,9 +141,7 @@ def _joint_forward(
         CANONICAL_AXES,
         overwrite=True,
     )
-    return layer.partition.from_canonical(
-        xp, to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
-    )
+    return layer.partition.from_canonical(xp, to_dtype(xp, y, out_dtype))
 
 
 def _joint_vjp(
@@ -188,18 +192,32 @@ def _joint_vjp(
 
 
 def normalize(
-    layer: Layer, x: Array, gamma: Array | None, beta: Array | None, precision: Precision
+    layer: Layer,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    precision: Precision,
+    *,
+    out_dtype: Any = None,
 ) -> Array:
-    """Forward pass of ``layer``."""
+    """Forward pass of ``layer``, in ``out_dtype`` (by default the promoted dtype of ``x``,
+    ``gamma`` and ``beta``, or ``x``'s where a modelled convention says so).
+
+    A layer that computes its affine parameters in the compute dtype (batch
+    renormalization, AdaIN) names the dtype of the parameters it was given: the result is
+    rounded to it once, with no output of the parameters' dtype in between.
+    """
     xp = _checked_namespace(layer, x, gamma, beta)
+    if out_dtype is None:
+        out_dtype = output_dtype(xp, precision, x, gamma, beta)
     if x.size == 0:  # no groups (a size 0 that is not reduced): nothing to normalize
         compute_dtype(xp, x.dtype, precision)  # checks precision, as every call does
-        return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
-    fused = _fused.forward(layer, xp, x, gamma, beta, precision)
+        return empty_like(xp, tuple(x.shape), out_dtype, x)
+    fused = _fused.forward(layer, xp, x, gamma, beta, precision, out_dtype)
     if fused is not None:
         return fused
     if layer.op.joint_features:
-        return _joint_forward(layer, xp, x, gamma, beta, precision)
+        return _joint_forward(layer, xp, x, gamma, beta, precision, out_dtype)
     dtype = compute_dtype(xp, x.dtype, precision)
     part = layer.partition
     x_hat = part.unsplit(
@@ -226,7 +244,7 @@ def normalize(
         layer.param_axes,
         overwrite=True,  # the operation's output is a new array
     )
-    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+    return to_dtype(xp, y, out_dtype)
 
 
 def normalize_vjp(

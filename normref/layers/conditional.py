@@ -45,7 +45,8 @@ from typing import Any, NamedTuple
 from normref._lib.checks import check_correction, check_eps, check_rank, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref._lib.scaling import scaled_mean
-from normref.layers.standardization import instance_norm, instance_norm_vjp
+from normref.layers.compose import normalize
+from normref.layers.standardization import instance_norm_layer, instance_norm_vjp
 from normref.ops.base import check_group_size
 from normref.ops.standardization import (
     STANDARDIZE,
@@ -197,10 +198,11 @@ def adaptive_instance_norm(
       instance normalization. ICCV. https://arxiv.org/abs/1703.06868
     """
     stats = _style_stats(x, style, eps, correction, axis, precision)
-    y = instance_norm(
-        x, stats.sigma, stats.mean, eps=eps, axis=axis, correction=correction, precision=precision
+    params = (stats.sigma, stats.mean)
+    layer = instance_norm_layer(x, params, eps, "add", correction, axis)
+    return normalize(
+        layer, x, *params, precision, out_dtype=output_dtype(stats.xp, precision, x, style)
     )
-    return to_dtype(stats.xp, y, output_dtype(stats.xp, precision, x, style))
 
 
 def adaptive_instance_norm_vjp(

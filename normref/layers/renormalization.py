@@ -53,14 +53,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from normref import _fused
 from normref._lib.checks import check_eps, check_finite_number, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref._lib.scaling import scaled_mean
 from normref.affine import check_param
 from normref.conventions import Convention
-from normref.layers.compose import NormGrads
+from normref.layers.compose import NormGrads, normalize
 from normref.layers.standardization import (
-    batch_norm,
+    batch_norm_layer,
     batch_norm_vjp,
     batch_running_update,
     check_running_stats,
@@ -83,6 +84,28 @@ def _check_limits(r_max: object, d_max: object) -> tuple[float, float]:
         msg = f"d_max must be a finite number >= 0, got {d_max!r}"
         raise ValueError(msg)
     return r, d
+
+
+def _batch_statistics(
+    xp: Any,
+    x: Array,
+    eps: float,
+    channel: int,
+    reduced: tuple[int, ...],
+    dtype: Any,
+    precision: Precision,
+) -> tuple[Array, Array]:
+    r"""The batch's mean :math:`\mu_B` and :math:`1 / \sigma_B` per channel, shape ``(C,)``
+    in ``dtype`` (the compute dtype): of each channel's values times a power of two, through
+    the fused path where it runs (batch norm's statistics, without a float64 copy of ``x``)."""
+    layer = batch_norm_layer(x, (None, None), eps, "add", 0, channel)
+    fused = _fused.statistics(layer, xp, x, precision)
+    if fused is not None:
+        return fused.mean, fused.inverse
+    xc = to_dtype(xp, x, dtype)
+    batch = scaled_statistics(xp, xc, reduced, centre=True, eps=eps, eps_mode="add")
+    mean = scaled_mean(xp, xc, reduced)
+    return xp.reshape(mean, (-1,)), xp.reshape(batch.inverse, (-1,))
 
 
 def _corrected_affine(
@@ -122,12 +145,9 @@ def _corrected_affine(
         where=f"x of shape {tuple(x.shape)}, axis={axis}",
     )
     dtype = compute_dtype(xp, x.dtype, precision)
-    xc = to_dtype(xp, x, dtype)
-    # the batch's statistics of x times a power of two per channel: 1 / sigma_B and mu_B
-    batch = scaled_statistics(xp, xc, reduced, centre=True, eps=eps, eps_mode="add")
-    batch_mean = xp.reshape(scaled_mean(xp, xc, reduced), (-1,))
+    batch_mean, batch_inverse = _batch_statistics(xp, x, eps, channel, reduced, dtype, precision)
     sigma = divisor(xp, to_dtype(xp, running_var, dtype), eps=eps, eps_mode="add")
-    r = xp.clip(1.0 / (xp.reshape(batch.inverse, (-1,)) * sigma), 1.0 / r_limit, r_limit)
+    r = xp.clip(1.0 / (batch_inverse * sigma), 1.0 / r_limit, r_limit)
     d = xp.clip((batch_mean - to_dtype(xp, running_mean, dtype)) / sigma, -d_limit, d_limit)
     if gamma is None:
         scale, shift = r, d
@@ -195,8 +215,10 @@ def batch_renorm(
     xp, _, _, scale, shift = _corrected_affine(
         x, running_mean, running_var, gamma, beta, r_max, d_max, eps, axis, precision
     )
-    y = batch_norm(x, scale, shift, eps=eps, axis=axis, precision=precision)
-    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+    layer = batch_norm_layer(x, (scale, shift), eps, "add", 0, axis)
+    return normalize(
+        layer, x, scale, shift, precision, out_dtype=output_dtype(xp, precision, x, gamma, beta)
+    )
 
 
 def batch_renorm_vjp(

@@ -133,6 +133,34 @@ def _channel_layer(
     )
 
 
+def batch_norm_layer(
+    x: Array,
+    params: tuple[Array | None, Array | None],
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    axis: int,
+) -> Layer:
+    """Batch norm's layer for ``x`` with the per-channel ``params`` (gamma and beta): also for a
+    layer that forms its own affine parameters (batch renormalization)."""
+    return _channel_layer("batch_norm", x, params, eps, eps_mode, correction, axis, batch_partition)
+
+
+def instance_norm_layer(
+    x: Array,
+    params: tuple[Array | None, Array | None],
+    eps: float,
+    eps_mode: str,
+    correction: int,
+    axis: int,
+) -> Layer:
+    """Instance norm's layer for ``x`` with the per-channel or per-sample-and-channel
+    ``params`` (gamma and beta): also for a layer that forms its own (AdaIN)."""
+    return _channel_layer(
+        "instance_norm", x, params, eps, eps_mode, correction, axis, instance_partition
+    )
+
+
 def _axes_layer(name: str, x: Array, op: GroupOp, params: dict[str, Any], axes: Any) -> Layer:
     """A layer over the normalized ``axes``, whose parameters have those axes' shape."""
     shape = _shape(x)
@@ -205,9 +233,7 @@ def batch_norm(
       training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return normalize(
-        _channel_layer(
-            "batch_norm", x, (gamma, beta), eps, eps_mode, correction, axis, batch_partition
-        ),
+        batch_norm_layer(x, (gamma, beta), eps, eps_mode, correction, axis),
         x,
         gamma,
         beta,
@@ -252,9 +278,7 @@ def batch_norm_vjp(
       training by reducing internal covariate shift. ICML. https://arxiv.org/abs/1502.03167
     """
     return normalize_vjp(
-        _channel_layer(
-            "batch_norm", x, (gamma, beta), eps, eps_mode, correction, axis, batch_partition
-        ),
+        batch_norm_layer(x, (gamma, beta), eps, eps_mode, correction, axis),
         dy,
         x,
         gamma,
@@ -395,9 +419,7 @@ def instance_norm(
       ingredient for fast stylization. https://arxiv.org/abs/1607.08022
     """
     return normalize(
-        _channel_layer(
-            "instance_norm", x, (gamma, beta), eps, eps_mode, correction, axis, instance_partition
-        ),
+        instance_norm_layer(x, (gamma, beta), eps, eps_mode, correction, axis),
         x,
         gamma,
         beta,
@@ -442,9 +464,7 @@ def instance_norm_vjp(
       ingredient for fast stylization. https://arxiv.org/abs/1607.08022
     """
     return normalize_vjp(
-        _channel_layer(
-            "instance_norm", x, (gamma, beta), eps, eps_mode, correction, axis, instance_partition
-        ),
+        instance_norm_layer(x, (gamma, beta), eps, eps_mode, correction, axis),
         dy,
         x,
         gamma,
