@@ -34,6 +34,7 @@ Precision
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from typing import Any, TypeVar
 
@@ -49,6 +50,26 @@ class Float64UnavailableError(RuntimeError):
     """The arrays' library cannot compute in float64 as ``precision="highest"`` asks."""
 
 
+_KINDS: dict[tuple[type, Any], tuple[Namespace, bool]] = {}
+"""The namespace of the arrays of each type and dtype seen, and whether that dtype is real
+floating: both depend on nothing else, and finding them costs microseconds a call."""
+
+
+def _kind(value: Array) -> tuple[Namespace, bool]:
+    """``value``'s namespace and whether its dtype is real floating (a :class:`TypeError` for
+    a value that is not an array)."""
+    key = (type(value), getattr(value, "dtype", None))
+    try:
+        return _KINDS[key]
+    except (KeyError, TypeError):  # not seen, or a dtype that cannot be a key
+        pass
+    xp = array_api_compat.array_namespace(value)
+    kind = (xp, bool(xp.isdtype(value.dtype, "real floating")))
+    with contextlib.suppress(TypeError):
+        _KINDS[key] = kind
+    return kind
+
+
 def namespace_of(*, optional: Collection[str] = (), **arrays: Array | None) -> Namespace:
     """Return the Array API namespace shared by the named arrays.
 
@@ -57,7 +78,7 @@ def namespace_of(*, optional: Collection[str] = (), **arrays: Array | None) -> N
     for a required one), when two arguments come from different libraries, or when an
     array's dtype is not real floating.
     """
-    found: dict[str, tuple[Array, Namespace]] = {}
+    found: dict[str, tuple[Array, Namespace, bool]] = {}
     for name, value in arrays.items():
         if value is None and name in optional:
             continue
@@ -65,26 +86,25 @@ def namespace_of(*, optional: Collection[str] = (), **arrays: Array | None) -> N
             msg = f"{name} must be an array, got None: it is required"
             raise TypeError(msg)
         try:
-            found[name] = (value, array_api_compat.array_namespace(value))
+            found[name] = (value, *_kind(value))
         except TypeError:
             msg = f"{name} must be an array, got {type(value).__name__}"
             raise TypeError(msg) from None
     if not found:
         msg = "no array argument was given"
         raise TypeError(msg)
-    libraries = {name: xp.__name__ for name, (_, xp) in found.items()}
+    libraries = {name: xp.__name__ for name, (_, xp, _) in found.items()}
     if len(set(libraries.values())) > 1:
         listed = ", ".join(f"{name} is {lib}" for name, lib in libraries.items())
         msg = (
             f"arguments come from different array libraries ({listed}); pass arrays of one library"
         )
         raise TypeError(msg)
-    xp = next(iter(found.values()))[1]
-    for name, (value, _) in found.items():
-        if not xp.isdtype(value.dtype, "real floating"):
+    for name, (value, _, real_floating) in found.items():
+        if not real_floating:
             msg = f"{name} must have a real floating dtype, got {value.dtype}"
             raise TypeError(msg)
-    return xp
+    return next(iter(found.values()))[1]
 
 
 def result_dtype(xp: Namespace, *arrays: Array | None) -> Any:

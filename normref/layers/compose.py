@@ -208,17 +208,16 @@ def normalize(
     rounded to it once, with no output of the parameters' dtype in between.
     """
     xp = _checked_namespace(layer, x, gamma, beta)
+    dtype = compute_dtype(xp, x.dtype, precision)  # checks precision, as every call does
     if out_dtype is None:
         out_dtype = output_dtype(xp, precision, x, gamma, beta)
     if x.size == 0:  # no groups (a size 0 that is not reduced): nothing to normalize
-        compute_dtype(xp, x.dtype, precision)  # checks precision, as every call does
         return empty_like(xp, tuple(x.shape), out_dtype, x)
     fused = _fused.forward(layer, xp, x, gamma, beta, precision, out_dtype)
     if fused is not None:
         return fused
     if layer.op.joint_features:
         return _joint_forward(layer, xp, x, gamma, beta, precision, out_dtype)
-    dtype = compute_dtype(xp, x.dtype, precision)
     part = layer.partition
     x_hat = part.unsplit(
         xp,
