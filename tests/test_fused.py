@@ -588,6 +588,29 @@ def test_the_centring_takes_the_fused_path(kernel_calls, precision):
 
 
 @pytest.mark.parametrize("precision", ["highest", "native"])
+def test_mean_only_batch_norms_beta_gradient_is_n_times_the_kernels_group_mean(precision):
+    """``beta`` has a value per group (channel): its gradient, the sum of ``dy`` over the
+    channel, is ``n`` times the mean the centring's kernel takes of each group anyway. It
+    agrees with the float64 sum to float32's error bound in "native" (of the sum of
+    ``|dy|``) and to one float32 ulp in "highest", as the generic path's NumPy sum does."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((16, 5, 30, 30)).astype(np.float32)
+    dy = (3.0 + rng.standard_normal(x.shape)).astype(np.float32)
+    dy[:, 2] *= -1e-3  # a channel of small values of the other sign
+    exact = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    magnitude = np.abs(dy).astype(np.float64).sum(axis=(0, 2, 3))
+    beta = np.zeros(5, np.float32)
+    for fused in (True, False):
+        with _fused.enabled(fused):
+            d_beta = normref.mean_only_batch_norm_vjp(dy, x, beta, precision=precision).beta
+        if precision == "native":
+            bound = NATIVE_FLOAT32_RTOL * magnitude
+        else:
+            bound = ulp(exact, "float32") + FLOAT64_RTOL * magnitude
+        assert_within(d_beta, exact, bound, what=f"{'fused' if fused else 'generic'} d_beta")
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
 def test_scaled_ws_of_a_float32_weight_takes_the_fused_path(kernel_calls, precision):
     """Its constant factor is applied by the kernels, not to a float64 copy of the weight."""
     w = np.random.default_rng(7).standard_normal((8, 4, 3, 3)).astype(np.float32)

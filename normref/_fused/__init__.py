@@ -267,9 +267,11 @@ def forward(
     beta: Array | None,
     precision: Precision,
     out_dtype: Any,
+    means: Array | None = None,
 ) -> Array | None:
     """The layer's output in ``out_dtype`` through the kernels, or ``None`` where the generic
-    path must run."""
+    path must run; ``means`` (on NumPy, one value per group in the compute dtype) receives
+    each group's mean."""
     layout = _layout(layer, xp, precision, x, gamma, beta)
     if layout is None:
         return None
@@ -305,6 +307,7 @@ def forward(
         _flat_param(xp, beta, -0.0, size, dtype),
         layout.param_strides,
         xp.reshape(y, layout.shape),
+        means,
         xp.zeros((chunks, 2, kernels.DEPTH), dtype=dtype),
     )
     return y
@@ -351,7 +354,7 @@ def vjp(
         return None
     dtype = compute_dtype(xp, x.dtype, precision)
     if not FUSED_OPS[layer.op.name].divides:
-        return _centring_vjp(layer, xp, dy, x, gamma, beta, precision, dtype)
+        return _centring_vjp(layer, xp, dy, x, gamma, beta, precision, dtype, layout)
     centred = FUSED_OPS[layer.op.name].centred
     if on_gpu(xp):
         return Grads(
@@ -401,21 +404,34 @@ def _centring_vjp(
     beta: Array | None,
     precision: Precision,
     dtype: Any,
+    layout: Layout,
 ) -> Grads | None:
     """The centring's gradients: ``dx`` is ``dy`` centred (the centring is linear and its own
     adjoint, so the forward's kernels compute it) and ``beta``'s the sum of ``dy`` over the
-    axes it does not span; ``None`` with a ``gamma``, whose gradient the generic path takes."""
+    axes it does not span: ``n`` times each group's mean, which the kernel gives, where
+    ``beta`` has a value per group (mean-only batch norm); ``None`` with a ``gamma``, whose
+    gradient the generic path takes."""
     if gamma is not None:
         return None
-    dx = forward(layer, xp, dy, None, None, precision, dy.dtype)
+    part = layer.partition
+    per_group = (
+        beta is not None
+        and not on_gpu(xp)
+        and part.split_shape == tuple(x.shape)
+        and part.group_axes == tuple(sorted(layer.param_axes))
+    )
+    means = xp.empty((layout.groups,), dtype=dtype) if per_group else None
+    dx = forward(layer, xp, dy, None, None, precision, dy.dtype, means)
     if dx is None:
         return None
-    d_beta = None
-    if beta is not None:
+    if beta is None:
+        return Grads(x=dx, gamma=None, beta=None)
+    if means is not None:
+        total = means * float(part.M)
+    else:
         outer = tuple(a for a in range(x.ndim) if a not in layer.param_axes)
         total = xp.sum(dy, axis=outer, dtype=dtype)
-        d_beta = to_dtype(xp, xp.reshape(total, beta.shape), beta.dtype)
-    return Grads(x=dx, gamma=None, beta=d_beta)
+    return Grads(x=dx, gamma=None, beta=to_dtype(xp, xp.reshape(total, beta.shape), beta.dtype))
 
 
 def _param_grad(

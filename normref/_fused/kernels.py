@@ -509,6 +509,7 @@ def normalize(
     beta: Any,
     param_strides: tuple[int, ...],
     y: Any,
+    means: Any,
     stack: Any,
     first: int,
     stop: int,
@@ -520,7 +521,8 @@ def normalize(
     (:func:`forward_factor`, of ``count = n - correction`` and ``eps``) are computed
     where its values are still in cache, and its output written at once. The caller
     passes ``gamma`` of ones and ``beta`` of ``-0.0`` for absent parameters: multiplying
-    by 1 and adding -0.0 change no value. ``stack`` is ``(chunks, 2, DEPTH)`` scratch in
+    by 1 and adding -0.0 change no value. ``means``, unless it is ``None``, receives each
+    group's mean (of its values as they are). ``stack`` is ``(chunks, 2, DEPTH)`` scratch in
     the compute dtype.
     """
     groups = x.shape[0] * x.shape[2]
@@ -547,6 +549,8 @@ def normalize(
             )
             factor = forward_factor(squares, c, count, eps, eps_mode, divides, real(1))
             _normalize_group(x, g0, g2, c, mu, factor, gamma, beta, param_strides, y)
+            if means is not None:
+                means[g] = mu / c
 
 
 @_jit_inline
