@@ -13,22 +13,23 @@ straight into float64 accumulators, in one pass over the group where sums about
 a shift near its mean are as accurate as two passes: the forward writes each
 group's output at once, while its values are still in cache; the backward takes
 a block of groups' sums and factors (:data:`BLOCK_ELEMENTS`), then their
-gradients, the block still in cache. The only full-size arrays it makes are its results (and the
-parameters' partial sums, a row per chunk of groups, at most an eighth of
-``x``'s size each). Large inputs are shared out over threads
+gradients, the block still in cache. The only full-size arrays it makes are its
+results (and the parameters' partial sums, a row per chunk of groups, at most an
+eighth of ``x``'s size each). Large inputs are shared out over threads
 (:mod:`normref._fused.threads`). The centring's backward is the centring of
 ``dy``: the forward's kernel.
 
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
 as NumPy's (a group's squared deviations about a shift within half a standard
-deviation of its mean, less the shift's share, which cancels at most a quarter of
-the result: the accuracy of sums about the mean, to a few roundings), and forms each group's factors with the generic path's scalar
-formulas (:func:`~normref.ops.standardization.scaled_divisors`,
+deviation of its mean, less the shift's share, which cancels at most a quarter
+of the result: the accuracy of sums about the mean, to a few roundings), and
+forms each group's factors with the generic path's scalar formulas
+(:func:`~normref.ops.standardization.scaled_divisors`,
 :func:`~normref.ops.standardization.variance_term`) written for one group in
 the kernels, which a test holds to the array formulas bit for bit, on each
-group's values times the same power of two (``normref._lib.scaling``); results agree with the
-generic path to the rounding of their sums, whose orders differ. Under
+group's values times the same power of two (``normref._lib.scaling``); results
+agree with the generic path to the rounding of their sums, whose orders differ. Under
 ``"highest"`` both round once to the output, so float32 results agree to an
 ulp; under ``"native"`` float32 sums of different orders may differ by tens
 of ulps on large groups (each within the sums' error bound). Arguments are

@@ -23,7 +23,8 @@ So the layer is :func:`normref.batch_norm` with the affine
 compute dtype), and nothing else.
 
 Scaling. The batch's statistics are taken of each channel's values times a
-power of two (``normref.ops.standardization.scaled_statistics``, with
+power of two (``normref.ops.standardization.scaled_statistics``, or on NumPy
+the fused path's kernels, without a float64 copy of ``x``; with
 :math:`\epsilon` scaled alike), and :math:`r` is formed from
 :math:`1/\sigma_B` and :math:`\sigma`, so that neither
 :math:`\sigma_B^2` nor :math:`\sum (x - \mu_B)^2` overflows or underflows where
