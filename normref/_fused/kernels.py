@@ -372,8 +372,9 @@ def _centred_sums(
         return zero, squares, dyh, dyh_d
     delta = total / n
     mu = shift + delta
-    if n * delta * delta <= real(SHIFT_CANCELLATION) * (squares - delta * total):
-        return mu, squares - delta * total, dyh, dyh_d - delta * dyh
+    deviations = squares - delta * total
+    if n * delta * delta <= real(SHIFT_CANCELLATION) * deviations:
+        return mu, deviations, dyh, dyh_d - delta * dyh
     _, squares, dyh, dyh_d = _group_sums(
         x, dy, gamma, param_strides, g0, g2, scale, mu, stack, chunk
     )
