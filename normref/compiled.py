@@ -5,7 +5,10 @@ norm (and weight standardization, Scaled WS) on contiguous float32 or float64
 NumPy arrays runs through fused compiled kernels instead of the generic Array
 API code: the same quantities in the same dtype (float64 accumulation under
 ``precision="highest"``, rounded once), in fewer passes and with fewer
-temporaries, large inputs shared out over threads. Every other call runs the
+temporaries, large inputs shared out over threads. Adaptive gradient clipping
+of contiguous float32 arrays under ``precision="highest"``, with the units'
+fan-in on the trailing axes (``out_axis=0``), takes its per-unit sums and
+writes its results there too, with no float64 copy. Every other call runs the
 generic path. The results agree with the generic path's to the rounding of
 sums taken in another order.
 

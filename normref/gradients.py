@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from normref._fused import units as fused_units
 from normref._lib.checks import check_eps, check_shape
 from normref._lib.namespace import (
     Array,
@@ -138,7 +139,17 @@ class _AGCParts(NamedTuple):
     clipped: Array
 
 
-def _agc_parts(
+class _AGCCall(NamedTuple):
+    """An AGC call's namespace, checked constants, unit axes and compute dtype."""
+
+    xp: Namespace
+    clipping: float
+    eps: float
+    axes: tuple[int, ...]
+    dtype: Any
+
+
+def _agc_call(
     grad: Array,
     param: Array,
     clipping: float,
@@ -146,33 +157,37 @@ def _agc_parts(
     out_axis: object,
     precision: Precision,
     dy: Array | None = None,
-) -> tuple[_AGCParts, Array]:
-    """The per-unit quantities of AGC, and ``grad`` in the compute dtype.
-
-    ``param`` is needed as its norms alone: its scaled copy is dropped at once.
-    """
+) -> _AGCCall:
+    """Check an AGC call's arguments."""
     xp = namespace_of(grad=grad, param=param, dy=dy, optional=("dy",))
     check_shape(param.shape, grad.shape, name="param", what="the shape of grad")
+    if dy is not None:
+        check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
     clipping = check_eps(clipping, name="clipping")
     eps = check_eps(eps)
     axes = unit_norm_axes(tuple(grad.shape), out_axis, name="grad")
     check_units(tuple(grad.shape), axes, name="grad")
-    dtype = compute_dtype(xp, grad.dtype, precision)
-    p = to_dtype(xp, param, dtype)
-    param_scale = unit_scale(xp, p, axes)
-    param_norm = unit_norms(xp, _times(p, param, param_scale), axes)
-    del p
-    g = to_dtype(xp, grad, dtype)
-    grad_scale = unit_scale(xp, g, axes)
-    grad_norm = unit_norms(xp, g * grad_scale, axes)
+    return _AGCCall(xp, clipping, eps, axes, compute_dtype(xp, grad.dtype, precision))
+
+
+def _agc_factors(
+    call: _AGCCall,
+    grad_scale: Array,
+    grad_norm: Array,
+    param_scale: Array,
+    param_norm: Array,
+) -> _AGCParts:
+    """The clipping factors of units of norms ``grad_norm`` and ``param_norm``, those of the
+    units times ``grad_scale`` and ``param_scale``."""
+    xp, clipping, eps = call.xp, call.clipping, call.eps
     max_norm = clipping * xp.maximum(param_norm, eps * param_scale)
     # both in the scale of the larger unit: powers of two, exact, the smaller side may underflow
     common = xp.minimum(grad_scale, param_scale)
     n, m = grad_norm * (common / grad_scale), max_norm * (common / param_scale)
-    parts = _AGCParts(
+    return _AGCParts(
         xp,
-        dtype,
-        axes,
+        call.dtype,
+        call.axes,
         grad_scale,
         grad_norm,
         param_scale,
@@ -181,7 +196,48 @@ def _agc_parts(
         m / xp.maximum(n, m),
         n > m,
     )
-    return parts, g
+
+
+def _agc_parts(grad: Array, param: Array, call: _AGCCall) -> tuple[_AGCParts, Array]:
+    """The per-unit quantities of AGC, and ``grad`` in the compute dtype.
+
+    ``param`` is needed as its norms alone: its scaled copy is dropped at once.
+    """
+    xp, axes = call.xp, call.axes
+    p = to_dtype(xp, param, call.dtype)
+    param_scale = unit_scale(xp, p, axes)
+    param_norm = unit_norms(xp, _times(p, param, param_scale), axes)
+    del p
+    g = to_dtype(xp, grad, call.dtype)
+    grad_scale = unit_scale(xp, g, axes)
+    grad_norm = unit_norms(xp, g * grad_scale, axes)
+    return _agc_factors(call, grad_scale, grad_norm, param_scale, param_norm), g
+
+
+def _row_parts(call: _AGCCall, shape: tuple[int, ...], rows: tuple[Array, ...]) -> _AGCParts:
+    """The per-unit quantities of AGC from the kernels' sums over the units as rows
+    (:mod:`normref._fused.units`: float32 values in float64, where any scale is exactly 1)."""
+    xp = call.xp
+    kept = tuple(1 if a in call.axes else size for a, size in enumerate(shape))
+
+    def norm(u: Array) -> Array:
+        return xp.reshape(xp.sqrt(fused_units.unit_products(xp, u, u)), kept)
+
+    one = xp.ones(kept, dtype=call.dtype)
+    return _agc_factors(call, one, norm(rows[0]), one, norm(rows[1]))
+
+
+def _vjp_coefficients(parts: _AGCParts, s: Array, call: _AGCCall) -> tuple[Array, Array]:
+    """Per unit, ``k_grad = f s / n**2`` on a clipped unit (0 elsewhere) and ``k_param``,
+    ``lambda s / (n p)`` where the threshold moves with the weight (0 elsewhere; NaN where the
+    factor is), from ``s``, the sum of the cotangent times the scaled gradient."""
+    xp, factor, clipped = parts.xp, parts.factor, parts.clipped
+    n = xp.where(clipped, parts.grad_norm, xp.ones_like(parts.grad_norm))
+    k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
+    moves_m = clipped & (parts.param_norm >= call.eps * parts.param_scale)
+    p = xp.where(moves_m, parts.param_norm, xp.ones_like(parts.param_norm))
+    k_param = xp.where(moves_m, call.clipping * s / (n * p), 0.0)
+    return k_grad, xp.where(xp.isnan(factor), factor, k_param)
 
 
 def _times(converted: Array, source: Array, factor: Array) -> Array:
@@ -194,6 +250,11 @@ def _times(converted: Array, source: Array, factor: Array) -> Array:
         return converted * factor
     converted *= factor
     return converted
+
+
+def _per_row(xp: Namespace, unit_values: Array) -> Array:
+    """Per-unit values (kept dims) as one value per row of :func:`unit_rows`."""
+    return xp.reshape(unit_values, (-1,))
 
 
 def adaptive_grad_clip(
@@ -257,8 +318,14 @@ def adaptive_grad_clip(
     - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
       image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
-    parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision)
-    return to_dtype(parts.xp, _times(g, grad, parts.factor), grad.dtype)
+    call = _agc_call(grad, param, clipping, eps, out_axis, precision)
+    xp = call.xp
+    rows = fused_units.unit_rows(xp, call.axes, precision, grad, param)
+    if rows is not None:
+        parts = _row_parts(call, tuple(grad.shape), rows)
+        return xp.reshape(fused_units.combined(xp, rows[0], _per_row(xp, parts.factor)), grad.shape)
+    parts, g = _agc_parts(grad, param, call)
+    return to_dtype(xp, _times(g, grad, parts.factor), grad.dtype)
 
 
 def adaptive_grad_clip_vjp(
@@ -309,20 +376,25 @@ def adaptive_grad_clip_vjp(
     - Brock, A., De, S., Smith, S. L. and Simonyan, K. (2021). High-performance large-scale
       image recognition without normalization. ICML. https://arxiv.org/abs/2102.06171
     """
-    parts, g = _agc_parts(grad, param, clipping, eps, out_axis, precision, dy=dy)
-    check_shape(dy.shape, grad.shape, name="dy", what="the shape of grad")
-    xp = parts.xp
+    call = _agc_call(grad, param, clipping, eps, out_axis, precision, dy=dy)
+    xp = call.xp
+    rows = fused_units.unit_rows(xp, call.axes, precision, grad, param, dy)
+    if rows is not None:
+        g_rows, p_rows, dy_rows = rows
+        parts = _row_parts(call, tuple(grad.shape), rows)
+        s = xp.reshape(fused_units.unit_products(xp, dy_rows, g_rows), parts.factor.shape)
+        k_grad, k_param = (_per_row(xp, k) for k in _vjp_coefficients(parts, s, call))
+        factor = _per_row(xp, parts.factor)
+        return AGCGrads(
+            grad=xp.reshape(fused_units.combined(xp, dy_rows, factor, g_rows, k_grad), grad.shape),
+            param=xp.reshape(fused_units.combined(xp, p_rows, k_param), param.shape),
+        )
+    parts, g = _agc_parts(grad, param, call)
     d_grad = xp.astype(dy, parts.dtype, copy=True)  # becomes the gradient of grad
-    factor, clipped = parts.factor, parts.clipped
     g = _times(g, grad, parts.grad_scale)  # the scaled units: f s / n^2 G = f s' / n'^2 G'
     s = sum_of_products(xp, d_grad, g, parts.axes) if parts.axes else d_grad * g
-    n = xp.where(clipped, parts.grad_norm, xp.ones_like(parts.grad_norm))
-    k_grad = xp.where(clipped, factor * s / (n * n), 0.0)
-    moves_m = clipped & (parts.param_norm >= eps * parts.param_scale)
-    p = xp.where(moves_m, parts.param_norm, xp.ones_like(parts.param_norm))
-    k_param = xp.where(moves_m, clipping * s / (n * p), 0.0)
-    k_param = xp.where(xp.isnan(factor), factor, k_param)
-    d_grad *= factor
+    k_grad, k_param = _vjp_coefficients(parts, s, call)
+    d_grad *= parts.factor
     g *= k_grad  # in place: g is this function's own scaled copy
     d_grad -= g
     del g  # the converted gradient is not needed any more: free it before the next copies

@@ -22,6 +22,7 @@ from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result, median_run, minimum_bytes
 from benchmarks.timing import interleaved_minimum
 from normref import _fused
+from normref._fused import units as fused_units
 from normref.registry import BenchmarkInput
 
 CASES = [pytest.param(case, id=case.label) for cases in FAMILIES.values() for case in cases]
@@ -202,27 +203,34 @@ SMALL_SIZES = {"num_groups": 4, "group_size": 4}
 """Fixed arguments that name a count of channels, at the small shapes of the tests below."""
 
 
-def _small(case):
+def _small(case, dtype="float64"):
     """The case's sample at a small shape of the same layout (its fixed and drawn arguments)."""
     shape = tuple(min(size, 8) for size in case.shape)
     fixed = {k: SMALL_SIZES.get(k, v) for k, v in case.input.fixed.items()}
     small = case.input._replace(shape=shape, fixed=fixed)
-    return case.spec, dataclasses.replace(case, input=small).sample("float64")
+    return case.spec, dataclasses.replace(case, input=small).sample(dtype)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_generic_path_is_timed_where_the_fused_path_runs(case, monkeypatch):
-    """``Case.fused`` says whether normref's fused path runs the operation (then both are timed)."""
+    """``Case.fused`` says whether normref's fused path runs the operation on the benchmarks'
+    float32 input (then both are timed): a layer's kernels, or AGC's unit rows."""
     pytest.importorskip("numba", reason="numba is not installed (pip install -e '.[fast]')")
     taken = []
 
-    def spy(*args, _original=_fused.forward, **kwargs):
-        result = _original(*args, **kwargs)
-        taken.append(result is not None)
-        return result
+    def spy(module, name):
+        original = getattr(module, name)
 
-    monkeypatch.setattr(_fused, "forward", spy)
-    spec, sample = _small(case)
+        def spied(*args, **kwargs):
+            result = original(*args, **kwargs)
+            taken.append(result is not None)
+            return result
+
+        monkeypatch.setattr(module, name, spied)
+
+    spy(_fused, "forward")
+    spy(fused_units, "unit_rows")
+    spec, sample = _small(case, "float32")
     spec.call(sample)
     assert any(taken) is case.fused
 

@@ -400,3 +400,98 @@ def test_nan_in_a_unit_makes_both_gradients_of_that_unit_nan(poisoned):
     for out in (y, grads.grad, grads.param):
         assert np.all(np.isnan(out[1]))
         assert np.all(np.isfinite(out[[0, 2]]))
+
+
+# ---------------------------------------------------------------------------
+# The compiled path: float32 units as rows, summed in float64 by the kernels
+
+
+def _f32_units(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 units (rows over the trailing axes) of magnitudes from 2**-140 (subnormal) to
+    2**100, one magnitude per unit."""
+    units = shape[0] if len(shape) > 1 else 1
+    exponents = rng.integers(-140, 101, size=units).astype(float)
+    per_unit = np.ldexp(1.0, exponents.astype(int)).reshape((-1,) + (1,) * (len(shape) - 1))
+    return (rng.standard_normal(shape) * per_unit).astype(np.float32)
+
+
+def _agc_vjp_reference(dy, grad, param, *, clipping, eps):
+    """The VJP of AGC from its definition, per unit as a row (units first), in float64 with
+    correctly rounded sums: ``dG = f dy - f s / n**2 G`` and ``dW = lambda s / (n p) W`` on a
+    clipped unit (``n > m``; ``dW`` 0 where ``p < eps``), ``dG = dy``, ``dW = 0`` elsewhere."""
+    rows = (grad.shape[0], -1) if grad.ndim > 1 else (1, -1)
+    g, w, d = (np.asarray(a, np.float64).reshape(rows) for a in (grad, param, dy))
+    d_grad, d_param = d.copy(), np.zeros_like(w)
+    for u in range(g.shape[0]):
+        n = math.sqrt(math.fsum(g[u] ** 2))
+        p = math.sqrt(math.fsum(w[u] ** 2))
+        m = clipping * max(p, eps)
+        if n > m:
+            s = math.fsum(d[u] * g[u])
+            d_grad[u] = (m / n) * d[u] - (m / n) * s / n**2 * g[u]
+            if p >= eps:
+                d_param[u] = clipping * s / (n * p) * w[u]
+    return d_grad.reshape(grad.shape), d_param.reshape(param.shape)
+
+
+def _float32_ulps(mine: np.ndarray, expected: np.ndarray, slack: np.ndarray) -> float:
+    """The largest ``|mine - expected|`` in ulps of float32 at ``expected``, less ``slack``
+    (the float64 reference's own error bound) first."""
+    excess = np.maximum(np.abs(mine.astype(np.float64) - expected) - slack, 0.0)
+    ulps = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    return float(np.max(excess / ulps))
+
+
+@pytest.mark.parametrize("shape", [(24, 300), (16, 4, 3, 3), (700,), (9, 1)])
+def test_agc_compiled_path_rounds_float64_results_once(shape):
+    """On float32 input under "highest" the kernels sum each unit in float64 (no power of two
+    needed: float32 squares and products neither overflow nor underflow there): the clipped
+    gradient and both gradients of the VJP are float64 results rounded once, within half an
+    ulp of float32 of an independent float64 computation (plus its own error), over units of
+    magnitudes 2**-140 to 2**100, rows longer than the kernels' pieces, and vectors."""
+    if not normref.compiled.available():
+        pytest.skip("the compiled path needs numba (pip install -e '.[fast]')")
+    rng = _rng(7)
+    grad, param, dy = (_f32_units(rng, shape) for _ in range(3))
+    clipping, eps = 0.5, 1e-30
+    expected = agc_reference(grad, param, clipping=clipping, eps=eps, out_axis=0)
+    d_grad, d_param = _agc_vjp_reference(dy, grad, param, clipping=clipping, eps=eps)
+    with normref.compiled.enabled(True):
+        y = normref.adaptive_grad_clip(grad, param, clipping=clipping, eps=eps)
+        grads = normref.adaptive_grad_clip_vjp(dy, grad, param, clipping=clipping, eps=eps)
+    assert y.dtype == grads.grad.dtype == grads.param.dtype == np.float32
+    assert not np.array_equal(expected, grad.astype(np.float64))  # some units are clipped
+    assert _float32_ulps(y, expected, 4 * U64 * np.abs(expected)) <= 0.5
+    # dG = f dy - k G: the float64 error is relative to the two terms, not to their difference
+    terms = np.abs(dy.astype(np.float64)) + np.abs(d_grad)
+    assert _float32_ulps(grads.grad, d_grad, 64 * U64 * terms) <= 0.5
+    assert _float32_ulps(grads.param, d_param, 16 * U64 * np.abs(d_param)) <= 0.5
+
+
+def test_agc_compiled_path_non_finite_and_zero_units():
+    """Through the kernels as through the generic path: a unit holding an infinity is scaled by
+    0 (finite values 0, infinities NaN), NaN anywhere in a unit makes it NaN in every result,
+    a zero gradient stays 0 and a zero weight clips to clipping * eps."""
+    grad = np.array(
+        [[np.inf, 1.0, 2.0], [np.nan, 0.0, 0.0], [0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [1, 2, 3]],
+        np.float32,
+    )
+    param = np.array(
+        [[1.0, 2.0, 3.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [np.nan, 1, 1]],
+        np.float32,
+    )
+    dy = np.ones_like(grad)
+    results = {}
+    for fused in (True, False):
+        with normref.compiled.enabled(fused), np.errstate(invalid="ignore"):
+            results[fused] = (
+                normref.adaptive_grad_clip(grad, param, clipping=0.1, eps=0.5),
+                *normref.adaptive_grad_clip_vjp(dy, grad, param, clipping=0.1, eps=0.5),
+            )
+    y = results[True][0]
+    np.testing.assert_array_equal(y[0], [np.nan, 0.0, 0.0])
+    assert np.all(np.isnan(y[[1, 4]]))
+    np.testing.assert_array_equal(y[2], 0.0)
+    np.testing.assert_array_equal(y[3], np.float32(np.array([3.0, 4.0, 0.0]) * (0.1 * 0.5 / 5.0)))
+    for mine, generic in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(mine, generic)

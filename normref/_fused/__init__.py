@@ -177,6 +177,12 @@ def available() -> bool:
     return _kernels() is not None
 
 
+def enabled_kernels() -> ModuleType | None:
+    """The kernels module where the fused path is enabled for the calling thread and numba is
+    installed, else ``None`` (the generic path must run)."""
+    return _kernels() if _enabled.get() else None
+
+
 def on_gpu(xp: Namespace) -> bool:
     """Whether ``xp`` is CuPy's namespace: the CUDA kernels (:mod:`normref._fused.cuda`) run."""
     return bool(array_api_compat.is_cupy_namespace(xp))

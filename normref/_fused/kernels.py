@@ -840,3 +840,57 @@ def statistics(
             )[1]
             out[0, g] = mu / c
             out[1, g] = inverse
+
+
+# ---------------------------------------------------------------------------- units (AGC)
+
+
+@_jit_reassoc
+def _piece_products(u: Any, v: Any, zero: Any) -> Any:
+    """``sum u * v`` over one piece, each value widened to the dtype of ``zero`` first."""
+    real = type(zero)
+    total = zero
+    for i in range(u.shape[0]):
+        total += real(u[i]) * real(v[i])
+    return total
+
+
+@_jit
+def unit_products(u: Any, v: Any, out: Any, stack: Any, first: int, stop: int) -> None:
+    """``out[r] = sum_j u[r, j] * v[r, j]`` in ``out``'s dtype, for each row ``r`` of the
+    chunks ``first <= chunk < stop`` of ``stack.shape[0]``.
+
+    Pairwise, as the groups' sums: pieces of :data:`PIECE` elements, added by cascade.
+    """
+    rows, chunks = u.shape[0], stack.shape[0]
+    zero = out.dtype.type(0)
+    for chunk in range(first, stop):
+        for r in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            depth = count = 0
+            for start in range(0, u.shape[1], PIECE):
+                total = _piece_products(
+                    u[r, start : start + PIECE], v[r, start : start + PIECE], zero
+                )
+                depth, count = _push(stack, chunk, depth, count, (total,))
+            out[r] = _drain(stack, chunk, 0, depth, zero)
+
+
+@_jit
+def combine_units(
+    u: Any, a: Any, v: Any, b: Any, out: Any, chunks: int, first: int, stop: int
+) -> None:
+    """``out[r, j] = u[r, j] * a[r] - v[r, j] * b[r]`` (``u[r, j] * a[r]`` where ``v`` is
+    ``None``), computed in ``a``'s dtype and rounded once to ``out``'s, for each row ``r`` of
+    the chunks ``first <= chunk < stop`` of ``chunks``."""
+    rows = u.shape[0]
+    real = a.dtype.type
+    for chunk in range(first, stop):
+        for r in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            row, result, ar = u[r], out[r], a[r]
+            if v is None:
+                for j in range(row.shape[0]):
+                    result[j] = real(row[j]) * ar
+            else:
+                other, br = v[r], b[r]
+                for j in range(row.shape[0]):
+                    result[j] = real(row[j]) * ar - real(other[j]) * br

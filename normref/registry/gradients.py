@@ -196,7 +196,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
             zero_unit("grad", "zero-gradient-unit", "unit 0 of the gradient zero"),
         ),
-        benchmarks=(KERNEL_BENCHMARKS[0]._replace(compiled=False),),
+        benchmarks=(KERNEL_BENCHMARKS[0],),
         reduction_input=unit_fan_in,
         large_inputs=KERNEL_LARGE,
         scaling=ScalingLaw(
