@@ -16,7 +16,7 @@ import pytest
 
 import normref
 from normref import compiled
-from tests.support import fd_vjp
+from tests.support import assert_close_to_scale, fd_vjp
 
 U64 = np.finfo(np.float64).eps
 
@@ -308,3 +308,41 @@ def test_lrn_vjp_of_an_even_onnx_window():
         lambda **a: normref.local_response_norm(a["x"], 4, **options), {"x": x}, dy, "x"
     )
     assert np.all(np.abs(grads.x - fd) <= bound)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((2, 64, 23, 29), 1), ((3, 700, 16), -1), ((40, 900), 0)],
+    ids=["blocks-of-samples-and-positions", "channels-last", "channels-first-axis"],
+)
+def test_lrn_in_blocks_of_positions_is_torchs(shape, axis):
+    """Inputs of several blocks of positions (each block every channel at about 2**15 / C
+    positions, the last ones shorter; ``normref._lib.in_place``) across the leading and the
+    trailing axes: the values and the gradient are torch's float64 ``local_response_norm``
+    and its autograd, to a few roundings of the terms."""
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed (pip install -e '.[torch]')"
+    )
+    rng = _rng(15)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    options = {"alpha": 0.8, "beta": 0.75, "k": 1.5}
+    y = normref.local_response_norm(x, 5, axis=axis, **options)
+    dx = normref.local_response_norm_vjp(dy, x, 5, axis=axis, **options).x
+
+    def as_torch(a):  # (N, C, *) with the channels second
+        return torch.from_numpy(
+            np.moveaxis(a, axis, 0)[None] if axis == 0 else np.moveaxis(a, axis, 1)
+        )
+
+    def back(t):
+        a = t.detach().numpy()
+        return a[0] if axis == 0 else np.moveaxis(a, 1, axis)
+
+    tx = as_torch(x).clone().requires_grad_(True)
+    ty = torch.nn.functional.local_response_norm(tx, 5, **options)
+    ty.backward(as_torch(dy))
+    assert_close_to_scale(y, back(ty), np.abs(x), rtol=16 * U64, what="y")
+    # dx = dy D^-beta - (2 alpha beta / n) x sum(dy x D^(-beta-1)), D >= k > 1: its terms
+    # are at most |dy| and 2 alpha beta |x| max|dy x|
+    terms = np.abs(dy) + 2 * options["alpha"] * options["beta"] * np.abs(x) * np.abs(dy * x).max()
+    assert_close_to_scale(dx, back(tx.grad), terms, rtol=64 * U64, what="dx")

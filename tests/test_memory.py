@@ -83,6 +83,7 @@ IN_PLACE_OPS = [
     "orthogonal_weight_norm",
     "oni_weight_norm",
     "switchable_norm",
+    "local_response_norm",
 ]
 
 
@@ -126,6 +127,11 @@ MEMORY_CASES = [
             BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}),
         ),
         id="scaled-ws",
+    ),
+    pytest.param(
+        # large against the blocks of positions it is computed in (normref._lib.in_place)
+        Case("local_response_norm", BenchmarkInput((8, 96, 27, 27), "test", {"size": 5})),
+        id="lrn",
     ),
     pytest.param(
         Case(

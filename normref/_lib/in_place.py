@@ -1,20 +1,26 @@
-"""Matrix products written over one of their operands, block by block of rows.
+"""Results written into an array block by block, so that the temporaries are a block's.
 
 The Array API has no matrix product into an existing array, so ``a @ b`` is a
 new array of ``a``'s size. Where ``a`` is an operation's own array and is not
 needed afterwards, :func:`products_over` writes the result over ``a`` one
 block of rows at a time (item assignment, which the standard has), so the
-only new memory is one block's product. JAX arrays are immutable and Dask
-arrays lazy: on those the product is formed whole, as the plain expression.
+only new memory is one block's product. :func:`over_positions` computes an
+operation whose every position (the values along one axis at one index of the
+others) is independent of the others a block of positions at a time, into its
+result. JAX arrays are immutable and Dask arrays lazy: on those the result is
+formed whole, as the plain expression.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat
+from array_api_compat import device
 
-from normref._lib.namespace import Array, Namespace
+from normref._lib.namespace import Array, Namespace, to_dtype
 
 BLOCK_ELEMENTS = 1 << 15
 """Elements of one block of rows (of all groups together): 256 KiB in float64."""
@@ -48,3 +54,41 @@ def products_over(
             product += c[..., block, :] @ d  # in place: a new block
         a[..., block, :] = product
     return a
+
+
+def over_positions(
+    xp: Namespace,
+    compute: Callable[..., Array],
+    arrays: tuple[Array, ...],
+    axis: int,
+    dtype: Any,
+) -> Array:
+    """``compute(*arrays)`` in ``dtype``, a block of positions at a time.
+
+    ``arrays`` (of one shape) are viewed as ``(A, C, B)``, ``C`` the size of
+    ``axis``: ``compute`` takes such arrays (its axis 1 is ``axis``) and must
+    treat each position ``(a, :, b)`` apart from the others. On a mutable
+    library it runs on blocks of about :data:`BLOCK_ELEMENTS` elements, each
+    every index of ``axis`` at some positions, whose results (in ``dtype``) are
+    written into the result; elsewhere on the whole arrays. The results are the
+    same either way, bit for bit; only the temporaries differ.
+    """
+    shape = tuple(arrays[0].shape)
+    lead, channels = math.prod(shape[:axis]), shape[axis]
+    trail = math.prod(shape[axis + 1 :])
+    views = tuple(xp.reshape(a, (lead, channels, trail)) for a in arrays)
+    if not _mutable(xp):
+        return xp.reshape(to_dtype(xp, compute(*views), dtype), shape)
+    out = xp.empty((lead, channels, trail), dtype=dtype, device=device(arrays[0]))
+    per_block = max(1, BLOCK_ELEMENTS // max(1, channels))
+    trail_step = max(1, min(trail, per_block))
+    lead_step = max(1, per_block // max(1, trail))
+    for a in range(0, lead, lead_step):
+        for b in range(0, trail, trail_step):
+            block = (
+                slice(a, min(a + lead_step, lead)),
+                slice(None),
+                slice(b, min(b + trail_step, trail)),
+            )
+            out[block] = to_dtype(xp, compute(*(v[block] for v in views)), dtype)
+    return xp.reshape(out, shape)

@@ -47,6 +47,12 @@ into an integer and a fraction (exactly): no denominator overflows or
 underflows where the output is representable, and multiplying ``x`` by
 :math:`2^k` and ``alpha`` by :math:`4^{-k}` multiplies ``y`` by :math:`2^k`
 and leaves the gradient unchanged, exactly.
+
+Memory. Each position (the channels at one index of the other axes) is
+computed apart from the others, so both directions run a block of positions
+at a time on libraries that write arrays in place
+(:func:`normref._lib.in_place.over_positions`): the temporaries are a block's,
+whatever the input's size, and the results are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
+from normref._lib.in_place import over_positions
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref._lib.scaling import finite_group_scale, power_of_two_factors, times_power_of_two
 from normref.ops.base import XGrad
@@ -248,12 +255,15 @@ def local_response_norm(
     """
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
     dtype = compute_dtype(xp, x.dtype, precision)
-    found = _scaled(xp, to_dtype(xp, x, dtype), size, channel, alpha, beta, k, window)
-    # y = X u^-beta 2^-r 2^(e - q), in place: u^-beta is this function's own array
-    y = xp.pow(found.mantissas, -beta)
-    y *= found.values
-    y = _times_factors(xp, y, found.fraction, found.shift - found.whole)
-    return to_dtype(xp, y, output_dtype(xp, precision, x))
+
+    def forward(x: Array) -> Array:
+        found = _scaled(xp, to_dtype(xp, x, dtype), size, 1, alpha, beta, k, window)
+        # y = X u^-beta 2^-r 2^(e - q), in place: u^-beta is this function's own array
+        y = xp.pow(found.mantissas, -beta)
+        y *= found.values
+        return _times_factors(xp, y, found.fraction, found.shift - found.whole)
+
+    return over_positions(xp, forward, (x,), channel, output_dtype(xp, precision, x))
 
 
 def local_response_norm_vjp(
@@ -297,25 +307,28 @@ def local_response_norm_vjp(
         msg = f"dy must have shape {tuple(x.shape)} (the shape of x), got {tuple(dy.shape)}"
         raise ValueError(msg)
     dtype = compute_dtype(xp, x.dtype, precision)
-    found = _scaled(xp, to_dtype(xp, x, dtype), size, channel, alpha, beta, k, window)
-    dy_c = to_dtype(xp, dy, dtype)
-    powered = xp.pow(found.mantissas, -beta)  # u^-beta
     before, after = window_extents(size, window)
-    # in place from here: powered, values and the window sums are this function's own arrays
-    each = dy_c * found.values
-    each *= powered / found.mantissas
-    through = _window_sums(xp, each, channel, after, before)
-    # alpha x_j x_c D^(-beta-1) = m X_j X_c u^(-beta-1) 2^(E - F) 2^-r 2^-q
-    for factor in power_of_two_factors(xp, found.alpha_exponent - found.exponent, through.dtype):
-        through *= factor
-    dx = powered
-    dx *= dy_c
-    values = found.values
-    values *= 2.0 * found.alpha_mantissa * beta / size
-    values *= through
-    dx -= values
-    dx = _times_factors(xp, dx, found.fraction, -found.whole)
-    return XGrad(to_dtype(xp, dx, x.dtype))
+
+    def backward(dy: Array, x: Array) -> Array:
+        found = _scaled(xp, to_dtype(xp, x, dtype), size, 1, alpha, beta, k, window)
+        dy_c = to_dtype(xp, dy, dtype)
+        powered = xp.pow(found.mantissas, -beta)  # u^-beta
+        # in place from here: powered, values and the window sums are this function's own arrays
+        each = dy_c * found.values
+        each *= powered / found.mantissas
+        through = _window_sums(xp, each, 1, after, before)
+        # alpha x_j x_c D^(-beta-1) = m X_j X_c u^(-beta-1) 2^(E - F) 2^-r 2^-q
+        for factor in power_of_two_factors(xp, found.alpha_exponent - found.exponent, dtype):
+            through *= factor
+        dx = powered
+        dx *= dy_c
+        values = found.values
+        values *= 2.0 * found.alpha_mantissa * beta / size
+        values *= through
+        dx -= values
+        return _times_factors(xp, dx, found.fraction, -found.whole)
+
+    return XGrad(over_positions(xp, backward, (dy, x), channel, x.dtype))
 
 
 def _times_factors(xp: Any, a: Array, fraction: Array, exponent: Array) -> Array:
