@@ -219,6 +219,67 @@ def test_switchable_norm_with_one_logit_left_is_that_norm(index, layer):
     np.testing.assert_allclose(y, expected, rtol=0, atol=64 * U64 * np.abs(expected).max())
 
 
+def _torch_switchable_norm(torch, x, gamma, beta, mean_logits, var_logits, eps):
+    """The paper's eq. (3)-(4) in torch, channels second: each statistic from its own group
+    of indices (torch's mean and biased var), mixed by the softmax of the logits."""
+    kinds = ((2, 3), (1, 2, 3), (0, 2, 3))
+    means = [x.mean(dim=axes, keepdim=True) for axes in kinds]
+    variances = [x.var(dim=axes, keepdim=True, unbiased=False) for axes in kinds]
+    a, b = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
+    mu = sum(w * m for w, m in zip(a, means, strict=True))
+    v = sum(w * m for w, m in zip(b, variances, strict=True))
+    return (x - mu) / torch.sqrt(v + eps) * gamma[:, None, None] + beta[:, None, None]
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((2, 200, 30, 30), 1), ((3, 20, 50, 170), -1)],
+    ids=["blocks-of-channels", "channels-last"],
+)
+def test_switchable_norm_in_blocks_of_instances_is_torchs(shape, axis):
+    """Inputs of several blocks of instances (``normref._lib.in_place.blocks_of``: 2**17
+    elements, split along the channels and the samples, the last ones shorter) against the
+    paper's formulas in torch, float64, with its autograd for every gradient: the statistics
+    come from each instance's sums combined, the passes a block at a time. Bounds: a few
+    hundred roundings of the largest result, far below what a block computed wrongly (or
+    missed) would give."""
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed (pip install -e '.[torch]')"
+    )
+    rng = _rng(16)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    channels = shape[axis]
+    gamma, beta = 1 + 0.3 * rng.standard_normal(channels), rng.standard_normal(channels)
+    logits = (np.array([0.3, -0.2, 0.1]), np.array([-0.4, 0.2, 0.5]))
+    dy = rng.standard_normal(shape)
+    eps = 1e-3
+    y = normref.switchable_norm(x, gamma, beta, *logits, eps=eps, axis=axis)
+    grads = normref.switchable_norm_vjp(dy, x, gamma, beta, *logits, eps=eps, axis=axis)
+
+    def first(a):  # channels second, as torch's formulas take them
+        return np.moveaxis(a, axis, 1)
+
+    leaves = [torch.tensor(a, requires_grad=True) for a in (first(x), gamma, beta, *logits)]
+    ty = _torch_switchable_norm(torch, *leaves, eps)
+    ty.backward(torch.from_numpy(first(dy)))
+    expected = [np.moveaxis(ty.detach().numpy(), 1, axis)]
+    expected.append(np.moveaxis(leaves[0].grad.numpy(), 1, axis))
+    expected += [leaf.grad.numpy() for leaf in leaves[1:]]
+    mine = [y, grads.x, grads.gamma, grads.beta, grads.mean_logits, grads.var_logits]
+    # a logit's gradient sums, over every element, dy gamma (1 + |x_hat|) times a statistic
+    # (|mean| or variance, at most max(|x|)**2 here) over s**2 (s >= its smallest instance's
+    # standard deviation): it cancels, and is bounded relative to those terms
+    x_hat = (first(y) - beta[:, None, None]) / gamma[:, None, None]
+    s_min = math.sqrt(first(x).var(axis=(2, 3)).min() + eps)
+    terms = np.sum(np.abs(first(dy) * gamma[:, None, None]) * (1 + np.abs(x_hat)))
+    logit_scale = terms * max(np.abs(x).max() ** 2, 1.0) / s_min**2
+    for what, actual, reference in zip(
+        ("y", "x", "gamma", "beta", "mean_logits", "var_logits"), mine, expected, strict=True
+    ):
+        scale = logit_scale if what.endswith("logits") else np.abs(reference).max()
+        np.testing.assert_allclose(actual, reference, rtol=0, atol=256 * U64 * scale, err_msg=what)
+
+
 # ---------------------------------------------------------------------------- AdaIN
 
 

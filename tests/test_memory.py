@@ -129,6 +129,11 @@ MEMORY_CASES = [
         id="scaled-ws",
     ),
     pytest.param(
+        # large against the blocks of instances it is computed in (normref._lib.in_place)
+        Case("switchable_norm", BenchmarkInput((8, 256, 28, 28), "test")),
+        id="switchable",
+    ),
+    pytest.param(
         # large against the blocks of positions it is computed in (normref._lib.in_place)
         Case("local_response_norm", BenchmarkInput((8, 96, 27, 27), "test", {"size": 5})),
         id="lrn",

@@ -26,7 +26,7 @@ BLOCK_ELEMENTS = 1 << 15
 """Elements of one block of rows (of all groups together): 256 KiB in float64."""
 
 
-def _mutable(xp: Namespace) -> bool:
+def writes_in_place(xp: Namespace) -> bool:
     """Whether arrays of ``xp`` are buffers that item assignment writes into."""
     return not (array_api_compat.is_jax_namespace(xp) or array_api_compat.is_dask_namespace(xp))
 
@@ -43,7 +43,7 @@ def products_over(
     the result depends on that row of ``a`` (and ``c``) alone, so the blocks
     can be computed in place one after the other.
     """
-    if not _mutable(xp):
+    if not writes_in_place(xp):
         return a @ b if c is None else a @ b + c @ d
     rows = a.shape[-2]
     step = max(1, BLOCK_ELEMENTS // max(1, math.prod(a.shape) // max(1, rows)))
@@ -54,6 +54,35 @@ def products_over(
             product += c[..., block, :] @ d  # in place: a new block
         a[..., block, :] = product
     return a
+
+
+def blocks_of(
+    xp: Namespace, shape: tuple[int, ...], axes: tuple[int, int], elements: int = BLOCK_ELEMENTS
+) -> list[tuple[slice, ...]]:
+    """Index tuples that split arrays of ``shape`` along the two ``axes`` into blocks of about
+    ``elements`` elements (at least one *unit*: every index of the other axes at one index of
+    both), ``axes[1]`` split first; one block of everything where ``xp`` does not write in
+    place (:func:`writes_in_place`), or for an empty shape."""
+    everything = tuple(slice(None) for _ in shape)
+    first, second = (shape[a] for a in axes)
+    unit = math.prod(shape) // max(1, first * second)
+    if not writes_in_place(xp) or math.prod(shape) == 0:
+        return [everything]
+    per_block = max(1, elements // max(1, unit))
+    second_step = min(second, per_block)
+    first_step = max(1, per_block // second)
+
+    def block(start: int, step: int, size: int) -> slice:
+        return slice(start, min(start + step, size))
+
+    blocks = []
+    for i in range(0, first, first_step):
+        for j in range(0, second, second_step):
+            index = list(everything)
+            index[axes[0]] = block(i, first_step, first)
+            index[axes[1]] = block(j, second_step, second)
+            blocks.append(tuple(index))
+    return blocks
 
 
 def over_positions(
@@ -68,27 +97,20 @@ def over_positions(
     ``arrays`` (of one shape) are viewed as ``(A, C, B)``, ``C`` the size of
     ``axis``: ``compute`` takes such arrays (its axis 1 is ``axis``) and must
     treat each position ``(a, :, b)`` apart from the others. On a mutable
-    library it runs on blocks of about :data:`BLOCK_ELEMENTS` elements, each
-    every index of ``axis`` at some positions, whose results (in ``dtype``) are
-    written into the result; elsewhere on the whole arrays. The results are the
-    same either way, bit for bit; only the temporaries differ.
+    library it runs on blocks of about :data:`BLOCK_ELEMENTS` elements
+    (:func:`blocks_of`), each every index of ``axis`` at some positions, whose
+    results (in ``dtype``) are written into the result; elsewhere on the whole
+    arrays. The results are the same either way, bit for bit; only the
+    temporaries differ.
     """
     shape = tuple(arrays[0].shape)
-    lead, channels = math.prod(shape[:axis]), shape[axis]
-    trail = math.prod(shape[axis + 1 :])
-    views = tuple(xp.reshape(a, (lead, channels, trail)) for a in arrays)
-    if not _mutable(xp):
+    lead = math.prod(shape[:axis])
+    view = (lead, shape[axis], math.prod(shape[axis + 1 :]))
+    views = tuple(xp.reshape(a, view) for a in arrays)
+    blocks = blocks_of(xp, view, (0, 2))
+    if len(blocks) == 1:
         return xp.reshape(to_dtype(xp, compute(*views), dtype), shape)
-    out = xp.empty((lead, channels, trail), dtype=dtype, device=device(arrays[0]))
-    per_block = max(1, BLOCK_ELEMENTS // max(1, channels))
-    trail_step = max(1, min(trail, per_block))
-    lead_step = max(1, per_block // max(1, trail))
-    for a in range(0, lead, lead_step):
-        for b in range(0, trail, trail_step):
-            block = (
-                slice(a, min(a + lead_step, lead)),
-                slice(None),
-                slice(b, min(b + trail_step, trail)),
-            )
-            out[block] = to_dtype(xp, compute(*(v[block] for v in views)), dtype)
+    out = xp.empty(view, dtype=dtype, device=device(arrays[0]))
+    for block in blocks:
+        out[block] = to_dtype(xp, compute(*(v[block] for v in views)), dtype)
     return xp.reshape(out, shape)

@@ -34,6 +34,18 @@ elements it is shared by (:math:`\bar\mu_1 = a_1 \sum_c \bar\mu`,
     \bar\ell^\mu = a \odot (\bar a - a^\top \bar a), \qquad
     \bar\ell^\sigma = b \odot (\bar b - b^\top \bar b).
 
+Computation. Each instance's mean and sum of squared deviations are taken in
+one pass over ``x`` (two-pass sums within the instance); the layer's and the
+batch's come from them, :math:`M_2 = \sum_i M_{2,i} + n_0 \sum_i (\mu_i -
+\mu)^2` over the instances they join (Chan, Golub and LeVeque's combination of
+centred sums, without cancellation). The backward likewise needs two sums per
+instance, :math:`\sum_S \bar y` and :math:`\sum_S \bar y \hat x`, and then one
+pass that writes :math:`\bar x = g/s + \kappa (x - \mu) + o` with
+:math:`\kappa = \sum_k 2\bar v_k/n_k` and :math:`o = \sum_k (\bar\mu_k/n_k +
+2\bar v_k(\mu - \mu_k)/n_k)` per instance. Where the array library writes in
+place every pass takes a block of instances at a time
+(:func:`normref._lib.in_place.blocks_of`), so the temporaries are a block's.
+
 Scaling. The statistics are taken of ``x`` times one power of two :math:`c`
 for the whole input (``normref._lib.scaling``, from its largest
 finite magnitude, so that a NaN or an infinity reaches only the statistics
@@ -61,7 +73,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from array_api_compat import device
+
 from normref._lib.checks import check_eps, check_rank, check_shape, normalize_axis
+from normref._lib.in_place import blocks_of
 from normref._lib.namespace import (
     Array,
     compute_dtype,
@@ -70,8 +85,9 @@ from normref._lib.namespace import (
     to_dtype,
     variance_algorithm,
 )
-from normref._lib.scaling import finite_group_scale
-from normref.affine import affine, affine_vjp_params, affine_vjp_x_hat, check_param
+from normref._lib.reductions import sum_of_products
+from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref.affine import affine, affine_vjp_x_hat, check_param
 from normref.ops.base import check_group_size, empty_like
 from normref.ops.standardization import (
     STANDARDIZE,
@@ -98,12 +114,18 @@ class SwitchableGrads(NamedTuple):
     var_logits: Array
 
 
-class _Mixture(NamedTuple):
-    """The statistics of one call in the compute dtype, of ``x`` times the power of two
-    ``scale`` (``x``: the scaled values): per kind, its reduced axes, mean, variance and
-    count; the mixture's weights; ``mu`` and the divisor ``s`` per (sample, channel)."""
+SWITCHABLE_BLOCK_ELEMENTS = 1 << 17
+"""Elements of a block of instances (:func:`normref._lib.in_place.blocks_of`) that one step of
+each pass takes, where the library writes in place: fewer, larger blocks than elementwise
+operations take, as each step of a pass is several array operations."""
 
-    axes: tuple[tuple[int, ...], ...]
+
+class _Mixture(NamedTuple):
+    """The statistics of one call in the compute dtype ``dtype``, of ``x`` times the power of two
+    ``scale``: per kind, its mean, variance (one value per instance, sample or channel, kept
+    dims) and count; the mixture's weights; ``mu`` and the divisor ``s`` per instance (sample
+    and channel); the blocks of instances the passes over ``x`` take and the spatial axes."""
+
     means: tuple[Array, ...]
     variances: tuple[Array, ...]
     counts: tuple[int, ...]
@@ -112,7 +134,9 @@ class _Mixture(NamedTuple):
     mu: Array
     s: Array
     scale: Array
-    x: Array
+    dtype: Any
+    blocks: list[tuple[slice, ...]]
+    spatial: tuple[int, ...]
 
 
 def _softmax(xp: Any, logits: Array) -> Array:
@@ -127,6 +151,72 @@ def _weighted(weights: Array, values: tuple[Array, ...]) -> Array:
     return total
 
 
+def _assembled(
+    xp: Any, blocks: list[tuple[slice, ...]], parts: list[Array], shape: tuple[int, ...]
+) -> Array:
+    """The per-instance results of the blocks (``parts``, in their order) as one array of
+    ``shape``: the one block's own where there is one."""
+    if len(blocks) == 1:
+        return parts[0]
+    out = xp.empty(shape, dtype=parts[0].dtype, device=device(parts[0]))
+    for block, part in zip(blocks, parts, strict=True):
+        out[block] = part
+    return out
+
+
+def _scaled_block(xp: Any, values: Array, dtype: Any, scale: Array) -> Array:
+    """A block of ``x`` in ``dtype`` times the power of two ``scale``: an array of this call's
+    own (the block itself is never written)."""
+    converted = to_dtype(xp, values, dtype)
+    if converted is values:
+        return values * scale
+    converted *= scale
+    return converted
+
+
+def _largest_finite(xp: Any, x: Array, blocks: list[tuple[slice, ...]]) -> Array:
+    """The largest finite magnitude of ``x`` (all dims kept), block by block."""
+    everything = tuple(range(x.ndim))
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    largest = [
+        max_magnitude(xp, xp.where(xp.isfinite(x[block]), x[block], zero), everything)
+        for block in blocks
+    ]
+    total = largest[0]
+    for value in largest[1:]:
+        total = xp.maximum(total, value)
+    return total
+
+
+def _combined(
+    xp: Any, mean: Array, second: Array, axis: int, count: int, algorithm: str
+) -> tuple[Array, Array]:
+    """The mean and variance of the groups that join the instances along ``axis`` of the
+    per-instance means and ``second`` moments (``m2``, or the mean square for a ``"fast"``
+    algorithm), each instance of ``count`` values.
+
+    Two-pass: ``m2 = sum m2_i + count sum (mean_i - mean)**2`` (Chan, Golub and LeVeque's
+    combination of centred sums: no cancellation); fast: ``mean(x**2) - mean**2``, the
+    frameworks' form modelled.
+    """
+    joined = xp.mean(mean, axis=axis, keepdims=True)
+    if algorithm != "two_pass":
+        return joined, _fast_variance(
+            xp, xp.mean(second, axis=axis, keepdims=True), joined, algorithm
+        )
+    apart = mean - joined
+    m2 = xp.sum(second, axis=axis, keepdims=True) + count * xp.sum(
+        apart * apart, axis=axis, keepdims=True
+    )
+    return joined, m2 / (count * mean.shape[axis])
+
+
+def _fast_variance(xp: Any, square: Array, mean: Array, algorithm: str) -> Array:
+    """``mean(x**2) - mean(x)**2`` (clamped at 0 for ``"fast_clamped"``)."""
+    v = square - mean * mean
+    return xp.clip(v, min=0.0) if algorithm == "fast_clamped" else v
+
+
 def _mixture(
     xp: Any,
     x: Array,
@@ -134,25 +224,54 @@ def _mixture(
     var_logits: Array,
     channel: int,
     eps: float,
+    dtype: Any,
     algorithm: str,
 ) -> _Mixture:
+    """The mixture's statistics of ``x``, from each instance's two sums in one pass over the
+    blocks (:func:`_combined` for the layer's and the batch's)."""
+    shape = tuple(x.shape)
     spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
-    axes = (spatial, tuple(range(1, x.ndim)), tuple(a for a in range(x.ndim) if a != channel))
+    blocks = blocks_of(xp, shape, (0, channel), SWITCHABLE_BLOCK_ELEMENTS)
     # one power of two for the whole input, of its finite values: the mixture adds statistics
     # of different groups, and a NaN or inf reaches only those that hold it
-    scale = finite_group_scale(xp, x, tuple(range(x.ndim)), floor=eps_magnitude(eps, "add"))
-    xs = x * scale
-    means, variances = [], []
-    for reduced in axes:
-        mean, m2, _ = mean_and_m2(xp, xs, reduced, algorithm=algorithm)
+    floor = eps_magnitude(eps, "add")
+    magnitude = to_dtype(xp, _largest_finite(xp, x, blocks), dtype)
+    scale = power_of_two_scale(xp, xp.maximum(magnitude, xp.full_like(magnitude, floor)))
+    count = group_count(x, spatial)
+    means, seconds = [], []
+    for block in blocks:
+        values = _scaled_block(xp, x[block], dtype, scale)
+        if algorithm == "two_pass":
+            mean, m2, _ = mean_and_m2(xp, values, spatial, algorithm=algorithm, overwrite=True)
+        else:
+            mean = xp.mean(values, axis=spatial, keepdims=True)
+            m2 = xp.mean(values * values, axis=spatial, keepdims=True)
         means.append(mean)
-        variances.append(m2 / group_count(x, reduced))
+        seconds.append(m2)
+    kept = tuple(1 if a in spatial else n for a, n in enumerate(shape))
+    mean0, second0 = _assembled(xp, blocks, means, kept), _assembled(xp, blocks, seconds, kept)
+    if algorithm == "two_pass":
+        v0 = second0 / count
+    else:
+        v0 = _fast_variance(xp, second0, mean0, algorithm)
+    mean1, v1 = _combined(xp, mean0, second0, channel, count, algorithm)
+    mean2, v2 = _combined(xp, mean0, second0, 0, count, algorithm)
     a, b = _softmax(xp, mean_logits), _softmax(xp, var_logits)
-    mu = _weighted(a, tuple(means))
-    s, _ = scaled_divisors(xp, _weighted(b, tuple(variances)), scale, eps=eps, eps_mode="add")
-    counts = tuple(group_count(x, reduced) for reduced in axes)
+    means_k, variances_k = (mean0, mean1, mean2), (v0, v1, v2)
+    s, _ = scaled_divisors(xp, _weighted(b, variances_k), scale, eps=eps, eps_mode="add")
+    counts = (count, count * shape[channel], count * shape[0])
     return _Mixture(
-        axes, tuple(means), tuple(variances), counts, a, b, mu, nonzero_divisor(xp, s), scale, xs
+        means_k,
+        variances_k,
+        counts,
+        a,
+        b,
+        _weighted(a, means_k),
+        nonzero_divisor(xp, s),
+        scale,
+        dtype,
+        blocks,
+        spatial,
     )
 
 
@@ -194,16 +313,16 @@ def _prepared(
         where=f"switchable_norm(x of shape {shape}, axis={axis})",
     )
     dtype = compute_dtype(xp, x.dtype, precision)
-    xc = to_dtype(xp, x, dtype)
     if math.prod(shape) == 0:  # no samples or no channels: nothing to normalize
         return xp, dtype, channel, None
     found = _mixture(
         xp,
-        xc,
+        x,
         to_dtype(xp, mean_logits, dtype),
         to_dtype(xp, var_logits, dtype),
         channel,
         eps,
+        dtype,
         variance_algorithm(precision),
     )
     return xp, dtype, channel, found
@@ -265,16 +384,47 @@ def switchable_norm(
     )
     if found is None:
         return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
-    x_hat = (found.x - found.mu) / found.s
-    y = affine(
-        xp,
-        x_hat,
-        to_dtype(xp, gamma, dtype),
-        to_dtype(xp, beta, dtype),
-        (channel,),
-        overwrite=True,
-    )
-    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+    out_dtype = output_dtype(xp, precision, x, gamma, beta)
+    gamma_c, beta_c = to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype)
+
+    def normalized(block: tuple[slice, ...]) -> Array:
+        x_hat = _scaled_block(xp, x[block], dtype, found.scale)
+        x_hat -= found.mu[block]  # in place: the block's own scaled copy
+        x_hat /= found.s[block]
+        y = affine(
+            xp,
+            x_hat,
+            _channels(gamma_c, block, channel),
+            _channels(beta_c, block, channel),
+            (channel,),
+            overwrite=True,
+        )
+        return to_dtype(xp, y, out_dtype)
+
+    return _written(xp, found.blocks, normalized, tuple(x.shape), out_dtype, x)
+
+
+def _channels(param: Array | None, block: tuple[slice, ...], channel: int) -> Array | None:
+    """A per-channel parameter's values at the block's channels."""
+    return None if param is None else param[block[channel]]
+
+
+def _written(
+    xp: Any,
+    blocks: list[tuple[slice, ...]],
+    compute: Any,
+    shape: tuple[int, ...],
+    dtype: Any,
+    like: Array,
+) -> Array:
+    """``compute(block)`` of every block written into one array of ``shape`` and ``dtype`` (the
+    one block's own result where there is one)."""
+    if len(blocks) == 1:
+        return compute(blocks[0])
+    out = xp.empty(shape, dtype=dtype, device=device(like))
+    for block in blocks:
+        out[block] = compute(block)
+    return out
 
 
 def switchable_norm_vjp(
@@ -322,33 +472,68 @@ def switchable_norm_vjp(
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
     if found is None:
         return _no_gradients(xp, x, gamma, beta, mean_logits, var_logits)
-    dy_c = to_dtype(xp, dy, dtype)
-    instance = found.axes[0]
+    gamma_c = to_dtype(xp, gamma, dtype)
+
+    def instance_sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
+        x_hat = _scaled_block(xp, x[block], dtype, found.scale)
+        x_hat -= found.mu[block]  # in place: the block's own scaled copy
+        x_hat /= found.s[block]
+        dy_block = to_dtype(xp, dy[block], dtype)
+        return (
+            sum_of_products(xp, dy_block, x_hat, found.spatial),
+            xp.sum(dy_block, axis=found.spatial, keepdims=True),
+        )
+
+    sums = [instance_sums(block) for block in found.blocks]
+    kept = tuple(found.mu.shape)
+    dy_x_hat = _assembled(xp, found.blocks, [d for d, _ in sums], kept)
+    dy_sum = _assembled(xp, found.blocks, [d for _, d in sums], kept)
+    del sums
     # in the scaled values' terms: d_mu, d_var and dx / scale of the unscaled ones' (the
-    # weights' gradients are unchanged)
-    x_hat = (found.x - found.mu) / found.s
-    g = affine_vjp_x_hat(xp, dy_c, to_dtype(xp, gamma, dtype), (channel,))
-    d_mu = -xp.sum(g, axis=instance, keepdims=True) / found.s
-    d_var = -0.5 * xp.sum(g * x_hat, axis=instance, keepdims=True) / (found.s * found.s)
-    dx = g / found.s
+    # weights' gradients are unchanged); g = gamma dy, summed per instance
+    g_sum = affine_vjp_x_hat(xp, dy_sum, gamma_c, (channel,))
+    g_x_hat = affine_vjp_x_hat(xp, dy_x_hat, gamma_c, (channel,))
+    d_mu = -g_sum / found.s
+    d_var = -0.5 * g_x_hat / (found.s * found.s)
+    # dx = g / s + sum_k (d_mean_k / n_k + (2 / n_k) d_var_k (x - mu_k))
+    #    = g / s + slope (x - mu) + offset, per instance: slope = sum_k 2 d_var_k / n_k,
+    #      offset = sum_k (d_mean_k / n_k + (2 / n_k) d_var_k (mu - mu_k))
+    slope, offset = xp.zeros_like(d_mu), xp.zeros_like(d_mu)
     d_a, d_b = [], []
     for k in range(len(MIXED)):
         # the gradient of statistic k: its weight times the sum over the (n, c) sharing it
-        shared = tuple(a for a in found.axes[k] if a not in instance)
+        shared = () if k == 0 else ((channel,) if k == 1 else (0,))
         d_mean_k = found.a[k] * (xp.sum(d_mu, axis=shared, keepdims=True) if shared else d_mu)
         d_var_k = found.b[k] * (xp.sum(d_var, axis=shared, keepdims=True) if shared else d_var)
         n = found.counts[k]
-        dx += d_mean_k / n + (2.0 / n) * d_var_k * (found.x - found.means[k])
+        slope = slope + (2.0 / n) * d_var_k
+        offset = offset + (d_mean_k / n + (2.0 / n) * d_var_k * (found.mu - found.means[k]))
         d_a.append(xp.sum(d_mu * found.means[k]))
         d_b.append(xp.sum(d_var * found.variances[k]))
-    dx *= found.scale
-    d_gamma, d_beta = affine_vjp_params(
-        xp, dy_c, x_hat, (channel,), has_gamma=gamma is not None, has_beta=beta is not None
-    )
+
+    def x_gradient(block: tuple[slice, ...]) -> Array:
+        centred = _scaled_block(xp, x[block], dtype, found.scale)
+        centred -= found.mu[block]  # in place: the block's own scaled copy
+        centred *= slope[block]
+        g = affine_vjp_x_hat(
+            xp, to_dtype(xp, dy[block], dtype), _channels(gamma_c, block, channel), (channel,)
+        )
+        dx = g / found.s[block]
+        dx += centred
+        dx += offset[block]
+        dx *= found.scale
+        return to_dtype(xp, dx, x.dtype)
+
+    dx = _written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x)
+    outer = (0,)
     return SwitchableGrads(
-        x=to_dtype(xp, dx, x.dtype),
-        gamma=None if gamma is None else to_dtype(xp, d_gamma, gamma.dtype),
-        beta=None if beta is None else to_dtype(xp, d_beta, beta.dtype),
+        x=dx,
+        gamma=None
+        if gamma is None
+        else to_dtype(xp, xp.reshape(xp.sum(dy_x_hat, axis=outer), gamma.shape), gamma.dtype),
+        beta=None
+        if beta is None
+        else to_dtype(xp, xp.reshape(xp.sum(dy_sum, axis=outer), beta.shape), beta.dtype),
         mean_logits=to_dtype(xp, _softmax_vjp(xp, found.a, d_a), mean_logits.dtype),
         var_logits=to_dtype(xp, _softmax_vjp(xp, found.b, d_b), var_logits.dtype),
     )
