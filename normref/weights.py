@@ -87,9 +87,9 @@ class WeightNormGrads(NamedTuple):
     g: Array | None
 
 
-Guard = Callable[[Namespace, Layer, Array], tuple[Array | None, Array]]
-"""``guard(xp, layer, v) -> (marked, stand_in)``: the units where a layer would divide by 0
-(``None``: none can), and ``v`` with a stand-in there."""
+Guard = Callable[[Namespace, Layer, Array], Array | None]
+"""``guard(xp, layer, v) -> marked``: the units (kept dims) where a layer would divide by 0
+(``None``: none can)."""
 
 
 class SpectralNormResult(NamedTuple):
@@ -418,13 +418,11 @@ def _weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer:
     return _unit_layer("weight_norm", shape, "v", axis, RMS_SCALE, params, 1.0 / math.sqrt(n))
 
 
-def _zero_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Array]:
-    """Mask of the units whose squared norm is 0 (with ``eps = 0``), and ``v`` with them as 1."""
+def _zero_units(xp: Namespace, layer: Layer, v: Array) -> Array | None:
+    """Mask of the units whose squared norm is 0 (with ``eps = 0``; not a unit with a NaN)."""
     if layer.params["eps"] > 0:
-        return None, v
-    axes = fan_in_axes(v.ndim, layer.param_axes[0])
-    zero = xp.logical_not(xp.any(v != 0, axis=axes, keepdims=True))
-    return zero, xp.where(zero, 1.0, v)
+        return None
+    return max_magnitude(xp, v, fan_in_axes(v.ndim, layer.param_axes[0])) == 0
 
 
 def weight_norm(
@@ -535,15 +533,27 @@ def weight_norm_vjp(
 
 def _guarded(layer: Layer, guard: Guard, v: Array, g: Array | None, precision: Precision) -> Array:
     """``layer`` on ``v`` with per-unit ``g``, 0 on the units ``guard`` marks (where the layer
-    divides by 0: it runs on ``guard``'s stand-in there)."""
+    would divide by 0: their gain is 0, and the layer counts a divisor of 0 as 1)."""
     xp = namespace_of(v=v, g=g, optional=("g",))
     _check_unit_param(g, layer, name="g", weight="v")
-    dtype = compute_dtype(xp, v.dtype, precision)
-    marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
-    y = normalize(layer, v_c, to_dtype(xp, g, dtype), None, precision)
-    if marked is not None:
-        y = xp.where(marked, 0.0, y)
-    return to_dtype(xp, y, output_dtype(xp, precision, v, g))
+    gain = _unmarked_gain(xp, guard(xp, layer, v), g, compute_dtype(xp, v.dtype, precision))
+    return normalize(layer, v, gain, None, precision, out_dtype=output_dtype(xp, precision, v, g))
+
+
+def _unmarked_gain(
+    xp: Namespace, marked: Array | None, g: Array | None, dtype: Any
+) -> Array | None:
+    """``g`` (1 where it is ``None``) with 0 on the ``marked`` units, in ``dtype``; ``g`` itself
+    where no unit can be marked."""
+    if marked is None:
+        return g
+    flat = xp.reshape(marked, (-1,))
+    kept = (
+        xp.ones(flat.shape, dtype=dtype, device=device(marked))
+        if g is None
+        else to_dtype(xp, g, dtype)
+    )
+    return xp.where(flat, xp.zeros_like(kept), kept)
 
 
 def _guarded_vjp(
@@ -552,18 +562,14 @@ def _guarded_vjp(
     """The VJP of :func:`_guarded`: 0 for ``v`` and ``g`` on the units ``guard`` marks."""
     xp = namespace_of(v=v, g=g, dy=dy, optional=("g",))
     _check_unit_param(g, layer, name="g", weight="v")
-    dtype = compute_dtype(xp, v.dtype, precision)
-    marked, v_c = guard(xp, layer, to_dtype(xp, v, dtype))
-    d_v, d_g = normalize_vjp(
-        layer, to_dtype(xp, dy, dtype), v_c, to_dtype(xp, g, dtype), None, precision
-    )[:2]
-    if marked is not None:
-        d_v = xp.where(marked, 0.0, d_v)
-        if d_g is not None:
-            d_g = xp.where(xp.reshape(marked, d_g.shape), 0.0, d_g)
-    return WeightNormGrads(
-        to_dtype(xp, d_v, v.dtype), to_dtype(xp, d_g, None if g is None else g.dtype)
-    )
+    marked = guard(xp, layer, v)
+    gain = _unmarked_gain(xp, marked, g, compute_dtype(xp, v.dtype, precision))
+    d_v, d_g = normalize_vjp(layer, dy, v, gain, None, precision)[:2]
+    if g is None:
+        return WeightNormGrads(to_dtype(xp, d_v, v.dtype), None)
+    if marked is not None and d_g is not None:
+        d_g = xp.where(xp.reshape(marked, d_g.shape), xp.zeros_like(d_g), d_g)
+    return WeightNormGrads(to_dtype(xp, d_v, v.dtype), to_dtype(xp, d_g, g.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -584,19 +590,13 @@ def _centered_weight_norm_layer(v: Array, out_axis: object, eps: float) -> Layer
     )
 
 
-def _constant_units(xp: Namespace, layer: Layer, v: Array) -> tuple[Array | None, Array]:
-    """Mask of the units whose values are all equal (with ``eps = 0``: their centred norm is 0),
-    and ``v`` with them replaced by a ramp along a fan-in axis (not constant)."""
+def _constant_units(xp: Namespace, layer: Layer, v: Array) -> Array | None:
+    """Mask of the units whose values are all equal (with ``eps = 0``: their centred norm is 0;
+    not a unit with a NaN)."""
     if layer.params["eps"] > 0:
-        return None, v
+        return None
     axes = fan_in_axes(v.ndim, layer.param_axes[0])
-    constant = xp.max(v, axis=axes, keepdims=True) == xp.min(v, axis=axes, keepdims=True)
-    varying = next((a for a in axes if v.shape[a] > 1), None)
-    if varying is None:  # one value per unit: the layer refuses it
-        return constant, v
-    shape = tuple(v.shape[a] if a == varying else 1 for a in range(v.ndim))
-    ramp = xp.reshape(xp.arange(v.shape[varying], dtype=v.dtype, device=device(v)), shape)
-    return constant, xp.where(constant, ramp, v)
+    return xp.max(v, axis=axes, keepdims=True) == xp.min(v, axis=axes, keepdims=True)
 
 
 def centered_weight_norm(

@@ -40,22 +40,46 @@ def test_centred_weight_norm_is_scaled_weight_standardization(out_axis):
     np.testing.assert_allclose(y, expected, rtol=0, atol=16 * U64 * np.abs(expected).max())
 
 
-def test_a_constant_unit_has_no_direction():
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("fan_in", [5, 600])
+@pytest.mark.parametrize("with_g", [True, False])
+def test_a_constant_unit_has_no_direction(dtype, fan_in, with_g):
     """With eps = 0 a constant unit gives 0 and zero gradients (as weight norm's zero unit);
-    the other units are untouched by the guard."""
+    the other units are untouched by the guard: float64 and float32 (in float64 under
+    "highest", the compiled path where numba is installed), units shorter and longer than
+    the kernels' pieces, with and without ``g``."""
     rng = _rng(2)
-    v = rng.standard_normal((3, 5))
-    v[1] = 0.1  # 0.1 * 5 / 5 rounds: a computed mean would not centre it exactly
-    g = np.array([1.5, 2.0, -0.5])
+    v = rng.standard_normal((3, fan_in)).astype(dtype)
+    v[1] = 0.1  # 0.1 * n / n rounds: a computed mean would not centre it exactly
+    g = np.array([1.5, 2.0, -0.5], dtype) if with_g else None
     y = normref.centered_weight_norm(v, g)
+    assert y.dtype == v.dtype
     assert np.all(y[1] == 0)
-    others = v[[0, 2]] - v[[0, 2]].mean(axis=1, keepdims=True)
-    expected = g[[0, 2], None] * others / np.linalg.norm(others, axis=1, keepdims=True)
-    np.testing.assert_allclose(y[[0, 2]], expected, rtol=1e-14)
-    grads = normref.centered_weight_norm_vjp(rng.standard_normal(v.shape), v, g)
+    wide = v.astype(np.float64)
+    others = wide[[0, 2]] - wide[[0, 2]].mean(axis=1, keepdims=True)
+    gains = g[[0, 2], None].astype(np.float64) if with_g else 1.0
+    expected = gains * others / np.linalg.norm(others, axis=1, keepdims=True)
+    # float64: a few roundings of the unit's size (an entry near the mean is a difference);
+    # float32: the float64 value rounded once
+    rounding = 16 * U64 if dtype == "float64" else float(np.finfo(np.float32).eps) / 2
+    atol = 16 * U64 * np.abs(expected).max()
+    np.testing.assert_allclose(y[[0, 2]], expected, rtol=rounding, atol=atol)
+    grads = normref.centered_weight_norm_vjp(rng.standard_normal(v.shape).astype(dtype), v, g)
     assert np.all(grads.v[1] == 0)
-    assert grads.g[1] == 0
+    assert grads.g is None if g is None else grads.g[1] == 0
     assert np.all(np.isfinite(grads.v))
+
+
+def test_an_infinite_unit_is_nan_and_the_others_are_untouched():
+    """A unit of one infinity repeated is constant by max == min, but its centred values are
+    inf - inf: NaN, as non-finite values propagate everywhere; the other units are as alone."""
+    v = _rng(4).standard_normal((3, 7))
+    alone = normref.centered_weight_norm(v[[0, 2]])
+    v[1] = np.inf
+    with np.errstate(invalid="ignore"):
+        y = normref.centered_weight_norm(v)
+    assert np.all(np.isnan(y[1]))
+    np.testing.assert_array_equal(y[[0, 2]], alone)
 
 
 # ---------------------------------------------------------------------------- OWN and ONI

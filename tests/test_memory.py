@@ -129,6 +129,13 @@ MEMORY_CASES = [
         id="scaled-ws",
     ),
     pytest.param(
+        Case(
+            "centered_weight_norm",
+            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
+        ),
+        id="centred-wn",
+    ),
+    pytest.param(
         # large against the blocks of instances it is computed in (normref._lib.in_place)
         Case("switchable_norm", BenchmarkInput((8, 256, 28, 28), "test")),
         id="switchable",
