@@ -4,11 +4,12 @@ The Array API has no matrix product into an existing array, so ``a @ b`` is a
 new array of ``a``'s size. Where ``a`` is an operation's own array and is not
 needed afterwards, :func:`products_over` writes the result over ``a`` one
 block of rows at a time (item assignment, which the standard has), so the
-only new memory is one block's product. :func:`over_positions` computes an
-operation whose every position (the values along one axis at one index of the
-others) is independent of the others a block of positions at a time, into its
-result. JAX arrays are immutable and Dask arrays lazy: on those the result is
-formed whole, as the plain expression.
+only new memory is one block's product. An operation that treats parts of its
+input apart from each other (the instances of switchable norm, the positions of
+local response normalization) runs on blocks of them (:func:`blocks_of`),
+writing each block's results into the result (:func:`written`) or its
+reductions into small arrays (:func:`assembled`). JAX arrays are immutable and
+Dask arrays lazy: on those the result is formed whole, as the plain expression.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import array_api_compat
 from array_api_compat import device
 
-from normref._lib.namespace import Array, Namespace, to_dtype
+from normref._lib.namespace import Array, Namespace
+from normref._lib.scaling import max_magnitude
 
 BLOCK_ELEMENTS = 1 << 15
 """Elements of one block of rows (of all groups together): 256 KiB in float64."""
@@ -85,32 +87,50 @@ def blocks_of(
     return blocks
 
 
-def over_positions(
-    xp: Namespace,
-    compute: Callable[..., Array],
-    arrays: tuple[Array, ...],
-    axis: int,
-    dtype: Any,
-) -> Array:
-    """``compute(*arrays)`` in ``dtype``, a block of positions at a time.
+def finite_magnitudes(
+    xp: Namespace, x: Array, blocks: list[tuple[slice, ...]], axes: tuple[int, ...]
+) -> list[Array]:
+    """Per block of ``x``, the largest finite magnitude over ``axes`` (kept dims; 0 where there
+    is none)."""
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
 
-    ``arrays`` (of one shape) are viewed as ``(A, C, B)``, ``C`` the size of
-    ``axis``: ``compute`` takes such arrays (its axis 1 is ``axis``) and must
-    treat each position ``(a, :, b)`` apart from the others. On a mutable
-    library it runs on blocks of about :data:`BLOCK_ELEMENTS` elements
-    (:func:`blocks_of`), each every index of ``axis`` at some positions, whose
-    results (in ``dtype``) are written into the result; elsewhere on the whole
-    arrays. The results are the same either way, bit for bit; only the
-    temporaries differ.
-    """
-    shape = tuple(arrays[0].shape)
-    lead = math.prod(shape[:axis])
-    view = (lead, shape[axis], math.prod(shape[axis + 1 :]))
-    views = tuple(xp.reshape(a, view) for a in arrays)
-    blocks = blocks_of(xp, view, (0, 2))
+    def largest(block: tuple[slice, ...]) -> Array:
+        values = x[block]
+        return max_magnitude(xp, xp.where(xp.isfinite(values), values, zero), axes)
+
+    return [largest(block) for block in blocks]
+
+
+def assembled(
+    xp: Namespace, blocks: list[tuple[slice, ...]], parts: list[Array], shape: tuple[int, ...]
+) -> Array:
+    """The results of a reduction over each block (``parts``, in the order of ``blocks``, each
+    with the block's shape on the reduced axes kept as 1) as one array of ``shape``: the one
+    block's own where there is one."""
     if len(blocks) == 1:
-        return xp.reshape(to_dtype(xp, compute(*views), dtype), shape)
-    out = xp.empty(view, dtype=dtype, device=device(arrays[0]))
+        return parts[0]
+    out = xp.empty(shape, dtype=parts[0].dtype, device=device(parts[0]))
+    for block, part in zip(blocks, parts, strict=True):
+        out[block] = part
+    return out
+
+
+def written(
+    xp: Namespace,
+    blocks: list[tuple[slice, ...]],
+    compute: Callable[[tuple[slice, ...]], Array],
+    shape: tuple[int, ...],
+    dtype: Any,
+    like: Array,
+) -> Array:
+    """``compute(block)`` (in ``dtype``) of every block written into one new array of ``shape``
+    on ``like``'s device: the one block's own result where there is one. The results are the
+    same either way, bit for bit, where ``compute`` treats each block's units apart from the
+    others; only the temporaries differ."""
+    if len(blocks) == 1:
+        return compute(blocks[0])
+    out = xp.empty(shape, dtype=dtype, device=device(like))
+
     for block in blocks:
-        out[block] = to_dtype(xp, compute(*(v[block] for v in views)), dtype)
-    return xp.reshape(out, shape)
+        out[block] = compute(block)
+    return out

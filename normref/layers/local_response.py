@@ -51,7 +51,7 @@ and leaves the gradient unchanged, exactly.
 Memory. Each position (the channels at one index of the other axes) is
 computed apart from the others, so both directions run a block of positions
 at a time on libraries that write arrays in place
-(:func:`normref._lib.in_place.over_positions`): the temporaries are a block's,
+(:func:`normref._lib.in_place.blocks_of`): the temporaries are a block's,
 whatever the input's size, and the results are the same bit for bit.
 """
 
@@ -63,9 +63,13 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
-from normref._lib.in_place import over_positions
+from normref._lib.in_place import assembled, blocks_of, finite_magnitudes, written
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref._lib.scaling import finite_group_scale, power_of_two_factors, times_power_of_two
+from normref._lib.scaling import (
+    power_of_two_factors,
+    power_of_two_scale,
+    times_power_of_two,
+)
 from normref.ops.base import XGrad
 from normref.types import Precision
 
@@ -136,26 +140,35 @@ def _checked(
     return xp, size, normalize_axis(axis, x.ndim), alpha, beta, k
 
 
-class _Scaled(NamedTuple):
-    r"""A call's denominators and values held scaled, in the compute dtype (module docstring).
+class _Positions(NamedTuple):
+    r"""Per position (the ``(A, 1, B)`` arrays of the ``(A, C, B)`` view), in the compute
+    dtype, what makes the scaled denominators and results (module docstring): the power of
+    two ``scale`` :math:`2^{-e}`; :math:`2^{E - F}` in two steps (``sum_factors``), by which
+    :math:`\frac{m_\alpha}{n} \sum X^2` becomes the first term of :math:`u`, and
+    ``k_term`` :math:`k\,2^{-F}` its second; the ``fraction`` :math:`2^{-r}`; and in two
+    steps each :math:`2^{e - q}` (``y_factors``) and :math:`2^{-q}` (``dx_factors``), with
+    :math:`\alpha = m_\alpha 2^a` (``alpha_mantissa``), :math:`E = a + 2e`, :math:`D = u\,2^F`
+    and :math:`\beta F = q + r`."""
 
-    ``values`` is :math:`X = 2^{-e} x` with ``e`` (``shift``) per position (the channels at
-    one index of the other axes); :math:`D = u\,2^F` with ``u`` (``mantissas``) per element
-    and ``F`` (``exponent``) per position; :math:`\beta F = q + r` with an integer ``q``
-    (``whole``) and ``fraction`` :math:`2^{-r}`, so that
-    :math:`D^{-\beta} = u^{-\beta}\,2^{-r}\,2^{-q}`; :math:`\alpha = m_\alpha 2^a`
-    (``alpha_mantissa``) and ``alpha_exponent`` :math:`E = a + 2e`, so that
-    :math:`\alpha x_i x_j = m_\alpha X_i X_j 2^E`.
-    """
-
-    values: Array
-    shift: Array
-    mantissas: Array
-    exponent: Array
-    whole: Array
+    scale: Array
+    sum_factors: tuple[Array, Array]
+    k_term: Array
     fraction: Array
+    y_factors: tuple[Array, Array]
+    dx_factors: tuple[Array, Array]
     alpha_mantissa: float
-    alpha_exponent: Array
+
+    def at(self, block: tuple[slice, ...]) -> _Positions:
+        """The values at the positions of ``block``."""
+        return _Positions(
+            self.scale[block],
+            (self.sum_factors[0][block], self.sum_factors[1][block]),
+            self.k_term[block],
+            self.fraction[block],
+            (self.y_factors[0][block], self.y_factors[1][block]),
+            (self.dx_factors[0][block], self.dx_factors[1][block]),
+            self.alpha_mantissa,
+        )
 
 
 def _split(value: float) -> tuple[float, float]:
@@ -168,40 +181,79 @@ def _split(value: float) -> tuple[float, float]:
     return high, value - high
 
 
-def _scaled(
-    xp: Any, x: Array, size: int, channel: int, alpha: float, beta: float, k: float, window: str
-) -> _Scaled:
-    """The denominators of ``x`` in the scaled form of :class:`_Scaled`."""
-    scale = finite_group_scale(xp, x, (channel,))
-    values = x * scale
+def _positions(
+    xp: Any,
+    x: Array,
+    blocks: list[tuple[slice, ...]],
+    dtype: Any,
+    alpha: float,
+    beta: float,
+    k: float,
+) -> _Positions:
+    """The :class:`_Positions` of ``x`` (the ``(A, C, B)`` view), its largest finite magnitudes
+    taken a block at a time."""
+    kept = (x.shape[0], 1, x.shape[2])
+    largest = assembled(xp, blocks, finite_magnitudes(xp, x, blocks, (1,)), kept)
+    scale = power_of_two_scale(xp, to_dtype(xp, largest, dtype))
     shift = -xp.round(xp.log2(scale))
     alpha_mantissa, alpha_exp = math.frexp(alpha)
     k_mantissa, k_exp = math.frexp(k)
-    before, after = window_extents(size, window)
-    sums = _window_sums(xp, values, channel, before, after, squares=True)
-    sums *= alpha_mantissa / size
     # alpha sum(x^2) / n = sums 2^E: E is the same for every channel of a position
     big = alpha_exp + 2.0 * shift
     # D itself where both its terms are far from overflow and underflow, else D / 2^F
-    top = float(math.frexp(float(xp.finfo(x.dtype).max))[1] // 2 - 2)
+    top = float(math.frexp(float(xp.finfo(dtype).max))[1] // 2 - 2)
     moderate = (xp.abs(big) <= top) & (abs(k_exp) <= top)
     exponent = xp.where(moderate, xp.zeros_like(big), xp.maximum(big, float(k_exp)))
-    # in place: the window sums are this function's own array
-    for factor in power_of_two_factors(xp, big - exponent, sums.dtype):
-        sums *= factor
-    sums += times_power_of_two(xp, xp.full_like(exponent, k_mantissa), k_exp - exponent)
     high, low = _split(beta)
     whole = xp.floor(high * exponent)
-    return _Scaled(
-        values,
-        shift,
-        sums,
-        exponent,
-        whole,
+    return _Positions(
+        scale,
+        power_of_two_factors(xp, big - exponent, dtype),
+        times_power_of_two(xp, xp.full_like(exponent, k_mantissa), k_exp - exponent),
         2.0 ** (-((high * exponent - whole) + low * exponent)),
+        power_of_two_factors(xp, shift - whole, dtype),
+        power_of_two_factors(xp, -whole, dtype),
         alpha_mantissa,
-        big,
     )
+
+
+def _scaled_values(xp: Any, x: Array, dtype: Any, scale: Array) -> Array:
+    """:math:`X = 2^{-e} x` of a block of ``x`` in ``dtype``: an array of the caller's own."""
+    converted = to_dtype(xp, x, dtype)
+    if converted is x:
+        return x * scale
+    converted *= scale
+    return converted
+
+
+def _mantissas(xp: Any, values: Array, at: _Positions, size: int, before: int, after: int) -> Array:
+    """:math:`u = \frac{m_\alpha}{n} \\sum_{W} X^2\\, 2^{E - F} + k\\,2^{-F}` of a block's
+    scaled values: an array of the caller's own."""
+    sums = _window_sums(xp, values, 1, before, after, squares=True)
+    # in place: the window sums are this function's own array
+    sums *= at.alpha_mantissa / size
+    for factor in at.sum_factors:
+        sums *= factor
+    sums += at.k_term
+    return sums
+
+
+def _times(a: Array, fraction: Array, factors: tuple[Array, Array]) -> Array:
+    """``a * fraction`` times both ``factors``, in ``a``'s memory (the caller's own array)."""
+    a *= fraction
+    for factor in factors:
+        a *= factor
+    return a
+
+
+def _position_blocks(
+    xp: Any, x: Array, axis: int
+) -> tuple[tuple[int, int, int], list[tuple[slice, ...]]]:
+    """The ``(A, C, B)`` view's shape of ``x`` with ``axis`` as ``C``, and its blocks of
+    positions (every channel at about ``BLOCK_ELEMENTS / C`` positions)."""
+    shape = tuple(x.shape)
+    view = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+    return view, blocks_of(xp, view, (0, 2))
 
 
 def local_response_norm(
@@ -255,15 +307,21 @@ def local_response_norm(
     """
     xp, size, channel, alpha, beta, k = _checked(x, size, alpha, beta, k, axis, window)
     dtype = compute_dtype(xp, x.dtype, precision)
+    out_dtype = output_dtype(xp, precision, x)
+    before, after = window_extents(size, window)
+    view, blocks = _position_blocks(xp, x, channel)
+    x3 = xp.reshape(x, view)
+    positions = _positions(xp, x3, blocks, dtype, alpha, beta, k)
 
-    def forward(x: Array) -> Array:
-        found = _scaled(xp, to_dtype(xp, x, dtype), size, 1, alpha, beta, k, window)
+    def forward(block: tuple[slice, ...]) -> Array:
+        at = positions.at(block)
+        values = _scaled_values(xp, x3[block], dtype, at.scale)
         # y = X u^-beta 2^-r 2^(e - q), in place: u^-beta is this function's own array
-        y = xp.pow(found.mantissas, -beta)
-        y *= found.values
-        return _times_factors(xp, y, found.fraction, found.shift - found.whole)
+        y = xp.pow(_mantissas(xp, values, at, size, before, after), -beta)
+        y *= values
+        return to_dtype(xp, _times(y, at.fraction, at.y_factors), out_dtype)
 
-    return over_positions(xp, forward, (x,), channel, output_dtype(xp, precision, x))
+    return xp.reshape(written(xp, blocks, forward, view, out_dtype, x), x.shape)
 
 
 def local_response_norm_vjp(
@@ -308,33 +366,28 @@ def local_response_norm_vjp(
         raise ValueError(msg)
     dtype = compute_dtype(xp, x.dtype, precision)
     before, after = window_extents(size, window)
+    view, blocks = _position_blocks(xp, x, channel)
+    x3, dy3 = xp.reshape(x, view), xp.reshape(dy, view)
+    positions = _positions(xp, x3, blocks, dtype, alpha, beta, k)
 
-    def backward(dy: Array, x: Array) -> Array:
-        found = _scaled(xp, to_dtype(xp, x, dtype), size, 1, alpha, beta, k, window)
-        dy_c = to_dtype(xp, dy, dtype)
-        powered = xp.pow(found.mantissas, -beta)  # u^-beta
+    def backward(block: tuple[slice, ...]) -> Array:
+        at = positions.at(block)
+        values = _scaled_values(xp, x3[block], dtype, at.scale)
+        mantissas = _mantissas(xp, values, at, size, before, after)
+        dy_c = to_dtype(xp, dy3[block], dtype)
+        powered = xp.pow(mantissas, -beta)  # u^-beta
         # in place from here: powered, values and the window sums are this function's own arrays
-        each = dy_c * found.values
-        each *= powered / found.mantissas
+        each = dy_c * values
+        each *= powered / mantissas
         through = _window_sums(xp, each, 1, after, before)
         # alpha x_j x_c D^(-beta-1) = m X_j X_c u^(-beta-1) 2^(E - F) 2^-r 2^-q
-        for factor in power_of_two_factors(xp, found.alpha_exponent - found.exponent, dtype):
+        for factor in at.sum_factors:
             through *= factor
         dx = powered
         dx *= dy_c
-        values = found.values
-        values *= 2.0 * found.alpha_mantissa * beta / size
+        values *= 2.0 * at.alpha_mantissa * beta / size
         values *= through
         dx -= values
-        return _times_factors(xp, dx, found.fraction, -found.whole)
+        return to_dtype(xp, _times(dx, at.fraction, at.dx_factors), x.dtype)
 
-    return XGrad(over_positions(xp, backward, (dy, x), channel, x.dtype))
-
-
-def _times_factors(xp: Any, a: Array, fraction: Array, exponent: Array) -> Array:
-    """``a * fraction * 2**exponent`` (:func:`power_of_two_factors`), in place where the
-    library writes arrays in place: ``a`` is the caller's own array."""
-    a *= fraction
-    for factor in power_of_two_factors(xp, exponent, a.dtype):
-        a *= factor
-    return a
+    return XGrad(xp.reshape(written(xp, blocks, backward, view, x.dtype, x), x.shape))

@@ -70,13 +70,12 @@ averages; this is the training-mode layer.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
-from array_api_compat import device
-
 from normref._lib.checks import check_eps, check_rank, check_shape, normalize_axis
-from normref._lib.in_place import blocks_of
+from normref._lib.in_place import assembled, blocks_of, finite_magnitudes, written
 from normref._lib.namespace import (
     Array,
     compute_dtype,
@@ -86,7 +85,7 @@ from normref._lib.namespace import (
     variance_algorithm,
 )
 from normref._lib.reductions import sum_of_products
-from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref._lib.scaling import power_of_two_scale
 from normref.affine import affine, affine_vjp_x_hat, check_param
 from normref.ops.base import check_group_size, empty_like
 from normref.ops.standardization import (
@@ -151,19 +150,6 @@ def _weighted(weights: Array, values: tuple[Array, ...]) -> Array:
     return total
 
 
-def _assembled(
-    xp: Any, blocks: list[tuple[slice, ...]], parts: list[Array], shape: tuple[int, ...]
-) -> Array:
-    """The per-instance results of the blocks (``parts``, in their order) as one array of
-    ``shape``: the one block's own where there is one."""
-    if len(blocks) == 1:
-        return parts[0]
-    out = xp.empty(shape, dtype=parts[0].dtype, device=device(parts[0]))
-    for block, part in zip(blocks, parts, strict=True):
-        out[block] = part
-    return out
-
-
 def _scaled_block(xp: Any, values: Array, dtype: Any, scale: Array) -> Array:
     """A block of ``x`` in ``dtype`` times the power of two ``scale``: an array of this call's
     own (the block itself is never written)."""
@@ -172,20 +158,6 @@ def _scaled_block(xp: Any, values: Array, dtype: Any, scale: Array) -> Array:
         return values * scale
     converted *= scale
     return converted
-
-
-def _largest_finite(xp: Any, x: Array, blocks: list[tuple[slice, ...]]) -> Array:
-    """The largest finite magnitude of ``x`` (all dims kept), block by block."""
-    everything = tuple(range(x.ndim))
-    zero = xp.zeros((), dtype=x.dtype, device=device(x))
-    largest = [
-        max_magnitude(xp, xp.where(xp.isfinite(x[block]), x[block], zero), everything)
-        for block in blocks
-    ]
-    total = largest[0]
-    for value in largest[1:]:
-        total = xp.maximum(total, value)
-    return total
 
 
 def _combined(
@@ -235,21 +207,23 @@ def _mixture(
     # one power of two for the whole input, of its finite values: the mixture adds statistics
     # of different groups, and a NaN or inf reaches only those that hold it
     floor = eps_magnitude(eps, "add")
-    magnitude = to_dtype(xp, _largest_finite(xp, x, blocks), dtype)
+    largest = finite_magnitudes(xp, x, blocks, tuple(range(x.ndim)))
+    magnitude = to_dtype(xp, functools.reduce(xp.maximum, largest), dtype)
     scale = power_of_two_scale(xp, xp.maximum(magnitude, xp.full_like(magnitude, floor)))
     count = group_count(x, spatial)
-    means, seconds = [], []
-    for block in blocks:
+
+    def sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
         values = _scaled_block(xp, x[block], dtype, scale)
         if algorithm == "two_pass":
             mean, m2, _ = mean_and_m2(xp, values, spatial, algorithm=algorithm, overwrite=True)
-        else:
-            mean = xp.mean(values, axis=spatial, keepdims=True)
-            m2 = xp.mean(values * values, axis=spatial, keepdims=True)
-        means.append(mean)
-        seconds.append(m2)
+            return mean, m2
+        mean = xp.mean(values, axis=spatial, keepdims=True)
+        return mean, xp.mean(values * values, axis=spatial, keepdims=True)
+
+    parts = [sums(block) for block in blocks]
     kept = tuple(1 if a in spatial else n for a, n in enumerate(shape))
-    mean0, second0 = _assembled(xp, blocks, means, kept), _assembled(xp, blocks, seconds, kept)
+    mean0 = assembled(xp, blocks, [mean for mean, _ in parts], kept)
+    second0 = assembled(xp, blocks, [second for _, second in parts], kept)
     if algorithm == "two_pass":
         v0 = second0 / count
     else:
@@ -401,30 +375,12 @@ def switchable_norm(
         )
         return to_dtype(xp, y, out_dtype)
 
-    return _written(xp, found.blocks, normalized, tuple(x.shape), out_dtype, x)
+    return written(xp, found.blocks, normalized, tuple(x.shape), out_dtype, x)
 
 
 def _channels(param: Array | None, block: tuple[slice, ...], channel: int) -> Array | None:
     """A per-channel parameter's values at the block's channels."""
     return None if param is None else param[block[channel]]
-
-
-def _written(
-    xp: Any,
-    blocks: list[tuple[slice, ...]],
-    compute: Any,
-    shape: tuple[int, ...],
-    dtype: Any,
-    like: Array,
-) -> Array:
-    """``compute(block)`` of every block written into one array of ``shape`` and ``dtype`` (the
-    one block's own result where there is one)."""
-    if len(blocks) == 1:
-        return compute(blocks[0])
-    out = xp.empty(shape, dtype=dtype, device=device(like))
-    for block in blocks:
-        out[block] = compute(block)
-    return out
 
 
 def switchable_norm_vjp(
@@ -486,8 +442,8 @@ def switchable_norm_vjp(
 
     sums = [instance_sums(block) for block in found.blocks]
     kept = tuple(found.mu.shape)
-    dy_x_hat = _assembled(xp, found.blocks, [d for d, _ in sums], kept)
-    dy_sum = _assembled(xp, found.blocks, [d for _, d in sums], kept)
+    dy_x_hat = assembled(xp, found.blocks, [d for d, _ in sums], kept)
+    dy_sum = assembled(xp, found.blocks, [d for _, d in sums], kept)
     del sums
     # in the scaled values' terms: d_mu, d_var and dx / scale of the unscaled ones' (the
     # weights' gradients are unchanged); g = gamma dy, summed per instance
@@ -524,7 +480,7 @@ def switchable_norm_vjp(
         dx *= found.scale
         return to_dtype(xp, dx, x.dtype)
 
-    dx = _written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x)
+    dx = written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x)
     outer = (0,)
     return SwitchableGrads(
         x=dx,
