@@ -51,7 +51,7 @@ and leaves the gradient unchanged, exactly.
 Memory. Each position (the channels at one index of the other axes) is
 computed apart from the others, so both directions run a block of positions
 at a time on libraries that write arrays in place
-(:func:`normref._lib.in_place.blocks_of`): the temporaries are a block's,
+(``normref._lib.in_place``): the temporaries are a block's,
 whatever the input's size, and the results are the same bit for bit.
 """
 

@@ -44,7 +44,7 @@ pass that writes :math:`\bar x = g/s + \kappa (x - \mu) + o` with
 :math:`\kappa = \sum_k 2\bar v_k/n_k` and :math:`o = \sum_k (\bar\mu_k/n_k +
 2\bar v_k(\mu - \mu_k)/n_k)` per instance. Where the array library writes in
 place every pass takes a block of instances at a time
-(:func:`normref._lib.in_place.blocks_of`), so the temporaries are a block's.
+(``normref._lib.in_place``), so the temporaries are a block's.
 
 Scaling. The statistics are taken of ``x`` times one power of two :math:`c`
 for the whole input (``normref._lib.scaling``, from its largest
@@ -114,7 +114,7 @@ class SwitchableGrads(NamedTuple):
 
 
 SWITCHABLE_BLOCK_ELEMENTS = 1 << 17
-"""Elements of a block of instances (:func:`normref._lib.in_place.blocks_of`) that one step of
+"""Elements of a block of instances (``normref._lib.in_place``) that one step of
 each pass takes, where the library writes in place: fewer, larger blocks than elementwise
 operations take, as each step of a pass is several array operations."""
 
