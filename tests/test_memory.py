@@ -112,6 +112,12 @@ def test_inputs_stay_as_they_were(name, precision, dtype, backend: Backend):
 # Peak memory on NumPy (tracemalloc), float32 input, as the benchmarks measure it
 
 
+def _kernel_case(op: str, *, compiled: bool) -> Case:
+    """``op`` on a 3x3 conv kernel of 128 units of 64 channels, units first."""
+    shape = (128, 64, 3, 3)
+    return Case(op, BenchmarkInput(shape, "test", drawn={"out_axis": 0}, compiled=compiled))
+
+
 MEMORY_CASES = [
     pytest.param(
         Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 8})),
@@ -121,20 +127,8 @@ MEMORY_CASES = [
         Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 32})),
         id="whiten-32",
     ),
-    pytest.param(
-        Case(
-            "scaled_weight_standardize",
-            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}),
-        ),
-        id="scaled-ws",
-    ),
-    pytest.param(
-        Case(
-            "centered_weight_norm",
-            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
-        ),
-        id="centred-wn",
-    ),
+    pytest.param(_kernel_case("scaled_weight_standardize", compiled=False), id="scaled-ws"),
+    pytest.param(_kernel_case("centered_weight_norm", compiled=True), id="centred-wn"),
     pytest.param(
         # large against the blocks of instances it is computed in (normref._lib.in_place)
         Case("switchable_norm", BenchmarkInput((8, 256, 28, 28), "test")),
@@ -145,13 +139,7 @@ MEMORY_CASES = [
         Case("local_response_norm", BenchmarkInput((8, 96, 27, 27), "test", {"size": 5})),
         id="lrn",
     ),
-    pytest.param(
-        Case(
-            "adaptive_grad_clip",
-            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
-        ),
-        id="agc",
-    ),
+    pytest.param(_kernel_case("adaptive_grad_clip", compiled=True), id="agc"),
     pytest.param(
         Case("batch_norm", BenchmarkInput((16, 32, 12, 12), "test", compiled=True)), id="batch-norm"
     ),
@@ -167,13 +155,7 @@ MEMORY_CASES = [
         ),
         id="group-norm",
     ),
-    pytest.param(
-        Case(
-            "weight_standardize",
-            BenchmarkInput((128, 64, 3, 3), "test", drawn={"out_axis": 0}, compiled=True),
-        ),
-        id="ws",
-    ),
+    pytest.param(_kernel_case("weight_standardize", compiled=True), id="ws"),
     # few long rows: the parameters' partial sums of the fused path are held to x / 8 each
     pytest.param(
         Case("layer_norm", BenchmarkInput((16, 131072), "test", compiled=True)),
