@@ -26,7 +26,7 @@ import math
 
 from array_api_compat import device
 
-from normref._lib.namespace import Array, Namespace
+from normref._lib.namespace import Array, Namespace, to_dtype
 
 
 def max_magnitude(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
@@ -77,6 +77,16 @@ def finite_group_scale(
     sums over parts of the group (a window, or several kinds of groups)."""
     zero = xp.zeros((), dtype=x.dtype, device=device(x))
     return group_scale(xp, xp.where(xp.isfinite(x), x, zero), axes, floor=floor)
+
+
+def scaled_copy(xp: Namespace, values: Array, dtype: object, scale: Array) -> Array:
+    """``values`` in ``dtype`` times the power of two ``scale``: a new array, of the caller's own
+    (``values`` itself is never written)."""
+    converted = to_dtype(xp, values, dtype)
+    if converted is values:
+        return values * scale
+    converted *= scale  # in place: the conversion's own copy
+    return converted
 
 
 def scaled_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:

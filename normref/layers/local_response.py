@@ -68,6 +68,7 @@ from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dt
 from normref._lib.scaling import (
     power_of_two_factors,
     power_of_two_scale,
+    scaled_copy,
     times_power_of_two,
 )
 from normref.ops.base import XGrad
@@ -217,17 +218,8 @@ def _positions(
     )
 
 
-def _scaled_values(xp: Any, x: Array, dtype: Any, scale: Array) -> Array:
-    """:math:`X = 2^{-e} x` of a block of ``x`` in ``dtype``: an array of the caller's own."""
-    converted = to_dtype(xp, x, dtype)
-    if converted is x:
-        return x * scale
-    converted *= scale
-    return converted
-
-
 def _mantissas(xp: Any, values: Array, at: _Positions, size: int, before: int, after: int) -> Array:
-    """:math:`u = \frac{m_\alpha}{n} \\sum_{W} X^2\\, 2^{E - F} + k\\,2^{-F}` of a block's
+    r""":math:`u = \frac{m_\alpha}{n} \sum_{W} X^2\, 2^{E - F} + k\,2^{-F}` of a block's
     scaled values: an array of the caller's own."""
     sums = _window_sums(xp, values, 1, before, after, squares=True)
     # in place: the window sums are this function's own array
@@ -315,7 +307,7 @@ def local_response_norm(
 
     def forward(block: tuple[slice, ...]) -> Array:
         at = positions.at(block)
-        values = _scaled_values(xp, x3[block], dtype, at.scale)
+        values = scaled_copy(xp, x3[block], dtype, at.scale)
         # y = X u^-beta 2^-r 2^(e - q), in place: u^-beta is this function's own array
         y = xp.pow(_mantissas(xp, values, at, size, before, after), -beta)
         y *= values
@@ -372,7 +364,7 @@ def local_response_norm_vjp(
 
     def backward(block: tuple[slice, ...]) -> Array:
         at = positions.at(block)
-        values = _scaled_values(xp, x3[block], dtype, at.scale)
+        values = scaled_copy(xp, x3[block], dtype, at.scale)
         mantissas = _mantissas(xp, values, at, size, before, after)
         dy_c = to_dtype(xp, dy3[block], dtype)
         powered = xp.pow(mantissas, -beta)  # u^-beta

@@ -85,7 +85,7 @@ from normref._lib.namespace import (
     variance_algorithm,
 )
 from normref._lib.reductions import sum_of_products
-from normref._lib.scaling import power_of_two_scale
+from normref._lib.scaling import power_of_two_scale, scaled_copy
 from normref.affine import affine, affine_vjp_x_hat, check_param
 from normref.ops.base import check_group_size, empty_like
 from normref.ops.standardization import (
@@ -150,16 +150,6 @@ def _weighted(weights: Array, values: tuple[Array, ...]) -> Array:
     return total
 
 
-def _scaled_block(xp: Any, values: Array, dtype: Any, scale: Array) -> Array:
-    """A block of ``x`` in ``dtype`` times the power of two ``scale``: an array of this call's
-    own (the block itself is never written)."""
-    converted = to_dtype(xp, values, dtype)
-    if converted is values:
-        return values * scale
-    converted *= scale
-    return converted
-
-
 def _combined(
     xp: Any, mean: Array, second: Array, axis: int, count: int, algorithm: str
 ) -> tuple[Array, Array]:
@@ -213,7 +203,7 @@ def _mixture(
     count = group_count(x, spatial)
 
     def sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
-        values = _scaled_block(xp, x[block], dtype, scale)
+        values = scaled_copy(xp, x[block], dtype, scale)
         if algorithm == "two_pass":
             mean, m2, _ = mean_and_m2(xp, values, spatial, algorithm=algorithm, overwrite=True)
             return mean, m2
@@ -362,12 +352,9 @@ def switchable_norm(
     gamma_c, beta_c = to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype)
 
     def normalized(block: tuple[slice, ...]) -> Array:
-        x_hat = _scaled_block(xp, x[block], dtype, found.scale)
-        x_hat -= found.mu[block]  # in place: the block's own scaled copy
-        x_hat /= found.s[block]
         y = affine(
             xp,
-            x_hat,
+            _normalized(xp, x, block, found),
             _channels(gamma_c, block, channel),
             _channels(beta_c, block, channel),
             (channel,),
@@ -376,6 +363,14 @@ def switchable_norm(
         return to_dtype(xp, y, out_dtype)
 
     return written(xp, found.blocks, normalized, tuple(x.shape), out_dtype, x)
+
+
+def _normalized(xp: Any, x: Array, block: tuple[slice, ...], found: _Mixture) -> Array:
+    """``x_hat = (x c - mu) / s`` of a block of ``x``: an array of the caller's own."""
+    x_hat = scaled_copy(xp, x[block], found.dtype, found.scale)
+    x_hat -= found.mu[block]  # in place: the block's own scaled copy
+    x_hat /= found.s[block]
+    return x_hat
 
 
 def _channels(param: Array | None, block: tuple[slice, ...], channel: int) -> Array | None:
@@ -431,9 +426,7 @@ def switchable_norm_vjp(
     gamma_c = to_dtype(xp, gamma, dtype)
 
     def instance_sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
-        x_hat = _scaled_block(xp, x[block], dtype, found.scale)
-        x_hat -= found.mu[block]  # in place: the block's own scaled copy
-        x_hat /= found.s[block]
+        x_hat = _normalized(xp, x, block, found)
         dy_block = to_dtype(xp, dy[block], dtype)
         return (
             sum_of_products(xp, dy_block, x_hat, found.spatial),
@@ -468,7 +461,7 @@ def switchable_norm_vjp(
         d_b.append(xp.sum(d_var * found.variances[k]))
 
     def x_gradient(block: tuple[slice, ...]) -> Array:
-        centred = _scaled_block(xp, x[block], dtype, found.scale)
+        centred = scaled_copy(xp, x[block], dtype, found.scale)
         centred -= found.mu[block]  # in place: the block's own scaled copy
         centred *= slope[block]
         g = affine_vjp_x_hat(
@@ -480,16 +473,16 @@ def switchable_norm_vjp(
         dx *= found.scale
         return to_dtype(xp, dx, x.dtype)
 
-    dx = written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x)
-    outer = (0,)
+    def param_grad(per_instance: Array, param: Array | None) -> Array | None:
+        """A per-channel parameter's gradient: its per-instance sums added over the samples."""
+        if param is None:
+            return None
+        return to_dtype(xp, xp.reshape(xp.sum(per_instance, axis=0), param.shape), param.dtype)
+
     return SwitchableGrads(
-        x=dx,
-        gamma=None
-        if gamma is None
-        else to_dtype(xp, xp.reshape(xp.sum(dy_x_hat, axis=outer), gamma.shape), gamma.dtype),
-        beta=None
-        if beta is None
-        else to_dtype(xp, xp.reshape(xp.sum(dy_sum, axis=outer), beta.shape), beta.dtype),
+        x=written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x),
+        gamma=param_grad(dy_x_hat, gamma),
+        beta=param_grad(dy_sum, beta),
         mean_logits=to_dtype(xp, _softmax_vjp(xp, found.a, d_a), mean_logits.dtype),
         var_logits=to_dtype(xp, _softmax_vjp(xp, found.b, d_b), var_logits.dtype),
     )
