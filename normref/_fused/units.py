@@ -33,8 +33,9 @@ from normref._lib.namespace import Array, Namespace
 def unit_rows(
     xp: Namespace, axes: tuple[int, ...], precision: object, *arrays: Array | None
 ) -> tuple[Array, ...] | None:
-    """The arrays (``None`` skipped) as ``(units, fan-in)`` rows for the kernels, where their
-    units (over ``axes``) are rows of float32 values to be computed in float64; else ``None``."""
+    """The arrays (``None`` skipped; of one shape, which their caller checked) as
+    ``(units, fan-in)`` rows for the kernels, where their units (over ``axes``) are rows of
+    float32 values to be computed in float64; else ``None``."""
     present = [a for a in arrays if a is not None]
     first = present[0]
     shape = tuple(first.shape)
@@ -46,10 +47,7 @@ def unit_rows(
         or math.prod(shape) == 0
         or axes != tuple(range(rank - len(axes), rank))
         or any(
-            type(a) is not xp.ndarray
-            or a.dtype != xp.float32
-            or tuple(a.shape) != shape
-            or not a.flags.c_contiguous
+            type(a) is not xp.ndarray or a.dtype != xp.float32 or not a.flags.c_contiguous
             for a in present
         )
         or enabled_kernels() is None

@@ -22,7 +22,6 @@ import array_api_compat
 from array_api_compat import device
 
 from normref._lib.namespace import Array, Namespace
-from normref._lib.scaling import max_magnitude
 
 BLOCK_ELEMENTS = 1 << 15
 """Elements of one block of rows (of all groups together): 256 KiB in float64."""
@@ -85,20 +84,6 @@ def blocks_of(
             index[axes[1]] = block(j, second_step, second)
             blocks.append(tuple(index))
     return blocks
-
-
-def finite_magnitudes(
-    xp: Namespace, x: Array, blocks: list[tuple[slice, ...]], axes: tuple[int, ...]
-) -> list[Array]:
-    """Per block of ``x``, the largest finite magnitude over ``axes`` (kept dims; 0 where there
-    is none)."""
-    zero = xp.zeros((), dtype=x.dtype, device=device(x))
-
-    def largest(block: tuple[slice, ...]) -> Array:
-        values = x[block]
-        return max_magnitude(xp, xp.where(xp.isfinite(values), values, zero), axes)
-
-    return [largest(block) for block in blocks]
 
 
 def assembled(

@@ -63,20 +63,23 @@ def power_of_two_scale(xp: Namespace, magnitude: Array) -> Array:
 def group_scale(xp: Namespace, x: Array, axes: tuple[int, ...], *, floor: float = 0.0) -> Array:
     """The power of two per group (keeping dims) for the values of ``x`` over ``axes``, from
     their largest magnitude, or ``floor`` where that is larger (see :func:`power_of_two_scale`)."""
-    magnitude = max_magnitude(xp, x, axes)
+    return floored_scale(xp, max_magnitude(xp, x, axes), floor)
+
+
+def floored_scale(xp: Namespace, magnitude: Array, floor: float = 0.0) -> Array:
+    """:func:`power_of_two_scale` of ``magnitude``, or of ``floor`` where that is larger."""
     if floor > 0.0:
         magnitude = xp.maximum(magnitude, xp.full_like(magnitude, floor))
     return power_of_two_scale(xp, magnitude)
 
 
-def finite_group_scale(
-    xp: Namespace, x: Array, axes: tuple[int, ...], *, floor: float = 0.0
-) -> Array:
-    """:func:`group_scale` of the finite values of ``x`` alone: a NaN or an infinity stays
-    itself once scaled, and reaches only the sums that hold it, where one power of two serves
-    sums over parts of the group (a window, or several kinds of groups)."""
+def finite_max_magnitude(xp: Namespace, x: Array, axes: tuple[int, ...]) -> Array:
+    """:func:`max_magnitude` of the finite values of ``x`` alone (0 where there are none): a
+    NaN or an infinity stays itself once scaled by a power of two taken of it, and reaches
+    only the sums that hold it, where one power of two serves sums over parts of the group (a
+    window, or several kinds of groups)."""
     zero = xp.zeros((), dtype=x.dtype, device=device(x))
-    return group_scale(xp, xp.where(xp.isfinite(x), x, zero), axes, floor=floor)
+    return max_magnitude(xp, xp.where(xp.isfinite(x), x, zero), axes)
 
 
 def scaled_copy(xp: Namespace, values: Array, dtype: object, scale: Array) -> Array:

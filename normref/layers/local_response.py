@@ -63,9 +63,10 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from normref._lib.checks import check_eps, check_finite_number, check_positive_int, normalize_axis
-from normref._lib.in_place import assembled, blocks_of, finite_magnitudes, written
+from normref._lib.in_place import assembled, blocks_of, written
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
 from normref._lib.scaling import (
+    finite_max_magnitude,
     power_of_two_factors,
     power_of_two_scale,
     scaled_copy,
@@ -194,7 +195,7 @@ def _positions(
     """The :class:`_Positions` of ``x`` (the ``(A, C, B)`` view), its largest finite magnitudes
     taken a block at a time."""
     kept = (x.shape[0], 1, x.shape[2])
-    largest = assembled(xp, blocks, finite_magnitudes(xp, x, blocks, (1,)), kept)
+    largest = assembled(xp, blocks, [finite_max_magnitude(xp, x[b], (1,)) for b in blocks], kept)
     scale = power_of_two_scale(xp, to_dtype(xp, largest, dtype))
     shift = -xp.round(xp.log2(scale))
     alpha_mantissa, alpha_exp = math.frexp(alpha)

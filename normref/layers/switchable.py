@@ -75,7 +75,7 @@ import math
 from typing import Any, NamedTuple
 
 from normref._lib.checks import check_eps, check_rank, check_shape, normalize_axis
-from normref._lib.in_place import assembled, blocks_of, finite_magnitudes, written
+from normref._lib.in_place import assembled, blocks_of, written
 from normref._lib.namespace import (
     Array,
     compute_dtype,
@@ -85,7 +85,7 @@ from normref._lib.namespace import (
     variance_algorithm,
 )
 from normref._lib.reductions import sum_of_products
-from normref._lib.scaling import power_of_two_scale, scaled_copy
+from normref._lib.scaling import finite_max_magnitude, floored_scale, scaled_copy
 from normref.affine import affine, affine_vjp_x_hat, check_param
 from normref.ops.base import check_group_size, empty_like
 from normref.ops.standardization import (
@@ -196,10 +196,10 @@ def _mixture(
     blocks = blocks_of(xp, shape, (0, channel), SWITCHABLE_BLOCK_ELEMENTS)
     # one power of two for the whole input, of its finite values: the mixture adds statistics
     # of different groups, and a NaN or inf reaches only those that hold it
-    floor = eps_magnitude(eps, "add")
-    largest = finite_magnitudes(xp, x, blocks, tuple(range(x.ndim)))
+    everything = tuple(range(x.ndim))
+    largest = [finite_max_magnitude(xp, x[block], everything) for block in blocks]
     magnitude = to_dtype(xp, functools.reduce(xp.maximum, largest), dtype)
-    scale = power_of_two_scale(xp, xp.maximum(magnitude, xp.full_like(magnitude, floor)))
+    scale = floored_scale(xp, magnitude, eps_magnitude(eps, "add"))
     count = group_count(x, spatial)
 
     def sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
