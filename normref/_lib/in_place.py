@@ -115,7 +115,6 @@ def written(
     if len(blocks) == 1:
         return compute(blocks[0])
     out = xp.empty(shape, dtype=dtype, device=device(like))
-
     for block in blocks:
         out[block] = compute(block)
     return out
