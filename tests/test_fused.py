@@ -869,3 +869,57 @@ def test_a_forked_child_runs_on_threads_of_its_own():
         check=False,
     )
     assert out.stdout.strip() == "same", out.stderr
+
+
+# Groups whose samples lie in several runs (batch norm's channels, one run per example) are
+# read a set of groups at a time: each group keeps its own cascade between runs, so its pieces
+# are added in the same pairs as group by group. Runs longer than a piece, shorter ones that
+# share a piece with the next run, sets that do not divide the groups, several chunks, a
+# group that needs a second pass (its shift far from its mean) and one that needs scaling.
+SET_CASES = [
+    pytest.param("batch_norm", (5, 11, 300), id="runs_longer_than_a_piece"),
+    pytest.param("batch_norm", (37, 19, 7), id="short_runs"),
+    pytest.param("batch_norm", (3, 70, 2, 2), id="more_groups_than_chunks"),
+    pytest.param("batch_renorm", (6, 13, 50), id="batch_renorm"),
+    pytest.param("mean_only_batch_norm", (9, 10, 33), id="mean_only"),
+]
+
+
+@pytest.mark.parametrize(("name", "shape"), SET_CASES)
+@pytest.mark.parametrize(("dtype", "precision"), [("float64", "highest"), ("float32", "native")])
+def test_reading_a_set_of_groups_at_a_time_changes_no_bit(name, shape, dtype, precision):
+    spec = REGISTRY[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 2.0, (1, shape[1], *([1] * (len(shape) - 2))))
+    x[:, 0] += 1e3  # a shift far from the mean: a second pass
+    x[:, 1] *= 2.0**-600 if dtype == "float64" else 2.0**-70  # a group the kernels scale
+    sample = _as(_registry_sample(name, shape)(0), dtype, precision=precision)
+    sample = sample.replace(x=x.astype(dtype))
+    dy = rng.standard_normal(shape).astype(dtype)
+
+    sizes: list[int] = []
+    set_size = _fused._set_size
+
+    def spied(*args):
+        sizes.append(set_size(*args))
+        return sizes[-1]
+
+    def both(max_set: int):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_fused, "MAX_SET", max_set)
+            patch.setattr(_fused, "_set_size", spied)
+            return spec.call(sample), spec.call_vjp(dy, sample)
+
+    sets = both(_fused.MAX_SET)
+    assert max(sizes) > 1, "the kernels took no set of several groups"
+    alone = both(1)
+    assert max(sizes[-2:]) == 1
+    for got, want in zip(_flat(sets), _flat(alone), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _flat(result) -> list[np.ndarray]:
+    """The arrays of a (nested) tuple of results, ``None`` left out."""
+    if isinstance(result, tuple):
+        return [leaf for item in result for leaf in _flat(item)]
+    return [] if result is None else [result]

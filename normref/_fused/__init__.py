@@ -110,6 +110,15 @@ BLOCK_ELEMENTS = 1 << 16
 then their gradients: the block's ``x`` and ``dy`` (256 KiB each in float32) are still in
 cache for the second pass (the measurements behind the size are in ``docs/performance.md``)."""
 
+SET_ELEMENTS = 1 << 20
+"""Groups whose samples lie in several runs (batch norm's, one run per example) are taken a set
+of about this many elements at a time (at most :data:`MAX_SET` groups): each pass reads the
+set's runs in memory order, runs as long as the set's instead of one group's, and the second
+pass finds them in cache (the measurements behind the size are in ``docs/performance.md``)."""
+
+MAX_SET = 8
+"""The most groups of one set (:data:`SET_ELEMENTS`)."""
+
 MAX_INTERLEAVED_GROUPS = 8
 """Groups interleaved element by element (channels last: no contiguous run of one group's
 samples) are left to the generic path from this many on where it computes in the input's
@@ -243,11 +252,44 @@ def _param_size(layer: Layer, x: Array, with_params: bool) -> int:
     return math.prod(x.shape[a] for a in layer.param_axes) if with_params else 1
 
 
-def _chunks(layout: Layout, param_size: int = 1) -> int:
-    """Chunks of groups: at most :data:`MAX_CHUNKS`, and few enough that partial sums of
-    ``param_size`` values per chunk stay within :data:`PARTIAL_SHARE` of ``x``."""
+def _set_size(layout: Layout, contiguous: int) -> int:
+    """Groups the kernels take a set at a time: ``contiguous`` where each group's samples are
+    one run, else as many as :data:`SET_ELEMENTS` holds (between 1 and :data:`MAX_SET`)."""
+    if layout.shape[1] == 1:
+        return contiguous
+    return max(1, min(MAX_SET, SET_ELEMENTS // max(1, layout.group_size)))
+
+
+def _chunks(layout: Layout, set_size: int, param_size: int = 1) -> int:
+    """Chunks of groups: at most :data:`MAX_CHUNKS`, few enough that partial sums of
+    ``param_size`` values per chunk stay within :data:`PARTIAL_SHARE` of ``x``, and, where
+    groups lie in several runs, whole sets of ``set_size`` groups each."""
     by_memory = max(1, math.prod(layout.shape) // (PARTIAL_SHARE * param_size))
-    return min(layout.groups, MAX_CHUNKS, by_memory)
+    units = layout.groups if layout.shape[1] == 1 else -(-layout.groups // set_size)
+    return min(units, MAX_CHUNKS, by_memory)
+
+
+def _scratch(
+    xp: Namespace,
+    kernels: ModuleType,
+    layout: Layout,
+    chunks: int,
+    set_size: int,
+    dtype: Any,
+    *,
+    cotangent: bool,
+) -> tuple[Array, Array, Array]:
+    """The kernels' scratch: ``factors`` ``(6, groups)``, and per chunk the cascades
+    ``stack`` and their ``progress`` of a set's groups, where groups lie in several runs;
+    where each group is one run, which the kernels sum before the next, one cascade per
+    chunk, two wide without a ``cotangent`` (and no ``factors`` forward)."""
+    sets = layout.shape[1] > 1
+    width = 4 if cotangent or sets else 2
+    return (
+        xp.empty((6, layout.groups if cotangent or sets else 0), dtype=dtype),
+        xp.zeros((chunks, set_size if sets else 1, width, kernels.DEPTH + sets), dtype=dtype),
+        xp.zeros((chunks, set_size if sets else 0, 3), dtype=xp.int64),
+    )
 
 
 def _scaling(layer: Layer, xp: Namespace, dtype: Any) -> tuple[float, tuple[int, int]]:
@@ -297,7 +339,8 @@ def forward(
         )
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
-    chunks = _chunks(layout)
+    set_size = _set_size(layout, 1)
+    chunks = _chunks(layout, set_size)
     fused_op = FUSED_OPS[layer.op.name]
     y = xp.empty(x.shape, dtype=out_dtype)
     size = _param_size(layer, x, gamma is not None or beta is not None)
@@ -315,7 +358,8 @@ def forward(
         layout.param_strides,
         xp.reshape(y, layout.shape),
         means,
-        xp.zeros((chunks, 2, kernels.DEPTH), dtype=dtype),
+        set_size,
+        *_scratch(xp, kernels, layout, chunks, set_size, dtype, cotangent=False),
     )
     return y
 
@@ -330,7 +374,8 @@ def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> S
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
     dtype = compute_dtype(xp, x.dtype, precision)
-    chunks = _chunks(layout)
+    set_size = _set_size(layout, 1)
+    chunks = _chunks(layout, set_size)
     out = xp.empty((2, layout.groups), dtype=dtype)
     run_chunks(
         kernels.statistics,
@@ -341,7 +386,8 @@ def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> S
         *_scaling(layer, xp, dtype),
         *_divisor_args(layer),
         out,
-        xp.zeros((chunks, 2, kernels.DEPTH), dtype=dtype),
+        set_size,
+        *_scratch(xp, kernels, layout, chunks, set_size, dtype, cotangent=False),
     )
     return Statistics(mean=out[0, :], inverse=out[1, :])
 
@@ -370,7 +416,8 @@ def vjp(
     kernels = _kernels()
     assert kernels is not None  # _layout gives a NumPy layout only where available()
     size = _param_size(layer, x, gamma is not None or beta is not None)
-    chunks = _chunks(layout, size)
+    set_size = _set_size(layout, max(1, BLOCK_ELEMENTS // layout.group_size))
+    chunks = _chunks(layout, set_size, size)
     inputs = (
         xp.reshape(x, layout.shape),
         xp.reshape(dy, layout.shape),
@@ -388,9 +435,8 @@ def vjp(
         centred,
         *_scaling(layer, xp, dtype),
         *_divisor_args(layer),
-        max(1, BLOCK_ELEMENTS // layout.group_size),
-        xp.empty((6, layout.groups), dtype=dtype),
-        xp.zeros((chunks, 4, kernels.DEPTH), dtype=dtype),
+        set_size,
+        *_scratch(xp, kernels, layout, chunks, set_size, dtype, cotangent=True),
         xp.reshape(dx, layout.shape),
         d_gamma,
         d_beta,
