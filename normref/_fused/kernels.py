@@ -602,16 +602,16 @@ def _statistics_of(
     g0: int,
     g2: int,
     center: bool,
-    floor: float,
-    exponents: tuple[int, int],
-    limits: tuple[float, float],
+    scaling: tuple[float, tuple[int, int], tuple[float, float]],
     stack: Any,
     factors: Any,
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """:func:`_group_statistics` of group ``g``, ``(g0, g2)``: from the shift and sums
+    """:func:`_group_statistics` of group ``g``, ``(g0, g2)``, ``scaling`` its ``floor``,
+    ``exponents`` and ``limits``: from the shift and sums
     :func:`_set_first_sums` left in ``factors[0:5, g]`` where its samples lie in several runs,
     else from its own (its one run is then in cache for the caller's next pass over it). Any
     second pass uses ``stack[0]``."""
+    floor, exponents, limits = scaling
     zero = stack.dtype.type(0)
     if x.shape[1] == 1:
         shift = _shift_of(x, g0, g2, None, zero) if center else zero
@@ -755,7 +755,7 @@ def normalize(
     chunks = stack.shape[0]
     real = stack.dtype.type
     n = float(x.shape[1] * x.shape[3] * x.shape[4])
-    limits = _limits(n, floor, exponents[1] // 4)
+    scaling = (floor, exponents, _limits(n, floor, exponents[1] // 4))
     runs = x.shape[1]
     for chunk in range(first, stop):
         chunk_stop = (chunk + 1) * groups // chunks
@@ -780,19 +780,7 @@ def normalize(
             g0, g2 = origin
             for g in range(start, end):
                 c, mu, squares, _, _ = _statistics_of(
-                    x,
-                    None,
-                    gamma,
-                    param_strides,
-                    g,
-                    g0,
-                    g2,
-                    center,
-                    floor,
-                    exponents,
-                    limits,
-                    chunk_stack,
-                    factors,
+                    x, None, gamma, param_strides, g, g0, g2, center, scaling, chunk_stack, factors
                 )
                 factor = forward_factor(squares, c, count, eps, eps_mode, divides, real(1))
                 if means is not None:
@@ -968,7 +956,7 @@ def gradients(
     chunks = stack.shape[0]
     real = stack.dtype.type
     n = float(x.shape[1] * x.shape[3] * x.shape[4])
-    limits = _limits(n, floor, exponents[1] // 4)
+    scaling = (floor, exponents, _limits(n, floor, exponents[1] // 4))
     for chunk in range(first, stop):
         chunk_stop = (chunk + 1) * groups // chunks
         chunk_stack, chunk_progress = stack[chunk], progress[chunk]
@@ -992,19 +980,7 @@ def gradients(
             g0, g2 = origin
             for g in range(start, end):
                 c, mu, squares, dyh, dyh_d = _statistics_of(
-                    x,
-                    dy,
-                    gamma,
-                    param_strides,
-                    g,
-                    g0,
-                    g2,
-                    center,
-                    floor,
-                    exponents,
-                    limits,
-                    chunk_stack,
-                    factors,
+                    x, dy, gamma, param_strides, g, g0, g2, center, scaling, chunk_stack, factors
                 )
                 inv_s, inverse, coef, centre = vjp_factors(
                     squares, c, dyh, dyh_d, count, eps, eps_mode, center, real(n), real(1)
@@ -1068,7 +1044,7 @@ def statistics(
     real = stack.dtype.type
     one, zero = real(1), real(0)
     n = float(x.shape[1] * x.shape[3] * x.shape[4])
-    limits = _limits(n, floor, exponents[1] // 4)
+    scaling = (floor, exponents, _limits(n, floor, exponents[1] // 4))
     for chunk in range(first, stop):
         chunk_stop = (chunk + 1) * groups // chunks
         chunk_stack, chunk_progress = stack[chunk], progress[chunk]
@@ -1092,19 +1068,7 @@ def statistics(
             g0, g2 = origin
             for g in range(start, end):
                 c, mu, squares, _, _ = _statistics_of(
-                    x,
-                    None,
-                    x,
-                    (0, 0, 0, 0, 0),
-                    g,
-                    g0,
-                    g2,
-                    center,
-                    floor,
-                    exponents,
-                    limits,
-                    chunk_stack,
-                    factors,
+                    x, None, x, (0, 0, 0, 0, 0), g, g0, g2, center, scaling, chunk_stack, factors
                 )
                 inverse = vjp_factors(
                     squares, c, zero, zero, count, eps, eps_mode, center, real(n), one
