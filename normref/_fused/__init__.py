@@ -13,7 +13,9 @@ straight into float64 accumulators, in one pass over the group where sums about
 a shift near its mean are as accurate as two passes: the forward writes each
 group's output at once, while its values are still in cache; the backward takes
 a block of groups' sums and factors (:data:`BLOCK_ELEMENTS`), then their
-gradients, the block still in cache. The only full-size arrays it makes are its
+gradients, the block still in cache. Groups whose samples lie in several runs
+(batch norm's channels, a run per example) are read a set at a time, the set's
+runs side by side (:data:`SET_ELEMENTS`). The only full-size arrays it makes are its
 results (and the parameters' partial sums, a row per chunk of groups, at most an
 eighth of ``x``'s size each). Large inputs are shared out over threads
 (:mod:`normref._fused.threads`). The centring's backward is the centring of

@@ -355,17 +355,16 @@ def _set_sums(
     Each group of the set keeps its own cascade, ``stack[k]`` (``k = g - first``), its depth,
     count and filling in ``progress[k]`` and the sums of the piece it is filling in
     ``stack[k, :, DEPTH]`` between the rows of one ``s1`` and the next: the same pieces are
-    added in the same pairs as row by row. (Where ``s1`` takes one value, the groups use
-    ``stack[0]`` in turn.) (A group's samples split by an outer axis, as
-    batch norm's by the batch, lie in short runs far apart; read a set at a time, they make
-    runs as long as the set's.)
+    added in the same pairs as row by row. (A group's samples split by an outer axis, as batch
+    norm's by the batch, lie in short runs far apart; read a set at a time, they make runs as
+    long as the set's.) For groups of several runs (``x.shape[1] > 1``).
     """
     zero = stack.dtype.type(0)
     last = x.shape[1] - 1
     for s1 in range(x.shape[1]):
         g0, g2 = origin
         for g in range(first, stop):
-            k = g - first if last else 0  # one row each: the groups take their sums in turn
+            k = g - first
             if s1 == 0:
                 state = (0, 0, 0, (zero, zero, zero, zero))
             else:
