@@ -1,9 +1,9 @@
 """The compiled path: standardizing and RMS layers on NumPy arrays through numba kernels.
 
 Where numba is installed, a batch, layer, instance, group, ghost batch or RMS
-norm (and weight standardization, Scaled WS) on contiguous float32 or float64
-NumPy arrays runs through fused compiled kernels instead of the generic Array
-API code: the same quantities in the same dtype (float64 accumulation under
+norm (and weight standardization, Scaled WS, switchable norm) on contiguous
+float32 or float64 NumPy arrays runs through fused compiled kernels instead of
+the generic Array API code: the same quantities in the same dtype (float64 accumulation under
 ``precision="highest"``, rounded once), in fewer passes and with fewer
 temporaries, large inputs shared out over threads. Adaptive gradient clipping
 of contiguous float32 arrays under ``precision="highest"``, with the units'

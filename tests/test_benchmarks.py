@@ -22,6 +22,7 @@ from benchmarks.report import families_markdown, markdown, summary_markdown
 from benchmarks.run import Result, median_run, minimum_bytes
 from benchmarks.timing import interleaved_minimum
 from normref import _fused
+from normref._fused import mixture as fused_mixture
 from normref._fused import units as fused_units
 from normref.registry import BenchmarkInput
 
@@ -214,7 +215,8 @@ def _small(case, dtype="float64"):
 @pytest.mark.parametrize("case", CASES)
 def test_generic_path_is_timed_where_the_fused_path_runs(case, monkeypatch):
     """``Case.fused`` says whether normref's fused path runs the operation on the benchmarks'
-    float32 input (then both are timed): a layer's kernels, or AGC's unit rows."""
+    float32 input (then both are timed): a layer's kernels, AGC's unit rows, or switchable
+    norm's instance moments."""
     pytest.importorskip("numba", reason="numba is not installed (pip install -e '.[fast]')")
     taken = []
 
@@ -230,6 +232,7 @@ def test_generic_path_is_timed_where_the_fused_path_runs(case, monkeypatch):
 
     spy(_fused, "forward")
     spy(fused_units, "unit_rows")
+    spy(fused_mixture, "instance_moments")
     spec, sample = _small(case, "float32")
     spec.call(sample)
     assert any(taken) is case.fused

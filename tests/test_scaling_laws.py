@@ -153,18 +153,24 @@ def _takes_the_compiled_path(spec: OpSpec, sample: Sample) -> bool:
     from normref._fused import kernels
 
     calls: list[str] = []
-    original = kernels.normalize
+    writers = ("normalize", "normalize_with")  # the kernels that write a layer's output
+    originals = {name: getattr(kernels, name) for name in writers}
 
-    def spy(*args: Any) -> None:
-        calls.append("normalize")
-        original(*args)
+    def spy(name: str) -> Any:
+        def called(*args: Any) -> None:
+            calls.append(name)
+            originals[name](*args)
 
-    kernels.normalize = spy
+        return called
+
+    for name in writers:
+        setattr(kernels, name, spy(name))
     try:
         with _path("compiled"):
             spec.call(sample)
     finally:
-        kernels.normalize = original
+        for name, original in originals.items():
+            setattr(kernels, name, original)
     return bool(calls)
 
 

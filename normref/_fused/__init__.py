@@ -19,7 +19,8 @@ runs side by side (:data:`SET_ELEMENTS`). The only full-size arrays it makes are
 results (and the parameters' partial sums, a row per chunk of groups, at most an
 eighth of ``x``'s size each). Large inputs are shared out over threads
 (:mod:`normref._fused.threads`). The centring's backward is the centring of
-``dy``: the forward's kernel.
+``dy``: the forward's kernel. Switchable norm takes its instances' sums from
+these kernels and its passes from a few more (:mod:`normref._fused.mixture`).
 
 It computes the same quantities as the generic path, in the same dtype
 (float64 under ``"highest"``, rounded once at the end), with pairwise sums
@@ -86,10 +87,14 @@ from normref.types import Precision
 
 
 class Statistics(NamedTuple):
-    """Each group's mean and ``1 / s`` (the reciprocal of its divisor)."""
+    """Each group's mean and ``1 / s`` (the reciprocal of its divisor), and its power of two
+    ``scale`` and the mean and the sum ``m2`` of squared deviations of its values times it."""
 
     mean: Array
     inverse: Array
+    scale: Array
+    scaled_mean: Array
+    m2: Array
 
 
 class Grads(NamedTuple):
@@ -367,7 +372,7 @@ def forward(
 
 
 def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> Statistics | None:
-    """Each group's mean and ``1 / s`` through the kernels (:func:`kernels.statistics`), in
+    """Each group's :class:`Statistics` through the kernels (:func:`kernels.statistics`), in
     the compute dtype, one value per group in the order of the partition's group axes; or
     ``None`` where the generic path must run (also on a GPU)."""
     layout = _layout(layer, xp, precision, x, None, None)
@@ -378,7 +383,7 @@ def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> S
     dtype = compute_dtype(xp, x.dtype, precision)
     set_size = _set_size(layout, 1)
     chunks = _chunks(layout, set_size)
-    out = xp.empty((2, layout.groups), dtype=dtype)
+    out = xp.empty((5, layout.groups), dtype=dtype)
     run_chunks(
         kernels.statistics,
         chunks,
@@ -391,7 +396,7 @@ def statistics(layer: Layer, xp: Namespace, x: Array, precision: Precision) -> S
         set_size,
         *_scratch(xp, kernels, layout, chunks, set_size, dtype, cotangent=False),
     )
-    return Statistics(mean=out[0, :], inverse=out[1, :])
+    return Statistics(*(out[row, :] for row in range(5)))
 
 
 def vjp(

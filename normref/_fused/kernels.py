@@ -1036,7 +1036,10 @@ def statistics(
     ``out[1, g]``, the statistics :func:`normalize` takes (:func:`_statistics_of`, a set of
     ``size`` groups at a time; ``s`` the divisor of the variance over ``count = n -
     correction`` with ``eps``, the ``inverse`` of :func:`vjp_factors`), for a caller that
-    forms its own affine from them (batch renormalization). Scratch as :func:`normalize`'s.
+    forms its own affine from them (batch renormalization); and its power of two ``c``, the
+    mean and the sum of squared deviations of its values times ``c`` in ``out[2, g]``,
+    ``out[3, g]`` and ``out[4, g]`` (for a caller that combines groups' sums, as switchable
+    norm's). Scratch as :func:`normalize`'s.
     """
     groups = x.shape[0] * x.shape[2]
     chunks = stack.shape[0]
@@ -1074,7 +1077,124 @@ def statistics(
                 )[1]
                 out[0, g] = mu / c
                 out[1, g] = inverse
+                out[2, g] = c
+                out[3, g] = mu
+                out[4, g] = squares
                 g0, g2 = _following(g0, g2, x.shape[2])
+
+
+@_jit
+def normalize_with(
+    x: Any,
+    factors: Any,
+    c: Any,
+    gamma: Any,
+    beta: Any,
+    param_strides: tuple[int, ...],
+    y: Any,
+    chunks: int,
+    first: int,
+    stop: int,
+) -> None:
+    """``y = (x * c - mu) * factor * gamma + beta`` per group ``g``, of its given mean
+    ``mu = factors[0, g]`` and ``factor = factors[1, g]`` (of the values times the power of two
+    ``c``), for the chunks ``first <= chunk < stop`` of ``chunks`` (a layer that mixes groups'
+    statistics)."""
+    groups = x.shape[0] * x.shape[2]
+    for chunk in range(first, stop):
+        start = chunk * groups // chunks
+        g0, g2 = start // x.shape[2], start % x.shape[2]
+        for g in range(start, (chunk + 1) * groups // chunks):
+            for s1 in range(x.shape[1]):
+                _normalize_slab(
+                    x, g0, s1, g2, c, factors[0, g], factors[1, g], gamma, beta, param_strides, y
+                )
+            g0, g2 = _following(g0, g2, x.shape[2])
+
+
+@_jit
+def cotangent_sums(
+    x: Any, dy: Any, one: Any, c: Any, shifts: Any, out: Any, stack: Any, first: int, stop: int
+) -> None:
+    """Per group ``g``: the sums of ``dy`` and of ``dy * (x * c - shifts[g])`` in ``out[0, g]``
+    and ``out[1, g]``, pairwise (:func:`_group_sums`), for the chunks ``first <= chunk < stop``
+    of ``stack.shape[0]`` (scratch ``(chunks, 1, 4, DEPTH)`` in the compute dtype; ``one`` is
+    ``[1]`` in it, the parameter every group's ``dy`` is taken times; ``c`` a power of two)."""
+    groups = x.shape[0] * x.shape[2]
+    chunks = stack.shape[0]
+    for chunk in range(first, stop):
+        start = chunk * groups // chunks
+        g0, g2 = start // x.shape[2], start % x.shape[2]
+        for g in range(start, (chunk + 1) * groups // chunks):
+            # a scale of 1 multiplies nothing
+            if c == 1:
+                sums = _group_sums(
+                    x, dy, one, (0, 0, 0, 0, 0), g0, g2, None, shifts[g], stack[chunk], 0
+                )
+            else:
+                sums = _group_sums(
+                    x, dy, one, (0, 0, 0, 0, 0), g0, g2, c, shifts[g], stack[chunk], 0
+                )
+            out[0, g], out[1, g] = sums[2], sums[3]
+            g0, g2 = _following(g0, g2, x.shape[2])
+
+
+@_jit_inline
+def _affine_gradient_slab(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    g0: int,
+    s1: int,
+    g2: int,
+    c: Any,
+    factors: tuple[Any, Any, Any, Any],
+    dx: Any,
+) -> None:
+    """``dx = (dy * gamma) * r + (x * c - mu) * k + o`` over the rows ``x[g0, s1, g2]``;
+    ``factors`` is ``(mu, r, k, o)``."""
+    mu, r, k, o = factors
+    p0, p1, p2, p3, p4 = param_strides
+    for s3 in range(x.shape[3]):
+        p = g0 * p0 + s1 * p1 + g2 * p2 + s3 * p3
+        row, dy_row, out = x[g0, s1, g2, s3], dy[g0, s1, g2, s3], dx[g0, s1, g2, s3]
+        if p4 == 0:
+            gm = gamma[p]
+            for i in range(row.shape[0]):
+                out[i] = ((dy_row[i] * gm) * r + (row[i] * c - mu) * k) + o
+        else:
+            gamma_row = gamma[p : p + row.shape[0]]
+            for i in range(row.shape[0]):
+                out[i] = ((dy_row[i] * gamma_row[i]) * r + (row[i] * c - mu) * k) + o
+
+
+@_jit
+def affine_gradient(
+    x: Any,
+    dy: Any,
+    gamma: Any,
+    param_strides: tuple[int, ...],
+    c: Any,
+    factors: Any,
+    dx: Any,
+    chunks: int,
+    first: int,
+    stop: int,
+) -> None:
+    """``dx = (dy * gamma) * r + (x * c - mu) * k + o`` per group ``g``, ``(mu, r, k, o)`` its
+    ``factors[0:4, g]`` and ``c`` a power of two, for the chunks ``first <= chunk < stop`` of
+    ``chunks``: the gradient of a layer whose groups' mean and divisor depend on other groups'
+    (switchable norm)."""
+    groups = x.shape[0] * x.shape[2]
+    for chunk in range(first, stop):
+        start = chunk * groups // chunks
+        g0, g2 = start // x.shape[2], start % x.shape[2]
+        for g in range(start, (chunk + 1) * groups // chunks):
+            group_factors = (factors[0, g], factors[1, g], factors[2, g], factors[3, g])
+            for s1 in range(x.shape[1]):
+                _affine_gradient_slab(x, dy, gamma, param_strides, g0, s1, g2, c, group_factors, dx)
+            g0, g2 = _following(g0, g2, x.shape[2])
 
 
 # ---------------------------------------------------------------------------- units (AGC)

@@ -42,9 +42,11 @@ centred sums, without cancellation). The backward likewise needs two sums per
 instance, :math:`\sum_S \bar y` and :math:`\sum_S \bar y \hat x`, and then one
 pass that writes :math:`\bar x = g/s + \kappa (x - \mu) + o` with
 :math:`\kappa = \sum_k 2\bar v_k/n_k` and :math:`o = \sum_k (\bar\mu_k/n_k +
-2\bar v_k(\mu - \mu_k)/n_k)` per instance. Where the array library writes in
-place every pass takes a block of instances at a time
-(``normref._lib.in_place``), so the temporaries are a block's.
+2\bar v_k(\mu - \mu_k)/n_k)` per instance. On NumPy arrays with numba installed,
+compiled kernels make these passes, with no copy of ``x`` (``normref._fused.mixture``:
+the instances' sums pairwise, from one pass where that is as accurate as two);
+elsewhere, where the array library writes in place, every pass takes a block of
+instances at a time (``normref._lib.in_place``), so the temporaries are a block's.
 
 Scaling. The statistics are taken of ``x`` times one power of two :math:`c`
 for the whole input (``normref._lib.scaling``, from its largest
@@ -54,7 +56,8 @@ that hold it, or from :math:`\sqrt\epsilon` where that is larger), with
 statistics of different groups, which must share one scale. So no sum of
 squares overflows or underflows where the output is representable, and
 multiplying ``x`` by :math:`2^k` and ``eps`` by :math:`4^k` leaves ``y``
-unchanged, exactly. An instance whose values are all below about
+unchanged, exactly (the compiled kernels choose the power of two as the smallest
+of the instances' own, with the same law). An instance whose values are all below about
 :math:`2^{-500}` times the input's largest magnitude (float64) loses its own
 statistics' relative accuracy to underflow; the mixed variance is then
 dominated by the others' terms unless their weights are as small.
@@ -74,6 +77,8 @@ import functools
 import math
 from typing import Any, NamedTuple
 
+from normref._fused import mixture
+from normref._fused.factors import Layer
 from normref._lib.checks import check_eps, check_rank, check_shape, normalize_axis
 from normref._lib.in_place import assembled, blocks_of, written
 from normref._lib.namespace import (
@@ -87,6 +92,7 @@ from normref._lib.namespace import (
 from normref._lib.reductions import sum_of_products
 from normref._lib.scaling import finite_max_magnitude, floored_scale, scaled_copy
 from normref.affine import affine, affine_vjp_x_hat, check_param
+from normref.layers.standardization import instance_norm_layer
 from normref.ops.base import check_group_size, empty_like
 from normref.ops.standardization import (
     STANDARDIZE,
@@ -123,7 +129,9 @@ class _Mixture(NamedTuple):
     """The statistics of one call in the compute dtype ``dtype``, of ``x`` times the power of two
     ``scale``: per kind, its mean, variance (one value per instance, sample or channel, kept
     dims) and count; the mixture's weights; ``mu`` and the divisor ``s`` per instance (sample
-    and channel); the blocks of instances the passes over ``x`` take and the spatial axes."""
+    and channel); the blocks of instances the passes over ``x`` take and the spatial axes; and
+    instance norm's layer of ``x`` where the kernels took the instances' sums, which then run
+    the passes over ``x`` (``normref._fused.mixture``, which chose ``scale``), else ``None``."""
 
     means: tuple[Array, ...]
     variances: tuple[Array, ...]
@@ -136,6 +144,7 @@ class _Mixture(NamedTuple):
     dtype: Any
     blocks: list[tuple[slice, ...]]
     spatial: tuple[int, ...]
+    fused: Layer | None
 
 
 def _softmax(xp: Any, logits: Array) -> Array:
@@ -187,33 +196,24 @@ def _mixture(
     channel: int,
     eps: float,
     dtype: Any,
-    algorithm: str,
+    precision: Precision,
+    layer: Layer,
 ) -> _Mixture:
-    """The mixture's statistics of ``x``, from each instance's two sums in one pass over the
-    blocks (:func:`_combined` for the layer's and the batch's)."""
+    """The mixture's statistics of ``x``, from each instance's two sums: through the kernels
+    where they run on ``layer`` (instance norm's; ``normref._fused.mixture``), else in one pass
+    over the blocks (:func:`_combined` for the layer's and the batch's)."""
     shape = tuple(x.shape)
     spatial = tuple(a for a in range(x.ndim) if a not in (0, channel))
     blocks = blocks_of(xp, shape, (0, channel), SWITCHABLE_BLOCK_ELEMENTS)
-    # one power of two for the whole input, of its finite values: the mixture adds statistics
-    # of different groups, and a NaN or inf reaches only those that hold it
-    everything = tuple(range(x.ndim))
-    largest = [finite_max_magnitude(xp, x[block], everything) for block in blocks]
-    magnitude = to_dtype(xp, functools.reduce(xp.maximum, largest), dtype)
-    scale = floored_scale(xp, magnitude, eps_magnitude(eps, "add"))
     count = group_count(x, spatial)
-
-    def sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
-        values = scaled_copy(xp, x[block], dtype, scale)
-        if algorithm == "two_pass":
-            mean, m2, _ = mean_and_m2(xp, values, spatial, algorithm=algorithm, overwrite=True)
-            return mean, m2
-        mean = xp.mean(values, axis=spatial, keepdims=True)
-        return mean, xp.mean(values * values, axis=spatial, keepdims=True)
-
-    parts = [sums(block) for block in blocks]
     kept = tuple(1 if a in spatial else n for a, n in enumerate(shape))
-    mean0 = assembled(xp, blocks, [mean for mean, _ in parts], kept)
-    second0 = assembled(xp, blocks, [second for _, second in parts], kept)
+    algorithm = variance_algorithm(precision)
+    fused = mixture.instance_moments(layer, xp, x, precision)
+    if fused is not None:
+        scale = fused.scale
+        mean0, second0 = xp.reshape(fused.mean, kept), xp.reshape(fused.m2, kept)
+    else:
+        scale, mean0, second0 = _block_moments(xp, x, blocks, spatial, eps, dtype, algorithm)
     if algorithm == "two_pass":
         v0 = second0 / count
     else:
@@ -236,7 +236,42 @@ def _mixture(
         dtype,
         blocks,
         spatial,
+        None if fused is None else layer,
     )
+
+
+def _block_moments(
+    xp: Any,
+    x: Array,
+    blocks: list[tuple[slice, ...]],
+    spatial: tuple[int, ...],
+    eps: float,
+    dtype: Any,
+    algorithm: str,
+) -> tuple[Array, Array, Array]:
+    """The power of two of the whole input and each instance's mean and ``m2`` (the mean square
+    for a ``"fast"`` algorithm) of the values times it, kept dims, a block at a time."""
+    shape = tuple(x.shape)
+    # one power of two for the whole input, of its finite values: the mixture adds statistics
+    # of different groups, and a NaN or inf reaches only those that hold it
+    everything = tuple(range(x.ndim))
+    largest = [finite_max_magnitude(xp, x[block], everything) for block in blocks]
+    magnitude = to_dtype(xp, functools.reduce(xp.maximum, largest), dtype)
+    scale = floored_scale(xp, magnitude, eps_magnitude(eps, "add"))
+
+    def sums(block: tuple[slice, ...]) -> tuple[Array, Array]:
+        values = scaled_copy(xp, x[block], dtype, scale)
+        if algorithm == "two_pass":
+            mean, m2, _ = mean_and_m2(xp, values, spatial, algorithm=algorithm, overwrite=True)
+            return mean, m2
+        mean = xp.mean(values, axis=spatial, keepdims=True)
+        return mean, xp.mean(values * values, axis=spatial, keepdims=True)
+
+    parts = [sums(block) for block in blocks]
+    kept = tuple(1 if a in spatial else n for a, n in enumerate(shape))
+    mean0 = assembled(xp, blocks, [mean for mean, _ in parts], kept)
+    second0 = assembled(xp, blocks, [second for _, second in parts], kept)
+    return scale, mean0, second0
 
 
 def _prepared(
@@ -287,7 +322,8 @@ def _prepared(
         channel,
         eps,
         dtype,
-        variance_algorithm(precision),
+        precision,
+        instance_norm_layer(x, (gamma, beta), eps, "add", 0, channel),
     )
     return xp, dtype, channel, found
 
@@ -349,6 +385,19 @@ def switchable_norm(
     if found is None:
         return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
     out_dtype = output_dtype(xp, precision, x, gamma, beta)
+    if found.fused is not None:
+        return mixture.normalized(
+            found.fused,
+            xp,
+            x,
+            gamma,
+            beta,
+            precision,
+            found.scale,
+            found.mu,
+            1.0 / found.s,
+            out_dtype,
+        )
     gamma_c, beta_c = to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype)
 
     def normalized(block: tuple[slice, ...]) -> Array:
@@ -433,11 +482,18 @@ def switchable_norm_vjp(
             xp.sum(dy_block, axis=found.spatial, keepdims=True),
         )
 
-    sums = [instance_sums(block) for block in found.blocks]
     kept = tuple(found.mu.shape)
-    dy_x_hat = assembled(xp, found.blocks, [d for d, _ in sums], kept)
-    dy_sum = assembled(xp, found.blocks, [d for _, d in sums], kept)
-    del sums
+    fused = None
+    if found.fused is not None:
+        fused = mixture.cotangent_sums(found.fused, xp, dy, x, precision, found.scale, found.mu)
+    if fused is not None:
+        dy_sum = xp.reshape(fused[0], kept)
+        dy_x_hat = xp.reshape(fused[1], kept) / found.s
+    else:
+        sums = [instance_sums(block) for block in found.blocks]
+        dy_x_hat = assembled(xp, found.blocks, [d for d, _ in sums], kept)
+        dy_sum = assembled(xp, found.blocks, [d for _, d in sums], kept)
+        del sums
     # in the scaled values' terms: d_mu, d_var and dx / scale of the unscaled ones' (the
     # weights' gradients are unchanged); g = gamma dy, summed per instance
     g_sum = affine_vjp_x_hat(xp, dy_sum, gamma_c, (channel,))
@@ -479,8 +535,14 @@ def switchable_norm_vjp(
             return None
         return to_dtype(xp, xp.reshape(xp.sum(per_instance, axis=0), param.shape), param.dtype)
 
+    if fused is not None and found.fused is not None:
+        # dx / scale as x_gradient's, times the scale: exact
+        factors = (found.mu, found.scale / found.s, slope * found.scale, offset * found.scale)
+        dx = mixture.affine_gradient(found.fused, xp, dy, x, gamma, precision, found.scale, factors)
+    else:
+        dx = written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x)
     return SwitchableGrads(
-        x=written(xp, found.blocks, x_gradient, tuple(x.shape), x.dtype, x),
+        x=dx,
         gamma=param_grad(dy_x_hat, gamma),
         beta=param_grad(dy_sum, beta),
         mean_logits=to_dtype(xp, _softmax_vjp(xp, found.a, d_a), mean_logits.dtype),

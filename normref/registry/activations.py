@@ -58,7 +58,8 @@ STYLE_TRANSFER = (8, 512, 32, 32)
 
 
 def _activation_benchmark(shape: tuple[int, ...], description: str) -> BenchmarkInput:
-    """A quick benchmark of a layer the compiled path runs (a standardization inside)."""
+    """A quick benchmark of a layer the compiled path runs (a standardization inside, or
+    switchable norm's passes)."""
     return BenchmarkInput(shape, description, quick=True, compiled=True)
 
 
@@ -428,7 +429,7 @@ REGISTRY_ENTRIES: tuple[OpSpec, ...] = (
             ),
         ),
         special_inputs=tuple(_one_hot_logits(k) for k in range(3)),
-        benchmarks=(BenchmarkInput(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8", quick=True),),
+        benchmarks=(_activation_benchmark(ACTIVATIONS_DEEP, "ResNet stage 2, batch 8"),),
         scaling=ScalingLaw(
             inputs={"x": 1},
             outputs={"y": 0},
