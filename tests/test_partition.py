@@ -135,3 +135,34 @@ def test_a_canonical_copy_is_ones_own_where_the_canonical_array_is_a_view():
     copied = np.asarray(part.to_canonical(xp, x, copy=True))
     assert not np.shares_memory(copied, x)
     np.testing.assert_array_equal(copied[0], x)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_canonical_copy_of_units_first_weights_keeps_their_memory_order(dtype):
+    """A conv kernel (O, I, H, W) whitened in groups of 4 output units, as OWN and ONI take it:
+    the canonical array (units as features) is a transposed view of the weight, so its copy,
+    the operation's own, keeps the weight's memory order, and an array laid out as it goes
+    back to the weight's shape as a view, C-contiguous."""
+    w = np.arange(8 * 3 * 2 * 2, dtype=np.float32).reshape(8, 3, 2, 2)
+    part = partition.whitening_partition(w.shape, 4, axis=0)
+    assert part.canonical_is_a_view
+    copied = np.asarray(part.canonical_copy(xp, w, np.dtype(dtype)))
+    assert copied.dtype == np.dtype(dtype)
+    assert not np.shares_memory(copied, w)
+    np.testing.assert_array_equal(copied, np.asarray(part.to_canonical(xp, w)))
+    back = np.asarray(part.from_canonical(xp, copied))
+    assert np.shares_memory(back, copied)
+    assert back.flags.c_contiguous
+    np.testing.assert_array_equal(back, w)
+
+
+def test_the_canonical_copy_is_c_ordered_where_no_view_gives_the_canonical_array():
+    """Batch whitening of (N, C, H, W) in groups of channels: the samples (N, H, W) are split
+    by the channels in memory, so the canonical array is a copy whatever its order."""
+    x = np.arange(2 * 6 * 2 * 3, dtype=np.float64).reshape(2, 6, 2, 3)
+    part = partition.whitening_partition(x.shape, 3)
+    assert not part.canonical_is_a_view
+    copied = np.asarray(part.canonical_copy(xp, x, np.dtype("float64")))
+    assert copied.flags.c_contiguous
+    assert not np.shares_memory(copied, x)
+    np.testing.assert_array_equal(copied, np.asarray(part.to_canonical(xp, x)))

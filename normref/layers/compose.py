@@ -98,7 +98,7 @@ def _op_kwargs(layer: Layer, precision: Precision) -> dict[str, Any]:
 
 def _canonical_operand(layer: Layer, xp: Any, a: Array, dtype: Any) -> Array:
     """``a`` as the canonical array in ``dtype``, a copy of the operation's own."""
-    return to_dtype(xp, layer.partition.to_canonical(xp, a, copy=True), dtype)
+    return layer.partition.canonical_copy(xp, a, dtype)
 
 
 def _canonical_param(layer: Layer, xp: Any, param: Array | None) -> Array | None:
