@@ -157,3 +157,17 @@ def test_the_results_do_not_depend_on_the_number_of_threads(monkeypatch):
         results.append((y, *grads))
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["highest", "native"])
+def test_parameters_the_kernels_do_not_take_leave_those_passes_to_the_generic_path(
+    kernel_calls, precision
+):
+    """A float16 ``gamma`` and ``beta`` (the kernels read float32 and float64 parameters): the
+    kernels take the instances' sums, the generic path writes the output and takes the
+    backward's sums and gradient, and every result is the generic path's."""
+    x, gamma, beta, dy = _inputs((4, 6, 10, 30), 1, "float32")
+    gamma, beta = gamma.astype(np.float16), beta.astype(np.float16)
+    results = _both_paths(x, gamma, beta, dy, precision=precision)
+    assert kernel_calls == ["statistics", "statistics"]
+    _assert_paths_agree(results, "float32", precision, f"float16 parameters, {precision}")

@@ -84,14 +84,15 @@ def normalized(
     mu: Array,
     factor: Array,
     out_dtype: object,
-) -> Array:
+) -> Array | None:
     """``y = (x * scale - mu) * factor * gamma + beta`` per instance (``mu`` and ``factor`` one
     value per instance in the compute dtype, ``scale`` that of :func:`instance_moments`, which
-    the kernels took of ``x``), in ``out_dtype``."""
+    the kernels took of ``x``), in ``out_dtype``; ``None`` where the kernels do not take the
+    parameters (a float16 ``gamma``: the generic path must write ``y``)."""
     layout = _layout(layer, xp, precision, x, gamma, beta)
     kernels = _kernels()
-    assert layout is not None  # as for instance_moments
-    assert kernels is not None
+    if layout is None or kernels is None:
+        return None
     dtype = compute_dtype(xp, x.dtype, precision)
     size = _param_size(layer, x, gamma is not None or beta is not None)
     chunks = _chunks(layout, 1)
@@ -117,14 +118,16 @@ def cotangent_sums(
     xp: Namespace,
     dy: Array,
     x: Array,
+    gamma: Array | None,
     precision: Precision,
     scale: Array,
     mu: Array,
 ) -> tuple[Array, Array] | None:
     """Per instance (one value each, in the compute dtype): the sums of ``dy`` and of
-    ``dy * (x * scale - mu)``; ``None`` where the kernels do not run on ``dy`` (the generic
-    path must)."""
-    layout = _layout(layer, xp, precision, x, None, None, dy)
+    ``dy * (x * scale - mu)``; ``None`` where the kernels take neither ``dy`` nor ``gamma``
+    (the generic path must take the sums and write ``dx``; :func:`affine_gradient` runs where
+    they do)."""
+    layout = _layout(layer, xp, precision, x, gamma, None, dy)
     kernels = _kernels()
     if layout is None or kernels is None:
         return None

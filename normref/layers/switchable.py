@@ -386,7 +386,7 @@ def switchable_norm(
         return empty_like(xp, tuple(x.shape), output_dtype(xp, precision, x, gamma, beta), x)
     out_dtype = output_dtype(xp, precision, x, gamma, beta)
     if found.fused is not None:
-        return mixture.normalized(
+        fused = mixture.normalized(
             found.fused,
             xp,
             x,
@@ -398,6 +398,8 @@ def switchable_norm(
             1.0 / found.s,
             out_dtype,
         )
+        if fused is not None:
+            return fused
     gamma_c, beta_c = to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype)
 
     def normalized(block: tuple[slice, ...]) -> Array:
@@ -485,7 +487,9 @@ def switchable_norm_vjp(
     kept = tuple(found.mu.shape)
     fused = None
     if found.fused is not None:
-        fused = mixture.cotangent_sums(found.fused, xp, dy, x, precision, found.scale, found.mu)
+        fused = mixture.cotangent_sums(
+            found.fused, xp, dy, x, gamma, precision, found.scale, found.mu
+        )
     if fused is not None:
         dy_sum = xp.reshape(fused[0], kept)
         dy_x_hat = xp.reshape(fused[1], kept) / found.s
