@@ -290,3 +290,18 @@ def fsum_comoments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     dev = x - mean
     cross = np.array([[math.fsum(dev[:, i] * dev[:, j]) for j in range(d)] for i in range(d)])
     return m, mean, cross
+
+
+def spy_on(monkeypatch: Any, module: Any, names: tuple[str, ...]) -> list[str]:
+    """Replace the functions ``names`` of ``module`` (for the test, through ``monkeypatch``) by
+    ones that record their name, in call order, in the list returned, then run the original."""
+    calls: list[str] = []
+    for name in names:
+        original = getattr(module, name)
+
+        def spy(*args: Any, _original: Callable[..., Any] = original, _name: str = name) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    return calls

@@ -28,7 +28,7 @@ from normref import _fused
 from normref._fused import MAX_CHUNKS, kernels
 from normref._fused.threads import thread_count
 from normref.registry import REGISTRY, OpSpec, Sample
-from tests.support import assert_close_to_scale, assert_within, fd_jvp
+from tests.support import assert_close_to_scale, assert_within, fd_jvp, spy_on
 
 U64 = float(np.finfo(np.float64).eps)
 U32 = float(np.finfo(np.float32).eps)
@@ -545,16 +545,7 @@ def test_groups_at_every_scale_give_the_same_results_exactly(name, dtype, precis
 @pytest.fixture
 def kernel_calls(monkeypatch) -> list[str]:
     """Names of the output kernels called during the test."""
-    calls: list[str] = []
-    for name in ("normalize", "gradients", "statistics"):
-        original = getattr(kernels, name)
-
-        def spy(*args, _original=original, _name=name):
-            calls.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(kernels, name, spy)
-    return calls
+    return spy_on(monkeypatch, kernels, ("normalize", "gradients", "statistics"))
 
 
 def _bn_inputs(dtype="float32", order="C"):

@@ -19,7 +19,7 @@ import normref
 from conformance.checked.formats import ulp
 from normref import _fused
 from normref._fused import kernels
-from tests.support import assert_within
+from tests.support import assert_within, spy_on
 
 U32 = float(np.finfo(np.float32).eps)
 FLOAT64_RTOL = 1e-12
@@ -35,16 +35,7 @@ LOGITS = (np.array([0.3, -0.2, 0.5]), np.array([-0.4, 0.1, 0.2]))
 @pytest.fixture
 def kernel_calls(monkeypatch) -> list[str]:
     """Names of switchable norm's kernels called during the test."""
-    calls: list[str] = []
-    for name in KERNELS:
-        original = getattr(kernels, name)
-
-        def spy(*args, _original=original, _name=name):
-            calls.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(kernels, name, spy)
-    return calls
+    return spy_on(monkeypatch, kernels, KERNELS)
 
 
 def _inputs(shape: tuple[int, ...], axis: int, dtype: str, seed: int = 3):

@@ -25,7 +25,7 @@ import pytest
 from normref import compiled
 from normref.registry import REGISTRY, OpSpec, Sample
 from tests.registry_cases import draw, on_backend, op_params
-from tests.support import BACKEND_FACTORIES, Backend
+from tests.support import BACKEND_FACTORIES, Backend, spy_on
 
 LAWFUL = [p for p in op_params() if not p.values[0].scaling.reason]
 
@@ -152,25 +152,11 @@ def _takes_the_compiled_path(spec: OpSpec, sample: Sample) -> bool:
     """Whether ``spec`` on the NumPy ``sample`` runs the compiled kernels."""
     from normref._fused import kernels
 
-    calls: list[str] = []
-    writers = ("normalize", "normalize_with")  # the kernels that write a layer's output
-    originals = {name: getattr(kernels, name) for name in writers}
-
-    def spy(name: str) -> Any:
-        def called(*args: Any) -> None:
-            calls.append(name)
-            originals[name](*args)
-
-        return called
-
-    for name in writers:
-        setattr(kernels, name, spy(name))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        # the kernels that write a layer's output
+        calls = spy_on(patch, kernels, ("normalize", "normalize_with"))
         with _path("compiled"):
             spec.call(sample)
-    finally:
-        for name, original in originals.items():
-            setattr(kernels, name, original)
     return bool(calls)
 
 

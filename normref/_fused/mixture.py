@@ -25,7 +25,8 @@ instances, layers and batches that hold them.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from types import ModuleType
+from typing import Any, NamedTuple
 
 from normref._fused import (
     _chunks,
@@ -37,9 +38,39 @@ from normref._fused import (
     statistics,
 )
 from normref._fused.factors import Layer
+from normref._fused.layout import Layout
 from normref._fused.threads import run_chunks
 from normref._lib.namespace import Array, Namespace, compute_dtype
 from normref.types import Precision
+
+
+class _Plan(NamedTuple):
+    """How the kernels take one call: its layout, the kernels module, the compute dtype, the
+    parameters' size and the chunks of work."""
+
+    layout: Layout
+    kernels: ModuleType
+    dtype: Any
+    size: int
+    chunks: int
+
+
+def _plan(
+    layer: Layer,
+    xp: Namespace,
+    precision: Precision,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    dy: Array | None = None,
+) -> _Plan | None:
+    """The :class:`_Plan` of a call, or ``None`` where the kernels do not take its arrays."""
+    layout = _layout(layer, xp, precision, x, gamma, beta, dy)
+    kernels = _kernels()
+    if layout is None or kernels is None:
+        return None
+    size = _param_size(layer, x, gamma is not None or beta is not None)
+    return _Plan(layout, kernels, compute_dtype(xp, x.dtype, precision), size, _chunks(layout, 1))
 
 
 class Moments(NamedTuple):
@@ -89,26 +120,22 @@ def normalized(
     value per instance in the compute dtype, ``scale`` that of :func:`instance_moments`, which
     the kernels took of ``x``), in ``out_dtype``; ``None`` where the kernels do not take the
     parameters (a float16 ``gamma``: the generic path must write ``y``)."""
-    layout = _layout(layer, xp, precision, x, gamma, beta)
-    kernels = _kernels()
-    if layout is None or kernels is None:
+    plan = _plan(layer, xp, precision, x, gamma, beta)
+    if plan is None:
         return None
-    dtype = compute_dtype(xp, x.dtype, precision)
-    size = _param_size(layer, x, gamma is not None or beta is not None)
-    chunks = _chunks(layout, 1)
     y = xp.empty(x.shape, dtype=out_dtype)
     run_chunks(
-        kernels.normalize_with,
-        chunks,
+        plan.kernels.normalize_with,
+        plan.chunks,
         x.size,
-        xp.reshape(x, layout.shape),
+        xp.reshape(x, plan.layout.shape),
         xp.stack([xp.reshape(mu, (-1,)), xp.reshape(factor, (-1,))]),
         scale[()],
-        _flat_param(xp, gamma, 1.0, size, dtype),
-        _flat_param(xp, beta, -0.0, size, dtype),
-        layout.param_strides,
-        xp.reshape(y, layout.shape),
-        chunks,
+        _flat_param(xp, gamma, 1.0, plan.size, plan.dtype),
+        _flat_param(xp, beta, -0.0, plan.size, plan.dtype),
+        plan.layout.param_strides,
+        xp.reshape(y, plan.layout.shape),
+        plan.chunks,
     )
     return y
 
@@ -127,24 +154,21 @@ def cotangent_sums(
     ``dy * (x * scale - mu)``; ``None`` where the kernels take neither ``dy`` nor ``gamma``
     (the generic path must take the sums and write ``dx``; :func:`affine_gradient` runs where
     they do)."""
-    layout = _layout(layer, xp, precision, x, gamma, None, dy)
-    kernels = _kernels()
-    if layout is None or kernels is None:
+    plan = _plan(layer, xp, precision, x, gamma, None, dy)
+    if plan is None:
         return None
-    dtype = compute_dtype(xp, x.dtype, precision)
-    chunks = _chunks(layout, 1)
-    out = xp.empty((2, layout.groups), dtype=dtype)
+    out = xp.empty((2, plan.layout.groups), dtype=plan.dtype)
     run_chunks(
-        kernels.cotangent_sums,
-        chunks,
+        plan.kernels.cotangent_sums,
+        plan.chunks,
         x.size,
-        xp.reshape(x, layout.shape),
-        xp.reshape(dy, layout.shape),
-        xp.ones((1,), dtype=dtype),
+        xp.reshape(x, plan.layout.shape),
+        xp.reshape(dy, plan.layout.shape),
+        xp.ones((1,), dtype=plan.dtype),
         scale[()],
         xp.reshape(mu, (-1,)),
         out,
-        xp.zeros((chunks, 1, 4, kernels.DEPTH), dtype=dtype),
+        xp.zeros((plan.chunks, 1, 4, plan.kernels.DEPTH), dtype=plan.dtype),
     )
     return out[0, :], out[1, :]
 
@@ -162,25 +186,20 @@ def affine_gradient(
     """``dx = (dy * gamma) * r + (x * scale - mu) * k + o`` per instance, ``factors`` the
     ``(mu, r, k, o)`` of each (one value per instance in the compute dtype), in ``x``'s dtype;
     where :func:`cotangent_sums` ran."""
-    layout = _layout(layer, xp, precision, x, gamma, None, dy)
-    kernels = _kernels()
-    assert layout is not None  # as for cotangent_sums
-    assert kernels is not None
-    dtype = compute_dtype(xp, x.dtype, precision)
-    size = _param_size(layer, x, gamma is not None)
-    chunks = _chunks(layout, 1)
+    plan = _plan(layer, xp, precision, x, gamma, None, dy)
+    assert plan is not None  # as for cotangent_sums
     dx = xp.empty(x.shape, dtype=x.dtype)
     run_chunks(
-        kernels.affine_gradient,
-        chunks,
+        plan.kernels.affine_gradient,
+        plan.chunks,
         x.size,
-        xp.reshape(x, layout.shape),
-        xp.reshape(dy, layout.shape),
-        _flat_param(xp, gamma, 1.0, size, dtype),
-        layout.param_strides,
+        xp.reshape(x, plan.layout.shape),
+        xp.reshape(dy, plan.layout.shape),
+        _flat_param(xp, gamma, 1.0, plan.size, plan.dtype),
+        plan.layout.param_strides,
         scale[()],
         xp.stack([xp.reshape(f, (-1,)) for f in factors]),
-        xp.reshape(dx, layout.shape),
-        chunks,
+        xp.reshape(dx, plan.layout.shape),
+        plan.chunks,
     )
     return dx
