@@ -201,14 +201,13 @@ class Partition:
         own, in one pass over ``x`` where the canonical array of a C-contiguous ``x`` is a view
         of it (:attr:`canonical_is_a_view`: the units of a weight laid out units first).
 
-        That copy keeps ``x``'s memory order (``astype``, which keeps strides), not the
-        canonical C order, so an array laid out as it goes back through
-        :meth:`from_canonical` as a view: neither direction moves data around. Elsewhere it
-        is the C-order copy of :meth:`to_canonical`, converted.
+        That copy is :meth:`to_canonical`'s view converted, which keeps ``x``'s memory order
+        (``astype`` keeps strides), not the canonical C order, so an array laid out as it goes
+        back through :meth:`from_canonical` as a view: neither direction moves data around.
+        Elsewhere it is the C-order copy of :meth:`to_canonical`, converted.
         """
         if self.canonical_is_a_view:
-            gathered = xp.permute_dims(self.split(xp, x), self._order)
-            return xp.reshape(xp.astype(gathered, dtype, copy=True), (self.G, self.M, self.D))
+            return xp.astype(self.to_canonical(xp, x), dtype, copy=True)
         return to_dtype(xp, self.to_canonical(xp, x, copy=True), dtype)
 
     @property
@@ -220,7 +219,7 @@ class Partition:
         place = {axis: k for k, axis in enumerate(spread)}
         for axes in (self.group_axes, self.sample_axes, self.feature_axes):
             places = [place[a] for a in axes if a in place]
-            if places != list(range(places[0], places[0] + len(places)) if places else []):
+            if places and places != list(range(places[0], places[0] + len(places))):
                 return False
         return True
 
