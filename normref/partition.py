@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass
 
 from normref._lib.checks import check_positive_int, check_rank, normalize_axes, normalize_axis
-from normref._lib.namespace import Array, Namespace, to_dtype
+from normref._lib.namespace import Array, Namespace
 from normref._lib.units import axis_index
 
 GROUP, SAMPLE, FEATURE = "group", "sample", "feature"
@@ -196,25 +196,12 @@ class Partition:
         gathered = xp.permute_dims(self.split(xp, x), self._order)
         return xp.reshape(gathered, (self.G, self.M, self.D), copy=copy)
 
-    def canonical_copy(self, xp: Namespace, x: Array, dtype: object) -> Array:
-        """``x`` as the canonical ``(G, M, D)`` array in ``dtype``: a new array of the caller's
-        own, in one pass over ``x`` where the canonical array of a C-contiguous ``x`` is a view
-        of it (:attr:`canonical_is_a_view`: the units of a weight laid out units first).
-
-        That copy is :meth:`to_canonical`'s view converted, which keeps ``x``'s memory order
-        (``astype`` keeps strides), not the canonical C order, so an array laid out as it goes
-        back through :meth:`from_canonical` as a view: neither direction moves data around.
-        Elsewhere it is the C-order copy of :meth:`to_canonical`, converted.
-        """
-        if self.canonical_is_a_view:
-            return xp.astype(self.to_canonical(xp, x), dtype, copy=True)
-        return to_dtype(xp, self.to_canonical(xp, x, copy=True), dtype)
-
     @property
     def canonical_is_a_view(self) -> bool:
         """Whether the canonical array of a C-contiguous ``x`` is a view of it: the group, the
         sample and the feature axes (those of size above 1) each a run of consecutive axes of
-        the split shape, in order."""
+        the split shape, in order. (Reshaping the split view with its axes in any order of
+        the three kinds, each kind's axes merged, is then a view too.)"""
         spread = [i for i, size in enumerate(self.split_shape) if size > 1]
         place = {axis: k for k, axis in enumerate(spread)}
         for axes in (self.group_axes, self.sample_axes, self.feature_axes):
@@ -222,6 +209,15 @@ class Partition:
             if places and places != list(range(places[0], places[0] + len(places))):
                 return False
         return True
+
+    @property
+    def features_outside_samples(self) -> bool:
+        """Whether, in a C-contiguous ``x``, the features vary more slowly than the innermost
+        samples: a feature axis of size above 1 comes before the last sample axis of size
+        above 1 in the split shape (channels first, a weight's units first)."""
+        features = [a for a in self.feature_axes if self.split_shape[a] > 1]
+        samples = [a for a in self.sample_axes if self.split_shape[a] > 1]
+        return bool(features and samples) and features[0] < samples[-1]
 
     def from_canonical(self, xp: Namespace, c: Array) -> Array:
         """Inverse of :meth:`to_canonical`: a ``(G, M, D)`` array back in ``shape``."""

@@ -1,12 +1,12 @@
 """Where normref works in place, and how much memory it holds.
 
-Functions convert their inputs to the compute dtype, or take canonical copies
-of their own, and then work in those: matrix products written over an operand
-block by block (:mod:`normref._lib.in_place`), an affine applied to an output in
-place. These tests check those pieces against the plain expressions, that
-inputs stay as they were in both precision modes and dtypes (where a
-conversion is a copy and where it is not), and the peak memory of the
-benchmarked families on NumPy against the targets of the benchmarks.
+Functions convert their inputs to the compute dtype, or read them a block at a
+time (:mod:`normref._lib.in_place`, :mod:`normref.ops.sample_blocks`), and work
+in those: an affine applied to an output in place. These tests check that piece
+against the plain expression, that inputs stay as they were in both precision
+modes and dtypes (where a conversion is a copy and where it is not), and the
+peak memory of the benchmarked families on NumPy against the targets of the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -14,47 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import normref
 from benchmarks.cases import Case
-from benchmarks.memory import output_bytes, traced, traced_peak, traced_temporaries
+from benchmarks.memory import output_bytes, traced, traced_temporaries
 from benchmarks.run import MEMORY_TARGETS
 from normref import _fused
-from normref._lib import in_place as _in_place
 from normref.affine import affine
 from normref.registry import REGISTRY, BenchmarkInput
 from tests.registry_cases import on_backend
-from tests.support import Backend, assert_close_to_scale
-
-U64 = float(np.finfo(np.float64).eps)
-
-
-# ---------------------------------------------------------------------------
-# Products written over an operand
-
-
-@pytest.mark.parametrize("with_second", [True, False])
-def test_products_over_are_the_plain_products(backend: Backend, with_second, monkeypatch):
-    """Blocks of 8 rows of 37 (the last one short) give ``a @ b + c @ d``, over ``a`` where
-    the library's arrays are mutable.
-
-    Against NumPy's float64 products of the same values: each entry is a dot product of
-    K = 5 terms (error at most K u of the sum of the terms' magnitudes on either side, the
-    blocks' BLAS calls and NumPy's) and, with the second product, one addition: (2K + 1) u.
-    """
-    monkeypatch.setattr(_in_place, "BLOCK_ELEMENTS", 3 * 5 * 8)
-    rng = np.random.default_rng(0)
-    a, c = rng.standard_normal((3, 37, 5)), rng.standard_normal((3, 37, 5))
-    b, d = rng.standard_normal((3, 5, 5)), rng.standard_normal((3, 5, 5))
-    expected = a @ b + c @ d if with_second else a @ b
-    scale = np.abs(a) @ np.abs(b) + (np.abs(c) @ np.abs(d) if with_second else 0.0)
-    on = {k: backend.asarray(v, "float64") for k, v in {"a": a, "b": b, "c": c, "d": d}.items()}
-    second = (on["c"], on["d"]) if with_second else ()
-    result = _in_place.products_over(backend.xp, on["a"], on["b"], *second)
-    assert_close_to_scale(backend.to_numpy(result), expected, scale, rtol=11 * U64, what="products")
-    if backend.name == "jax":  # immutable: a new array, a as it was
-        np.testing.assert_array_equal(backend.to_numpy(on["a"]), a)
-    else:
-        assert result is on["a"]
+from tests.support import Backend
 
 
 def test_affine_overwrites_its_input_only_when_asked():
@@ -127,6 +94,8 @@ MEMORY_CASES = [
         Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 32})),
         id="whiten-32",
     ),
+    pytest.param(_kernel_case("orthogonal_weight_norm", compiled=False), id="own"),
+    pytest.param(_kernel_case("oni_weight_norm", compiled=False), id="oni"),
     pytest.param(_kernel_case("scaled_weight_standardize", compiled=False), id="scaled-ws"),
     pytest.param(_kernel_case("centered_weight_norm", compiled=True), id="centred-wn"),
     pytest.param(
@@ -164,10 +133,7 @@ MEMORY_CASES = [
 ]
 
 
-MISSED_MEMORY_TARGETS = {
-    ("batch_whiten", "native"): "the canonical copy of x the operation works in is 1x the input",
-    ("batch_whiten", "highest"): "the float64 canonical copy of a float32 x is 2x the input",
-}
+MISSED_MEMORY_TARGETS: dict[tuple[str, str], str] = {}
 """Rows that miss the temporaries' targets today (strict: a row that meets its target fails
 here until it is removed), with the reason; ``docs/performance.md`` has the figures."""
 
@@ -213,14 +179,3 @@ def test_temporaries_are_the_peak_less_the_outputs():
     assert 5 * mb <= peak < 5 * mb + 64 * 1024
     assert 3 * mb <= traced_temporaries(call) < 3 * mb + 64 * 1024
     assert output_bytes((np.ones(3), None, [np.ones(2, np.float32)])) == 3 * 8 + 2 * 4
-
-
-def test_batch_whitening_needs_no_full_size_array_beyond_its_copies():
-    """Native precision: the canonical copy the operation works in and the output (2x the
-    input), plus one block of rows and the D x D matrices; the backward likewise."""
-    case = Case("batch_whiten", BenchmarkInput((64, 32, 8, 8), "test", {"group_size": 8}))
-    sample = case.sample("float32").replace(precision="native")
-    x = sample.args["x"]
-    assert traced_peak(lambda: normref.batch_whiten(**sample.args, **sample.kwargs)) <= (
-        2.25 * x.nbytes
-    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import array_api_compat.numpy as xp
 import numpy as np
 import pytest
@@ -137,32 +139,25 @@ def test_a_canonical_copy_is_ones_own_where_the_canonical_array_is_a_view():
     np.testing.assert_array_equal(copied[0], x)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_the_canonical_copy_of_units_first_weights_keeps_their_memory_order(dtype):
-    """A conv kernel (O, I, H, W) whitened in groups of 4 output units, as OWN and ONI take it:
-    the canonical array (units as features) is a transposed view of the weight, so its copy,
-    the operation's own, keeps the weight's memory order, and an array laid out as it goes
-    back to the weight's shape as a view, C-contiguous."""
-    w = np.arange(8 * 3 * 2 * 2, dtype=np.float32).reshape(8, 3, 2, 2)
-    part = partition.whitening_partition(w.shape, 4, axis=0)
-    assert part.canonical_is_a_view
-    copied = np.asarray(part.canonical_copy(xp, w, np.dtype(dtype)))
-    assert copied.dtype == np.dtype(dtype)
-    assert not np.shares_memory(copied, w)
-    np.testing.assert_array_equal(copied, np.asarray(part.to_canonical(xp, w)))
-    back = np.asarray(part.from_canonical(xp, copied))
-    assert np.shares_memory(back, copied)
-    assert back.flags.c_contiguous
-    np.testing.assert_array_equal(back, w)
-
-
-def test_the_canonical_copy_is_c_ordered_where_no_view_gives_the_canonical_array():
-    """Batch whitening of (N, C, H, W) in groups of channels: the samples (N, H, W) are split
-    by the channels in memory, so the canonical array is a copy whatever its order."""
-    x = np.arange(2 * 6 * 2 * 3, dtype=np.float64).reshape(2, 6, 2, 3)
-    part = partition.whitening_partition(x.shape, 3)
-    assert not part.canonical_is_a_view
-    copied = np.asarray(part.canonical_copy(xp, x, np.dtype("float64")))
-    assert copied.flags.c_contiguous
-    assert not np.shares_memory(copied, x)
-    np.testing.assert_array_equal(copied, np.asarray(part.to_canonical(xp, x)))
+@pytest.mark.parametrize(
+    ("shape", "group_size", "axis", "view", "features_outside"),
+    [
+        ((8, 3, 2, 2), 4, 0, True, True),  # a conv kernel, units first (OWN, ONI)
+        ((2, 2, 3, 8), 4, -1, True, False),  # the same kernel, units last (HWIO)
+        ((2, 6, 2, 3), 3, 1, False, True),  # batch whitening, channels first
+        ((2, 2, 3, 6), 3, -1, True, False),  # batch whitening, channels last
+    ],
+)
+def test_the_memory_layout_of_the_canonical_rows(shape, group_size, axis, view, features_outside):
+    """Whether the canonical array of a C-contiguous x is a view of it (each kind of axis a
+    run in memory), checked by reshaping without a copy, and whether the features vary more
+    slowly than the innermost samples, checked by the strides of the gathered view."""
+    x = np.arange(math.prod(shape), dtype=np.float64).reshape(shape)
+    part = partition.whitening_partition(shape, group_size, axis)
+    assert part.canonical_is_a_view == view
+    gathered = np.asarray(part.to_canonical(xp, x))
+    assert np.shares_memory(gathered, x) == view
+    split = np.reshape(x, part.split_shape)
+    feature_stride = split.strides[part.feature_axes[0]]
+    sample_stride = min(split.strides[a] for a in part.sample_axes if split.shape[a] > 1)
+    assert part.features_outside_samples == (feature_stride > sample_stride) == features_outside

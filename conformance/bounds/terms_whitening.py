@@ -67,6 +67,8 @@ import numpy as np
 
 from conformance.bounds.budgets import DECOMPOSITION_ROUNDINGS_PER_FEATURE, Arithmetic
 from conformance.bounds.terms import Conditioning, OpTerms, OutputTerms, parameter_on, parameter_sum
+from normref.ops.base import canonical_partition
+from normref.ops.sample_blocks import sample_blocks
 from normref.ops.whitening import (
     DECORRELATION,
     FROBENIUS_NEWTON,
@@ -156,12 +158,17 @@ def groups_of(x: np.ndarray, method: str, eps: float, correction: int, params: d
     """The :class:`Groups` of canonical ``x`` (non-finite groups get NaN statistics)."""
     # a group that is not finite has normref's stand-in covariance (so W and its cotangent run)
     # and NaN statistics
-    stats = group_covariance(
-        xp_numpy, np.array(x, copy=True), (1,), eps=eps, correction=correction, algorithm="two_pass"
+    stats, _ = group_covariance(
+        xp_numpy,
+        sample_blocks(xp_numpy, canonical_partition(x.shape), x),
+        dtype=x.dtype,
+        eps=eps,
+        correction=correction,
+        algorithm="two_pass",
     )
     # normref takes the statistics of the values times a power of two: these are the unscaled
     finite = stats.finite
-    centred = stats.centred / stats.scale
+    centred = x - stats.mean / stats.scale
     stand_in = np.where(finite, (stats.cov / stats.scale) / stats.scale, stats.cov)
     ok = finite[:, 0, 0]
     eigenvalues = np.full(stand_in.shape[:-1], np.nan)

@@ -1,15 +1,13 @@
 """Results written into an array block by block, so that the temporaries are a block's.
 
-The Array API has no matrix product into an existing array, so ``a @ b`` is a
-new array of ``a``'s size. Where ``a`` is an operation's own array and is not
-needed afterwards, :func:`products_over` writes the result over ``a`` one
-block of rows at a time (item assignment, which the standard has), so the
-only new memory is one block's product. An operation that treats parts of its
-input apart from each other (the instances of switchable norm, the positions of
-local response normalization) runs on blocks of them (:func:`blocks_of`),
-writing each block's results into the result (:func:`written`) or its
-reductions into small arrays (:func:`assembled`). JAX arrays are immutable and
-Dask arrays lazy: on those the result is formed whole, as the plain expression.
+An operation that treats parts of its input apart from each other (the
+instances of switchable norm, the positions of local response normalization)
+runs on blocks of them (:func:`blocks_of`), writing each block's results into
+the result (:func:`written`) or its reductions into small arrays
+(:func:`assembled`); the whitening operations read and write the canonical rows
+of their input by blocks (:mod:`normref.ops.sample_blocks`). JAX arrays are
+immutable and Dask arrays lazy: on those the result is formed whole, as the
+plain expression.
 """
 
 from __future__ import annotations
@@ -30,31 +28,6 @@ BLOCK_ELEMENTS = 1 << 15
 def writes_in_place(xp: Namespace) -> bool:
     """Whether arrays of ``xp`` are buffers that item assignment writes into."""
     return not (array_api_compat.is_jax_namespace(xp) or array_api_compat.is_dask_namespace(xp))
-
-
-def products_over(
-    xp: Namespace, a: Array, b: Array, c: Array | None = None, d: Array | None = None
-) -> Array:
-    """``a @ b`` (plus ``c @ d``) for stacks ``(G, M, K)`` of rows, written over ``a``.
-
-    ``b`` (and ``d``) are ``(G, K, K)``; ``c`` has ``a``'s shape. ``a`` must be
-    the caller's own array, which it does not need afterwards: on a mutable
-    library its rows are overwritten, block by block, with the result, which is
-    returned (``a`` itself); elsewhere the result is a new array. Each row of
-    the result depends on that row of ``a`` (and ``c``) alone, so the blocks
-    can be computed in place one after the other.
-    """
-    if not writes_in_place(xp):
-        return a @ b if c is None else a @ b + c @ d
-    rows = a.shape[-2]
-    step = max(1, BLOCK_ELEMENTS // max(1, math.prod(a.shape) // max(1, rows)))
-    for start in range(0, rows, step):
-        block = slice(start, min(start + step, rows))
-        product = a[..., block, :] @ b
-        if c is not None:
-            product += c[..., block, :] @ d  # in place: a new block
-        a[..., block, :] = product
-    return a
 
 
 def blocks_of(

@@ -30,12 +30,10 @@ from normref.affine import (
     param_shape,
     scaled_gamma,
 )
-from normref.ops.base import CANONICAL_SAMPLE_AXES, GroupOp, check_group_size, empty_like
+from normref.ops.base import GroupOp, check_group_size, empty_like
+from normref.ops.sample_blocks import sample_blocks
 from normref.partition import Partition
 from normref.types import Precision
-
-CANONICAL_AXES = (0, 1, 2)
-"""Every axis of the canonical ``(G, M, D)`` array, along which its parameters lie."""
 
 
 class NormGrads(NamedTuple):
@@ -96,11 +94,6 @@ def _op_kwargs(layer: Layer, precision: Precision) -> dict[str, Any]:
     return {**layer.params, **extra}
 
 
-def _canonical_operand(layer: Layer, xp: Any, a: Array, dtype: Any) -> Array:
-    """``a`` as the canonical array in ``dtype``, a copy of the operation's own."""
-    return layer.partition.canonical_copy(xp, a, dtype)
-
-
 def _canonical_param(layer: Layer, xp: Any, param: Array | None) -> Array | None:
     if param is None:
         return None
@@ -118,30 +111,24 @@ def _joint_forward(
 ) -> Array:
     """:func:`normalize` where the operation treats each group's features jointly.
 
-    All of it in the canonical layout: the operation works in a canonical copy
-    of ``x`` of its own and returns its output there, the affine (per feature:
-    ``(G, 1, D)`` there) is applied in place, and the result is rounded to the
-    output dtype before it goes back to ``x``'s layout.
+    The operation reads the canonical rows of ``x`` a block at a time
+    (:mod:`normref.ops.sample_blocks`), applies the affine (per feature:
+    ``(G, 1, D)`` in the canonical layout) to each block of its output in the
+    compute dtype, and writes the result, rounded to ``out_dtype``, in ``x``'s shape.
     """
     dtype = compute_dtype(xp, x.dtype, precision)
-    y = layer.op.forward(
-        xp,
-        _canonical_operand(layer, xp, x, dtype),
-        CANONICAL_SAMPLE_AXES,
-        **_op_kwargs(layer, precision),
-    )
     factor = scaled_gamma(
         xp, gamma, layer.affine_scale, dtype, param_shape(x.shape, layer.param_axes), device(x)
     )
-    y = affine(
+    return layer.op.forward(
         xp,
-        y,
+        sample_blocks(xp, layer.partition, x),
         _canonical_param(layer, xp, factor),
         _canonical_param(layer, xp, to_dtype(xp, beta, dtype)),
-        CANONICAL_AXES,
-        overwrite=True,
+        dtype=dtype,
+        out_dtype=out_dtype,
+        **_op_kwargs(layer, precision),
     )
-    return layer.partition.from_canonical(xp, to_dtype(xp, y, out_dtype))
 
 
 def _joint_vjp(
@@ -155,25 +142,22 @@ def _joint_vjp(
 ) -> NormGrads:
     """:func:`normalize_vjp` where the operation treats each group's features jointly.
 
-    The operation's ``affine_vjp`` works in canonical copies of ``dy`` and
-    ``x`` of its own, with ``gamma`` in the canonical layout, and returns the
-    sums over samples that the affine's gradients are.
+    The operation reads the canonical rows of ``dy`` and ``x`` a block at a time, with
+    ``gamma`` in the canonical layout, and returns ``dx`` in ``x``'s shape and dtype
+    and the sums over samples that the affine's gradients are.
     """
-    affine_vjp = layer.op.affine_vjp
-    if affine_vjp is None:
-        msg = f"operation {layer.op.name!r} treats features jointly but has no affine_vjp"
-        raise TypeError(msg)
     dtype = compute_dtype(xp, x.dtype, precision)
     part, scale = layer.partition, layer.affine_scale
     factor = scaled_gamma(
         xp, gamma, scale, dtype, param_shape(x.shape, layer.param_axes), device(x)
     )
-    grads = affine_vjp(
+    grads = layer.op.vjp(
         xp,
-        _canonical_operand(layer, xp, dy, dtype),
-        _canonical_operand(layer, xp, x, dtype),
+        sample_blocks(xp, part, dy),
+        sample_blocks(xp, part, x),
         _canonical_param(layer, xp, factor),
-        CANONICAL_SAMPLE_AXES,
+        dtype=dtype,
+        out_dtype=x.dtype,
         **_op_kwargs(layer, precision),
     )
 
@@ -182,12 +166,10 @@ def _joint_vjp(
             return None
         return to_dtype(xp, part.param_from_canonical(xp, sums, layer.param_axes), param.dtype)
 
-    dx, dy_dot_y, dy_sum = grads.dx, grads.dy_dot_y, grads.dy_sum
-    del grads  # it may hold the operation's copy of x too: free it before dx is converted
     return NormGrads(
-        x=part.from_canonical(xp, to_dtype(xp, dx, x.dtype)),
-        gamma=param_grad(dy_dot_y * scale if scale != 1.0 else dy_dot_y, gamma),
-        beta=param_grad(dy_sum, beta),
+        x=grads.dx,
+        gamma=param_grad(grads.dy_dot_y * scale if scale != 1.0 else grads.dy_dot_y, gamma),
+        beta=param_grad(grads.dy_sum, beta),
     )
 
 

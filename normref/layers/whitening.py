@@ -40,6 +40,7 @@ from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dt
 from normref.affine import affine, check_param
 from normref.conventions import Convention, get_convention
 from normref.layers.compose import Layer, NormGrads, affine_backward, normalize, normalize_vjp
+from normref.ops.sample_blocks import sample_blocks
 from normref.ops.whitening import (
     WHITENING_OPS,
     batch_whitening,
@@ -443,7 +444,7 @@ def batch_whiten_train(
         precision=precision,
     )
     mean, w = batch_whitening(
-        part.to_canonical(xp, x),
+        sample_blocks(xp, part, x),
         method=method,
         eps=eps,
         correction=correction,

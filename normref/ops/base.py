@@ -7,12 +7,11 @@ public functions of :mod:`normref.ops` apply it to the canonical ``(G, M, D)``
 array. Both go through this module, so an operation is written once.
 
 An operation that treats the ``D`` features of a group *jointly* (whitening:
-its statistics are a ``D x D`` covariance) sets ``joint_features``; it always
-receives the canonical ``(G, M, D)`` array with ``axes == (1,)``, in layers too.
-That array is a copy (a transpose, in general), and it is made the
-operation's own: a joint-feature operation may overwrite its ``x`` and ``dy``
-arguments, and its callers pass arrays that nothing else holds
-(:func:`operand`).
+its statistics are a ``D x D`` covariance) sets ``joint_features``; it reads
+the canonical ``(G, M, D)`` rows of its input a block of samples at a time
+(:mod:`normref.ops.sample_blocks`), in layers too, with the layer's per-feature
+affine applied to each block, and writes its result the same way: no whole
+canonical copy of the input is made.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from normref._lib.namespace import (
     to_dtype,
     variance_algorithm,
 )
+from normref.ops.sample_blocks import sample_blocks
 from normref.partition import FEATURE, GROUP, SAMPLE, Partition
 from normref.types import Precision
 
@@ -54,35 +54,36 @@ class GroupOp:
         The operation's name.
     forward
         ``forward(xp, x, axes, **params) -> y``: the operation on ``x`` with
-        statistics reduced over ``axes``; ``y`` is a new array (or ``x``'s
-        memory, where the operation owns ``x``), which its caller may overwrite.
+        statistics reduced over ``axes``; ``y`` is a new array, which its caller
+        may overwrite. For joint-feature operations:
+        ``forward(xp, x, gamma, beta, *, dtype, out_dtype, **params) -> y``, with
+        ``x`` the :class:`~normref.ops.sample_blocks.SampleBlocks` of the input and
+        ``gamma``, ``beta`` a per-feature affine of shape ``(G, 1, D)`` (``None``
+        for none), computed in ``dtype``; ``y`` is new, of the input's shape, in
+        ``out_dtype``.
     vjp
         ``vjp(xp, dy, x, axes, **params) -> (dx, y)``: the vector-Jacobian product
-        and the forward output (which the affine gradient needs).
+        and the forward output (which the affine gradient needs). For
+        joint-feature operations: ``vjp(xp, dy, x, gamma, *, dtype, out_dtype,
+        **params)``, the VJP of ``gamma * forward(x) + beta`` with ``dy`` and ``x``
+        as :class:`~normref.ops.sample_blocks.SampleBlocks`: its ``dx`` (new, of the
+        input's shape, in ``out_dtype``), and the sums over samples ``dy_dot_y``,
+        :math:`\sum_i \bar y_i y_i`, and ``dy_sum``, :math:`\sum_i \bar y_i`, of
+        shape ``(G, 1, D)``, that the affine's gradients are, as attributes of what
+        it returns.
     needs_variance
         Whether the operation takes a (centred) variance, so that a ``correction``
         needs more samples than it (``sample_rule``).
     joint_features
-        Whether the operation acts on the ``D`` features of each group jointly;
-        it then takes the canonical ``(G, M, D)`` array (sample axes ``(1,)``),
-        its own, which it may overwrite (as ``dy``).
-    affine_vjp
-        For joint-feature operations, whose layers apply their per-feature
-        affine in the canonical layout:
-        ``affine_vjp(xp, dy, x, gamma, axes, **params)``, the VJP of
-        ``gamma * forward(x) + beta`` for ``gamma`` of shape ``(G, 1, D)``
-        (``None`` for 1): its ``dx``, and the sums over samples ``dy_dot_y``,
-        :math:`\sum_i \bar y_i y_i`, and ``dy_sum``, :math:`\sum_i \bar y_i`, of
-        shape ``(G, 1, D)``, that the affine's gradients are, as attributes of
-        what it returns (which may hold more).
+        Whether the operation acts on the ``D`` features of each group jointly
+        (the signatures above).
     """
 
     name: str
     forward: Callable[..., Array]
-    vjp: Callable[..., tuple[Array, Array]]
+    vjp: Callable[..., Any]
     needs_variance: bool
     joint_features: bool = False
-    affine_vjp: Callable[..., Any] | None = None
 
 
 def sample_rule(op: GroupOp, params: dict[str, Any]) -> tuple[int, str]:
@@ -126,30 +127,21 @@ def _canonical_shape(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(msg)
 
 
-def operand(xp: Any, op: GroupOp, a: Array, dtype: Any) -> Array:
-    """An array argument of ``op`` in the compute ``dtype``: a copy of its own where ``op``
-    may overwrite its arguments (joint features), else ``a`` itself where it has ``dtype``."""
-    return xp.astype(a, dtype, copy=True) if op.joint_features else to_dtype(xp, a, dtype)
-
-
 def run_canonical(op: GroupOp, x: Array, precision: Precision, params: dict[str, Any]) -> Array:
     """Apply ``op`` to a canonical ``(G, M, D)`` array ``x``."""
     xp = namespace_of(x=x)
     _canonical_shape(x.shape, "x")
-    check_group_size(
-        canonical_partition(x.shape), op=op, params=params, where=f"x of shape {tuple(x.shape)}"
-    )
+    partition = canonical_partition(tuple(x.shape))
+    check_group_size(partition, op=op, params=params, where=f"x of shape {tuple(x.shape)}")
     dtype = compute_dtype(xp, x.dtype, precision)
     out = output_dtype(xp, precision, x)
     if x.size == 0:
         return empty_like(xp, tuple(x.shape), out, x)
-    y = op.forward(
-        xp,
-        operand(xp, op, x, dtype),
-        CANONICAL_SAMPLE_AXES,
-        **params,
-        **_algorithm(op, precision),
-    )
+    kwargs = {**params, **_algorithm(op, precision)}
+    if op.joint_features:
+        blocks = sample_blocks(xp, partition, x)
+        return op.forward(xp, blocks, None, None, dtype=dtype, out_dtype=out, **kwargs)
+    y = op.forward(xp, to_dtype(xp, x, dtype), CANONICAL_SAMPLE_AXES, **kwargs)
     return to_dtype(xp, y, out)
 
 
@@ -160,19 +152,29 @@ def run_canonical_vjp(
     xp = namespace_of(dy=dy, x=x)
     _canonical_shape(x.shape, "x")
     check_shape(dy.shape, x.shape, name="dy", what="the shape of x")
-    check_group_size(
-        canonical_partition(x.shape), op=op, params=params, where=f"x of shape {tuple(x.shape)}"
-    )
+    partition = canonical_partition(tuple(x.shape))
+    check_group_size(partition, op=op, params=params, where=f"x of shape {tuple(x.shape)}")
     dtype = compute_dtype(xp, x.dtype, precision)
     if x.size == 0:
         return XGrad(x=empty_like(xp, tuple(x.shape), x.dtype, x))
+    kwargs = {**params, **_algorithm(op, precision)}
+    if op.joint_features:
+        grads = op.vjp(
+            xp,
+            sample_blocks(xp, partition, dy),
+            sample_blocks(xp, partition, x),
+            None,
+            dtype=dtype,
+            out_dtype=x.dtype,
+            **kwargs,
+        )
+        return XGrad(x=grads.dx)
     dx, _ = op.vjp(
         xp,
-        operand(xp, op, dy, dtype),
-        operand(xp, op, x, dtype),
+        to_dtype(xp, dy, dtype),
+        to_dtype(xp, x, dtype),
         CANONICAL_SAMPLE_AXES,
-        **params,
-        **_algorithm(op, precision),
+        **kwargs,
     )
     return XGrad(x=to_dtype(xp, dx, x.dtype))
 

@@ -71,12 +71,14 @@ Backward (derived by hand in the documentation, *whitening*): with
 
 Implementation notes
     Only the Array API and its ``linalg`` extension are used (``eigh``,
-    ``cholesky``). The operations work in the canonical arrays they are
-    given, which are their own (:class:`~normref.ops.base.GroupOp`):
-    ``x`` is centred in place and the products :math:`X_c W^\top` and
-    :math:`\bar X` are written over ``x`` and ``dy`` block by block of rows
-    (``normref._lib.in_place.products_over``), so that a call makes no
-    full-size array beyond those copies. The covariance is symmetrized, :math:`(C + C^\top)/2`,
+    ``cholesky``). The operations read the canonical rows of their input a
+    block of samples at a time (:mod:`normref.ops.sample_blocks`), converted
+    to the compute dtype as they are read: the covariance in one pass over the
+    blocks (:func:`group_covariance`: each block centred on its own mean, the
+    blocks merged exactly), the output :math:`X_c W^\top` and the gradient
+    :math:`\bar X` block by block into a new array of the input's shape, so
+    that a call holds its result, a few blocks and its ``D x D`` matrices, and
+    no copy of the whole input. The covariance is symmetrized, :math:`(C + C^\top)/2`,
     before it is decomposed, so every library sees the same symmetric matrix.
     The eigen-methods decompose :math:`C` and add :math:`\epsilon` to its
     eigenvalues (exact: :math:`C` and :math:`C + \epsilon I` share their
@@ -125,7 +127,6 @@ import array_api_compat
 from array_api_compat import device
 
 from normref._lib.checks import check_correction, check_eps, check_positive_int, check_rank
-from normref._lib.in_place import products_over
 from normref._lib.namespace import (
     Array,
     Namespace,
@@ -136,13 +137,12 @@ from normref._lib.namespace import (
 )
 from normref._lib.scaling import max_magnitude, power_of_two_scale
 from normref.ops.base import (
-    CANONICAL_SAMPLE_AXES,
     GroupOp,
     XGrad,
     run_canonical,
     run_canonical_vjp,
 )
-from normref.ops.standardization import group_count
+from normref.ops.sample_blocks import Block, SampleBlocks
 from normref.types import Precision
 
 # ---------------------------------------------------------------------------
@@ -249,36 +249,101 @@ def shift_of(xp: Namespace, eps: float, magnitude: Array, scale: Array) -> Shift
 
 class ScaledCovariance(NamedTuple):
     """Each group's values times a power of two (``scale``, ``(G, 1, 1)``): their mean
-    (``(G, 1, D)``), the values centred, their covariance ``cov`` (with a stand-in where it is
-    not finite, ``finite``: :func:`symmetrized`) and the :class:`Shift` of ``eps`` for it."""
+    (``(G, 1, D)``), their covariance ``cov`` (with a stand-in where it is not finite,
+    ``finite``: :func:`symmetrized`) and the :class:`Shift` of ``eps`` for it."""
 
     scale: Array
     mean: Array
-    centred: Array
     cov: Array
     finite: Array
     shift: Shift
 
 
+class CotangentSums(NamedTuple):
+    r"""What a backward needs of the cotangent :math:`\bar Y` of a group's rows: the products
+    :math:`\bar Y^\top X_c` with the scaled centred rows (``(G, D, D)``) and the sums
+    :math:`\mathbf 1^\top \bar Y` (``(G, 1, D)``)."""
+
+    products: Array
+    sums: Array
+
+
 def group_covariance(
     xp: Namespace,
-    x: Array,
-    axes: tuple[int, ...],
+    x: SampleBlocks,
     *,
+    dtype: Any,
     eps: float,
     correction: int,
     algorithm: str,
-) -> ScaledCovariance:
-    r"""The covariance :math:`C = X_c^\top X_c / (M - c)` of each group of ``(G, M, D)`` ``x``
-    (the caller's own array, which it scales and centres in place), of its values times the
-    group's power of two (``normref._lib.scaling``), from :func:`group_cross`
-    (``algorithm`` as there), symmetrized (:func:`symmetrized`)."""
-    magnitude = max_magnitude(xp, x, (1, 2))
+    cotangent: SampleBlocks | None = None,
+) -> tuple[ScaledCovariance, CotangentSums | None]:
+    r"""The covariance :math:`C = X_c^\top X_c / (M - c)` of each group of ``x``'s canonical
+    rows, computed in ``dtype`` of its values times the group's power of two
+    (``normref._lib.scaling``), symmetrized (:func:`symmetrized`); ``algorithm`` as
+    :func:`group_cross`'s. With ``cotangent`` (the blocks of ``dy``, under ``x``'s
+    partition) the same pass forms the :class:`CotangentSums` a backward needs, returned
+    beside the statistics (``None`` without it).
+
+    Two passes over ``x``: its largest magnitude (read in place, nothing converted), then
+    the blocks. Each block :math:`b` of :math:`n_b` rows is centred on its own computed
+    mean :math:`\mu_b`, :math:`C_b = X_b - \mathbf 1 \mu_b^\top`, and its products taken;
+    the blocks' sums merge exactly (Chan, Golub and LeVeque 1983), with
+    :math:`\delta_b = \mu_b - \mu` and the residual sums :math:`r_b = \mathbf 1^\top C_b`
+    (zero but for the rounding of :math:`\mu_b`, kept so that the merge is exact for the
+    computed means):
+
+    .. math::
+
+        X_c^\top X_c = \sum_b C_b^\top C_b
+        + \delta_b^\top (n_b \delta_b + r_b) + r_b^\top \delta_b, \qquad
+        \bar Y^\top X_c = \sum_b \bar Y_b^\top C_b + (\mathbf 1^\top \bar Y_b)^\top \delta_b,
+
+    each a sum of products of centred values, as the two-pass formula's (one block: it).
+    ``"fast"`` sums the blocks' :math:`X_b^\top X_b` and subtracts :math:`M \mu^\top \mu`.
+    """
+    m, d = x.samples, x.features
+    magnitude = x.magnitude(dtype)
     scale = power_of_two_scale(xp, magnitude)
-    x *= scale
-    mean, centred, cross = group_cross(xp, x, algorithm=algorithm, overwrite=True)
-    cov, finite = symmetrized(xp, cross / (group_count(x, axes) - correction))
-    return ScaledCovariance(scale, mean, centred, cov, finite, shift_of(xp, eps, magnitude, scale))
+    sums = xp.zeros((x.groups, 1, d), dtype=dtype, device=device(scale))
+    products = xp.zeros((x.groups, d, d), dtype=dtype, device=device(scale))
+    dy_products, dy_sums = xp.zeros_like(products), xp.zeros_like(sums)
+    block_sums, residuals, block_dy_sums = [], [], []
+    for block in x.blocks:
+        values = x.rows(block, dtype)
+        values *= scale
+        block_sum = sample_sums(xp, values)
+        sums += block_sum
+        if algorithm != "two_pass":
+            products += _mT(xp, values) @ values
+        if algorithm == "two_pass" or cotangent is not None:
+            values -= block_sum / block.count
+            block_sums.append(block_sum)
+        if algorithm == "two_pass":
+            products += _mT(xp, values) @ values
+            residuals.append(sample_sums(xp, values))
+        if cotangent is not None:
+            dy = cotangent.rows(block, dtype)
+            dy_products += _mT(xp, dy) @ values
+            block_dy_sum = sample_sums(xp, dy)
+            dy_sums += block_dy_sum
+            block_dy_sums.append(block_dy_sum)
+    mean = sums / m
+    if block_sums and len(x.blocks) > 1:  # the blocks' means about the mean: (G, blocks, D)
+        counts = xp.asarray([b.count for b in x.blocks], dtype=dtype, device=device(scale))[:, None]
+        deltas = xp.concat(block_sums, axis=1) / counts - mean
+        if algorithm == "two_pass":
+            rest = xp.concat(residuals, axis=1)
+            products += _mT(xp, deltas) @ (deltas * counts + rest) + _mT(xp, rest) @ deltas
+        if cotangent is not None:
+            dy_products += _mT(xp, xp.concat(block_dy_sums, axis=1)) @ deltas
+    if algorithm != "two_pass":
+        products -= m * (_mT(xp, mean) @ mean)
+        if algorithm == "fast_clamped":
+            products = xp.where(_eye(xp, products) > 0, xp.clip(products, min=0.0), products)
+    cov, finite = symmetrized(xp, products / (m - correction))
+    stats = ScaledCovariance(scale, mean, cov, finite, shift_of(xp, eps, magnitude, scale))
+    return stats, None if cotangent is None else CotangentSums(dy_products, dy_sums)
 
 
 # ---------------------------------------------------------------------------
@@ -590,60 +655,72 @@ def _folds(xp: Namespace, dtype: Any) -> bool:
 def _forward(
     method: Whitening,
     xp: Namespace,
-    x: Array,
-    axes: tuple[int, ...],
+    x: SampleBlocks,
+    gamma: Array | None,
+    beta: Array | None,
     *,
+    dtype: Any,
+    out_dtype: Any,
     eps: float,
     correction: int,
     algorithm: str,
     **params: Any,
 ) -> Array:
-    r""":math:`Y = X_c W^\top`, scaled, centred and multiplied in ``x``'s memory (the
-    operation's own)."""
-    stats = group_covariance(xp, x, axes, eps=eps, correction=correction, algorithm=algorithm)
-    w, _ = method.checked_matrix(xp, stats.cov, stats.shift, **params)
-    w = poisoned(xp, w, stats.finite)
-    if _folds(xp, w.dtype) or method.degree:
-        return products_over(xp, stats.centred, _mT(xp, _output_matrix(method, w, stats.scale)))
-    y = products_over(xp, stats.centred, _mT(xp, w))
-    y /= stats.scale  # in place: y is this function's own array
-    return y
+    r""":math:`\gamma \odot (X_c W^\top) + \beta` (per-feature ``gamma`` and ``beta`` of shape
+    ``(G, 1, D)``, ``None`` for 1 and 0) of ``x``'s canonical rows, computed in ``dtype`` a
+    block at a time and written, in ``out_dtype``, into a new array of ``x``'s shape."""
+    stats, _ = group_covariance(
+        xp, x, dtype=dtype, eps=eps, correction=correction, algorithm=algorithm
+    )
+    w = poisoned(xp, method.checked_matrix(xp, stats.cov, stats.shift, **params)[0], stats.finite)
+    folds = _folds(xp, w.dtype) or method.degree
+    matrix = _mT(xp, _output_matrix(method, w, stats.scale) if folds else w)
+
+    def output(block: Block) -> Array:
+        y = x.times(x.centred(block, dtype, stats.scale, stats.mean), matrix)
+        if not folds:
+            y /= stats.scale
+        if gamma is not None:
+            y *= gamma
+        if beta is not None:
+            y += beta
+        return y
+
+    return x.assembled(output, out_dtype)
 
 
 class AffineGrads(NamedTuple):
-    """What the backward of a whitening layer computes (every array the operation's own):
-    the gradient ``dx``, the affine's sums over samples (``(G, 1, D)``), and the scaled
-    centred values and the matrix that takes them to the output."""
+    """What the backward of a whitening layer computes: the gradient ``dx`` (of ``x``'s
+    shape) and the affine's sums over samples (``(G, 1, D)``)."""
 
     dx: Array
     dy_dot_y: Array
     dy_sum: Array
-    centred: Array
-    w: Array
 
 
-def _affine_vjp(
+def _vjp(
     method: Whitening,
     xp: Namespace,
-    dy: Array,
-    x: Array,
+    dy: SampleBlocks,
+    x: SampleBlocks,
     gamma: Array | None,
-    axes: tuple[int, ...],
     *,
+    dtype: Any,
+    out_dtype: Any,
     eps: float,
     correction: int,
     algorithm: str,
     **params: Any,
 ) -> AffineGrads:
     r"""The VJP of :math:`\gamma \odot (X_c W^\top) + \beta` (per-feature ``gamma`` of shape
-    ``(G, 1, D)``, ``None`` for 1), with ``dy`` and ``x`` the operation's own arrays.
+    ``(G, 1, D)``, ``None`` for 1) with cotangent ``dy``, computed in ``dtype`` a block
+    at a time; ``dx`` is a new array of ``x``'s shape in ``out_dtype``.
 
     ``gamma`` scales the rows of the small matrices instead of ``dy``:
     :math:`\bar W = \Gamma \bar Y^\top X_c` and
-    :math:`\bar X = P(\bar Y) \Gamma W + X_c (\bar\Sigma + \bar\Sigma^\top)/(M - c)`,
-    written over ``dy`` (:math:`P(\bar Y) W = P(\bar Y W)`); ``x`` holds the
-    centred values. The affine's sums over samples come from the same
-    :math:`D \times D` product: :math:`\sum_i \bar y_{id} y_{id} =
+    :math:`\bar X = P(\bar Y) \Gamma W + X_c (\bar\Sigma + \bar\Sigma^\top)/(M - c)`
+    (:math:`P(\bar Y) W = P(\bar Y W)`). The affine's sums over samples come from the
+    same :math:`D \times D` product: :math:`\sum_i \bar y_{id} y_{id} =
     \sum_e W_{de} (\bar Y^\top X_c)_{de}` and :math:`\sum_i \bar y_{id}`, each
     ``(G, 1, D)``.
 
@@ -652,37 +729,41 @@ def _affine_vjp(
     :math:`c^d` times the expression above in the scaled values, the cotangent of the
     covariance taken of :math:`\bar Y^\top X_c` of the scaled :math:`X_c` (by linearity).
     """
-    stats = group_covariance(xp, x, axes, eps=eps, correction=correction, algorithm=algorithm)
-    centred = stats.centred
+    stats, sums = group_covariance(
+        xp, x, dtype=dtype, eps=eps, correction=correction, algorithm=algorithm, cotangent=dy
+    )
+    assert sums is not None  # a cotangent was given
     w, saved = method.checked_matrix(xp, stats.cov, stats.shift, **params)
-    dy_sum = sample_sums(xp, dy)
-    products = _mT(xp, dy) @ centred
     w = poisoned(xp, w, stats.finite)
-    w_out = _output_matrix(method, w, stats.scale)
-    dy_dot_y = _mT(xp, xp.sum(w * products, axis=-1, keepdims=True))
+    dy_dot_y = _mT(xp, xp.sum(w * sums.products, axis=-1, keepdims=True))
     if not method.degree:
-        dy_dot_y /= stats.scale  # in place: Σ (W/c) ∘ (Ȳᵀ X_c), formed without overflow
+        dy_dot_y /= stats.scale  # Σ (W/c) ∘ (Ȳᵀ X_c), formed without overflow
     rows = None if gamma is None else _mT(xp, gamma)
-    sigma_bar = method.checked_cotangent(xp, products if rows is None else rows * products, saved)
-    m = group_count(x, axes)
+    products = sums.products if rows is None else rows * sums.products
+    sigma_bar = method.checked_cotangent(xp, products, saved)
+    del saved  # what the method saved (IterNorm's iterates): not held through the last pass
+    m = x.samples
     through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), stats.finite)
-    # dx = c (P(dy) W + X_c Σ̄') for a whitening, c folded into the small matrices or not
+    # dx = c (P(dy) W + X_c Σ̄'), c folded into the small matrices or not
     folds = _folds(xp, w.dtype)
     if method.degree and folds:
         w, through_sigma = w * stats.scale, through_sigma * stats.scale
-    dy -= dy_sum / m  # in place: the centred cotangent P(dy)
-    dx = products_over(xp, dy, w if rows is None else rows * w, centred, through_sigma)
-    if method.degree and not folds:
-        dx *= stats.scale  # in place: dx is written over dy, this function's own array
-    return AffineGrads(dx, dy_dot_y, dy_sum, centred, w_out)
+    through_w = w if rows is None else rows * w
+    dy_mean = sums.sums / m
 
+    def centred_cotangent(block: Block) -> Array:
+        values = dy.rows(block, dtype)
+        values -= dy_mean
+        return values
 
-def _vjp(
-    method: Whitening, xp: Namespace, dy: Array, x: Array, axes: tuple[int, ...], **params: Any
-) -> tuple[Array, Array]:
-    """``(dx, y)``: the gradient over ``dy``'s memory, the output over ``x``'s."""
-    grads = _affine_vjp(method, xp, dy, x, None, axes, **params)
-    return grads.dx, products_over(xp, grads.centred, _mT(xp, grads.w))
+    def gradient(block: Block) -> Array:
+        dx = x.times(centred_cotangent(block), through_w)  # which is not held past this line
+        dx += x.times(x.centred(block, dtype, stats.scale, stats.mean), through_sigma)
+        if method.degree and not folds:
+            dx *= stats.scale
+        return dx
+
+    return AffineGrads(x.assembled(gradient, out_dtype), dy_dot_y, sums.sums)
 
 
 def whitening_op(method: Whitening) -> GroupOp:
@@ -693,7 +774,6 @@ def whitening_op(method: Whitening) -> GroupOp:
         partial(_vjp, method),
         needs_variance=True,
         joint_features=True,
-        affine_vjp=partial(_affine_vjp, method),
     )
 
 
@@ -702,7 +782,7 @@ WHITENING_OPS: dict[str, GroupOp] = {name: whitening_op(m) for name, m in METHOD
 
 
 def batch_whitening(
-    x: Array,
+    x: SampleBlocks,
     *,
     method: str,
     eps: float,
@@ -710,15 +790,19 @@ def batch_whitening(
     iterations: int,
     precision: Precision,
 ) -> tuple[Array, Array]:
-    """The mean ``(G, D)`` and whitening matrix ``(G, D, D)`` of each group of the canonical
-    ``(G, M, D)`` ``x``, in the compute dtype: :func:`whitening_matrix` of the groups'
+    """The mean ``(G, D)`` and whitening matrix ``(G, D, D)`` of each group of ``x``'s
+    canonical rows, in the compute dtype: :func:`whitening_matrix` of the groups'
     covariances, which are taken scaled (so that neither overflows where the matrix does not)."""
-    xp = namespace_of(x=x)
+    xp = x.xp
     whitening = METHODS[check_method(method)]
     params = method_params(whitening.name, iterations)
-    own = xp.astype(x, compute_dtype(xp, x.dtype, precision), copy=True)
-    stats = group_covariance(
-        xp, own, CANONICAL_SAMPLE_AXES, eps=eps, correction=correction, algorithm="two_pass"
+    stats, _ = group_covariance(
+        xp,
+        x,
+        dtype=compute_dtype(xp, x.source.dtype, precision),
+        eps=eps,
+        correction=correction,
+        algorithm="two_pass",
     )
     w, _ = whitening.checked_matrix(xp, stats.cov, stats.shift, **params)
     return (stats.mean / stats.scale)[..., 0, :], poisoned(xp, w, stats.finite) * stats.scale
