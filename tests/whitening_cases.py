@@ -11,9 +11,13 @@ diagonal in floating point, for exactly repeated eigenvalues.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import scipy.linalg
+
+import normref
+from tests.support import Backend, assert_within, fd_vjp
 
 U64 = np.finfo(np.float64).eps
 
@@ -73,3 +77,26 @@ def sample_covariance(y: np.ndarray) -> np.ndarray:
 def condition(lam: np.ndarray, eps: float) -> float:
     """Condition number of ``diag(lam) + eps I``."""
     return float((np.max(lam) + eps) / (np.min(lam) + eps))
+
+
+def assert_batch_whiten_gradients(
+    backend: Backend,
+    dy: np.ndarray,
+    args: dict[str, np.ndarray],
+    kwargs: dict[str, Any],
+) -> None:
+    """``batch_whiten_vjp``'s gradients of ``x``, ``gamma`` and ``beta`` (``args``) on
+    ``backend`` against finite differences of ``batch_whiten`` (float64)."""
+    grads = normref.batch_whiten_vjp(
+        backend.asarray(dy, "float64"),
+        *(backend.asarray(args[k], "float64") for k in ("x", "gamma", "beta")),
+        **kwargs,
+    )
+
+    def f(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> Any:
+        return normref.batch_whiten(x, gamma, beta, **kwargs)
+
+    for name in args:
+        expected, bound = fd_vjp(f, args, dy, name)
+        actual = backend.to_numpy(getattr(grads, name))
+        assert_within(actual, expected, bound, what=f"d{name} of batch_whiten({kwargs})")
