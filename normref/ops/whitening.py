@@ -741,7 +741,6 @@ def _vjp(
     rows = None if gamma is None else _mT(xp, gamma)
     products = sums.products if rows is None else rows * sums.products
     sigma_bar = method.checked_cotangent(xp, products, saved)
-    del saved  # what the method saved (IterNorm's iterates): not held through the last pass
     m = x.samples
     through_sigma = poisoned(xp, (sigma_bar + _mT(xp, sigma_bar)) / (m - correction), stats.finite)
     # dx = c (P(dy) W + X_c Σ̄'), c folded into the small matrices or not
@@ -749,7 +748,11 @@ def _vjp(
     if method.degree and folds:
         w, through_sigma = w * stats.scale, through_sigma * stats.scale
     through_w = w if rows is None else rows * w
-    dy_mean = sums.sums / m
+    dy_sum = sums.sums
+    dy_mean = dy_sum / m
+    # what the method saved (IterNorm's iterates) and the D x D matrices done with: not held
+    # through the last pass
+    del saved, products, sigma_bar, w, sums
 
     def centred_cotangent(block: Block) -> Array:
         values = dy.rows(block, dtype)
@@ -763,7 +766,7 @@ def _vjp(
             dx *= stats.scale
         return dx
 
-    return AffineGrads(x.assembled(gradient, out_dtype), dy_dot_y, sums.sums)
+    return AffineGrads(x.assembled(gradient, out_dtype), dy_dot_y, dy_sum)
 
 
 def whitening_op(method: Whitening) -> GroupOp:
