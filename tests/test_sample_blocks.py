@@ -196,6 +196,6 @@ def test_whitening_temporaries_do_not_grow_with_the_samples(precision):
         )
         return max(forward, backward), x.nbytes
 
-    small, _ = temporaries(256)  # inputs of at least 16 blocks of the largest size
-    large, size = temporaries(1024)
+    small, _ = temporaries(384)  # inputs of at least INPUT_SHARE blocks of the largest size
+    large, size = temporaries(1536)
     assert large <= small + 0.02 * size, f"{large / size:.3f}x against {small / size:.3f}x"

@@ -15,8 +15,8 @@ a new array of the input's shape). An operation makes passes over the blocks,
 each block read again where a pass needs it, so that beyond its outputs it holds
 a few blocks and its ``D x D`` matrices.
 
-Blocks hold about ``normref._lib.in_place.BLOCK_ELEMENTS`` values (fewer for an
-input of fewer than 16 times that, so that a few blocks stay a small part of it): the sample
+Blocks hold about 49152 values (fewer for an input of fewer than 12 times that,
+so that a few blocks stay a small part of it): the sample
 axes of the split view (in order) are taken whole from the innermost out while
 they fit, the next one is sliced, and any outer one is taken one index at a
 time, so every block is a range of consecutive canonical rows. Where the
@@ -44,7 +44,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from normref._lib.in_place import BLOCK_ELEMENTS, writes_in_place
+from normref._lib.in_place import writes_in_place
 from normref._lib.namespace import Array, Namespace, to_dtype
 from normref._lib.scaling import max_magnitude
 from normref.partition import Partition
@@ -144,7 +144,11 @@ class SampleBlocks:
         return out
 
 
-INPUT_SHARE = 16
+BLOCK_ELEMENTS = 3 << 14
+"""Values of a block (384 KiB in float64): long enough that a block's matrix products run
+near BLAS's rate for whole arrays, short enough that a few stay in the caches."""
+
+INPUT_SHARE = 12
 """A block holds at most this share of the input's values (or :data:`SMALLEST_BLOCK`): an
 operation holds a few blocks at once, which stay a small part of the input at every size."""
 
