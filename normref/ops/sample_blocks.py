@@ -16,10 +16,10 @@ each block read again where a pass needs it, so that beyond its outputs it holds
 a few blocks and its ``D x D`` matrices.
 
 Blocks hold about 49152 values (fewer for an input of fewer than 12 times that,
-so that a few blocks stay a small part of it): the sample
-axes of the split view (in order) are taken whole from the innermost out while
-they fit, the next one is sliced, and any outer one is taken one index at a
-time, so every block is a range of consecutive canonical rows. Where the
+so that a few blocks stay a small part of it): the sample axes of the split view
+(in order) are taken whole from the innermost out while they fit, the next one
+is sliced, and any outer one is taken one index at a time, so every block is a
+range of consecutive canonical rows. Where the
 namespace does not write into arrays (JAX, Dask) there is one block, the whole
 array.
 
@@ -167,7 +167,21 @@ def sample_blocks(
 ) -> SampleBlocks:
     """The :class:`SampleBlocks` of ``x`` (of ``partition.shape``), of about ``elements``
     values each (by default ``BLOCK_ELEMENTS``, and at most one ``INPUT_SHARE``-th of the
-    input where that is not below ``SMALLEST_BLOCK``)."""
+    input where that is not below ``SMALLEST_BLOCK``).
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> import numpy as np
+    >>> from normref.partition import whitening_partition
+    >>> x = np.arange(48.0).reshape(4, 6, 2)  # (N, C, L): 2 groups of 3 channels, M = 8
+    >>> blocks = sample_blocks(xp, whitening_partition(x.shape, 3), x, elements=12)
+    >>> print([(b.rows.start, b.rows.stop) for b in blocks.blocks])
+    [(0, 2), (2, 4), (4, 6), (6, 8)]
+    >>> print(blocks.rows(blocks.blocks[1], xp.float64)[0])  # group 0 at n = 1
+    [[12. 14. 16.]
+     [13. 15. 17.]]
+    """
     features_first = partition.features_outside_samples
     groups, samples, features = partition.group_axes, partition.sample_axes, partition.feature_axes
     order = groups + (features + samples if features_first else samples + features)
