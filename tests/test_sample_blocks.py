@@ -25,6 +25,7 @@ from normref.ops.whitening import group_covariance
 from tests import reference_weights
 from tests.reference_whitening import RTOL
 from tests.reference_whitening import batch_whiten as reference_batch_whiten
+from tests.reference_whitening import batch_whiten_inference as reference_batch_whiten_inference
 from tests.reference_whitening import zca_whiten as reference_zca_whiten
 from tests.support import Backend, assert_close_to_scale, assert_within, fd_vjp
 from tests.whitening_cases import METHODS, U64, assert_batch_whiten_gradients
@@ -95,6 +96,38 @@ def test_batch_whitening_through_many_blocks_matches_the_reference(
     arrays = [standard_backend.asarray(a, "float64") for a in (x, gamma, beta)]
     actual = standard_backend.to_numpy(normref.batch_whiten(*arrays, **kwargs))
     assert_close_to_scale(actual, expected, np.abs(expected) + 1.0, rtol=RTOL, what=method)
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize(("shape", "group_size", "axis"), LAYOUTS[:2] + LAYOUTS[4:])
+def test_batch_whitening_inference_through_many_blocks(
+    shape, group_size, axis, standard_backend: Backend
+):
+    """Given statistics, each output is a dot product of D terms and the affine: within
+    (D + 2) u of |W| |x - mean| |gamma| + |beta|, computed here as the reference's scale."""
+    rng = np.random.default_rng(11)
+    channels = shape[axis]
+    x = rng.standard_normal(shape)
+    mean = rng.standard_normal(channels)
+    whitening = rng.standard_normal((channels // group_size, group_size, group_size))
+    gamma, beta = rng.standard_normal(channels), rng.standard_normal(channels)
+    kwargs = {"group_size": group_size, "axis": axis}
+    expected = reference_batch_whiten_inference(x, mean, whitening, gamma, beta, **kwargs)
+    scale = reference_batch_whiten_inference(
+        np.abs(x)
+        + np.abs(mean).reshape([-1 if a == axis % len(shape) else 1 for a in range(len(shape))]),
+        np.zeros(channels),
+        np.abs(whitening),
+        np.abs(gamma),
+        np.abs(beta),
+        **kwargs,
+    )
+    arrays = (x, mean, whitening, gamma, beta)
+    actual = normref.batch_whiten_inference(
+        *(standard_backend.asarray(a, "float64") for a in arrays), **kwargs
+    )
+    rtol = (group_size + 2) * U64
+    assert_close_to_scale(standard_backend.to_numpy(actual), expected, scale, rtol=rtol, what="y")
 
 
 @pytest.mark.usefixtures("small_blocks")

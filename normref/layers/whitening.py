@@ -37,10 +37,10 @@ from typing import Any, NamedTuple
 
 from normref._lib.checks import check_momentum, check_shape, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref.affine import affine, check_param
+from normref.affine import check_param
 from normref.conventions import Convention, get_convention
 from normref.layers.compose import Layer, NormGrads, affine_backward, normalize, normalize_vjp
-from normref.ops.sample_blocks import sample_blocks
+from normref.ops.sample_blocks import Block, sample_blocks
 from normref.ops.whitening import (
     WHITENING_OPS,
     batch_whitening,
@@ -228,10 +228,7 @@ def _inference_parts(
         check_param(value, x.shape, channel, name=name)
     dtype = compute_dtype(xp, x.dtype, precision)
     mean = xp.reshape(to_dtype(xp, running_mean, dtype), (part.G, 1, part.D))
-    w = to_dtype(xp, running_whitening, dtype)
-    centred = part.to_canonical(xp, to_dtype(xp, x, dtype)) - mean
-    x_hat = part.from_canonical(xp, centred @ xp.matrix_transpose(w))
-    return xp, dtype, channel, part, w, x_hat
+    return xp, dtype, channel, part, to_dtype(xp, running_whitening, dtype), mean
 
 
 def batch_whiten_inference(
@@ -278,11 +275,27 @@ def batch_whiten_inference(
     - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
       CVPR. https://arxiv.org/abs/1804.08450
     """
-    xp, dtype, channel, _, _, x_hat = _inference_parts(
+    xp, dtype, channel, part, w, mean = _inference_parts(
         x, running_mean, running_whitening, gamma, beta, group_size, axis, precision
     )
-    y = affine(xp, x_hat, to_dtype(xp, gamma, dtype), to_dtype(xp, beta, dtype), channel)
-    return to_dtype(xp, y, output_dtype(xp, precision, x, gamma, beta))
+    rows = sample_blocks(xp, part, x)
+    matrix = xp.matrix_transpose(w)
+    factor, shift = (
+        None if p is None else part.canonical_param(xp, to_dtype(xp, p, dtype), channel)
+        for p in (gamma, beta)
+    )
+
+    def output(block: Block) -> Array:
+        centred = rows.rows(block, dtype)
+        centred -= mean
+        y = rows.times(centred, matrix)
+        if factor is not None:
+            y *= factor
+        if shift is not None:
+            y += shift
+        return y
+
+    return rows.assembled(output, output_dtype(xp, precision, x, gamma, beta))
 
 
 def batch_whiten_inference_vjp(
@@ -325,9 +338,11 @@ def batch_whiten_inference_vjp(
     - Huang, L., Yang, D., Lang, B. and Deng, J. (2018). Decorrelated batch normalization.
       CVPR. https://arxiv.org/abs/1804.08450
     """
-    xp, dtype, channel, part, w, x_hat = _inference_parts(
+    xp, dtype, channel, part, w, mean = _inference_parts(
         x, running_mean, running_whitening, gamma, beta, group_size, axis, precision, dy=dy
     )
+    centred = part.to_canonical(xp, to_dtype(xp, x, dtype)) - mean
+    x_hat = part.from_canonical(xp, centred @ xp.matrix_transpose(w))
 
     def backward(d_x_hat: Array) -> tuple[Array, Array]:
         return part.from_canonical(xp, part.to_canonical(xp, d_x_hat) @ w), x_hat
