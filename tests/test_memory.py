@@ -133,22 +133,14 @@ MEMORY_CASES = [
 ]
 
 
-MISSED_MEMORY_TARGETS: dict[tuple[str, str], str] = {}
-"""Rows that miss the temporaries' targets today (strict: a row that meets its target fails
-here until it is removed), with the reason; ``docs/performance.md`` has the figures."""
-
-
 @pytest.mark.parametrize("case", MEMORY_CASES)
 @pytest.mark.parametrize(("precision", "kind"), [("native", "input"), ("highest", "float64")])
-def test_peak_memory_meets_the_targets(case: Case, precision, kind, request):
+def test_peak_memory_meets_the_targets(case: Case, precision, kind):
     """Forward and backward each hold temporaries (their peak minus their outputs) of at most
     0.5x the input's size computing in float32 and 2x computing it in float64, the
     benchmarks' targets."""
     if (case.op == "scaled_weight_standardize" or case.fused) and not _fused.available():
         pytest.skip(f"{case.op} meets the memory targets on its fused path, which needs numba")
-    missed = MISSED_MEMORY_TARGETS.get((case.op, precision))
-    if missed is not None:
-        request.applymarker(pytest.mark.xfail(reason=missed, strict=True))
     spec = case.spec
     sample = case.sample("float32").replace(precision=precision)
     x = sample.args[spec.primary]
