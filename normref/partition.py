@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from normref._lib.checks import check_positive_int, check_rank, normalize_axes, normalize_axis
 from normref._lib.namespace import Array, Namespace
@@ -98,6 +99,9 @@ def _axis_origins(shape: tuple[int, ...], split_shape: tuple[int, ...]) -> tuple
 class Partition:
     """A split of ``shape`` into group, sample and feature axes.
 
+    Its axes, sizes and layout facts are derived once, on first use (cached properties), so
+    that code running per block of an input may read them freely.
+
     Attributes
     ----------
     shape
@@ -115,17 +119,17 @@ class Partition:
     def _axes(self, label: str) -> tuple[int, ...]:
         return tuple(i for i, lab in enumerate(self.labels) if lab == label)
 
-    @property
+    @cached_property
     def group_axes(self) -> tuple[int, ...]:
         """Axes of the split view that index groups."""
         return self._axes(GROUP)
 
-    @property
+    @cached_property
     def sample_axes(self) -> tuple[int, ...]:
         """Axes of the split view that statistics are reduced over."""
         return self._axes(SAMPLE)
 
-    @property
+    @cached_property
     def feature_axes(self) -> tuple[int, ...]:
         """Axes of the split view that index jointly normalized features."""
         return self._axes(FEATURE)
@@ -133,17 +137,17 @@ class Partition:
     def _size(self, label: str) -> int:
         return math.prod(self.split_shape[i] for i in self._axes(label))
 
-    @property
+    @cached_property
     def G(self) -> int:
         """Number of independent groups."""
         return self._size(GROUP)
 
-    @property
+    @cached_property
     def M(self) -> int:
         """Number of samples in each group."""
         return self._size(SAMPLE)
 
-    @property
+    @cached_property
     def D(self) -> int:
         """Number of features normalized jointly (1 for per-feature standardization)."""
         return self._size(FEATURE)
@@ -196,7 +200,7 @@ class Partition:
         gathered = xp.permute_dims(self.split(xp, x), self._order)
         return xp.reshape(gathered, (self.G, self.M, self.D), copy=copy)
 
-    @property
+    @cached_property
     def canonical_is_a_view(self) -> bool:
         """Whether the canonical array of a C-contiguous ``x`` is a view of it: the group, the
         sample and the feature axes (those of size above 1) each a run of consecutive axes of
@@ -210,7 +214,7 @@ class Partition:
                 return False
         return True
 
-    @property
+    @cached_property
     def features_outside_samples(self) -> bool:
         """Whether, in a C-contiguous ``x``, the features vary more slowly than the innermost
         samples: a feature axis of size above 1 comes before the last sample axis of size

@@ -37,9 +37,10 @@ from typing import Any, NamedTuple
 
 from normref._lib.checks import check_momentum, check_shape, normalize_axis
 from normref._lib.namespace import Array, compute_dtype, namespace_of, output_dtype, to_dtype
-from normref.affine import check_param
+from normref.affine import affine, check_param
 from normref.conventions import Convention, get_convention
 from normref.layers.compose import Layer, NormGrads, affine_backward, normalize, normalize_vjp
+from normref.ops.base import CANONICAL_AXES
 from normref.ops.sample_blocks import Block, sample_blocks
 from normref.ops.whitening import (
     WHITENING_OPS,
@@ -288,12 +289,9 @@ def batch_whiten_inference(
     def output(block: Block) -> Array:
         centred = rows.rows(block, dtype)
         centred -= mean
-        y = rows.times(centred, matrix)
-        if factor is not None:
-            y *= factor
-        if shift is not None:
-            y += shift
-        return y
+        return affine(
+            xp, rows.times(centred, matrix), factor, shift, CANONICAL_AXES, overwrite=True
+        )
 
     return rows.assembled(output, output_dtype(xp, precision, x, gamma, beta))
 

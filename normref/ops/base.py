@@ -37,6 +37,10 @@ from normref.types import Precision
 
 CANONICAL_SAMPLE_AXES = (1,)
 
+CANONICAL_AXES = (0, 1, 2)
+"""Every axis of a canonical ``(G, M, D)`` array (or block of its rows), along which a
+parameter laid out for it (``(G or 1, 1, D or 1)``) lies."""
+
 
 class XGrad(NamedTuple):
     """Gradient of an operation with one differentiable argument, ``x``."""

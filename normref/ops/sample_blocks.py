@@ -70,9 +70,8 @@ class SampleBlocks:
 
     ``source`` is the split view of ``x`` with its axes in the order blocks are read in:
     group axes, then sample axes and feature axes (feature axes first where
-    ``features_first``), a view, never a copy. ``blocks`` cover the rows ``0 .. M-1`` once
-    each, in order. ``rows_are_views``: whether a block's values, reshaped, are a view of a
-    C-contiguous ``x`` (:attr:`Partition.canonical_is_a_view`).
+    :attr:`features_first`), a view, never a copy. ``blocks`` cover the rows ``0 .. M-1``
+    once each, in order.
     """
 
     xp: Namespace
@@ -80,11 +79,26 @@ class SampleBlocks:
     order: tuple[int, ...]
     source: Array
     blocks: tuple[Block, ...]
-    groups: int
-    samples: int
-    features: int
-    features_first: bool
-    rows_are_views: bool
+
+    @property
+    def groups(self) -> int:
+        """``G``."""
+        return self.partition.G
+
+    @property
+    def samples(self) -> int:
+        """``M``."""
+        return self.partition.M
+
+    @property
+    def features(self) -> int:
+        """``D``."""
+        return self.partition.D
+
+    @property
+    def features_first(self) -> bool:
+        """Whether blocks are read features first (:attr:`Partition.features_outside_samples`)."""
+        return self.partition.features_outside_samples
 
     def _transposed(self, a: Array) -> Array:
         return self.xp.matrix_transpose(a)
@@ -98,7 +112,7 @@ class SampleBlocks:
         shape = (g, d, -1) if self.features_first else (g, -1, d)
         if not writes_in_place(xp):  # immutable or lazy: nothing can write into x
             values = to_dtype(xp, xp.reshape(part, shape), dtype)
-        elif self.rows_are_views:  # one conversion
+        elif self.partition.canonical_is_a_view:  # a block's rows are a view: one conversion
             values = xp.astype(xp.reshape(part, shape), dtype, copy=True)
         else:
             values = xp.astype(xp.reshape(part, shape, copy=True), dtype, copy=False)
@@ -191,19 +205,7 @@ def sample_blocks(
     everything = tuple(slice(None) for _ in order)
 
     def made(blocks: list[Block]) -> SampleBlocks:
-        g, m, d = partition.G, partition.M, partition.D
-        return SampleBlocks(
-            xp,
-            partition,
-            order,
-            source,
-            tuple(blocks),
-            g,
-            m,
-            d,
-            features_first,
-            partition.canonical_is_a_view,
-        )
+        return SampleBlocks(xp, partition, order, source, tuple(blocks))
 
     whole = [Block(everything, slice(0, partition.M))]
     if not writes_in_place(xp):

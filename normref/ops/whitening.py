@@ -136,7 +136,9 @@ from normref._lib.namespace import (
     to_dtype,
 )
 from normref._lib.scaling import max_magnitude, power_of_two_scale
+from normref.affine import affine
 from normref.ops.base import (
+    CANONICAL_AXES,
     GroupOp,
     XGrad,
     run_canonical,
@@ -680,11 +682,7 @@ def _forward(
         y = x.times(x.centred(block, dtype, stats.scale, stats.mean), matrix)
         if not folds:
             y /= stats.scale
-        if gamma is not None:
-            y *= gamma
-        if beta is not None:
-            y += beta
-        return y
+        return affine(xp, y, gamma, beta, CANONICAL_AXES, overwrite=True)
 
     return x.assembled(output, out_dtype)
 
